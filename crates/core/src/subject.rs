@@ -1,0 +1,168 @@
+//! Every subject, stream, consumer and bucket name, derived from one prefix (`gancho` by
+//! default) so that several installations can share a NATS account.
+
+use crate::id::{check_prefix, IdError};
+
+/// Names of everything gancho creates in JetStream. Built once at start-up and shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+    upper: String,
+}
+
+/// The endpoint token of a dead letter that no endpoint owns (an event that failed to decode
+/// or validate in the router).
+pub const DEAD_EVENT_TOKEN: &str = "_events";
+/// The tenant token of a dead letter whose tenant could not be read.
+pub const UNKNOWN_TENANT_TOKEN: &str = "_unknown";
+
+impl Subjects {
+    /// `prefix` must be a single token of letters, digits, `_` or `-`.
+    pub fn new(prefix: &str) -> Result<Self, IdError> {
+        check_prefix(prefix)?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            upper: prefix.to_ascii_uppercase().replace('-', "_"),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // Streams and buckets.
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper)
+    }
+    pub fn deliveries_stream(&self) -> String {
+        format!("{}_DELIVERIES", self.upper)
+    }
+    pub fn attempts_stream(&self) -> String {
+        format!("{}_ATTEMPTS", self.upper)
+    }
+    pub fn dead_stream(&self) -> String {
+        format!("{}_DEAD", self.upper)
+    }
+    pub fn config_bucket(&self) -> String {
+        format!("{}_config", self.prefix.replace('-', "_"))
+    }
+
+    /// Durable consumer the routers share on the events stream.
+    pub fn router_consumer(&self) -> String {
+        format!("{}_router", self.prefix)
+    }
+    /// Durable consumer the workers share on the deliveries stream.
+    pub fn worker_consumer(&self) -> String {
+        format!("{}_worker", self.prefix)
+    }
+
+    // Subjects.
+
+    /// `gancho.events.<tenant>.<type>`: where producers publish.
+    pub fn event(&self, tenant: &str, event_type: &str) -> String {
+        format!("{}.events.{tenant}.{event_type}", self.prefix)
+    }
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+    /// Splits an event subject into (tenant, type); `None` when it is not one.
+    pub fn parse_event<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".events.")?;
+        let (tenant, ty) = rest.split_once('.')?;
+        Some((tenant, ty))
+    }
+
+    /// `gancho.deliveries.<partition>`
+    pub fn delivery(&self, partition: u32) -> String {
+        format!("{}.deliveries.{partition}", self.prefix)
+    }
+    pub fn deliveries_wildcard(&self) -> String {
+        format!("{}.deliveries.>", self.prefix)
+    }
+    /// `gancho.retry.<delivery id>`: holds a scheduled retry until it fires.
+    pub fn retry(&self, delivery_id: &str) -> String {
+        format!("{}.retry.{delivery_id}", self.prefix)
+    }
+    pub fn retry_wildcard(&self) -> String {
+        format!("{}.retry.>", self.prefix)
+    }
+
+    /// `gancho.attempts.<tenant>.<endpoint>`
+    pub fn attempts(&self, tenant: &str, endpoint: &str) -> String {
+        format!("{}.attempts.{tenant}.{endpoint}", self.prefix)
+    }
+    pub fn attempts_wildcard(&self) -> String {
+        format!("{}.attempts.>", self.prefix)
+    }
+
+    /// `gancho.dead.<tenant>.<endpoint>`
+    pub fn dead(&self, tenant: &str, endpoint: &str) -> String {
+        format!("{}.dead.{tenant}.{endpoint}", self.prefix)
+    }
+    pub fn dead_wildcard(&self) -> String {
+        format!("{}.dead.>", self.prefix)
+    }
+
+    // Config keys (KV keys, not subjects, but they follow the same token rules).
+
+    pub fn tenant_key(tenant: &str) -> String {
+        format!("tenants.{tenant}")
+    }
+    pub fn endpoint_key(tenant: &str, endpoint: &str) -> String {
+        format!("endpoints.{tenant}.{endpoint}")
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new("gancho").expect("the default prefix is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design() {
+        let s = Subjects::default();
+        assert_eq!(s.events_stream(), "GANCHO_EVENTS");
+        assert_eq!(s.deliveries_stream(), "GANCHO_DELIVERIES");
+        assert_eq!(s.attempts_stream(), "GANCHO_ATTEMPTS");
+        assert_eq!(s.dead_stream(), "GANCHO_DEAD");
+        assert_eq!(s.config_bucket(), "gancho_config");
+        assert_eq!(
+            s.event("acme", "invoice.paid"),
+            "gancho.events.acme.invoice.paid"
+        );
+        assert_eq!(s.delivery(3), "gancho.deliveries.3");
+        assert_eq!(s.retry("abc"), "gancho.retry.abc");
+        assert_eq!(s.attempts("acme", "ep1"), "gancho.attempts.acme.ep1");
+        assert_eq!(s.dead("acme", "ep1"), "gancho.dead.acme.ep1");
+        assert_eq!(Subjects::endpoint_key("acme", "ep1"), "endpoints.acme.ep1");
+    }
+
+    #[test]
+    fn custom_prefix() {
+        let s = Subjects::new("stg-hooks").unwrap();
+        assert_eq!(s.events_stream(), "STG_HOOKS_EVENTS");
+        assert_eq!(s.config_bucket(), "stg_hooks_config");
+        assert_eq!(s.events_wildcard(), "stg-hooks.events.>");
+        assert!(Subjects::new("a.b").is_err());
+        assert!(Subjects::new("").is_err());
+    }
+
+    #[test]
+    fn parse_event_subjects() {
+        let s = Subjects::default();
+        assert_eq!(
+            s.parse_event("gancho.events.acme.invoice.paid"),
+            Some(("acme", "invoice.paid"))
+        );
+        assert_eq!(s.parse_event("gancho.events.acme"), None);
+        assert_eq!(s.parse_event("other.events.acme.x"), None);
+    }
+}

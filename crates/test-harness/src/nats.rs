@@ -1,0 +1,223 @@
+//! Real nats-server processes for tests. Each [`NatsServer`] owns its process and its store
+//! directory: dropping it kills the process and deletes the directory, so a failing test
+//! never leaves a server behind.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start listening. Generous: CI machines are shared.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The nats-server binary: `$GANCHO_NATS_SERVER`, else `.tools/bin/nats-server` in the
+/// workspace (what `make setup` installs), else `nats-server` on the `PATH`.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GANCHO_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/nats-server");
+    if tools.exists() {
+        return tools;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A running `nats-server -js` on 127.0.0.1.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+    // Keeps the store directory alive for as long as the server (and its restarts) need it.
+    _dir: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+}
+
+impl NatsServer {
+    /// Starts a standalone JetStream server on a random port with a fresh store directory.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("create a store directory for nats-server");
+        let store = dir.path().join("store");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+            _dir: Some(dir),
+            extra_args: Vec::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(nats_server_binary());
+        cmd.args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(&self.store)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("GANCHO_TEST_NATS_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e}; run `make setup` to install nats-server into .tools/",
+                nats_server_binary().display()
+            )
+        });
+        self.child = Some(child);
+        wait_for_port(self.port, self.child.as_mut().expect("just spawned"));
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store
+    }
+
+    /// Connects a client.
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server")
+    }
+
+    /// Kills the process (SIGKILL) and waits for it, keeping the store directory.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port and store
+    /// directory: JetStream state survives, clients reconnect.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three JetStream servers routed into one cluster, for R3 streams.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes; returns once all three listen for clients. JetStream may still be
+    /// electing its meta leader: see [`NatsCluster::wait_for_jetstream`].
+    pub fn start() -> Self {
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_name = format!("gancho-test-{}", route_ports[0]);
+        let mut nodes = Vec::new();
+        for (i, rp) in route_ports.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("create a store directory for nats-server");
+            let store = dir.path().join("store");
+            let mut node = NatsServer {
+                child: None,
+                port: free_port(),
+                store,
+                _dir: Some(dir),
+                extra_args: vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    cluster_name.clone(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{rp}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        Self { nodes }
+    }
+
+    /// Every node's client URL, comma-separated, as `GANCHO_NATS_URL` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Connects to the cluster (all seed URLs).
+    pub async fn connect(&self) -> async_nats::Client {
+        let urls: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("a valid nats URL"))
+            .collect();
+        async_nats::connect(urls)
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// Waits until the cluster's JetStream answers account info (meta leader elected).
+    pub async fn wait_for_jetstream(&self, client: &async_nats::Client) {
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if js.query_account().await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster's JetStream did not come up within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A port that was free a moment ago. The bind-and-release race is acceptable for tests: the
+/// server fails to start loudly if it loses it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+fn wait_for_port(port: u16, child: &mut Child) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("nats-server exited during start-up ({status}); rerun with GANCHO_TEST_NATS_LOG=1 to see its log");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not listen on {addr} within {START_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

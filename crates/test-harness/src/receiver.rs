@@ -1,0 +1,210 @@
+//! A real webhook receiver for tests: an HTTP/1.1 + HTTP/2 server on `127.0.0.1:0`, over TLS
+//! with a [`TestCa`] certificate (or plain HTTP), that records every request and answers
+//! each one as its script says (for example 500, 500, then 200).
+
+use crate::tls::TestCa;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+    pub version: hyper::Version,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+type Script = dyn Fn(usize, &Received) -> Answer + Send + Sync;
+
+/// A running receiver; dropping it stops accepting connections.
+pub struct Receiver {
+    addr: SocketAddr,
+    tls: bool,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl Receiver {
+    /// HTTPS receiver answering with `script(n, request)` for the n-th request (0-based).
+    pub async fn https<F>(ca: &TestCa, script: F) -> Self
+    where
+        F: Fn(usize, &Received) -> Answer + Send + Sync + 'static,
+    {
+        Self::start(Some(ca.server_config()), Arc::new(script)).await
+    }
+
+    /// Plain-HTTP receiver (for tests of the `http://` opt-in).
+    pub async fn http<F>(script: F) -> Self
+    where
+        F: Fn(usize, &Received) -> Answer + Send + Sync + 'static,
+    {
+        Self::start(None, Arc::new(script)).await
+    }
+
+    /// HTTPS receiver that answers `statuses` in order, then repeats the last one.
+    pub async fn https_sequence(ca: &TestCa, statuses: &[u16]) -> Self {
+        let statuses = statuses.to_vec();
+        Self::https(ca, move |n, _| {
+            Answer::status(*statuses.get(n).or(statuses.last()).unwrap_or(&200))
+        })
+        .await
+    }
+
+    async fn start(tls: Option<Arc<rustls::ServerConfig>>, script: Arc<Script>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a receiver on 127.0.0.1");
+        let addr = listener.local_addr().expect("a bound address");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let rec = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let rec = rec.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        let script = script.clone();
+                        async move { Ok::<_, hyper::Error>(handle(req, &rec, &*script).await) }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            tls: is_tls,
+            received,
+            task,
+        }
+    }
+
+    /// `https://127.0.0.1:<port>/<path>` (or `http://` for a plain receiver).
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("receiver lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("receiver lock").len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    rec: &Mutex<Vec<Received>>,
+    script: &Script,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let received = Received {
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+        at: Instant::now(),
+        version: parts.version,
+    };
+    let answer = {
+        let mut all = rec.lock().expect("receiver lock");
+        let answer = script(all.len(), &received);
+        all.push(received);
+        answer
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
+    *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    for (k, v) in answer.headers {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
