@@ -6,12 +6,14 @@
 //! - [`id`]: tenant, endpoint and event-type validation.
 //! - [`subject`]: subject, stream and bucket names derived from one prefix.
 //! - [`matching`]: endpoint filters (NATS wildcard semantics on dotted event types) and channels.
+//! - [`net`]: which addresses the SSRF guard lets a webhook reach.
 //! - [`signature`]: `whsec_` secrets, signing and verification (Standard Webhooks).
 //! - [`webhook`]: the JSON body a receiver gets.
 //! - [`retry`]: retry schedules such as `0s,5s,5m,30m,2h,5h,10h,10h`.
 
 pub mod id;
 pub mod matching;
+pub mod net;
 pub mod retry;
 pub mod signature;
 pub mod subject;

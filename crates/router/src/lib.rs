@@ -1,0 +1,143 @@
+//! The router role. It consumes `GANCHO_EVENTS` through the durable consumer every router
+//! shares, checks each event (decodes, JSON payload, tenant and type agree with the subject),
+//! matches it against the live subscription table, and publishes one `Delivery` per matching
+//! enabled endpoint to `GANCHO_DELIVERIES` with `Nats-Msg-Id: <event id>:<endpoint id>`.
+//!
+//! The event is acked only after JetStream acked every one of its deliveries; on any publish
+//! failure it is nak'd and routed again later, and JetStream's de-duplication turns the
+//! deliveries that did land into no-ops. An event that can never be delivered goes to
+//! `GANCHO_DEAD` with its reason, then is acked, and the router goes on.
+//!
+//! Throughput: events are processed concurrently (bounded by [`RouterConfig::concurrency`]),
+//! the PubAcks of one fan-out are awaited together, and the router reads and writes through
+//! two separate NATS connections so that its publishing cannot starve its consumer.
+
+mod route;
+
+pub use route::{check_event, delivery_id, partition, Invalid};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use gancho_store::{Layout, Live};
+use gancho_telemetry::names;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+
+/// How long JetStream waits for an ack before redelivering an event to another router.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Delay before a nak'd event is redelivered (its fan-out failed to publish).
+const NAK_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Events routed at once in this process. Each holds its deliveries' PubAcks in flight,
+    /// so this also bounds the memory of a burst.
+    pub concurrency: usize,
+    /// Number of `gancho.deliveries.<n>` partitions.
+    pub partitions: u32,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 1024,
+            partitions: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot create the router consumer: {0}")]
+    Consumer(String),
+    #[error("the events consumer stopped: {0}")]
+    Stream(String),
+}
+
+/// Runs the router until `cancel` fires, then waits for the events in flight.
+pub async fn run(
+    input: async_nats::Client,
+    output: jetstream::Context,
+    layout: Layout,
+    live: Arc<Live>,
+    config: RouterConfig,
+    cancel: CancellationToken,
+) -> Result<(), RouterError> {
+    let js_in = jetstream::new(input);
+    let subjects = layout.subjects.clone();
+    let consumer: consumer::PullConsumer = js_in
+        .create_consumer_on_stream(
+            consumer::pull::Config {
+                durable_name: Some(subjects.router_consumer()),
+                description: Some("gancho routers".into()),
+                filter_subject: subjects.events_wildcard(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: (config.concurrency * 4) as i64,
+                ..Default::default()
+            },
+            subjects.events_stream(),
+        )
+        .await
+        .map_err(|e| RouterError::Consumer(e.to_string()))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.concurrency.clamp(1, 1000))
+        .messages()
+        .await
+        .map_err(|e| RouterError::Stream(e.to_string()))?;
+    info!(consumer = %subjects.router_consumer(), "Router consuming events.");
+
+    let ctx = Arc::new(route::Ctx {
+        js: output,
+        subjects,
+        live,
+        partitions: config.partitions.max(1),
+    });
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = messages.next() => next,
+        };
+        let msg = match msg {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                warn!(error = %e, "Events consumer hiccup; continuing.");
+                continue;
+            }
+            None => return Err(RouterError::Stream("message stream ended".into())),
+        };
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let ctx = ctx.clone();
+        let span = tracing::info_span!("route", role = "router");
+        tokio::spawn(
+            async move {
+                ctx.handle(msg).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    // Drain: wait until every event in flight finished (acked or nak'd).
+    let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
+    info!("Router stopped.");
+    Ok(())
+}
+
+pub(crate) async fn nak(msg: &jetstream::Message) {
+    if let Err(e) = msg
+        .ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY)))
+        .await
+    {
+        error!(error = %e, "Cannot nak an event; it will be redelivered after the ack wait.");
+    }
+    metrics::counter!(names::ROUTER_PUBLISH_FAILURES).increment(1);
+}

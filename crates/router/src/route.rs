@@ -1,0 +1,272 @@
+//! Routing one event: check, match, fan out, ack.
+
+use async_nats::jetstream::{self, message::PublishMessage as Publish};
+use std::future::IntoFuture;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use gancho_core::id::{validate_event_type, validate_tenant};
+use gancho_core::webhook::is_json;
+use gancho_core::Subjects;
+use gancho_proto::{DeadLetter, Delivery, Event, Message as _};
+use gancho_store::Live;
+use gancho_telemetry::names;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tracing::{debug, warn};
+
+pub(crate) struct Ctx {
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub live: Arc<Live>,
+    pub partitions: u32,
+}
+
+/// Why an event cannot be delivered. `kind()` is the metric label and the dead letter's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    Undecodable(String),
+    NotJson,
+    SubjectMismatch(String),
+    Invalid(String),
+}
+
+impl Invalid {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Invalid::Undecodable(_) => "undecodable",
+            Invalid::NotJson => "not_json",
+            Invalid::SubjectMismatch(_) => "subject_mismatch",
+            Invalid::Invalid(_) => "invalid",
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Invalid::Undecodable(e) => format!("event does not decode as gancho.v1.Event: {e}"),
+            Invalid::NotJson => "event payload is not a JSON document".into(),
+            Invalid::SubjectMismatch(e) => e.clone(),
+            Invalid::Invalid(e) => e.clone(),
+        }
+    }
+}
+
+/// Decodes and checks an event read from `subject`.
+pub fn check_event(subjects: &Subjects, subject: &str, bytes: &[u8]) -> Result<Event, Invalid> {
+    let event = Event::decode(bytes).map_err(|e| Invalid::Undecodable(e.to_string()))?;
+    let Some((tenant, ty)) = subjects.parse_event(subject) else {
+        return Err(Invalid::SubjectMismatch(format!(
+            "subject {subject:?} is not gancho.events.<tenant>.<type>"
+        )));
+    };
+    if event.tenant != tenant || event.r#type != ty {
+        return Err(Invalid::SubjectMismatch(format!(
+            "event says tenant {:?} type {:?} but was published on {subject:?}",
+            event.tenant, event.r#type
+        )));
+    }
+    if event.id.is_empty() || event.id.len() > 255 || !event.id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Invalid::Invalid(
+            "event id must be 1 to 255 visible ASCII characters (it becomes the webhook-id header)".into(),
+        ));
+    }
+    validate_tenant(&event.tenant).map_err(|e| Invalid::Invalid(e.to_string()))?;
+    validate_event_type(&event.r#type).map_err(|e| Invalid::Invalid(e.to_string()))?;
+    if !is_json(&event.payload) {
+        return Err(Invalid::NotJson);
+    }
+    Ok(event)
+}
+
+/// A subject-token-safe id for (event, endpoint): 32 hex characters of SHA-256.
+pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(event_id.as_bytes());
+    h.update(b":");
+    h.update(endpoint_id.as_bytes());
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push(char::from_digit((b >> 4) as u32, 16).expect("a nibble"));
+        out.push(char::from_digit((b & 15) as u32, 16).expect("a nibble"));
+    }
+    out
+}
+
+/// Partition of an endpoint's deliveries: stable, so one endpoint's deliveries share a subject.
+pub fn partition(tenant: &str, endpoint_id: &str, partitions: u32) -> u32 {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u32 = 0x811c9dc5;
+    for b in tenant.bytes().chain([b'/']).chain(endpoint_id.bytes()) {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    h % partitions.max(1)
+}
+
+impl Ctx {
+    pub(crate) async fn handle(&self, msg: jetstream::Message) {
+        let subject = msg.subject.as_str();
+        let event = match check_event(&self.subjects, subject, &msg.payload) {
+            Ok(ev) => ev,
+            Err(invalid) => return self.dead_letter(&msg, invalid).await,
+        };
+        let published = msg
+            .info()
+            .map(|i| i.published)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        let occurred_at = event
+            .occurred_at
+            .or_else(|| Some(gancho_proto::timestamp(published)));
+        let created_at = Some(gancho_proto::timestamp(OffsetDateTime::now_utc()));
+
+        // Fan out: publish every delivery first, then await the PubAcks together.
+        let snapshot = self.live.load();
+        let mut acks = Vec::new();
+        for ep in snapshot.endpoints(&event.tenant) {
+            if ep.config.disabled || !ep.subscription.matches(&event.r#type, &event.channels) {
+                continue;
+            }
+            let ep_id = ep.config.id.as_str();
+            let delivery = Delivery {
+                id: delivery_id(&event.id, ep_id),
+                event_id: event.id.clone(),
+                tenant: event.tenant.clone(),
+                endpoint_id: ep_id.to_owned(),
+                r#type: event.r#type.clone(),
+                occurred_at,
+                payload: event.payload.clone(),
+                attributes: event.attributes.clone(),
+                attempts: 0,
+                created_at,
+                deferrals: 0,
+            };
+            let subject = self
+                .subjects
+                .delivery(partition(&event.tenant, ep_id, self.partitions));
+            let publish = Publish::build()
+                .payload(Bytes::from(delivery.encode_to_vec()))
+                .message_id(format!("{}:{}", event.id, ep_id));
+            match self.js.send_publish(subject, publish).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    warn!(event = %event.id, error = %e, "Cannot publish a delivery; the event will be routed again.");
+                    return crate::nak(&msg).await;
+                }
+            }
+        }
+        drop(snapshot);
+        let created = acks.len();
+        for result in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
+            if let Err(e) = result {
+                warn!(event = %event.id, error = %e, "A delivery was not acknowledged; the event will be routed again.");
+                return crate::nak(&msg).await;
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            // The deliveries are durable; a redelivered event only re-publishes duplicates
+            // that JetStream drops within its de-duplication window.
+            warn!(event = %event.id, error = %e, "Cannot ack an event after routing it.");
+        }
+        let outcome = if created == 0 { "unmatched" } else { "routed" };
+        metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome).increment(1);
+        metrics::counter!(names::ROUTER_DELIVERIES_CREATED).increment(created as u64);
+        debug!(event = %event.id, deliveries = created, "Event routed.");
+    }
+
+    /// Writes the event to `GANCHO_DEAD` with its reason, then acks it.
+    async fn dead_letter(&self, msg: &jetstream::Message, invalid: Invalid) {
+        let tenant = self
+            .subjects
+            .parse_event(&msg.subject)
+            .map(|(t, _)| t)
+            .filter(|t| validate_tenant(t).is_ok())
+            .unwrap_or(gancho_core::subject::UNKNOWN_TENANT_TOKEN);
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let dead = DeadLetter {
+            reason: invalid.reason(),
+            kind: invalid.kind().into(),
+            subject: msg.subject.to_string(),
+            original: msg.payload.clone(),
+            at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
+            delivery: None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Gancho-Dead-Reason", invalid.kind());
+        let publish = Publish::build()
+            .payload(Bytes::from(dead.encode_to_vec()))
+            .headers(headers)
+            .message_id(format!("event-seq:{seq}"));
+        let subject = self
+            .subjects
+            .dead(tenant, gancho_core::subject::DEAD_EVENT_TOKEN);
+        let stored = match self.js.send_publish(subject, publish).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if !stored {
+            warn!(seq, "Cannot dead-letter an invalid event; it will be retried.");
+            return crate::nak(msg).await;
+        }
+        warn!(seq, kind = invalid.kind(), reason = %invalid.reason(), "Event dead-lettered.");
+        metrics::counter!(names::ROUTER_EVENTS, "outcome" => "invalid").increment(1);
+        metrics::counter!(names::ROUTER_EVENTS_INVALID, "reason" => invalid.kind()).increment(1);
+        let _ = msg.ack().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gancho_proto::Timestamp;
+
+    fn event(tenant: &str, ty: &str, payload: &[u8]) -> Vec<u8> {
+        Event {
+            id: "evt_1".into(),
+            tenant: tenant.into(),
+            r#type: ty.into(),
+            occurred_at: Some(Timestamp::default()),
+            payload: payload.to_vec().into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn accepts_a_good_event() {
+        let s = Subjects::default();
+        let ev = check_event(&s, "gancho.events.acme.invoice.paid", &event("acme", "invoice.paid", b"{}")).unwrap();
+        assert_eq!(ev.r#type, "invoice.paid");
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        let s = Subjects::default();
+        let subj = "gancho.events.acme.invoice.paid";
+        assert!(matches!(check_event(&s, subj, b"\xff\xfe garbage").unwrap_err(), Invalid::Undecodable(_)));
+        assert_eq!(check_event(&s, subj, &event("acme", "invoice.paid", b"nope")).unwrap_err(), Invalid::NotJson);
+        let err = check_event(&s, subj, &event("other", "invoice.paid", b"{}")).unwrap_err();
+        assert_eq!(err.kind(), "subject_mismatch");
+        assert!(err.reason().contains("\"other\""));
+        let err = check_event(&s, subj, &event("acme", "invoice.created", b"{}")).unwrap_err();
+        assert_eq!(err.kind(), "subject_mismatch");
+    }
+
+    #[test]
+    fn delivery_ids_are_stable_and_subject_safe() {
+        let a = delivery_id("evt.1 with spaces", "ep_1");
+        assert_eq!(a, delivery_id("evt.1 with spaces", "ep_1"));
+        assert_ne!(a, delivery_id("evt.1 with spaces", "ep_2"));
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        for i in 0..100 {
+            let p = partition("acme", &format!("ep_{i}"), 16);
+            assert!(p < 16);
+            assert_eq!(p, partition("acme", &format!("ep_{i}"), 16));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! gancho's state in JetStream: the streams every role needs ([`streams`]), the config
+//! (tenants and endpoints) as JSON documents in the KV bucket `gancho_config` behind a typed
+//! repository ([`repo`]), and a live in-memory snapshot of that config, fed by a KV watch,
+//! that routers and workers read on the hot path without taking a lock ([`live`]).
+//!
+//! # Layout
+//! - [`model`]: `Tenant` and `Endpoint` as stored.
+//! - [`streams`]: creates or checks the streams and the bucket at start-up.
+//! - [`repo`]: create, read, update, delete, with optimistic concurrency on KV revisions.
+//! - [`live`]: [`Live`], the snapshot and the watch task that keeps it current.
+
+pub mod live;
+pub mod model;
+pub mod repo;
+pub mod streams;
+
+pub use live::{Live, LiveEndpoint, Snapshot};
+pub use model::{Endpoint, Tenant};
+pub use repo::{ConfigStore, StoreError};
+pub use streams::{ensure, Layout};

@@ -1,0 +1,260 @@
+//! The live config snapshot. One task per process watches the KV bucket and, whenever the
+//! config changes, builds a new immutable [`Snapshot`] and swaps it in with `ArcSwap`; readers
+//! (the router per event, the worker per delivery) load the current `Arc` without a lock and
+//! keep using it for as long as they hold it.
+//!
+//! Lifecycle: [`Live::start`] returns once the snapshot reflects everything the bucket held
+//! at start-up; the watch task runs until the cancellation token fires. If the watch fails
+//! (server restart), it is re-created from the full history and the snapshot is replaced
+//! once caught up, so deletions made while disconnected are not missed.
+
+use crate::model::Endpoint;
+use crate::streams::Layout;
+use arc_swap::ArcSwap;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use gancho_core::{RetrySchedule, Secret, Signer, Subscription};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Wait between attempts to re-create a failed watch.
+const REWATCH_DELAY: Duration = Duration::from_millis(500);
+
+/// An endpoint ready for the hot path: filters compiled, secrets parsed, URL parsed.
+#[derive(Debug)]
+pub struct LiveEndpoint {
+    pub config: Endpoint,
+    pub subscription: Subscription,
+    pub signer: Signer,
+    pub schedule: RetrySchedule,
+    pub uri: http::Uri,
+}
+
+impl LiveEndpoint {
+    /// Compiles a stored endpoint; `None` (with a warning) when the stored document is
+    /// unusable, so one bad key cannot stop delivery to the others.
+    fn build(config: Endpoint, default_schedule: &RetrySchedule) -> Result<Self, String> {
+        let subscription = Subscription::new(&config.filter_types, &config.channels)
+            .map_err(|e| e.to_string())?;
+        let secret = Secret::parse(&config.secret).map_err(|e| e.to_string())?;
+        let mut signer = Signer::new(secret);
+        let now = OffsetDateTime::now_utc();
+        for old in &config.previous_secrets {
+            if old.expires_at > now {
+                signer = signer.with_previous(Secret::parse(&old.secret).map_err(|e| e.to_string())?);
+            }
+        }
+        let schedule = match &config.retry_schedule {
+            Some(s) => RetrySchedule::parse(s).map_err(|e| e.to_string())?,
+            None => default_schedule.clone(),
+        };
+        let uri: http::Uri = config.url.parse().map_err(|_| "url does not parse".to_string())?;
+        Ok(Self {
+            config,
+            subscription,
+            signer,
+            schedule,
+            uri,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TenantEndpoints {
+    /// In a stable order, for the router's fan-out.
+    pub list: Vec<Arc<LiveEndpoint>>,
+    pub by_id: HashMap<String, Arc<LiveEndpoint>>,
+}
+
+/// An immutable view of the whole config at one revision.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub tenants: HashMap<String, TenantEndpoints>,
+    /// KV revision this snapshot reflects.
+    pub revision: u64,
+}
+
+impl Snapshot {
+    pub fn endpoint(&self, tenant: &str, id: &str) -> Option<&Arc<LiveEndpoint>> {
+        self.tenants.get(tenant)?.by_id.get(id)
+    }
+
+    pub fn endpoints(&self, tenant: &str) -> &[Arc<LiveEndpoint>] {
+        self.tenants
+            .get(tenant)
+            .map(|t| t.list.as_slice())
+            .unwrap_or(&[])
+    }
+
+    fn build(entries: &HashMap<String, Arc<LiveEndpoint>>, revision: u64) -> Self {
+        let mut tenants: HashMap<String, TenantEndpoints> = HashMap::new();
+        for ep in entries.values() {
+            let t = tenants
+                .entry(ep.config.tenant.as_str().to_owned())
+                .or_default();
+            t.list.push(ep.clone());
+            t.by_id.insert(ep.config.id.as_str().to_owned(), ep.clone());
+        }
+        for t in tenants.values_mut() {
+            t.list.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        }
+        Self { tenants, revision }
+    }
+}
+
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    /// Unix seconds of the last snapshot swap, for the snapshot-age metric.
+    swapped_at: AtomicI64,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Live {
+    /// Loads the config and keeps it current until `cancel` fires.
+    pub async fn start(
+        layout: &Layout,
+        default_schedule: RetrySchedule,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, async_nats::Error> {
+        let (changed, _) = tokio::sync::watch::channel(0);
+        let live = Arc::new(Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            swapped_at: AtomicI64::new(OffsetDateTime::now_utc().unix_timestamp()),
+            changed,
+        });
+        let stream_name = format!("KV_{}", layout.subjects.config_bucket());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = WatchTask {
+            live: live.clone(),
+            kv: layout.config.clone(),
+            js: layout.js.clone(),
+            stream_name,
+            default_schedule,
+        };
+        tokio::spawn(task.run(cancel, ready_tx));
+        ready_rx
+            .await
+            .map_err(|_| "the config watch stopped before loading")?;
+        Ok(live)
+    }
+
+    /// The current snapshot; cheap, lock-free.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Seconds since the snapshot last changed.
+    pub fn age_seconds(&self) -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp() - self.swapped_at.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after the next swap whose revision is at least `revision`.
+    pub async fn wait_for_revision(&self, revision: u64) {
+        let mut rx = self.changed.subscribe();
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    fn swap(&self, snapshot: Snapshot) {
+        let rev = snapshot.revision;
+        self.current.store(Arc::new(snapshot));
+        self.swapped_at
+            .store(OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
+        self.changed.send_replace(rev);
+    }
+}
+
+struct WatchTask {
+    live: Arc<Live>,
+    kv: kv::Store,
+    js: async_nats::jetstream::Context,
+    stream_name: String,
+    default_schedule: RetrySchedule,
+}
+
+impl WatchTask {
+    async fn run(self, cancel: CancellationToken, ready: tokio::sync::oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.watch_once(&mut ready) => r,
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "Config watch failed; re-creating it.");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(REWATCH_DELAY) => {}
+            }
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), async_nats::Error> {
+        let mut entries: HashMap<String, Arc<LiveEndpoint>> = HashMap::new();
+        let mut watch = self.kv.watch_with_history(">").await?;
+        let pending = self
+            .js
+            .get_stream(&self.stream_name)
+            .await?
+            .info()
+            .await?
+            .state
+            .messages;
+        let mut caught_up = pending == 0;
+        let mut revision = 0;
+        if caught_up {
+            self.live.swap(Snapshot::build(&entries, revision));
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
+            }
+        }
+        while let Some(entry) = watch.next().await {
+            let entry = entry?;
+            revision = revision.max(entry.revision);
+            if let Some(rest) = entry.key.strip_prefix("endpoints.") {
+                match entry.operation {
+                    kv::Operation::Put => match serde_json::from_slice::<Endpoint>(&entry.value)
+                        .map_err(|e| e.to_string())
+                        .and_then(|ep| LiveEndpoint::build(ep, &self.default_schedule))
+                    {
+                        Ok(ep) => {
+                            entries.insert(rest.to_owned(), Arc::new(ep));
+                        }
+                        Err(reason) => {
+                            warn!(key = %entry.key, %reason, "Ignoring an unusable endpoint in the config bucket.");
+                            entries.remove(rest);
+                        }
+                    },
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        entries.remove(rest);
+                    }
+                }
+            }
+            if entry.delta == 0 {
+                if !caught_up {
+                    info!(endpoints = entries.len(), revision, "Config snapshot loaded.");
+                }
+                caught_up = true;
+            }
+            if caught_up {
+                self.live.swap(Snapshot::build(&entries, revision));
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        Err("config watch ended".into())
+    }
+}

@@ -1,0 +1,104 @@
+//! Config documents as they are stored in KV (JSON). The API has its own views: the secret
+//! is stored here because the worker must sign with it, and leaves the API only on create
+//! and rotate.
+
+use gancho_core::{EndpointId, TenantId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// Default per-request timeout, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u32 = 15_000;
+/// Longest per-request timeout. The deliveries consumer's ack wait is sized above it.
+pub const MAX_TIMEOUT_MS: u32 = 30_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A secret that still signs after a rotation, until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreviousSecret {
+    pub secret: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub tenant: TenantId,
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    /// Event-type filters (`invoice.*`); empty means every type.
+    #[serde(default)]
+    pub filter_types: Vec<String>,
+    /// When non-empty, only events tagged with one of these channels.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Why the endpoint was disabled, when gancho did it (for example a 410 Gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Requests per second; `None` means no limit.
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Requests in flight at once; `None` means the worker default.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Per-request timeout in milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u32,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Overrides the default retry schedule (`0s,5s,5m,...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_schedule: Option<String>,
+    /// `whsec_...`
+    pub secret: String,
+    #[serde(default)]
+    pub previous_secrets: Vec<PreviousSecret>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+fn default_timeout() -> u32 {
+    DEFAULT_TIMEOUT_MS
+}
+
+fn default_profile() -> String {
+    "standard".into()
+}
+
+/// A fresh `whsec_` secret of 32 random bytes.
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut key = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    gancho_core::Secret::from_bytes(key)
+        .expect("32 bytes is a valid key length")
+        .expose()
+}
+
+/// A fresh endpoint id: `ep_` and 20 random base32 characters.
+pub fn new_endpoint_id() -> EndpointId {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut rng = rand::rng();
+    let mut id = String::from("ep_");
+    for _ in 0..20 {
+        id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    EndpointId::new(id).expect("generated ids use the id alphabet")
+}

@@ -1,0 +1,180 @@
+//! The typed config repository: tenants and endpoints as JSON documents in the KV bucket,
+//! keyed `tenants.<t>` and `endpoints.<t>.<e>`. Writes that change an existing document are
+//! compare-and-set on the KV revision, so two API replicas (or an API call and a worker
+//! disabling an endpoint after a 410) never overwrite each other's change.
+
+use crate::model::{Endpoint, Tenant};
+use async_nats::jetstream::kv;
+use futures::TryStreamExt;
+use gancho_core::Subjects;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How many times a compare-and-set update is retried when someone else wrote first.
+const CAS_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("config store unavailable: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Invalid(_) => "invalid",
+            StoreError::Backend(_) => "backend",
+        }
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct ConfigStore {
+    kv: kv::Store,
+}
+
+impl ConfigStore {
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
+        match self.kv.entry(key).await.map_err(backend)? {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let value = serde_json::from_slice(&entry.value).map_err(|e| {
+                    StoreError::Backend(format!("config key {key} holds invalid JSON: {e}"))
+                })?;
+                Ok(Some((value, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn create<T: Serialize>(&self, key: &str, what: String, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(backend)?;
+        match self.kv.create(key, bytes.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(StoreError::Conflict(what))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    // Tenants.
+
+    pub async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let key = Subjects::tenant_key(tenant.id.as_str());
+        self.create(&key, format!("tenant {:?}", tenant.id.as_str()), tenant)
+            .await
+    }
+
+    pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.read(&Subjects::tenant_key(id)).await?.map(|(t, _)| t))
+    }
+
+    /// Deletes a tenant and every endpoint it owns.
+    pub async fn delete_tenant(&self, id: &str) -> Result<(), StoreError> {
+        if self.get_tenant(id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("tenant {id:?}")));
+        }
+        for ep in self.list_endpoints(id).await? {
+            self.kv
+                .delete(Subjects::endpoint_key(id, ep.id.as_str()))
+                .await
+                .map_err(backend)?;
+        }
+        self.kv
+            .delete(Subjects::tenant_key(id))
+            .await
+            .map_err(backend)
+    }
+
+    // Endpoints.
+
+    /// Stores a new endpoint; its tenant must exist.
+    pub async fn create_endpoint(&self, ep: &Endpoint) -> Result<(), StoreError> {
+        if self.get_tenant(ep.tenant.as_str()).await?.is_none() {
+            return Err(StoreError::NotFound(format!("tenant {:?}", ep.tenant.as_str())));
+        }
+        let key = Subjects::endpoint_key(ep.tenant.as_str(), ep.id.as_str());
+        self.create(&key, format!("endpoint {:?}", ep.id.as_str()), ep)
+            .await
+    }
+
+    pub async fn get_endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        Ok(self
+            .read(&Subjects::endpoint_key(tenant, id))
+            .await?
+            .map(|(e, _)| e))
+    }
+
+    /// Every endpoint of a tenant, sorted by creation time.
+    pub async fn list_endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
+        let prefix = format!("endpoints.{tenant}.");
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(backend)?
+            .try_filter(|k| futures::future::ready(k.starts_with(&prefix)))
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some((ep, _)) = self.read::<Endpoint>(&key).await? {
+                out.push(ep);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+        Ok(out)
+    }
+
+    /// Applies `change` to the stored endpoint with compare-and-set, retrying when another
+    /// writer got there first. Returns the endpoint as stored.
+    pub async fn update_endpoint<F>(&self, tenant: &str, id: &str, mut change: F) -> Result<Endpoint, StoreError>
+    where
+        F: FnMut(&mut Endpoint) -> Result<(), StoreError>,
+    {
+        let key = Subjects::endpoint_key(tenant, id);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut ep, revision)) = self.read::<Endpoint>(&key).await? else {
+                return Err(StoreError::NotFound(format!("endpoint {id:?}")));
+            };
+            change(&mut ep)?;
+            ep.updated_at = time::OffsetDateTime::now_utc();
+            let bytes = serde_json::to_vec(&ep).map_err(backend)?;
+            match self.kv.update(&key, bytes.into(), revision).await {
+                Ok(_) => return Ok(ep),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "endpoint {id:?} is being changed concurrently; retry"
+        )))
+    }
+
+    pub async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        if self.get_endpoint(tenant, id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("endpoint {id:?}")));
+        }
+        self.kv
+            .delete(Subjects::endpoint_key(tenant, id))
+            .await
+            .map_err(backend)
+    }
+}

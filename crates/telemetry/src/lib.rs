@@ -1,0 +1,110 @@
+//! Observability shared by every role: every metric name with its help text ([`names`]), the
+//! Prometheus recorder, the small HTTP server for `/metrics`, `/healthz` and `/readyz`, and
+//! the tracing subscriber.
+
+pub mod names;
+
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+/// Buckets for HTTP attempt durations, in seconds: 1 ms to 30 s (the longest timeout).
+const ATTEMPT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+/// Buckets for end-to-end latency, in seconds: 5 ms to a day (retries stretch it).
+const E2E_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+    7200.0, 86400.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle)
+/// and registers every help text.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::DELIVERY_ATTEMPT_DURATION.into()),
+                    ATTEMPT_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::DELIVERY_E2E.into()), E2E_BUCKETS)
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            names::describe_all();
+            handle
+        })
+        .clone()
+}
+
+/// Readiness flag a role flips once it consumes.
+#[derive(Clone, Default)]
+pub struct Ready(Arc<AtomicBool>);
+
+impl Ready {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Routes for `/metrics`, `/healthz` and `/readyz`, to serve alone or merge into the API.
+pub fn routes(handle: PrometheusHandle, ready: Ready) -> Router {
+    Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ok = ready.get();
+                async move {
+                    if ok {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        )
+}
+
+/// Serves [`routes`] on `addr` until `cancel` fires. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    ready: Ready,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = routes(handle, ready);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+    });
+    Ok(bound)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,61 @@
+//! Every metric gancho exports, in one place, named `gancho_<subsystem>_<name>_<unit>[_total]`.
+//! Labels come only from the fixed sets written next to each metric.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Events the router consumed. `outcome`: routed | unmatched | invalid.
+pub const ROUTER_EVENTS: &str = "gancho_router_events_total";
+/// Events dead-lettered by the router. `reason`: undecodable | not_json | subject_mismatch | invalid.
+pub const ROUTER_EVENTS_INVALID: &str = "gancho_router_events_invalid_total";
+/// Deliveries the router created (one per matching endpoint).
+pub const ROUTER_DELIVERIES_CREATED: &str = "gancho_router_deliveries_created_total";
+/// Events whose fan-out failed to publish and will be redelivered.
+pub const ROUTER_PUBLISH_FAILURES: &str = "gancho_router_publish_failures_total";
+
+/// Attempts by `outcome`: success | http_error | timeout | connect_error | tls_error | request_error | blocked.
+pub const DELIVERY_ATTEMPTS: &str = "gancho_delivery_attempts_total";
+/// Duration of one HTTP attempt. `outcome` as above.
+pub const DELIVERY_ATTEMPT_DURATION: &str = "gancho_delivery_attempt_duration_seconds";
+/// From the event's time to the 2xx that delivered it.
+pub const DELIVERY_E2E: &str = "gancho_delivery_end_to_end_seconds";
+/// HTTP requests in flight in this worker.
+pub const DELIVERY_IN_FLIGHT: &str = "gancho_delivery_in_flight_requests";
+/// Retries scheduled after a failed attempt.
+pub const DELIVERY_RETRIES_SCHEDULED: &str = "gancho_delivery_retries_scheduled_total";
+/// Deliveries deferred without an attempt. `reason`: rate_limited | in_flight_cap | circuit_open.
+pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
+/// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable.
+pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
+/// Endpoints disabled by the worker. `reason`: gone.
+pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
+/// Deliveries whose outcome could not be recorded and were handed back for redelivery.
+pub const DELIVERY_RECORD_FAILURES: &str = "gancho_delivery_record_failures_total";
+
+/// Messages not yet delivered to the consumer. `stream`: events | deliveries.
+pub const CONSUMER_PENDING: &str = "gancho_consumer_pending_messages";
+/// Messages delivered and not yet acked. `stream`: events | deliveries.
+pub const CONSUMER_ACK_PENDING: &str = "gancho_consumer_ack_pending_messages";
+/// Seconds since the config snapshot last changed.
+pub const CONFIG_SNAPSHOT_AGE: &str = "gancho_config_snapshot_age_seconds";
+/// Slow-consumer events reported by the NATS client (messages were dropped).
+pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
+
+pub fn describe_all() {
+    describe_counter!(ROUTER_EVENTS, "Events consumed by the router, by outcome.");
+    describe_counter!(ROUTER_EVENTS_INVALID, "Events dead-lettered by the router, by reason.");
+    describe_counter!(ROUTER_DELIVERIES_CREATED, "Deliveries created, one per matching endpoint.");
+    describe_counter!(ROUTER_PUBLISH_FAILURES, "Fan-outs that failed to publish and were handed back.");
+    describe_counter!(DELIVERY_ATTEMPTS, "Delivery attempts, by outcome.");
+    describe_histogram!(DELIVERY_ATTEMPT_DURATION, Unit::Seconds, "Duration of one HTTP delivery attempt.");
+    describe_histogram!(DELIVERY_E2E, Unit::Seconds, "Time from the event's occurred_at to the 2xx that delivered it.");
+    describe_gauge!(DELIVERY_IN_FLIGHT, "HTTP requests in flight in this worker.");
+    describe_counter!(DELIVERY_RETRIES_SCHEDULED, "Retries scheduled after a failed attempt.");
+    describe_counter!(DELIVERY_DEFERRED, "Deliveries deferred without an attempt, by reason.");
+    describe_counter!(DELIVERY_DEAD_LETTERED, "Deliveries dead-lettered, by reason.");
+    describe_counter!(ENDPOINTS_DISABLED, "Endpoints disabled by the worker, by reason.");
+    describe_counter!(DELIVERY_RECORD_FAILURES, "Deliveries whose outcome could not be recorded and were handed back.");
+    describe_gauge!(CONSUMER_PENDING, "Messages waiting for a consumer, by stream.");
+    describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not yet acknowledged, by stream.");
+    describe_gauge!(CONFIG_SNAPSHOT_AGE, Unit::Seconds, "Seconds since the config snapshot last changed.");
+    describe_counter!(NATS_SLOW_CONSUMER, "Slow-consumer events from the NATS client.");
+}

@@ -1,0 +1,384 @@
+//! One delivery, from message to ack: render and sign the webhook, send it, record the
+//! attempt, then schedule a retry, dead-letter or disable as the outcome says. The message
+//! is acked only after every write that outcome needs is acknowledged by JetStream.
+
+use crate::http::{self, SendError};
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use gancho_core::retry::jitter;
+use gancho_core::webhook::standard_body;
+use gancho_core::Subjects;
+use gancho_proto::{timestamp, to_datetime, Attempt, DeadLetter, Delivery, Message as _};
+use gancho_store::{ConfigStore, Live, LiveEndpoint};
+use gancho_telemetry::names;
+use http_body_util::Full;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tracing::{debug, info, warn};
+
+/// Delay before a delivery whose outcome could not be recorded is tried again.
+const NAK_DELAY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Ctx {
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub live: Arc<Live>,
+    pub store: ConfigStore,
+    pub client: http::Client,
+    pub jitter: f64,
+    pub user_agent: String,
+}
+
+/// What follows an attempt.
+enum Next {
+    Done,
+    Retry { delay: Duration },
+    Dead { kind: &'static str, reason: String },
+    Disable { reason: String },
+}
+
+struct Outcome {
+    status: u16,
+    label: &'static str,
+    error: String,
+    body: Bytes,
+    headers: Vec<(String, String)>,
+    retry_after: Option<Duration>,
+}
+
+impl Ctx {
+    pub(crate) async fn handle(&self, msg: jetstream::Message) {
+        let mut delivery = match Delivery::decode(&msg.payload[..]) {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = format!("delivery does not decode: {e}");
+                return self
+                    .finish(&msg, None, None, Next::Dead { kind: "undecodable", reason })
+                    .await;
+            }
+        };
+        let snapshot = self.live.load_full();
+        let Some(ep) = snapshot
+            .endpoint(&delivery.tenant, &delivery.endpoint_id)
+            .cloned()
+        else {
+            let reason = "the endpoint was deleted before delivery".to_string();
+            let next = Next::Dead { kind: "endpoint_gone", reason };
+            return self.finish(&msg, Some(&delivery), None, next).await;
+        };
+        drop(snapshot);
+        if ep.config.disabled {
+            let reason = format!(
+                "the endpoint is disabled{}",
+                ep.config
+                    .disabled_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            let next = Next::Dead { kind: "endpoint_disabled", reason };
+            return self.finish(&msg, Some(&delivery), None, next).await;
+        }
+
+        let attempt_no = delivery.attempts + 1;
+        let started_at = OffsetDateTime::now_utc();
+        let (outcome, latency) = self.attempt(&delivery, &ep, started_at).await;
+        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label).increment(1);
+        metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
+            .record(latency.as_secs_f64());
+
+        let next = if outcome.label == "success" {
+            if let Some(at) = delivery.occurred_at.as_ref().and_then(to_datetime) {
+                let e2e = (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0);
+                metrics::histogram!(names::DELIVERY_E2E).record(e2e);
+            }
+            Next::Done
+        } else if outcome.status == 410 {
+            Next::Disable {
+                reason: format!("the endpoint answered 410 Gone at {started_at}"),
+            }
+        } else if let Some(delay) = ep.schedule.delay_before(attempt_no + 1) {
+            let mut delay = jitter(delay, self.jitter, rand::random::<f64>());
+            if matches!(outcome.status, 429 | 503) {
+                if let Some(ra) = outcome.retry_after {
+                    delay = delay.max(ra);
+                }
+            }
+            Next::Retry { delay }
+        } else {
+            Next::Dead {
+                kind: "exhausted",
+                reason: format!(
+                    "gave up after {attempt_no} attempts; last: {}",
+                    describe(&outcome)
+                ),
+            }
+        };
+        match &next {
+            Next::Done => debug!(endpoint = %ep.config.id, attempt = attempt_no, "Delivered."),
+            Next::Retry { delay } => info!(
+                endpoint = %ep.config.id, attempt = attempt_no, status = outcome.status,
+                outcome = outcome.label, retry_in_ms = delay.as_millis() as u64,
+                "Delivery failed; retry scheduled."
+            ),
+            _ => warn!(
+                endpoint = %ep.config.id, attempt = attempt_no, status = outcome.status,
+                outcome = outcome.label, "Delivery failed for good."
+            ),
+        }
+
+        let next_at = match &next {
+            Next::Retry { delay } => Some(timestamp(OffsetDateTime::now_utc() + *delay)),
+            _ => None,
+        };
+        let record = Attempt {
+            delivery_id: delivery.id.clone(),
+            event_id: delivery.event_id.clone(),
+            tenant: delivery.tenant.clone(),
+            endpoint_id: delivery.endpoint_id.clone(),
+            r#type: delivery.r#type.clone(),
+            attempt: attempt_no,
+            at: Some(timestamp(started_at)),
+            status: outcome.status as u32,
+            latency_us: latency.as_micros() as u64,
+            outcome: outcome.label.into(),
+            error: outcome.error.clone(),
+            response_body: outcome.body.clone(),
+            response_headers: outcome.headers.iter().cloned().collect(),
+            url: loggable_url(&ep.uri),
+            next_attempt_at: next_at,
+        };
+        delivery.attempts = attempt_no;
+        self.finish(&msg, Some(&delivery), Some(record), next).await;
+    }
+
+    /// Sends the webhook once.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        ep: &LiveEndpoint,
+        now: OffsetDateTime,
+    ) -> (Outcome, Duration) {
+        let occurred = delivery
+            .occurred_at
+            .as_ref()
+            .and_then(to_datetime)
+            .unwrap_or(now);
+        let body = standard_body(&delivery.r#type, occurred, &delivery.payload);
+        let ts = now.unix_timestamp();
+        let signature = ep.signer.header(&delivery.event_id, ts, &body);
+        let mut req = ::http::Request::post(ep.uri.clone())
+            .header("content-type", "application/json")
+            .header("webhook-id", delivery.event_id.as_str())
+            .header("webhook-timestamp", ts)
+            .header("webhook-signature", signature)
+            .header("user-agent", self.user_agent.as_str());
+        for (k, v) in &ep.config.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let start = Instant::now();
+        let outcome = match req.body(Full::new(Bytes::from(body))) {
+            Err(e) => Err(SendError::Request(format!("cannot build the request: {e}"))),
+            Ok(req) => {
+                let timeout = Duration::from_millis(u64::from(ep.config.timeout_ms.max(1)));
+                self.client.send(req, timeout).await
+            }
+        };
+        let latency = start.elapsed();
+        let outcome = match outcome {
+            Ok(resp) => Outcome {
+                status: resp.status,
+                label: if (200..300).contains(&resp.status) {
+                    "success"
+                } else {
+                    "http_error"
+                },
+                error: String::new(),
+                body: resp.body,
+                headers: resp.headers,
+                retry_after: resp.retry_after,
+            },
+            Err(e) => Outcome {
+                status: 0,
+                label: e.kind(),
+                error: e.message(),
+                body: Bytes::new(),
+                headers: Vec::new(),
+                retry_after: None,
+            },
+        };
+        (outcome, latency)
+    }
+
+    /// Stores the attempt and whatever `next` needs, then acks; on any failure, naks so the
+    /// delivery is tried again.
+    async fn finish(
+        &self,
+        msg: &jetstream::Message,
+        delivery: Option<&Delivery>,
+        record: Option<Attempt>,
+        next: Next,
+    ) {
+        let mut acks = Vec::with_capacity(2);
+        let tenant = delivery.map(|d| d.tenant.as_str()).unwrap_or(gancho_core::subject::UNKNOWN_TENANT_TOKEN);
+        let endpoint = delivery.map(|d| d.endpoint_id.as_str()).unwrap_or("_unknown");
+        if let Some(record) = record {
+            let publish = PublishMessage::build().payload(Bytes::from(record.encode_to_vec()));
+            match self
+                .js
+                .send_publish(self.subjects.attempts(tenant, endpoint), publish)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => return self.nak(msg, &e.to_string()).await,
+            }
+        }
+        let side = match next {
+            Next::Done => None,
+            Next::Retry { delay } => {
+                let delivery = delivery.expect("a retry has a decoded delivery");
+                metrics::counter!(names::DELIVERY_RETRIES_SCHEDULED).increment(1);
+                Some(self.retry_publish(msg, delivery, delay))
+            }
+            Next::Dead { kind, reason } => Some(self.dead_publish(msg, delivery, kind, reason)),
+            Next::Disable { reason } => {
+                let delivery = delivery.expect("a 410 has a decoded delivery");
+                if let Err(e) = self
+                    .store
+                    .update_endpoint(&delivery.tenant, &delivery.endpoint_id, |ep| {
+                        ep.disabled = true;
+                        ep.disabled_reason = Some(reason.clone());
+                        Ok(())
+                    })
+                    .await
+                {
+                    return self.nak(msg, &e.to_string()).await;
+                }
+                metrics::counter!(names::ENDPOINTS_DISABLED, "reason" => "gone").increment(1);
+                warn!(endpoint = %delivery.endpoint_id, "Endpoint answered 410 Gone; disabled it.");
+                Some(self.dead_publish(msg, Some(delivery), "endpoint_gone", reason))
+            }
+        };
+        if let Some((subject, publish)) = side {
+            match self.js.send_publish(subject, publish).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => return self.nak(msg, &e.to_string()).await,
+            }
+        }
+        for r in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
+            if let Err(e) = r {
+                return self.nak(msg, &e.to_string()).await;
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            warn!(error = %e, "Cannot ack a delivery whose outcome is stored; it may be attempted again.");
+        }
+    }
+
+    fn retry_publish(&self, msg: &jetstream::Message, delivery: &Delivery, delay: Duration) -> (String, PublishMessage) {
+        let payload = Bytes::from(delivery.encode_to_vec());
+        let target = msg.subject.to_string();
+        if delay.is_zero() {
+            let publish = PublishMessage::build()
+                .payload(payload)
+                .message_id(format!("retry:{}:{}", delivery.id, delivery.attempts));
+            return (target, publish);
+        }
+        let at = OffsetDateTime::now_utc() + delay;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Schedule", format!("@at {}", rfc3339_millis(at)).as_str());
+        headers.insert("Nats-Schedule-Target", target.as_str());
+        let publish = PublishMessage::build().payload(payload).headers(headers);
+        (self.subjects.retry(&delivery.id), publish)
+    }
+
+    fn dead_publish(
+        &self,
+        msg: &jetstream::Message,
+        delivery: Option<&Delivery>,
+        kind: &'static str,
+        reason: String,
+    ) -> (String, PublishMessage) {
+        metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind).increment(1);
+        let (tenant, endpoint, id) = match delivery {
+            Some(d) => (d.tenant.as_str(), d.endpoint_id.as_str(), d.id.as_str()),
+            None => (gancho_core::subject::UNKNOWN_TENANT_TOKEN, "_unknown", ""),
+        };
+        let dead = DeadLetter {
+            reason,
+            kind: kind.into(),
+            subject: msg.subject.to_string(),
+            original: msg.payload.clone(),
+            at: Some(timestamp(OffsetDateTime::now_utc())),
+            delivery: delivery.cloned(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Gancho-Dead-Reason", kind);
+        let mut publish = PublishMessage::build()
+            .payload(Bytes::from(dead.encode_to_vec()))
+            .headers(headers);
+        if !id.is_empty() {
+            publish = publish.message_id(format!("dead:{id}"));
+        }
+        (self.subjects.dead(tenant, endpoint), publish)
+    }
+
+    async fn nak(&self, msg: &jetstream::Message, why: &str) {
+        warn!(error = why, "Cannot record a delivery's outcome; it will be attempted again.");
+        metrics::counter!(names::DELIVERY_RECORD_FAILURES).increment(1);
+        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
+    }
+}
+
+fn describe(o: &Outcome) -> String {
+    if o.status != 0 {
+        format!("HTTP {}", o.status)
+    } else {
+        format!("{} ({})", o.label, o.error)
+    }
+}
+
+/// The URL as logged in an attempt: no query string, no user info (either may hold a token).
+fn loggable_url(uri: &::http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.host().unwrap_or_default(),
+        uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+    ) + uri.path()
+}
+
+/// `2026-11-23T18:35:17.720Z`: the form `Nats-Schedule: @at` takes.
+fn rfc3339_millis(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_time_format() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_458_917_720_000_000).unwrap();
+        assert_eq!(rfc3339_millis(t), "2026-11-23T18:35:17.720Z");
+    }
+
+    #[test]
+    fn logged_urls_drop_query_and_credentials() {
+        let u: ::http::Uri = "https://user:pw@hooks.example.com:8443/in?token=abc".parse().unwrap();
+        assert_eq!(loggable_url(&u), "https://hooks.example.com:8443/in");
+    }
+}

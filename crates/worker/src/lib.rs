@@ -1,0 +1,156 @@
+//! The worker role. Workers share one durable pull consumer on `GANCHO_DELIVERIES`; each
+//! delivery is POSTed as a Standard Webhooks request over a pooled HTTPS client, every attempt
+//! is recorded in `GANCHO_ATTEMPTS`, and the outcome decides what happens next:
+//!
+//! - 2xx: acked once the attempt record is stored.
+//! - failure with attempts left: republished as a scheduled message (`Nats-Schedule: @at`)
+//!   on `gancho.retry.<delivery id>` and acked, so waiting never holds an ack-pending slot.
+//!   `Retry-After` on 429/503 is honoured up to an hour.
+//! - failure on the last attempt: written to `GANCHO_DEAD` with the reason, then acked.
+//! - 410 Gone: the endpoint is disabled in the config and the delivery dead-lettered.
+//!
+//! If any of those writes fails the delivery is nak'd and tried again: at least once, never
+//! lost. Attempts are counted by gancho in the `Delivery` message, not by the server (a NAK
+//! counts toward `max_deliver` and ignores backoff).
+//!
+//! # Layout
+//! - [`http`]: the pooled client and the SSRF guard.
+//! - `deliver`: one delivery, from message to ack.
+
+mod deliver;
+pub mod http;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use gancho_store::{ConfigStore, Layout, Live};
+use gancho_telemetry::names;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// Ack wait of the deliveries consumer: above the longest request timeout (30 s) plus the
+/// time to record the outcome, so a delivery in flight is never handed to another worker.
+pub const ACK_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// HTTP requests in flight at once in this worker.
+    pub concurrency: usize,
+    /// Accept `http://` endpoints.
+    pub allow_http: bool,
+    /// Deliver to loopback and private addresses.
+    pub allow_private: bool,
+    /// PEM bundle trusted in addition to the webpki roots.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Retries are spread by up to this fraction either way.
+    pub jitter: f64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 512,
+            allow_http: false,
+            allow_private: false,
+            extra_ca_file: None,
+            jitter: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Client(#[from] http::ClientError),
+    #[error("cannot create the worker consumer: {0}")]
+    Consumer(String),
+    #[error("the deliveries consumer stopped: {0}")]
+    Stream(String),
+}
+
+/// Runs the worker until `cancel` fires, then waits for the deliveries in flight.
+pub async fn run(
+    input: async_nats::Client,
+    output: jetstream::Context,
+    layout: Layout,
+    live: Arc<Live>,
+    config: WorkerConfig,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
+    let client = http::Client::new(
+        config.allow_http,
+        config.allow_private,
+        config.extra_ca_file.as_deref(),
+    )?;
+    let js_in = jetstream::new(input);
+    let subjects = layout.subjects.clone();
+    let consumer: consumer::PullConsumer = js_in
+        .create_consumer_on_stream(
+            consumer::pull::Config {
+                durable_name: Some(subjects.worker_consumer()),
+                description: Some("gancho workers".into()),
+                filter_subject: subjects.deliveries_wildcard(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: (config.concurrency * 4) as i64,
+                ..Default::default()
+            },
+            subjects.deliveries_stream(),
+        )
+        .await
+        .map_err(|e| WorkerError::Consumer(e.to_string()))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.concurrency.clamp(1, 1000))
+        .messages()
+        .await
+        .map_err(|e| WorkerError::Stream(e.to_string()))?;
+    info!(consumer = %subjects.worker_consumer(), concurrency = config.concurrency, "Worker consuming deliveries.");
+
+    let ctx = Arc::new(deliver::Ctx {
+        js: output,
+        subjects,
+        live,
+        store: ConfigStore::new(layout.config.clone()),
+        client,
+        jitter: config.jitter,
+        user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
+    });
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = messages.next() => next,
+        };
+        let msg = match msg {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                warn!(error = %e, "Deliveries consumer hiccup; continuing.");
+                continue;
+            }
+            None => return Err(WorkerError::Stream("message stream ended".into())),
+        };
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let ctx = ctx.clone();
+        let span = tracing::info_span!("deliver", role = "worker");
+        tokio::spawn(
+            async move {
+                metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
+                ctx.handle(msg).await;
+                metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
+    info!("Worker stopped.");
+    Ok(())
+}
