@@ -1,27 +1,107 @@
-//! The `gancho` binary: parses the command line and runs one role, or all of them.
+//! The `gancho` binary: parses the command line and configuration, runs one role (or all of
+//! them under `dev`), and exits 64 with one line when the configuration is invalid.
+
+mod config;
+mod dev;
+mod publish;
+mod roles;
+mod sink;
 
 use clap::{Parser, Subcommand};
+use config::{Config, ConfigError, Flags, EXIT_CONFIG};
+use roles::Roles;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "gancho", version, about = "Webhook delivery on NATS JetStream")]
+#[command(
+    name = "gancho",
+    version,
+    about = "Webhook delivery on NATS JetStream",
+    propagate_version = true
+)]
 struct Cli {
+    #[command(flatten)]
+    flags: Flags,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every role in one process, with its own nats-server (data under ./.gancho/).
+    /// Every role in one process, with its own nats-server (data under ./.gancho/) unless
+    /// GANCHO_NATS_URL is set, and a demo receiver.
     Dev,
+    /// The router role: events in, one delivery per matching endpoint out.
+    Router,
+    /// The worker role: deliveries in, signed HTTPS webhooks out.
+    Worker,
+    /// The config service (REST API).
+    Api,
+    /// Publish one event, as a platform service would.
+    Publish(publish::PublishArgs),
+    /// Run a receiver that verifies signatures and prints each webhook.
+    Sink(sink::SinkArgs),
 }
 
 fn main() {
-    match Cli::parse().command {
-        Command::Dev => {
-            println!(
-                "gancho {}: pipeline not built yet",
-                env!("CARGO_PKG_VERSION")
-            );
+    let cli = Cli::parse();
+    gancho_telemetry::init_tracing();
+    let config = match Config::load(&cli.flags) {
+        Ok(c) => c,
+        Err(e) => exit_config(&e),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
+    let result = runtime.block_on(async move {
+        let role = |roles: Roles| {
+            let config = config.clone();
+            async move {
+                let url = config.require_nats_url()?.to_owned();
+                roles::start(&config, &url, roles, CancellationToken::new())
+                    .await?
+                    .wait()
+                    .await
+            }
+        };
+        match cli.command {
+            Command::Dev => dev::run(config).await,
+            Command::Router => {
+                role(Roles {
+                    router: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Command::Worker => {
+                role(Roles {
+                    worker: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Command::Api => {
+                role(Roles {
+                    api: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Command::Publish(args) => publish::run(&config, args).await,
+            Command::Sink(args) => sink::run(args).await,
         }
+    });
+    if let Err(e) = result {
+        if let Some(c) = e.downcast_ref::<ConfigError>() {
+            exit_config(c);
+        }
+        eprintln!("gancho: {e:#}");
+        std::process::exit(1);
     }
+}
+
+fn exit_config(e: &ConfigError) -> ! {
+    eprintln!("gancho: {e}");
+    std::process::exit(EXIT_CONFIG);
 }

@@ -133,10 +133,7 @@ pub async fn run(
 }
 
 pub(crate) async fn nak(msg: &jetstream::Message) {
-    if let Err(e) = msg
-        .ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY)))
-        .await
-    {
+    if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await {
         error!(error = %e, "Cannot nak an event; it will be redelivered after the ack wait.");
     }
     metrics::counter!(names::ROUTER_PUBLISH_FAILURES).increment(1);

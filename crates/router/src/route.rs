@@ -1,7 +1,6 @@
 //! Routing one event: check, match, fan out, ack.
 
 use async_nats::jetstream::{self, message::PublishMessage as Publish};
-use std::future::IntoFuture;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use gancho_core::id::{validate_event_type, validate_tenant};
@@ -11,6 +10,7 @@ use gancho_proto::{DeadLetter, Delivery, Event, Message as _};
 use gancho_store::Live;
 use gancho_telemetry::names;
 use sha2::{Digest, Sha256};
+use std::future::IntoFuture;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tracing::{debug, warn};
@@ -65,9 +65,13 @@ pub fn check_event(subjects: &Subjects, subject: &str, bytes: &[u8]) -> Result<E
             event.tenant, event.r#type
         )));
     }
-    if event.id.is_empty() || event.id.len() > 255 || !event.id.bytes().all(|b| b.is_ascii_graphic()) {
+    if event.id.is_empty()
+        || event.id.len() > 255
+        || !event.id.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(Invalid::Invalid(
-            "event id must be 1 to 255 visible ASCII characters (it becomes the webhook-id header)".into(),
+            "event id must be 1 to 255 visible ASCII characters (it becomes the webhook-id header)"
+                .into(),
         ));
     }
     validate_tenant(&event.tenant).map_err(|e| Invalid::Invalid(e.to_string()))?;
@@ -157,7 +161,8 @@ impl Ctx {
         }
         drop(snapshot);
         let created = acks.len();
-        for result in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
+        for result in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await
+        {
             if let Err(e) = result {
                 warn!(event = %event.id, error = %e, "A delivery was not acknowledged; the event will be routed again.");
                 return crate::nak(&msg).await;
@@ -205,7 +210,10 @@ impl Ctx {
             Err(_) => false,
         };
         if !stored {
-            warn!(seq, "Cannot dead-letter an invalid event; it will be retried.");
+            warn!(
+                seq,
+                "Cannot dead-letter an invalid event; it will be retried."
+            );
             return crate::nak(msg).await;
         }
         warn!(seq, kind = invalid.kind(), reason = %invalid.reason(), "Event dead-lettered.");
@@ -235,7 +243,12 @@ mod tests {
     #[test]
     fn accepts_a_good_event() {
         let s = Subjects::default();
-        let ev = check_event(&s, "gancho.events.acme.invoice.paid", &event("acme", "invoice.paid", b"{}")).unwrap();
+        let ev = check_event(
+            &s,
+            "gancho.events.acme.invoice.paid",
+            &event("acme", "invoice.paid", b"{}"),
+        )
+        .unwrap();
         assert_eq!(ev.r#type, "invoice.paid");
     }
 
@@ -243,8 +256,14 @@ mod tests {
     fn rejects_with_a_reason() {
         let s = Subjects::default();
         let subj = "gancho.events.acme.invoice.paid";
-        assert!(matches!(check_event(&s, subj, b"\xff\xfe garbage").unwrap_err(), Invalid::Undecodable(_)));
-        assert_eq!(check_event(&s, subj, &event("acme", "invoice.paid", b"nope")).unwrap_err(), Invalid::NotJson);
+        assert!(matches!(
+            check_event(&s, subj, b"\xff\xfe garbage").unwrap_err(),
+            Invalid::Undecodable(_)
+        ));
+        assert_eq!(
+            check_event(&s, subj, &event("acme", "invoice.paid", b"nope")).unwrap_err(),
+            Invalid::NotJson
+        );
         let err = check_event(&s, subj, &event("other", "invoice.paid", b"{}")).unwrap_err();
         assert_eq!(err.kind(), "subject_mismatch");
         assert!(err.reason().contains("\"other\""));

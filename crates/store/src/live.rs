@@ -39,21 +39,25 @@ impl LiveEndpoint {
     /// Compiles a stored endpoint; `None` (with a warning) when the stored document is
     /// unusable, so one bad key cannot stop delivery to the others.
     fn build(config: Endpoint, default_schedule: &RetrySchedule) -> Result<Self, String> {
-        let subscription = Subscription::new(&config.filter_types, &config.channels)
-            .map_err(|e| e.to_string())?;
+        let subscription =
+            Subscription::new(&config.filter_types, &config.channels).map_err(|e| e.to_string())?;
         let secret = Secret::parse(&config.secret).map_err(|e| e.to_string())?;
         let mut signer = Signer::new(secret);
         let now = OffsetDateTime::now_utc();
         for old in &config.previous_secrets {
             if old.expires_at > now {
-                signer = signer.with_previous(Secret::parse(&old.secret).map_err(|e| e.to_string())?);
+                signer =
+                    signer.with_previous(Secret::parse(&old.secret).map_err(|e| e.to_string())?);
             }
         }
         let schedule = match &config.retry_schedule {
             Some(s) => RetrySchedule::parse(s).map_err(|e| e.to_string())?,
             None => default_schedule.clone(),
         };
-        let uri: http::Uri = config.url.parse().map_err(|_| "url does not parse".to_string())?;
+        let uri: http::Uri = config
+            .url
+            .parse()
+            .map_err(|_| "url does not parse".to_string())?;
         Ok(Self {
             config,
             subscription,
@@ -166,8 +170,10 @@ impl Live {
     fn swap(&self, snapshot: Snapshot) {
         let rev = snapshot.revision;
         self.current.store(Arc::new(snapshot));
-        self.swapped_at
-            .store(OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
+        self.swapped_at.store(
+            OffsetDateTime::now_utc().unix_timestamp(),
+            Ordering::Relaxed,
+        );
         self.changed.send_replace(rev);
     }
 }
@@ -244,7 +250,10 @@ impl WatchTask {
             }
             if entry.delta == 0 {
                 if !caught_up {
-                    info!(endpoints = entries.len(), revision, "Config snapshot loaded.");
+                    info!(
+                        endpoints = entries.len(),
+                        revision, "Config snapshot loaded."
+                    );
                 }
                 caught_up = true;
             }

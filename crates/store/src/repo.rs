@@ -62,7 +62,12 @@ impl ConfigStore {
         }
     }
 
-    async fn create<T: Serialize>(&self, key: &str, what: String, value: &T) -> Result<(), StoreError> {
+    async fn create<T: Serialize>(
+        &self,
+        key: &str,
+        what: String,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(backend)?;
         match self.kv.create(key, bytes.into()).await {
             Ok(_) => Ok(()),
@@ -107,14 +112,21 @@ impl ConfigStore {
     /// Stores a new endpoint; its tenant must exist.
     pub async fn create_endpoint(&self, ep: &Endpoint) -> Result<(), StoreError> {
         if self.get_tenant(ep.tenant.as_str()).await?.is_none() {
-            return Err(StoreError::NotFound(format!("tenant {:?}", ep.tenant.as_str())));
+            return Err(StoreError::NotFound(format!(
+                "tenant {:?}",
+                ep.tenant.as_str()
+            )));
         }
         let key = Subjects::endpoint_key(ep.tenant.as_str(), ep.id.as_str());
         self.create(&key, format!("endpoint {:?}", ep.id.as_str()), ep)
             .await
     }
 
-    pub async fn get_endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, StoreError> {
+    pub async fn get_endpoint(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Endpoint>, StoreError> {
         Ok(self
             .read(&Subjects::endpoint_key(tenant, id))
             .await?
@@ -145,7 +157,12 @@ impl ConfigStore {
 
     /// Applies `change` to the stored endpoint with compare-and-set, retrying when another
     /// writer got there first. Returns the endpoint as stored.
-    pub async fn update_endpoint<F>(&self, tenant: &str, id: &str, mut change: F) -> Result<Endpoint, StoreError>
+    pub async fn update_endpoint<F>(
+        &self,
+        tenant: &str,
+        id: &str,
+        mut change: F,
+    ) -> Result<Endpoint, StoreError>
     where
         F: FnMut(&mut Endpoint) -> Result<(), StoreError>,
     {

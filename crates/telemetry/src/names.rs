@@ -42,20 +42,68 @@ pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
 pub fn describe_all() {
     describe_counter!(ROUTER_EVENTS, "Events consumed by the router, by outcome.");
-    describe_counter!(ROUTER_EVENTS_INVALID, "Events dead-lettered by the router, by reason.");
-    describe_counter!(ROUTER_DELIVERIES_CREATED, "Deliveries created, one per matching endpoint.");
-    describe_counter!(ROUTER_PUBLISH_FAILURES, "Fan-outs that failed to publish and were handed back.");
+    describe_counter!(
+        ROUTER_EVENTS_INVALID,
+        "Events dead-lettered by the router, by reason."
+    );
+    describe_counter!(
+        ROUTER_DELIVERIES_CREATED,
+        "Deliveries created, one per matching endpoint."
+    );
+    describe_counter!(
+        ROUTER_PUBLISH_FAILURES,
+        "Fan-outs that failed to publish and were handed back."
+    );
     describe_counter!(DELIVERY_ATTEMPTS, "Delivery attempts, by outcome.");
-    describe_histogram!(DELIVERY_ATTEMPT_DURATION, Unit::Seconds, "Duration of one HTTP delivery attempt.");
-    describe_histogram!(DELIVERY_E2E, Unit::Seconds, "Time from the event's occurred_at to the 2xx that delivered it.");
-    describe_gauge!(DELIVERY_IN_FLIGHT, "HTTP requests in flight in this worker.");
-    describe_counter!(DELIVERY_RETRIES_SCHEDULED, "Retries scheduled after a failed attempt.");
-    describe_counter!(DELIVERY_DEFERRED, "Deliveries deferred without an attempt, by reason.");
-    describe_counter!(DELIVERY_DEAD_LETTERED, "Deliveries dead-lettered, by reason.");
-    describe_counter!(ENDPOINTS_DISABLED, "Endpoints disabled by the worker, by reason.");
-    describe_counter!(DELIVERY_RECORD_FAILURES, "Deliveries whose outcome could not be recorded and were handed back.");
-    describe_gauge!(CONSUMER_PENDING, "Messages waiting for a consumer, by stream.");
-    describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not yet acknowledged, by stream.");
-    describe_gauge!(CONFIG_SNAPSHOT_AGE, Unit::Seconds, "Seconds since the config snapshot last changed.");
-    describe_counter!(NATS_SLOW_CONSUMER, "Slow-consumer events from the NATS client.");
+    describe_histogram!(
+        DELIVERY_ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Duration of one HTTP delivery attempt."
+    );
+    describe_histogram!(
+        DELIVERY_E2E,
+        Unit::Seconds,
+        "Time from the event's occurred_at to the 2xx that delivered it."
+    );
+    describe_gauge!(
+        DELIVERY_IN_FLIGHT,
+        "HTTP requests in flight in this worker."
+    );
+    describe_counter!(
+        DELIVERY_RETRIES_SCHEDULED,
+        "Retries scheduled after a failed attempt."
+    );
+    describe_counter!(
+        DELIVERY_DEFERRED,
+        "Deliveries deferred without an attempt, by reason."
+    );
+    describe_counter!(
+        DELIVERY_DEAD_LETTERED,
+        "Deliveries dead-lettered, by reason."
+    );
+    describe_counter!(
+        ENDPOINTS_DISABLED,
+        "Endpoints disabled by the worker, by reason."
+    );
+    describe_counter!(
+        DELIVERY_RECORD_FAILURES,
+        "Deliveries whose outcome could not be recorded and were handed back."
+    );
+    describe_gauge!(
+        CONSUMER_PENDING,
+        "Messages waiting for a consumer, by stream."
+    );
+    describe_gauge!(
+        CONSUMER_ACK_PENDING,
+        "Messages delivered and not yet acknowledged, by stream."
+    );
+    describe_gauge!(
+        CONFIG_SNAPSHOT_AGE,
+        Unit::Seconds,
+        "Seconds since the config snapshot last changed."
+    );
+    describe_counter!(
+        NATS_SLOW_CONSUMER,
+        "Slow-consumer events from the NATS client."
+    );
 }

@@ -56,7 +56,15 @@ impl Ctx {
             Err(e) => {
                 let reason = format!("delivery does not decode: {e}");
                 return self
-                    .finish(&msg, None, None, Next::Dead { kind: "undecodable", reason })
+                    .finish(
+                        &msg,
+                        None,
+                        None,
+                        Next::Dead {
+                            kind: "undecodable",
+                            reason,
+                        },
+                    )
                     .await;
             }
         };
@@ -66,7 +74,10 @@ impl Ctx {
             .cloned()
         else {
             let reason = "the endpoint was deleted before delivery".to_string();
-            let next = Next::Dead { kind: "endpoint_gone", reason };
+            let next = Next::Dead {
+                kind: "endpoint_gone",
+                reason,
+            };
             return self.finish(&msg, Some(&delivery), None, next).await;
         };
         drop(snapshot);
@@ -79,7 +90,10 @@ impl Ctx {
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
             );
-            let next = Next::Dead { kind: "endpoint_disabled", reason };
+            let next = Next::Dead {
+                kind: "endpoint_disabled",
+                reason,
+            };
             return self.finish(&msg, Some(&delivery), None, next).await;
         }
 
@@ -223,8 +237,12 @@ impl Ctx {
         next: Next,
     ) {
         let mut acks = Vec::with_capacity(2);
-        let tenant = delivery.map(|d| d.tenant.as_str()).unwrap_or(gancho_core::subject::UNKNOWN_TENANT_TOKEN);
-        let endpoint = delivery.map(|d| d.endpoint_id.as_str()).unwrap_or("_unknown");
+        let tenant = delivery
+            .map(|d| d.tenant.as_str())
+            .unwrap_or(gancho_core::subject::UNKNOWN_TENANT_TOKEN);
+        let endpoint = delivery
+            .map(|d| d.endpoint_id.as_str())
+            .unwrap_or("_unknown");
         if let Some(record) = record {
             let publish = PublishMessage::build().payload(Bytes::from(record.encode_to_vec()));
             match self
@@ -278,7 +296,12 @@ impl Ctx {
         }
     }
 
-    fn retry_publish(&self, msg: &jetstream::Message, delivery: &Delivery, delay: Duration) -> (String, PublishMessage) {
+    fn retry_publish(
+        &self,
+        msg: &jetstream::Message,
+        delivery: &Delivery,
+        delay: Duration,
+    ) -> (String, PublishMessage) {
         let payload = Bytes::from(delivery.encode_to_vec());
         let target = msg.subject.to_string();
         if delay.is_zero() {
@@ -289,7 +312,10 @@ impl Ctx {
         }
         let at = OffsetDateTime::now_utc() + delay;
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Schedule", format!("@at {}", rfc3339_millis(at)).as_str());
+        headers.insert(
+            "Nats-Schedule",
+            format!("@at {}", rfc3339_millis(at)).as_str(),
+        );
         headers.insert("Nats-Schedule-Target", target.as_str());
         let publish = PublishMessage::build().payload(payload).headers(headers);
         (self.subjects.retry(&delivery.id), publish)
@@ -327,7 +353,10 @@ impl Ctx {
     }
 
     async fn nak(&self, msg: &jetstream::Message, why: &str) {
-        warn!(error = why, "Cannot record a delivery's outcome; it will be attempted again.");
+        warn!(
+            error = why,
+            "Cannot record a delivery's outcome; it will be attempted again."
+        );
         metrics::counter!(names::DELIVERY_RECORD_FAILURES).increment(1);
         let _ = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
     }
@@ -378,7 +407,9 @@ mod tests {
 
     #[test]
     fn logged_urls_drop_query_and_credentials() {
-        let u: ::http::Uri = "https://user:pw@hooks.example.com:8443/in?token=abc".parse().unwrap();
+        let u: ::http::Uri = "https://user:pw@hooks.example.com:8443/in?token=abc"
+            .parse()
+            .unwrap();
         assert_eq!(loggable_url(&u), "https://hooks.example.com:8443/in");
     }
 }

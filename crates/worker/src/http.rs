@@ -45,7 +45,8 @@ struct GuardedResolver {
     allow_private: bool,
 }
 
-type ResolveFuture = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+type ResolveFuture =
+    Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
 
 impl tower_service::Service<Name> for GuardedResolver {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -113,7 +114,10 @@ impl SendError {
     pub fn message(&self) -> String {
         match self {
             SendError::Timeout => "no response before the endpoint's timeout".into(),
-            SendError::Blocked(m) | SendError::Connect(m) | SendError::Tls(m) | SendError::Request(m) => m.clone(),
+            SendError::Blocked(m)
+            | SendError::Connect(m)
+            | SendError::Tls(m)
+            | SendError::Request(m) => m.clone(),
         }
     }
 }
@@ -126,7 +130,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(allow_http: bool, allow_private: bool, extra_ca: Option<&Path>) -> Result<Self, ClientError> {
+    pub fn new(
+        allow_http: bool,
+        allow_private: bool,
+        extra_ca: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -159,9 +167,17 @@ impl Client {
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let https = if allow_http {
-            builder.https_or_http().enable_http1().enable_http2().wrap_connector(http)
+            builder
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
         } else {
-            builder.https_only().enable_http1().enable_http2().wrap_connector(http)
+            builder
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
         };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -182,7 +198,8 @@ impl Client {
             Some("http") if self.allow_http => {}
             _ => {
                 return Err(SendError::Blocked(
-                    "endpoint url is not https; set GANCHO_ALLOW_HTTP_ENDPOINTS=true to allow http".into(),
+                    "endpoint url is not https; set GANCHO_ALLOW_HTTP_ENDPOINTS=true to allow http"
+                        .into(),
                 ))
             }
         }
@@ -202,7 +219,11 @@ impl Client {
 
     /// Sends `req` and reads at most [`MAX_RESPONSE_BODY`] bytes of the answer, all within
     /// `timeout`.
-    pub async fn send(&self, req: http::Request<Full<Bytes>>, timeout: Duration) -> Result<Response, SendError> {
+    pub async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response, SendError> {
         self.check_target(req.uri())?;
         let fut = async {
             let resp = self.inner.request(req).await.map_err(classify)?;
@@ -210,8 +231,18 @@ impl Client {
             let headers: Vec<(String, String)> = resp
                 .headers()
                 .iter()
-                .filter(|(k, _)| matches!(k.as_str(), "content-type" | "retry-after" | "location" | "x-request-id"))
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .filter(|(k, _)| {
+                    matches!(
+                        k.as_str(),
+                        "content-type" | "retry-after" | "location" | "x-request-id"
+                    )
+                })
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             let retry_after = resp
                 .headers()
@@ -247,7 +278,10 @@ impl Client {
 
 /// `Retry-After` in seconds (HTTP dates are rare from webhook receivers and are ignored).
 fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> SendError {
@@ -291,14 +325,24 @@ mod tests {
     #[test]
     fn guard_refuses_private_literals_and_plain_http() {
         let c = Client::new(false, false, None).unwrap();
-        let err = c.check_target(&"https://10.0.0.5/hook".parse().unwrap()).unwrap_err();
+        let err = c
+            .check_target(&"https://10.0.0.5/hook".parse().unwrap())
+            .unwrap_err();
         assert!(err.message().contains("10.0.0.5 is private"));
         assert!(err.message().contains("GANCHO_ALLOW_PRIVATE_ENDPOINTS"));
-        let err = c.check_target(&"http://example.com/hook".parse().unwrap()).unwrap_err();
+        let err = c
+            .check_target(&"http://example.com/hook".parse().unwrap())
+            .unwrap_err();
         assert!(err.message().contains("GANCHO_ALLOW_HTTP_ENDPOINTS"));
-        assert!(c.check_target(&"https://[::1]:8443/".parse().unwrap()).is_err());
-        assert!(c.check_target(&"https://hooks.example.com/".parse().unwrap()).is_ok());
+        assert!(c
+            .check_target(&"https://[::1]:8443/".parse().unwrap())
+            .is_err());
+        assert!(c
+            .check_target(&"https://hooks.example.com/".parse().unwrap())
+            .is_ok());
         let open = Client::new(true, true, None).unwrap();
-        assert!(open.check_target(&"http://127.0.0.1:9/".parse().unwrap()).is_ok());
+        assert!(open
+            .check_target(&"http://127.0.0.1:9/".parse().unwrap())
+            .is_ok());
     }
 }

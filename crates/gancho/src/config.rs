@@ -1,0 +1,364 @@
+//! Configuration: built-in defaults, then a TOML file (`--config`), then `GANCHO_*`
+//! environment variables, then flags. Validated once; an invalid value stops start-up with one
+//! line naming the key and the reason (exit code 64).
+
+use clap::Args;
+use gancho_core::{RetrySchedule, Subjects};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Exit code for a configuration error (EX_CONFIG from sysexits is 78; 64 is EX_USAGE, which
+/// is what the house style asks for).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Flags and environment variables shared by every role.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Flags {
+    /// TOML config file; every key optional.
+    #[arg(long, env = "GANCHO_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated. `gancho dev` starts its own when unset.
+    #[arg(long, env = "GANCHO_NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// Prefix of every subject, stream and bucket name. Default: gancho.
+    #[arg(long, env = "GANCHO_SUBJECT_PREFIX", global = true)]
+    pub subject_prefix: Option<String>,
+    /// Bearer token for admin API calls.
+    #[arg(
+        long,
+        env = "GANCHO_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Config service address. Default: 127.0.0.1:8080.
+    #[arg(long, env = "GANCHO_API_LISTEN", global = true)]
+    pub api_listen: Option<String>,
+    /// Prometheus /metrics address. Default: 127.0.0.1:9090.
+    #[arg(long, env = "GANCHO_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
+    /// Accept http:// endpoint URLs (true/false). Default: false.
+    #[arg(long, env = "GANCHO_ALLOW_HTTP_ENDPOINTS", global = true)]
+    pub allow_http_endpoints: Option<String>,
+    /// Deliver to loopback and private addresses (true/false). Default: false.
+    #[arg(long, env = "GANCHO_ALLOW_PRIVATE_ENDPOINTS", global = true)]
+    pub allow_private_endpoints: Option<String>,
+    /// PEM bundle trusted in addition to the webpki roots.
+    #[arg(long, env = "GANCHO_EXTRA_CA_FILE", global = true)]
+    pub extra_ca_file: Option<PathBuf>,
+    /// Default delays before each attempt. Default: 0s,5s,5m,30m,2h,5h,10h,10h.
+    #[arg(long, env = "GANCHO_RETRY_SCHEDULE", global = true)]
+    pub retry_schedule: Option<String>,
+    /// Replicas of every stream and bucket. Default: 1.
+    #[arg(long, env = "GANCHO_STREAM_REPLICAS", global = true)]
+    pub stream_replicas: Option<String>,
+    /// HTTP requests in flight per worker. Default: 512.
+    #[arg(long, env = "GANCHO_WORKER_CONCURRENCY", global = true)]
+    pub worker_concurrency: Option<String>,
+    /// Events routed at once per router. Default: 1024.
+    #[arg(long, env = "GANCHO_ROUTER_CONCURRENCY", global = true)]
+    pub router_concurrency: Option<String>,
+}
+
+/// The TOML file: the same keys, snake_case, all optional.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct File {
+    nats_url: Option<String>,
+    subject_prefix: Option<String>,
+    admin_token: Option<String>,
+    api_listen: Option<String>,
+    metrics_listen: Option<String>,
+    allow_http_endpoints: Option<bool>,
+    allow_private_endpoints: Option<bool>,
+    extra_ca_file: Option<PathBuf>,
+    retry_schedule: Option<String>,
+    stream_replicas: Option<usize>,
+    worker_concurrency: Option<usize>,
+    router_concurrency: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS URL(s); `None` only under `gancho dev`, which starts its own server.
+    pub nats_url: Option<String>,
+    pub subjects: Subjects,
+    pub admin_token: Option<String>,
+    pub api_listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub allow_http_endpoints: bool,
+    pub allow_private_endpoints: bool,
+    pub extra_ca_file: Option<PathBuf>,
+    pub retry_schedule: RetrySchedule,
+    pub stream_replicas: usize,
+    pub worker_concurrency: usize,
+    pub router_concurrency: usize,
+}
+
+/// A configuration error: one line, naming the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::error::Error for ConfigError {}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("invalid {key} {value:?}: {why}"))
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(bad(key, v, "expected true or false")),
+    }
+}
+
+fn parse_count(key: &str, v: &str, max: usize) -> Result<usize, ConfigError> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(bad(
+            key,
+            v,
+            format!("expected a whole number from 1 to {max}"),
+        )),
+    }
+}
+
+fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.trim().parse().map_err(|_| {
+        bad(
+            key,
+            v,
+            "expected host:port with an IP address, like 127.0.0.1:8080",
+        )
+    })
+}
+
+impl Config {
+    /// Merges the layers and validates every value.
+    pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
+        let file: File = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    let msg = e.message().replace('\n', " ");
+                    ConfigError(format!("config file {}: {msg}", path.display()))
+                })?
+            }
+            None => File::default(),
+        };
+        // Each value: flag/env (strings, validated here), else the file, else the default.
+        let prefix = flags
+            .subject_prefix
+            .clone()
+            .or(file.subject_prefix)
+            .unwrap_or_else(|| "gancho".into());
+        let subjects = Subjects::new(&prefix).map_err(|e| bad("subject_prefix", &prefix, e))?;
+        let api_listen = match &flags.api_listen {
+            Some(v) => parse_addr("api_listen", v)?,
+            None => parse_addr(
+                "api_listen",
+                file.api_listen.as_deref().unwrap_or("127.0.0.1:8080"),
+            )?,
+        };
+        let metrics_listen = match &flags.metrics_listen {
+            Some(v) => parse_addr("metrics_listen", v)?,
+            None => parse_addr(
+                "metrics_listen",
+                file.metrics_listen.as_deref().unwrap_or("127.0.0.1:9090"),
+            )?,
+        };
+        let allow_http_endpoints = match &flags.allow_http_endpoints {
+            Some(v) => parse_bool("allow_http_endpoints", v)?,
+            None => file.allow_http_endpoints.unwrap_or(false),
+        };
+        let allow_private_endpoints = match &flags.allow_private_endpoints {
+            Some(v) => parse_bool("allow_private_endpoints", v)?,
+            None => file.allow_private_endpoints.unwrap_or(false),
+        };
+        let schedule = flags
+            .retry_schedule
+            .clone()
+            .or(file.retry_schedule)
+            .unwrap_or_else(|| gancho_core::retry::DEFAULT_SCHEDULE.into());
+        let retry_schedule =
+            RetrySchedule::parse(&schedule).map_err(|e| bad("retry_schedule", &schedule, e))?;
+        let stream_replicas = match &flags.stream_replicas {
+            Some(v) => parse_count("stream_replicas", v, 5)?,
+            None => parse_count(
+                "stream_replicas",
+                &file.stream_replicas.unwrap_or(1).to_string(),
+                5,
+            )?,
+        };
+        let worker_concurrency = match &flags.worker_concurrency {
+            Some(v) => parse_count("worker_concurrency", v, 100_000)?,
+            None => file.worker_concurrency.unwrap_or(512),
+        };
+        let router_concurrency = match &flags.router_concurrency {
+            Some(v) => parse_count("router_concurrency", v, 100_000)?,
+            None => file.router_concurrency.unwrap_or(1024),
+        };
+        let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
+        if let Some(path) = &extra_ca_file {
+            if !path.is_file() {
+                return Err(bad(
+                    "extra_ca_file",
+                    &path.display().to_string(),
+                    "no such file",
+                ));
+            }
+        }
+        let admin_token = flags.admin_token.clone().or(file.admin_token);
+        if let Some(t) = &admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError(
+                    "invalid admin_token: it must be at least 16 characters".into(),
+                ));
+            }
+        }
+        let nats_url = flags.nats_url.clone().or(file.nats_url);
+        if let Some(url) = &nats_url {
+            if url.trim().is_empty() {
+                return Err(bad("nats_url", url, "it is empty"));
+            }
+        }
+        Ok(Self {
+            nats_url,
+            subjects,
+            admin_token,
+            api_listen,
+            metrics_listen,
+            allow_http_endpoints,
+            allow_private_endpoints,
+            extra_ca_file,
+            retry_schedule,
+            stream_replicas,
+            worker_concurrency,
+            router_concurrency,
+        })
+    }
+
+    /// The NATS URL, or the error a role that needs one reports.
+    pub fn require_nats_url(&self) -> Result<&str, ConfigError> {
+        self.nats_url.as_deref().ok_or_else(|| {
+            ConfigError("missing nats_url: set GANCHO_NATS_URL (or use `gancho dev`, which starts its own NATS)".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&Flags::default()).unwrap();
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.retry_schedule.attempts(), 8);
+        assert_eq!(c.stream_replicas, 1);
+        assert!(!c.allow_http_endpoints);
+        assert!(c.nats_url.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gancho.toml");
+        std::fs::write(
+            &path,
+            "stream_replicas = 3\nretry_schedule = \"0s,1s\"\napi_listen = \"127.0.0.1:7000\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path),
+            api_listen: Some("127.0.0.1:7001".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.stream_replicas, 3);
+        assert_eq!(c.retry_schedule.attempts(), 2);
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:7001");
+    }
+
+    #[test]
+    fn errors_name_the_key_on_one_line() {
+        let cases: Vec<(Flags, &str)> = vec![
+            (
+                Flags {
+                    retry_schedule: Some("0s,5x".into()),
+                    ..Default::default()
+                },
+                "invalid retry_schedule \"0s,5x\"",
+            ),
+            (
+                Flags {
+                    api_listen: Some("localhost".into()),
+                    ..Default::default()
+                },
+                "invalid api_listen",
+            ),
+            (
+                Flags {
+                    stream_replicas: Some("0".into()),
+                    ..Default::default()
+                },
+                "invalid stream_replicas",
+            ),
+            (
+                Flags {
+                    allow_http_endpoints: Some("maybe".into()),
+                    ..Default::default()
+                },
+                "invalid allow_http_endpoints",
+            ),
+            (
+                Flags {
+                    subject_prefix: Some("a.b".into()),
+                    ..Default::default()
+                },
+                "invalid subject_prefix",
+            ),
+            (
+                Flags {
+                    admin_token: Some("short".into()),
+                    ..Default::default()
+                },
+                "invalid admin_token",
+            ),
+        ];
+        for (flags, want) in cases {
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            assert!(
+                !err.contains("short\""),
+                "the token must not be echoed: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gancho.toml");
+        std::fs::write(&path, "retry_shedule = \"0s\"\n").unwrap();
+        let err = Config::load(&Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("retry_shedule"), "{err}");
+    }
+}

@@ -1,0 +1,155 @@
+//! `gancho dev`: every role in one process, plus (when no NATS URL is configured) a child
+//! `nats-server -js` with its data under `./.gancho/`, and a demo receiver that prints each
+//! webhook it gets. Meant for a laptop: http:// and private endpoints are allowed.
+
+use crate::config::Config;
+use crate::roles::{self, Roles};
+use anyhow::{bail, Context as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const DATA_DIR: &str = ".gancho";
+const DEV_NATS_PORT: u16 = 4222;
+const DEMO_RECEIVER: &str = "127.0.0.1:8099";
+
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let data = PathBuf::from(DATA_DIR);
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {DATA_DIR}/"))?;
+
+    // Kept alive for the whole run: dropping the child kills nats-server.
+    let mut _nats: Option<Child> = None;
+    let nats_url = match config.nats_url.clone() {
+        Some(url) => url,
+        None => {
+            _nats = Some(start_nats(&data).await?);
+            format!("nats://127.0.0.1:{DEV_NATS_PORT}")
+        }
+    };
+    let token = match config.admin_token.clone() {
+        Some(t) => t,
+        None => dev_token(&data)?,
+    };
+    config.admin_token = Some(token.clone());
+    config.allow_http_endpoints = true;
+    config.allow_private_endpoints = true;
+
+    let cancel = CancellationToken::new();
+    let all = Roles {
+        router: true,
+        worker: true,
+        api: true,
+    };
+    let running = roles::start(&config, &nats_url, all, cancel.clone()).await?;
+    let demo: SocketAddr = DEMO_RECEIVER.parse().expect("a valid address");
+    let demo = crate::sink::start_dev(demo, running.live.clone(), cancel.clone())
+        .await
+        .with_context(|| format!("cannot listen for the demo receiver on {DEMO_RECEIVER}"))?;
+    let api = running.api_addr.expect("dev runs the API");
+    println!(
+        "\ngancho dev is running (Ctrl-C to stop)\n\
+         \n  API             http://{api}/v1\
+         \n  admin token     {token}   (also in {DATA_DIR}/admin-token)\
+         \n  metrics         http://{metrics}/metrics\
+         \n  NATS            {nats_url}\
+         \n  demo receiver   http://{demo}/<any path>   prints each webhook it gets\
+         \n\
+         \n  dev mode delivers to http:// and private addresses; production does not by default.\
+         \n  Try it: the three steps under \"Try it\" in README.md.\n",
+        metrics = running.metrics_addr,
+    );
+    running.wait().await
+}
+
+/// The admin token of this data directory: created once, then reused so the README's
+/// `$(cat .gancho/admin-token)` keeps working across restarts.
+fn dev_token(data: &Path) -> anyhow::Result<String> {
+    let path = data.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if t.trim().len() >= 16 {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    use rand::Rng;
+    let token: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(contents.as_bytes())?;
+    }
+    #[cfg(not(unix))]
+    std::fs::write(path, contents)?;
+    Ok(())
+}
+
+/// nats-server: `$GANCHO_NATS_SERVER`, `.tools/bin/nats-server` (what `make setup`
+/// installs), or the `PATH`.
+fn nats_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GANCHO_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let tools = PathBuf::from(".tools/bin/nats-server");
+    if tools.exists() {
+        return tools;
+    }
+    PathBuf::from("nats-server")
+}
+
+async fn start_nats(data: &Path) -> anyhow::Result<Child> {
+    let addr: SocketAddr = ([127, 0, 0, 1], DEV_NATS_PORT).into();
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        bail!("port {DEV_NATS_PORT} is already in use; stop what runs there, or set GANCHO_NATS_URL to use that NATS server");
+    }
+    let log = std::fs::File::create(data.join("nats-server.log"))?;
+    let bin = nats_binary();
+    let mut child = Command::new(&bin)
+        .args(["-js", "-a", "127.0.0.1", "-p"])
+        .arg(DEV_NATS_PORT.to_string())
+        .arg("-sd")
+        .arg(data.join("nats"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {}; run `make setup` to install nats-server into .tools/",
+                bin.display()
+            )
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "nats-server exited ({status}); see {}/nats-server.log",
+                data.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nats-server did not listen on {addr} within 15 s; see {}/nats-server.log",
+                data.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(child)
+}

@@ -1,0 +1,251 @@
+//! Wiring: connects to NATS, creates or checks the JetStream layout, loads the live config,
+//! and runs the requested roles until shutdown, then drains them under a grace timeout.
+
+use crate::config::Config;
+use anyhow::Context as _;
+use async_nats::jetstream;
+use gancho_store::{Layout, Live};
+use gancho_telemetry::{names, Ready};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// How long roles get to finish what is in flight after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(15);
+/// How often consumer lag and snapshot age are sampled into gauges.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Roles {
+    pub router: bool,
+    pub worker: bool,
+    pub api: bool,
+}
+
+impl Roles {
+    fn name(&self) -> &'static str {
+        match (self.router, self.worker, self.api) {
+            (true, false, false) => "router",
+            (false, true, false) => "worker",
+            (false, false, true) => "api",
+            _ => "dev",
+        }
+    }
+}
+
+/// A connection named after its role and purpose, counting slow-consumer events.
+pub async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .event_callback(|event| async move {
+            if let async_nats::Event::SlowConsumer(_) = event {
+                metrics::counter!(names::NATS_SLOW_CONSUMER).increment(1);
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Started roles, for `gancho dev` to print where they are.
+pub struct Running {
+    pub live: Arc<Live>,
+    pub api_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: std::net::SocketAddr,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    cancel: CancellationToken,
+}
+
+/// Starts `roles` against `nats_url`. They run until `cancel` fires.
+pub async fn start(
+    config: &Config,
+    nats_url: &str,
+    roles: Roles,
+    cancel: CancellationToken,
+) -> anyhow::Result<Running> {
+    let role = roles.name();
+    let handle = gancho_telemetry::install();
+    let ready = Ready::default();
+    let out = connect(nats_url, format!("gancho-{role}")).await?;
+    let js_out = jetstream::ContextBuilder::new()
+        .max_ack_inflight(20_000)
+        .backpressure_on_inflight(true)
+        .build(out.clone());
+    let layout = gancho_store::ensure(
+        jetstream::new(out.clone()),
+        config.subjects.clone(),
+        config.stream_replicas,
+    )
+    .await
+    .context("cannot set up the JetStream streams")?;
+    let live = Live::start(&layout, config.retry_schedule.clone(), cancel.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load the config bucket: {e}"))?;
+
+    let metrics_addr = gancho_telemetry::serve(
+        config.metrics_listen,
+        handle.clone(),
+        ready.clone(),
+        cancel.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen for /metrics on {}", config.metrics_listen))?;
+
+    let mut tasks = JoinSet::new();
+    if roles.router {
+        let input = connect(nats_url, "gancho-router-in".into()).await?;
+        let (js, layout, live, cancel) =
+            (js_out.clone(), layout.clone(), live.clone(), cancel.clone());
+        let cfg = gancho_router::RouterConfig {
+            concurrency: config.router_concurrency,
+            ..Default::default()
+        };
+        tasks.spawn(async move {
+            let r = gancho_router::run(input, js, layout, live, cfg, cancel).await;
+            ("router", r.map_err(Into::into))
+        });
+    }
+    if roles.worker {
+        let input = connect(nats_url, "gancho-worker-in".into()).await?;
+        let (js, layout, live, cancel) =
+            (js_out.clone(), layout.clone(), live.clone(), cancel.clone());
+        let cfg = gancho_worker::WorkerConfig {
+            concurrency: config.worker_concurrency,
+            allow_http: config.allow_http_endpoints,
+            allow_private: config.allow_private_endpoints,
+            extra_ca_file: config.extra_ca_file.clone(),
+            ..Default::default()
+        };
+        tasks.spawn(async move {
+            let r = gancho_worker::run(input, js, layout, live, cfg, cancel).await;
+            ("worker", r.map_err(Into::into))
+        });
+    }
+    let mut api_addr = None;
+    if roles.api {
+        let token = config.admin_token.clone().ok_or_else(|| {
+            crate::config::ConfigError(
+                "missing admin_token: set GANCHO_ADMIN_TOKEN to a secret of 16 or more characters"
+                    .into(),
+            )
+        })?;
+        let state = gancho_api::ApiState {
+            store: gancho_store::ConfigStore::new(layout.config.clone()),
+            admin_token: token.into(),
+            allow_http: config.allow_http_endpoints,
+            allow_private: config.allow_private_endpoints,
+        };
+        let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("cannot listen for the API on {}", config.api_listen))?;
+        api_addr = Some(listener.local_addr()?);
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await;
+            ("api", r.map_err(Into::into))
+        });
+    }
+    tokio::spawn(stats(layout.clone(), live.clone(), roles, cancel.clone()));
+    ready.set();
+    info!(role, nats = nats_url, "gancho started.");
+    Ok(Running {
+        live,
+        api_addr,
+        metrics_addr,
+        tasks,
+        cancel,
+    })
+}
+
+impl Running {
+    /// Waits for a shutdown signal (or a role failing), then drains.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            _ = shutdown_signal() => info!("Shutting down; draining work in flight."),
+            _ = self.cancel.cancelled() => {}
+            Some(done) = self.tasks.join_next() => {
+                if let Ok((role, Err(e))) = done {
+                    error!(role, error = %e, "A role stopped; shutting down.");
+                    failure = Some(e.context(format!("{role} stopped")));
+                }
+            }
+        }
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(GRACE, async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok((role, Err(e))) = done {
+                    error!(role, error = %e, "A role failed while stopping.");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            error!(grace_secs = GRACE.as_secs(), "Roles did not stop within the grace period; exiting anyway (unacked work is redelivered).");
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Samples consumer lag and the snapshot age into gauges.
+async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: CancellationToken) {
+    let subjects = layout.subjects.clone();
+    let mut watched = Vec::new();
+    if roles.router {
+        watched.push((
+            "events",
+            subjects.events_stream(),
+            subjects.router_consumer(),
+        ));
+    }
+    if roles.worker {
+        watched.push((
+            "deliveries",
+            subjects.deliveries_stream(),
+            subjects.worker_consumer(),
+        ));
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(STATS_EVERY) => {}
+        }
+        metrics::gauge!(names::CONFIG_SNAPSHOT_AGE).set(live.age_seconds() as f64);
+        for (label, stream, consumer) in &watched {
+            let info = async {
+                let stream = layout.js.get_stream(stream).await.ok()?;
+                let mut c: jetstream::consumer::PullConsumer =
+                    stream.get_consumer(consumer).await.ok()?;
+                c.info()
+                    .await
+                    .ok()
+                    .map(|i| (i.num_pending, i.num_ack_pending))
+            }
+            .await;
+            if let Some((pending, ack_pending)) = info {
+                metrics::gauge!(names::CONSUMER_PENDING, "stream" => *label).set(pending as f64);
+                metrics::gauge!(names::CONSUMER_ACK_PENDING, "stream" => *label)
+                    .set(ack_pending as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `gancho sink`: a webhook receiver for demos and load tests. It answers every request with a
+//! fixed status, verifies the Standard Webhooks signature (with `--secret`, or under
+//! `gancho dev` with the secret of whichever endpoint points at it), and prints one line per
+//! request. Totals are printed when it stops.
+
+use bytes::Bytes;
+use clap::Args;
+use gancho_core::signature::DEFAULT_TOLERANCE_SECS;
+use gancho_core::{Secret, Signer};
+use gancho_store::Live;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug)]
+pub struct SinkArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    pub listen: SocketAddr,
+    /// The endpoint's whsec_ secret; without it, signatures are not checked.
+    #[arg(long, env = "GANCHO_SINK_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// PEM certificate chain, to serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Status to answer with.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// Print only the totals at exit, not a line per request.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How the sink checks signatures.
+pub enum Verifier {
+    None,
+    Secret(Signer),
+    /// Under `gancho dev`: any endpoint of the live config whose URL points at this sink.
+    Live(Arc<Live>),
+}
+
+#[derive(Default)]
+struct Counts {
+    received: AtomicU64,
+    valid: AtomicU64,
+    invalid: AtomicU64,
+}
+
+struct Sink {
+    verifier: Verifier,
+    status: StatusCode,
+    quiet: bool,
+    counts: Counts,
+}
+
+pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
+    let verifier = match &args.secret {
+        Some(s) => Verifier::Secret(Signer::new(
+            Secret::parse(s).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+        )),
+        None => Verifier::None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!(
+        "gancho sink listening on {scheme}://{}",
+        listener.local_addr()?
+    );
+    let cancel = CancellationToken::new();
+    let status = StatusCode::from_u16(args.status)
+        .map_err(|_| anyhow::anyhow!("--status {} is not an HTTP status", args.status))?;
+    let sink = serve(listener, tls, verifier, status, args.quiet, cancel.clone());
+    let _ = tokio::signal::ctrl_c().await;
+    cancel.cancel();
+    let sink = sink.await;
+    let c = &sink.counts;
+    println!(
+        "received {} webhooks: {} signatures valid, {} invalid",
+        c.received.load(Ordering::Relaxed),
+        c.valid.load(Ordering::Relaxed),
+        c.invalid.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn load_tls(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?
+        .ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves until `cancel` fires; the returned future resolves to the sink (for its totals).
+fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    verifier: Verifier,
+    status: StatusCode,
+    quiet: bool,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = Arc<Sink>> {
+    let sink = Arc::new(Sink {
+        verifier,
+        status,
+        quiet,
+        counts: Counts::default(),
+    });
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            };
+            let sink2 = sink.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let sink = sink2.clone();
+                    async move { Ok::<_, hyper::Error>(sink.handle(req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(tls) = a.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+            });
+        }
+        sink
+    }
+}
+
+/// Starts the demo receiver of `gancho dev`; returns its address.
+pub async fn start_dev(
+    addr: SocketAddr,
+    live: Arc<Live>,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(
+        listener,
+        None,
+        Verifier::Live(live),
+        StatusCode::OK,
+        false,
+        cancel,
+    ));
+    Ok(bound)
+}
+
+impl Sink {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let h = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let (id, ts, sig) = (
+            h("webhook-id"),
+            h("webhook-timestamp"),
+            h("webhook-signature"),
+        );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let verify =
+            |signer: &Signer| signer.verify(id, ts, sig, &body, now, DEFAULT_TOLERANCE_SECS);
+        let verdict: &str = match &self.verifier {
+            Verifier::None => "unchecked",
+            Verifier::Secret(signer) => match verify(signer) {
+                Ok(()) => "valid",
+                Err(e) => e.kind(),
+            },
+            Verifier::Live(live) => {
+                let snap = live.load();
+                let path = parts.uri.path();
+                let mut candidates =
+                    snap.tenants
+                        .values()
+                        .flat_map(|t| t.list.iter())
+                        .filter(|ep| {
+                            ep.uri.path() == path
+                                && ep.uri.port_u16() == parts.uri.port_u16().or(ep.uri.port_u16())
+                        });
+                if candidates.any(|ep| verify(&ep.signer).is_ok()) {
+                    "valid"
+                } else {
+                    "no_match"
+                }
+            }
+        };
+        self.counts.received.fetch_add(1, Ordering::Relaxed);
+        match verdict {
+            "valid" => self.counts.valid.fetch_add(1, Ordering::Relaxed),
+            "unchecked" => 0,
+            _ => self.counts.invalid.fetch_add(1, Ordering::Relaxed),
+        };
+        if !self.quiet {
+            let ty = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let line = format!(
+                "webhook {} {} id={id} type={ty} signature={verdict} body={}",
+                parts.method,
+                parts.uri.path(),
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+            println!("{line}");
+        }
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = self.status;
+        resp
+    }
+}
