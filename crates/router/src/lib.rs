@@ -27,7 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 /// How long JetStream waits for an ack before redelivering an event to another router.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Routing takes milliseconds; a short wait means a crashed router's events move on quickly.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+/// Events handed out and not yet acked across every router; fixed in the consumer's config.
+const MAX_ACK_PENDING: i64 = 20_000;
+/// Most events one pull asks for.
+const MAX_BATCH: usize = 256;
 /// Delay before a nak'd event is redelivered (its fan-out failed to publish).
 const NAK_DELAY: Duration = Duration::from_secs(1);
 
@@ -76,7 +81,7 @@ pub async fn run(
                 filter_subject: subjects.events_wildcard(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
-                max_ack_pending: (config.concurrency * 4) as i64,
+                max_ack_pending: MAX_ACK_PENDING,
                 ..Default::default()
             },
             subjects.events_stream(),
@@ -85,7 +90,7 @@ pub async fn run(
         .map_err(|e| RouterError::Consumer(e.to_string()))?;
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(config.concurrency.clamp(1, 1000))
+        .max_messages_per_batch(config.concurrency.clamp(1, MAX_BATCH))
         .messages()
         .await
         .map_err(|e| RouterError::Stream(e.to_string()))?;
@@ -99,6 +104,10 @@ pub async fn run(
     });
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
             next = messages.next() => next,
@@ -111,11 +120,6 @@ pub async fn run(
             }
             None => return Err(RouterError::Stream("message stream ended".into())),
         };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         let ctx = ctx.clone();
         let span = tracing::info_span!("route", role = "router");
         tokio::spawn(

@@ -26,6 +26,7 @@ pub fn nats_server_binary() -> PathBuf {
 /// A running `nats-server -js` on 127.0.0.1.
 pub struct NatsServer {
     child: Option<Child>,
+    /// 0 until the first start picked one; restarts reuse it.
     port: u16,
     store: PathBuf,
     // Keeps the store directory alive for as long as the server (and its restarts) need it.
@@ -40,7 +41,7 @@ impl NatsServer {
         let store = dir.path().join("store");
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port: 0,
             store,
             _dir: Some(dir),
             extra_args: Vec::new(),
@@ -49,12 +50,24 @@ impl NatsServer {
         server
     }
 
+    /// Starts the process. The first start lets nats-server pick a free port (`-p -1`) and
+    /// reads it from the ports file, so no other listener can take it between a probe and the
+    /// bind; restarts ask for the same port again.
     fn spawn(&mut self) {
+        let ports_dir = self.store.with_file_name("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("create the ports-file directory");
+        let port_arg = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
         let mut cmd = Command::new(nats_server_binary());
-        cmd.args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port_arg])
             .arg("-sd")
             .arg(&self.store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -70,7 +83,9 @@ impl NatsServer {
             )
         });
         self.child = Some(child);
-        wait_for_port(self.port, self.child.as_mut().expect("just spawned"));
+        let child = self.child.as_mut().expect("just spawned");
+        self.port = read_ports_file(&ports_dir, child);
+        wait_for_port(self.port, child);
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -137,7 +152,7 @@ impl NatsCluster {
             let store = dir.path().join("store");
             let mut node = NatsServer {
                 child: None,
-                port: free_port(),
+                port: 0,
                 store,
                 _dir: Some(dir),
                 extra_args: vec![
@@ -202,6 +217,31 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// Waits for the ports file nats-server writes once it listens, and returns its client port.
+fn read_ports_file(dir: &Path, child: &mut Child) -> u16 {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let found = std::fs::read_dir(dir)
+            .ok()
+            .and_then(|mut entries| entries.find_map(|e| e.ok()))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["nats"][0].as_str().map(str::to_owned))
+            .and_then(|url| url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
+        if let Some(port) = found {
+            return port;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("nats-server exited during start-up ({status}); rerun with GANCHO_TEST_NATS_LOG=1 to see its log");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server wrote no ports file within {START_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn wait_for_port(port: u16, child: &mut Child) {

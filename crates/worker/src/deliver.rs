@@ -99,7 +99,21 @@ impl Ctx {
 
         let attempt_no = delivery.attempts + 1;
         let started_at = OffsetDateTime::now_utc();
-        let (outcome, latency) = self.attempt(&delivery, &ep, started_at).await;
+        let (outcome, latency) = {
+            // Keep the delivery ours while a slow endpoint takes its time.
+            let attempt = self.attempt(&delivery, &ep, started_at);
+            tokio::pin!(attempt);
+            let mut progress = tokio::time::interval(crate::PROGRESS_EVERY);
+            progress.tick().await;
+            loop {
+                tokio::select! {
+                    done = &mut attempt => break done,
+                    _ = progress.tick() => {
+                        let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+                    }
+                }
+            }
+        };
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label).increment(1);
         metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
             .record(latency.as_secs_f64());

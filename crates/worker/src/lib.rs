@@ -31,9 +31,19 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-/// Ack wait of the deliveries consumer: above the longest request timeout (30 s) plus the
-/// time to record the outcome, so a delivery in flight is never handed to another worker.
-pub const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Ack wait of the deliveries consumer. Short, so the deliveries a crashed worker held are
+/// redelivered within seconds; a delivery whose request takes longer is kept alive with
+/// progress acks every [`PROGRESS_EVERY`].
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How often a delivery in flight tells JetStream it is still being worked on.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// Deliveries handed out and not yet acked, across every worker on the consumer. Part of the
+/// consumer's config, so it is the same whatever each worker's concurrency is; waiting
+/// retries never count against it (they are scheduled messages).
+pub const MAX_ACK_PENDING: i64 = 20_000;
+/// Most messages one pull asks for. Pulled messages wait in the client until a request slot
+/// frees, with their ack wait running, so this stays small.
+const MAX_BATCH: usize = 128;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -95,7 +105,7 @@ pub async fn run(
                 filter_subject: subjects.deliveries_wildcard(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
-                max_ack_pending: (config.concurrency * 4) as i64,
+                max_ack_pending: MAX_ACK_PENDING,
                 ..Default::default()
             },
             subjects.deliveries_stream(),
@@ -104,7 +114,7 @@ pub async fn run(
         .map_err(|e| WorkerError::Consumer(e.to_string()))?;
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(config.concurrency.clamp(1, 1000))
+        .max_messages_per_batch(config.concurrency.clamp(1, MAX_BATCH))
         .messages()
         .await
         .map_err(|e| WorkerError::Stream(e.to_string()))?;
@@ -121,6 +131,12 @@ pub async fn run(
     });
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     loop {
+        // A request slot first, then a message: a message is only taken from the client's
+        // buffer when it can be worked on at once.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
             next = messages.next() => next,
@@ -133,11 +149,6 @@ pub async fn run(
             }
             None => return Err(WorkerError::Stream("message stream ended".into())),
         };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         let ctx = ctx.clone();
         let span = tracing::info_span!("deliver", role = "worker");
         tokio::spawn(

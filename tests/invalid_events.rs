@@ -1,0 +1,106 @@
+//! Events that cannot be delivered go to the dead-letter stream with their reason; the router
+//! keeps going and delivers the events after them.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use gancho_proto::{Event, Message as _};
+use gancho_test_harness::{wait_until, Receiver};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_are_dead_lettered_and_the_rest_delivered() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[">"], &[], None)
+        .await;
+    let cancel = env.run_roles(1).await;
+    let subjects = env.layout.subjects.clone();
+
+    env.publish("acme", "charge.paid", "before", b"{}", &[])
+        .await;
+    // 1. Bytes that are not a protobuf Event.
+    env.publish_raw(
+        &subjects.event("acme", "charge.paid"),
+        b"\xff\xff\xff\xff\x0fgarbage".to_vec(),
+        "garbage",
+    )
+    .await;
+    // 2. A well-formed Event whose payload is not JSON.
+    let not_json = Event {
+        id: "not-json".into(),
+        tenant: "acme".into(),
+        r#type: "charge.paid".into(),
+        payload: b"amount=10".to_vec().into(),
+        ..Default::default()
+    };
+    env.publish_raw(
+        &subjects.event("acme", "charge.paid"),
+        not_json.encode_to_vec(),
+        "not-json",
+    )
+    .await;
+    // 3. An Event claiming another tenant than its subject.
+    let mismatch = Event {
+        id: "mismatch".into(),
+        tenant: "globex".into(),
+        r#type: "charge.paid".into(),
+        payload: b"{}".to_vec().into(),
+        ..Default::default()
+    };
+    env.publish_raw(
+        &subjects.event("acme", "charge.paid"),
+        mismatch.encode_to_vec(),
+        "mismatch",
+    )
+    .await;
+    for i in 0..5 {
+        env.publish("acme", "charge.paid", &format!("after-{i}"), b"{}", &[])
+            .await;
+    }
+
+    wait_until("the valid events", Duration::from_secs(20), || {
+        std::future::ready(rx.count() == 6)
+    })
+    .await;
+    wait_until("three dead letters", Duration::from_secs(10), || async {
+        env.dead_letters().await.len() == 3
+    })
+    .await;
+    let mut ids: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["after-0", "after-1", "after-2", "after-3", "after-4", "before"]
+    );
+
+    let dead = env.dead_letters().await;
+    let kinds: Vec<&str> = dead.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, ["undecodable", "not_json", "subject_mismatch"]);
+    assert!(
+        dead[0].reason.contains("does not decode"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(
+        dead[0].original.as_ref(),
+        b"\xff\xff\xff\xff\x0fgarbage",
+        "the original bytes are kept"
+    );
+    assert!(
+        dead[1].reason.contains("not a JSON document"),
+        "{}",
+        dead[1].reason
+    );
+    assert!(dead[2].reason.contains("globex"), "{}", dead[2].reason);
+    assert!(dead
+        .iter()
+        .all(|d| d.subject == "gancho.events.acme.charge.paid"));
+    cancel.cancel();
+}

@@ -1,0 +1,278 @@
+//! Shared set-up for the end-to-end tests: a real nats-server, the JetStream layout, a test
+//! CA whose PEM file gancho trusts, config written through the store, roles run in-process or
+//! as the built `gancho` binary, and readers for the attempts and dead-letter streams.
+
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use gancho_core::{RetrySchedule, Subjects};
+use gancho_proto::{Attempt, DeadLetter, Event, Message as _};
+use gancho_store::model::new_secret;
+use gancho_store::{ConfigStore, Endpoint, Layout, Live, Tenant};
+use gancho_test_harness::{NatsServer, TestCa};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+pub struct Env {
+    pub nats: NatsServer,
+    pub ca: TestCa,
+    pub ca_file: PathBuf,
+    pub layout: Layout,
+    pub store: ConfigStore,
+    pub js: jetstream::Context,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let nats = NatsServer::start();
+        let ca = TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = ca.write_ca_file(dir.path());
+        let client = nats.connect().await;
+        let js = jetstream::new(client);
+        let layout = gancho_store::ensure(js.clone(), Subjects::default(), 1)
+            .await
+            .unwrap();
+        let store = ConfigStore::new(layout.config.clone());
+        Self {
+            nats,
+            ca,
+            ca_file,
+            layout,
+            store,
+            js,
+            _dir: dir,
+        }
+    }
+
+    pub async fn tenant(&self, id: &str) {
+        self.store
+            .create_tenant(&Tenant {
+                id: id.parse().unwrap(),
+                name: id.into(),
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Stores an endpoint and returns it (with its secret).
+    pub async fn endpoint(
+        &self,
+        tenant: &str,
+        id: &str,
+        url: &str,
+        filters: &[&str],
+        channels: &[&str],
+        schedule: Option<&str>,
+    ) -> Endpoint {
+        let now = OffsetDateTime::now_utc();
+        let ep = Endpoint {
+            id: id.parse().unwrap(),
+            tenant: tenant.parse().unwrap(),
+            url: url.into(),
+            description: String::new(),
+            filter_types: filters.iter().map(|s| s.to_string()).collect(),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            disabled: false,
+            disabled_reason: None,
+            rate_limit_per_sec: None,
+            max_in_flight: None,
+            timeout_ms: 5_000,
+            profile: "standard".into(),
+            headers: Default::default(),
+            retry_schedule: schedule.map(str::to_owned),
+            secret: new_secret(),
+            previous_secrets: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_endpoint(&ep).await.unwrap();
+        ep
+    }
+
+    /// Runs a router and a worker in this process until the returned token is cancelled.
+    /// Waits until their live config holds `endpoints` endpoints.
+    pub async fn run_roles(&self, endpoints: usize) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        let live = Live::start(&self.layout, RetrySchedule::default(), cancel.clone())
+            .await
+            .unwrap();
+        gancho_test_harness::wait_until("the live config", Duration::from_secs(10), || {
+            let n: usize = live.load().tenants.values().map(|t| t.list.len()).sum();
+            std::future::ready(n == endpoints)
+        })
+        .await;
+        let client = self.nats.connect().await;
+        let out = jetstream::new(self.nats.connect().await);
+        tokio::spawn(gancho_router::run(
+            client.clone(),
+            out.clone(),
+            self.layout.clone(),
+            live.clone(),
+            Default::default(),
+            cancel.clone(),
+        ));
+        let cfg = gancho_worker::WorkerConfig {
+            allow_private: true,
+            extra_ca_file: Some(self.ca_file.clone()),
+            jitter: 0.0,
+            ..Default::default()
+        };
+        tokio::spawn(gancho_worker::run(
+            self.nats.connect().await,
+            out,
+            self.layout.clone(),
+            live,
+            cfg,
+            cancel.clone(),
+        ));
+        cancel
+    }
+
+    /// Starts `gancho <role>` as a child process against this server.
+    pub fn spawn(&self, role: &str) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_gancho"))
+            .arg(role)
+            .env("GANCHO_NATS_URL", self.nats.url())
+            .env("GANCHO_EXTRA_CA_FILE", &self.ca_file)
+            .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
+            .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the gancho binary")
+    }
+
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        ty: &str,
+        id: &str,
+        payload: &[u8],
+        channels: &[&str],
+    ) {
+        let ev = Event {
+            id: id.into(),
+            tenant: tenant.into(),
+            r#type: ty.into(),
+            occurred_at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
+            payload: Bytes::copy_from_slice(payload),
+            attributes: Default::default(),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+        };
+        self.publish_raw(
+            &self.layout.subjects.event(tenant, ty),
+            ev.encode_to_vec(),
+            id,
+        )
+        .await;
+    }
+
+    pub async fn publish_raw(&self, subject: &str, bytes: Vec<u8>, msg_id: &str) {
+        self.js
+            .send_publish(
+                subject.to_owned(),
+                PublishMessage::build()
+                    .payload(bytes.into())
+                    .message_id(msg_id),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Every message on `stream` whose subject starts with `prefix`, oldest first.
+    pub async fn read_stream(&self, stream: &str, prefix: &str) -> Vec<(String, Bytes)> {
+        let mut s = self.js.get_stream(stream).await.unwrap();
+        let info = s.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in info.first_sequence..=info.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                if m.subject.starts_with(prefix) {
+                    out.push((m.subject.to_string(), m.payload));
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn attempts(&self, tenant: &str, endpoint: &str) -> Vec<Attempt> {
+        let subjects = &self.layout.subjects;
+        self.read_stream(
+            &subjects.attempts_stream(),
+            &subjects.attempts(tenant, endpoint),
+        )
+        .await
+        .into_iter()
+        .map(|(_, b)| Attempt::decode(b).unwrap())
+        .collect()
+    }
+
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        let subjects = &self.layout.subjects;
+        self.read_stream(
+            &subjects.dead_stream(),
+            &format!("{}.dead.", subjects.prefix()),
+        )
+        .await
+        .into_iter()
+        .map(|(_, b)| DeadLetter::decode(b).unwrap())
+        .collect()
+    }
+
+    /// (pending, ack pending) of the workers' consumer.
+    pub async fn worker_consumer_state(&self) -> (u64, usize) {
+        let subjects = &self.layout.subjects;
+        let stream = self
+            .js
+            .get_stream(subjects.deliveries_stream())
+            .await
+            .unwrap();
+        let mut c: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&subjects.worker_consumer())
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        (info.num_pending, info.num_ack_pending)
+    }
+
+    /// Messages left in the deliveries stream (deliveries not yet done, scheduled retries).
+    pub async fn deliveries_left(&self) -> u64 {
+        let mut s = self
+            .js
+            .get_stream(self.layout.subjects.deliveries_stream())
+            .await
+            .unwrap();
+        s.info().await.unwrap().state.messages
+    }
+}
+
+/// Kills a child process with SIGKILL and reaps it.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Verifies a received webhook against the endpoint's secret, as a receiver would.
+pub fn verify(ep: &Endpoint, r: &gancho_test_harness::Received) -> Result<(), String> {
+    let signer = gancho_core::Signer::new(gancho_core::Secret::parse(&ep.secret).unwrap());
+    signer
+        .verify(
+            r.header("webhook-id").unwrap_or_default(),
+            r.header("webhook-timestamp").unwrap_or_default(),
+            r.header("webhook-signature").unwrap_or_default(),
+            &r.body,
+            OffsetDateTime::now_utc().unix_timestamp(),
+            300,
+        )
+        .map_err(|e| e.to_string())
+}
