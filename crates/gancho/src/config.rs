@@ -152,7 +152,22 @@ impl Config {
                 })?;
                 toml::from_str(&text).map_err(|e| {
                     let msg = e.message().replace('\n', " ");
-                    ConfigError(format!("config file {}: {msg}", path.display()))
+                    // Name the line (and so the key) the parser stopped at.
+                    let at = e.span().map(|span| {
+                        let line_no = text[..span.start].matches('\n').count() + 1;
+                        let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                        if line.starts_with("admin_token") {
+                            // Never echo a secret back, even a mistyped one.
+                            format!(", line {line_no} `admin_token = ***`")
+                        } else {
+                            format!(", line {line_no} `{line}`")
+                        }
+                    });
+                    ConfigError(format!(
+                        "config file {}{}: {msg}",
+                        path.display(),
+                        at.unwrap_or_default()
+                    ))
                 })?
             }
             None => File::default(),

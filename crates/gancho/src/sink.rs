@@ -82,10 +82,17 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let status = StatusCode::from_u16(args.status)
         .map_err(|_| anyhow::anyhow!("--status {} is not an HTTP status", args.status))?;
-    let sink = serve(listener, tls, verifier, status, args.quiet, cancel.clone());
+    let sink = tokio::spawn(serve(
+        listener,
+        tls,
+        verifier,
+        status,
+        args.quiet,
+        cancel.clone(),
+    ));
     let _ = tokio::signal::ctrl_c().await;
     cancel.cancel();
-    let sink = sink.await;
+    let sink = sink.await?;
     let c = &sink.counts;
     println!(
         "received {} webhooks: {} signatures valid, {} invalid",
