@@ -50,6 +50,14 @@ impl From<StoreError> for ApiError {
                 format!("{what} already exists"),
             ),
             StoreError::Invalid(m) => ApiError::invalid(m),
+            StoreError::Corrupt { key, reason } => {
+                tracing::error!(%key, %reason, "Config document does not parse.");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt",
+                    format!("the stored document {key} does not parse; fix or delete it"),
+                )
+            }
             StoreError::Backend(m) => {
                 tracing::error!(error = %m, "Config store error.");
                 ApiError::new(

@@ -21,6 +21,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// A stored document that does not parse (written by hand or by another version).
+    #[error("config key {key} holds a document that does not parse: {reason}")]
+    Corrupt { key: String, reason: String },
     #[error("config store unavailable: {0}")]
     Backend(String),
 }
@@ -31,6 +34,7 @@ impl StoreError {
             StoreError::NotFound(_) => "not_found",
             StoreError::Conflict(_) => "conflict",
             StoreError::Invalid(_) => "invalid",
+            StoreError::Corrupt { .. } => "corrupt",
             StoreError::Backend(_) => "backend",
         }
     }
@@ -53,9 +57,11 @@ impl ConfigStore {
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
         match self.kv.entry(key).await.map_err(backend)? {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let value = serde_json::from_slice(&entry.value).map_err(|e| {
-                    StoreError::Backend(format!("config key {key} holds invalid JSON: {e}"))
-                })?;
+                let value =
+                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
+                        key: key.to_owned(),
+                        reason: e.to_string(),
+                    })?;
                 Ok(Some((value, entry.revision)))
             }
             _ => Ok(None),
@@ -95,11 +101,9 @@ impl ConfigStore {
         if self.get_tenant(id).await?.is_none() {
             return Err(StoreError::NotFound(format!("tenant {id:?}")));
         }
-        for ep in self.list_endpoints(id).await? {
-            self.kv
-                .delete(Subjects::endpoint_key(id, ep.id.as_str()))
-                .await
-                .map_err(backend)?;
+        // By key, so an endpoint document that no longer parses is deleted too.
+        for key in self.endpoint_keys(id).await? {
+            self.kv.delete(&key).await.map_err(backend)?;
         }
         self.kv
             .delete(Subjects::tenant_key(id))
@@ -133,22 +137,31 @@ impl ConfigStore {
             .map(|(e, _)| e))
     }
 
-    /// Every endpoint of a tenant, sorted by creation time.
-    pub async fn list_endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
+    async fn endpoint_keys(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
         let prefix = format!("endpoints.{tenant}.");
-        let keys: Vec<String> = self
-            .kv
+        self.kv
             .keys()
             .await
             .map_err(backend)?
             .try_filter(|k| futures::future::ready(k.starts_with(&prefix)))
             .try_collect()
             .await
-            .map_err(backend)?;
+            .map_err(backend)
+    }
+
+    /// Every endpoint of a tenant, sorted by creation time. A stored document that does not
+    /// parse is logged and left out, so one bad key does not hide the others.
+    pub async fn list_endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
+        let keys = self.endpoint_keys(tenant).await?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Some((ep, _)) = self.read::<Endpoint>(&key).await? {
-                out.push(ep);
+            match self.read::<Endpoint>(&key).await {
+                Ok(Some((ep, _))) => out.push(ep),
+                Ok(None) => {}
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    tracing::warn!(%key, %reason, "Skipping an endpoint document that does not parse.");
+                }
+                Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
