@@ -38,7 +38,7 @@ fmt: ## Format the code.
 	$(CARGO) fmt --all
 
 bench: setup ## Run the benchmarks (results go to BENCHMARKS.md by hand, with the machine).
-	$(CARGO) bench -p gancho-core
+	$(CARGO) bench -p gancho-core -p gancho
 
 clean: ## Remove build output and the dev data directory (keeps .tools/).
 	$(CARGO) clean

@@ -104,13 +104,15 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
         .unwrap();
     let mut sink = Guard(sink);
     let mut router = Guard(env.spawn("router"));
+    let metrics_port = gancho_test_harness::nats::free_port();
     let mut worker = Guard(
         Command::new(env!("CARGO_BIN_EXE_gancho"))
             .arg("worker")
             .env("GANCHO_NATS_URL", env.nats.url())
             .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
             .env("GANCHO_ALLOW_HTTP_ENDPOINTS", "true")
-            .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")
+            .env("GANCHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .env("RUST_LOG", "warn")
             .spawn()
             .unwrap(),
     );
@@ -168,8 +170,66 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
         .unwrap();
     assert!(line.contains("signature=valid"), "{line}");
     assert!(line.contains("type=invoice.paid"), "{line}");
+
+    // The worker's /metrics counts the attempt by outcome.
+    let metrics_url = format!("127.0.0.1:{metrics_port}");
+    let mut metrics = String::new();
+    gancho_test_harness::wait_until(
+        "the success in /metrics",
+        std::time::Duration::from_secs(10),
+        || {
+            let url = metrics_url.clone();
+            let got = http_get(&url, "/metrics");
+            metrics = got.clone();
+            std::future::ready(
+                got.contains("gancho_delivery_attempts_total{outcome=\"success\"} 1"),
+            )
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains("gancho_delivery_attempt_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(http_get(&metrics_url, "/readyz").contains("ready"));
+
+    // SIGTERM drains and exits cleanly.
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = worker.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        exit.success(),
+        "the worker exits 0 after a drain, got {exit}"
+    );
     router.kill();
-    worker.kill();
+}
+
+/// A blocking HTTP/1.1 GET; the body, or "" when nothing answers.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 struct Guard(std::process::Child);

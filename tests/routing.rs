@@ -114,6 +114,11 @@ async fn each_endpoint_gets_exactly_its_matching_events_signed() {
         for r in &got {
             support::verify(ep, r).unwrap_or_else(|e| panic!("{t}/ep{i}: signature: {e}"));
             assert_eq!(r.header("content-type"), Some("application/json"));
+            assert_eq!(
+                r.version,
+                hyper::Version::HTTP_2,
+                "HTTP/2 is negotiated by ALPN"
+            );
             assert!(r.header("user-agent").unwrap().starts_with("gancho/"));
             let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
             let obj = body.as_object().unwrap();

@@ -104,6 +104,7 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,hyper=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
