@@ -235,3 +235,28 @@ async fn retry_after_on_429_is_honoured() {
     );
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_for_a_deleted_endpoint_is_dead_lettered() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[500]).await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some("0s,1s,1s"))
+        .await;
+    let cancel = env.run_roles(1).await;
+    env.publish("acme", "charge.paid", "evt-deleted", b"{}", &[]).await;
+    wait_until("the first attempt", Duration::from_secs(10), || {
+        std::future::ready(rx.count() == 1)
+    })
+    .await;
+    env.store.delete_endpoint("acme", "ep1").await.unwrap();
+    wait_until("the dead letter", Duration::from_secs(20), || async {
+        !env.dead_letters().await.is_empty()
+    })
+    .await;
+    let dead = env.dead_letters().await;
+    assert_eq!(dead[0].kind, "endpoint_gone");
+    assert!(dead[0].reason.contains("deleted"), "{}", dead[0].reason);
+    assert_eq!(rx.count(), 1, "nothing is sent to a deleted endpoint");
+    cancel.cancel();
+}

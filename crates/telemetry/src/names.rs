@@ -28,8 +28,9 @@ pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 /// Endpoints disabled by the worker. `reason`: gone.
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
-/// Deliveries whose outcome could not be recorded and were handed back for redelivery.
-pub const DELIVERY_RECORD_FAILURES: &str = "gancho_delivery_record_failures_total";
+/// Deliveries handed back to JetStream for redelivery: their outcome could not be recorded,
+/// or their endpoint is not in this worker's config snapshot yet.
+pub const DELIVERY_REQUEUED: &str = "gancho_delivery_requeued_total";
 
 /// Messages not yet delivered to the consumer. `stream`: events | deliveries.
 pub const CONSUMER_PENDING: &str = "gancho_consumer_pending_messages";
@@ -86,8 +87,8 @@ pub fn describe_all() {
         "Endpoints disabled by the worker, by reason."
     );
     describe_counter!(
-        DELIVERY_RECORD_FAILURES,
-        "Deliveries whose outcome could not be recorded and were handed back."
+        DELIVERY_REQUEUED,
+        "Deliveries handed back for redelivery (outcome not recorded, or config not loaded yet)."
     );
     describe_gauge!(
         CONSUMER_PENDING,

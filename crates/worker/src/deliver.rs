@@ -73,12 +73,30 @@ impl Ctx {
             .endpoint(&delivery.tenant, &delivery.endpoint_id)
             .cloned()
         else {
-            let reason = "the endpoint was deleted before delivery".to_string();
-            let next = Next::Dead {
-                kind: "endpoint_gone",
-                reason,
+            // Not in this worker's snapshot. Either it was deleted, or it was created a moment
+            // ago and the router's snapshot saw it first: the store decides.
+            return match self
+                .store
+                .get_endpoint(&delivery.tenant, &delivery.endpoint_id)
+                .await
+            {
+                Ok(None) => {
+                    let reason = "the endpoint was deleted before delivery".to_string();
+                    let next = Next::Dead {
+                        kind: "endpoint_gone",
+                        reason,
+                    };
+                    self.finish(&msg, Some(&delivery), None, next).await
+                }
+                Ok(Some(_)) => {
+                    self.nak(
+                        &msg,
+                        "the endpoint is not in this worker's config snapshot yet",
+                    )
+                    .await
+                }
+                Err(e) => self.nak(&msg, &e.to_string()).await,
             };
-            return self.finish(&msg, Some(&delivery), None, next).await;
         };
         drop(snapshot);
         if ep.config.disabled {
@@ -368,10 +386,10 @@ impl Ctx {
 
     async fn nak(&self, msg: &jetstream::Message, why: &str) {
         warn!(
-            error = why,
-            "Cannot record a delivery's outcome; it will be attempted again."
+            reason = why,
+            "Handing a delivery back; it will be attempted again."
         );
-        metrics::counter!(names::DELIVERY_RECORD_FAILURES).increment(1);
+        metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
         let _ = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
     }
 }
