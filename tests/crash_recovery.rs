@@ -10,10 +10,20 @@ use gancho_test_harness::{wait_until, Receiver};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const EVENTS: usize = 5000;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_roles_lose_nothing() {
+    run(5000, 1).await;
+}
+
+/// The soak: more events, and the router and the worker killed three times each.
+/// `make test-slow` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow soak; run with make test-slow"]
+async fn repeated_kills_lose_nothing() {
+    run(20_000, 3).await;
+}
+
+async fn run(events: usize, kill_rounds: usize) {
     let env = support::Env::new().await;
     env.tenant("acme").await;
     let a = Receiver::https_sequence(&env.ca, &[200]).await;
@@ -32,7 +42,7 @@ async fn killed_roles_lose_nothing() {
     let subjects = env.layout.subjects.clone();
     let publisher = tokio::spawn(async move {
         let mut acks = Vec::new();
-        for n in 0..EVENTS {
+        for n in 0..events {
             let ev = gancho_proto::Event {
                 id: format!("evt-{n}"),
                 tenant: "acme".into(),
@@ -60,24 +70,25 @@ async fn killed_roles_lose_nothing() {
         }
     });
 
-    wait_until(
-        "some deliveries before killing the router",
-        Duration::from_secs(60),
-        || std::future::ready(a.count() >= 500),
-    )
-    .await;
-    support::kill9(&mut router);
-    let router_killed_at = a.count() + b.count();
-    router = env.spawn("router");
-
-    wait_until(
-        "more deliveries before killing the worker",
-        Duration::from_secs(60),
-        || std::future::ready(a.count() + b.count() >= router_killed_at + 2000),
-    )
-    .await;
-    support::kill9(&mut worker);
-    worker = env.spawn("worker");
+    // Each round: let some deliveries through, SIGKILL the router and restart it, let more
+    // through, SIGKILL the worker and restart it.
+    let step = events / (2 * kill_rounds + 2);
+    for _ in 0..kill_rounds {
+        for role in ["router", "worker"] {
+            let before = a.count() + b.count();
+            wait_until("deliveries before a kill", Duration::from_secs(120), || {
+                std::future::ready(a.count() + b.count() >= before + step)
+            })
+            .await;
+            let child = if role == "router" {
+                &mut router
+            } else {
+                &mut worker
+            };
+            support::kill9(child);
+            *child = env.spawn(role);
+        }
+    }
     publisher.await.unwrap();
 
     let started = Instant::now();
@@ -90,8 +101,8 @@ async fn killed_roles_lose_nothing() {
         }
         seen
     };
-    wait_until("every pair at least once", Duration::from_secs(120), || {
-        std::future::ready(expect_ids(&a).len() == EVENTS && expect_ids(&b).len() == EVENTS)
+    wait_until("every pair at least once", Duration::from_secs(300), || {
+        std::future::ready(expect_ids(&a).len() == events && expect_ids(&b).len() == events)
     })
     .await;
     wait_until(
@@ -103,7 +114,7 @@ async fn killed_roles_lose_nothing() {
     let elapsed = started.elapsed();
 
     let (seen_a, seen_b) = (expect_ids(&a), expect_ids(&b));
-    for n in 0..EVENTS {
+    for n in 0..events {
         let id = format!("evt-{n}");
         assert!(seen_a.contains_key(&id), "{id} never reached endpoint a");
         assert!(seen_b.contains_key(&id), "{id} never reached endpoint b");
@@ -114,8 +125,8 @@ async fn killed_roles_lose_nothing() {
         support::verify(&ep_a, r).unwrap();
     }
     println!(
-        "crash recovery: {} deliveries expected, {} received, {dups} duplicates (all with a repeated webhook-id); drained {elapsed:?} after the last publish",
-        2 * EVENTS,
+        "crash recovery ({kill_rounds} kill rounds): {} deliveries expected, {} received, {dups} duplicates (all with a repeated webhook-id); drained {elapsed:?} after the last publish",
+        2 * events,
         a.count() + b.count()
     );
     support::kill9(&mut router);

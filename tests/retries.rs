@@ -244,7 +244,8 @@ async fn a_retry_for_a_deleted_endpoint_is_dead_lettered() {
     env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some("0s,1s,1s"))
         .await;
     let cancel = env.run_roles(1).await;
-    env.publish("acme", "charge.paid", "evt-deleted", b"{}", &[]).await;
+    env.publish("acme", "charge.paid", "evt-deleted", b"{}", &[])
+        .await;
     wait_until("the first attempt", Duration::from_secs(10), || {
         std::future::ready(rx.count() == 1)
     })

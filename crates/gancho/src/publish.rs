@@ -87,12 +87,5 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
 
 /// `evt_` and 24 random base32 characters.
 pub fn new_event_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut rng = rand::rng();
-    let mut id = String::from("evt_");
-    for _ in 0..24 {
-        id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
-    }
-    id
+    gancho_store::model::random_id("evt_", 24)
 }

@@ -16,15 +16,14 @@ mod route;
 
 pub use route::{check_event, delivery_id, partition, Invalid};
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
+use gancho_store::consume::{ConsumeError, Spec};
 use gancho_store::{Layout, Live};
 use gancho_telemetry::names;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn, Instrument};
+use tracing::error;
 
 /// How long JetStream waits for an ack before redelivering an event to another router.
 /// Routing takes milliseconds; a short wait means a crashed router's events move on quickly.
@@ -54,14 +53,6 @@ impl Default for RouterConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    #[error("cannot create the router consumer: {0}")]
-    Consumer(String),
-    #[error("the events consumer stopped: {0}")]
-    Stream(String),
-}
-
 /// Runs the router until `cancel` fires, then waits for the events in flight.
 pub async fn run(
     input: async_nats::Client,
@@ -70,70 +61,29 @@ pub async fn run(
     live: Arc<Live>,
     config: RouterConfig,
     cancel: CancellationToken,
-) -> Result<(), RouterError> {
-    let js_in = jetstream::new(input);
+) -> Result<(), ConsumeError> {
     let subjects = layout.subjects.clone();
-    let consumer: consumer::PullConsumer = js_in
-        .create_consumer_on_stream(
-            consumer::pull::Config {
-                durable_name: Some(subjects.router_consumer()),
-                description: Some("gancho routers".into()),
-                filter_subject: subjects.events_wildcard(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            },
-            subjects.events_stream(),
-        )
-        .await
-        .map_err(|e| RouterError::Consumer(e.to_string()))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(config.concurrency.clamp(1, MAX_BATCH))
-        .messages()
-        .await
-        .map_err(|e| RouterError::Stream(e.to_string()))?;
-    info!(consumer = %subjects.router_consumer(), "Router consuming events.");
-
+    let spec = Spec {
+        role: "router",
+        stream: subjects.events_stream(),
+        durable: subjects.router_consumer(),
+        filter: subjects.events_wildcard(),
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        concurrency: config.concurrency,
+        max_batch: MAX_BATCH,
+    };
     let ctx = Arc::new(route::Ctx {
         js: output,
         subjects,
         live,
         partitions: config.partitions.max(1),
     });
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            next = messages.next() => next,
-        };
-        let msg = match msg {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                warn!(error = %e, "Events consumer hiccup; continuing.");
-                continue;
-            }
-            None => return Err(RouterError::Stream("message stream ended".into())),
-        };
+    gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
-        let span = tracing::info_span!("route", role = "router");
-        tokio::spawn(
-            async move {
-                ctx.handle(msg).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
-    // Drain: wait until every event in flight finished (acked or nak'd).
-    let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
-    info!("Router stopped.");
-    Ok(())
+        async move { ctx.handle(msg).await }
+    })
+    .await
 }
 
 pub(crate) async fn nak(msg: &jetstream::Message) {

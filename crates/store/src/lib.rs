@@ -8,7 +8,9 @@
 //! - [`streams`]: creates or checks the streams and the bucket at start-up.
 //! - [`repo`]: create, read, update, delete, with optimistic concurrency on KV revisions.
 //! - [`live`]: [`Live`], the snapshot and the watch task that keeps it current.
+//! - [`consume`]: the concurrent, draining consume loop the router and the worker share.
 
+pub mod consume;
 pub mod live;
 pub mod model;
 pub mod repo;

@@ -91,14 +91,21 @@ pub fn new_secret() -> String {
         .expose()
 }
 
-/// A fresh endpoint id: `ep_` and 20 random base32 characters.
-pub fn new_endpoint_id() -> EndpointId {
+/// `prefix` and `len` random characters of lowercase base32: ids that are safe in subjects,
+/// URLs and headers.
+pub fn random_id(prefix: &str, len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut rng = rand::rng();
-    let mut id = String::from("ep_");
-    for _ in 0..20 {
+    let mut id = String::with_capacity(prefix.len() + len);
+    id.push_str(prefix);
+    for _ in 0..len {
         id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
     }
-    EndpointId::new(id).expect("generated ids use the id alphabet")
+    id
+}
+
+/// A fresh endpoint id: `ep_` and 20 random base32 characters.
+pub fn new_endpoint_id() -> EndpointId {
+    EndpointId::new(random_id("ep_", 20)).expect("generated ids use the id alphabet")
 }

@@ -20,16 +20,14 @@
 mod deliver;
 pub mod http;
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
+use gancho_store::consume::{ConsumeError, Spec};
 use gancho_store::{ConfigStore, Layout, Live};
 use gancho_telemetry::names;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
 
 /// Ack wait of the deliveries consumer. Short, so the deliveries a crashed worker held are
 /// redelivered within seconds; a delivery whose request takes longer is kept alive with
@@ -75,10 +73,8 @@ impl Default for WorkerConfig {
 pub enum WorkerError {
     #[error(transparent)]
     Client(#[from] http::ClientError),
-    #[error("cannot create the worker consumer: {0}")]
-    Consumer(String),
-    #[error("the deliveries consumer stopped: {0}")]
-    Stream(String),
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
 }
 
 /// Runs the worker until `cancel` fires, then waits for the deliveries in flight.
@@ -95,31 +91,17 @@ pub async fn run(
         config.allow_private,
         config.extra_ca_file.as_deref(),
     )?;
-    let js_in = jetstream::new(input);
     let subjects = layout.subjects.clone();
-    let consumer: consumer::PullConsumer = js_in
-        .create_consumer_on_stream(
-            consumer::pull::Config {
-                durable_name: Some(subjects.worker_consumer()),
-                description: Some("gancho workers".into()),
-                filter_subject: subjects.deliveries_wildcard(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            },
-            subjects.deliveries_stream(),
-        )
-        .await
-        .map_err(|e| WorkerError::Consumer(e.to_string()))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(config.concurrency.clamp(1, MAX_BATCH))
-        .messages()
-        .await
-        .map_err(|e| WorkerError::Stream(e.to_string()))?;
-    info!(consumer = %subjects.worker_consumer(), concurrency = config.concurrency, "Worker consuming deliveries.");
-
+    let spec = Spec {
+        role: "worker",
+        stream: subjects.deliveries_stream(),
+        durable: subjects.worker_consumer(),
+        filter: subjects.deliveries_wildcard(),
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        concurrency: config.concurrency,
+        max_batch: MAX_BATCH,
+    };
     let ctx = Arc::new(deliver::Ctx {
         js: output,
         subjects,
@@ -129,39 +111,14 @@ pub async fn run(
         jitter: config.jitter,
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
     });
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    loop {
-        // A request slot first, then a message: a message is only taken from the client's
-        // buffer when it can be worked on at once.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            next = messages.next() => next,
-        };
-        let msg = match msg {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                warn!(error = %e, "Deliveries consumer hiccup; continuing.");
-                continue;
-            }
-            None => return Err(WorkerError::Stream("message stream ended".into())),
-        };
+    gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
-        let span = tracing::info_span!("deliver", role = "worker");
-        tokio::spawn(
-            async move {
-                metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-                ctx.handle(msg).await;
-                metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
-    let _ = permits.acquire_many(config.concurrency.max(1) as u32).await;
-    info!("Worker stopped.");
+        async move {
+            metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
+            ctx.handle(msg).await;
+            metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
+        }
+    })
+    .await?;
     Ok(())
 }
