@@ -26,6 +26,8 @@ pub const DELIVERY_RETRIES_SCHEDULED: &str = "gancho_delivery_retries_scheduled_
 pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 /// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable.
 pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
+/// Endpoints whose circuit is open in this worker.
+pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
 /// Endpoints disabled by the worker. `reason`: gone.
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
 /// Deliveries handed back to JetStream for redelivery: their outcome could not be recorded,
@@ -42,6 +44,10 @@ pub const CONFIG_SNAPSHOT_AGE: &str = "gancho_config_snapshot_age_seconds";
 pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
 pub fn describe_all() {
+    describe_gauge!(
+        CIRCUITS_OPEN,
+        "Endpoints whose circuit is open in this worker."
+    );
     describe_counter!(ROUTER_EVENTS, "Events consumed by the router, by outcome.");
     describe_counter!(
         ROUTER_EVENTS_INVALID,

@@ -2,6 +2,7 @@
 //! attempt, then schedule a retry, dead-letter or disable as the outcome says. The message
 //! is acked only after every write that outcome needs is acknowledged by JetStream.
 
+use crate::gate::{Admission, Gate, Gates};
 use crate::http::{self, SendError};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
@@ -17,10 +18,29 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tracing::{debug, info, warn};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, warn, Instrument};
 
 /// Delay before a delivery whose outcome could not be recorded is tried again.
 const NAK_DELAY: Duration = Duration::from_secs(1);
+/// How much longer than its retry schedule a delivery may keep being deferred.
+const DEFER_GRACE: Duration = Duration::from_secs(3600);
+
+/// Runs `fut`, telling JetStream every few seconds that `msg` is still being worked on, so a
+/// slow endpoint or a wait in the queue does not get it redelivered to another worker.
+async fn with_progress<F: std::future::Future>(msg: &jetstream::Message, fut: F) -> F::Output {
+    tokio::pin!(fut);
+    let mut progress = tokio::time::interval(crate::PROGRESS_EVERY);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut fut => return done,
+            _ = progress.tick() => {
+                let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+            }
+        }
+    }
+}
 
 pub(crate) struct Ctx {
     pub js: jetstream::Context,
@@ -30,14 +50,26 @@ pub(crate) struct Ctx {
     pub client: http::Client,
     pub jitter: f64,
     pub user_agent: String,
+    pub gates: Gates,
 }
 
 /// What follows an attempt.
 enum Next {
     Done,
-    Retry { delay: Duration },
-    Dead { kind: &'static str, reason: String },
-    Disable { reason: String },
+    Retry {
+        delay: Duration,
+    },
+    /// Rescheduled without an attempt (rate limit, in-flight cap, open circuit).
+    Defer {
+        delay: Duration,
+    },
+    Dead {
+        kind: &'static str,
+        reason: String,
+    },
+    Disable {
+        reason: String,
+    },
 }
 
 struct Outcome {
@@ -50,8 +82,8 @@ struct Outcome {
 }
 
 impl Ctx {
-    pub(crate) async fn handle(&self, msg: jetstream::Message) {
-        let mut delivery = match Delivery::decode(&msg.payload[..]) {
+    pub(crate) async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+        let delivery = match Delivery::decode(&msg.payload[..]) {
             Ok(d) => d,
             Err(e) => {
                 let reason = format!("delivery does not decode: {e}");
@@ -115,23 +147,69 @@ impl Ctx {
             return self.finish(&msg, Some(&delivery), None, next).await;
         }
 
+        let gate = self.gates.get(
+            &delivery.tenant,
+            &delivery.endpoint_id,
+            ep.config.rate_limit_per_sec,
+            ep.config.max_in_flight,
+        );
+        match gate.admit() {
+            Admission::Go(permit) => {
+                self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
+                    .await
+            }
+            Admission::Defer { reason, after } => {
+                self.defer(&msg, delivery, &ep, reason, after).await
+            }
+            Admission::Queue(place) => {
+                // Waits in its own task so the worker's shared slot goes to other endpoints.
+                let span = tracing::info_span!("queued", role = "worker");
+                tokio::spawn(
+                    async move {
+                        let turn = with_progress(&msg, gate.wait_turn()).await;
+                        drop(place);
+                        match turn {
+                            Ok(permit) => {
+                                self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
+                                    .await
+                            }
+                            Err(after) => {
+                                self.defer(&msg, delivery, &ep, "circuit_open", after).await
+                            }
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    /// Sends one attempt while holding the endpoint's in-flight slot, then records it.
+    async fn attempt_and_finish(
+        &self,
+        msg: &jetstream::Message,
+        mut delivery: Delivery,
+        ep: &LiveEndpoint,
+        gate: &Gate,
+        permit: OwnedSemaphorePermit,
+    ) {
         let attempt_no = delivery.attempts + 1;
         let started_at = OffsetDateTime::now_utc();
-        let (outcome, latency) = {
-            // Keep the delivery ours while a slow endpoint takes its time.
-            let attempt = self.attempt(&delivery, &ep, started_at);
-            tokio::pin!(attempt);
-            let mut progress = tokio::time::interval(crate::PROGRESS_EVERY);
-            progress.tick().await;
-            loop {
-                tokio::select! {
-                    done = &mut attempt => break done,
-                    _ = progress.tick() => {
-                        let _ = msg.ack_with(jetstream::AckKind::Progress).await;
-                    }
-                }
+        // Keep the delivery ours while a slow endpoint takes its time.
+        metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
+        let (outcome, latency) = with_progress(msg, self.attempt(&delivery, ep, started_at)).await;
+        metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
+        drop(permit);
+        let healthy = outcome.label == "success"
+            || (outcome.status != 0
+                && outcome.status < 500
+                && !matches!(outcome.status, 408 | 429));
+        if gate.record(healthy) {
+            metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
+            if !healthy {
+                warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries deferred.");
             }
-        };
+        }
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label).increment(1);
         metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
             .record(latency.as_secs_f64());
@@ -165,7 +243,7 @@ impl Ctx {
         };
         match &next {
             Next::Done => debug!(endpoint = %ep.config.id, attempt = attempt_no, "Delivered."),
-            Next::Retry { delay } => info!(
+            Next::Retry { delay } | Next::Defer { delay } => info!(
                 endpoint = %ep.config.id, attempt = attempt_no, status = outcome.status,
                 outcome = outcome.label, retry_in_ms = delay.as_millis() as u64,
                 "Delivery failed; retry scheduled."
@@ -198,7 +276,40 @@ impl Ctx {
             next_attempt_at: next_at,
         };
         delivery.attempts = attempt_no;
-        self.finish(&msg, Some(&delivery), Some(record), next).await;
+        self.finish(msg, Some(&delivery), Some(record), next).await;
+    }
+
+    /// Reschedules a delivery the endpoint cannot take now, without counting an attempt. A
+    /// delivery older than its whole retry schedule is dead-lettered instead, so an endpoint
+    /// whose circuit never closes does not keep deliveries alive forever.
+    async fn defer(
+        &self,
+        msg: &jetstream::Message,
+        mut delivery: Delivery,
+        ep: &LiveEndpoint,
+        reason: &'static str,
+        after: Duration,
+    ) {
+        metrics::counter!(names::DELIVERY_DEFERRED, "reason" => reason).increment(1);
+        let patience: Duration = ep.schedule.delays().iter().sum();
+        let created = delivery.created_at.as_ref().and_then(to_datetime);
+        if let Some(created) = created {
+            if OffsetDateTime::now_utc() - created > patience + DEFER_GRACE {
+                let reason = format!(
+                    "the endpoint could not take it ({reason}) for longer than its retry schedule"
+                );
+                let next = Next::Dead {
+                    kind: "exhausted",
+                    reason,
+                };
+                return self.finish(msg, Some(&delivery), None, next).await;
+            }
+        }
+        delivery.deferrals += 1;
+        let delay = jitter(after, 0.2, rand::random::<f64>());
+        debug!(endpoint = %ep.config.id, reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");
+        self.finish(msg, Some(&delivery), None, Next::Defer { delay })
+            .await;
     }
 
     /// Sends the webhook once.
@@ -293,6 +404,10 @@ impl Ctx {
                 metrics::counter!(names::DELIVERY_RETRIES_SCHEDULED).increment(1);
                 Some(self.retry_publish(msg, delivery, delay))
             }
+            Next::Defer { delay } => {
+                let delivery = delivery.expect("a deferral has a decoded delivery");
+                Some(self.retry_publish(msg, delivery, delay))
+            }
             Next::Dead { kind, reason } => Some(self.dead_publish(msg, delivery, kind, reason)),
             Next::Disable { reason } => {
                 let delivery = delivery.expect("a 410 has a decoded delivery");
@@ -337,9 +452,10 @@ impl Ctx {
         let payload = Bytes::from(delivery.encode_to_vec());
         let target = msg.subject.to_string();
         if delay.is_zero() {
-            let publish = PublishMessage::build()
-                .payload(payload)
-                .message_id(format!("retry:{}:{}", delivery.id, delivery.attempts));
+            let publish = PublishMessage::build().payload(payload).message_id(format!(
+                "retry:{}:{}:{}",
+                delivery.id, delivery.attempts, delivery.deferrals
+            ));
             return (target, publish);
         }
         let at = OffsetDateTime::now_utc() + delay;

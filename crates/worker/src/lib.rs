@@ -18,12 +18,12 @@
 //! - `deliver`: one delivery, from message to ack.
 
 mod deliver;
+pub mod gate;
 pub mod http;
 
 use async_nats::jetstream;
 use gancho_store::consume::{ConsumeError, Spec};
 use gancho_store::{ConfigStore, Layout, Live};
-use gancho_telemetry::names;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,14 +110,11 @@ pub async fn run(
         client,
         jitter: config.jitter,
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
+        gates: Default::default(),
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
-        async move {
-            metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-            ctx.handle(msg).await;
-            metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
-        }
+        ctx.handle(msg)
     })
     .await?;
     Ok(())

@@ -1,0 +1,322 @@
+//! Per-endpoint admission: an in-flight cap, a rate limit (governor) and a circuit breaker,
+//! so that one slow or dead endpoint cannot take the capacity healthy endpoints need.
+//!
+//! A delivery is either sent at once ([`Admission::Go`]), parked in the endpoint's small
+//! bounded queue in this worker ([`Admission::Queue`]: its task waits for a slot without
+//! holding one of the worker's shared request slots), or, past that bound or while the
+//! circuit is open, rescheduled for later without counting as an attempt
+//! ([`Admission::Defer`]).
+//!
+//! The circuit opens after [`FAILURES_TO_OPEN`] consecutive failures (no response, timeout,
+//! 5xx, 429); while open, deliveries are deferred to the end of the cool-down; then one
+//! delivery is let through as a probe: success closes the circuit, failure re-opens it with a
+//! doubled cool-down (up to [`MAX_COOLDOWN`]). State is per worker process.
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// In-flight cap of an endpoint that sets none.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+/// Deliveries an endpoint may have waiting in this worker, per request it may have in
+/// flight. Past it, deliveries are rescheduled instead of held (each held one counts against
+/// the consumer's ack-pending window).
+const QUEUE_PER_SLOT: usize = 4;
+/// Consecutive failures that open the circuit.
+pub const FAILURES_TO_OPEN: u32 = 5;
+/// First cool-down of an open circuit; doubles after each failed probe.
+const FIRST_COOLDOWN: Duration = Duration::from_secs(5);
+/// Longest cool-down.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
+/// How long a delivery deferred for a full queue waits before it is tried again.
+const QUEUE_FULL_DELAY: Duration = Duration::from_millis(500);
+
+/// What to do with a delivery now.
+pub enum Admission {
+    /// Send it; the permit is the endpoint's in-flight slot.
+    Go(OwnedSemaphorePermit),
+    /// Wait in the endpoint's queue; the guard keeps its place counted.
+    Queue(QueueGuard),
+    /// Reschedule it after `after`, not counting an attempt.
+    Defer {
+        reason: &'static str,
+        after: Duration,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Circuit {
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+    probing: bool,
+}
+
+/// One endpoint's admission state in this worker.
+pub struct Gate {
+    settings: (Option<u32>, Option<u32>),
+    in_flight: Arc<Semaphore>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    queued: Arc<AtomicUsize>,
+    queue_bound: usize,
+    circuit: Mutex<Circuit>,
+}
+
+/// Counts a delivery as waiting in its endpoint's queue until dropped.
+pub struct QueueGuard(Arc<AtomicUsize>);
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gate {
+    fn new(rate: Option<u32>, max_in_flight: Option<u32>) -> Self {
+        let cap = max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1);
+        let limiter = rate
+            .and_then(NonZeroU32::new)
+            .map(|r| DefaultDirectRateLimiter::direct(Quota::per_second(r)));
+        Self {
+            settings: (rate, max_in_flight),
+            in_flight: Arc::new(Semaphore::new(cap as usize)),
+            limiter,
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue_bound: cap as usize * QUEUE_PER_SLOT,
+            circuit: Mutex::new(Circuit::default()),
+        }
+    }
+
+    /// Decides what happens to a delivery arriving now.
+    pub fn admit(&self) -> Admission {
+        if let Some(after) = self.circuit_wait() {
+            return Admission::Defer {
+                reason: "circuit_open",
+                after,
+            };
+        }
+        let queue_or_defer = |reason: &'static str, after: Duration| {
+            let queued = self.queued.fetch_add(1, Ordering::Relaxed);
+            if queued < self.queue_bound {
+                Admission::Queue(QueueGuard(self.queued.clone()))
+            } else {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Admission::Defer { reason, after }
+            }
+        };
+        // Deliveries already waiting go first: a newcomer does not overtake the queue.
+        if self.queued.load(Ordering::Relaxed) > 0 {
+            return queue_or_defer("in_flight_cap", QUEUE_FULL_DELAY);
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return queue_or_defer("in_flight_cap", QUEUE_FULL_DELAY);
+        };
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check() {
+                drop(permit);
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return queue_or_defer("rate_limited", wait.max(QUEUE_FULL_DELAY));
+            }
+        }
+        Admission::Go(permit)
+    }
+
+    /// Waits (in a queued delivery's own task) until the endpoint can take it. `None` when the
+    /// circuit opened meanwhile: the caller defers it for that long.
+    pub async fn wait_turn(&self) -> Result<OwnedSemaphorePermit, Duration> {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        match self.circuit_wait() {
+            Some(after) => Err(after),
+            None => Ok(permit),
+        }
+    }
+
+    /// `Some(wait)` while the circuit refuses deliveries. When a cool-down has ended, the
+    /// first caller becomes the probe and is let through.
+    fn circuit_wait(&self) -> Option<Duration> {
+        let mut c = self.circuit.lock().expect("circuit lock");
+        let until = c.open_until?;
+        let now = Instant::now();
+        if now < until {
+            return Some(until - now);
+        }
+        if c.probing {
+            // A probe is in flight; the others wait for its verdict.
+            return Some(Duration::from_secs(1));
+        }
+        c.probing = true;
+        None
+    }
+
+    /// Feeds an attempt's outcome to the circuit. `healthy` is false for no response, a
+    /// timeout, 5xx or 429; other statuses say the endpoint is up. Returns whether the circuit
+    /// opened or closed.
+    pub fn record(&self, healthy: bool) -> bool {
+        let mut c = self.circuit.lock().expect("circuit lock");
+        let was_open = c.open_until.is_some();
+        if healthy {
+            *c = Circuit::default();
+            return was_open;
+        }
+        c.failures += 1;
+        if c.probing || c.failures >= FAILURES_TO_OPEN && c.open_until.is_none() {
+            c.cooldown = if c.probing {
+                (c.cooldown * 2).min(MAX_COOLDOWN)
+            } else {
+                FIRST_COOLDOWN
+            };
+            c.open_until = Some(Instant::now() + c.cooldown);
+            c.probing = false;
+        }
+        was_open != c.open_until.is_some()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.circuit
+            .lock()
+            .expect("circuit lock")
+            .open_until
+            .is_some()
+    }
+}
+
+/// Every endpoint's gate in this worker, created on first use and replaced when the
+/// endpoint's rate or in-flight settings change.
+#[derive(Default)]
+pub struct Gates {
+    map: Mutex<HashMap<(String, String), Arc<Gate>>>,
+}
+
+impl Gates {
+    pub fn get(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+        rate: Option<u32>,
+        max_in_flight: Option<u32>,
+    ) -> Arc<Gate> {
+        let mut map = self.map.lock().expect("gates lock");
+        let key = (tenant.to_owned(), endpoint.to_owned());
+        match map.get(&key) {
+            Some(g) if g.settings == (rate, max_in_flight) => g.clone(),
+            _ => {
+                let g = Arc::new(Gate::new(rate, max_in_flight));
+                map.insert(key, g.clone());
+                g
+            }
+        }
+    }
+
+    /// How many endpoints have an open circuit in this worker.
+    pub fn open_circuits(&self) -> usize {
+        self.map
+            .lock()
+            .expect("gates lock")
+            .values()
+            .filter(|g| g.is_open())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_cap_then_queue_then_defer() {
+        let g = Gate::new(None, Some(2));
+        let a = g.admit();
+        let b = g.admit();
+        assert!(matches!(a, Admission::Go(_)));
+        assert!(matches!(b, Admission::Go(_)));
+        // Two slots taken: the next 8 (4 per slot) wait in the queue, then deferrals.
+        let queued: Vec<Admission> = (0..8).map(|_| g.admit()).collect();
+        assert!(queued.iter().all(|a| matches!(a, Admission::Queue(_))));
+        assert!(matches!(
+            g.admit(),
+            Admission::Defer {
+                reason: "in_flight_cap",
+                ..
+            }
+        ));
+        drop(queued);
+        drop(a);
+        assert!(matches!(g.admit(), Admission::Go(_)));
+    }
+
+    #[test]
+    fn rate_limit_defers_past_the_burst() {
+        let g = Gate::new(Some(2), Some(100));
+        let mut go = 0;
+        let mut queued = Vec::new();
+        for _ in 0..5 {
+            match g.admit() {
+                Admission::Go(p) => {
+                    go += 1;
+                    drop(p)
+                }
+                Admission::Queue(q) => queued.push(q),
+                Admission::Defer { .. } => {}
+            }
+        }
+        assert_eq!(go, 2, "a burst of the per-second rate goes at once");
+        assert_eq!(queued.len(), 3);
+    }
+
+    #[test]
+    fn circuit_opens_probes_and_closes() {
+        let g = Gate::new(None, None);
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            g.record(false);
+        }
+        assert!(matches!(g.admit(), Admission::Go(_)));
+        g.record(false);
+        assert!(g.is_open());
+        match g.admit() {
+            Admission::Defer { reason, after } => {
+                assert_eq!(reason, "circuit_open");
+                assert!(after <= FIRST_COOLDOWN);
+            }
+            _ => panic!("an open circuit defers"),
+        }
+        // The cool-down ends: one probe goes, the others wait for it.
+        g.circuit.lock().unwrap().open_until = Some(Instant::now());
+        assert!(matches!(g.admit(), Admission::Go(_)));
+        assert!(matches!(
+            g.admit(),
+            Admission::Defer {
+                reason: "circuit_open",
+                ..
+            }
+        ));
+        // A failed probe doubles the cool-down; a good one closes the circuit.
+        g.record(false);
+        assert_eq!(g.circuit.lock().unwrap().cooldown, FIRST_COOLDOWN * 2);
+        g.circuit.lock().unwrap().open_until = Some(Instant::now());
+        assert!(matches!(g.admit(), Admission::Go(_)));
+        g.record(true);
+        assert!(!g.is_open());
+        assert!(matches!(g.admit(), Admission::Go(_)));
+    }
+
+    #[test]
+    fn changed_settings_get_a_new_gate() {
+        let gates = Gates::default();
+        let a = gates.get("t", "e", None, Some(2));
+        assert!(Arc::ptr_eq(&a, &gates.get("t", "e", None, Some(2))));
+        assert!(!Arc::ptr_eq(&a, &gates.get("t", "e", Some(5), Some(2))));
+    }
+}
