@@ -61,6 +61,17 @@ impl Env {
             .unwrap();
     }
 
+    /// Changes a stored endpoint.
+    pub async fn change(&self, tenant: &str, id: &str, f: impl Fn(&mut Endpoint)) {
+        self.store
+            .update_endpoint(tenant, id, |ep| {
+                f(ep);
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
     /// Stores an endpoint and returns it (with its secret).
     pub async fn endpoint(
         &self,
@@ -99,6 +110,15 @@ impl Env {
     /// Runs a router and a worker in this process until the returned token is cancelled.
     /// Waits until their live config holds `endpoints` endpoints.
     pub async fn run_roles(&self, endpoints: usize) -> CancellationToken {
+        self.run_roles_with(endpoints, 512).await
+    }
+
+    /// [`Env::run_roles`] with a worker limited to `worker_concurrency` requests at once.
+    pub async fn run_roles_with(
+        &self,
+        endpoints: usize,
+        worker_concurrency: usize,
+    ) -> CancellationToken {
         let cancel = CancellationToken::new();
         let live = Live::start(&self.layout, RetrySchedule::default(), cancel.clone())
             .await
@@ -119,6 +139,7 @@ impl Env {
             cancel.clone(),
         ));
         let cfg = gancho_worker::WorkerConfig {
+            concurrency: worker_concurrency,
             allow_private: true,
             extra_ca_file: Some(self.ca_file.clone()),
             jitter: 0.0,

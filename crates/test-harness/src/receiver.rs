@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -20,6 +21,8 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long to wait before answering (a slow or hanging endpoint).
+    pub delay: std::time::Duration,
 }
 
 impl Answer {
@@ -28,7 +31,13 @@ impl Answer {
             status,
             headers: Vec::new(),
             body: String::new(),
+            delay: std::time::Duration::ZERO,
         }
+    }
+
+    pub fn after(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -58,6 +67,23 @@ impl Received {
     }
 }
 
+/// Requests open right now, and the most ever open at once.
+#[derive(Default)]
+struct Concurrency {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Concurrency {
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 type Script = dyn Fn(usize, &Received) -> Answer + Send + Sync;
 
 /// A running receiver; dropping it stops accepting connections.
@@ -65,6 +91,7 @@ pub struct Receiver {
     addr: SocketAddr,
     tls: bool,
     received: Arc<Mutex<Vec<Received>>>,
+    concurrency: Arc<Concurrency>,
     task: JoinHandle<()>,
 }
 
@@ -100,6 +127,8 @@ impl Receiver {
             .expect("bind a receiver on 127.0.0.1");
         let addr = listener.local_addr().expect("a bound address");
         let received = Arc::new(Mutex::new(Vec::new()));
+        let concurrency = Arc::new(Concurrency::default());
+        let conc = concurrency.clone();
         let is_tls = tls.is_some();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let rec = received.clone();
@@ -111,11 +140,18 @@ impl Receiver {
                 let acceptor = acceptor.clone();
                 let rec = rec.clone();
                 let script = script.clone();
+                let conc = conc.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let rec = rec.clone();
                         let script = script.clone();
-                        async move { Ok::<_, hyper::Error>(handle(req, &rec, &*script).await) }
+                        let conc = conc.clone();
+                        async move {
+                            conc.enter();
+                            let resp = handle(req, &rec, &*script).await;
+                            conc.leave();
+                            Ok::<_, hyper::Error>(resp)
+                        }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -138,6 +174,7 @@ impl Receiver {
             addr,
             tls: is_tls,
             received,
+            concurrency,
             task,
         }
     }
@@ -159,6 +196,11 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.received.lock().expect("receiver lock").len()
+    }
+
+    /// The most requests this receiver had open at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.concurrency.max.load(Ordering::Relaxed)
     }
 }
 
@@ -196,6 +238,9 @@ async fn handle(
         all.push(received);
         answer
     };
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
     let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
     *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     for (k, v) in answer.headers {

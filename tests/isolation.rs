@@ -1,0 +1,129 @@
+//! Per-endpoint scheduling: one dead endpoint does not slow the healthy ones, the in-flight
+//! cap holds at the receiver, and the rate limit spreads deliveries out.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use gancho_test_harness::{wait_until, Answer, Receiver};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_does_not_slow_a_healthy_one() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    // "dead" hangs for 3 s on every request (its timeout is 1 s); "ok" answers at once.
+    let dead = Receiver::https(&env.ca, |_, _| {
+        Answer::status(200).after(Duration::from_secs(3))
+    })
+    .await;
+    let ok = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint("acme", "dead", &dead.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "dead", |ep| {
+        ep.timeout_ms = 1000;
+        ep.max_in_flight = Some(2);
+    })
+    .await;
+    env.endpoint("acme", "ok", &ok.url("/hook"), &[], &[], None)
+        .await;
+    // A worker with only 8 request slots: without per-endpoint caps, the dead endpoint's
+    // hanging requests would hold them all and "ok" would crawl (about 8 per second).
+    let cancel = env.run_roles_with(2, 8).await;
+    for n in 0..200 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    wait_until(
+        "every delivery to the healthy endpoint",
+        Duration::from_secs(15),
+        || std::future::ready(ok.count() == 200),
+    )
+    .await;
+    assert!(
+        dead.max_concurrent() <= 2,
+        "the dead endpoint had {} requests open; its cap is 2",
+        dead.max_concurrent()
+    );
+    // After 5 consecutive timeouts the circuit opens: the dead endpoint stops being tried
+    // for every delivery, and its deliveries wait as scheduled messages, not attempts.
+    wait_until("the circuit to open", Duration::from_secs(20), || async {
+        env.attempts("acme", "dead").await.len() >= 5
+    })
+    .await;
+    let tried = dead.count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        dead.count() <= tried + 2,
+        "with the circuit open, at most a probe reaches the dead endpoint ({tried} -> {})",
+        dead.count()
+    );
+    assert!(
+        env.attempts("acme", "dead").await.len() < 20,
+        "deferred deliveries are not counted as attempts"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_cap_holds_at_the_receiver() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let slow = Receiver::https(&env.ca, |_, _| {
+        Answer::status(200).after(Duration::from_millis(100))
+    })
+    .await;
+    env.endpoint("acme", "slow", &slow.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "slow", |ep| ep.max_in_flight = Some(3))
+        .await;
+    let cancel = env.run_roles(1).await;
+    for n in 0..40 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    wait_until("every delivery", Duration::from_secs(30), || {
+        std::future::ready(slow.count() == 40)
+    })
+    .await;
+    assert_eq!(slow.max_concurrent(), 3, "three at a time, never more");
+    let attempts = env.attempts("acme", "slow").await;
+    assert!(attempts.iter().all(|a| a.attempt == 1 && a.status == 200));
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_spreads_deliveries() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint("acme", "limited", &rx.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "limited", |ep| ep.rate_limit_per_sec = Some(10))
+        .await;
+    let cancel = env.run_roles(1).await;
+    for n in 0..30 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    wait_until("every delivery", Duration::from_secs(30), || {
+        std::future::ready(rx.count() == 30)
+    })
+    .await;
+    let got = rx.received();
+    let span = got.last().unwrap().at - got.first().unwrap().at;
+    // 10 go at once (the burst), the other 20 at 10 per second.
+    assert!(
+        span >= Duration::from_millis(1800),
+        "30 deliveries at 10/s took only {span:?}"
+    );
+    // No one-second window holds more than the burst plus the rate.
+    for (i, first) in got.iter().enumerate() {
+        let in_window = got[i..]
+            .iter()
+            .take_while(|r| r.at - first.at < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 20, "{in_window} deliveries within one second");
+    }
+    cancel.cancel();
+}
