@@ -18,8 +18,8 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info, warn, Instrument};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
 /// Delay before a delivery whose outcome could not be recorded is tried again.
 const NAK_DELAY: Duration = Duration::from_secs(1);
@@ -51,6 +51,8 @@ pub(crate) struct Ctx {
     pub jitter: f64,
     pub user_agent: String,
     pub gates: Gates,
+    /// The worker's HTTP request slots (its configured concurrency).
+    pub requests: Semaphore,
 }
 
 /// What follows an attempt.
@@ -82,7 +84,7 @@ struct Outcome {
 }
 
 impl Ctx {
-    pub(crate) async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+    pub(crate) async fn handle(&self, msg: jetstream::Message) {
         let delivery = match Delivery::decode(&msg.payload[..]) {
             Ok(d) => d,
             Err(e) => {
@@ -162,24 +164,17 @@ impl Ctx {
                 self.defer(&msg, delivery, &ep, reason, after).await
             }
             Admission::Queue(place) => {
-                // Waits in its own task so the worker's shared slot goes to other endpoints.
-                let span = tracing::info_span!("queued", role = "worker");
-                tokio::spawn(
-                    async move {
-                        let turn = with_progress(&msg, gate.wait_turn()).await;
-                        drop(place);
-                        match turn {
-                            Ok(permit) => {
-                                self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
-                                    .await
-                            }
-                            Err(after) => {
-                                self.defer(&msg, delivery, &ep, "circuit_open", after).await
-                            }
-                        }
+                // Waits holding only its intake slot; the worker's request slots and this
+                // endpoint's in-flight slots go to deliveries that can be sent now.
+                let turn = with_progress(&msg, gate.wait_turn(&place)).await;
+                drop(place);
+                match turn {
+                    Ok(permit) => {
+                        self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
+                            .await
                     }
-                    .instrument(span),
-                );
+                    Err((reason, after)) => self.defer(&msg, delivery, &ep, reason, after).await,
+                }
             }
         }
     }
@@ -196,15 +191,23 @@ impl Ctx {
         let attempt_no = delivery.attempts + 1;
         let started_at = OffsetDateTime::now_utc();
         // Keep the delivery ours while a slow endpoint takes its time.
-        metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-        let (outcome, latency) = with_progress(msg, self.attempt(&delivery, ep, started_at)).await;
-        metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
+        let (outcome, latency) = {
+            let _request = self
+                .requests
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
+            let done = with_progress(msg, self.attempt(&delivery, ep, started_at)).await;
+            metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
+            done
+        };
         drop(permit);
         let healthy = outcome.label == "success"
             || (outcome.status != 0
                 && outcome.status < 500
                 && !matches!(outcome.status, 408 | 429));
-        if gate.record(healthy) {
+        if gate.record(healthy, latency) {
             metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
             if !healthy {
                 warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries deferred.");

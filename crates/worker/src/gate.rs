@@ -1,11 +1,18 @@
 //! Per-endpoint admission: an in-flight cap, a rate limit (governor) and a circuit breaker,
 //! so that one slow or dead endpoint cannot take the capacity healthy endpoints need.
 //!
-//! A delivery is either sent at once ([`Admission::Go`]), parked in the endpoint's small
-//! bounded queue in this worker ([`Admission::Queue`]: its task waits for a slot without
-//! holding one of the worker's shared request slots), or, past that bound or while the
-//! circuit is open, rescheduled for later without counting as an attempt
+//! A delivery is either sent at once ([`Admission::Go`]), parked in the endpoint's bounded
+//! queue in this worker ([`Admission::Queue`]: it waits for the endpoint's in-flight slot
+//! without holding one of the worker's shared request slots), or, past that bound or while
+//! the circuit is open, rescheduled for later without counting as an attempt
 //! ([`Admission::Defer`]).
+//!
+//! How much an endpoint may queue depends on trust. An endpoint whose last answer was a
+//! quick success is trusted: its queue is bounded only by the worker's intake, so a burst to
+//! a healthy endpoint is absorbed, not bounced through JetStream. Any other endpoint (new,
+//! slow, failing) gets [`QUEUE_PER_SLOT`] waiting deliveries per in-flight slot. When a
+//! trusted endpoint fails or slows down, every delivery waiting in its queue is evicted
+//! (deferred) at once, so a dead endpoint never sits on the intake other endpoints need.
 //!
 //! The circuit opens after [`FAILURES_TO_OPEN`] consecutive failures (no response, timeout,
 //! 5xx, 429); while open, deliveries are deferred to the end of the cool-down; then one
@@ -16,10 +23,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// In-flight cap of an endpoint that sets none.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
@@ -35,12 +42,14 @@ const FIRST_COOLDOWN: Duration = Duration::from_secs(5);
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 /// How long a delivery deferred for a full queue waits before it is tried again.
 const QUEUE_FULL_DELAY: Duration = Duration::from_millis(500);
+/// A successful answer slower than this makes an endpoint untrusted.
+pub const SLOW_ANSWER: Duration = Duration::from_secs(2);
 
 /// What to do with a delivery now.
 pub enum Admission {
     /// Send it; the permit is the endpoint's in-flight slot.
     Go(OwnedSemaphorePermit),
-    /// Wait in the endpoint's queue; the guard keeps its place counted.
+    /// Wait in the endpoint's queue ([`Gate::wait_turn`]); the guard keeps its place counted.
     Queue(QueueGuard),
     /// Reschedule it after `after`, not counting an attempt.
     Defer {
@@ -63,21 +72,30 @@ pub struct Gate {
     in_flight: Arc<Semaphore>,
     limiter: Option<DefaultDirectRateLimiter>,
     queued: Arc<AtomicUsize>,
-    queue_bound: usize,
+    /// Queue bound while untrusted.
+    small_bound: usize,
+    /// Queue bound while trusted: the worker's whole intake.
+    large_bound: usize,
+    trusted: AtomicBool,
+    /// Bumped when the endpoint loses trust; waiters queued before the bump are evicted.
+    evictions: watch::Sender<u64>,
     circuit: Mutex<Circuit>,
 }
 
 /// Counts a delivery as waiting in its endpoint's queue until dropped.
-pub struct QueueGuard(Arc<AtomicUsize>);
+pub struct QueueGuard {
+    queued: Arc<AtomicUsize>,
+    epoch: u64,
+}
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Gate {
-    fn new(rate: Option<u32>, max_in_flight: Option<u32>) -> Self {
+    fn new(rate: Option<u32>, max_in_flight: Option<u32>, intake: usize) -> Self {
         let cap = max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1);
         let limiter = rate
             .and_then(NonZeroU32::new)
@@ -87,7 +105,10 @@ impl Gate {
             in_flight: Arc::new(Semaphore::new(cap as usize)),
             limiter,
             queued: Arc::new(AtomicUsize::new(0)),
-            queue_bound: cap as usize * QUEUE_PER_SLOT,
+            small_bound: (cap as usize * QUEUE_PER_SLOT).min(intake / 4).max(1),
+            large_bound: intake,
+            trusted: AtomicBool::new(false),
+            evictions: watch::channel(0).0,
             circuit: Mutex::new(Circuit::default()),
         }
     }
@@ -100,10 +121,18 @@ impl Gate {
                 after,
             };
         }
+        let bound = if self.trusted.load(Ordering::Relaxed) {
+            self.large_bound
+        } else {
+            self.small_bound
+        };
         let queue_or_defer = |reason: &'static str, after: Duration| {
             let queued = self.queued.fetch_add(1, Ordering::Relaxed);
-            if queued < self.queue_bound {
-                Admission::Queue(QueueGuard(self.queued.clone()))
+            if queued < bound {
+                Admission::Queue(QueueGuard {
+                    queued: self.queued.clone(),
+                    epoch: *self.evictions.borrow(),
+                })
             } else {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 Admission::Defer { reason, after }
@@ -126,20 +155,25 @@ impl Gate {
         Admission::Go(permit)
     }
 
-    /// Waits (in a queued delivery's own task) until the endpoint can take it. `None` when the
-    /// circuit opened meanwhile: the caller defers it for that long.
-    pub async fn wait_turn(&self) -> Result<OwnedSemaphorePermit, Duration> {
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+    /// Waits until the endpoint can take a queued delivery. `Err((reason, after))` when it
+    /// should be deferred instead: the endpoint lost trust while it waited (evicted), or its
+    /// circuit opened.
+    pub async fn wait_turn(
+        &self,
+        place: &QueueGuard,
+    ) -> Result<OwnedSemaphorePermit, (&'static str, Duration)> {
+        let mut evictions = self.evictions.subscribe();
+        let permit = tokio::select! {
+            p = self.in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = evictions.wait_for(|e| *e != place.epoch) => {
+                return Err(("in_flight_cap", QUEUE_FULL_DELAY));
+            }
+        };
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
         match self.circuit_wait() {
-            Some(after) => Err(after),
+            Some(after) => Err(("circuit_open", after)),
             None => Ok(permit),
         }
     }
@@ -161,10 +195,15 @@ impl Gate {
         None
     }
 
-    /// Feeds an attempt's outcome to the circuit. `healthy` is false for no response, a
-    /// timeout, 5xx or 429; other statuses say the endpoint is up. Returns whether the circuit
-    /// opened or closed.
-    pub fn record(&self, healthy: bool) -> bool {
+    /// Feeds an attempt's outcome to the circuit and the trust. `healthy` is false for no
+    /// response, a timeout, 5xx or 429; other statuses say the endpoint is up. Returns whether
+    /// the circuit opened or closed.
+    pub fn record(&self, healthy: bool, latency: Duration) -> bool {
+        let trusted = healthy && latency < SLOW_ANSWER;
+        if self.trusted.swap(trusted, Ordering::Relaxed) && !trusted {
+            // Lost trust: whoever waits in the queue is evicted and deferred.
+            self.evictions.send_modify(|e| *e += 1);
+        }
         let mut c = self.circuit.lock().expect("circuit lock");
         let was_open = c.open_until.is_some();
         if healthy {
@@ -195,12 +234,20 @@ impl Gate {
 
 /// Every endpoint's gate in this worker, created on first use and replaced when the
 /// endpoint's rate or in-flight settings change.
-#[derive(Default)]
 pub struct Gates {
     map: Mutex<HashMap<(String, String), Arc<Gate>>>,
+    intake: usize,
 }
 
 impl Gates {
+    /// `intake`: deliveries this worker holds at once (in flight and queued).
+    pub fn new(intake: usize) -> Self {
+        Self {
+            map: Mutex::default(),
+            intake: intake.max(1),
+        }
+    }
+
     pub fn get(
         &self,
         tenant: &str,
@@ -213,7 +260,7 @@ impl Gates {
         match map.get(&key) {
             Some(g) if g.settings == (rate, max_in_flight) => g.clone(),
             _ => {
-                let g = Arc::new(Gate::new(rate, max_in_flight));
+                let g = Arc::new(Gate::new(rate, max_in_flight, self.intake));
                 map.insert(key, g.clone());
                 g
             }
@@ -237,7 +284,7 @@ mod tests {
 
     #[test]
     fn in_flight_cap_then_queue_then_defer() {
-        let g = Gate::new(None, Some(2));
+        let g = Gate::new(None, Some(2), 2048);
         let a = g.admit();
         let b = g.admit();
         assert!(matches!(a, Admission::Go(_)));
@@ -259,7 +306,7 @@ mod tests {
 
     #[test]
     fn rate_limit_defers_past_the_burst() {
-        let g = Gate::new(Some(2), Some(100));
+        let g = Gate::new(Some(2), Some(100), 2048);
         let mut go = 0;
         let mut queued = Vec::new();
         for _ in 0..5 {
@@ -278,12 +325,12 @@ mod tests {
 
     #[test]
     fn circuit_opens_probes_and_closes() {
-        let g = Gate::new(None, None);
+        let g = Gate::new(None, None, 2048);
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            g.record(false);
+            g.record(false, Duration::ZERO);
         }
         assert!(matches!(g.admit(), Admission::Go(_)));
-        g.record(false);
+        g.record(false, Duration::ZERO);
         assert!(g.is_open());
         match g.admit() {
             Admission::Defer { reason, after } => {
@@ -303,18 +350,53 @@ mod tests {
             }
         ));
         // A failed probe doubles the cool-down; a good one closes the circuit.
-        g.record(false);
+        g.record(false, Duration::ZERO);
         assert_eq!(g.circuit.lock().unwrap().cooldown, FIRST_COOLDOWN * 2);
         g.circuit.lock().unwrap().open_until = Some(Instant::now());
         assert!(matches!(g.admit(), Admission::Go(_)));
-        g.record(true);
+        g.record(true, Duration::ZERO);
         assert!(!g.is_open());
         assert!(matches!(g.admit(), Admission::Go(_)));
     }
 
+    #[tokio::test]
+    async fn trust_widens_the_queue_and_losing_it_evicts() {
+        let g = Gate::new(None, Some(1), 2048);
+        let _busy = match g.admit() {
+            Admission::Go(p) => p,
+            _ => panic!("the first goes"),
+        };
+        // Untrusted: 4 may wait, the 5th is deferred.
+        let small: Vec<Admission> = (0..4).map(|_| g.admit()).collect();
+        assert!(small.iter().all(|a| matches!(a, Admission::Queue(_))));
+        assert!(matches!(g.admit(), Admission::Defer { .. }));
+        drop(small);
+        // A quick success earns trust: the queue takes far more.
+        g.record(true, Duration::from_millis(5));
+        let mut big: Vec<QueueGuard> = Vec::new();
+        for _ in 0..100 {
+            match g.admit() {
+                Admission::Queue(q) => big.push(q),
+                _ => panic!("a trusted endpoint queues"),
+            }
+        }
+        // A failure evicts everyone waiting.
+        let waiter = big.pop().unwrap();
+        let g = Arc::new(g);
+        let g2 = g.clone();
+        let waiting = tokio::spawn(async move { g2.wait_turn(&waiter).await.err() });
+        tokio::task::yield_now().await;
+        g.record(false, Duration::from_secs(1));
+        let evicted = waiting.await.unwrap();
+        assert_eq!(evicted.map(|(reason, _)| reason), Some("in_flight_cap"));
+        // And a slow success does not earn trust back.
+        g.record(true, SLOW_ANSWER + Duration::from_millis(1));
+        assert!(!g.trusted.load(Ordering::Relaxed));
+    }
+
     #[test]
     fn changed_settings_get_a_new_gate() {
-        let gates = Gates::default();
+        let gates = Gates::new(2048);
         let a = gates.get("t", "e", None, Some(2));
         assert!(Arc::ptr_eq(&a, &gates.get("t", "e", None, Some(2))));
         assert!(!Arc::ptr_eq(&a, &gates.get("t", "e", Some(5), Some(2))));

@@ -24,6 +24,7 @@ pub mod http;
 use async_nats::jetstream;
 use gancho_store::consume::{ConsumeError, Spec};
 use gancho_store::{ConfigStore, Layout, Live};
+use gate::Gates;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,9 @@ pub const MAX_ACK_PENDING: i64 = 20_000;
 /// Most messages one pull asks for. Pulled messages wait in the client until a request slot
 /// frees, with their ack wait running, so this stays small.
 const MAX_BATCH: usize = 128;
+/// Deliveries a worker holds (in flight, or waiting in an endpoint's queue) per HTTP request
+/// slot. Past it the worker stops pulling: backpressure instead of bouncing deliveries.
+const INTAKE_PER_REQUEST: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -92,6 +96,8 @@ pub async fn run(
         config.extra_ca_file.as_deref(),
     )?;
     let subjects = layout.subjects.clone();
+    let requests = config.concurrency.max(1);
+    let intake = requests * INTAKE_PER_REQUEST;
     let spec = Spec {
         role: "worker",
         stream: subjects.deliveries_stream(),
@@ -99,7 +105,7 @@ pub async fn run(
         filter: subjects.deliveries_wildcard(),
         ack_wait: ACK_WAIT,
         max_ack_pending: MAX_ACK_PENDING,
-        concurrency: config.concurrency,
+        concurrency: intake,
         max_batch: MAX_BATCH,
     };
     let ctx = Arc::new(deliver::Ctx {
@@ -110,11 +116,12 @@ pub async fn run(
         client,
         jitter: config.jitter,
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
-        gates: Default::default(),
+        gates: Gates::new(intake),
+        requests: tokio::sync::Semaphore::new(requests),
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
-        ctx.handle(msg)
+        async move { ctx.handle(msg).await }
     })
     .await?;
     Ok(())
