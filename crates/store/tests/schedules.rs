@@ -26,13 +26,21 @@ fn at(d: Duration) -> String {
     )
 }
 
-async fn schedule(js: &jetstream::Context, subjects: &Subjects, id: &str, when: Duration, body: &str) {
+async fn schedule(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    id: &str,
+    when: Duration,
+    body: &str,
+) {
     let mut h = HeaderMap::new();
     h.insert("Nats-Schedule", at(when).as_str());
     h.insert("Nats-Schedule-Target", subjects.delivery(0).as_str());
     js.send_publish(
         subjects.retry(id),
-        PublishMessage::build().payload(body.to_owned().into()).headers(h),
+        PublishMessage::build()
+            .payload(body.to_owned().into())
+            .headers(h),
     )
     .await
     .unwrap()
@@ -45,7 +53,9 @@ async fn scheduled_retries_fire_once_into_the_deliveries_subject() {
     let server = NatsServer::start();
     let js = jetstream::new(server.connect().await);
     let subjects = Subjects::default();
-    gancho_store::ensure(js.clone(), subjects.clone(), 1).await.unwrap();
+    gancho_store::ensure(js.clone(), subjects.clone(), 1)
+        .await
+        .unwrap();
     let consumer: consumer::PullConsumer = js
         .create_consumer_on_stream(
             consumer::pull::Config {
@@ -66,17 +76,38 @@ async fn scheduled_retries_fire_once_into_the_deliveries_subject() {
     schedule(&js, &subjects, "d2", Duration::from_millis(300), "other").await;
 
     let mut got = Vec::new();
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(1500), messages.next()).await {
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(Duration::from_millis(1500), messages.next()).await
+    {
         let msg = msg.unwrap();
         assert_eq!(msg.subject.as_str(), subjects.delivery(0));
-        got.push((String::from_utf8(msg.payload.to_vec()).unwrap(), start.elapsed()));
+        got.push((
+            String::from_utf8(msg.payload.to_vec()).unwrap(),
+            start.elapsed(),
+        ));
         msg.ack().await.unwrap();
     }
     let bodies: Vec<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
     println!("fired: {got:?}");
-    assert_eq!(bodies, ["other", "second"], "each retry subject fires once, with its latest schedule");
-    assert!(got[0].1 >= Duration::from_millis(250), "fired early: {:?}", got[0].1);
-    assert!(got[1].1 >= Duration::from_millis(650), "fired early: {:?}", got[1].1);
+    assert_eq!(
+        bodies,
+        ["other", "second"],
+        "each retry subject fires once, with its latest schedule"
+    );
+    assert!(
+        got[0].1 >= Duration::from_millis(250),
+        "fired early: {:?}",
+        got[0].1
+    );
+    assert!(
+        got[1].1 >= Duration::from_millis(650),
+        "fired early: {:?}",
+        got[1].1
+    );
     let mut stream = js.get_stream(subjects.deliveries_stream()).await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 0, "schedules are purged once fired");
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        0,
+        "schedules are purged once fired"
+    );
 }

@@ -23,6 +23,8 @@ use tracing::{debug, info, warn};
 
 /// Delay before a delivery whose outcome could not be recorded is tried again.
 const NAK_DELAY: Duration = Duration::from_secs(1);
+/// How long the worker keeps re-sending an outcome's writes before handing the delivery back.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 /// How much longer than its retry schedule a delivery may keep being deferred.
 const DEFER_GRACE: Duration = Duration::from_secs(3600);
 
@@ -382,7 +384,7 @@ impl Ctx {
         record: Option<Attempt>,
         next: Next,
     ) {
-        let mut acks = Vec::with_capacity(2);
+        let mut writes = Vec::with_capacity(2);
         let tenant = delivery
             .map(|d| d.tenant.as_str())
             .unwrap_or(gancho_core::subject::UNKNOWN_TENANT_TOKEN);
@@ -390,15 +392,20 @@ impl Ctx {
             .map(|d| d.endpoint_id.as_str())
             .unwrap_or("_unknown");
         if let Some(record) = record {
-            let publish = PublishMessage::build().payload(Bytes::from(record.encode_to_vec()));
-            match self
-                .js
-                .send_publish(self.subjects.attempts(tenant, endpoint), publish)
-                .await
-            {
-                Ok(ack) => acks.push(ack),
-                Err(e) => return self.nak(msg, &e.to_string()).await,
-            }
+            // One id per actual request, the same for every re-send of its record.
+            let started = record
+                .at
+                .as_ref()
+                .map(|t| (t.seconds, t.nanos))
+                .unwrap_or_default();
+            let id = format!(
+                "attempt:{}:{}:{}.{}",
+                record.delivery_id, record.attempt, started.0, started.1
+            );
+            let publish = PublishMessage::build()
+                .payload(Bytes::from(record.encode_to_vec()))
+                .message_id(id);
+            writes.push((self.subjects.attempts(tenant, endpoint), publish));
         }
         let side = match next {
             Next::Done => None,
@@ -430,19 +437,52 @@ impl Ctx {
                 Some(self.dead_publish(msg, Some(delivery), "endpoint_gone", reason))
             }
         };
-        if let Some((subject, publish)) = side {
-            match self.js.send_publish(subject, publish).await {
-                Ok(ack) => acks.push(ack),
-                Err(e) => return self.nak(msg, &e.to_string()).await,
-            }
-        }
-        for r in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
-            if let Err(e) = r {
-                return self.nak(msg, &e.to_string()).await;
-            }
+        writes.extend(side);
+        if let Err(e) = with_progress(msg, self.store_all(writes)).await {
+            return self.nak(msg, &e).await;
         }
         if let Err(e) = msg.ack().await {
             warn!(error = %e, "Cannot ack a delivery whose outcome is stored; it may be attempted again.");
+        }
+    }
+
+    /// Publishes every write and waits for its PubAck, re-sending the ones that fail (a
+    /// JetStream leader election takes seconds) until [`WRITE_PATIENCE`] runs out. Handing
+    /// the delivery back instead would send the webhook again, so it is the last resort.
+    /// Re-sends are idempotent: each write carries a `Nats-Msg-Id`, or (a scheduled retry)
+    /// replaces the schedule on its subject.
+    async fn store_all(&self, mut pending: Vec<(String, PublishMessage)>) -> Result<(), String> {
+        let deadline = Instant::now() + WRITE_PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sends = pending.into_iter().map(|(subject, publish)| async move {
+                let result = match self.js.send_publish(subject.clone(), publish.clone()).await {
+                    Ok(ack) => ack
+                        .into_future()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                result.map_err(|e| (subject, publish, e))
+            });
+            let mut last_error = String::new();
+            pending = Vec::new();
+            for result in futures::future::join_all(sends).await {
+                if let Err((subject, publish, e)) = result {
+                    last_error = e;
+                    pending.push((subject, publish));
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(last_error);
+            }
+            debug!(error = %last_error, writes = pending.len(), "JetStream did not take a write; trying again.");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
