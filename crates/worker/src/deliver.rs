@@ -392,19 +392,10 @@ impl Ctx {
             .map(|d| d.endpoint_id.as_str())
             .unwrap_or("_unknown");
         if let Some(record) = record {
-            // One id per actual request, the same for every re-send of its record.
-            let started = record
-                .at
-                .as_ref()
-                .map(|t| (t.seconds, t.nanos))
-                .unwrap_or_default();
-            let id = format!(
-                "attempt:{}:{}:{}.{}",
-                record.delivery_id, record.attempt, started.0, started.1
-            );
-            let publish = PublishMessage::build()
-                .payload(Bytes::from(record.encode_to_vec()))
-                .message_id(id);
+            // No Nats-Msg-Id: de-duplication costs the server on every delivery, and a
+            // re-sent record (its PubAck was lost in a failover) is recognisable as such: the
+            // same delivery id, attempt number and start time.
+            let publish = PublishMessage::build().payload(Bytes::from(record.encode_to_vec()));
             writes.push((self.subjects.attempts(tenant, endpoint), publish));
         }
         let side = match next {
@@ -449,8 +440,9 @@ impl Ctx {
     /// Publishes every write and waits for its PubAck, re-sending the ones that fail (a
     /// JetStream leader election takes seconds) until [`WRITE_PATIENCE`] runs out. Handing
     /// the delivery back instead would send the webhook again, so it is the last resort.
-    /// Re-sends are idempotent: each write carries a `Nats-Msg-Id`, or (a scheduled retry)
-    /// replaces the schedule on its subject.
+    /// Re-sends are safe: dead letters and immediate retries carry a `Nats-Msg-Id`, a
+    /// scheduled retry replaces the schedule on its subject, and an attempt record sent twice
+    /// is the same record twice.
     async fn store_all(&self, mut pending: Vec<(String, PublishMessage)>) -> Result<(), String> {
         let deadline = Instant::now() + WRITE_PATIENCE;
         let mut backoff = Duration::from_millis(100);
