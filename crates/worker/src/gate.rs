@@ -42,6 +42,9 @@ const FIRST_COOLDOWN: Duration = Duration::from_secs(5);
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 /// How long a delivery deferred for a full queue waits before it is tried again.
 const QUEUE_FULL_DELAY: Duration = Duration::from_millis(500);
+/// Gates kept before idle ones are dropped. An idle gate (nobody holds it, circuit closed)
+/// carries nothing worth keeping: a new one starts untrusted, which is safe.
+const PRUNE_AT: usize = 4096;
 /// A successful answer slower than this makes an endpoint untrusted.
 pub const SLOW_ANSWER: Duration = Duration::from_secs(2);
 
@@ -236,6 +239,9 @@ impl Gate {
 /// endpoint's rate or in-flight settings change.
 pub struct Gates {
     map: Mutex<HashMap<(String, String), Arc<Gate>>>,
+    /// Size at which idle gates are next dropped; doubles when most gates are in use, so a
+    /// worker serving many active endpoints does not scan the map on every new one.
+    prune_at: AtomicUsize,
     intake: usize,
 }
 
@@ -244,6 +250,7 @@ impl Gates {
     pub fn new(intake: usize) -> Self {
         Self {
             map: Mutex::default(),
+            prune_at: AtomicUsize::new(PRUNE_AT),
             intake: intake.max(1),
         }
     }
@@ -260,6 +267,12 @@ impl Gates {
         match map.get(&key) {
             Some(g) if g.settings == (rate, max_in_flight) => g.clone(),
             _ => {
+                if map.len() >= self.prune_at.load(Ordering::Relaxed) {
+                    // Deleted or quiet endpoints; keep those in use and open circuits.
+                    map.retain(|_, g| Arc::strong_count(g) > 1 || g.is_open());
+                    self.prune_at
+                        .store((map.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
+                }
                 let g = Arc::new(Gate::new(rate, max_in_flight, self.intake));
                 map.insert(key, g.clone());
                 g
@@ -392,6 +405,30 @@ mod tests {
         // And a slow success does not earn trust back.
         g.record(true, SLOW_ANSWER + Duration::from_millis(1));
         assert!(!g.trusted.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn idle_gates_are_pruned_but_open_circuits_kept() {
+        let gates = Gates::new(2048);
+        let held = gates.get("t", "held", None, None);
+        let open = gates.get("t", "open", None, None);
+        for _ in 0..FAILURES_TO_OPEN {
+            open.record(false, Duration::ZERO);
+        }
+        drop(open);
+        for i in 0..PRUNE_AT {
+            gates.get("t", &format!("idle{i}"), None, None);
+        }
+        let map = gates.map.lock().unwrap();
+        assert!(
+            map.len() < PRUNE_AT,
+            "idle gates were dropped ({})",
+            map.len()
+        );
+        assert!(map.contains_key(&("t".into(), "held".into())));
+        assert!(map.contains_key(&("t".into(), "open".into())));
+        drop(map);
+        drop(held);
     }
 
     #[test]
