@@ -315,6 +315,32 @@ fn classify(e: hyper_util::client::legacy::Error) -> SendError {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn guard_refuses_a_name_that_resolves_to_loopback() {
+        // "localhost" passes the literal check; the resolver must catch it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = format!("https://localhost:{port}/hook");
+        let c = Client::new(false, false, None).unwrap();
+        let req = http::Request::post(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = c.send(req, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.kind(), "blocked", "{}", err.message());
+        assert!(
+            err.message().contains("GANCHO_ALLOW_PRIVATE_ENDPOINTS"),
+            "{}",
+            err.message()
+        );
+        // With private endpoints allowed, the same URL gets as far as the TLS handshake.
+        let open = Client::new(false, true, None).unwrap();
+        let req = http::Request::post(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = open.send(req, Duration::from_secs(2)).await.unwrap_err();
+        assert_ne!(err.kind(), "blocked");
+    }
+
     #[test]
     fn retry_after_seconds_are_bounded() {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
