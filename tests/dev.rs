@@ -1,0 +1,144 @@
+//! `gancho dev` and the README's "Try it", automated: dev starts its own nats-server under
+//! ./.gancho/, saves an admin token, and its demo receiver prints a webhook published with
+//! `gancho publish` (which finds dev's NATS by default) with its signature checked. Ctrl-C
+//! stops everything, the child nats-server included.
+//!
+//! Uses the dev ports the README documents (NATS 4222, demo receiver 8099); both are outside
+//! the kernel's ephemeral range, so no other test can hold them by chance.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_readme_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = gancho_test_harness::nats::free_port();
+    let metrics_port = gancho_test_harness::nats::free_port();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .arg("dev")
+        .current_dir(dir.path())
+        .env_remove("GANCHO_NATS_URL")
+        .env_remove("GANCHO_ADMIN_TOKEN")
+        .env(
+            "GANCHO_NATS_SERVER",
+            gancho_test_harness::nats_server_binary(),
+        )
+        .env("GANCHO_API_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("GANCHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("gancho dev printed no line with {what} within 30 s"),
+            }
+        }
+    };
+    wait_line("the banner", &|l| l.contains("gancho dev is running"));
+    let token = std::fs::read_to_string(dir.path().join(".gancho/admin-token")).unwrap();
+    let token = token.trim();
+    assert!(token.len() >= 16);
+    assert!(
+        dir.path().join(".gancho/nats").is_dir(),
+        "NATS data lives under .gancho/"
+    );
+
+    // Step 1: a tenant and an endpoint pointing at the demo receiver.
+    let api = format!("http://127.0.0.1:{api_port}");
+    let (s, v) = support::http(
+        "POST",
+        &format!("{api}/v1/tenants"),
+        Some(token),
+        Some(r#"{"id":"acme","name":"Acme Pagamentos"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = support::http(
+        "POST",
+        &format!("{api}/v1/tenants/acme/endpoints"),
+        Some(token),
+        Some(r#"{"url":"http://127.0.0.1:8099/acme","filter_types":["invoice.*"]}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Step 2: publish, without saying where NATS is.
+    let publish = |ty: &str, id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gancho"))
+            .args(["publish", "--tenant", "acme", "--type", ty, "--id", id])
+            .args(["--data", r#"{"amount":1990,"currency":"BRL"}"#])
+            .env_remove("GANCHO_NATS_URL")
+            .output()
+            .unwrap()
+    };
+    let out = publish("charge.paid", "evt-not-matching");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = publish("invoice.paid", "evt-readme-1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Step 3: the demo receiver prints it, signature checked.
+    let line = wait_line("the webhook", &|l| l.starts_with("webhook "));
+    assert!(
+        line.contains("id=evt-readme-1"),
+        "only the matching event arrives: {line}"
+    );
+    assert!(line.contains("signature=valid"), "{line}");
+    assert!(
+        line.contains(r#""data":{"amount":1990,"currency":"BRL"}"#),
+        "{line}"
+    );
+
+    // Ctrl-C: dev drains, exits 0, and its nats-server goes with it.
+    let status = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = dev.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gancho dev did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "gancho dev exits 0 on Ctrl-C, got {exit}");
+    let nats_gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect("127.0.0.1:4222").is_err()
+    });
+    assert!(nats_gone, "the child nats-server stopped with gancho dev");
+}
