@@ -9,12 +9,18 @@
 //! - failure on the last attempt: written to `GANCHO_DEAD` with the reason, then acked.
 //! - 410 Gone: the endpoint is disabled in the config and the delivery dead-lettered.
 //!
-//! If any of those writes fails the delivery is nak'd and tried again: at least once, never
-//! lost. Attempts are counted by gancho in the `Delivery` message, not by the server (a NAK
-//! counts toward `max_deliver` and ignores backoff).
+//! Writes that fail (a JetStream leader election) are re-sent for up to 30 s; only then is the
+//! delivery nak'd and attempted again: at least once, never lost. Attempts are counted by
+//! gancho in the `Delivery` message, not by the server (a NAK counts toward `max_deliver` and
+//! ignores backoff).
+//!
+//! Before a request, the endpoint's [`gate`] decides whether it goes now, waits in the
+//! endpoint's queue, or is rescheduled without counting an attempt (in-flight cap, rate
+//! limit, open circuit), so one slow or dead endpoint cannot take the others' capacity.
 //!
 //! # Layout
 //! - [`http`]: the pooled client and the SSRF guard.
+//! - [`gate`]: per-endpoint admission: in-flight cap, rate limit, circuit, trust-sized queue.
 //! - `deliver`: one delivery, from message to ack.
 
 mod deliver;
