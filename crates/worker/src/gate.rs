@@ -10,7 +10,7 @@
 //! How much an endpoint may queue depends on trust. An endpoint whose last answer was a
 //! quick success is trusted: its queue is bounded only by the worker's intake, so a burst to
 //! a healthy endpoint is absorbed, not bounced through JetStream. Any other endpoint (new,
-//! slow, failing) gets [`QUEUE_PER_SLOT`] waiting deliveries per in-flight slot. When a
+//! slow, failing) gets 4 waiting deliveries per in-flight slot. When a
 //! trusted endpoint fails or slows down, every delivery waiting in its queue is evicted
 //! (deferred) at once, so a dead endpoint never sits on the intake other endpoints need.
 //!
