@@ -113,6 +113,22 @@ pub fn jitter(delay: Duration, fraction: f64, unit: f64) -> Duration {
     delay.mul_f64(factor.max(0.0))
 }
 
+/// The `Nats-Schedule` header value that fires a scheduled message at `t`:
+/// `@at 2026-11-23T18:35:17.720Z` (UTC, millisecond precision).
+pub fn schedule_at(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "@at {:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (num, unit) = s.split_at(split);
@@ -196,6 +212,12 @@ mod tests {
             RetrySchedule::parse(&many).unwrap_err(),
             RetryScheduleError::TooMany(51)
         );
+    }
+
+    #[test]
+    fn schedule_header_format() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_458_917_720_000_000).unwrap();
+        assert_eq!(schedule_at(t), "@at 2026-11-23T18:35:17.720Z");
     }
 
     #[test]

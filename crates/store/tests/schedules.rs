@@ -12,20 +12,6 @@ use gancho_core::Subjects;
 use gancho_test_harness::NatsServer;
 use std::time::{Duration, Instant};
 
-fn at(d: Duration) -> String {
-    let t = time::OffsetDateTime::now_utc() + d;
-    format!(
-        "@at {:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 async fn schedule(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -34,7 +20,10 @@ async fn schedule(
     body: &str,
 ) {
     let mut h = HeaderMap::new();
-    h.insert("Nats-Schedule", at(when).as_str());
+    h.insert(
+        "Nats-Schedule",
+        gancho_core::retry::schedule_at(time::OffsetDateTime::now_utc() + when).as_str(),
+    );
     h.insert("Nats-Schedule-Target", subjects.delivery(0).as_str());
     js.send_publish(
         subjects.retry(id),

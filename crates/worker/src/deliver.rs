@@ -497,7 +497,7 @@ impl Ctx {
         let mut headers = HeaderMap::new();
         headers.insert(
             "Nats-Schedule",
-            format!("@at {}", rfc3339_millis(at)).as_str(),
+            gancho_core::retry::schedule_at(at).as_str(),
         );
         headers.insert("Nats-Schedule-Target", target.as_str());
         let publish = PublishMessage::build().payload(payload).headers(headers);
@@ -563,30 +563,9 @@ fn loggable_url(uri: &::http::Uri) -> String {
     ) + uri.path()
 }
 
-/// `2026-11-23T18:35:17.720Z`: the form `Nats-Schedule: @at` takes.
-fn rfc3339_millis(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_time_format() {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_458_917_720_000_000).unwrap();
-        assert_eq!(rfc3339_millis(t), "2026-11-23T18:35:17.720Z");
-    }
 
     #[test]
     fn logged_urls_drop_query_and_credentials() {
