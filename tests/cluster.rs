@@ -7,7 +7,6 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use gancho_core::{RetrySchedule, Subjects};
 use gancho_proto::{Event, Message as _};
-use gancho_store::model::new_secret;
 use gancho_store::{ConfigStore, Endpoint, Live, Tenant};
 use gancho_test_harness::{wait_until, NatsCluster, Receiver, TestCa};
 use std::collections::HashSet;
@@ -60,30 +59,14 @@ async fn a_node_killed_mid_run_loses_nothing() {
         })
         .await
         .unwrap();
-    let now = OffsetDateTime::now_utc();
-    store
-        .create_endpoint(&Endpoint {
-            id: "ep1".parse().unwrap(),
-            tenant: "acme".parse().unwrap(),
-            url: rx.url("/hook"),
-            description: String::new(),
-            filter_types: vec![],
-            channels: vec![],
-            disabled: false,
-            disabled_reason: None,
-            rate_limit_per_sec: None,
-            max_in_flight: None,
-            timeout_ms: 5000,
-            profile: "standard".into(),
-            headers: Default::default(),
-            retry_schedule: Some("0s,200ms,500ms,1s,2s,5s".into()),
-            secret: new_secret(),
-            previous_secrets: vec![],
-            created_at: now,
-            updated_at: now,
-        })
-        .await
-        .unwrap();
+    let mut ep = Endpoint::new(
+        "acme".parse().unwrap(),
+        "ep1".parse().unwrap(),
+        rx.url("/hook"),
+    );
+    ep.timeout_ms = 5000;
+    ep.retry_schedule = Some("0s,200ms,500ms,1s,2s,5s".into());
+    store.create_endpoint(&ep).await.unwrap();
 
     let cancel = CancellationToken::new();
     let live = Live::start(&layout, RetrySchedule::default(), cancel.clone())

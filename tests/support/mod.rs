@@ -8,7 +8,6 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use gancho_core::{RetrySchedule, Subjects};
 use gancho_proto::{Attempt, DeadLetter, Event, Message as _};
-use gancho_store::model::new_secret;
 use gancho_store::{ConfigStore, Endpoint, Layout, Live, Tenant};
 use gancho_test_harness::{NatsServer, TestCa};
 use std::path::PathBuf;
@@ -82,27 +81,11 @@ impl Env {
         channels: &[&str],
         schedule: Option<&str>,
     ) -> Endpoint {
-        let now = OffsetDateTime::now_utc();
-        let ep = Endpoint {
-            id: id.parse().unwrap(),
-            tenant: tenant.parse().unwrap(),
-            url: url.into(),
-            description: String::new(),
-            filter_types: filters.iter().map(|s| s.to_string()).collect(),
-            channels: channels.iter().map(|s| s.to_string()).collect(),
-            disabled: false,
-            disabled_reason: None,
-            rate_limit_per_sec: None,
-            max_in_flight: None,
-            timeout_ms: 5_000,
-            profile: "standard".into(),
-            headers: Default::default(),
-            retry_schedule: schedule.map(str::to_owned),
-            secret: new_secret(),
-            previous_secrets: Vec::new(),
-            created_at: now,
-            updated_at: now,
-        };
+        let mut ep = Endpoint::new(tenant.parse().unwrap(), id.parse().unwrap(), url);
+        ep.filter_types = filters.iter().map(|s| s.to_string()).collect();
+        ep.channels = channels.iter().map(|s| s.to_string()).collect();
+        ep.timeout_ms = 5_000;
+        ep.retry_schedule = schedule.map(str::to_owned);
         self.store.create_endpoint(&ep).await.unwrap();
         ep
     }

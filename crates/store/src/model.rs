@@ -73,6 +73,35 @@ pub struct Endpoint {
     pub updated_at: OffsetDateTime,
 }
 
+impl Endpoint {
+    /// An enabled endpoint with every setting at its default: all event types, no channels,
+    /// no rate limit, the worker's in-flight cap, a 15 s timeout, the `standard` profile, the
+    /// default retry schedule and a fresh secret.
+    pub fn new(tenant: TenantId, id: EndpointId, url: impl Into<String>) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            id,
+            tenant,
+            url: url.into(),
+            description: String::new(),
+            filter_types: Vec::new(),
+            channels: Vec::new(),
+            disabled: false,
+            disabled_reason: None,
+            rate_limit_per_sec: None,
+            max_in_flight: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            profile: default_profile(),
+            headers: BTreeMap::new(),
+            retry_schedule: None,
+            secret: new_secret(),
+            previous_secrets: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 fn default_timeout() -> u32 {
     DEFAULT_TIMEOUT_MS
 }

@@ -5,7 +5,6 @@
 
 use async_nats::jetstream;
 use gancho_core::{RetrySchedule, Subjects};
-use gancho_store::model::new_secret;
 use gancho_store::{ConfigStore, Endpoint, Live, StoreError, Tenant};
 use gancho_test_harness::{wait_until, NatsServer};
 use std::time::Duration;
@@ -13,27 +12,13 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 fn endpoint(id: &str, filters: &[&str]) -> Endpoint {
-    let now = OffsetDateTime::now_utc();
-    Endpoint {
-        id: id.parse().unwrap(),
-        tenant: "acme".parse().unwrap(),
-        url: format!("https://hooks.example.com/{id}"),
-        description: String::new(),
-        filter_types: filters.iter().map(|s| s.to_string()).collect(),
-        channels: vec![],
-        disabled: false,
-        disabled_reason: None,
-        rate_limit_per_sec: None,
-        max_in_flight: None,
-        timeout_ms: 15_000,
-        profile: "standard".into(),
-        headers: Default::default(),
-        retry_schedule: None,
-        secret: new_secret(),
-        previous_secrets: vec![],
-        created_at: now,
-        updated_at: now,
-    }
+    let mut ep = Endpoint::new(
+        "acme".parse().unwrap(),
+        id.parse().unwrap(),
+        format!("https://hooks.example.com/{id}"),
+    );
+    ep.filter_types = filters.iter().map(|s| s.to_string()).collect();
+    ep
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
