@@ -179,7 +179,7 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
         std::time::Duration::from_secs(10),
         || {
             let url = metrics_url.clone();
-            let got = http_get(&url, "/metrics");
+            let got = support::http_get(&url, "/metrics");
             metrics = got.clone();
             std::future::ready(
                 got.contains("gancho_delivery_attempts_total{outcome=\"success\"} 1"),
@@ -191,7 +191,7 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
         metrics.contains("gancho_delivery_attempt_duration_seconds_bucket"),
         "{metrics}"
     );
-    assert!(http_get(&metrics_url, "/readyz").contains("ready"));
+    assert!(support::http_get(&metrics_url, "/readyz").contains("ready"));
 
     // SIGTERM drains and exits cleanly.
     let status = Command::new("kill")
@@ -218,20 +218,6 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
 }
 
 /// A blocking HTTP/1.1 GET; the body, or "" when nothing answers.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 struct Guard(std::process::Child);
 impl Guard {
     fn kill(&mut self) {

@@ -132,3 +132,61 @@ async fn run(events: usize, kill_rounds: usize) {
     support::kill9(&mut router);
     support::kill9(&mut worker);
 }
+
+/// A router SIGKILLed in the middle of fan-outs of 1,000 and started again: every delivery
+/// arrives, none twice (JetStream drops the re-published ones by their `Nats-Msg-Id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_mid_fan_out_duplicates_nothing() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let endpoints = 1_000;
+    for i in 0..endpoints {
+        let id = format!("e{i}");
+        env.endpoint("acme", &id, &rx.url(&format!("/{id}")), &[">"], &[], None)
+            .await;
+    }
+    let events = 50;
+    for n in 0..events {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    let expected = (endpoints * events) as u64;
+
+    let mut router = env.spawn("router");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.deliveries_left().await < 2_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    support::kill9(&mut router);
+    let at_kill = env.deliveries_left().await;
+    assert!(at_kill > 0, "the router created no deliveries");
+    assert!(
+        at_kill < expected,
+        "the router finished all {expected} deliveries before the kill; nothing was tested"
+    );
+
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    wait_until("every delivery", Duration::from_secs(120), || {
+        std::future::ready(rx.distinct() == expected as usize)
+    })
+    .await;
+    wait_until(
+        "the deliveries stream to drain",
+        Duration::from_secs(30),
+        || async { env.deliveries_left().await == 0 },
+    )
+    .await;
+    let twice: Vec<_> = rx
+        .tally()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .take(5)
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(rx.count(), expected as usize);
+    println!("router killed with {at_kill} of {expected} deliveries created; all {expected} arrived once");
+    support::kill9(&mut router);
+    support::kill9(&mut worker);
+}

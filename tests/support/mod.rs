@@ -141,18 +141,33 @@ impl Env {
 
     /// Starts `gancho <role>` as a child process against this server.
     pub fn spawn(&self, role: &str) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_gancho"))
-            .arg(role)
-            .env("GANCHO_NATS_URL", self.nats.url())
-            .env("GANCHO_EXTRA_CA_FILE", &self.ca_file)
-            .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
-            .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+        self.spawn_with(&[role], &[])
+    }
+
+    /// Starts `gancho <args>` against this server with extra environment variables (which
+    /// override the defaults set here).
+    pub fn spawn_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Child {
+        self.command(args, envs)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the gancho binary")
+    }
+
+    /// The command [`Env::spawn_with`] runs, for tests that capture its output.
+    pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gancho"));
+        cmd.args(args)
+            .env("GANCHO_NATS_URL", self.nats.url())
+            .env("GANCHO_EXTRA_CA_FILE", &self.ca_file)
+            .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
+            .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd
     }
 
     pub async fn publish(
@@ -266,6 +281,35 @@ pub fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Stops a child process with SIGTERM (a role drains what it holds, then exits) and reaps it;
+/// SIGKILL after 30 s. Returns whether it exited on its own, with status 0.
+pub fn terminate(child: &mut Child) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill9(child);
+    false
+}
+
+/// The value of one sample in a Prometheus text page: `series` is the name with its labels as
+/// printed (`gancho_router_events_total{outcome="routed"}`), or the bare name.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Verifies a received webhook against the endpoint's secret, as a receiver would.
 pub fn verify(ep: &Endpoint, r: &gancho_test_harness::Received) -> Result<(), String> {
     let signer = gancho_core::Signer::new(gancho_core::Secret::parse(&ep.secret).unwrap());
@@ -321,4 +365,20 @@ pub async fn http(
         status,
         serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// A blocking HTTP/1.1 GET of `path` on `addr` (`127.0.0.1:port`): the raw response, or an
+/// empty string when nothing listens.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -56,9 +56,13 @@ pub struct Flags {
     /// HTTP requests in flight per worker. Default: 512.
     #[arg(long, env = "GANCHO_WORKER_CONCURRENCY", global = true)]
     pub worker_concurrency: Option<String>,
-    /// Events routed at once per router. Default: 1024.
+    /// Events routed at once per router, 1 to 20000. Default: 1024.
     #[arg(long, env = "GANCHO_ROUTER_CONCURRENCY", global = true)]
     pub router_concurrency: Option<String>,
+    /// Warn (and count a stall) when a router or worker finishes nothing for this long while
+    /// it holds work, e.g. 30s. Default: 30s.
+    #[arg(long, env = "GANCHO_STALL_WARNING_AFTER", global = true)]
+    pub stall_warning_after: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -77,6 +81,7 @@ struct File {
     stream_replicas: Option<usize>,
     worker_concurrency: Option<usize>,
     router_concurrency: Option<usize>,
+    stall_warning_after: Option<String>,
 }
 
 /// The validated configuration.
@@ -93,8 +98,14 @@ pub struct Config {
     pub extra_ca_file: Option<PathBuf>,
     pub retry_schedule: RetrySchedule,
     pub stream_replicas: usize,
+    /// HTTP requests in flight per worker, 1 to 100,000. Default 512.
     pub worker_concurrency: usize,
+    /// Events routed at once per router, 1 to 20,000 (the consumer's ack-pending limit; more
+    /// could never be handed out). Default 1024.
     pub router_concurrency: usize,
+    /// No message finished for this long while a role holds some is a stall: a warning line
+    /// and `gancho_consumer_stalls_total`. Default 30 s.
+    pub stall_warning_after: std::time::Duration,
 }
 
 /// A configuration error: one line, naming the key.
@@ -216,13 +227,40 @@ impl Config {
                 5,
             )?,
         };
-        let worker_concurrency = match &flags.worker_concurrency {
-            Some(v) => parse_count("worker_concurrency", v, 100_000)?,
-            None => file.worker_concurrency.unwrap_or(512),
+        let count = |key, flag: &Option<String>, file: Option<usize>, default: usize, max| {
+            let v = flag
+                .clone()
+                .unwrap_or_else(|| file.unwrap_or(default).to_string());
+            parse_count(key, &v, max)
         };
-        let router_concurrency = match &flags.router_concurrency {
-            Some(v) => parse_count("router_concurrency", v, 100_000)?,
-            None => file.router_concurrency.unwrap_or(1024),
+        let worker_concurrency = count(
+            "worker_concurrency",
+            &flags.worker_concurrency,
+            file.worker_concurrency,
+            512,
+            100_000,
+        )?;
+        let router_concurrency = count(
+            "router_concurrency",
+            &flags.router_concurrency,
+            file.router_concurrency,
+            1024,
+            gancho_router::MAX_CONCURRENCY,
+        )?;
+        let stall = flags
+            .stall_warning_after
+            .clone()
+            .or(file.stall_warning_after)
+            .unwrap_or_else(|| "30s".into());
+        let stall_warning_after = match humantime::parse_duration(stall.trim()) {
+            Ok(d) if d >= std::time::Duration::from_millis(100) => d,
+            _ => {
+                return Err(bad(
+                    "stall_warning_after",
+                    &stall,
+                    "expected a duration of at least 100ms, like 30s or 2m",
+                ))
+            }
         };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
@@ -261,6 +299,7 @@ impl Config {
             stream_replicas,
             worker_concurrency,
             router_concurrency,
+            stall_warning_after,
         })
     }
 
@@ -344,6 +383,20 @@ mod tests {
                     ..Default::default()
                 },
                 "invalid subject_prefix",
+            ),
+            (
+                Flags {
+                    router_concurrency: Some("20001".into()),
+                    ..Default::default()
+                },
+                "invalid router_concurrency \"20001\": expected a whole number from 1 to 20000",
+            ),
+            (
+                Flags {
+                    stall_warning_after: Some("soon".into()),
+                    ..Default::default()
+                },
+                "invalid stall_warning_after \"soon\"",
             ),
             (
                 Flags {

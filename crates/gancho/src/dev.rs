@@ -13,9 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 const DATA_DIR: &str = ".gancho";
 const DEV_NATS_PORT: u16 = 4222;
-const DEMO_RECEIVER: &str = "127.0.0.1:8099";
 
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Address of the demo receiver (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    pub demo_listen: SocketAddr,
+}
+
+pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
     let data = PathBuf::from(DATA_DIR);
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {DATA_DIR}/"))?;
 
@@ -43,10 +49,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         api: true,
     };
     let running = roles::start(&config, &nats_url, all, cancel.clone()).await?;
-    let demo: SocketAddr = DEMO_RECEIVER.parse().expect("a valid address");
+    let demo = args.demo_listen;
     let demo = crate::sink::start_dev(demo, running.live.clone(), cancel.clone())
         .await
-        .with_context(|| format!("cannot listen for the demo receiver on {DEMO_RECEIVER}"))?;
+        .with_context(|| format!("cannot listen for the demo receiver on {demo}"))?;
     let api = running.api_addr.expect("dev runs the API");
     println!(
         "\ngancho dev is running (Ctrl-C to stop)\n\

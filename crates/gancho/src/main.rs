@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Every role in one process, with its own nats-server (data under ./.gancho/) unless
     /// GANCHO_NATS_URL is set, and a demo receiver.
-    Dev,
+    Dev(dev::DevArgs),
     /// The router role: events in, one delivery per matching endpoint out.
     Router,
     /// The worker role: deliveries in, signed HTTPS webhooks out.
@@ -66,7 +66,7 @@ fn main() {
             }
         };
         match cli.command {
-            Command::Dev => dev::run(config).await,
+            Command::Dev(args) => dev::run(config, args).await,
             Command::Router => {
                 role(Roles {
                     router: true,

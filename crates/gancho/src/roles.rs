@@ -68,11 +68,10 @@ pub async fn start(
     let role = roles.name();
     let handle = gancho_telemetry::install();
     let ready = Ready::default();
+    // Set-up, the config watch and the API use this connection; the router and the worker
+    // each read and write on connections of their own, so that one role's backlog cannot
+    // starve another's writes when they share a process (`gancho dev`).
     let out = connect(nats_url, format!("gancho-{role}")).await?;
-    let js_out = jetstream::ContextBuilder::new()
-        .max_ack_inflight(20_000)
-        .backpressure_on_inflight(true)
-        .build(out.clone());
     let layout = gancho_store::ensure(
         jetstream::new(out.clone()),
         config.subjects.clone(),
@@ -96,10 +95,12 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     if roles.router {
         let input = connect(nats_url, "gancho-router-in".into()).await?;
-        let (js, layout, live, cancel) =
-            (js_out.clone(), layout.clone(), live.clone(), cancel.clone());
+        let js =
+            gancho_router::output_context(connect(nats_url, "gancho-router-out".into()).await?);
+        let (layout, live, cancel) = (layout.clone(), live.clone(), cancel.clone());
         let cfg = gancho_router::RouterConfig {
             concurrency: config.router_concurrency,
+            stall_after: config.stall_warning_after,
             ..Default::default()
         };
         tasks.spawn(async move {
@@ -109,13 +110,16 @@ pub async fn start(
     }
     if roles.worker {
         let input = connect(nats_url, "gancho-worker-in".into()).await?;
-        let (js, layout, live, cancel) =
-            (js_out.clone(), layout.clone(), live.clone(), cancel.clone());
+        // The default in-flight limit (5,000, waiting when full) is safe here: every write
+        // is awaited by the delivery that made it.
+        let js = jetstream::new(connect(nats_url, "gancho-worker-out".into()).await?);
+        let (layout, live, cancel) = (layout.clone(), live.clone(), cancel.clone());
         let cfg = gancho_worker::WorkerConfig {
             concurrency: config.worker_concurrency,
             allow_http: config.allow_http_endpoints,
             allow_private: config.allow_private_endpoints,
             extra_ca_file: config.extra_ca_file.clone(),
+            stall_after: config.stall_warning_after,
             ..Default::default()
         };
         tasks.spawn(async move {

@@ -8,16 +8,24 @@
 //! deliveries that did land into no-ops. An event that can never be delivered goes to
 //! `GANCHO_DEAD` with its reason, then is acked, and the router goes on.
 //!
-//! Throughput: events are processed concurrently (bounded by [`RouterConfig::concurrency`]),
-//! the PubAcks of one fan-out are awaited together, and the router reads and writes through
-//! two separate NATS connections so that its publishing cannot starve its consumer.
+//! Throughput and bounds: events are processed concurrently (bounded by
+//! [`RouterConfig::concurrency`]); every delivery publish, from before the delivery is built
+//! until its PubAck is in, holds one of [`PUBLISH_SLOTS`] slots shared by all events, and one
+//! event has at most [`FAN_OUT_WINDOW`] deliveries in flight. A slot is only ever held by a
+//! future that is awaiting its own PubAck, so slots always come back: a fan-out of 10,000
+//! at any concurrency cannot deadlock, and memory is bounded by the slots, not the fan-out.
+//! (The earlier design sent a whole fan-out before awaiting any PubAck, against the JetStream
+//! context's in-flight limit: once that limit was full of PubAcks nobody was awaiting yet,
+//! every event waited forever.) The router reads and writes through two separate NATS
+//! connections, and its output context ([`output_context`]) is its own, so neither its
+//! consumer nor another role in the same process is starved by its publishing.
 
 mod route;
 
 pub use route::{check_event, delivery_id, partition, Invalid};
 
 use async_nats::jetstream;
-use gancho_store::consume::{ConsumeError, Spec};
+use gancho_store::consume::{ConsumeError, Handled, Spec};
 use gancho_store::{Layout, Live};
 use gancho_telemetry::names;
 use std::sync::Arc;
@@ -34,14 +42,28 @@ const MAX_ACK_PENDING: i64 = 20_000;
 const MAX_BATCH: usize = 256;
 /// Delay before a nak'd event is redelivered (its fan-out failed to publish).
 const NAK_DELAY: Duration = Duration::from_secs(1);
+/// Delivery publishes in flight in one router, over every event: enough to keep JetStream
+/// busy (a PubAck takes about a millisecond, so 4,096 in flight allow millions per second),
+/// small enough that their buffers stay a few MB at 1 KiB payloads.
+pub const PUBLISH_SLOTS: usize = 4096;
+/// Deliveries of one event in flight at once, so that one event with a fan-out of 10,000
+/// takes turns with the others instead of queueing 10,000 waiters.
+pub const FAN_OUT_WINDOW: usize = 256;
+/// How often an event whose fan-out is still publishing tells JetStream it is being worked
+/// on (a fan-out of 10,000 behind other events can outlast [`ACK_WAIT`]).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// The largest useful concurrency: the consumer never hands out more events than this.
+pub const MAX_CONCURRENCY: usize = MAX_ACK_PENDING as usize;
 
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
-    /// Events routed at once in this process. Each holds its deliveries' PubAcks in flight,
-    /// so this also bounds the memory of a burst.
+    /// Events routed at once in this process, 1 to [`MAX_CONCURRENCY`]. Their deliveries
+    /// share the router's [`PUBLISH_SLOTS`].
     pub concurrency: usize,
     /// Number of `gancho.deliveries.<n>` partitions.
     pub partitions: u32,
+    /// No event finished for this long while some are in hand is logged as a stall.
+    pub stall_after: Duration,
 }
 
 impl Default for RouterConfig {
@@ -49,8 +71,19 @@ impl Default for RouterConfig {
         Self {
             concurrency: 1024,
             partitions: 16,
+            stall_after: gancho_store::consume::STALL_AFTER,
         }
     }
+}
+
+/// The JetStream context the router publishes through, on its own connection. Its in-flight
+/// limit is above [`PUBLISH_SLOTS`] plus the dead letters of every event in hand, so it
+/// never makes a publish wait: the router's own slots are the bound.
+pub fn output_context(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .max_ack_inflight(PUBLISH_SLOTS + MAX_CONCURRENCY)
+        .backpressure_on_inflight(true)
+        .build(client)
 }
 
 /// Runs the router until `cancel` fires, then waits for the events in flight.
@@ -70,14 +103,17 @@ pub async fn run(
         filter: subjects.events_wildcard(),
         ack_wait: ACK_WAIT,
         max_ack_pending: MAX_ACK_PENDING,
-        concurrency: config.concurrency,
+        concurrency: config.concurrency.clamp(1, MAX_CONCURRENCY),
         max_batch: MAX_BATCH,
+        metric_label: "events",
+        stall_after: config.stall_after,
     };
     let ctx = Arc::new(route::Ctx {
         js: output,
         subjects,
         live,
         partitions: config.partitions.max(1),
+        publish_slots: tokio::sync::Semaphore::new(PUBLISH_SLOTS),
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
@@ -86,9 +122,10 @@ pub async fn run(
     .await
 }
 
-pub(crate) async fn nak(msg: &jetstream::Message) {
+pub(crate) async fn nak(msg: &jetstream::Message) -> Handled {
     if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await {
         error!(error = %e, "Cannot nak an event; it will be redelivered after the ack wait.");
     }
     metrics::counter!(names::ROUTER_PUBLISH_FAILURES).increment(1);
+    Handled::HandedBack
 }

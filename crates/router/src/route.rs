@@ -1,18 +1,21 @@
 //! Routing one event: check, match, fan out, ack.
 
+use crate::{FAN_OUT_WINDOW, PROGRESS_EVERY};
 use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use gancho_core::id::{validate_event_type, validate_tenant};
 use gancho_core::webhook::is_json;
 use gancho_core::Subjects;
 use gancho_proto::{DeadLetter, Delivery, Event, Message as _};
+use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
 use gancho_telemetry::names;
 use sha2::{Digest, Sha256};
-use std::future::IntoFuture;
 use std::sync::Arc;
 use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub(crate) struct Ctx {
@@ -20,6 +23,8 @@ pub(crate) struct Ctx {
     pub subjects: Subjects,
     pub live: Arc<Live>,
     pub partitions: u32,
+    /// The router's publish slots ([`crate::PUBLISH_SLOTS`]), shared by every event.
+    pub publish_slots: Semaphore,
 }
 
 /// Why an event cannot be delivered. `kind()` is the metric label and the dead letter's kind.
@@ -109,7 +114,7 @@ pub fn partition(tenant: &str, endpoint_id: &str, partitions: u32) -> u32 {
 }
 
 impl Ctx {
-    pub(crate) async fn handle(&self, msg: jetstream::Message) {
+    pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
         let subject = msg.subject.as_str();
         let event = match check_event(&self.subjects, subject, &msg.payload) {
             Ok(ev) => ev,
@@ -122,52 +127,47 @@ impl Ctx {
         let occurred_at = event
             .occurred_at
             .or_else(|| Some(gancho_proto::timestamp(published)));
-        let created_at = Some(gancho_proto::timestamp(OffsetDateTime::now_utc()));
+        let template = Delivery {
+            id: String::new(),
+            event_id: event.id.clone(),
+            tenant: event.tenant.clone(),
+            endpoint_id: String::new(),
+            r#type: event.r#type.clone(),
+            occurred_at,
+            payload: event.payload.clone(),
+            attributes: event.attributes.clone(),
+            attempts: 0,
+            created_at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
+            deferrals: 0,
+        };
 
-        // Fan out: publish every delivery first, then await the PubAcks together.
-        let snapshot = self.live.load();
-        let mut acks = Vec::new();
-        for ep in snapshot.endpoints(&event.tenant) {
-            if ep.config.disabled || !ep.subscription.matches(&event.r#type, &event.channels) {
-                continue;
-            }
-            let ep_id = ep.config.id.as_str();
-            let delivery = Delivery {
-                id: delivery_id(&event.id, ep_id),
-                event_id: event.id.clone(),
-                tenant: event.tenant.clone(),
-                endpoint_id: ep_id.to_owned(),
-                r#type: event.r#type.clone(),
-                occurred_at,
-                payload: event.payload.clone(),
-                attributes: event.attributes.clone(),
-                attempts: 0,
-                created_at,
-                deferrals: 0,
-            };
-            let subject = self
-                .subjects
-                .delivery(partition(&event.tenant, ep_id, self.partitions));
-            let publish = Publish::build()
-                .payload(Bytes::from(delivery.encode_to_vec()))
-                .message_id(format!("{}:{}", event.id, ep_id));
-            match self.js.send_publish(subject, publish).await {
-                Ok(ack) => acks.push(ack),
-                Err(e) => {
-                    warn!(event = %event.id, error = %e, "Cannot publish a delivery; the event will be routed again.");
-                    return crate::nak(&msg).await;
-                }
-            }
-        }
-        drop(snapshot);
-        let created = acks.len();
-        for result in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await
-        {
-            if let Err(e) = result {
-                warn!(event = %event.id, error = %e, "A delivery was not acknowledged; the event will be routed again.");
+        // Fan out through a window: at most FAN_OUT_WINDOW deliveries of this event exist at
+        // once (built, sent, awaiting their PubAck), and each holds one of the router's
+        // publish slots from before it is built until its PubAck is in. Every slot is held by
+        // a future that is being polled toward its PubAck (or its timeout), never by one
+        // parked behind another wait, so slots always come back: no fan-out and no
+        // concurrency setting can deadlock, and memory is bounded by the slots, not by the
+        // fan-out. A large fan-out keeps the event ours with progress acks.
+        let snapshot = self.live.load_full();
+        let list = snapshot.endpoints(&event.tenant);
+        // By index: closures over references trip the compiler's lifetime inference for
+        // `Send` futures (rust-lang/rust#102211).
+        let matching = (0..list.len()).filter(|&i| {
+            let ep = &list[i];
+            !ep.config.disabled && ep.subscription.matches(&event.r#type, &event.channels)
+        });
+        let fan_out = futures::stream::iter(matching)
+            .map(|i| self.publish_delivery(&template, list[i].config.id.as_str()))
+            .buffer_unordered(FAN_OUT_WINDOW)
+            .try_fold(0u64, |n, ()| std::future::ready(Ok(n + 1)));
+        let created = match with_progress(&msg, PROGRESS_EVERY, fan_out).await {
+            Ok(created) => created,
+            Err(e) => {
+                warn!(event = %event.id, error = %e, "A delivery was not stored; the event will be routed again.");
                 return crate::nak(&msg).await;
             }
-        }
+        };
+        drop(snapshot);
         if let Err(e) = msg.ack().await {
             // The deliveries are durable; a redelivered event only re-publishes duplicates
             // that JetStream drops within its de-duplication window.
@@ -175,12 +175,41 @@ impl Ctx {
         }
         let outcome = if created == 0 { "unmatched" } else { "routed" };
         metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome).increment(1);
-        metrics::counter!(names::ROUTER_DELIVERIES_CREATED).increment(created as u64);
+        metrics::counter!(names::ROUTER_DELIVERIES_CREATED).increment(created);
         debug!(event = %event.id, deliveries = created, "Event routed.");
+        Handled::Done
+    }
+
+    /// Builds, publishes and awaits the PubAck of one delivery, holding a publish slot from
+    /// before the delivery exists until its PubAck is in.
+    async fn publish_delivery(
+        &self,
+        template: &Delivery,
+        endpoint_id: &str,
+    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+        let _slot = self
+            .publish_slots
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let delivery = Delivery {
+            id: delivery_id(&template.event_id, endpoint_id),
+            endpoint_id: endpoint_id.to_owned(),
+            ..template.clone()
+        };
+        let subject =
+            self.subjects
+                .delivery(partition(&template.tenant, endpoint_id, self.partitions));
+        let publish = Publish::build()
+            .payload(Bytes::from(delivery.encode_to_vec()))
+            .message_id(format!("{}:{}", template.event_id, endpoint_id));
+        drop(delivery);
+        self.js.send_publish(subject, publish).await?.await?;
+        Ok(())
     }
 
     /// Writes the event to `GANCHO_DEAD` with its reason, then acks it.
-    async fn dead_letter(&self, msg: &jetstream::Message, invalid: Invalid) {
+    async fn dead_letter(&self, msg: &jetstream::Message, invalid: Invalid) -> Handled {
         let tenant = self
             .subjects
             .parse_event(&msg.subject)
@@ -220,6 +249,7 @@ impl Ctx {
         metrics::counter!(names::ROUTER_EVENTS, "outcome" => "invalid").increment(1);
         metrics::counter!(names::ROUTER_EVENTS_INVALID, "reason" => invalid.kind()).increment(1);
         let _ = msg.ack().await;
+        Handled::Done
     }
 }
 

@@ -1,19 +1,66 @@
 //! The consume loop the router and the worker share: a durable pull consumer with explicit
 //! acks, messages processed concurrently up to a bound, and a drain on shutdown.
 //!
-//! Lifecycle: a slot (semaphore permit) is taken before a message is pulled from the client's
+//! Lifecycle: a slot (semaphore permit) is taken before a message is pulled from the server
 //! buffer, so a message is only taken when it can be worked on at once; each message's task
 //! owns its slot and releases it when the handler returns (after its ack or nak). On
 //! cancellation no new message is taken, and [`run`] returns once every slot is back.
+//!
+//! A stall can be seen: every message in hand is tracked from the moment it is taken to the
+//! moment its handler returns. A watchdog task, owned by [`run`] and stopped with it, sets the
+//! age of the oldest one as a gauge, and when no handler has finished its message (acked it:
+//! [`Handled::Done`]) for [`Spec::stall_after`] while messages are in hand, it logs one
+//! warning (repeated every [`STALL_REPEAT`] while the stall lasts) and counts the stall.
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use gancho_telemetry::names;
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
+
+/// While a stall lasts, its warning is repeated this often (once per stall would hide one that
+/// goes on for hours; once per check would flood the log).
+pub const STALL_REPEAT: Duration = Duration::from_secs(300);
+/// How long one pull waits for messages before it ends and the next one is sent.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Pause before pulling again after a pull request failed (no JetStream leader, say).
+const PULL_RETRY: Duration = Duration::from_secs(1);
+/// The default of [`Spec::stall_after`].
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+
+/// What a handler did with its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Its work is durable and the message acked: progress.
+    Done,
+    /// Nak'd (or left to its ack wait): it will come back. Not progress.
+    HandedBack,
+}
+
+/// Runs `fut`, telling JetStream every `every` that `msg` is still being worked on, so work
+/// that takes longer than the consumer's ack wait is not redelivered to another process.
+pub async fn with_progress<F: Future>(
+    msg: &jetstream::Message,
+    every: Duration,
+    fut: F,
+) -> F::Output {
+    tokio::pin!(fut);
+    let mut progress = tokio::time::interval(every);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut fut => return done,
+            _ = progress.tick() => {
+                let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+            }
+        }
+    }
+}
 
 /// What a role consumes and how.
 pub struct Spec {
@@ -29,6 +76,11 @@ pub struct Spec {
     pub concurrency: usize,
     /// Most messages one pull asks for.
     pub max_batch: usize,
+    /// The `stream` label of this consumer's metrics: `events` or `deliveries`.
+    pub metric_label: &'static str,
+    /// No message finished for this long while some are in hand is a stall: a warning and
+    /// `gancho_consumer_stalls_total`. Default [`STALL_AFTER`].
+    pub stall_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +91,6 @@ pub enum ConsumeError {
         stream: String,
         reason: String,
     },
-    #[error("consumer {0} stopped: {1}")]
-    Stream(String, String),
 }
 
 /// Consumes until `cancel` fires, calling `handle` for each message on its own task.
@@ -52,7 +102,7 @@ pub async fn run<F, Fut>(
 ) -> Result<(), ConsumeError>
 where
     F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
 {
     let consumer: consumer::PullConsumer = js
         .create_consumer_on_stream(
@@ -74,49 +124,209 @@ where
             reason: e.to_string(),
         })?;
     let concurrency = spec.concurrency.max(1);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency.min(spec.max_batch).max(1))
-        .messages()
-        .await
-        .map_err(|e| ConsumeError::Stream(spec.durable.clone(), e.to_string()))?;
     info!(role = spec.role, consumer = %spec.durable, concurrency, "Consuming.");
 
     let handle = Arc::new(handle);
     let permits = Arc::new(Semaphore::new(concurrency));
-    let result = loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
+    let tracker = Arc::new(Tracker::new());
+    let watchdog = tokio::spawn(
+        watch(
+            tracker.clone(),
+            spec.role,
+            spec.metric_label,
+            spec.stall_after,
+        )
+        .instrument(tracing::info_span!("watchdog", role = spec.role)),
+    );
+    // Explicit pulls, each for exactly as many messages as there are free slots, instead of
+    // the client's prefetching message stream: a pulled message starts its ack wait at
+    // once, so one should only be pulled when it can be worked on; and the prefetching
+    // stream's count of outstanding messages can drift above the truth when a pull's reply
+    // races its messages, after which it asks for nothing until its 30 s pull expires (seen
+    // at a concurrency of 1: two events, then 30 s of nothing, over and over).
+    'pulls: loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => break 'pulls,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            next = messages.next() => next,
+        let mut slots = vec![first];
+        while slots.len() < spec.max_batch.max(1) {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => slots.push(p),
+                Err(_) => break,
+            }
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(slots.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(role = spec.role, error = %e, "Cannot pull from the consumer; trying again in a second.");
+                drop(slots);
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'pulls,
+                    _ = tokio::time::sleep(PULL_RETRY) => continue 'pulls,
+                }
+            }
         };
-        let msg = match msg {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                warn!(role = spec.role, error = %e, "Consumer hiccup; continuing.");
-                continue;
-            }
-            None => {
-                break Err(ConsumeError::Stream(
-                    spec.durable.clone(),
-                    "message stream ended".into(),
-                ))
-            }
-        };
-        let handle = handle.clone();
-        tokio::spawn(
-            async move {
-                handle(msg).await;
-                drop(permit);
-            }
-            .instrument(tracing::info_span!("message", role = spec.role)),
-        );
-    };
+        // Messages are worked on as they arrive; the pull ends when it is full or expires,
+        // and its unused slots go back when `slots` drops.
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break 'pulls,
+                next = batch.next() => next,
+            };
+            let msg = match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    warn!(role = spec.role, error = %e, "Consumer hiccup; pulling again.");
+                    break;
+                }
+                None => break,
+            };
+            let permit = slots
+                .pop()
+                .expect("a pull never yields more than it asked for");
+            let handle = handle.clone();
+            let ticket = tracker.start();
+            let tracker = tracker.clone();
+            tokio::spawn(
+                async move {
+                    let handled = handle(msg).await;
+                    tracker.finish(ticket, handled);
+                    drop(permit);
+                }
+                .instrument(tracing::info_span!("message", role = spec.role)),
+            );
+        }
+    }
     // Drain: every slot back means every message taken was acked or nak'd.
     let _ = permits.acquire_many(concurrency as u32).await;
+    watchdog.abort();
     info!(role = spec.role, "Stopped consuming.");
-    result
+    Ok(())
+}
+
+/// The messages in hand, by the order they were taken, and when one last finished.
+struct Tracker {
+    state: Mutex<TrackerState>,
+}
+
+struct TrackerState {
+    next: u64,
+    /// Ticket -> when its message was taken. The first entry is the oldest in hand.
+    started: BTreeMap<u64, Instant>,
+    last_done: Instant,
+}
+
+/// What the watchdog reads.
+struct Sample {
+    in_hand: usize,
+    /// Age of the oldest message in hand.
+    oldest: Duration,
+    /// Time since progress was last possible to see: the later of the last finished message
+    /// and the oldest one taken (so work arriving after an idle spell is not a stall).
+    without_progress: Duration,
+}
+
+impl Tracker {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(TrackerState {
+                next: 0,
+                started: BTreeMap::new(),
+                last_done: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        // Nothing panics while holding it; recover the data if something ever did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self) -> u64 {
+        let mut s = self.lock();
+        let ticket = s.next;
+        s.next += 1;
+        s.started.insert(ticket, Instant::now());
+        ticket
+    }
+
+    fn finish(&self, ticket: u64, handled: Handled) {
+        let mut s = self.lock();
+        s.started.remove(&ticket);
+        if handled == Handled::Done {
+            s.last_done = Instant::now();
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        let s = self.lock();
+        let now = Instant::now();
+        let oldest = s.started.values().next().copied();
+        let since = oldest.map_or(s.last_done, |o| o.max(s.last_done));
+        Sample {
+            in_hand: s.started.len(),
+            oldest: oldest.map_or(Duration::ZERO, |o| now - o),
+            without_progress: now - since,
+        }
+    }
+}
+
+/// Samples the tracker until aborted: gauges every check, a warning and a count per stall.
+async fn watch(
+    tracker: Arc<Tracker>,
+    role: &'static str,
+    label: &'static str,
+    stall_after: Duration,
+) {
+    let every = (stall_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let sample = tracker.sample();
+        metrics::gauge!(names::CONSUMER_OLDEST_IN_HAND, "stream" => label)
+            .set(sample.oldest.as_secs_f64());
+        metrics::gauge!(names::CONSUMER_IN_HAND, "stream" => label).set(sample.in_hand as f64);
+        let stalled = sample.in_hand > 0 && sample.without_progress >= stall_after;
+        match (stalled, warned) {
+            (true, None) => {
+                metrics::counter!(names::CONSUMER_STALLS, "stream" => label).increment(1);
+                warn!(
+                    role,
+                    in_hand = sample.in_hand,
+                    oldest_secs = sample.oldest.as_secs(),
+                    without_progress_secs = sample.without_progress.as_secs(),
+                    "No message finished for {}s while {} are in hand; is JetStream answering?",
+                    sample.without_progress.as_secs(),
+                    sample.in_hand,
+                );
+                warned = Some(Instant::now());
+            }
+            (true, Some(at)) if at.elapsed() >= STALL_REPEAT => {
+                warn!(
+                    role,
+                    in_hand = sample.in_hand,
+                    oldest_secs = sample.oldest.as_secs(),
+                    without_progress_secs = sample.without_progress.as_secs(),
+                    "Still no message finished after {}s.",
+                    sample.without_progress.as_secs(),
+                );
+                warned = Some(Instant::now());
+            }
+            (false, Some(_)) => {
+                // A warning too, so that whoever saw the stall at `warn` sees its end.
+                warn!(role, "Messages are finishing again; the stall is over.");
+                warned = None;
+            }
+            _ => {}
+        }
+    }
 }

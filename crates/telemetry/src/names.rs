@@ -38,6 +38,13 @@ pub const DELIVERY_REQUEUED: &str = "gancho_delivery_requeued_total";
 pub const CONSUMER_PENDING: &str = "gancho_consumer_pending_messages";
 /// Messages delivered and not yet acked. `stream`: events | deliveries.
 pub const CONSUMER_ACK_PENDING: &str = "gancho_consumer_ack_pending_messages";
+/// Age of the oldest message this process is working on. `stream`: events | deliveries.
+pub const CONSUMER_OLDEST_IN_HAND: &str = "gancho_consumer_oldest_in_hand_seconds";
+/// Messages this process has taken and not yet finished. `stream`: events | deliveries.
+pub const CONSUMER_IN_HAND: &str = "gancho_consumer_in_hand_messages";
+/// Stalls: no message finished for the stall threshold while some were in hand.
+/// `stream`: events | deliveries.
+pub const CONSUMER_STALLS: &str = "gancho_consumer_stalls_total";
 /// Seconds since the config snapshot last changed.
 pub const CONFIG_SNAPSHOT_AGE: &str = "gancho_config_snapshot_age_seconds";
 /// Slow-consumer events reported by the NATS client (messages were dropped).
@@ -103,6 +110,19 @@ pub fn describe_all() {
     describe_gauge!(
         CONSUMER_ACK_PENDING,
         "Messages delivered and not yet acknowledged, by stream."
+    );
+    describe_gauge!(
+        CONSUMER_OLDEST_IN_HAND,
+        Unit::Seconds,
+        "Age of the oldest message this process is working on, by stream."
+    );
+    describe_gauge!(
+        CONSUMER_IN_HAND,
+        "Messages taken and not yet finished in this process, by stream."
+    );
+    describe_counter!(
+        CONSUMER_STALLS,
+        "Times no message finished for the stall threshold while some were in hand, by stream."
     );
     describe_gauge!(
         CONFIG_SNAPSHOT_AGE,

@@ -111,9 +111,30 @@ impl NatsServer {
     /// Kills the process (SIGKILL) and waits for it, keeping the store directory.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused process dies on SIGKILL too; no SIGCONT needed.
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, so every
+    /// PubAck and every pull waits. [`NatsServer::resume`] (or drop) lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} nats-server failed");
     }
 
     /// Kills the server if it runs, then starts it again on the same port and store

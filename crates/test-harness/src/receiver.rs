@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,11 +87,22 @@ impl Concurrency {
 
 type Script = dyn Fn(usize, &Received) -> Answer + Send + Sync;
 
+/// What the receiver keeps of each request.
+struct Record {
+    /// Every request whole, in arrival order (`None` for a tally receiver, which keeps only
+    /// the counts below, so a run of a million deliveries does not hold a million bodies).
+    requests: Option<Vec<Received>>,
+    /// Requests received, whatever is kept.
+    total: usize,
+    /// How many times each (path, webhook-id) arrived: a count above 1 is a duplicate.
+    tally: HashMap<(String, String), u32>,
+}
+
 /// A running receiver; dropping it stops accepting connections.
 pub struct Receiver {
     addr: SocketAddr,
     tls: bool,
-    received: Arc<Mutex<Vec<Received>>>,
+    record: Arc<Mutex<Record>>,
     concurrency: Arc<Concurrency>,
     task: JoinHandle<()>,
 }
@@ -101,7 +113,18 @@ impl Receiver {
     where
         F: Fn(usize, &Received) -> Answer + Send + Sync + 'static,
     {
-        Self::start(Some(ca.server_config()), Arc::new(script)).await
+        Self::start(Some(ca.server_config()), Arc::new(script), true).await
+    }
+
+    /// HTTPS receiver that answers 200 to everything and keeps only the count of each
+    /// (path, webhook-id), for runs too large to keep every request: see [`Receiver::tally`].
+    pub async fn https_tally(ca: &TestCa) -> Self {
+        Self::start(
+            Some(ca.server_config()),
+            Arc::new(|_, _: &Received| Answer::status(200)),
+            false,
+        )
+        .await
     }
 
     /// Plain-HTTP receiver (for tests of the `http://` opt-in).
@@ -109,7 +132,7 @@ impl Receiver {
     where
         F: Fn(usize, &Received) -> Answer + Send + Sync + 'static,
     {
-        Self::start(None, Arc::new(script)).await
+        Self::start(None, Arc::new(script), true).await
     }
 
     /// HTTPS receiver that answers `statuses` in order, then repeats the last one.
@@ -121,17 +144,25 @@ impl Receiver {
         .await
     }
 
-    async fn start(tls: Option<Arc<rustls::ServerConfig>>, script: Arc<Script>) -> Self {
+    async fn start(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        script: Arc<Script>,
+        keep: bool,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a receiver on 127.0.0.1");
         let addr = listener.local_addr().expect("a bound address");
-        let received = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::new(Mutex::new(Record {
+            requests: keep.then(Vec::new),
+            total: 0,
+            tally: HashMap::new(),
+        }));
         let concurrency = Arc::new(Concurrency::default());
         let conc = concurrency.clone();
         let is_tls = tls.is_some();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let rec = received.clone();
+        let rec = record.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -173,7 +204,7 @@ impl Receiver {
         Self {
             addr,
             tls: is_tls,
-            received,
+            record,
             concurrency,
             task,
         }
@@ -189,13 +220,25 @@ impl Receiver {
         self.addr
     }
 
-    /// Everything received so far.
+    /// Everything received so far (empty for a tally receiver).
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("receiver lock").clone()
+        let record = self.record.lock().expect("receiver lock");
+        record.requests.clone().unwrap_or_default()
     }
 
+    /// Requests received so far.
     pub fn count(&self) -> usize {
-        self.received.lock().expect("receiver lock").len()
+        self.record.lock().expect("receiver lock").total
+    }
+
+    /// How many times each (path, webhook-id) arrived so far.
+    pub fn tally(&self) -> HashMap<(String, String), u32> {
+        self.record.lock().expect("receiver lock").tally.clone()
+    }
+
+    /// Distinct (path, webhook-id) pairs received so far.
+    pub fn distinct(&self) -> usize {
+        self.record.lock().expect("receiver lock").tally.len()
     }
 
     /// The most requests this receiver had open at once.
@@ -212,7 +255,7 @@ impl Drop for Receiver {
 
 async fn handle(
     req: Request<Incoming>,
-    rec: &Mutex<Vec<Received>>,
+    rec: &Mutex<Record>,
     script: &Script,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
@@ -233,9 +276,14 @@ async fn handle(
         version: parts.version,
     };
     let answer = {
-        let mut all = rec.lock().expect("receiver lock");
-        let answer = script(all.len(), &received);
-        all.push(received);
+        let mut record = rec.lock().expect("receiver lock");
+        let answer = script(record.total, &received);
+        record.total += 1;
+        let id = received.header("webhook-id").unwrap_or_default().to_owned();
+        *record.tally.entry((received.path.clone(), id)).or_default() += 1;
+        if let Some(all) = &mut record.requests {
+            all.push(received);
+        }
         answer
     };
     if !answer.delay.is_zero() {

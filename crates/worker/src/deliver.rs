@@ -11,6 +11,7 @@ use gancho_core::retry::jitter;
 use gancho_core::webhook::standard_body;
 use gancho_core::Subjects;
 use gancho_proto::{timestamp, to_datetime, Attempt, DeadLetter, Delivery, Message as _};
+use gancho_store::consume::{self, Handled};
 use gancho_store::{ConfigStore, Live, LiveEndpoint};
 use gancho_telemetry::names;
 use http_body_util::Full;
@@ -28,20 +29,9 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 /// How much longer than its retry schedule a delivery may keep being deferred.
 const DEFER_GRACE: Duration = Duration::from_secs(3600);
 
-/// Runs `fut`, telling JetStream every few seconds that `msg` is still being worked on, so a
-/// slow endpoint or a wait in the queue does not get it redelivered to another worker.
+/// Keeps `msg` ours while `fut` runs (see [`consume::with_progress`]).
 async fn with_progress<F: std::future::Future>(msg: &jetstream::Message, fut: F) -> F::Output {
-    tokio::pin!(fut);
-    let mut progress = tokio::time::interval(crate::PROGRESS_EVERY);
-    progress.tick().await;
-    loop {
-        tokio::select! {
-            done = &mut fut => return done,
-            _ = progress.tick() => {
-                let _ = msg.ack_with(jetstream::AckKind::Progress).await;
-            }
-        }
-    }
+    consume::with_progress(msg, crate::PROGRESS_EVERY, fut).await
 }
 
 pub(crate) struct Ctx {
@@ -86,7 +76,7 @@ struct Outcome {
 }
 
 impl Ctx {
-    pub(crate) async fn handle(&self, msg: jetstream::Message) {
+    pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
         let delivery = match Delivery::decode(&msg.payload[..]) {
             Ok(d) => d,
             Err(e) => {
@@ -189,7 +179,7 @@ impl Ctx {
         ep: &LiveEndpoint,
         gate: &Gate,
         permit: OwnedSemaphorePermit,
-    ) {
+    ) -> Handled {
         let attempt_no = delivery.attempts + 1;
         let started_at = OffsetDateTime::now_utc();
         // Keep the delivery ours while a slow endpoint takes its time.
@@ -281,7 +271,7 @@ impl Ctx {
             next_attempt_at: next_at,
         };
         delivery.attempts = attempt_no;
-        self.finish(msg, Some(&delivery), Some(record), next).await;
+        self.finish(msg, Some(&delivery), Some(record), next).await
     }
 
     /// Reschedules a delivery the endpoint cannot take now, without counting an attempt. A
@@ -294,7 +284,7 @@ impl Ctx {
         ep: &LiveEndpoint,
         reason: &'static str,
         after: Duration,
-    ) {
+    ) -> Handled {
         metrics::counter!(names::DELIVERY_DEFERRED, "reason" => reason).increment(1);
         let patience: Duration = ep.schedule.delays().iter().sum();
         let created = delivery.created_at.as_ref().and_then(to_datetime);
@@ -314,7 +304,7 @@ impl Ctx {
         let delay = jitter(after, 0.2, rand::random::<f64>());
         debug!(endpoint = %ep.config.id, reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");
         self.finish(msg, Some(&delivery), None, Next::Defer { delay })
-            .await;
+            .await
     }
 
     /// Sends the webhook once.
@@ -383,7 +373,7 @@ impl Ctx {
         delivery: Option<&Delivery>,
         record: Option<Attempt>,
         next: Next,
-    ) {
+    ) -> Handled {
         let mut writes = Vec::with_capacity(2);
         let tenant = delivery
             .map(|d| d.tenant.as_str())
@@ -435,6 +425,7 @@ impl Ctx {
         if let Err(e) = msg.ack().await {
             warn!(error = %e, "Cannot ack a delivery whose outcome is stored; it may be attempted again.");
         }
+        Handled::Done
     }
 
     /// Publishes every write and waits for its PubAck, re-sending the ones that fail (a
@@ -535,13 +526,14 @@ impl Ctx {
         (self.subjects.dead(tenant, endpoint), publish)
     }
 
-    async fn nak(&self, msg: &jetstream::Message, why: &str) {
+    async fn nak(&self, msg: &jetstream::Message, why: &str) -> Handled {
         warn!(
             reason = why,
             "Handing a delivery back; it will be attempted again."
         );
         metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
         let _ = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
+        Handled::HandedBack
     }
 }
 

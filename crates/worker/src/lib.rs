@@ -46,8 +46,7 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// consumer's config, so it is the same whatever each worker's concurrency is; waiting
 /// retries never count against it (they are scheduled messages).
 pub const MAX_ACK_PENDING: i64 = 20_000;
-/// Most messages one pull asks for. Pulled messages wait in the client until a request slot
-/// frees, with their ack wait running, so this stays small.
+/// Most messages one pull asks for (a pull never asks for more than the free intake slots).
 const MAX_BATCH: usize = 128;
 /// Deliveries a worker holds (in flight, or waiting in an endpoint's queue) per HTTP request
 /// slot. Past it the worker stops pulling: backpressure instead of bouncing deliveries.
@@ -65,6 +64,8 @@ pub struct WorkerConfig {
     pub extra_ca_file: Option<PathBuf>,
     /// Retries are spread by up to this fraction either way.
     pub jitter: f64,
+    /// No delivery finished for this long while some are in hand is logged as a stall.
+    pub stall_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -75,6 +76,7 @@ impl Default for WorkerConfig {
             allow_private: false,
             extra_ca_file: None,
             jitter: 0.1,
+            stall_after: gancho_store::consume::STALL_AFTER,
         }
     }
 }
@@ -113,6 +115,8 @@ pub async fn run(
         max_ack_pending: MAX_ACK_PENDING,
         concurrency: intake,
         max_batch: MAX_BATCH,
+        metric_label: "deliveries",
+        stall_after: config.stall_after,
     };
     let ctx = Arc::new(deliver::Ctx {
         js: output,

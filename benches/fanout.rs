@@ -1,0 +1,163 @@
+//! Drain rate by fan-out, as operators run gancho: nats-server, `gancho router` and `gancho
+//! worker` as separate processes (the release binary), an HTTPS receiver (rustls, HTTP/2) in
+//! this process, 1 KiB payloads. For each fan-out F in 1, 10, 100, 1,000 and 10,000, a
+//! tenant with F endpoints on `>` gets a backlog of 100,000 / F events; the clock runs from
+//! starting the roles to the last webhook received. Also reported: the router's and the
+//! worker's peak RSS (VmHWM) and CPU seconds. Each round starts a fresh server; the median of
+//! `GANCHO_BENCH_ROUNDS` (default 3) rounds is reported.
+//!
+//! Run with `cargo bench -p gancho --bench fanout` (part of `make bench`); results go to
+//! BENCHMARKS.md with the machine. `GANCHO_BENCH_FANOUTS=1,100` picks fan-outs.
+
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use async_nats::jetstream::message::PublishMessage;
+use futures::StreamExt;
+use gancho_proto::{Event, Message as _};
+use gancho_test_harness::Receiver;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Deliveries per round, whatever the fan-out.
+const DELIVERIES: usize = 100_000;
+
+struct Round {
+    elapsed: Duration,
+    router_rss_mb: f64,
+    worker_rss_mb: f64,
+    router_cpu_s: f64,
+    worker_cpu_s: f64,
+}
+
+/// Peak resident set (MB) and CPU seconds (user + system) of a running child, from /proc.
+fn usage(child: &Child) -> (f64, f64) {
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the ')'.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (hwm_kb / 1024.0, cpu)
+}
+
+async fn round(fan_out: usize) -> Round {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let (env_ref, rx_ref) = (&env, &rx);
+    futures::stream::iter(0..fan_out)
+        .map(|i| async move {
+            let id = format!("e{i}");
+            env_ref
+                .endpoint("acme", &id, &rx_ref.url(&format!("/{id}")), &[">"], &[], None)
+                .await;
+        })
+        .buffer_unordered(32)
+        .collect::<()>()
+        .await;
+
+    let events = DELIVERIES / fan_out;
+    let pad = "x".repeat(1024 - 40);
+    let subject = env.layout.subjects.event("acme", "charge.paid");
+    let mut acks = Vec::with_capacity(1000);
+    for n in 0..events {
+        let ev = Event {
+            id: format!("evt-{n}"),
+            tenant: "acme".into(),
+            r#type: "charge.paid".into(),
+            occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
+            payload: format!(r#"{{"n":{n},"pad":"{pad}"}}"#).into_bytes().into(),
+            ..Default::default()
+        };
+        let publish = PublishMessage::build()
+            .payload(ev.encode_to_vec().into())
+            .message_id(format!("evt-{n}"));
+        acks.push(env.js.send_publish(subject.clone(), publish).await.unwrap());
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+
+    let start = Instant::now();
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let deadline = start + Duration::from_secs(600);
+    while rx.distinct() < DELIVERIES {
+        assert!(Instant::now() < deadline, "fan-out {fan_out}: not drained in 600 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    let (router_rss_mb, router_cpu_s) = usage(&router);
+    let (worker_rss_mb, worker_cpu_s) = usage(&worker);
+    assert_eq!(rx.count(), DELIVERIES, "fan-out {fan_out}: duplicates");
+    support::terminate(&mut router);
+    support::terminate(&mut worker);
+    Round {
+        elapsed,
+        router_rss_mb,
+        worker_rss_mb,
+        router_cpu_s,
+        worker_cpu_s,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rounds: usize = std::env::var("GANCHO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let fan_outs: Vec<usize> = std::env::var("GANCHO_BENCH_FANOUTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|f| f.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 10, 100, 1_000, 10_000]);
+    println!("| fan-out | events | rounds (deliveries/s) | median deliveries/s | router peak RSS | worker peak RSS | router CPU s | worker CPU s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for fan_out in fan_outs {
+        let mut all = Vec::new();
+        for _ in 0..rounds {
+            all.push(round(fan_out).await);
+        }
+        let rates: Vec<f64> = all
+            .iter()
+            .map(|r| DELIVERIES as f64 / r.elapsed.as_secs_f64())
+            .collect();
+        let shown = rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        println!(
+            "| {fan_out} | {} | {shown} | {:.0} | {:.0} MB | {:.0} MB | {:.1} | {:.1} |",
+            DELIVERIES / fan_out,
+            median(rates.clone()),
+            median(all.iter().map(|r| r.router_rss_mb).collect()),
+            median(all.iter().map(|r| r.worker_rss_mb).collect()),
+            median(all.iter().map(|r| r.router_cpu_s).collect()),
+            median(all.iter().map(|r| r.worker_cpu_s).collect()),
+        );
+    }
+}
