@@ -47,7 +47,12 @@ fn usage(child: &Child) -> (f64, f64) {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the ')'.
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     (hwm_kb / 1024.0, cpu)
@@ -62,7 +67,14 @@ async fn round(fan_out: usize) -> Round {
         .map(|i| async move {
             let id = format!("e{i}");
             env_ref
-                .endpoint("acme", &id, &rx_ref.url(&format!("/{id}")), &[">"], &[], None)
+                .endpoint(
+                    "acme",
+                    &id,
+                    &rx_ref.url(&format!("/{id}")),
+                    &[">"],
+                    &[],
+                    None,
+                )
                 .await;
         })
         .buffer_unordered(32)
@@ -101,7 +113,10 @@ async fn round(fan_out: usize) -> Round {
     let mut worker = env.spawn("worker");
     let deadline = start + Duration::from_secs(600);
     while rx.distinct() < DELIVERIES {
-        assert!(Instant::now() < deadline, "fan-out {fan_out}: not drained in 600 s");
+        assert!(
+            Instant::now() < deadline,
+            "fan-out {fan_out}: not drained in 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();

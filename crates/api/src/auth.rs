@@ -1,16 +1,125 @@
-//! Bearer-token authentication for admin calls. The token is compared in constant time and
-//! never logged.
+//! Who is calling, and may they. Every `/v1` request carries `Authorization: Bearer <token>`:
+//! the admin token (compared in constant time) may do anything on any tenant; a tenant's API
+//! key (`gk_...`, looked up by its SHA-256) reaches only its own tenant and only the routes
+//! its scopes allow. The answer to a key on another tenant's resource is 404, as if it did
+//! not exist; on an admin route 403; on a route that needs a scope it lacks, 403 naming the
+//! scope; no token or an unknown or revoked one, 401. Tokens are never logged.
+//!
+//! What each route needs is one table, [`need`]. Lookups are cached per process for
+//! [`CACHE_TTL`], so a revoked key stops working on every api process within that time.
 
 use crate::error::ApiError;
 use crate::ApiState;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use gancho_store::model::api_key_hash;
+use gancho_store::{ConfigStore, Scope};
+use http::Method;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-pub async fn require_admin(
+/// How long a key lookup is reused. A revoked key is refused everywhere within this.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Cached lookups per process; past it the cache starts over (bounds memory under a flood of
+/// distinct keys).
+const CACHE_MAX: usize = 10_000;
+/// A key's `last_used_at` is written at most this often per process.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// The caller, as the handlers see it (a request extension).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Principal {
+    Admin,
+    Key {
+        tenant: String,
+        id: String,
+        scopes: Vec<Scope>,
+    },
+}
+
+/// What a route needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Need {
+    /// The admin token.
+    Admin,
+    /// The admin token, or a key of the tenant in the path with this scope (`None`: any key
+    /// of that tenant).
+    Tenant(Option<Scope>),
+}
+
+/// The access table: what `method` on the route `path` (as declared, `{tenant}` and all)
+/// needs. A route missing here needs the admin token.
+pub fn need(method: &Method, path: &str) -> Need {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    match path {
+        "/tenants/{tenant}" if method == Method::GET => Need::Tenant(None),
+        p if p.starts_with("/tenants/{tenant}/endpoints") => Need::Tenant(Some(Scope::Manage)),
+        _ => Need::Admin,
+    }
+}
+
+/// Recent key lookups: SHA-256 -> (when looked up, the key's principal or `None` if unknown).
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
+    touched: Mutex<HashMap<String, Instant>>,
+}
+
+impl KeyCache {
+    async fn lookup(
+        &self,
+        store: &ConfigStore,
+        presented: &str,
+    ) -> Result<Option<Principal>, ApiError> {
+        let hash = api_key_hash(presented);
+        if let Some((at, p)) = self.lock_entries().get(&hash) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(p.clone());
+            }
+        }
+        let found = store.find_api_key(&hash).await?.map(|k| Principal::Key {
+            tenant: k.tenant.as_str().to_owned(),
+            id: k.id,
+            scopes: k.scopes,
+        });
+        let mut entries = self.lock_entries();
+        if entries.len() >= CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (Instant::now(), found.clone()));
+        Ok(found)
+    }
+
+    fn lock_entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<Principal>)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this process should write `last_used_at` for key `id` now.
+    fn should_touch(&self, id: &str) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        if touched.len() >= CACHE_MAX {
+            touched.clear();
+        }
+        match touched.get(id) {
+            Some(at) if at.elapsed() < TOUCH_EVERY => false,
+            _ => {
+                touched.insert(id.to_owned(), Instant::now());
+                true
+            }
+        }
+    }
+}
+
+/// The middleware on every `/v1` route: authenticates, applies [`need`], and hands the
+/// [`Principal`] to the handler.
+pub async fn authorize(
     State(state): State<ApiState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = req
@@ -18,16 +127,117 @@ pub async fn require_admin(
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
         .ok_or_else(|| {
-            ApiError::unauthorized("missing \"Authorization: Bearer <token>\" header")
+            ApiError::unauthorized(
+                "missing \"Authorization: Bearer <token>\" header: send the admin token or an API key",
+            )
         })?;
-    let ok: bool = presented
-        .trim()
+    let is_admin: bool = presented
         .as_bytes()
         .ct_eq(state.admin_token.as_bytes())
         .into();
-    if !ok {
-        return Err(ApiError::unauthorized("the bearer token is not valid"));
+    let principal = if is_admin {
+        Principal::Admin
+    } else {
+        let found = if presented.starts_with("gk_") {
+            state.keys.lookup(&state.store, presented).await?
+        } else {
+            None
+        };
+        found.ok_or_else(|| {
+            ApiError::unauthorized("the bearer token is not valid: unknown or revoked API key")
+        })?
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    check(
+        &principal,
+        need(req.method(), &route),
+        path_tenant(req.uri().path()),
+    )?;
+    if let Principal::Key { tenant, id, .. } = &principal {
+        if state.keys.should_touch(id) {
+            let (store, tenant, id) = (state.store.clone(), tenant.clone(), id.clone());
+            tokio::spawn(async move {
+                let _ = store
+                    .touch_api_key(&tenant, &id, time::OffsetDateTime::now_utc())
+                    .await;
+            });
+        }
     }
+    req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
+}
+
+/// The tenant id in `[/v1]/tenants/<tenant>/...`, as sent (inside the nested `/v1` router
+/// the URI has lost its prefix).
+fn path_tenant(path: &str) -> Option<&str> {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let mut parts = path.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("tenants"), Some(t)) if !t.is_empty() => Some(t),
+        _ => None,
+    }
+}
+
+/// Applies a route's need to a caller.
+pub fn check(principal: &Principal, need: Need, tenant: Option<&str>) -> Result<(), ApiError> {
+    let Principal::Key {
+        tenant: own,
+        scopes,
+        ..
+    } = principal
+    else {
+        return Ok(());
+    };
+    match need {
+        Need::Admin => Err(ApiError::forbidden(
+            "this route needs the admin token; an API key cannot use it",
+        )),
+        Need::Tenant(scope) => {
+            if tenant != Some(own.as_str()) {
+                // As if it did not exist: a key must not learn what other tenants hold.
+                return Err(ApiError::not_found(format!(
+                    "tenant {:?} not found",
+                    tenant.unwrap_or_default()
+                )));
+            }
+            match scope {
+                Some(s) if !scopes.contains(&s) => Err(ApiError::forbidden(format!(
+                    "this API key lacks the \"{}\" scope this route needs; ask the admin for a key with it",
+                    s.as_str()
+                ))),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_comes_from_the_path_with_or_without_the_prefix() {
+        assert_eq!(path_tenant("/v1/tenants/acme/endpoints"), Some("acme"));
+        assert_eq!(path_tenant("/tenants/acme"), Some("acme"));
+        assert_eq!(path_tenant("/tenants"), None);
+        assert_eq!(path_tenant("/tenants/"), None);
+    }
+
+    #[test]
+    fn the_table() {
+        assert_eq!(need(&Method::GET, "/v1/tenants"), Need::Admin);
+        assert_eq!(need(&Method::GET, "/tenants/{tenant}"), Need::Tenant(None));
+        assert_eq!(need(&Method::DELETE, "/tenants/{tenant}"), Need::Admin);
+        assert_eq!(
+            need(&Method::PATCH, "/v1/tenants/{tenant}/endpoints/{id}"),
+            Need::Tenant(Some(Scope::Manage))
+        );
+        assert_eq!(need(&Method::POST, "/tenants/{tenant}/api-keys"), Need::Admin);
+    }
 }

@@ -3,8 +3,9 @@
 //! response to create.
 
 use crate::error::{ApiError, Json};
+use crate::page::{page, Page, PageQuery};
 use crate::ApiState;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gancho_core::{EndpointId, Filter, RetrySchedule, Secret, TenantId};
 use gancho_store::model::{new_endpoint_id, new_secret, MAX_TIMEOUT_MS};
@@ -329,15 +330,11 @@ pub async fn create(
     ))
 }
 
-#[derive(Serialize)]
-pub struct List {
-    data: Vec<EndpointView>,
-}
-
 pub async fn list(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
-) -> Result<axum::Json<List>, ApiError> {
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<Page<EndpointView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
     if state.store.get_tenant(tenant.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!(
@@ -345,14 +342,19 @@ pub async fn list(
             tenant.as_str()
         )));
     }
-    let data = state
-        .store
-        .list_endpoints(tenant.as_str())
-        .await?
-        .into_iter()
-        .map(|e| EndpointView::from(e, false))
-        .collect();
-    Ok(axum::Json(List { data }))
+    // Checked before the store is read, so a bad limit or cursor costs nothing.
+    query.parse()?;
+    let mut all = state.store.list_endpoints(tenant.as_str()).await?;
+    all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    let p = page(all, &query, |e| e.id.as_str())?;
+    Ok(axum::Json(Page {
+        data: p
+            .data
+            .into_iter()
+            .map(|e| EndpointView::from(e, false))
+            .collect(),
+        next: p.next,
+    }))
 }
 
 pub async fn get(

@@ -1,17 +1,20 @@
 //! The config service: a REST API under `/v1` (axum) through which tenants and endpoints are
 //! created, read, changed and deleted. JSON in and out; every error is
 //! `{"error":{"code":"...","message":"..."}}` with a message that says what to fix.
-//! Admin calls authenticate with `Authorization: Bearer <admin token>`, compared in constant
-//! time.
+//! Callers authenticate with `Authorization: Bearer <token>`: the admin token, or a tenant's
+//! API key limited to its tenant and scopes ([`auth`]).
 //!
 //! # Layout
 //! - [`error`]: the error type and its JSON form, and the JSON body extractor.
-//! - `auth`: the bearer-token check.
-//! - `tenants`, `endpoints`: the handlers.
+//! - [`auth`]: who is calling and what each route needs.
+//! - [`page`]: the one pagination shape of every list.
+//! - `tenants`, `api_keys`, `endpoints`: the handlers.
 
-mod auth;
+mod api_keys;
+pub mod auth;
 mod endpoints;
 pub mod error;
+pub mod page;
 mod tenants;
 
 use axum::routing::{get, post};
@@ -28,12 +31,22 @@ pub struct ApiState {
     pub allow_http: bool,
     /// Accept endpoint URLs whose host is a loopback or private address.
     pub allow_private: bool,
+    /// Recent API key lookups (see [`auth::CACHE_TTL`]).
+    pub keys: Arc<auth::KeyCache>,
 }
 
 /// The `/v1` routes, with authentication. Merge `/metrics` and health routes beside it.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
-        .route("/tenants", post(tenants::create))
+        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/tenants/{tenant}/api-keys",
+            post(api_keys::create).get(api_keys::list),
+        )
+        .route(
+            "/tenants/{tenant}/api-keys/{id}",
+            axum::routing::delete(api_keys::revoke),
+        )
         .route(
             "/tenants/{tenant}",
             get(tenants::get).delete(tenants::delete),
@@ -50,7 +63,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_admin,
+            auth::authorize,
         ))
         .with_state(state);
     Router::new()

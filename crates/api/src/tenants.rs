@@ -1,8 +1,9 @@
-//! `POST /v1/tenants`, `GET /v1/tenants/{tenant}`, `DELETE /v1/tenants/{tenant}`.
+//! `POST/GET /v1/tenants`, `GET /v1/tenants/{tenant}`, `DELETE /v1/tenants/{tenant}`.
 
 use crate::error::{ApiError, Json};
+use crate::page::{page, Page, PageQuery};
 use crate::ApiState;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gancho_core::TenantId;
 use gancho_store::Tenant;
@@ -37,6 +38,14 @@ pub async fn create(
     };
     state.store.create_tenant(&tenant).await?;
     Ok((StatusCode::CREATED, axum::Json(tenant)))
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<Page<Tenant>>, ApiError> {
+    let tenants = state.store.list_tenants().await?;
+    Ok(axum::Json(page(tenants, &query, |t| t.id.as_str())?))
 }
 
 pub async fn get(

@@ -114,6 +114,14 @@ impl Subjects {
     pub fn endpoint_key(tenant: &str, endpoint: &str) -> String {
         format!("endpoints.{tenant}.{endpoint}")
     }
+    /// An API key's document: `api_keys.<tenant>.<key id>`.
+    pub fn api_key_key(tenant: &str, id: &str) -> String {
+        format!("api_keys.{tenant}.{id}")
+    }
+    /// The lookup from a presented key to its document: `api_key_hashes.<sha256 hex>`.
+    pub fn api_key_hash_key(hash: &str) -> String {
+        format!("api_key_hashes.{hash}")
+    }
 }
 
 impl Default for Subjects {

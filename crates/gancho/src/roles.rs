@@ -140,6 +140,7 @@ pub async fn start(
             admin_token: token.into(),
             allow_http: config.allow_http_endpoints,
             allow_private: config.allow_private_endpoints,
+            keys: Default::default(),
         };
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -4,7 +4,7 @@
 //! that routers and workers read on the hot path without taking a lock ([`live`]).
 //!
 //! # Layout
-//! - [`model`]: `Tenant` and `Endpoint` as stored.
+//! - [`model`]: `Tenant`, `Endpoint` and `ApiKey` as stored.
 //! - [`streams`]: creates or checks the streams and the bucket at start-up.
 //! - [`repo`]: create, read, update, delete, with optimistic concurrency on KV revisions.
 //! - [`live`]: [`Live`], the snapshot and the watch task that keeps it current.
@@ -17,6 +17,6 @@ pub mod repo;
 pub mod streams;
 
 pub use live::{Live, LiveEndpoint, Snapshot};
-pub use model::{Endpoint, Tenant};
+pub use model::{ApiKey, Endpoint, Scope, Tenant};
 pub use repo::{ConfigStore, StoreError};
 pub use streams::{ensure, Layout};

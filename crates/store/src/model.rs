@@ -138,3 +138,68 @@ pub fn random_id(prefix: &str, len: usize) -> String {
 pub fn new_endpoint_id() -> EndpointId {
     EndpointId::new(random_id("ep_", 20)).expect("generated ids use the id alphabet")
 }
+
+/// What an API key may do within its tenant.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The tenant's endpoints, event types, delivery log and recovery.
+    Manage,
+    /// Sending events for the tenant (HTTP ingest).
+    Publish,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 2] = [Scope::Manage, Scope::Publish];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Manage => "manage",
+            Scope::Publish => "publish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+/// A tenant's API key as stored: never the key itself, only its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKey {
+    /// `key_` and 20 base32 characters.
+    pub id: String,
+    pub tenant: TenantId,
+    pub name: String,
+    /// The key's first characters, so a person can tell keys apart (`gk_abcdefgh`).
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    /// SHA-256 of the key, lowercase hex.
+    pub hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// Length of the shown prefix of a key: `gk_` and 8 characters.
+pub const API_KEY_PREFIX_LEN: usize = 11;
+
+/// A fresh API key (`gk_` and 40 base32 characters: 200 random bits) and its SHA-256 hex.
+pub fn new_api_key() -> (String, String) {
+    let key = random_id("gk_", 40);
+    let hash = api_key_hash(&key);
+    (key, hash)
+}
+
+/// SHA-256 of a presented key, lowercase hex: how keys are looked up and stored.
+pub fn api_key_hash(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from_digit((b >> 4) as u32, 16).expect("a nibble"));
+        out.push(char::from_digit((b & 15) as u32, 16).expect("a nibble"));
+    }
+    out
+}

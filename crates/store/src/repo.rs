@@ -3,7 +3,7 @@
 //! compare-and-set on the KV revision, so two API replicas (or an API call and a worker
 //! disabling an endpoint after a 410) never overwrite each other's change.
 
-use crate::model::{Endpoint, Tenant};
+use crate::model::{ApiKey, Endpoint, Tenant};
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
 use gancho_core::Subjects;
@@ -105,10 +105,138 @@ impl ConfigStore {
         for key in self.endpoint_keys(id).await? {
             self.kv.delete(&key).await.map_err(backend)?;
         }
+        for key in self.list_api_keys(id).await? {
+            self.revoke_api_key(id, &key.id).await?;
+        }
         self.kv
             .delete(Subjects::tenant_key(id))
             .await
             .map_err(backend)
+    }
+
+    /// Every tenant, sorted by id.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let keys = self.keys_with_prefix("tenants.").await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.read::<Tenant>(&key).await {
+                Ok(Some((t, _))) => out.push(t),
+                Ok(None) => {}
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    tracing::warn!(%key, %reason, "Skipping a tenant document that does not parse.");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(out)
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.kv
+            .keys()
+            .await
+            .map_err(backend)?
+            .try_filter(|k| futures::future::ready(k.starts_with(prefix)))
+            .try_collect()
+            .await
+            .map_err(backend)
+    }
+
+    // API keys: the document under `api_keys.<tenant>.<id>`, and a lookup from the key's
+    // SHA-256 under `api_key_hashes.<hash>`. The lookup is written first and removed last, so
+    // a document never exists without it; a lookup without a document is refused.
+
+    /// Stores a new API key; its tenant must exist.
+    pub async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let tenant = key.tenant.as_str();
+        if self.get_tenant(tenant).await?.is_none() {
+            return Err(StoreError::NotFound(format!("tenant {tenant:?}")));
+        }
+        let lookup = Subjects::api_key_hash_key(&key.hash);
+        let target = KeyRef {
+            tenant: tenant.to_owned(),
+            id: key.id.clone(),
+        };
+        self.create(&lookup, "API key".into(), &target).await?;
+        let doc = Subjects::api_key_key(tenant, &key.id);
+        if let Err(e) = self
+            .create(&doc, format!("API key {:?}", key.id), key)
+            .await
+        {
+            let _ = self.kv.delete(&lookup).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub async fn get_api_key(&self, tenant: &str, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self
+            .read(&Subjects::api_key_key(tenant, id))
+            .await?
+            .map(|(k, _)| k))
+    }
+
+    /// The key whose SHA-256 is `hash`, if it exists and has not been revoked.
+    pub async fn find_api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let Some((target, _)) = self
+            .read::<KeyRef>(&Subjects::api_key_hash_key(hash))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = self.get_api_key(&target.tenant, &target.id).await?;
+        Ok(key.filter(|k| k.hash == hash))
+    }
+
+    /// A tenant's API keys, sorted by id.
+    pub async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let keys = self
+            .keys_with_prefix(&format!("api_keys.{tenant}."))
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some((k, _)) = self.read::<ApiKey>(&key).await? {
+                out.push(k);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Revokes a key: its lookup goes first, so it stops working at once.
+    pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        let Some(key) = self.get_api_key(tenant, id).await? else {
+            return Err(StoreError::NotFound(format!("API key {id:?}")));
+        };
+        self.kv
+            .delete(Subjects::api_key_hash_key(&key.hash))
+            .await
+            .map_err(backend)?;
+        self.kv
+            .delete(Subjects::api_key_key(tenant, id))
+            .await
+            .map_err(backend)
+    }
+
+    /// Records that a key was used at `at` (best effort: a concurrent write wins).
+    pub async fn touch_api_key(
+        &self,
+        tenant: &str,
+        id: &str,
+        at: time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let key = Subjects::api_key_key(tenant, id);
+        let Some((mut doc, revision)) = self.read::<ApiKey>(&key).await? else {
+            return Ok(());
+        };
+        doc.last_used_at = Some(at.replace_nanosecond(0).unwrap_or(at));
+        let bytes = serde_json::to_vec(&doc).map_err(backend)?;
+        match self.kv.update(&key, bytes.into(), revision).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     // Endpoints.
@@ -138,15 +266,7 @@ impl ConfigStore {
     }
 
     async fn endpoint_keys(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = format!("endpoints.{tenant}.");
-        self.kv
-            .keys()
-            .await
-            .map_err(backend)?
-            .try_filter(|k| futures::future::ready(k.starts_with(&prefix)))
-            .try_collect()
-            .await
-            .map_err(backend)
+        self.keys_with_prefix(&format!("endpoints.{tenant}.")).await
     }
 
     /// Every endpoint of a tenant, sorted by creation time. A stored document that does not
@@ -207,4 +327,11 @@ impl ConfigStore {
             .await
             .map_err(backend)
     }
+}
+
+/// What an `api_key_hashes.<hash>` entry points at.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyRef {
+    tenant: String,
+    id: String,
 }

@@ -1,0 +1,134 @@
+//! `POST/GET /v1/tenants/{tenant}/api-keys`, `DELETE .../api-keys/{id}` (admin only): a
+//! tenant's API keys. The key is returned once, on create; only its SHA-256 is stored.
+
+use crate::error::{ApiError, Json};
+use crate::page::{page, Page, PageQuery};
+use crate::ApiState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use gancho_core::TenantId;
+use gancho_store::model::{new_api_key, random_id, API_KEY_PREFIX_LEN};
+use gancho_store::{ApiKey, Scope};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    scopes: Vec<String>,
+}
+
+/// An API key as the API shows it: never its hash.
+#[derive(Serialize)]
+pub struct KeyView {
+    id: String,
+    tenant: String,
+    name: String,
+    prefix: String,
+    scopes: Vec<Scope>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_used_at: Option<OffsetDateTime>,
+    /// The key itself: only in the answer to create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl KeyView {
+    fn from(k: ApiKey, key: Option<String>) -> Self {
+        Self {
+            id: k.id,
+            tenant: k.tenant.as_str().to_owned(),
+            name: k.name,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            key,
+        }
+    }
+}
+
+fn tenant_id(t: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(t).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, axum::Json<KeyView>), ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    let name = body.name.trim().to_owned();
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::invalid(
+            "name must be 1 to 128 characters, e.g. \"billing-service\"",
+        ));
+    }
+    if body.scopes.is_empty() {
+        return Err(ApiError::invalid(
+            "scopes must name at least one of \"manage\" and \"publish\"",
+        ));
+    }
+    let mut scopes = Vec::new();
+    for s in &body.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown scope {s:?} in scopes; the scopes are \"manage\" and \"publish\""
+            ))
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    scopes.sort();
+    let (key, hash) = new_api_key();
+    let stored = ApiKey {
+        id: random_id("key_", 20),
+        tenant,
+        name,
+        prefix: key[..API_KEY_PREFIX_LEN].to_owned(),
+        scopes,
+        hash,
+        created_at: OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 is valid"),
+        last_used_at: None,
+    };
+    state.store.create_api_key(&stored).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(KeyView::from(stored, Some(key))),
+    ))
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<Page<KeyView>>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    if state.store.get_tenant(tenant.as_str()).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "tenant {:?} not found",
+            tenant.as_str()
+        )));
+    }
+    let keys = state.store.list_api_keys(tenant.as_str()).await?;
+    let p = page(keys, &query, |k| k.id.as_str())?;
+    Ok(axum::Json(Page {
+        data: p.data.into_iter().map(|k| KeyView::from(k, None)).collect(),
+        next: p.next,
+    }))
+}
+
+pub async fn revoke(
+    State(state): State<ApiState>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    state.store.revoke_api_key(tenant.as_str(), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,386 @@
+//! Tenant API keys over real HTTP, with `gancho api` as the built binary: a table over every
+//! route of who gets what (admin, a key of the tenant with and without the scope, a key of
+//! another tenant, no token, a bad token), a revoked key refused by a second api process
+//! within 5 s, and pages that return each item once while items are inserted.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::process::Child;
+use std::time::{Duration, Instant};
+use support::http as call;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+struct Api {
+    base: String,
+    child: Child,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        support::kill9(&mut self.child);
+    }
+}
+
+async fn start(env: &support::Env) -> Api {
+    let port = gancho_test_harness::nats::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = env.spawn_with(
+        &["api"],
+        &[
+            ("GANCHO_ADMIN_TOKEN", TOKEN),
+            ("GANCHO_API_LISTEN", &listen),
+        ],
+    );
+    let base = format!("http://{listen}");
+    gancho_test_harness::wait_until("the API to answer", Duration::from_secs(20), || async {
+        call("GET", &format!("{base}/v1/tenants"), Some(TOKEN), None)
+            .await
+            .0
+            == 200
+    })
+    .await;
+    Api { base, child }
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        call(
+            method,
+            &format!("{}{path}", self.base),
+            token,
+            body.as_deref(),
+        )
+        .await
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, Some(TOKEN), body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    async fn key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let v = self
+            .admin(
+                "POST",
+                &format!("/v1/tenants/{tenant}/api-keys"),
+                Some(json!({"name": "test", "scopes": scopes})),
+            )
+            .await;
+        v["key"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_caller_as_documented() {
+    let env = support::Env::new().await;
+    let api = start(&env).await;
+    for t in ["acme", "globex"] {
+        api.admin("POST", "/v1/tenants", Some(json!({"id": t})))
+            .await;
+    }
+    let ep = api
+        .admin(
+            "POST",
+            "/v1/tenants/acme/endpoints",
+            Some(json!({"url": "https://hooks.example.com/a"})),
+        )
+        .await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let other = api
+        .admin(
+            "POST",
+            "/v1/tenants/globex/endpoints",
+            Some(json!({"url": "https://hooks.example.com/g"})),
+        )
+        .await;
+    let other_id = other["id"].as_str().unwrap().to_owned();
+    let manage = api.key("acme", &["manage"]).await;
+    let publish = api.key("acme", &["publish"]).await;
+    let victim = api.key("globex", &["manage"]).await;
+    let victim_id = {
+        let v = api.admin("GET", "/v1/tenants/globex/api-keys", None).await;
+        v["data"][0]["id"].as_str().unwrap().to_owned()
+    };
+
+    // (method, path, body, status with: manage key of acme, publish key of acme)
+    // Another tenant's key, no token and a bad token are the same for every row.
+    let ep_body = json!({"url": "https://hooks.example.com/new"});
+    let rows: Vec<(&str, String, Option<Value>, u16, u16)> = vec![
+        ("GET", "/v1/tenants".into(), None, 403, 403),
+        (
+            "POST",
+            "/v1/tenants".into(),
+            Some(json!({"id": "initech"})),
+            403,
+            403,
+        ),
+        ("GET", "/v1/tenants/acme".into(), None, 200, 200),
+        ("DELETE", "/v1/tenants/acme".into(), None, 403, 403),
+        ("GET", "/v1/tenants/acme/api-keys".into(), None, 403, 403),
+        (
+            "POST",
+            "/v1/tenants/acme/api-keys".into(),
+            Some(json!({"name": "x", "scopes": ["manage"]})),
+            403,
+            403,
+        ),
+        (
+            "DELETE",
+            format!("/v1/tenants/acme/api-keys/{victim_id}"),
+            None,
+            403,
+            403,
+        ),
+        ("GET", "/v1/tenants/acme/endpoints".into(), None, 200, 403),
+        (
+            "POST",
+            "/v1/tenants/acme/endpoints".into(),
+            Some(ep_body.clone()),
+            201,
+            403,
+        ),
+        (
+            "GET",
+            format!("/v1/tenants/acme/endpoints/{ep_id}"),
+            None,
+            200,
+            403,
+        ),
+        (
+            "PATCH",
+            format!("/v1/tenants/acme/endpoints/{ep_id}"),
+            Some(json!({"description": "x"})),
+            200,
+            403,
+        ),
+    ];
+    for (method, path, body, want_manage, want_publish) in &rows {
+        for (who, token, want) in [
+            ("manage key", manage.as_str(), *want_manage),
+            ("publish key", publish.as_str(), *want_publish),
+        ] {
+            let (status, v) = api.call(method, path, Some(token), body.clone()).await;
+            assert_eq!(status, want, "{who}: {method} {path}: {v}");
+            if status == 403 {
+                assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+            }
+        }
+        // A key of another tenant: 404 on tenant routes (no existence leak), 403 on admin
+        // routes.
+        let (status, v) = api.call(method, path, Some(&victim), body.clone()).await;
+        let admin_only = *want_manage == 403 && *want_publish == 403;
+        let want = if admin_only { 403 } else { 404 };
+        assert_eq!(status, want, "other tenant's key: {method} {path}: {v}");
+        for (who, token) in [
+            ("no token", None),
+            ("bad token", Some("gk_not-a-real-key")),
+            ("bad admin", Some("test-admin-token-0123456780")),
+        ] {
+            let (status, v) = api.call(method, path, token, body.clone()).await;
+            assert_eq!(status, 401, "{who}: {method} {path}: {v}");
+        }
+    }
+    // The error names the missing scope.
+    let (_, v) = api
+        .call("GET", "/v1/tenants/acme/endpoints", Some(&publish), None)
+        .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"manage\""),
+        "{v}"
+    );
+    // Another tenant's endpoint looks the same as a missing one.
+    let (s1, v1) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/globex/endpoints/{other_id}"),
+            Some(&manage),
+            None,
+        )
+        .await;
+    let (s2, v2) = api
+        .call(
+            "GET",
+            "/v1/tenants/nosuch/endpoints/ep_x",
+            Some(&manage),
+            None,
+        )
+        .await;
+    assert_eq!((s1, s2), (404, 404), "{v1} {v2}");
+    // The admin may do everything a key may, on any tenant (the last rows, as admin).
+    let (status, _) = api
+        .call(
+            "DELETE",
+            &format!("/v1/tenants/globex/endpoints/{other_id}"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+
+    // Bad input names the field.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/api-keys",
+            Some(TOKEN),
+            Some(json!({"name": "x", "scopes": ["admin"]})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown scope \"admin\""),
+        "{v}"
+    );
+    let (status, v) = api
+        .call("GET", "/v1/tenants?limit=5000", Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("limit"),
+        "{v}"
+    );
+
+    // Listing shows the prefix, scopes and last use, never the key or its hash.
+    let v = api.admin("GET", "/v1/tenants/acme/api-keys", None).await;
+    let keys = v["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    for k in keys {
+        assert!(k.get("key").is_none() && k.get("hash").is_none(), "{k}");
+        let prefix = k["prefix"].as_str().unwrap();
+        assert!(
+            manage.starts_with(prefix) || publish.starts_with(prefix),
+            "{k}"
+        );
+    }
+    gancho_test_harness::wait_until(
+        "last_used_at to be recorded",
+        Duration::from_secs(10),
+        || async {
+            let v = api.admin("GET", "/v1/tenants/acme/api-keys", None).await;
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["last_used_at"].is_string())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_every_api_process_within_5_s() {
+    let env = support::Env::new().await;
+    let (a, b) = (start(&env).await, start(&env).await);
+    a.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let key = a.key("acme", &["manage"]).await;
+    // Both processes have seen (and cached) the key as valid.
+    for api in [&a, &b] {
+        let (status, v) = api
+            .call("GET", "/v1/tenants/acme/endpoints", Some(&key), None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let id = a.admin("GET", "/v1/tenants/acme/api-keys", None).await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.admin("DELETE", &format!("/v1/tenants/acme/api-keys/{id}"), None)
+        .await;
+    let revoked = Instant::now();
+    loop {
+        let (status, _) = b
+            .call("GET", "/v1/tenants/acme/endpoints", Some(&key), None)
+            .await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "the second api process still accepts a revoked key after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, v) = a.call("GET", "/v1/tenants/acme", Some(&key), None).await;
+    assert_eq!(status, 401, "{v}");
+    println!(
+        "revoked key refused by the second api process after {:?}",
+        revoked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_through_2500_endpoints_with_inserts_returns_each_once() {
+    let env = support::Env::new().await;
+    let api = start(&env).await;
+    env.tenant("acme").await;
+    let mut before = HashSet::new();
+    for i in 0..2_500 {
+        let ep = env
+            .endpoint(
+                "acme",
+                &format!("ep{i:05}"),
+                "https://hooks.example.com/x",
+                &[],
+                &[],
+                None,
+            )
+            .await;
+        before.insert(ep.id.to_string());
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut page_no = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/tenants/acme/endpoints?limit=100&cursor={c}"),
+            None => "/v1/tenants/acme/endpoints?limit=100".into(),
+        };
+        let v = api.admin("GET", &path, None).await;
+        let data = v["data"].as_array().unwrap();
+        assert!(data.len() <= 100);
+        seen.extend(data.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        // Inserts between pages: some sort before the cursor, some after.
+        for id in [format!("a{page_no}"), format!("ep{:05}x", page_no * 97)] {
+            env.endpoint("acme", &id, "https://hooks.example.com/x", &[], &[], None)
+                .await;
+        }
+        page_no += 1;
+        match v["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    for id in &before {
+        assert_eq!(
+            seen.iter().filter(|s| *s == id).count(),
+            1,
+            "{id} not seen exactly once"
+        );
+    }
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an id appeared on two pages");
+}
