@@ -238,6 +238,9 @@ mod tests {
             need(&Method::PATCH, "/v1/tenants/{tenant}/endpoints/{id}"),
             Need::Tenant(Some(Scope::Manage))
         );
-        assert_eq!(need(&Method::POST, "/tenants/{tenant}/api-keys"), Need::Admin);
+        assert_eq!(
+            need(&Method::POST, "/tenants/{tenant}/api-keys"),
+            Need::Admin
+        );
     }
 }
