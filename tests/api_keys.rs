@@ -384,3 +384,57 @@ async fn paging_through_2500_endpoints_with_inserts_returns_each_once() {
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "an id appeared on two pages");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
+    let env = support::Env::new().await;
+    let api = start(&env).await;
+    api.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let path = "/v1/tenants/acme/endpoints";
+    let big = "x".repeat(100 * 1024);
+    let (status, v) = api
+        .call(
+            "POST",
+            path,
+            Some(TOKEN),
+            Some(json!({"url": "https://a.example.com", "description": big})),
+        )
+        .await;
+    assert_eq!(status, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than"),
+        "{v}"
+    );
+
+    let (status, v) = api
+        .call(
+            "POST",
+            path,
+            Some(TOKEN),
+            Some(json!({"url": "https://bob:s3cr3t@hooks.example.com/x"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("headers") && !msg.contains("s3cr3t"), "{msg}");
+
+    for name in ["webhook-version", "TE", "Proxy-Authorization", "host"] {
+        let (status, v) = api
+            .call(
+                "POST",
+                path,
+                Some(TOKEN),
+                Some(json!({"url": "https://hooks.example.com/x", "headers": {name: "1"}})),
+            )
+            .await;
+        assert_eq!(status, 422, "{name}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(name),
+            "{v}"
+        );
+    }
+}

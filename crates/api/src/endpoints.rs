@@ -31,6 +31,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-signature",
     "transfer-encoding",
     "connection",
+    // Hop-by-hop: meaningful only between two hops, never set end to end.
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
 ];
 
 /// An endpoint as the API returns it.
@@ -156,6 +164,12 @@ fn check_url(state: &ApiState, url: &str) -> Result<(), ApiError> {
         }
         _ => return Err(ApiError::invalid(format!("url {url:?} must start with https://"))),
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Never echo the URL back: its user info is a credential.
+        return Err(ApiError::invalid(
+            "url carries a user name or password (user:password@host); remove it and send credentials in \"headers\" instead, e.g. {\"authorization\": \"Basic ...\"}",
+        ));
+    }
     let host = uri
         .host()
         .ok_or_else(|| ApiError::invalid(format!("url {url:?} has no host")))?;
@@ -223,7 +237,8 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 "header {k:?} has a value that is not valid in HTTP"
             ))
         })?;
-        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+        let lower = k.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
             return Err(ApiError::invalid(format!(
                 "header {k:?} is set by gancho and cannot be overridden"
             )));

@@ -89,6 +89,16 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
+                        "the request body is larger than {} bytes",
+                        crate::MAX_BODY_BYTES
+                    ),
+                ))
+            }
             Err(rejection) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",

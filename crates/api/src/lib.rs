@@ -22,6 +22,9 @@ use axum::Router;
 use gancho_store::ConfigStore;
 use std::sync::Arc;
 
+/// Largest request body the API reads; a larger one is answered 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// What the API needs from the process.
 #[derive(Clone)]
 pub struct ApiState {
@@ -65,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::authorize,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     Router::new()
         .nest("/v1", v1)
