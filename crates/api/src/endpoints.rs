@@ -3,7 +3,7 @@
 //! response to create.
 
 use crate::error::{ApiError, Json};
-use crate::page::{page, Page, PageQuery};
+use crate::page::{Page, PageQuery};
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,6 +14,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
+/// How long a list waits for the live snapshot to reach the store's revision.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most filters, channels or headers one endpoint may list.
 const MAX_LIST: usize = 64;
 /// Highest per-endpoint in-flight cap.
@@ -357,19 +359,36 @@ pub async fn list(
             tenant.as_str()
         )));
     }
-    // Checked before the store is read, so a bad limit or cursor costs nothing.
-    query.parse()?;
-    let mut all = state.store.list_endpoints(tenant.as_str()).await?;
-    all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    let p = page(all, &query, |e| e.id.as_str())?;
-    Ok(axum::Json(Page {
-        data: p
-            .data
-            .into_iter()
-            .map(|e| EndpointView::from(e, false))
-            .collect(),
-        next: p.next,
-    }))
+    // From the live snapshot, caught up to every write made before this request: reading
+    // each endpoint document from the bucket took 1.9 s for 10,000 endpoints.
+    let (limit, after) = query.parse()?;
+    let revision = state.store.revision().await?;
+    if tokio::time::timeout(CATCH_UP, state.live.wait_for_revision(revision))
+        .await
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the config snapshot is behind the store; retry shortly",
+        ));
+    }
+    let snapshot = state.live.load_full();
+    let list = snapshot.endpoints(tenant.as_str());
+    // Sorted by id: the page starts after the cursor's id.
+    let start = after
+        .as_deref()
+        .map_or(0, |a| list.partition_point(|ep| ep.config.id.as_str() <= a));
+    let rest = &list[start..];
+    let data: Vec<EndpointView> = rest
+        .iter()
+        .take(limit)
+        .map(|ep| EndpointView::from(ep.config.clone(), false))
+        .collect();
+    let next = (rest.len() > limit)
+        .then(|| data.last().map(|e| crate::page::cursor(e.id.as_str())))
+        .flatten();
+    Ok(axum::Json(Page { data, next }))
 }
 
 pub async fn get(

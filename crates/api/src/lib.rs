@@ -36,6 +36,8 @@ pub struct ApiState {
     pub allow_private: bool,
     /// Recent API key lookups (see [`auth::CACHE_TTL`]).
     pub keys: Arc<auth::KeyCache>,
+    /// The in-memory config, kept current by a KV watch: lists are served from it.
+    pub live: Arc<gancho_store::Live>,
 }
 
 /// The `/v1` routes, with authentication. Merge `/metrics` and health routes beside it.

@@ -58,6 +58,11 @@ impl PageQuery {
     }
 }
 
+/// The cursor of a page whose last item has key `last`.
+pub fn cursor(last: &str) -> String {
+    B64.encode(last)
+}
+
 /// The page of `items` (sorted by `key`, ascending) that `query` asks for.
 pub fn page<T>(
     items: Vec<T>,
@@ -72,7 +77,7 @@ pub fn page<T>(
         .collect();
     let next = if data.len() > limit {
         data.truncate(limit);
-        data.last().map(|last| B64.encode(key(last)))
+        data.last().map(|last| cursor(key(last)))
     } else {
         None
     };

@@ -84,6 +84,13 @@ impl ConfigStore {
         }
     }
 
+    /// The bucket's latest revision (one request to JetStream): a [`crate::Live`] snapshot at
+    /// this revision or later holds every write made before the call.
+    pub async fn revision(&self) -> Result<u64, StoreError> {
+        let info = self.kv.stream.get_info().await.map_err(backend)?;
+        Ok(info.state.last_sequence)
+    }
+
     // Tenants.
 
     pub async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
