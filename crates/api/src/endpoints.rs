@@ -493,3 +493,69 @@ pub async fn delete(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Default time a rotated-out secret keeps signing beside the new one.
+const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Longest grace a rotation may ask for.
+const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Rotated-out secrets kept at once; the oldest goes first.
+const MAX_PREVIOUS: usize = 5;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    /// How long the old secret keeps signing, e.g. "24h" (default), "30m", "0s".
+    grace: Option<String>,
+}
+
+/// `POST .../endpoints/{id}/secret/rotate`: a new secret, returned once; the old one keeps
+/// signing beside it until now + grace, and stops at that moment.
+pub async fn rotate(
+    State(state): State<ApiState>,
+    Path((tenant, id)): Path<(String, String)>,
+    raw: axum::body::Bytes,
+) -> Result<axum::Json<EndpointView>, ApiError> {
+    let (tenant, id) = (tenant_id(&tenant)?, endpoint_id(&id)?);
+    // The body is optional: none means the default grace.
+    let body: Rotate = if raw.iter().all(u8::is_ascii_whitespace) {
+        Rotate::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::bad_request(format!("body must be {{\"grace\": \"24h\"}} or empty: {e}"))
+        })?
+    };
+    let grace = match body.grace.as_deref() {
+        None => DEFAULT_GRACE,
+        Some(g) => match humantime::parse_duration(g.trim()) {
+            Ok(d) if d <= MAX_GRACE => d,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "grace {g:?} must be a duration up to 7 days, like \"24h\", \"30m\" or \"0s\""
+                )))
+            }
+        },
+    };
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 is valid");
+    let expires_at = now + grace;
+    let ep = state
+        .store
+        .update_endpoint(tenant.as_str(), id.as_str(), |ep| {
+            ep.previous_secrets.retain(|p| p.expires_at > now);
+            if expires_at > now {
+                ep.previous_secrets
+                    .push(gancho_store::model::PreviousSecret {
+                        secret: std::mem::take(&mut ep.secret),
+                        expires_at,
+                    });
+            }
+            while ep.previous_secrets.len() > MAX_PREVIOUS {
+                ep.previous_secrets.remove(0);
+            }
+            ep.secret = new_secret();
+            Ok(())
+        })
+        .await?;
+    Ok(axum::Json(EndpointView::from(ep, true)))
+}

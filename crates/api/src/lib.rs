@@ -61,6 +61,10 @@ pub fn router(state: ApiState) -> Router {
             post(endpoints::create).get(endpoints::list),
         )
         .route(
+            "/tenants/{tenant}/endpoints/{id}/secret/rotate",
+            post(endpoints::rotate),
+        )
+        .route(
             "/tenants/{tenant}/endpoints/{id}",
             get(endpoints::get)
                 .patch(endpoints::update)

@@ -137,26 +137,39 @@ impl PartialEq for Secret {
 /// rotation is in progress. The header carries one signature per key.
 #[derive(Clone, Debug)]
 pub struct Signer {
-    keys: Vec<Secret>,
+    /// Each key with the unix second from which it no longer signs (`None`: never expires).
+    keys: Vec<(Secret, Option<i64>)>,
 }
 
 impl Signer {
     pub fn new(current: Secret) -> Self {
         Self {
-            keys: vec![current],
+            keys: vec![(current, None)],
         }
     }
 
     /// Adds a key that still signs (a rotated-out secret that has not expired).
     pub fn with_previous(mut self, old: Secret) -> Self {
-        self.keys.push(old);
+        self.keys.push((old, None));
         self
     }
 
-    /// The `webhook-signature` header value: `v1,<sig>[ v1,<sig>...]`.
+    /// Adds a rotated-out key that signs webhooks timestamped before `expires_at` (unix
+    /// seconds) and none after: it stops at that moment, whenever the signer was built.
+    pub fn with_previous_until(mut self, old: Secret, expires_at: i64) -> Self {
+        self.keys.push((old, Some(expires_at)));
+        self
+    }
+
+    /// The `webhook-signature` header value: `v1,<sig>[ v1,<sig>...]`, one signature per key
+    /// that has not expired at `timestamp`.
     pub fn header(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let mut out = String::with_capacity(48 * self.keys.len());
-        for (i, key) in self.keys.iter().enumerate() {
+        let live = self
+            .keys
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|u| timestamp < u));
+        for (i, (key, _)) in live.enumerate() {
             if i > 0 {
                 out.push(' ');
             }
@@ -195,7 +208,7 @@ impl Signer {
             };
             // Every key is tried so the time taken does not depend on which one matched.
             let mut ok = false;
-            for key in &self.keys {
+            for (key, _) in &self.keys {
                 ok |= key.verify_raw(id, ts, body, &raw);
             }
             if ok {

@@ -45,9 +45,13 @@ impl LiveEndpoint {
         let mut signer = Signer::new(secret);
         let now = OffsetDateTime::now_utc();
         for old in &config.previous_secrets {
+            // Expiry is checked again at each signature, so an old secret stops at its
+            // moment, not at the next snapshot.
             if old.expires_at > now {
-                signer =
-                    signer.with_previous(Secret::parse(&old.secret).map_err(|e| e.to_string())?);
+                signer = signer.with_previous_until(
+                    Secret::parse(&old.secret).map_err(|e| e.to_string())?,
+                    old.expires_at.unix_timestamp(),
+                );
             }
         }
         let schedule = match &config.retry_schedule {

@@ -180,3 +180,15 @@ fn secrets_never_print() {
     assert!(!format!("{s}").contains("MfKQ"));
     assert!(!format!("{:?}", signer(V1_KEY)).contains("MfKQ"));
 }
+
+#[test]
+fn a_rotated_out_key_stops_signing_at_its_expiry() {
+    let old = Secret::from_bytes(vec![1u8; 32]).unwrap();
+    let new = Secret::from_bytes(vec![2u8; 32]).unwrap();
+    let signer = Signer::new(new.clone()).with_previous_until(old.clone(), 1_000);
+    let before = signer.header("evt", 999, b"{}");
+    assert_eq!(before.split(' ').count(), 2);
+    assert!(before.contains(&old.sign("evt", 999, b"{}")));
+    let at = signer.header("evt", 1_000, b"{}");
+    assert_eq!(at, new.sign("evt", 1_000, b"{}"));
+}
