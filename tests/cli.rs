@@ -6,6 +6,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 fn gancho() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gancho"))
@@ -227,5 +228,160 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Runs `gancho <args>` against `api` with `token`; (exit success, stdout, stderr).
+fn manage(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .args(args)
+        .env("GANCHO_API_URL", api)
+        .env("GANCHO_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_tenants_keys_and_endpoints() {
+    let env = support::Env::new().await;
+    let port = gancho_test_harness::nats::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let admin = "cli-admin-token-0123456789";
+    let _api = Guard(env.spawn_with(
+        &["api"],
+        &[
+            ("GANCHO_ADMIN_TOKEN", admin),
+            ("GANCHO_API_LISTEN", &listen),
+        ],
+    ));
+    let api = format!("http://{listen}");
+    gancho_test_harness::wait_until("the API", Duration::from_secs(20), || {
+        std::future::ready(manage(&api, admin, &["tenants", "list"]).0)
+    })
+    .await;
+
+    let (ok, out, err) = manage(
+        &api,
+        admin,
+        &["tenants", "create", "acme", "--name", "Acme Pagamentos"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("Acme Pagamentos"), "{out}");
+    let (ok, out, _) = manage(&api, admin, &["tenants", "list"]);
+    assert!(ok && out.starts_with("ID") && out.contains("acme"), "{out}");
+
+    // A tenant key, as a script would take it.
+    let (ok, out, err) = manage(
+        &api,
+        admin,
+        &[
+            "api-keys", "create", "--tenant", "acme", "--name", "billing", "--scopes", "manage",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+
+    // The tenant key manages endpoints.
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "create",
+            "--tenant",
+            "acme",
+            "--url",
+            "https://hooks.example.com/a",
+            "--filter",
+            "invoice.*",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let ep: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let id = ep["id"].as_str().unwrap().to_owned();
+    assert!(ep["secret"].as_str().unwrap().starts_with("whsec_"));
+    let (ok, out, _) = manage(&api, &key, &["endpoints", "list", "--tenant", "acme"]);
+    assert!(
+        ok && out.contains(&id) && out.contains("invoice.*"),
+        "{out}"
+    );
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--description",
+            "billing hooks",
+        ],
+    );
+    assert!(ok && out.contains("billing hooks"), "{out}{err}");
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "rotate",
+            "--tenant",
+            "acme",
+            &id,
+            "--grace",
+            "1h",
+        ],
+    );
+    assert!(ok && out.contains("whsec_"), "{out}{err}");
+
+    // Errors print the API's message and exit non-zero.
+    let (ok, _, err) = manage(&api, &key, &["tenants", "list"]);
+    assert!(
+        !ok && err.contains("403") && err.contains("admin token"),
+        "{err}"
+    );
+    let (ok, _, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "create",
+            "--tenant",
+            "acme",
+            "--url",
+            "ftp://x",
+        ],
+    );
+    assert!(!ok && err.contains("https://"), "{err}");
+
+    let (ok, out, _) = manage(
+        &api,
+        &key,
+        &["endpoints", "delete", "--tenant", "acme", &id],
+    );
+    assert!(ok && out.contains("Deleted"), "{out}");
+    let (ok, out, _) = manage(&api, admin, &["api-keys", "list", "--tenant", "acme"]);
+    assert!(
+        ok && out.contains("billing") && out.contains("manage"),
+        "{out}"
+    );
+
+    // Every subcommand explains itself with an example.
+    for args in [
+        vec!["tenants", "create", "--help"],
+        vec!["api-keys", "create", "--help"],
+        vec!["endpoints", "rotate", "--help"],
+    ] {
+        let (ok, out, _) = manage(&api, admin, &args);
+        assert!(ok && out.contains("Example: gancho"), "{args:?}: {out}");
     }
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod dev;
+mod manage;
 mod publish;
 mod roles;
 mod sink;
@@ -41,6 +42,13 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Run a receiver that verifies signatures and prints each webhook.
     Sink(sink::SinkArgs),
+    /// Manage tenants through the API (admin token).
+    Tenants(manage::Tenants),
+    /// Manage a tenant's API keys through the API (admin token).
+    #[command(name = "api-keys")]
+    ApiKeys(manage::ApiKeys),
+    /// Manage a tenant's endpoints through the API.
+    Endpoints(manage::Endpoints),
 }
 
 fn main() {
@@ -90,6 +98,9 @@ fn main() {
             }
             Command::Publish(args) => publish::run(&config, args).await,
             Command::Sink(args) => sink::run(args).await,
+            Command::Tenants(args) => manage::tenants(args).await,
+            Command::ApiKeys(args) => manage::api_keys(args).await,
+            Command::Endpoints(args) => manage::endpoints(args).await,
         }
     });
     if let Err(e) = result {

@@ -1,0 +1,465 @@
+//! `gancho tenants|api-keys|endpoints ...`: the config API from a shell. Aligned tables for
+//! people, `--json` for scripts; an API error prints the API's message and exits 1.
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Base URL of the config API.
+    #[arg(
+        long,
+        env = "GANCHO_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    api_url: String,
+    /// Bearer token: the admin token or a tenant's API key.
+    #[arg(long, env = "GANCHO_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Tenants {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: TenantsCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantsCmd {
+    /// Create a tenant. Example: gancho tenants create acme --name "Acme Pagamentos"
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tenants, a page at a time. Example: gancho tenants list --limit 50
+    List(PageArgs),
+    /// Show one tenant. Example: gancho tenants get acme
+    Get { id: String },
+    /// Delete a tenant with its endpoints and API keys. Example: gancho tenants delete acme
+    Delete { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct ApiKeys {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: ApiKeysCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeysCmd {
+    /// Create a key for a tenant; the key is printed once.
+    /// Example: gancho api-keys create --tenant acme --name billing --scopes manage,publish
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// manage, publish, or both (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List a tenant's keys (never the keys themselves). Example: gancho api-keys list --tenant acme
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Revoke a key: refused everywhere within seconds. Example: gancho api-keys revoke --tenant acme key_...
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct Endpoints {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: EndpointsCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointsCmd {
+    /// Create an endpoint; its secret is printed once.
+    /// Example: gancho endpoints create --tenant acme --url https://hooks.example.com/x --filter 'invoice.*'
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        url: String,
+        /// Event-type filter; repeat for more (none: every type).
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a tenant's endpoints. Example: gancho endpoints list --tenant acme
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one endpoint. Example: gancho endpoints get --tenant acme ep_...
+    Get {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Change an endpoint. Example: gancho endpoints update --tenant acme ep_... --url https://new.example.com/x
+    Update {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Replaces the filters; repeat for more.
+        #[arg(long = "filter")]
+        filters: Option<Vec<String>>,
+        /// true or false.
+        #[arg(long)]
+        disabled: Option<bool>,
+    },
+    /// Delete an endpoint. Example: gancho endpoints delete --tenant acme ep_...
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// New signing secret, printed once; the old one keeps signing for the grace.
+    /// Example: gancho endpoints rotate --tenant acme ep_... --grace 24h
+    Rotate {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PageArgs {
+    /// Items per page, 1 to 1000.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// The `next` cursor a previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl PageArgs {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        if let Some(l) = self.limit {
+            q.push(format!("limit={l}"));
+        }
+        if let Some(c) = &self.cursor {
+            q.push(format!("cursor={c}"));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+}
+
+pub async fn tenants(a: Tenants) -> anyhow::Result<()> {
+    let c = &a.conn;
+    match a.cmd {
+        TenantsCmd::Create { id, name } => {
+            let v = call(
+                c,
+                "POST",
+                "/v1/tenants",
+                Some(json!({"id": id, "name": name})),
+            )
+            .await?;
+            show(c, &v);
+        }
+        TenantsCmd::List(p) => {
+            let v = call(c, "GET", &format!("/v1/tenants{}", p.query()), None).await?;
+            table(c, &v, &["id", "name", "created_at"]);
+        }
+        TenantsCmd::Get { id } => show(
+            c,
+            &call(c, "GET", &format!("/v1/tenants/{id}"), None).await?,
+        ),
+        TenantsCmd::Delete { id } => {
+            call(c, "DELETE", &format!("/v1/tenants/{id}"), None).await?;
+            done(c, &format!("Deleted tenant {id}."));
+        }
+    }
+    Ok(())
+}
+
+pub async fn api_keys(a: ApiKeys) -> anyhow::Result<()> {
+    let c = &a.conn;
+    match a.cmd {
+        ApiKeysCmd::Create {
+            tenant,
+            name,
+            scopes,
+        } => {
+            let body = json!({"name": name, "scopes": scopes});
+            let v = call(
+                c,
+                "POST",
+                &format!("/v1/tenants/{tenant}/api-keys"),
+                Some(body),
+            )
+            .await?;
+            show(c, &v);
+            if !c.json {
+                println!("\nThe key is shown only now: store it as a secret.");
+            }
+        }
+        ApiKeysCmd::List { tenant, page } => {
+            let path = format!("/v1/tenants/{tenant}/api-keys{}", page.query());
+            let v = call(c, "GET", &path, None).await?;
+            table(
+                c,
+                &v,
+                &[
+                    "id",
+                    "name",
+                    "prefix",
+                    "scopes",
+                    "created_at",
+                    "last_used_at",
+                ],
+            );
+        }
+        ApiKeysCmd::Revoke { tenant, id } => {
+            call(
+                c,
+                "DELETE",
+                &format!("/v1/tenants/{tenant}/api-keys/{id}"),
+                None,
+            )
+            .await?;
+            done(c, &format!("Revoked API key {id}."));
+        }
+    }
+    Ok(())
+}
+
+pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
+    let c = &a.conn;
+    match a.cmd {
+        EndpointsCmd::Create {
+            tenant,
+            url,
+            filters,
+            description,
+        } => {
+            let body = json!({"url": url, "filter_types": filters, "description": description});
+            let v = call(
+                c,
+                "POST",
+                &format!("/v1/tenants/{tenant}/endpoints"),
+                Some(body),
+            )
+            .await?;
+            show(c, &v);
+        }
+        EndpointsCmd::List { tenant, page } => {
+            let path = format!("/v1/tenants/{tenant}/endpoints{}", page.query());
+            let v = call(c, "GET", &path, None).await?;
+            table(c, &v, &["id", "url", "filter_types", "disabled"]);
+        }
+        EndpointsCmd::Get { tenant, id } => {
+            let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
+            show(c, &call(c, "GET", &path, None).await?);
+        }
+        EndpointsCmd::Update {
+            tenant,
+            id,
+            url,
+            description,
+            filters,
+            disabled,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(v) = url {
+                body.insert("url".into(), json!(v));
+            }
+            if let Some(v) = description {
+                body.insert("description".into(), json!(v));
+            }
+            if let Some(v) = filters {
+                body.insert("filter_types".into(), json!(v));
+            }
+            if let Some(v) = disabled {
+                body.insert("disabled".into(), json!(v));
+            }
+            if body.is_empty() {
+                bail!("nothing to change: give --url, --description, --filter or --disabled");
+            }
+            let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
+            show(
+                c,
+                &call(c, "PATCH", &path, Some(Value::Object(body))).await?,
+            );
+        }
+        EndpointsCmd::Delete { tenant, id } => {
+            call(
+                c,
+                "DELETE",
+                &format!("/v1/tenants/{tenant}/endpoints/{id}"),
+                None,
+            )
+            .await?;
+            done(c, &format!("Deleted endpoint {id}."));
+        }
+        EndpointsCmd::Rotate { tenant, id, grace } => {
+            let path = format!("/v1/tenants/{tenant}/endpoints/{id}/secret/rotate");
+            let v = call(c, "POST", &path, Some(json!({"grace": grace}))).await?;
+            show(c, &v);
+        }
+    }
+    Ok(())
+}
+
+/// One request; a non-2xx answer becomes an error carrying the API's message.
+async fn call(c: &Conn, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let token = c.token.as_deref().context(
+        "no token: pass --token or set GANCHO_TOKEN (the admin token, or a tenant's API key)",
+    )?;
+    let url = format!("{}{path}", c.api_url.trim_end_matches('/'));
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    let payload = match body {
+        Some(b) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = req
+        .body(Full::new(payload))
+        .with_context(|| format!("invalid API URL {url:?}"))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(https);
+    let resp = client
+        .request(req)
+        .await
+        .with_context(|| format!("cannot reach the API at {}", c.api_url))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let value: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    if !status.is_success() {
+        let msg = value["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        bail!(
+            "{} {}: {msg}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+    }
+    Ok(value)
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// One object as `field: value` lines.
+fn show(c: &Conn, v: &Value) {
+    if c.json {
+        println!("{v}");
+        return;
+    }
+    if let Value::Object(map) = v {
+        let width = map.keys().map(String::len).max().unwrap_or(0);
+        for (k, val) in map {
+            println!("{k:width$}  {}", cell(val));
+        }
+    }
+}
+
+/// A page as an aligned table, then where the next page starts.
+fn table(c: &Conn, v: &Value, columns: &[&str]) {
+    if c.json {
+        println!("{v}");
+        return;
+    }
+    let rows: Vec<Vec<String>> = v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|item| columns.iter().map(|col| cell(&item[*col])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(columns.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+    if let Some(next) = v["next"].as_str() {
+        println!("\nMore: add --cursor {next}");
+    }
+}
+
+fn done(c: &Conn, msg: &str) {
+    if c.json {
+        println!("{}", json!({"ok": true}));
+    } else {
+        println!("{msg}");
+    }
+}
