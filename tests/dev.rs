@@ -57,6 +57,8 @@ async fn dev_runs_the_readme_demo() {
         }
     };
     wait_line("the banner", &|l| l.contains("gancho dev is running"));
+    let api_export = format!("export GANCHO_API_URL=http://127.0.0.1:{api_port} ");
+    wait_line("the CLI exports", &|l| l.contains(&api_export));
     let token = std::fs::read_to_string(dir.path().join(".gancho/admin-token")).unwrap();
     let token = token.trim();
     assert!(token.len() >= 16);

@@ -62,6 +62,9 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
          \n  NATS            {nats_url}\
          \n  demo receiver   http://{demo}/<any path>   prints each webhook it gets\
          \n\
+         \n  For the CLI (gancho tenants|api-keys|endpoints ...):\
+         \n    export GANCHO_API_URL=http://{api} GANCHO_TOKEN=$(cat {DATA_DIR}/admin-token)\
+         \n\
          \n  dev mode delivers to http:// and private addresses; production does not by default.\
          \n  Try it: the three steps under \"Try it\" in README.md.\n",
         metrics = running.metrics_addr,
