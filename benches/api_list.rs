@@ -8,8 +8,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use futures::StreamExt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -18,37 +17,11 @@ async fn main() {
     let endpoints = 10_000;
     let env = support::Env::new().await;
     env.tenant("acme").await;
-    let env_ref = &env;
-    futures::stream::iter(0..endpoints)
-        .map(|i| async move {
-            env_ref
-                .endpoint(
-                    "acme",
-                    &format!("ep{i:05}"),
-                    "https://hooks.example.com/x",
-                    &[">"],
-                    &[],
-                    None,
-                )
-                .await;
-        })
-        .buffer_unordered(32)
-        .collect::<()>()
+    let ids = (0..endpoints).map(|i| format!("ep{i:05}"));
+    env.endpoints_on_all("acme", ids, |_| "https://hooks.example.com/x".into())
         .await;
-    let port = gancho_test_harness::nats::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut api = env.spawn_with(
-        &["api"],
-        &[
-            ("GANCHO_ADMIN_TOKEN", TOKEN),
-            ("GANCHO_API_LISTEN", &listen),
-        ],
-    );
-    let url = format!("http://{listen}/v1/tenants/acme/endpoints");
-    gancho_test_harness::wait_until("the API", Duration::from_secs(30), || async {
-        support::http("GET", &url, Some(TOKEN), None).await.0 == 200
-    })
-    .await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let url = format!("{base}/v1/tenants/acme/endpoints");
     for (label, query) in [
         ("first page (limit 100)", ""),
         (

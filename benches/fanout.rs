@@ -14,9 +14,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use async_nats::jetstream::message::PublishMessage;
-use futures::StreamExt;
-use gancho_proto::{Event, Message as _};
 use gancho_test_harness::Receiver;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -62,51 +59,17 @@ async fn round(fan_out: usize) -> Round {
     let env = support::Env::new().await;
     env.tenant("acme").await;
     let rx = Receiver::https_tally(&env.ca).await;
-    let (env_ref, rx_ref) = (&env, &rx);
-    futures::stream::iter(0..fan_out)
-        .map(|i| async move {
-            let id = format!("e{i}");
-            env_ref
-                .endpoint(
-                    "acme",
-                    &id,
-                    &rx_ref.url(&format!("/{id}")),
-                    &[">"],
-                    &[],
-                    None,
-                )
-                .await;
-        })
-        .buffer_unordered(32)
-        .collect::<()>()
+    let ids = (0..fan_out).map(|i| format!("e{i}"));
+    env.endpoints_on_all("acme", ids, |id| rx.url(&format!("/{id}")))
         .await;
 
     let events = DELIVERIES / fan_out;
     let pad = "x".repeat(1024 - 40);
-    let subject = env.layout.subjects.event("acme", "charge.paid");
-    let mut acks = Vec::with_capacity(1000);
-    for n in 0..events {
-        let ev = Event {
-            id: format!("evt-{n}"),
-            tenant: "acme".into(),
-            r#type: "charge.paid".into(),
-            occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
-            payload: format!(r#"{{"n":{n},"pad":"{pad}"}}"#).into_bytes().into(),
-            ..Default::default()
-        };
-        let publish = PublishMessage::build()
-            .payload(ev.encode_to_vec().into())
-            .message_id(format!("evt-{n}"));
-        acks.push(env.js.send_publish(subject.clone(), publish).await.unwrap());
-        if acks.len() == 1000 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    let backlog = (0..events).map(|n| {
+        let payload = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+        (format!("evt-{n}"), payload.into_bytes())
+    });
+    env.publish_many("acme", "charge.paid", backlog).await;
 
     let start = Instant::now();
     let mut router = env.spawn("router");

@@ -11,8 +11,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use async_nats::jetstream::message::PublishMessage;
-use gancho_proto::{Event, Message as _};
 use gancho_test_harness::{wait_until, Receiver};
 use std::time::{Duration, Instant};
 
@@ -41,33 +39,11 @@ async fn run_once(events: usize, endpoints: usize) -> (Duration, usize) {
         receivers.push(rx);
     }
     let cancel = env.run_roles(endpoints).await;
-    let subject = env.layout.subjects.event("acme", "charge.paid");
     let payload =
         br#"{"id":"ch_1","amount":1990,"currency":"BRL","customer":"cus_9","method":"pix"}"#;
     let start = Instant::now();
-    let mut acks = Vec::with_capacity(1000);
-    for n in 0..events {
-        let ev = Event {
-            id: format!("evt-{n}"),
-            tenant: "acme".into(),
-            r#type: "charge.paid".into(),
-            occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
-            payload: payload.to_vec().into(),
-            ..Default::default()
-        };
-        let publish = PublishMessage::build()
-            .payload(ev.encode_to_vec().into())
-            .message_id(format!("evt-{n}"));
-        acks.push(env.js.send_publish(subject.clone(), publish).await.unwrap());
-        if acks.len() == 1000 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    let backlog = (0..events).map(|n| (format!("evt-{n}"), payload.to_vec()));
+    env.publish_many("acme", "charge.paid", backlog).await;
     let total = events * endpoints;
     wait_until("every delivery", Duration::from_secs(600), || {
         std::future::ready(receivers.iter().map(|r| r.count()).sum::<usize>() >= total)

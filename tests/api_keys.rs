@@ -27,23 +27,7 @@ impl Drop for Api {
 }
 
 async fn start(env: &support::Env) -> Api {
-    let port = gancho_test_harness::nats::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = env.spawn_with(
-        &["api"],
-        &[
-            ("GANCHO_ADMIN_TOKEN", TOKEN),
-            ("GANCHO_API_LISTEN", &listen),
-        ],
-    );
-    let base = format!("http://{listen}");
-    gancho_test_harness::wait_until("the API to answer", Duration::from_secs(20), || async {
-        call("GET", &format!("{base}/v1/tenants"), Some(TOKEN), None)
-            .await
-            .0
-            == 200
-    })
-    .await;
+    let (child, base) = env.spawn_api(TOKEN).await;
     Api { base, child }
 }
 

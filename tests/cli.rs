@@ -6,7 +6,6 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 fn gancho() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gancho"))
@@ -250,21 +249,9 @@ fn manage(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_tenants_keys_and_endpoints() {
     let env = support::Env::new().await;
-    let port = gancho_test_harness::nats::free_port();
-    let listen = format!("127.0.0.1:{port}");
     let admin = "cli-admin-token-0123456789";
-    let _api = Guard(env.spawn_with(
-        &["api"],
-        &[
-            ("GANCHO_ADMIN_TOKEN", admin),
-            ("GANCHO_API_LISTEN", &listen),
-        ],
-    ));
-    let api = format!("http://{listen}");
-    gancho_test_harness::wait_until("the API", Duration::from_secs(20), || {
-        std::future::ready(manage(&api, admin, &["tenants", "list"]).0)
-    })
-    .await;
+    let (child, api) = env.spawn_api(admin).await;
+    let _api = Guard(child);
 
     let (ok, out, err) = manage(
         &api,

@@ -12,9 +12,6 @@
 
 mod support;
 
-use async_nats::jetstream::message::PublishMessage;
-use futures::StreamExt;
-use gancho_proto::Message as _;
 use gancho_test_harness::Receiver;
 use std::io::BufRead;
 use std::process::{Child, Stdio};
@@ -46,23 +43,8 @@ impl Fixture {
         let rx = Receiver::https_tally(&env.ca).await;
         for (tenant, endpoints, _) in TENANTS {
             env.tenant(tenant).await;
-            let env = &env;
-            let rx = &rx;
-            futures::stream::iter(0..endpoints)
-                .map(|i| async move {
-                    let id = format!("e{i}");
-                    env.endpoint(
-                        tenant,
-                        &id,
-                        &rx.url(&format!("/{tenant}/{id}")),
-                        &[">"],
-                        &[],
-                        None,
-                    )
-                    .await;
-                })
-                .buffer_unordered(32)
-                .collect::<()>()
+            let ids = (0..endpoints).map(|i| format!("e{i}"));
+            env.endpoints_on_all(tenant, ids, |id| rx.url(&format!("/{tenant}/{id}")))
                 .await;
         }
         eprintln!(
@@ -79,32 +61,13 @@ impl Fixture {
     /// Publishes the backlog of every tenant, events named after `run`.
     async fn publish_backlog(&mut self, run: &str) {
         let pad = "x".repeat(1024 - 40);
-        let mut acks = Vec::new();
         for (tenant, endpoints, events) in TENANTS {
-            for n in 0..events {
-                let id = format!("{run}-{tenant}-{n}");
-                let ev = gancho_proto::Event {
-                    id: id.clone(),
-                    tenant: tenant.into(),
-                    r#type: "charge.paid".into(),
-                    payload: format!(r#"{{"n":{n},"pad":"{pad}"}}"#).into_bytes().into(),
-                    ..Default::default()
-                };
-                let subject = self.env.layout.subjects.event(tenant, "charge.paid");
-                let publish = PublishMessage::build()
-                    .payload(ev.encode_to_vec().into())
-                    .message_id(id);
-                acks.push(self.env.js.send_publish(subject, publish).await.unwrap());
-                if acks.len() == 500 {
-                    for ack in acks.drain(..) {
-                        ack.await.unwrap();
-                    }
-                }
-            }
+            let backlog = (0..events).map(|n| {
+                let payload = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+                (format!("{run}-{tenant}-{n}"), payload.into_bytes())
+            });
+            self.env.publish_many(tenant, "charge.paid", backlog).await;
             self.expected += endpoints * events;
-        }
-        for ack in acks {
-            ack.await.unwrap();
         }
         eprintln!("{run}: backlog published");
     }

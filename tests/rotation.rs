@@ -5,7 +5,6 @@
 
 mod support;
 
-use gancho_core::{Secret, Signer};
 use gancho_test_harness::{wait_until, Receiver};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -14,31 +13,14 @@ use time::OffsetDateTime;
 const TOKEN: &str = "test-admin-token-0123456789";
 
 fn verifies(secret: &str, r: &gancho_test_harness::Received) -> bool {
-    Signer::new(Secret::parse(secret).unwrap())
-        .verify(
-            r.header("webhook-id").unwrap(),
-            r.header("webhook-timestamp").unwrap(),
-            r.header("webhook-signature").unwrap(),
-            &r.body,
-            OffsetDateTime::now_utc().unix_timestamp(),
-            300,
-        )
-        .is_ok()
+    support::verify_with(secret, r).is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_secrets_sign_during_the_grace_then_only_the_new() {
     let env = support::Env::new().await;
-    let port = gancho_test_harness::nats::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut api = env.spawn_with(
-        &["api"],
-        &[
-            ("GANCHO_ADMIN_TOKEN", TOKEN),
-            ("GANCHO_API_LISTEN", &listen),
-        ],
-    );
-    let base = format!("http://{listen}/v1/tenants");
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let base = format!("{base}/v1/tenants");
     let call = |method: &'static str, path: String, body: Option<Value>| {
         let url = format!("{base}{path}");
         async move {
@@ -46,10 +28,6 @@ async fn both_secrets_sign_during_the_grace_then_only_the_new() {
             support::http(method, &url, Some(TOKEN), body.as_deref()).await
         }
     };
-    wait_until("the API", Duration::from_secs(20), || async {
-        call("GET", String::new(), None).await.0 == 200
-    })
-    .await;
     let rx = Receiver::https_sequence(&env.ca, &[200]).await;
     assert_eq!(
         call("POST", String::new(), Some(json!({"id": "acme"})))

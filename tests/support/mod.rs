@@ -90,6 +90,91 @@ impl Env {
         ep
     }
 
+    /// Stores an endpoint on `>` for each id, 32 at a time, each at `url(id)`.
+    pub async fn endpoints_on_all(
+        &self,
+        tenant: &str,
+        ids: impl IntoIterator<Item = String>,
+        url: impl Fn(&str) -> String,
+    ) {
+        use futures::StreamExt;
+        let url = &url;
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                self.endpoint(tenant, &id, &url(&id), &[">"], &[], None)
+                    .await;
+            })
+            .buffer_unordered(32)
+            .collect::<()>()
+            .await;
+    }
+
+    /// Publishes one event per (id, JSON payload) to `tenant`'s `ty` subject, stamped now,
+    /// awaiting the PubAcks 1,000 at a time.
+    pub async fn publish_many(
+        &self,
+        tenant: &str,
+        ty: &str,
+        events: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) {
+        let subject = self.layout.subjects.event(tenant, ty);
+        let mut acks = Vec::with_capacity(1000);
+        for (id, payload) in events {
+            let ev = Event {
+                id: id.clone(),
+                tenant: tenant.into(),
+                r#type: ty.into(),
+                occurred_at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
+                payload: payload.into(),
+                ..Default::default()
+            };
+            let publish = PublishMessage::build()
+                .payload(ev.encode_to_vec().into())
+                .message_id(id);
+            acks.push(
+                self.js
+                    .send_publish(subject.clone(), publish)
+                    .await
+                    .unwrap(),
+            );
+            if acks.len() == 1000 {
+                for ack in acks.drain(..) {
+                    ack.await.unwrap();
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+
+    /// Starts `gancho api` with `admin_token` on a free port and waits until it answers;
+    /// returns the process and `http://127.0.0.1:<port>`.
+    pub async fn spawn_api(&self, admin_token: &str) -> (Child, String) {
+        let port = gancho_test_harness::nats::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = self.spawn_with(
+            &["api"],
+            &[
+                ("GANCHO_ADMIN_TOKEN", admin_token),
+                ("GANCHO_API_LISTEN", &listen),
+            ],
+        );
+        let base = format!("http://{listen}");
+        gancho_test_harness::wait_until("the API to answer", Duration::from_secs(20), || async {
+            http(
+                "GET",
+                &format!("{base}/v1/tenants"),
+                Some(admin_token),
+                None,
+            )
+            .await
+            .0 == 200
+        })
+        .await;
+        (child, base)
+    }
+
     /// Runs a router and a worker in this process until the returned token is cancelled.
     /// Waits until their live config holds `endpoints` endpoints.
     pub async fn run_roles(&self, endpoints: usize) -> CancellationToken {
@@ -312,7 +397,12 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
 
 /// Verifies a received webhook against the endpoint's secret, as a receiver would.
 pub fn verify(ep: &Endpoint, r: &gancho_test_harness::Received) -> Result<(), String> {
-    let signer = gancho_core::Signer::new(gancho_core::Secret::parse(&ep.secret).unwrap());
+    verify_with(&ep.secret, r)
+}
+
+/// Verifies a received webhook against one `whsec_` secret, as a receiver would.
+pub fn verify_with(secret: &str, r: &gancho_test_harness::Received) -> Result<(), String> {
+    let signer = gancho_core::Signer::new(gancho_core::Secret::parse(secret).unwrap());
     signer
         .verify(
             r.header("webhook-id").unwrap_or_default(),

@@ -296,9 +296,13 @@ async fn watch(
             .set(sample.oldest.as_secs_f64());
         metrics::gauge!(names::CONSUMER_IN_HAND, "stream" => label).set(sample.in_hand as f64);
         let stalled = sample.in_hand > 0 && sample.without_progress >= stall_after;
+        let first = warned.is_none();
+        let due = warned.is_none_or(|at| at.elapsed() >= STALL_REPEAT);
         match (stalled, warned) {
-            (true, None) => {
-                metrics::counter!(names::CONSUMER_STALLS, "stream" => label).increment(1);
+            (true, _) if due => {
+                if first {
+                    metrics::counter!(names::CONSUMER_STALLS, "stream" => label).increment(1);
+                }
                 warn!(
                     role,
                     in_hand = sample.in_hand,
@@ -307,17 +311,6 @@ async fn watch(
                     "No message finished for {}s while {} are in hand; is JetStream answering?",
                     sample.without_progress.as_secs(),
                     sample.in_hand,
-                );
-                warned = Some(Instant::now());
-            }
-            (true, Some(at)) if at.elapsed() >= STALL_REPEAT => {
-                warn!(
-                    role,
-                    in_hand = sample.in_hand,
-                    oldest_secs = sample.oldest.as_secs(),
-                    without_progress_secs = sample.without_progress.as_secs(),
-                    "Still no message finished after {}s.",
-                    sample.without_progress.as_secs(),
                 );
                 warned = Some(Instant::now());
             }

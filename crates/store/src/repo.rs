@@ -276,25 +276,6 @@ impl ConfigStore {
         self.keys_with_prefix(&format!("endpoints.{tenant}.")).await
     }
 
-    /// Every endpoint of a tenant, sorted by creation time. A stored document that does not
-    /// parse is logged and left out, so one bad key does not hide the others.
-    pub async fn list_endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
-        let keys = self.endpoint_keys(tenant).await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.read::<Endpoint>(&key).await {
-                Ok(Some((ep, _))) => out.push(ep),
-                Ok(None) => {}
-                Err(StoreError::Corrupt { reason, .. }) => {
-                    tracing::warn!(%key, %reason, "Skipping an endpoint document that does not parse.");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
-        Ok(out)
-    }
-
     /// Applies `change` to the stored endpoint with compare-and-set, retrying when another
     /// writer got there first. Returns the endpoint as stored.
     pub async fn update_endpoint<F>(
