@@ -3,12 +3,14 @@
 NATS_SERVER_VERSION := 2.15.1
 TOOLS := $(CURDIR)/.tools
 NATS_SERVER := $(TOOLS)/bin/nats-server
+SCHEMATHESIS_VERSION := 4.32.5
+SCHEMATHESIS := $(TOOLS)/venv/bin/schemathesis
 CARGO ?= cargo
 export GANCHO_NATS_SERVER := $(NATS_SERVER)
 export PATH := $(TOOLS)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run build test test-slow lint fmt bench clean
+.PHONY: help setup run build test test-api test-slow lint fmt bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +26,18 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup ## Run the whole test suite against real nats-server processes.
+test: setup $(SCHEMATHESIS) ## Run the whole test suite against real nats-server processes, then test-api.
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory test-api
+
+test-api: setup $(SCHEMATHESIS) ## schemathesis against a running `gancho api` (no 5xx, every answer as /openapi.json says).
+	$(CARGO) build -p gancho
+	GANCHO=target/debug/gancho SCHEMATHESIS=$(SCHEMATHESIS) scripts/test-api.sh
+
+# A venv under .tools/ (Debian without python3-venv gets it first).
+$(SCHEMATHESIS):
+	python3 -m venv $(TOOLS)/venv || { apt-get update && apt-get install -y python3-venv && python3 -m venv $(TOOLS)/venv; }
+	$(TOOLS)/venv/bin/pip install --quiet schemathesis==$(SCHEMATHESIS_VERSION)
 
 test-slow: setup ## Run the slow soak tests too (ignored by `make test`).
 	$(CARGO) test --workspace --no-fail-fast -- --include-ignored

@@ -257,3 +257,145 @@ async fn tenants_and_endpoints_crud() {
     let (s, _) = call("GET", &url("/healthz"), None, None).await;
     assert_eq!(s, 200);
 }
+
+/// PATCH, field by field: each one changes what it names and nothing else; each bad value is
+/// refused with a message naming the field, and leaves the endpoint as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_changes_every_field_and_refuses_bad_values() {
+    let env = support::Env::new().await;
+    let api = start(&env).await;
+    let admin = Some(TOKEN);
+    let url = |p: &str| format!("{}/v1/tenants/acme{p}", api.base);
+    let (s, _) = call(
+        "POST",
+        &format!("{}/v1/tenants", api.base),
+        admin,
+        Some(r#"{"id":"acme"}"#),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, created) = call(
+        "POST",
+        &url("/endpoints"),
+        admin,
+        Some(r#"{"url":"https://hooks.example.com/a","rate_limit_per_sec":5,"max_in_flight":4,"retry_schedule":"0s,1m"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let ep = url(&format!("/endpoints/{}", created["id"].as_str().unwrap()));
+
+    // (patch, the field as read back afterwards)
+    let good = [
+        (
+            json!({"url": "https://hooks.example.com/b"}),
+            "url",
+            json!("https://hooks.example.com/b"),
+        ),
+        (
+            json!({"description": "billing"}),
+            "description",
+            json!("billing"),
+        ),
+        (
+            json!({"filter_types": ["invoice.*", "charge.paid"]}),
+            "filter_types",
+            json!(["invoice.*", "charge.paid"]),
+        ),
+        (json!({"channels": ["pix"]}), "channels", json!(["pix"])),
+        (
+            json!({"rate_limit_per_sec": 50}),
+            "rate_limit_per_sec",
+            json!(50),
+        ),
+        (
+            json!({"rate_limit_per_sec": null}),
+            "rate_limit_per_sec",
+            Value::Null,
+        ),
+        (json!({"max_in_flight": 16}), "max_in_flight", json!(16)),
+        (json!({"max_in_flight": null}), "max_in_flight", Value::Null),
+        (json!({"timeout_ms": 2500}), "timeout_ms", json!(2500)),
+        (json!({"profile": "standard"}), "profile", json!("standard")),
+        (
+            json!({"headers": {"authorization": "Bearer t"}}),
+            "headers",
+            json!({"authorization": "Bearer t"}),
+        ),
+        (
+            json!({"retry_schedule": "0s,5s,1h"}),
+            "retry_schedule",
+            json!("0s,5s,1h"),
+        ),
+        (json!({"disabled": true}), "disabled", json!(true)),
+        (json!({"disabled": false}), "disabled", json!(false)),
+        (json!({"paused": true}), "paused", json!(true)),
+        (json!({"paused": false}), "paused", json!(false)),
+    ];
+    for (patch, field, want) in good {
+        let (_, before) = call("GET", &ep, admin, None).await;
+        let (s, after) = call("PATCH", &ep, admin, Some(&patch.to_string())).await;
+        assert_eq!(s, 200, "{patch} -> {after}");
+        assert_eq!(after.get(field).unwrap_or(&Value::Null), &want, "{patch}");
+        let (_, read) = call("GET", &ep, admin, None).await;
+        assert_eq!(
+            read.get(field).unwrap_or(&Value::Null),
+            &want,
+            "{patch} read back"
+        );
+        for (k, v) in before.as_object().unwrap() {
+            if !["updated_at", "paused_at", "held", field].contains(&k.as_str()) {
+                assert_eq!(read.get(k), Some(v), "{patch} changed {k}");
+            }
+        }
+    }
+    // A retry schedule reset to null is left out of the answer (the default applies).
+    let (s, v) = call("PATCH", &ep, admin, Some(r#"{"retry_schedule":null}"#)).await;
+    assert_eq!(s, 200);
+    assert!(v.get("retry_schedule").is_none(), "{v}");
+
+    // (patch, status, what the message must name)
+    let bad = [
+        (json!({"url": "ftp://x.example.com"}), 422, "https://"),
+        (json!({"url": null}), 400, "url"),
+        (json!({"url": "https://u:p@x.example.com/"}), 422, "headers"),
+        (json!({"description": "x".repeat(1025)}), 422, "description"),
+        (json!({"filter_types": ["a..b"]}), 422, "filter_types"),
+        (json!({"filter_types": null}), 400, "filter_types"),
+        (json!({"channels": ["no spaces"]}), 422, "channels"),
+        (json!({"rate_limit_per_sec": 0}), 422, "rate_limit_per_sec"),
+        (json!({"rate_limit_per_sec": -1}), 400, "rate_limit_per_sec"),
+        (json!({"max_in_flight": 0}), 422, "max_in_flight"),
+        (json!({"max_in_flight": 5000}), 422, "max_in_flight"),
+        (json!({"timeout_ms": 0}), 422, "timeout_ms"),
+        (json!({"timeout_ms": "1s"}), 400, "timeout_ms"),
+        (json!({"profile": "soap"}), 422, "profile"),
+        (json!({"headers": {"Webhook-Id": "x"}}), 422, "Webhook-Id"),
+        (
+            json!({"headers": {"connection": "close"}}),
+            422,
+            "connection",
+        ),
+        (json!({"retry_schedule": "0s,soon"}), 422, "retry_schedule"),
+        (json!({"disabled": "yes"}), 400, "disabled"),
+        (json!({"paused": null}), 400, "paused"),
+        (json!({"secret": "whsec_abc"}), 422, "secret/rotate"),
+        (json!({"id": "other"}), 422, "id cannot be changed"),
+        (json!({"filters": [">"]}), 400, "filters"),
+    ];
+    let (_, before) = call("GET", &ep, admin, None).await;
+    for (patch, status, want) in bad {
+        let (s, v) = call("PATCH", &ep, admin, Some(&patch.to_string())).await;
+        assert_eq!(s, status, "{patch} -> {v}");
+        assert!(err_msg(&v).contains(want), "{patch}: {v}");
+    }
+    let (_, after) = call("GET", &ep, admin, None).await;
+    assert_eq!(before, after, "a refused PATCH changed the endpoint");
+    let (s, _) = call(
+        "PATCH",
+        &url("/endpoints/ep_nobody"),
+        admin,
+        Some(r#"{"paused":true}"#),
+    )
+    .await;
+    assert_eq!(s, 404);
+}

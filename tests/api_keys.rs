@@ -153,6 +153,34 @@ async fn every_route_answers_each_caller_as_documented() {
             200,
             403,
         ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/secret/rotate"),
+            Some(json!({"grace": "1h"})),
+            200,
+            403,
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/pause"),
+            None,
+            200,
+            403,
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/resume"),
+            None,
+            200,
+            403,
+        ),
+        (
+            "DELETE",
+            format!("/v1/tenants/acme/endpoints/{ep_id}"),
+            None,
+            204,
+            403,
+        ),
     ];
     for (method, path, body, want_manage, want_publish) in &rows {
         for (who, token, want) in [
@@ -180,6 +208,22 @@ async fn every_route_answers_each_caller_as_documented() {
             assert_eq!(status, 401, "{who}: {method} {path}: {v}");
         }
     }
+    // The table covers every route the API describes: a route added without a row fails here.
+    let (status, spec) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200, "/openapi.json is served without a token");
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let covered = rows
+                .iter()
+                .any(|(m, path, ..)| *m == method && matches_template(template, path));
+            assert!(
+                covered,
+                "no row in the access table for {method} {template}"
+            );
+        }
+    }
+
     // The error names the missing scope.
     let (_, v) = api
         .call("GET", "/v1/tenants/acme/endpoints", Some(&publish), None)
@@ -421,4 +465,13 @@ async fn bad_input_gets_a_4xx_that_says_what_to_fix() {
             "{v}"
         );
     }
+}
+
+/// Whether `path` is an instance of the OpenAPI path `template` (`{name}` is one segment).
+fn matches_template(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
 }

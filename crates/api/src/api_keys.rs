@@ -1,10 +1,10 @@
 //! `POST/GET /v1/tenants/{tenant}/api-keys`, `DELETE .../api-keys/{id}` (admin only): a
 //! tenant's API keys. The key is returned once, on create; only its SHA-256 is stored.
 
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, Path, Query};
 use crate::page::{page, Page, PageQuery};
 use crate::ApiState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use gancho_core::TenantId;
 use gancho_store::model::{new_api_key, random_id, API_KEY_PREFIX_LEN};
@@ -12,26 +12,47 @@ use gancho_store::{ApiKey, Scope};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// 1 to 128 characters, to tell keys apart.
+    #[schema(example = "billing-service", min_length = 1, max_length = 128)]
     name: String,
+    /// `manage` (endpoints, event types, delivery log, recovery) and/or `publish` (sending
+    /// events for the tenant).
+    #[schema(value_type = Vec<ScopeName>, min_items = 1, example = json!(["manage"]))]
     scopes: Vec<String>,
 }
 
-/// An API key as the API shows it: never its hash.
-#[derive(Serialize)]
+/// A scope, as the OpenAPI document names them (the API parses them itself, to say which
+/// one it does not know).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Scope)]
+#[allow(dead_code)] // a schema only
+enum ScopeName {
+    Manage,
+    Publish,
+}
+
+/// An API key as the API shows it: never its hash; `key` only in the answer to create.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyView {
+    /// `key_` and 20 characters.
     id: String,
     tenant: String,
     name: String,
+    /// The key's first characters (`gk_` and 8), to tell keys apart.
     prefix: String,
+    #[schema(value_type = Vec<ScopeName>, example = json!(["manage"]))]
     scopes: Vec<Scope>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     last_used_at: Option<OffsetDateTime>,
     /// The key itself: only in the answer to create.
+    /// The key itself (`gk_` and 40 characters): shown once, stored only as a hash.
+    /// The key itself (`gk_` and 40 characters): shown once, stored only as a hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
 }
@@ -55,6 +76,11 @@ fn tenant_id(t: &str) -> Result<TenantId, ApiError> {
     TenantId::new(t).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
 }
 
+/// Create an API key for a tenant; the key is in the answer, once.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/api-keys", tag = "api-keys", operation_id = "create_api_key",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body = CreateKey,
+    responses((status = 201, description = "Created; `key` is shown only here.", body = KeyView)))]
 pub async fn create(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
@@ -104,6 +130,10 @@ pub async fn create(
     ))
 }
 
+/// List a tenant's API keys (never the keys themselves).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/api-keys", tag = "api-keys", operation_id = "list_api_keys",
+    params(("tenant" = String, Path, description = "The tenant id."), PageQuery),
+    responses((status = 200, description = "A page of keys.", body = Page<KeyView>)))]
 pub async fn list(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
@@ -124,6 +154,13 @@ pub async fn list(
     }))
 }
 
+/// Revoke an API key; every api process refuses it within 2 s.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/api-keys/{id}", tag = "api-keys", operation_id = "revoke_api_key",
+    params(
+        ("tenant" = String, Path, description = "The tenant id."),
+        ("id" = String, Path, description = "The key id (`key_...`)."),
+    ),
+    responses((status = 204, description = "Revoked.")))]
 pub async fn revoke(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,

@@ -2,10 +2,10 @@
 //! is stored, with a message that says what to change; the secret leaves the API only in the
 //! response to create.
 
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, Path, Query};
 use crate::page::{Page, PageQuery};
 use crate::ApiState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use gancho_core::{EndpointId, Filter, RetrySchedule, Secret, TenantId};
 use gancho_store::model::{new_endpoint_id, new_secret, MAX_TIMEOUT_MS};
@@ -13,6 +13,7 @@ use gancho_store::Endpoint;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 /// How long a list waits for the live snapshot to reach the store's revision.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
@@ -43,10 +44,12 @@ const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
-/// An endpoint as the API returns it.
-#[derive(Serialize)]
+/// An endpoint as the API returns it; `secret` only in the answers to create and rotate.
+#[derive(Serialize, ToSchema)]
 pub struct EndpointView {
+    #[schema(value_type = String, example = "ep_2f6cq3x7d4m5n6p7r8s9")]
     id: EndpointId,
+    #[schema(value_type = String, example = "acme")]
     tenant: TenantId,
     url: String,
     description: String,
@@ -55,6 +58,15 @@ pub struct EndpointView {
     disabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
+    paused: bool,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    paused_at: Option<OffsetDateTime>,
+    /// Deliveries waiting for this endpoint to be resumed (on a single endpoint's read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<u64>,
     rate_limit_per_sec: Option<u32>,
     max_in_flight: Option<u32>,
     timeout_ms: u32,
@@ -82,6 +94,9 @@ impl EndpointView {
             channels: ep.channels,
             disabled: ep.disabled,
             disabled_reason: ep.disabled_reason,
+            paused: ep.paused,
+            paused_at: ep.paused_at,
+            held: None,
             rate_limit_per_sec: ep.rate_limit_per_sec,
             max_in_flight: ep.max_in_flight,
             timeout_ms: ep.timeout_ms,
@@ -94,28 +109,50 @@ impl EndpointView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// 1 to 64 letters, digits, `_` or `-` (default: a generated `ep_...`).
     id: Option<String>,
+    /// `https://` (plain `http://` only when the operator allows it); no user info.
+    #[schema(example = "https://hooks.example.com/gancho")]
     url: String,
+    /// Up to 1024 characters.
     #[serde(default)]
     description: String,
+    /// Event-type filters, NATS wildcards (`invoice.*`, `invoice.>`); none means every type.
     #[serde(default)]
+    #[schema(example = json!(["invoice.*", "charge.paid"]))]
     filter_types: Vec<String>,
+    /// When not empty, only events tagged with one of these channels.
     #[serde(default)]
     channels: Vec<String>,
+    /// Requests per second, at least 1; null or absent: no limit.
+    #[schema(minimum = 1)]
     rate_limit_per_sec: Option<u32>,
+    /// Requests in flight at once, 1 to 1000; null or absent: the worker default (64).
+    #[schema(minimum = 1, maximum = 1000)]
     max_in_flight: Option<u32>,
+    /// Per-request timeout, 1 to 30000 ms (default 15000).
+    #[schema(minimum = 1, maximum = 30000)]
     timeout_ms: Option<u32>,
+    /// Delivery profile (default `standard`).
+    #[schema(example = "standard")]
     profile: Option<String>,
+    /// Extra headers on every request; not `webhook-*`, `content-type`, `host`, `user-agent`
+    /// or hop-by-hop headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Retry delays, e.g. `0s,5s,5m,30m` (default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h).
     retry_schedule: Option<String>,
     /// A `whsec_` secret to use instead of a generated one (for migrations).
     secret: Option<String>,
+    /// Created disabled: no deliveries until enabled.
     #[serde(default)]
     disabled: bool,
+    /// Created paused: deliveries are held until resumed.
+    #[serde(default)]
+    paused: bool,
 }
 
 /// Distinguishes "absent" (`None`) from "null" (`Some(None)`).
@@ -125,23 +162,78 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Ok(Some(Option::deserialize(d)?))
 }
 
-#[derive(Deserialize)]
+/// A field that may be left out but not set to null: `null` is an error naming the field,
+/// not a silent no-op.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Every field optional; a field left out keeps its value. `null` resets the fields that have
+/// a default (`rate_limit_per_sec`, `max_in_flight`, `retry_schedule`) and is refused for the
+/// others. `id` and `secret` cannot be patched.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchEndpoint {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     filter_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     channels: Option<Vec<String>>,
+    /// null: no limit.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(minimum = 1)]
     rate_limit_per_sec: Option<Option<u32>>,
+    /// null: the worker default.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(minimum = 1, maximum = 1000)]
     max_in_flight: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, minimum = 1, maximum = 30000)]
     timeout_ms: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     profile: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     headers: Option<BTreeMap<String, String>>,
+    /// null: the default schedule.
     #[serde(default, deserialize_with = "nullable")]
     retry_schedule: Option<Option<String>>,
+    /// false re-enables an endpoint, also one disabled after a 410.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     disabled: Option<bool>,
+    /// true holds deliveries; false sends what was held.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    paused: Option<bool>,
+    /// Refused with a pointer to the rotate route.
+    #[serde(default)]
+    #[schema(ignore)]
+    secret: Option<serde::de::IgnoredAny>,
+    /// Refused: an endpoint's id is fixed.
+    #[serde(default)]
+    #[schema(ignore)]
+    id: Option<serde::de::IgnoredAny>,
+}
+
+/// Longest description, in characters.
+const MAX_DESCRIPTION: usize = 1024;
+
+fn check_description(d: &str) -> Result<(), ApiError> {
+    if d.chars().count() > MAX_DESCRIPTION {
+        return Err(ApiError::invalid(format!(
+            "description is longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    Ok(())
 }
 
 fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
@@ -216,7 +308,7 @@ fn check_channels(channels: &[String]) -> Result<(), ApiError> {
     for c in channels {
         gancho_core::id::validate_endpoint(c).map_err(|_| {
             ApiError::invalid(format!(
-                "channel {c:?} must be 1 to 64 letters, digits, '_' or '-'"
+                "channels: {c:?} must be 1 to 64 letters, digits, '_' or '-'"
             ))
         })?;
     }
@@ -280,11 +372,19 @@ fn check_settings(
         )));
     }
     if let Some(s) = schedule {
-        RetrySchedule::parse(s).map_err(|e| ApiError::invalid(e.to_string()))?;
+        RetrySchedule::parse(s).map_err(|e| ApiError::invalid(format!("retry_schedule: {e}")))?;
     }
     Ok(())
 }
 
+/// Create an endpoint; its signing secret is in the answer, once.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", operation_id = "create_endpoint",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "Created; `secret` is shown only here.", body = EndpointView),
+        (status = 409, description = "An endpoint with this id exists.", body = crate::error::ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
@@ -296,6 +396,7 @@ pub async fn create(
         None => new_endpoint_id(),
     };
     check_url(&state, &body.url)?;
+    check_description(&body.description)?;
     check_filters(&body.filter_types)?;
     check_channels(&body.channels)?;
     check_headers(&body.headers)?;
@@ -329,6 +430,8 @@ pub async fn create(
         channels: body.channels,
         disabled: body.disabled,
         disabled_reason: None,
+        paused: body.paused,
+        paused_at: body.paused.then_some(now),
         rate_limit_per_sec: body.rate_limit_per_sec,
         max_in_flight: body.max_in_flight,
         timeout_ms,
@@ -347,6 +450,10 @@ pub async fn create(
     ))
 }
 
+/// List a tenant's endpoints, by id.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", operation_id = "list_endpoints",
+    params(("tenant" = String, Path, description = "The tenant id."), PageQuery),
+    responses((status = 200, description = "A page of endpoints (no secrets).", body = Page<EndpointView>)))]
 pub async fn list(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
@@ -391,27 +498,139 @@ pub async fn list(
     Ok(axum::Json(Page { data, next }))
 }
 
+/// Read an endpoint, with `held`: deliveries waiting for it to be resumed.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints/{id}", tag = "endpoints", operation_id = "get_endpoint",
+    params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
+    responses((status = 200, description = "The endpoint (no secret).", body = EndpointView)))]
 pub async fn get(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<axum::Json<EndpointView>, ApiError> {
     let (tenant, id) = (tenant_id(&tenant)?, endpoint_id(&id)?);
-    state
+    let ep = state
         .store
         .get_endpoint(tenant.as_str(), id.as_str())
         .await?
-        .map(|e| axum::Json(EndpointView::from(e, false)))
-        .ok_or_else(|| ApiError::not_found(format!("endpoint {:?} not found", id.as_str())))
+        .ok_or_else(|| ApiError::not_found(format!("endpoint {:?} not found", id.as_str())))?;
+    let mut view = EndpointView::from(ep, false);
+    view.held = Some(held(&state, tenant.as_str(), id.as_str()).await?);
+    Ok(axum::Json(view))
 }
 
+/// How many deliveries wait on the endpoint's held subject.
+async fn held(state: &ApiState, tenant: &str, id: &str) -> Result<u64, ApiError> {
+    use futures::TryStreamExt;
+    let subjects = &state.layout.subjects;
+    let unavailable = |e: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("cannot count held deliveries: {e}; retry shortly"),
+        )
+    };
+    let stream = state
+        .layout
+        .js
+        .get_stream(subjects.deliveries_stream())
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut counts = stream
+        .info_with_subjects(subjects.held(tenant, id))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut total = 0u64;
+    while let Some((_, n)) = counts
+        .try_next()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+    {
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+fn set_paused(ep: &mut Endpoint, paused: bool) {
+    if paused && !ep.paused {
+        ep.paused_at = Some(
+            OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("0 is valid"),
+        );
+    } else if !paused {
+        ep.paused_at = None;
+    }
+    ep.paused = paused;
+}
+
+/// `POST .../endpoints/{id}/pause`: deliveries are held until resume; no attempts meanwhile.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/pause", tag = "endpoints", operation_id = "pause_endpoint",
+    params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
+    responses((status = 200, description = "Paused; `held` counts what waits.", body = EndpointView)))]
+pub async fn pause(
+    State(state): State<ApiState>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<axum::Json<EndpointView>, ApiError> {
+    set_paused_route(state, tenant, id, true).await
+}
+
+/// `POST .../endpoints/{id}/resume`: the held deliveries go out, oldest first.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/resume", tag = "endpoints", operation_id = "resume_endpoint",
+    params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
+    responses((status = 200, description = "Resumed; the held deliveries are on their way.", body = EndpointView)))]
+pub async fn resume(
+    State(state): State<ApiState>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<axum::Json<EndpointView>, ApiError> {
+    set_paused_route(state, tenant, id, false).await
+}
+
+async fn set_paused_route(
+    state: ApiState,
+    tenant: String,
+    id: String,
+    paused: bool,
+) -> Result<axum::Json<EndpointView>, ApiError> {
+    let (tenant, id) = (tenant_id(&tenant)?, endpoint_id(&id)?);
+    let ep = state
+        .store
+        .update_endpoint(tenant.as_str(), id.as_str(), |ep| {
+            set_paused(ep, paused);
+            Ok(())
+        })
+        .await?;
+    let mut view = EndpointView::from(ep, false);
+    view.held = Some(held(&state, tenant.as_str(), id.as_str()).await?);
+    Ok(axum::Json(view))
+}
+
+/// Change an endpoint: the fields given change, the others keep their values.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/endpoints/{id}", tag = "endpoints", operation_id = "update_endpoint",
+    params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
+    request_body = PatchEndpoint,
+    responses((status = 200, description = "The endpoint as changed.", body = EndpointView)))]
 pub async fn update(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,
     Json(body): Json<PatchEndpoint>,
 ) -> Result<axum::Json<EndpointView>, ApiError> {
     let (tenant, id) = (tenant_id(&tenant)?, endpoint_id(&id)?);
+    if body.secret.is_some() {
+        return Err(ApiError::invalid(format!(
+            "secret cannot be patched; rotate it with POST /v1/tenants/{}/endpoints/{}/secret/rotate",
+            tenant.as_str(),
+            id.as_str()
+        )));
+    }
+    if body.id.is_some() {
+        return Err(ApiError::invalid(
+            "id cannot be changed; create a new endpoint and delete this one",
+        ));
+    }
     if let Some(url) = &body.url {
         check_url(&state, url)?;
+    }
+    if let Some(d) = &body.description {
+        check_description(d)?;
     }
     if let Some(f) = &body.filter_types {
         check_filters(f)?;
@@ -462,6 +681,9 @@ pub async fn update(
                     ep.disabled_reason = None;
                 }
             }
+            if let Some(v) = body.paused {
+                set_paused(ep, v);
+            }
             if let Err(e) = check_settings(
                 ep.rate_limit_per_sec,
                 ep.max_in_flight,
@@ -482,6 +704,10 @@ pub async fn update(
     }
 }
 
+/// Delete an endpoint; deliveries on their way are dead-lettered as `endpoint_gone`.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/endpoints/{id}", tag = "endpoints", operation_id = "delete_endpoint",
+    params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
+    responses((status = 204, description = "Deleted.")))]
 pub async fn delete(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,
@@ -501,7 +727,7 @@ const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3
 /// Rotated-out secrets kept at once; the oldest goes first.
 const MAX_PREVIOUS: usize = 5;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     /// How long the old secret keeps signing, e.g. "24h" (default), "30m", "0s".
@@ -510,6 +736,10 @@ pub struct Rotate {
 
 /// `POST .../endpoints/{id}/secret/rotate`: a new secret, returned once; the old one keeps
 /// signing beside it until now + grace, and stops at that moment.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/secret/rotate", tag = "endpoints", operation_id = "rotate_endpoint_secret",
+    params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
+    request_body(content = Option<Rotate>, description = "Optional; no body means a grace of 24 h."),
+    responses((status = 200, description = "The endpoint with its new `secret`, shown only here.", body = EndpointView)))]
 pub async fn rotate(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,

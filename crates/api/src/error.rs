@@ -39,9 +39,30 @@ impl ApiError {
     }
 }
 
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable word: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `too_large`, `invalid`, `unavailable`.
+    code: String,
+    /// What went wrong and what to change, for a person.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -73,6 +94,50 @@ impl From<StoreError> for ApiError {
                 )
             }
         }
+    }
+}
+
+/// `axum::extract::Query`, with errors in the API's form.
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("query string: {}", rejection.body_text()))
+            })
+    }
+}
+
+/// `axum::extract::Path`, with errors in the API's form (a segment that is not UTF-8).
+pub struct Path<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|rejection| ApiError::bad_request(format!("path: {}", rejection.body_text())))
     }
 }
 

@@ -8,19 +8,23 @@
 //! - [`error`]: the error type and its JSON form, and the JSON body extractor.
 //! - [`auth`]: who is calling and what each route needs.
 //! - [`page`]: the one pagination shape of every list.
+//! - [`openapi`]: the OpenAPI document: security and error answers from the access table.
 //! - `tenants`, `api_keys`, `endpoints`: the handlers.
 
 mod api_keys;
 pub mod auth;
 mod endpoints;
 pub mod error;
+pub mod openapi;
 pub mod page;
 mod tenants;
 
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use gancho_store::ConfigStore;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest request body the API reads; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -38,38 +42,44 @@ pub struct ApiState {
     pub keys: Arc<auth::KeyCache>,
     /// The in-memory config, kept current by a KV watch: lists are served from it.
     pub live: Arc<gancho_store::Live>,
+    /// Streams and subjects (held deliveries, and later the delivery log).
+    pub layout: gancho_store::Layout,
 }
 
-/// The `/v1` routes, with authentication. Merge `/metrics` and health routes beside it.
+/// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each
+/// handler).
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(tenants::create, tenants::list))
+        .routes(routes!(tenants::get, tenants::delete))
+        .routes(routes!(api_keys::create, api_keys::list))
+        .routes(routes!(api_keys::revoke))
+        .routes(routes!(endpoints::create, endpoints::list))
+        .routes(routes!(
+            endpoints::get,
+            endpoints::update,
+            endpoints::delete
+        ))
+        .routes(routes!(endpoints::rotate))
+        .routes(routes!(endpoints::pause))
+        .routes(routes!(endpoints::resume))
+}
+
+/// The OpenAPI 3.1 description of the API, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = routes().split_for_parts();
+    openapi::complete(api)
+}
+
+/// The `/v1` routes, with authentication, and `/openapi.json` (without). Merge `/metrics`
+/// and health routes beside it.
 pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
-        .route("/tenants", post(tenants::create).get(tenants::list))
-        .route(
-            "/tenants/{tenant}/api-keys",
-            post(api_keys::create).get(api_keys::list),
-        )
-        .route(
-            "/tenants/{tenant}/api-keys/{id}",
-            axum::routing::delete(api_keys::revoke),
-        )
-        .route(
-            "/tenants/{tenant}",
-            get(tenants::get).delete(tenants::delete),
-        )
-        .route(
-            "/tenants/{tenant}/endpoints",
-            post(endpoints::create).get(endpoints::list),
-        )
-        .route(
-            "/tenants/{tenant}/endpoints/{id}/secret/rotate",
-            post(endpoints::rotate),
-        )
-        .route(
-            "/tenants/{tenant}/endpoints/{id}",
-            get(endpoints::get)
-                .patch(endpoints::update)
-                .delete(endpoints::delete),
-        )
+    let (v1, api) = routes().split_for_parts();
+    let spec: Arc<str> = openapi::complete(api)
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+        .into();
+    let v1 = v1
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -77,6 +87,18 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     Router::new()
-        .nest("/v1", v1)
+        .merge(v1)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let spec = spec.clone();
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        spec.to_string(),
+                    )
+                }
+            }),
+        )
         .fallback(|| async { error::ApiError::not_found("no such route; the API lives under /v1") })
 }

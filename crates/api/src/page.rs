@@ -13,15 +13,22 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit` accepted.
 pub const MAX_LIMIT: usize = 1000;
 
-#[derive(Deserialize, Default)]
+/// `?limit=&cursor=` of every list.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The `next` value of the previous page; leave out for the first page.
     pub cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One page of a list, ordered by id.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
+    /// The cursor of the next page; null on the last page.
     pub next: Option<String>,
 }
 

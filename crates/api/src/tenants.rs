@@ -1,26 +1,59 @@
 //! `POST/GET /v1/tenants`, `GET /v1/tenants/{tenant}`, `DELETE /v1/tenants/{tenant}`.
 
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, Path, Query};
 use crate::page::{page, Page, PageQuery};
 use crate::ApiState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use gancho_core::TenantId;
 use gancho_store::Tenant;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
 
-#[derive(Deserialize)]
+/// A tenant: one customer of the platform, owning endpoints and API keys.
+#[derive(Serialize, ToSchema)]
+pub struct TenantView {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    id: String,
+    name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        Self {
+            id: t.id.as_str().to_owned(),
+            name: t.name,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 1 to 64 letters, digits, `_` or `-`; used in subjects and URLs.
+    #[schema(example = "acme")]
     id: String,
+    /// A display name, up to 256 characters (default: the id).
     #[serde(default)]
+    #[schema(example = "Acme Pagamentos")]
     name: String,
 }
 
+/// Create a tenant.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", operation_id = "create_tenant",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created.", body = TenantView),
+        (status = 409, description = "A tenant with this id exists.", body = crate::error::ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<ApiState>,
     Json(body): Json<CreateTenant>,
-) -> Result<(StatusCode, axum::Json<Tenant>), ApiError> {
+) -> Result<(StatusCode, axum::Json<TenantView>), ApiError> {
     let id = TenantId::new(body.id).map_err(|e| ApiError::invalid(e.to_string()))?;
     if body.name.len() > 256 {
         return Err(ApiError::invalid("name is longer than 256 characters"));
@@ -37,30 +70,46 @@ pub async fn create(
             .expect("0 is valid"),
     };
     state.store.create_tenant(&tenant).await?;
-    Ok((StatusCode::CREATED, axum::Json(tenant)))
+    Ok((StatusCode::CREATED, axum::Json(tenant.into())))
 }
 
+/// List tenants, by id.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", operation_id = "list_tenants",
+    params(PageQuery),
+    responses((status = 200, description = "A page of tenants.", body = Page<TenantView>)))]
 pub async fn list(
     State(state): State<ApiState>,
     Query(query): Query<PageQuery>,
-) -> Result<axum::Json<Page<Tenant>>, ApiError> {
+) -> Result<axum::Json<Page<TenantView>>, ApiError> {
     let tenants = state.store.list_tenants().await?;
-    Ok(axum::Json(page(tenants, &query, |t| t.id.as_str())?))
+    let p = page(tenants, &query, |t| t.id.as_str())?;
+    Ok(axum::Json(Page {
+        data: p.data.into_iter().map(TenantView::from).collect(),
+        next: p.next,
+    }))
 }
 
+/// Read a tenant.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", operation_id = "get_tenant",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    responses((status = 200, description = "The tenant.", body = TenantView)))]
 pub async fn get(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
-) -> Result<axum::Json<Tenant>, ApiError> {
+) -> Result<axum::Json<TenantView>, ApiError> {
     check_path(&tenant)?;
     state
         .store
         .get_tenant(&tenant)
         .await?
-        .map(axum::Json)
+        .map(|t| axum::Json(t.into()))
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant:?} not found")))
 }
 
+/// Delete a tenant.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants", operation_id = "delete_tenant",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    responses((status = 204, description = "Deleted.")))]
 pub async fn delete(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,

@@ -13,6 +13,9 @@ pub struct Subjects {
 /// The endpoint token of a dead letter that no endpoint owns (an event that failed to decode
 /// or validate in the router).
 pub const DEAD_EVENT_TOKEN: &str = "_events";
+/// Header on a held delivery: the `gancho.deliveries.<partition>` subject it goes back to
+/// when released.
+pub const TARGET_HEADER: &str = "Gancho-Target";
 /// The tenant token of a dead letter whose tenant could not be read.
 pub const UNKNOWN_TENANT_TOKEN: &str = "_unknown";
 
@@ -90,6 +93,34 @@ impl Subjects {
         format!("{}.retry.>", self.prefix)
     }
 
+    /// `gancho.held.<tenant>.<endpoint>`: a paused endpoint's deliveries, waiting for resume.
+    /// No consumer reads it until the endpoint is resumed, disabled or deleted.
+    pub fn held(&self, tenant: &str, endpoint: &str) -> String {
+        format!("{}.held.{tenant}.{endpoint}", self.prefix)
+    }
+    pub fn held_wildcard(&self) -> String {
+        format!("{}.held.>", self.prefix)
+    }
+    /// Splits a held subject into (tenant, endpoint); `None` when it is not one.
+    pub fn parse_held<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".held.")?;
+        let (tenant, endpoint) = rest.split_once('.')?;
+        (!endpoint.contains('.')).then_some((tenant, endpoint))
+    }
+    /// Durable consumer that releases one held subject; named by a hash of the subject, so
+    /// every worker releasing the same endpoint shares it.
+    pub fn release_consumer(&self, held_subject: &str) -> String {
+        // FNV-1a, 64 bits: stable across processes and versions.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in held_subject.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{}_release_{h:016x}", self.prefix)
+    }
+
     /// `gancho.attempts.<tenant>.<endpoint>`
     pub fn attempts(&self, tenant: &str, endpoint: &str) -> String {
         format!("{}.attempts.{tenant}.{endpoint}", self.prefix)
@@ -148,6 +179,14 @@ mod tests {
         );
         assert_eq!(s.delivery(3), "gancho.deliveries.3");
         assert_eq!(s.retry("abc"), "gancho.retry.abc");
+        assert_eq!(s.held("acme", "ep1"), "gancho.held.acme.ep1");
+        assert_eq!(s.parse_held("gancho.held.acme.ep1"), Some(("acme", "ep1")));
+        assert_eq!(s.parse_held("gancho.held.acme"), None);
+        assert_eq!(s.parse_held("gancho.retry.acme.ep1"), None);
+        assert_ne!(
+            s.release_consumer("gancho.held.a_b.c"),
+            s.release_consumer("gancho.held.a.b_c")
+        );
         assert_eq!(s.attempts("acme", "ep1"), "gancho.attempts.acme.ep1");
         assert_eq!(s.dead("acme", "ep1"), "gancho.dead.acme.ep1");
         assert_eq!(Subjects::endpoint_key("acme", "ep1"), "endpoints.acme.ep1");

@@ -49,6 +49,9 @@ enum Command {
     ApiKeys(manage::ApiKeys),
     /// Manage a tenant's endpoints through the API.
     Endpoints(manage::Endpoints),
+    /// Print the API's OpenAPI 3.1 document (the same as GET /openapi.json).
+    /// Example: gancho openapi > openapi.json
+    Openapi,
 }
 
 fn main() {
@@ -101,6 +104,12 @@ fn main() {
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(args).await,
+            Command::Openapi => {
+                use std::io::Write;
+                let spec = gancho_api::openapi().to_pretty_json()?;
+                writeln!(std::io::stdout(), "{spec}")?;
+                Ok(())
+            }
         }
     });
     if let Err(e) = result {

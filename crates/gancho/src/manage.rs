@@ -133,11 +133,27 @@ enum EndpointsCmd {
         /// Replaces the filters; repeat for more.
         #[arg(long = "filter")]
         filters: Option<Vec<String>>,
-        /// true or false.
+        /// true or false. A disabled endpoint gets no new deliveries and the ones on their
+        /// way are dead-lettered (endpoint_disabled); false re-enables one (also after a 410).
         #[arg(long)]
         disabled: Option<bool>,
     },
-    /// Delete an endpoint. Example: gancho endpoints delete --tenant acme ep_...
+    /// Pause an endpoint: its deliveries are held, not attempted, until it is resumed.
+    /// Example: gancho endpoints pause --tenant acme ep_...
+    Pause {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Resume a paused endpoint: the held deliveries go out.
+    /// Example: gancho endpoints resume --tenant acme ep_...
+    Resume {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Delete an endpoint; deliveries still on their way are dead-lettered as endpoint_gone.
+    /// Example: gancho endpoints delete --tenant acme ep_...
     Delete {
         #[arg(long)]
         tenant: String,
@@ -283,7 +299,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
         EndpointsCmd::List { tenant, page } => {
             let path = format!("/v1/tenants/{tenant}/endpoints{}", page.query());
             let v = call(c, "GET", &path, None).await?;
-            table(c, &v, &["id", "url", "filter_types", "disabled"]);
+            table(c, &v, &["id", "url", "filter_types", "disabled", "paused"]);
         }
         EndpointsCmd::Get { tenant, id } => {
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
@@ -328,6 +344,14 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             )
             .await?;
             done(c, &format!("Deleted endpoint {id}."));
+        }
+        EndpointsCmd::Pause { tenant, id } => {
+            let path = format!("/v1/tenants/{tenant}/endpoints/{id}/pause");
+            show(c, &call(c, "POST", &path, None).await?);
+        }
+        EndpointsCmd::Resume { tenant, id } => {
+            let path = format!("/v1/tenants/{tenant}/endpoints/{id}/resume");
+            show(c, &call(c, "POST", &path, None).await?);
         }
         EndpointsCmd::Rotate { tenant, id, grace } => {
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}/secret/rotate");

@@ -142,6 +142,7 @@ pub async fn start(
             allow_private: config.allow_private_endpoints,
             keys: Default::default(),
             live: live.clone(),
+            layout: layout.clone(),
         };
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)

@@ -157,7 +157,10 @@ impl Ctx {
             !ep.config.disabled && ep.subscription.matches(&event.r#type, &event.channels)
         });
         let fan_out = futures::stream::iter(matching)
-            .map(|i| self.publish_delivery(&template, list[i].config.id.as_str()))
+            .map(|i| {
+                let ep = &list[i].config;
+                self.publish_delivery(&template, ep.id.as_str(), ep.paused)
+            })
             .buffer_unordered(FAN_OUT_WINDOW)
             .try_fold(0u64, |n, ()| std::future::ready(Ok(n + 1)));
         let created = match with_progress(&msg, PROGRESS_EVERY, fan_out).await {
@@ -181,11 +184,13 @@ impl Ctx {
     }
 
     /// Builds, publishes and awaits the PubAck of one delivery, holding a publish slot from
-    /// before the delivery exists until its PubAck is in.
+    /// before the delivery exists until its PubAck is in. A paused endpoint's delivery goes
+    /// straight to its held subject, remembering the partition it belongs to.
     async fn publish_delivery(
         &self,
         template: &Delivery,
         endpoint_id: &str,
+        paused: bool,
     ) -> Result<(), async_nats::jetstream::context::PublishError> {
         let _slot = self
             .publish_slots
@@ -197,13 +202,22 @@ impl Ctx {
             endpoint_id: endpoint_id.to_owned(),
             ..template.clone()
         };
-        let subject =
+        let target =
             self.subjects
                 .delivery(partition(&template.tenant, endpoint_id, self.partitions));
-        let publish = Publish::build()
+        let mut publish = Publish::build()
             .payload(Bytes::from(delivery.encode_to_vec()))
             .message_id(format!("{}:{}", template.event_id, endpoint_id));
         drop(delivery);
+        let subject = if paused {
+            metrics::counter!(names::DELIVERY_HELD).increment(1);
+            let mut headers = HeaderMap::new();
+            headers.insert(gancho_core::subject::TARGET_HEADER, target.as_str());
+            publish = publish.headers(headers);
+            self.subjects.held(&template.tenant, endpoint_id)
+        } else {
+            target
+        };
         self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }

@@ -165,6 +165,11 @@ impl Live {
         OffsetDateTime::now_utc().unix_timestamp() - self.swapped_at.load(Ordering::Relaxed)
     }
 
+    /// Tells of every snapshot swap (the value is the new revision).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Resolves after the next swap whose revision is at least `revision`.
     pub async fn wait_for_revision(&self, revision: u64) {
         let mut rx = self.changed.subscribe();

@@ -46,6 +46,16 @@ pub struct Endpoint {
     /// Why the endpoint was disabled, when gancho did it (for example a 410 Gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// While paused, deliveries are held (on `gancho.held.<tenant>.<endpoint>`) and sent on
+    /// resume, without attempts.
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub paused_at: Option<OffsetDateTime>,
     /// Requests per second; `None` means no limit.
     #[serde(default)]
     pub rate_limit_per_sec: Option<u32>,
@@ -88,6 +98,8 @@ impl Endpoint {
             channels: Vec::new(),
             disabled: false,
             disabled_reason: None,
+            paused: false,
+            paused_at: None,
             rate_limit_per_sec: None,
             max_in_flight: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,

@@ -52,7 +52,11 @@ pub async fn ensure(
         },
         stream::Config {
             name: subjects.deliveries_stream(),
-            subjects: vec![subjects.deliveries_wildcard(), subjects.retry_wildcard()],
+            subjects: vec![
+                subjects.deliveries_wildcard(),
+                subjects.retry_wildcard(),
+                subjects.held_wildcard(),
+            ],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: DUPLICATE_WINDOW,
             allow_message_schedules: true,
@@ -76,9 +80,26 @@ pub async fn ensure(
     ];
     for config in streams {
         let name = config.name.clone();
-        js.get_or_create_stream(config)
+        let stream = js
+            .get_or_create_stream(config.clone())
             .await
             .map_err(|e| err(format!("stream {name}"))(e.into()))?;
+        // A stream made by an older version may lack a subject this one writes to (held
+        // deliveries): add the missing ones, change nothing else.
+        let existing = stream.cached_info().config.clone();
+        let missing: Vec<String> = config
+            .subjects
+            .iter()
+            .filter(|s| !existing.subjects.contains(s))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let mut updated = existing;
+            updated.subjects.extend(missing);
+            js.update_stream(updated)
+                .await
+                .map_err(|e| err(format!("stream {name} (adding subjects)"))(e.into()))?;
+        }
     }
     let bucket = subjects.config_bucket();
     let config = match js.get_key_value(&bucket).await {

@@ -30,6 +30,14 @@ pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
 /// Endpoints disabled by the worker. `reason`: gone.
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
+/// Deliveries set aside for a paused endpoint (`gancho.held.<tenant>.<endpoint>`), by the
+/// worker or the router.
+pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
+/// Held deliveries moved back for delivery after their endpoint was resumed, disabled or
+/// deleted.
+pub const DELIVERY_RELEASED: &str = "gancho_delivery_released_total";
+/// Deliveries waiting for paused endpoints, as of this worker's last look.
+pub const DELIVERIES_HELD_NOW: &str = "gancho_deliveries_held";
 /// Deliveries handed back to JetStream for redelivery: their outcome could not be recorded,
 /// or their endpoint is not in this worker's config snapshot yet.
 pub const DELIVERY_REQUEUED: &str = "gancho_delivery_requeued_total";
@@ -98,6 +106,15 @@ pub fn describe_all() {
     describe_counter!(
         ENDPOINTS_DISABLED,
         "Endpoints disabled by the worker, by reason."
+    );
+    describe_counter!(DELIVERY_HELD, "Deliveries set aside for a paused endpoint.");
+    describe_counter!(
+        DELIVERY_RELEASED,
+        "Held deliveries released after their endpoint was resumed, disabled or deleted."
+    );
+    metrics::describe_gauge!(
+        DELIVERIES_HELD_NOW,
+        "Deliveries waiting for paused endpoints (all tenants), as of the last look."
     );
     describe_counter!(
         DELIVERY_REQUEUED,

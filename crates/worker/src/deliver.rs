@@ -64,6 +64,8 @@ enum Next {
     Disable {
         reason: String,
     },
+    /// Set aside on the endpoint's held subject until it is resumed (no attempt).
+    Hold,
 }
 
 struct Outcome {
@@ -140,6 +142,9 @@ impl Ctx {
             };
             return self.finish(&msg, Some(&delivery), None, next).await;
         }
+        if ep.config.paused {
+            return self.finish(&msg, Some(&delivery), None, Next::Hold).await;
+        }
 
         let gate = self.gates.get(
             &delivery.tenant,
@@ -161,6 +166,10 @@ impl Ctx {
                 let turn = with_progress(&msg, gate.wait_turn(&place)).await;
                 drop(place);
                 match turn {
+                    Ok(_) if self.paused(&delivery) => {
+                        // Paused while it waited.
+                        self.finish(&msg, Some(&delivery), None, Next::Hold).await
+                    }
                     Ok(permit) => {
                         self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
                             .await
@@ -169,6 +178,13 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    fn paused(&self, delivery: &Delivery) -> bool {
+        self.live
+            .load()
+            .endpoint(&delivery.tenant, &delivery.endpoint_id)
+            .is_some_and(|ep| ep.config.paused)
     }
 
     /// Sends one attempt while holding the endpoint's in-flight slot, then records it.
@@ -400,6 +416,10 @@ impl Ctx {
                 Some(self.retry_publish(msg, delivery, delay))
             }
             Next::Dead { kind, reason } => Some(self.dead_publish(msg, delivery, kind, reason)),
+            Next::Hold => {
+                let delivery = delivery.expect("a held delivery is decoded");
+                Some(self.hold_publish(msg, delivery))
+            }
             Next::Disable { reason } => {
                 let delivery = delivery.expect("a 410 has a decoded delivery");
                 if let Err(e) = self
@@ -493,6 +513,27 @@ impl Ctx {
         headers.insert("Nats-Schedule-Target", target.as_str());
         let publish = PublishMessage::build().payload(payload).headers(headers);
         (self.subjects.retry(&delivery.id), publish)
+    }
+
+    /// The delivery as it is, on its endpoint's held subject, with the subject it goes back
+    /// to. The message id makes a re-sent hold (the ack was lost) a no-op.
+    fn hold_publish(
+        &self,
+        msg: &jetstream::Message,
+        delivery: &Delivery,
+    ) -> (String, PublishMessage) {
+        metrics::counter!(names::DELIVERY_HELD).increment(1);
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut headers = HeaderMap::new();
+        headers.insert(gancho_core::subject::TARGET_HEADER, msg.subject.as_str());
+        let publish = PublishMessage::build()
+            .payload(msg.payload.clone())
+            .headers(headers)
+            .message_id(format!("hold:{}:{seq}", delivery.id));
+        (
+            self.subjects.held(&delivery.tenant, &delivery.endpoint_id),
+            publish,
+        )
     }
 
     fn dead_publish(

@@ -8,6 +8,8 @@
 //!   `Retry-After` on 429/503 is honoured up to an hour.
 //! - failure on the last attempt: written to `GANCHO_DEAD` with the reason, then acked.
 //! - 410 Gone: the endpoint is disabled in the config and the delivery dead-lettered.
+//! - paused endpoint: set aside on `gancho.held.<tenant>.<endpoint>` and acked, no attempt;
+//!   released back to its partition when the endpoint is resumed, disabled or deleted.
 //!
 //! Writes that fail (a JetStream leader election) are re-sent for up to 30 s; only then is the
 //! delivery nak'd and attempted again: at least once, never lost. Attempts are counted by
@@ -22,10 +24,12 @@
 //! - [`http`]: the pooled client and the SSRF guard.
 //! - [`gate`]: per-endpoint admission: in-flight cap, rate limit, circuit, trust-sized queue.
 //! - `deliver`: one delivery, from message to ack.
+//! - `release`: a paused endpoint's held deliveries, moved back when it is resumed.
 
 mod deliver;
 pub mod gate;
 pub mod http;
+mod release;
 
 use async_nats::jetstream;
 use gancho_store::consume::{ConsumeError, Spec};
@@ -118,6 +122,12 @@ pub async fn run(
         metric_label: "deliveries",
         stall_after: config.stall_after,
     };
+    let releasing = tokio::spawn(release::run(
+        output.clone(),
+        subjects.clone(),
+        live.clone(),
+        cancel.clone(),
+    ));
     let ctx = Arc::new(deliver::Ctx {
         js: output,
         subjects,
@@ -134,5 +144,6 @@ pub async fn run(
         async move { ctx.handle(msg).await }
     })
     .await?;
+    let _ = releasing.await;
     Ok(())
 }

@@ -1,0 +1,147 @@
+//! Held deliveries. A paused endpoint's deliveries wait on `gancho.held.<tenant>.<endpoint>`
+//! in the deliveries stream, where no consumer reads them: they take no ack-pending slot
+//! and spend no attempt. Every worker looks at the held subjects whenever its config
+//! snapshot changes and every [`LOOK_EVERY`]; a subject whose endpoint is no longer paused
+//! (resumed, disabled or deleted) is released: each message goes back to the partition
+//! subject it came from (its `Gancho-Target` header) and is acked only after that publish is
+//! stored, so the worker's usual rules apply to it: delivered, or dead-lettered as
+//! `endpoint_disabled` or `endpoint_gone`.
+//!
+//! Workers releasing the same subject share one durable consumer named after it, and the
+//! republish carries `Nats-Msg-Id: release:<held sequence>`, so two workers, or a release
+//! redone after a crash, never make two deliveries of one held message.
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream};
+use futures::TryStreamExt;
+use gancho_core::subject::TARGET_HEADER;
+use gancho_core::Subjects;
+use gancho_store::Live;
+use gancho_telemetry::names;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often held subjects are looked at when nothing in the config changed (a worker that
+/// crashed between a resume and its release leaves work only this long).
+pub const LOOK_EVERY: Duration = Duration::from_secs(10);
+/// Held messages moved per round trip.
+const BATCH: usize = 256;
+/// A release consumer nobody pulled from for this long is removed by the server.
+const CONSUMER_IDLE: Duration = Duration::from_secs(60);
+
+pub(crate) async fn run(
+    js: jetstream::Context,
+    subjects: Subjects,
+    live: Arc<Live>,
+    cancel: CancellationToken,
+) {
+    let mut changes = live.changes();
+    loop {
+        if let Err(e) = look(&js, &subjects, &live).await {
+            warn!(error = %e, "Cannot release held deliveries; trying again later.");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+    }
+}
+
+/// Counts what is held and releases every subject whose endpoint is not paused.
+async fn look(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    live: &Live,
+) -> Result<(), async_nats::Error> {
+    let stream = js.get_stream(subjects.deliveries_stream()).await?;
+    let mut held = stream.info_with_subjects(subjects.held_wildcard()).await?;
+    let mut total = 0usize;
+    let mut releasable = Vec::new();
+    while let Some((subject, count)) = held.try_next().await? {
+        total += count;
+        // Held while paused and enabled. Disabled: the worker dead-letters what it held as
+        // `endpoint_disabled`; not in the snapshot (deleted): as `endpoint_gone`.
+        let holding = subjects.parse_held(&subject).is_some_and(|(t, e)| {
+            live.load()
+                .endpoint(t, e)
+                .is_some_and(|ep| ep.config.paused && !ep.config.disabled)
+        });
+        if !holding {
+            releasable.push(subject);
+        }
+    }
+    metrics::gauge!(names::DELIVERIES_HELD_NOW).set(total as f64);
+    for subject in releasable {
+        let n = release(js, &stream, subjects, &subject).await?;
+        if n > 0 {
+            info!(subject, deliveries = n, "Released held deliveries.");
+        }
+    }
+    Ok(())
+}
+
+/// Moves every message on `held` back to its partition subject.
+async fn release(
+    js: &jetstream::Context,
+    stream: &Stream,
+    subjects: &Subjects,
+    held: &str,
+) -> Result<u64, async_nats::Error> {
+    let name = subjects.release_consumer(held);
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: held.to_owned(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 4 * BATCH as i64,
+                inactive_threshold: CONSUMER_IDLE,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let wildcard = subjects.deliveries_wildcard();
+    let deliveries_prefix = wildcard.trim_end_matches('>');
+    let mut released = 0u64;
+    loop {
+        let msgs: Vec<jetstream::Message> = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .messages()
+            .await?
+            .try_collect()
+            .await?;
+        if msgs.is_empty() {
+            return Ok(released);
+        }
+        let sends = msgs.iter().map(|m| async move {
+            let target = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(TARGET_HEADER))
+                .map(|v| v.as_str().to_owned())
+                .filter(|t| t.starts_with(deliveries_prefix))
+                .unwrap_or_else(|| subjects.delivery(0));
+            let seq = m.info().map(|i| i.stream_sequence)?;
+            let publish = PublishMessage::build()
+                .payload(m.payload.clone())
+                .message_id(format!("release:{seq}"));
+            js.send_publish(target, publish)
+                .await?
+                .into_future()
+                .await?;
+            Ok::<_, async_nats::Error>(())
+        });
+        futures::future::try_join_all(sends).await?;
+        for m in &msgs {
+            m.ack().await?;
+        }
+        released += msgs.len() as u64;
+        metrics::counter!(names::DELIVERY_RELEASED).increment(msgs.len() as u64);
+    }
+}
