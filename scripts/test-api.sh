@@ -25,7 +25,7 @@ nats_port=$(free_port)
 "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/js" >"$dir/nats.log" 2>&1 &
 pids+=($!)
 api_port=$(free_port)
-GANCHO_NATS_URL="nats://127.0.0.1:$nats_port" GANCHO_ADMIN_TOKEN=$TOKEN \
+GANCHO_ENCRYPTION_KEY=$("$GANCHO" keygen) GANCHO_NATS_URL="nats://127.0.0.1:$nats_port" GANCHO_ADMIN_TOKEN=$TOKEN \
     GANCHO_API_LISTEN="127.0.0.1:$api_port" GANCHO_METRICS_LISTEN=127.0.0.1:0 \
     RUST_LOG=warn "$GANCHO" api >"$dir/api.log" 2>&1 &
 pids+=($!)

@@ -27,6 +27,7 @@ async fn start(env: &support::Env) -> Api {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
         .arg("api")
         .env("GANCHO_NATS_URL", env.nats.url())
+        .env("GANCHO_ENCRYPTION_KEY", &env.key)
         .env("GANCHO_ADMIN_TOKEN", TOKEN)
         .env("GANCHO_API_LISTEN", format!("127.0.0.1:{port}"))
         .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")

@@ -22,6 +22,11 @@ fn bad_config_exits_64_with_one_line() {
         ("GANCHO_STREAM_REPLICAS", "zero", "invalid stream_replicas"),
         ("GANCHO_API_LISTEN", "localhost", "invalid api_listen"),
         ("GANCHO_SUBJECT_PREFIX", "a.b", "invalid subject_prefix"),
+        (
+            "GANCHO_ENCRYPTION_KEY",
+            "c2hvcnQ=",
+            "GANCHO_ENCRYPTION_KEY must be 32 random bytes in base64",
+        ),
     ];
     for (key, value, want) in cases {
         let out = gancho()
@@ -34,7 +39,31 @@ fn bad_config_exits_64_with_one_line() {
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(want), "{key}={value}: {stderr}");
+        if key.contains("KEY") {
+            assert!(!stderr.contains(value), "a key is never echoed: {stderr}");
+        }
     }
+    // Without a key the worker and the api refuse to start; `gancho keygen` prints one.
+    let out = gancho()
+        .arg("worker")
+        .env("GANCHO_NATS_URL", "nats://127.0.0.1:1")
+        .env_remove("GANCHO_ENCRYPTION_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GANCHO_ENCRYPTION_KEY") && stderr.contains("gancho keygen"),
+        "{stderr}"
+    );
+    let out = gancho().arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(key.lines().count(), 1);
+    assert!(
+        gancho_store::Keyring::new(key.trim(), None).is_ok(),
+        "{key}"
+    );
     let out = gancho()
         .arg("worker")
         .env_remove("GANCHO_NATS_URL")
@@ -64,6 +93,7 @@ async fn the_api_refuses_to_start_without_an_admin_token() {
     let out = gancho()
         .arg("api")
         .env("GANCHO_NATS_URL", env.nats.url())
+        .env("GANCHO_ENCRYPTION_KEY", &env.key)
         .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")
         .env_remove("GANCHO_ADMIN_TOKEN")
         .output()
@@ -109,6 +139,7 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
         Command::new(env!("CARGO_BIN_EXE_gancho"))
             .arg("worker")
             .env("GANCHO_NATS_URL", env.nats.url())
+            .env("GANCHO_ENCRYPTION_KEY", &env.key)
             .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
             .env("GANCHO_ALLOW_HTTP_ENDPOINTS", "true")
             .env("GANCHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))

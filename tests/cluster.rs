@@ -34,7 +34,9 @@ async fn a_node_killed_mid_run_loses_nothing() {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let layout = layout.expect("R3 streams within 20 s");
+    let layout = layout.expect("R3 streams within 20 s").with_keyring(
+        gancho_store::Keyring::new(&gancho_store::Keyring::generate(), None).unwrap(),
+    );
     let info = js
         .get_stream(subjects.deliveries_stream())
         .await
@@ -50,7 +52,7 @@ async fn a_node_killed_mid_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_ca_file(dir.path());
     let rx = Receiver::https_sequence(&ca, &[200]).await;
-    let store = ConfigStore::new(layout.config.clone());
+    let store = ConfigStore::new(&layout);
     store
         .create_tenant(&Tenant {
             id: "acme".parse().unwrap(),

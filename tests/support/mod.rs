@@ -21,6 +21,8 @@ pub struct Env {
     pub ca: TestCa,
     pub ca_file: PathBuf,
     pub layout: Layout,
+    /// The encryption key of this run (GANCHO_ENCRYPTION_KEY of every spawned role).
+    pub key: String,
     pub store: ConfigStore,
     pub js: jetstream::Context,
     _dir: tempfile::TempDir,
@@ -34,15 +36,18 @@ impl Env {
         let ca_file = ca.write_ca_file(dir.path());
         let client = nats.connect().await;
         let js = jetstream::new(client);
+        let key = gancho_store::Keyring::generate();
         let layout = gancho_store::ensure(js.clone(), Subjects::default(), 1)
             .await
-            .unwrap();
-        let store = ConfigStore::new(layout.config.clone());
+            .unwrap()
+            .with_keyring(gancho_store::Keyring::new(&key, None).unwrap());
+        let store = ConfigStore::new(&layout);
         Self {
             nats,
             ca,
             ca_file,
             layout,
+            key,
             store,
             js,
             _dir: dir,
@@ -245,6 +250,7 @@ impl Env {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gancho"));
         cmd.args(args)
             .env("GANCHO_NATS_URL", self.nats.url())
+            .env("GANCHO_ENCRYPTION_KEY", &self.key)
             .env("GANCHO_EXTRA_CA_FILE", &self.ca_file)
             .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
             .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")

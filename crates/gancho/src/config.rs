@@ -32,6 +32,24 @@ pub struct Flags {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// Key sealing endpoint secrets in the config bucket (base64 of 32 bytes; `gancho
+    /// keygen` prints one). Needed by api and worker.
+    #[arg(
+        long,
+        env = "GANCHO_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub encryption_key: Option<String>,
+    /// During a key rotation: the previous key, still accepted for opening secrets until
+    /// `gancho secrets re-encrypt` has run.
+    #[arg(
+        long,
+        env = "GANCHO_ENCRYPTION_OLD_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub encryption_old_key: Option<String>,
     /// Config service address. Default: 127.0.0.1:8080.
     #[arg(long, env = "GANCHO_API_LISTEN", global = true)]
     pub api_listen: Option<String>,
@@ -72,6 +90,8 @@ struct File {
     nats_url: Option<String>,
     subject_prefix: Option<String>,
     admin_token: Option<String>,
+    encryption_key: Option<String>,
+    encryption_old_key: Option<String>,
     api_listen: Option<String>,
     metrics_listen: Option<String>,
     allow_http_endpoints: Option<bool>,
@@ -91,6 +111,8 @@ pub struct Config {
     pub nats_url: Option<String>,
     pub subjects: Subjects,
     pub admin_token: Option<String>,
+    /// `None` when no key is configured (enough for the router).
+    pub keys: Option<Keys>,
     pub api_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub allow_http_endpoints: bool,
@@ -106,6 +128,26 @@ pub struct Config {
     /// No message finished for this long while a role holds some is a stall: a warning line
     /// and `gancho_consumer_stalls_total`. Default 30 s.
     pub stall_warning_after: std::time::Duration,
+}
+
+/// The encryption keys as configured (checked to be keys; never printed).
+#[derive(Clone)]
+pub struct Keys {
+    pub current: String,
+    pub old: Option<String>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(***)")
+    }
+}
+
+impl Keys {
+    pub fn keyring(&self) -> gancho_store::Keyring {
+        gancho_store::Keyring::new(&self.current, self.old.as_deref())
+            .expect("checked when the config was loaded")
+    }
 }
 
 /// A configuration error: one line, naming the key.
@@ -167,9 +209,12 @@ impl Config {
                     let at = e.span().map(|span| {
                         let line_no = text[..span.start].matches('\n').count() + 1;
                         let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-                        if line.starts_with("admin_token") {
+                        let secret = ["admin_token", "encryption_key", "encryption_old_key"]
+                            .into_iter()
+                            .find(|k| line.starts_with(k));
+                        if let Some(key) = secret {
                             // Never echo a secret back, even a mistyped one.
-                            format!(", line {line_no} `admin_token = ***`")
+                            format!(", line {line_no} `{key} = ***`")
                         } else {
                             format!(", line {line_no} `{line}`")
                         }
@@ -280,6 +325,25 @@ impl Config {
                 ));
             }
         }
+        let encryption_key = flags.encryption_key.clone().or(file.encryption_key);
+        let encryption_old_key = flags.encryption_old_key.clone().or(file.encryption_old_key);
+        let keys = match encryption_key {
+            Some(current) => {
+                let keys = Keys {
+                    current,
+                    old: encryption_old_key,
+                };
+                gancho_store::Keyring::new(&keys.current, keys.old.as_deref())
+                    .map_err(|e| ConfigError(format!("invalid encryption key: {e}")))?;
+                Some(keys)
+            }
+            None if encryption_old_key.is_some() => {
+                return Err(ConfigError(
+                    "GANCHO_ENCRYPTION_OLD_KEY is set without GANCHO_ENCRYPTION_KEY: set the new key too".into(),
+                ))
+            }
+            None => None,
+        };
         let nats_url = flags.nats_url.clone().or(file.nats_url);
         if let Some(url) = &nats_url {
             if url.trim().is_empty() {
@@ -290,6 +354,7 @@ impl Config {
             nats_url,
             subjects,
             admin_token,
+            keys,
             api_listen,
             metrics_listen,
             allow_http_endpoints,

@@ -39,6 +39,12 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
         None => dev_token(&data)?,
     };
     config.admin_token = Some(token.clone());
+    if config.keys.is_none() {
+        config.keys = Some(crate::config::Keys {
+            current: dev_key(&data)?,
+            old: None,
+        });
+    }
     config.allow_http_endpoints = true;
     config.allow_private_endpoints = true;
 
@@ -58,6 +64,7 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
         "\ngancho dev is running (Ctrl-C to stop)\n\
          \n  API             http://{api}/v1\
          \n  admin token     {token}   (also in {DATA_DIR}/admin-token)\
+         \n  encryption key  {DATA_DIR}/encryption-key (seals endpoint secrets at rest)\
          \n  metrics         http://{metrics}/metrics\
          \n  NATS            {nats_url}\
          \n  demo receiver   http://{demo}/<any path>   prints each webhook it gets\
@@ -89,6 +96,20 @@ fn dev_token(data: &Path) -> anyhow::Result<String> {
         .collect();
     write_private(&path, &token)?;
     Ok(token)
+}
+
+/// The encryption key of this data directory (`encryption-key`): created once, then reused,
+/// since the secrets stored in `.gancho/` are sealed with it.
+fn dev_key(data: &Path) -> anyhow::Result<String> {
+    let path = data.join("encryption-key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        if gancho_store::Keyring::new(k.trim(), None).is_ok() {
+            return Ok(k.trim().to_owned());
+        }
+    }
+    let key = gancho_store::Keyring::generate();
+    write_private(&path, &key)?;
+    Ok(key)
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {

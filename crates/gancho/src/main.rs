@@ -49,9 +49,25 @@ enum Command {
     ApiKeys(manage::ApiKeys),
     /// Manage a tenant's endpoints through the API.
     Endpoints(manage::Endpoints),
+    /// Print a new encryption key (base64 of 32 random bytes), alone on a line.
+    /// Example: export GANCHO_ENCRYPTION_KEY=$(gancho keygen)
+    Keygen,
+    /// Endpoint secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Print the API's OpenAPI 3.1 document (the same as GET /openapi.json).
     /// Example: gancho openapi > openapi.json
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Finish a key rotation (or a move from a store without encryption): seal every
+    /// endpoint secret with GANCHO_ENCRYPTION_KEY, then purge every older revision from the
+    /// config bucket. Afterwards GANCHO_ENCRYPTION_OLD_KEY can be removed.
+    /// Example: GANCHO_ENCRYPTION_KEY=<new> GANCHO_ENCRYPTION_OLD_KEY=<old> gancho secrets re-encrypt
+    #[command(name = "re-encrypt")]
+    ReEncrypt,
 }
 
 fn main() {
@@ -104,6 +120,12 @@ fn main() {
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(args).await,
+            Command::Keygen => {
+                use std::io::Write;
+                writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;
+                Ok(())
+            }
+            Command::Secrets(SecretsCmd::ReEncrypt) => roles::reencrypt(&config).await,
             Command::Openapi => {
                 use std::io::Write;
                 let spec = gancho_api::openapi().to_pretty_json()?;

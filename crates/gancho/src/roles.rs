@@ -71,14 +71,34 @@ pub async fn start(
     // Set-up, the config watch and the API use this connection; the router and the worker
     // each read and write on connections of their own, so that one role's backlog cannot
     // starve another's writes when they share a process (`gancho dev`).
+    // The api and the worker seal and open endpoint secrets; the router reads none, so a
+    // router never holds the key (and keeps routing through a key rotation).
+    let keyring = match &config.keys {
+        Some(keys) if roles.api || roles.worker => Some(keys.keyring()),
+        Some(_) => None,
+        None if roles.api || roles.worker => {
+            return Err(crate::config::ConfigError(format!(
+                "missing encryption_key: the {role} role needs GANCHO_ENCRYPTION_KEY to seal and open endpoint secrets (`gancho keygen` prints a new one; use the same key on every api and worker)"
+            ))
+            .into())
+        }
+        None => None,
+    };
     let out = connect(nats_url, format!("gancho-{role}")).await?;
-    let layout = gancho_store::ensure(
+    let mut layout = gancho_store::ensure(
         jetstream::new(out.clone()),
         config.subjects.clone(),
         config.stream_replicas,
     )
     .await
     .context("cannot set up the JetStream streams")?;
+    if let Some(keyring) = keyring {
+        keyring
+            .check(&layout.config)
+            .await
+            .map_err(crate::config::ConfigError)?;
+        layout = layout.with_keyring(keyring);
+    }
     let live = Live::start(&layout, config.retry_schedule.clone(), cancel.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot load the config bucket: {e}"))?;
@@ -136,7 +156,7 @@ pub async fn start(
             )
         })?;
         let state = gancho_api::ApiState {
-            store: gancho_store::ConfigStore::new(layout.config.clone()),
+            store: gancho_store::ConfigStore::new(&layout),
             admin_token: token.into(),
             allow_http: config.allow_http_endpoints,
             allow_private: config.allow_private_endpoints,
@@ -255,4 +275,39 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
             }
         }
     }
+}
+
+/// `gancho secrets re-encrypt`: seals every endpoint secret with the current key and purges
+/// older revisions, then says what it did.
+pub async fn reencrypt(config: &Config) -> anyhow::Result<()> {
+    let keys = config.keys.as_ref().ok_or_else(|| {
+        crate::config::ConfigError(
+            "missing encryption_key: set GANCHO_ENCRYPTION_KEY to the new key (and GANCHO_ENCRYPTION_OLD_KEY to the old one during a rotation)".into(),
+        )
+    })?;
+    let url = config.require_nats_url()?.to_owned();
+    let client = connect(&url, "gancho-secrets".into()).await?;
+    let keyring = keys.keyring();
+    let id = keyring.current_id().unwrap_or_default().to_owned();
+    let layout = gancho_store::ensure(
+        jetstream::new(client),
+        config.subjects.clone(),
+        config.stream_replicas,
+    )
+    .await
+    .context("cannot open the JetStream layout")?
+    .with_keyring(keyring);
+    layout
+        .keyring
+        .check(&layout.config)
+        .await
+        .map_err(crate::config::ConfigError)?;
+    let (rewritten, purged) = gancho_store::ConfigStore::new(&layout)
+        .reencrypt()
+        .await
+        .context("re-encryption stopped; run it again")?;
+    println!(
+        "Sealed {rewritten} endpoint(s) with key {id}; purged older revisions of {purged} record(s). GANCHO_ENCRYPTION_OLD_KEY can now be removed."
+    );
+    Ok(())
 }

@@ -223,7 +223,7 @@ impl Sink {
                             ep.uri.path() == path
                                 && ep.uri.port_u16() == parts.uri.port_u16().or(ep.uri.port_u16())
                         });
-                if candidates.any(|ep| verify(&ep.signer).is_ok()) {
+                if candidates.any(|ep| ep.signer.as_ref().is_some_and(|s| verify(s).is_ok())) {
                     "valid"
                 } else {
                     "no_match"

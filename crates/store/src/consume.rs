@@ -206,6 +206,11 @@ where
     }
     // Drain: every slot back means every message taken was acked or nak'd.
     let _ = permits.acquire_many(concurrency as u32).await;
+    // Acks are only queued on the connection: send them before the process may exit, or a
+    // message done here is redelivered and done twice.
+    if let Err(e) = js.client().flush().await {
+        warn!(role = spec.role, error = %e, "Cannot flush the last acks; their messages may be redelivered.");
+    }
     watchdog.abort();
     info!(role = spec.role, "Stopped consuming.");
     Ok(())

@@ -11,11 +11,13 @@
 //! - [`consume`]: the concurrent, draining consume loop the router and the worker share.
 
 pub mod consume;
+pub mod crypt;
 pub mod live;
 pub mod model;
 pub mod repo;
 pub mod streams;
 
+pub use crypt::Keyring;
 pub use live::{Live, LiveEndpoint, Snapshot};
 pub use model::{ApiKey, Endpoint, Scope, Tenant};
 pub use repo::{ConfigStore, StoreError};

@@ -8,6 +8,7 @@
 //! (server restart), it is re-created from the full history and the snapshot is replaced
 //! once caught up, so deletions made while disconnected are not missed.
 
+use crate::crypt::Keyring;
 use crate::model::Endpoint;
 use crate::streams::Layout;
 use arc_swap::ArcSwap;
@@ -30,7 +31,8 @@ const REWATCH_DELAY: Duration = Duration::from_millis(500);
 pub struct LiveEndpoint {
     pub config: Endpoint,
     pub subscription: Subscription,
-    pub signer: Signer,
+    /// `None` in a process without the encryption key (the router, which never signs).
+    pub signer: Option<Signer>,
     pub schedule: RetrySchedule,
     pub uri: http::Uri,
 }
@@ -38,22 +40,22 @@ pub struct LiveEndpoint {
 impl LiveEndpoint {
     /// Compiles a stored endpoint; `None` (with a warning) when the stored document is
     /// unusable, so one bad key cannot stop delivery to the others.
-    fn build(config: Endpoint, default_schedule: &RetrySchedule) -> Result<Self, String> {
+    fn build(
+        mut config: Endpoint,
+        key: &str,
+        keyring: &Keyring,
+        default_schedule: &RetrySchedule,
+    ) -> Result<Self, String> {
         let subscription =
             Subscription::new(&config.filter_types, &config.channels).map_err(|e| e.to_string())?;
-        let secret = Secret::parse(&config.secret).map_err(|e| e.to_string())?;
-        let mut signer = Signer::new(secret);
-        let now = OffsetDateTime::now_utc();
-        for old in &config.previous_secrets {
-            // Expiry is checked again at each signature, so an old secret stops at its
-            // moment, not at the next snapshot.
-            if old.expires_at > now {
-                signer = signer.with_previous_until(
-                    Secret::parse(&old.secret).map_err(|e| e.to_string())?,
-                    old.expires_at.unix_timestamp(),
-                );
-            }
-        }
+        let signer = if keyring.has_key() {
+            keyring
+                .open_endpoint(key, &mut config)
+                .map_err(|e| e.to_string())?;
+            Some(Self::signer(&config)?)
+        } else {
+            None
+        };
         let schedule = match &config.retry_schedule {
             Some(s) => RetrySchedule::parse(s).map_err(|e| e.to_string())?,
             None => default_schedule.clone(),
@@ -69,6 +71,23 @@ impl LiveEndpoint {
             schedule,
             uri,
         })
+    }
+
+    fn signer(config: &Endpoint) -> Result<Signer, String> {
+        let secret = Secret::parse(&config.secret).map_err(|e| e.to_string())?;
+        let mut signer = Signer::new(secret);
+        let now = OffsetDateTime::now_utc();
+        for old in &config.previous_secrets {
+            // Expiry is checked again at each signature, so an old secret stops at its
+            // moment, not at the next snapshot.
+            if old.expires_at > now {
+                signer = signer.with_previous_until(
+                    Secret::parse(&old.secret).map_err(|e| e.to_string())?,
+                    old.expires_at.unix_timestamp(),
+                );
+            }
+        }
+        Ok(signer)
     }
 }
 
@@ -143,6 +162,7 @@ impl Live {
             js: layout.js.clone(),
             stream_name,
             default_schedule,
+            keyring: layout.keyring.clone(),
         };
         tokio::spawn(task.run(cancel, ready_tx));
         ready_rx
@@ -193,6 +213,7 @@ struct WatchTask {
     js: async_nats::jetstream::Context,
     stream_name: String,
     default_schedule: RetrySchedule,
+    keyring: Arc<Keyring>,
 }
 
 impl WatchTask {
@@ -242,8 +263,14 @@ impl WatchTask {
                 match entry.operation {
                     kv::Operation::Put => match serde_json::from_slice::<Endpoint>(&entry.value)
                         .map_err(|e| e.to_string())
-                        .and_then(|ep| LiveEndpoint::build(ep, &self.default_schedule))
-                    {
+                        .and_then(|ep| {
+                            LiveEndpoint::build(
+                                ep,
+                                &entry.key,
+                                &self.keyring,
+                                &self.default_schedule,
+                            )
+                        }) {
                         Ok(ep) => {
                             entries.insert(rest.to_owned(), Arc::new(ep));
                         }

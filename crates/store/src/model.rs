@@ -21,14 +21,24 @@ pub struct Tenant {
 }
 
 /// A secret that still signs after a rotation, until `expires_at`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct PreviousSecret {
     pub secret: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Printed with `{:?}`, secrets show as `<redacted>`.
+impl std::fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("secret", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Endpoint {
     pub id: EndpointId,
     pub tenant: TenantId,
@@ -81,6 +91,24 @@ pub struct Endpoint {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .field("filter_types", &self.filter_types)
+            .field("channels", &self.channels)
+            .field("disabled", &self.disabled)
+            .field("paused", &self.paused)
+            .field("profile", &self.profile)
+            .field("header_names", &self.headers.keys().collect::<Vec<_>>())
+            .field("secret", &"<redacted>")
+            .field("previous_secrets", &self.previous_secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -214,4 +242,30 @@ pub fn api_key_hash(key: &str) -> String {
         out.push(char::from_digit((b & 15) as u32, 16).expect("a nibble"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let mut ep = Endpoint::new("acme".parse().unwrap(), "ep1".parse().unwrap(), "https://x");
+        ep.headers
+            .insert("authorization".into(), "Bearer hunter2".into());
+        ep.previous_secrets.push(PreviousSecret {
+            secret: new_secret(),
+            expires_at: OffsetDateTime::now_utc(),
+        });
+        let printed = format!("{ep:?}");
+        assert!(!printed.contains(&ep.secret), "{printed}");
+        assert!(
+            !printed.contains(&ep.previous_secrets[0].secret),
+            "{printed}"
+        );
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("whsec_"),
+            "{printed}"
+        );
+    }
 }

@@ -47,11 +47,40 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 #[derive(Clone)]
 pub struct ConfigStore {
     kv: kv::Store,
+    keyring: std::sync::Arc<crate::Keyring>,
 }
 
 impl ConfigStore {
-    pub fn new(kv: kv::Store) -> Self {
-        Self { kv }
+    /// The store of `layout`'s bucket; endpoint secrets are sealed and opened with its
+    /// keyring.
+    pub fn new(layout: &crate::Layout) -> Self {
+        Self {
+            kv: layout.config.clone(),
+            keyring: layout.keyring.clone(),
+        }
+    }
+
+    /// An endpoint as stored: its secrets sealed for `key`.
+    fn sealed(&self, key: &str, ep: &Endpoint) -> Result<Vec<u8>, StoreError> {
+        let mut stored = ep.clone();
+        self.keyring
+            .seal_endpoint(key, &mut stored)
+            .map_err(|e| StoreError::Invalid(format!("cannot seal the endpoint's secret: {e}")))?;
+        serde_json::to_vec(&stored).map_err(backend)
+    }
+
+    /// Reads an endpoint and opens its secrets.
+    async fn read_endpoint(&self, key: &str) -> Result<Option<(Endpoint, u64)>, StoreError> {
+        let Some((mut ep, revision)) = self.read::<Endpoint>(key).await? else {
+            return Ok(None);
+        };
+        self.keyring
+            .open_endpoint(key, &mut ep)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some((ep, revision)))
     }
 
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
@@ -257,8 +286,14 @@ impl ConfigStore {
             )));
         }
         let key = Subjects::endpoint_key(ep.tenant.as_str(), ep.id.as_str());
-        self.create(&key, format!("endpoint {:?}", ep.id.as_str()), ep)
-            .await
+        let bytes = self.sealed(&key, ep)?;
+        match self.kv.create(&key, bytes.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(StoreError::Conflict(
+                format!("endpoint {:?}", ep.id.as_str()),
+            )),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     pub async fn get_endpoint(
@@ -267,7 +302,7 @@ impl ConfigStore {
         id: &str,
     ) -> Result<Option<Endpoint>, StoreError> {
         Ok(self
-            .read(&Subjects::endpoint_key(tenant, id))
+            .read_endpoint(&Subjects::endpoint_key(tenant, id))
             .await?
             .map(|(e, _)| e))
     }
@@ -289,12 +324,12 @@ impl ConfigStore {
     {
         let key = Subjects::endpoint_key(tenant, id);
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut ep, revision)) = self.read::<Endpoint>(&key).await? else {
+            let Some((mut ep, revision)) = self.read_endpoint(&key).await? else {
                 return Err(StoreError::NotFound(format!("endpoint {id:?}")));
             };
             change(&mut ep)?;
             ep.updated_at = time::OffsetDateTime::now_utc();
-            let bytes = serde_json::to_vec(&ep).map_err(backend)?;
+            let bytes = self.sealed(&key, &ep)?;
             match self.kv.update(&key, bytes.into(), revision).await {
                 Ok(_) => return Ok(ep),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -304,6 +339,71 @@ impl ConfigStore {
         Err(StoreError::Conflict(format!(
             "endpoint {id:?} is being changed concurrently; retry"
         )))
+    }
+
+    /// Finishes a key rotation, or a move from a clear-text store: every endpoint whose
+    /// secrets are not sealed with the current key is rewritten with it, then every older
+    /// revision of every endpoint record (and of the key-check record) is purged from the
+    /// bucket's stream, so no clear text and nothing sealed by the old key remains. Returns
+    /// (endpoints rewritten, records whose history was purged).
+    pub async fn reencrypt(&self) -> Result<(usize, usize), StoreError> {
+        use futures::TryStreamExt;
+        let mut rewritten = 0;
+        for key in self.keys_with_prefix("endpoints.").await? {
+            let Some((raw, _)) = self.read::<Endpoint>(&key).await? else {
+                continue;
+            };
+            if self.keyring.endpoint_is_current(&raw) {
+                continue;
+            }
+            // Opened, then sealed anew, compare-and-set; nothing else changes (not even
+            // updated_at).
+            for attempt in 1..=CAS_ATTEMPTS {
+                let Some((ep, revision)) = self.read_endpoint(&key).await? else {
+                    break;
+                };
+                let bytes = self.sealed(&key, &ep)?;
+                match self.kv.update(&key, bytes.into(), revision).await {
+                    Ok(_) => {
+                        rewritten += 1;
+                        break;
+                    }
+                    Err(e)
+                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                            && attempt < CAS_ATTEMPTS =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+        }
+        self.keyring
+            .write_check(&self.kv)
+            .await
+            .map_err(StoreError::Backend)?;
+        let mut subjects = Vec::new();
+        for prefix in ["endpoints.>", crate::crypt::KEY_CHECK] {
+            let mut info = self
+                .kv
+                .stream
+                .info_with_subjects(format!("{}{prefix}", self.kv.prefix))
+                .await
+                .map_err(backend)?;
+            while let Some((subject, _)) = info.try_next().await.map_err(backend)? {
+                subjects.push(subject);
+            }
+        }
+        for subject in &subjects {
+            self.kv
+                .stream
+                .purge()
+                .filter(subject.clone())
+                .keep(1)
+                .await
+                .map_err(backend)?;
+        }
+        Ok((rewritten, subjects.len()))
     }
 
     pub async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<(), StoreError> {

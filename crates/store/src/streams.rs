@@ -14,12 +14,22 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Config history kept per key.
 pub const CONFIG_HISTORY: i64 = 5;
 
-/// Handles to everything [`ensure`] created.
+/// Handles to everything [`ensure`] created, and the keys that open the secrets in it.
 #[derive(Clone)]
 pub struct Layout {
     pub subjects: Subjects,
     pub js: jetstream::Context,
     pub config: kv::Store,
+    /// None by default ([`Layout::with_keyring`]): enough for the router.
+    pub keyring: std::sync::Arc<crate::Keyring>,
+}
+
+impl Layout {
+    /// The layout with the keys that seal and open endpoint secrets (api, worker).
+    pub fn with_keyring(mut self, keyring: crate::Keyring) -> Self {
+        self.keyring = std::sync::Arc::new(keyring);
+        self
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,5 +128,6 @@ pub async fn ensure(
         subjects,
         js,
         config,
+        keyring: Default::default(),
     })
 }

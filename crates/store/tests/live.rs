@@ -27,8 +27,11 @@ async fn snapshot_follows_the_bucket_across_a_server_restart() {
     let client = server.connect().await;
     let layout = gancho_store::ensure(jetstream::new(client), Subjects::default(), 1)
         .await
-        .unwrap();
-    let store = ConfigStore::new(layout.config.clone());
+        .unwrap()
+        .with_keyring(
+            gancho_store::Keyring::new(&gancho_store::Keyring::generate(), None).unwrap(),
+        );
+    let store = ConfigStore::new(&layout);
     store
         .create_tenant(&Tenant {
             id: "acme".parse().unwrap(),

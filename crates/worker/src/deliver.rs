@@ -127,6 +127,14 @@ impl Ctx {
             };
         };
         drop(snapshot);
+        if ep.signer.is_none() {
+            return self
+                .nak(
+                    &msg,
+                    "this worker cannot open endpoint secrets: set GANCHO_ENCRYPTION_KEY",
+                )
+                .await;
+        }
         if ep.config.disabled {
             let reason = format!(
                 "the endpoint is disabled{}",
@@ -337,7 +345,11 @@ impl Ctx {
             .unwrap_or(now);
         let body = standard_body(&delivery.r#type, occurred, &delivery.payload);
         let ts = now.unix_timestamp();
-        let signature = ep.signer.header(&delivery.event_id, ts, &body);
+        let signature = ep
+            .signer
+            .as_ref()
+            .map(|s| s.header(&delivery.event_id, ts, &body))
+            .unwrap_or_default();
         let mut req = ::http::Request::post(ep.uri.clone())
             .header("content-type", "application/json")
             .header("webhook-id", delivery.event_id.as_str())

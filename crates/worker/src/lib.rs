@@ -132,7 +132,7 @@ pub async fn run(
         js: output,
         subjects,
         live,
-        store: ConfigStore::new(layout.config.clone()),
+        store: ConfigStore::new(&layout),
         client,
         jitter: config.jitter,
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),

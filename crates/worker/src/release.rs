@@ -39,7 +39,13 @@ pub(crate) async fn run(
 ) {
     let mut changes = live.changes();
     loop {
-        if let Err(e) = look(&js, &subjects, &live).await {
+        // A release cut short by shutdown is redone by the next worker: every held message
+        // is acked only after its republish is stored, under a message id.
+        let looked = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = look(&js, &subjects, &live) => r,
+        };
+        if let Err(e) = looked {
             warn!(error = %e, "Cannot release held deliveries; trying again later.");
         }
         tokio::select! {
