@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gancho_core::{EndpointId, Filter, RetrySchedule, Secret, TenantId};
 use gancho_store::model::{new_endpoint_id, new_secret, MAX_TIMEOUT_MS};
-use gancho_store::Endpoint;
+use gancho_store::{Endpoint, Profile, TokenAuth};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -21,8 +21,8 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_LIST: usize = 64;
 /// Highest per-endpoint in-flight cap.
 const MAX_IN_FLIGHT: u32 = 1000;
-/// Profiles this build delivers.
-const PROFILES: &[&str] = &["standard"];
+/// Longest token of the `token` profile.
+const MAX_TOKEN: usize = 512;
 /// Headers gancho sets itself; an endpoint may not override them.
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
@@ -70,7 +70,11 @@ pub struct EndpointView {
     rate_limit_per_sec: Option<u32>,
     max_in_flight: Option<u32>,
     timeout_ms: u32,
-    profile: String,
+    #[schema(value_type = String, example = "standard")]
+    profile: Profile,
+    /// Where the `token` profile sends its token; the token itself is never returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<TokenView>,
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_schedule: Option<String>,
@@ -101,11 +105,97 @@ impl EndpointView {
             max_in_flight: ep.max_in_flight,
             timeout_ms: ep.timeout_ms,
             profile: ep.profile,
+            token: ep.token.map(|t| TokenView {
+                header: t.header,
+                query: t.query,
+            }),
             headers: ep.headers,
             retry_schedule: ep.retry_schedule,
             created_at: ep.created_at,
             updated_at: ep.updated_at,
         }
+    }
+}
+
+/// Where the `token` profile's token goes (its value is write-only).
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+}
+
+/// The `token` profile's token: its value, and exactly one of `header` (a header name) and
+/// `query` (a query parameter name).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInput {
+    #[schema(example = "validationtoken")]
+    header: Option<String>,
+    query: Option<String>,
+    /// 1 to 512 visible ASCII characters. Write-only: never returned.
+    value: String,
+}
+
+impl TokenInput {
+    fn into_auth(self) -> Result<TokenAuth, ApiError> {
+        let value_ok = !self.value.is_empty()
+            && self.value.len() <= MAX_TOKEN
+            && self.value.bytes().all(|b| b.is_ascii_graphic());
+        if !value_ok {
+            return Err(ApiError::invalid(format!(
+                "token.value must be 1 to {MAX_TOKEN} visible ASCII characters (no spaces)"
+            )));
+        }
+        match (&self.header, &self.query) {
+            (Some(h), None) => {
+                check_headers(&BTreeMap::from([(h.clone(), "x".to_owned())]))
+                    .map_err(|e| ApiError::invalid(format!("token.header: {}", e.message)))?;
+            }
+            (None, Some(q)) => {
+                let ok = !q.is_empty()
+                    && q.len() <= 64
+                    && q.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "token.query must be 1 to 64 letters, digits, '_', '-' or '.'",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "token needs exactly one of \"header\" (a header name) and \"query\" (a query parameter name)",
+                ))
+            }
+        }
+        Ok(TokenAuth {
+            header: self.header,
+            query: self.query,
+            value: self.value,
+        })
+    }
+}
+
+fn parse_profile(p: &str) -> Result<Profile, ApiError> {
+    Profile::parse(p).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "profile {p:?} is not supported; use one of: {}",
+            Profile::ALL.map(|p| p.as_str()).join(", ")
+        ))
+    })
+}
+
+/// A profile's own requirements, on the endpoint as it would be stored.
+fn check_profile(ep: &Endpoint) -> Result<(), ApiError> {
+    match (ep.profile, &ep.token) {
+        (Profile::Token, None) => Err(ApiError::invalid(
+            "profile \"token\" needs a token: {\"header\": \"validationtoken\", \"value\": \"...\"} or {\"query\": \"token\", \"value\": \"...\"}",
+        )),
+        (Profile::Standard, Some(_)) => Err(ApiError::invalid(
+            "token is only used by profile \"token\"; set \"profile\": \"token\" or leave token out",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -136,9 +226,11 @@ pub struct CreateEndpoint {
     /// Per-request timeout, 1 to 30000 ms (default 15000).
     #[schema(minimum = 1, maximum = 30000)]
     timeout_ms: Option<u32>,
-    /// Delivery profile (default `standard`).
+    /// Delivery profile: `standard` (default) or `token`.
     #[schema(example = "standard")]
     profile: Option<String>,
+    /// Required by profile `token`: where to send which token.
+    token: Option<TokenInput>,
     /// Extra headers on every request; not `webhook-*`, `content-type`, `host`, `user-agent`
     /// or hop-by-hop headers.
     #[serde(default)]
@@ -200,6 +292,11 @@ pub struct PatchEndpoint {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     profile: Option<String>,
+    /// Replaces the `token` profile's token (a rotation: the next request carries the new
+    /// one).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    token: Option<TokenInput>,
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     headers: Option<BTreeMap<String, String>>,
@@ -345,7 +442,6 @@ fn check_settings(
     rate: Option<u32>,
     in_flight: Option<u32>,
     timeout_ms: u32,
-    profile: &str,
     schedule: Option<&str>,
 ) -> Result<(), ApiError> {
     if rate == Some(0) {
@@ -363,12 +459,6 @@ fn check_settings(
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
         return Err(ApiError::invalid(format!(
             "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
-        )));
-    }
-    if !PROFILES.contains(&profile) {
-        return Err(ApiError::invalid(format!(
-            "profile {profile:?} is not supported; use one of: {}",
-            PROFILES.join(", ")
         )));
     }
     if let Some(s) = schedule {
@@ -400,7 +490,11 @@ pub async fn create(
     check_filters(&body.filter_types)?;
     check_channels(&body.channels)?;
     check_headers(&body.headers)?;
-    let profile = body.profile.unwrap_or_else(|| "standard".into());
+    let profile = match body.profile.as_deref() {
+        Some(p) => parse_profile(p)?,
+        None => Profile::Standard,
+    };
+    let token = body.token.map(TokenInput::into_auth).transpose()?;
     let timeout_ms = body
         .timeout_ms
         .unwrap_or(gancho_store::model::DEFAULT_TIMEOUT_MS);
@@ -408,7 +502,6 @@ pub async fn create(
         body.rate_limit_per_sec,
         body.max_in_flight,
         timeout_ms,
-        &profile,
         body.retry_schedule.as_deref(),
     )?;
     let secret = match body.secret {
@@ -436,6 +529,7 @@ pub async fn create(
         max_in_flight: body.max_in_flight,
         timeout_ms,
         profile,
+        token,
         headers: body.headers,
         retry_schedule: body.retry_schedule,
         secret,
@@ -443,6 +537,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    check_profile(&ep)?;
     state.store.create_endpoint(&ep).await?;
     Ok((
         StatusCode::CREATED,
@@ -641,6 +736,8 @@ pub async fn update(
     if let Some(h) = &body.headers {
         check_headers(h)?;
     }
+    let profile = body.profile.as_deref().map(parse_profile).transpose()?;
+    let token = body.token.map(TokenInput::into_auth).transpose()?;
     let mut invalid = None;
     let ep = state
         .store
@@ -666,8 +763,15 @@ pub async fn update(
             if let Some(v) = body.timeout_ms {
                 ep.timeout_ms = v;
             }
-            if let Some(v) = &body.profile {
-                ep.profile = v.clone();
+            if let Some(v) = profile {
+                ep.profile = v;
+                if v != Profile::Token {
+                    // Leaving the token profile drops its token.
+                    ep.token = None;
+                }
+            }
+            if let Some(t) = &token {
+                ep.token = Some(t.clone());
             }
             if let Some(v) = &body.headers {
                 ep.headers = v.clone();
@@ -684,13 +788,14 @@ pub async fn update(
             if let Some(v) = body.paused {
                 set_paused(ep, v);
             }
-            if let Err(e) = check_settings(
+            let checked = check_settings(
                 ep.rate_limit_per_sec,
                 ep.max_in_flight,
                 ep.timeout_ms,
-                &ep.profile,
                 ep.retry_schedule.as_deref(),
-            ) {
+            )
+            .and_then(|()| check_profile(ep));
+            if let Err(e) = checked {
                 let msg = e.message.clone();
                 invalid = Some(e);
                 return Err(gancho_store::StoreError::Invalid(msg));

@@ -107,6 +107,8 @@ enum EndpointsCmd {
         filters: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
     /// List a tenant's endpoints. Example: gancho endpoints list --tenant acme
     List {
@@ -133,6 +135,8 @@ enum EndpointsCmd {
         /// Replaces the filters; repeat for more.
         #[arg(long = "filter")]
         filters: Option<Vec<String>>,
+        #[command(flatten)]
+        profile: ProfileArgs,
         /// true or false. A disabled endpoint gets no new deliveries and the ones on their
         /// way are dead-lettered (endpoint_disabled); false re-enables one (also after a 410).
         #[arg(long)]
@@ -168,6 +172,46 @@ enum EndpointsCmd {
         #[arg(long, default_value = "24h")]
         grace: String,
     },
+}
+
+/// The delivery profile and its settings.
+#[derive(Args, Debug)]
+struct ProfileArgs {
+    /// standard (default) or token.
+    /// Example: --profile token --token-header validationtoken --token-value "$TOKEN"
+    #[arg(long)]
+    profile: Option<String>,
+    /// Profile token: the header that carries the token.
+    #[arg(long, conflicts_with = "token_query")]
+    token_header: Option<String>,
+    /// Profile token: the query parameter that carries the token.
+    #[arg(long)]
+    token_query: Option<String>,
+    /// Profile token: the token (or set GANCHO_ENDPOINT_TOKEN, kept out of shell history).
+    #[arg(long, env = "GANCHO_ENDPOINT_TOKEN", hide_env_values = true)]
+    token_value: Option<String>,
+}
+
+impl ProfileArgs {
+    /// Adds `profile` and `token` to a request body.
+    fn apply(&self, body: &mut serde_json::Map<String, Value>) -> anyhow::Result<()> {
+        if let Some(p) = &self.profile {
+            body.insert("profile".into(), json!(p));
+        }
+        let place = match (&self.token_header, &self.token_query) {
+            (Some(h), _) => Some(("header", h)),
+            (_, Some(q)) => Some(("query", q)),
+            _ => None,
+        };
+        match (place, &self.token_value) {
+            (Some((k, name)), Some(v)) => {
+                body.insert("token".into(), json!({k: name, "value": v}));
+            }
+            (None, None) => {}
+            _ => bail!("a token needs --token-header or --token-query, and --token-value"),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -285,8 +329,14 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             url,
             filters,
             description,
+            profile,
         } => {
-            let body = json!({"url": url, "filter_types": filters, "description": description});
+            let mut body = serde_json::Map::new();
+            body.insert("url".into(), json!(url));
+            body.insert("filter_types".into(), json!(filters));
+            body.insert("description".into(), json!(description));
+            profile.apply(&mut body)?;
+            let body = Value::Object(body);
             let v = call(
                 c,
                 "POST",
@@ -299,7 +349,11 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
         EndpointsCmd::List { tenant, page } => {
             let path = format!("/v1/tenants/{tenant}/endpoints{}", page.query());
             let v = call(c, "GET", &path, None).await?;
-            table(c, &v, &["id", "url", "filter_types", "disabled", "paused"]);
+            table(
+                c,
+                &v,
+                &["id", "url", "profile", "filter_types", "disabled", "paused"],
+            );
         }
         EndpointsCmd::Get { tenant, id } => {
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
@@ -312,6 +366,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             description,
             filters,
             disabled,
+            profile,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(v) = url {
@@ -326,8 +381,9 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             if let Some(v) = disabled {
                 body.insert("disabled".into(), json!(v));
             }
+            profile.apply(&mut body)?;
             if body.is_empty() {
-                bail!("nothing to change: give --url, --description, --filter or --disabled");
+                bail!("nothing to change: give --url, --description, --filter, --disabled, --profile or a token");
             }
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
             show(

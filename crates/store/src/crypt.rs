@@ -170,6 +170,9 @@ impl Keyring {
         for old in &mut ep.previous_secrets {
             old.secret = self.seal(&ad, &old.secret)?;
         }
+        if let Some(token) = &mut ep.token {
+            token.value = self.seal(&format!("{key}#token"), &token.value)?;
+        }
         Ok(())
     }
 
@@ -179,6 +182,9 @@ impl Keyring {
         let ad = format!("{key}#previous_secrets");
         for old in &mut ep.previous_secrets {
             old.secret = self.open(&ad, &old.secret)?;
+        }
+        if let Some(token) = &mut ep.token {
+            token.value = self.open(&format!("{key}#token"), &token.value)?;
         }
         Ok(())
     }
@@ -190,6 +196,7 @@ impl Keyring {
                 .previous_secrets
                 .iter()
                 .all(|p| self.is_current(&p.secret))
+            && ep.token.as_ref().is_none_or(|t| self.is_current(&t.value))
     }
 
     /// Whether `stored` is sealed with the current key (nothing left to re-encrypt).

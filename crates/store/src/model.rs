@@ -75,8 +75,11 @@ pub struct Endpoint {
     /// Per-request timeout in milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u32,
-    #[serde(default = "default_profile")]
-    pub profile: String,
+    #[serde(default)]
+    pub profile: Profile,
+    /// The token the `token` profile sends (sealed at rest; never returned by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenAuth>,
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -104,6 +107,7 @@ impl std::fmt::Debug for Endpoint {
             .field("disabled", &self.disabled)
             .field("paused", &self.paused)
             .field("profile", &self.profile)
+            .field("token", &self.token)
             .field("header_names", &self.headers.keys().collect::<Vec<_>>())
             .field("secret", &"<redacted>")
             .field("previous_secrets", &self.previous_secrets)
@@ -131,7 +135,8 @@ impl Endpoint {
             rate_limit_per_sec: None,
             max_in_flight: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
-            profile: default_profile(),
+            profile: Profile::Standard,
+            token: None,
             headers: BTreeMap::new(),
             retry_schedule: None,
             secret: new_secret(),
@@ -146,8 +151,53 @@ fn default_timeout() -> u32 {
     DEFAULT_TIMEOUT_MS
 }
 
-fn default_profile() -> String {
-    "standard".into()
+/// How a delivery is turned into a request: URL, headers, body, signature, and what counts
+/// as success. One module in the worker builds each (`crates/worker/src/profile.rs`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// Standard Webhooks: signed JSON, any 2xx is success.
+    #[default]
+    #[serde(rename = "standard")]
+    Standard,
+    /// Standard Webhooks plus a static token in a header or a query parameter, for receivers
+    /// that check one (Superlogica's `validationtoken`).
+    #[serde(rename = "token")]
+    Token,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 2] = [Profile::Standard, Profile::Token];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Profile::Standard => "standard",
+            Profile::Token => "token",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Where the `token` profile puts its token: exactly one of `header` and `query`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    pub value: String,
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("header", &self.header)
+            .field("query", &self.query)
+            .field("value", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A fresh `whsec_` secret of 32 random bytes.
@@ -253,6 +303,11 @@ mod tests {
         let mut ep = Endpoint::new("acme".parse().unwrap(), "ep1".parse().unwrap(), "https://x");
         ep.headers
             .insert("authorization".into(), "Bearer hunter2".into());
+        ep.token = Some(TokenAuth {
+            header: Some("validationtoken".into()),
+            query: None,
+            value: "tok-s3cr3t".into(),
+        });
         ep.previous_secrets.push(PreviousSecret {
             secret: new_secret(),
             expires_at: OffsetDateTime::now_utc(),
@@ -267,5 +322,6 @@ mod tests {
             !printed.contains("hunter2") && !printed.contains("whsec_"),
             "{printed}"
         );
+        assert!(!printed.contains("tok-s3cr3t"), "{printed}");
     }
 }

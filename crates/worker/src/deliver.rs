@@ -8,13 +8,11 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use gancho_core::retry::jitter;
-use gancho_core::webhook::standard_body;
 use gancho_core::Subjects;
 use gancho_proto::{timestamp, to_datetime, Attempt, DeadLetter, Delivery, Message as _};
 use gancho_store::consume::{self, Handled};
 use gancho_store::{ConfigStore, Live, LiveEndpoint};
 use gancho_telemetry::names;
-use http_body_util::Full;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -331,37 +329,17 @@ impl Ctx {
             .await
     }
 
-    /// Sends the webhook once.
+    /// Sends the webhook once, built by its profile.
     async fn attempt(
         &self,
         delivery: &Delivery,
         ep: &LiveEndpoint,
         now: OffsetDateTime,
     ) -> (Outcome, Duration) {
-        let occurred = delivery
-            .occurred_at
-            .as_ref()
-            .and_then(to_datetime)
-            .unwrap_or(now);
-        let body = standard_body(&delivery.r#type, occurred, &delivery.payload);
-        let ts = now.unix_timestamp();
-        let signature = ep
-            .signer
-            .as_ref()
-            .map(|s| s.header(&delivery.event_id, ts, &body))
-            .unwrap_or_default();
-        let mut req = ::http::Request::post(ep.uri.clone())
-            .header("content-type", "application/json")
-            .header("webhook-id", delivery.event_id.as_str())
-            .header("webhook-timestamp", ts)
-            .header("webhook-signature", signature)
-            .header("user-agent", self.user_agent.as_str());
-        for (k, v) in &ep.config.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
+        let req = crate::profile::request(ep, delivery, now, &self.user_agent);
         let start = Instant::now();
-        let outcome = match req.body(Full::new(Bytes::from(body))) {
-            Err(e) => Err(SendError::Request(format!("cannot build the request: {e}"))),
+        let outcome = match req {
+            Err(crate::profile::Refused::Build(e)) => Err(SendError::Request(e)),
             Ok(req) => {
                 let timeout = Duration::from_millis(u64::from(ep.config.timeout_ms.max(1)));
                 self.client.send(req, timeout).await
@@ -371,7 +349,7 @@ impl Ctx {
         let outcome = match outcome {
             Ok(resp) => Outcome {
                 status: resp.status,
-                label: if (200..300).contains(&resp.status) {
+                label: if crate::profile::is_success(ep.config.profile, resp.status) {
                     "success"
                 } else {
                     "http_error"

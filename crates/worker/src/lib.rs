@@ -29,6 +29,7 @@
 mod deliver;
 pub mod gate;
 pub mod http;
+mod profile;
 mod release;
 
 use async_nats::jetstream;

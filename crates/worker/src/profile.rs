@@ -1,0 +1,143 @@
+//! One place per delivery profile: how a delivery becomes a request (URL, headers, body,
+//! signature) and which answer counts as delivered. A new profile is a new arm here and a
+//! variant of [`Profile`].
+//!
+//! - `standard`: Standard Webhooks. `webhook-id` (the event id, stable across retries),
+//!   `webhook-timestamp`, `webhook-signature` (`v1,<HMAC-SHA256>`, one per live secret),
+//!   body `{"type", "timestamp", "data"}`; any 2xx is success.
+//! - `token`: `standard`, plus the endpoint's static token in its header or query parameter.
+
+use bytes::Bytes;
+use gancho_core::webhook::standard_body;
+use gancho_proto::{to_datetime, Delivery};
+use gancho_store::{LiveEndpoint, Profile};
+use http_body_util::Full;
+use time::OffsetDateTime;
+
+/// Characters escaped in a query parameter value: everything but unreserved ones.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Why no request could be built.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The request cannot be built from this endpoint's settings (an attempt that fails).
+    Build(String),
+}
+
+/// The request for one attempt of `delivery` to `ep`, made at `now`.
+pub(crate) fn request(
+    ep: &LiveEndpoint,
+    delivery: &Delivery,
+    now: OffsetDateTime,
+    user_agent: &str,
+) -> Result<http::Request<Full<Bytes>>, Refused> {
+    match ep.config.profile {
+        Profile::Standard => standard(ep, delivery, now, user_agent, ep.uri.clone()),
+        Profile::Token => {
+            let token = ep
+                .config
+                .token
+                .as_ref()
+                .ok_or_else(|| Refused::Build("profile token without a token".into()))?;
+            let uri = match &token.query {
+                Some(name) => with_query(&ep.uri, name, &token.value)?,
+                None => ep.uri.clone(),
+            };
+            let mut req = standard(ep, delivery, now, user_agent, uri)?;
+            if let Some(name) = &token.header {
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| Refused::Build("the token header name is not valid".into()))?;
+                let value = http::HeaderValue::from_str(&token.value)
+                    .map_err(|_| Refused::Build("the token is not a valid header value".into()))?;
+                req.headers_mut().insert(name, value);
+            }
+            Ok(req)
+        }
+    }
+}
+
+/// Whether `status` means delivered for this profile.
+pub(crate) fn is_success(profile: Profile, status: u16) -> bool {
+    match profile {
+        Profile::Standard | Profile::Token => (200..300).contains(&status),
+    }
+}
+
+fn standard(
+    ep: &LiveEndpoint,
+    delivery: &Delivery,
+    now: OffsetDateTime,
+    user_agent: &str,
+    uri: http::Uri,
+) -> Result<http::Request<Full<Bytes>>, Refused> {
+    let occurred = delivery
+        .occurred_at
+        .as_ref()
+        .and_then(to_datetime)
+        .unwrap_or(now);
+    let body = standard_body(&delivery.r#type, occurred, &delivery.payload);
+    let ts = now.unix_timestamp();
+    let signer = ep
+        .signer
+        .as_ref()
+        .ok_or_else(|| Refused::Build("no signing secret in this worker".into()))?;
+    let signature = signer.header(&delivery.event_id, ts, &body);
+    let mut req = http::Request::post(uri)
+        .header("content-type", "application/json")
+        .header("webhook-id", delivery.event_id.as_str())
+        .header("webhook-timestamp", ts)
+        .header("webhook-signature", signature)
+        .header("user-agent", user_agent);
+    for (k, v) in &ep.config.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req.body(Full::new(Bytes::from(body)))
+        .map_err(|e| Refused::Build(format!("cannot build the request: {e}")))
+}
+
+/// `uri` with `name=value` added to its query, the value percent-encoded.
+fn with_query(uri: &http::Uri, name: &str, value: &str) -> Result<http::Uri, Refused> {
+    let value = percent_encoding::utf8_percent_encode(value, QUERY_VALUE);
+    let path_and_query = match uri.query() {
+        Some(q) if !q.is_empty() => format!("{}?{q}&{name}={value}", uri.path()),
+        _ => format!("{}?{name}={value}", uri.path()),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| Refused::Build("the token does not fit in a URL".into()))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|_| Refused::Build("the token does not fit in a URL".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tokens_are_escaped_and_appended() {
+        let uri: http::Uri = "https://h.example.com/in?a=1".parse().unwrap();
+        let out = with_query(&uri, "token", "a b&c=d").unwrap();
+        assert_eq!(
+            out.to_string(),
+            "https://h.example.com/in?a=1&token=a%20b%26c%3Dd"
+        );
+        let bare: http::Uri = "https://h.example.com/in".parse().unwrap();
+        assert_eq!(
+            with_query(&bare, "t", "x").unwrap().to_string(),
+            "https://h.example.com/in?t=x"
+        );
+    }
+
+    #[test]
+    fn success_is_per_profile() {
+        assert!(is_success(Profile::Standard, 204));
+        assert!(!is_success(Profile::Token, 302));
+    }
+}

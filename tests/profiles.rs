@@ -1,0 +1,158 @@
+//! Delivery profiles through the API and real HTTPS receivers. `token`: the static token
+//! arrives in the configured header or query parameter, next to a valid signature; it is
+//! never in an API answer, the attempt log or the config bucket in clear; a PATCH switches
+//! it; bad settings are refused with what to fix.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use gancho_test_harness::{wait_until, Receiver};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    support::http(
+        method,
+        &format!("{base}/v1/tenants/acme{path}"),
+        Some(TOKEN),
+        body.as_deref(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_profile_sends_its_token_and_never_shows_it() {
+    let env = support::Env::new().await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+
+    // Bad settings say what to fix.
+    let bad = [
+        (json!({"profile": "token"}), "needs a token"),
+        (
+            json!({"token": {"header": "validationtoken", "value": "t"}}),
+            "only used by profile \"token\"",
+        ),
+        (
+            json!({"profile": "token", "token": {"header": "x-t", "query": "t", "value": "t"}}),
+            "exactly one of",
+        ),
+        (
+            json!({"profile": "token", "token": {"header": "webhook-id", "value": "t"}}),
+            "token.header",
+        ),
+        (
+            json!({"profile": "token", "token": {"query": "t", "value": "has space"}}),
+            "token.value",
+        ),
+        (json!({"profile": "soap"}), "standard, token"),
+    ];
+    for (extra, want) in bad {
+        let mut body = json!({"url": rx.url("/x")});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (s, v) = call(&base, "POST", "/endpoints", Some(body.clone())).await;
+        assert_eq!(s, 422, "{body} -> {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{body}: {v}"
+        );
+    }
+
+    let (s, header_ep) = call(
+        &base,
+        "POST",
+        "/endpoints",
+        Some(
+            json!({"id": "hdr", "url": rx.url("/hdr"), "profile": "token",
+                    "token": {"header": "validationtoken", "value": "tok-first-123"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{header_ep}");
+    let (s, query_ep) = call(
+        &base,
+        "POST",
+        "/endpoints",
+        Some(
+            json!({"id": "qry", "url": rx.url("/qry?tenant=acme"), "profile": "token",
+                    "token": {"query": "token", "value": "q&v=1/2"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{query_ep}");
+    for v in [&header_ep, &query_ep] {
+        assert!(!v.to_string().contains("tok-first") && !v.to_string().contains("q&v"));
+        assert_eq!(v["profile"], "token");
+    }
+    assert_eq!(header_ep["token"], json!({"header": "validationtoken"}));
+    let (_, list) = call(&base, "GET", "/endpoints", None).await;
+    assert!(!list.to_string().contains("tok-first"), "{list}");
+
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    env.publish("acme", "charge.paid", "evt-tok-1", b"{}", &[])
+        .await;
+    wait_until("both webhooks", Duration::from_secs(20), || {
+        std::future::ready(rx.count() == 2)
+    })
+    .await;
+    let got = rx.received();
+    let by_path = |p: &str| got.iter().find(|r| r.path.starts_with(p)).unwrap().clone();
+    let hdr = by_path("/hdr");
+    assert_eq!(hdr.header("validationtoken"), Some("tok-first-123"));
+    support::verify_with(header_ep["secret"].as_str().unwrap(), &hdr).unwrap();
+    let qry = by_path("/qry");
+    assert_eq!(qry.path, "/qry?tenant=acme&token=q%26v%3D1%2F2");
+    assert!(qry.header("validationtoken").is_none());
+
+    // Rotation: a PATCH switches the token for the next request.
+    let (s, v) = call(
+        &base,
+        "PATCH",
+        "/endpoints/hdr",
+        Some(json!({"token": {"header": "validationtoken", "value": "tok-second-456"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v.to_string().contains("tok-second"));
+    let mut n = 0;
+    wait_until("the new token", Duration::from_secs(20), || {
+        n += 1;
+        let id = format!("evt-tok-rot-{n}");
+        let (env, rx) = (&env, &rx);
+        async move {
+            env.publish("acme", "charge.paid", &id, b"{}", &[]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            rx.received()
+                .iter()
+                .any(|r| r.header("validationtoken") == Some("tok-second-456"))
+        }
+    })
+    .await;
+
+    // Nowhere in clear: not in the attempt log (its URL drops the query), not in the bucket.
+    wait_until("attempt records", Duration::from_secs(10), || async {
+        !env.attempts("acme", "qry").await.is_empty()
+    })
+    .await;
+    for a in env.attempts("acme", "qry").await {
+        assert!(!a.url.contains("token="), "{}", a.url);
+    }
+    let stream = format!("KV_{}", env.layout.subjects.config_bucket());
+    for (subject, bytes) in env.read_stream(&stream, "$KV.").await {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["tok-first-123", "tok-second-456", "q&v=1/2"] {
+            assert!(!text.contains(secret), "{secret} in clear in {subject}");
+        }
+    }
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}
