@@ -78,6 +78,12 @@ pub struct EndpointView {
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_schedule: Option<String>,
+    /// The client certificate chain presented to the endpoint (its key is never returned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<String>,
+    /// CA certificates trusted for this endpoint besides the webpki roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -111,6 +117,8 @@ impl EndpointView {
             }),
             headers: ep.headers,
             retry_schedule: ep.retry_schedule,
+            client_cert: ep.client_cert,
+            ca: ep.ca,
             created_at: ep.created_at,
             updated_at: ep.updated_at,
         }
@@ -177,6 +185,60 @@ impl TokenInput {
     }
 }
 
+/// Largest PEM accepted for a certificate chain, key or CA bundle.
+const MAX_PEM: usize = 16 * 1024;
+
+fn check_pem_certs(field: &str, pem: &str) -> Result<(), ApiError> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "{field} must be PEM certificates (-----BEGIN CERTIFICATE-----), up to {MAX_PEM} bytes"
+        ))
+    };
+    if pem.len() > MAX_PEM {
+        return Err(bad());
+    }
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    if certs.is_empty() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The endpoint's mTLS settings as they would be stored: a certificate and its key come
+/// together, and each parses.
+fn check_tls(ep: &Endpoint) -> Result<(), ApiError> {
+    match (&ep.client_cert, &ep.client_key) {
+        (Some(cert), Some(key)) => {
+            check_pem_certs("client_cert", cert)?;
+            let parsed = (key.len() <= MAX_PEM)
+                .then(|| {
+                    rustls_pemfile::private_key(&mut key.as_bytes())
+                        .ok()
+                        .flatten()
+                })
+                .flatten();
+            if parsed.is_none() {
+                // Never echo the key back.
+                return Err(ApiError::invalid(
+                    "client_key must be a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                ));
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ApiError::invalid(
+                "client_cert and client_key go together: give both, or neither",
+            ))
+        }
+    }
+    if let Some(ca) = &ep.ca {
+        check_pem_certs("ca", ca)?;
+    }
+    Ok(())
+}
+
 fn parse_profile(p: &str) -> Result<Profile, ApiError> {
     Profile::parse(p).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -231,6 +293,12 @@ pub struct CreateEndpoint {
     profile: Option<String>,
     /// Required by profile `token`: where to send which token.
     token: Option<TokenInput>,
+    /// mTLS: the client certificate chain (PEM) to present; needs `client_key`.
+    client_cert: Option<String>,
+    /// mTLS: the private key (PEM) of `client_cert`. Write-only, sealed at rest.
+    client_key: Option<String>,
+    /// CA certificates (PEM) trusted for this endpoint besides the webpki roots.
+    ca: Option<String>,
     /// Extra headers on every request; not `webhook-*`, `content-type`, `host`, `user-agent`
     /// or hop-by-hop headers.
     #[serde(default)]
@@ -297,6 +365,14 @@ pub struct PatchEndpoint {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     token: Option<TokenInput>,
+    /// null removes the client certificate (and its key).
+    #[serde(default, deserialize_with = "nullable")]
+    client_cert: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    client_key: Option<Option<String>>,
+    /// null removes the endpoint's own CA.
+    #[serde(default, deserialize_with = "nullable")]
+    ca: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     headers: Option<BTreeMap<String, String>>,
@@ -530,6 +606,9 @@ pub async fn create(
         timeout_ms,
         profile,
         token,
+        client_cert: body.client_cert,
+        client_key: body.client_key,
+        ca: body.ca,
         headers: body.headers,
         retry_schedule: body.retry_schedule,
         secret,
@@ -538,6 +617,7 @@ pub async fn create(
         updated_at: now,
     };
     check_profile(&ep)?;
+    check_tls(&ep)?;
     state.store.create_endpoint(&ep).await?;
     Ok((
         StatusCode::CREATED,
@@ -773,6 +853,18 @@ pub async fn update(
             if let Some(t) = &token {
                 ep.token = Some(t.clone());
             }
+            if let Some(v) = &body.client_cert {
+                ep.client_cert = v.clone();
+                if v.is_none() && body.client_key.is_none() {
+                    ep.client_key = None;
+                }
+            }
+            if let Some(v) = &body.client_key {
+                ep.client_key = v.clone();
+            }
+            if let Some(v) = &body.ca {
+                ep.ca = v.clone();
+            }
             if let Some(v) = &body.headers {
                 ep.headers = v.clone();
             }
@@ -794,7 +886,8 @@ pub async fn update(
                 ep.timeout_ms,
                 ep.retry_schedule.as_deref(),
             )
-            .and_then(|()| check_profile(ep));
+            .and_then(|()| check_profile(ep))
+            .and_then(|()| check_tls(ep));
             if let Err(e) = checked {
                 let msg = e.message.clone();
                 invalid = Some(e);

@@ -48,7 +48,7 @@ enum Command {
     #[command(name = "api-keys")]
     ApiKeys(manage::ApiKeys),
     /// Manage a tenant's endpoints through the API.
-    Endpoints(manage::Endpoints),
+    Endpoints(Box<manage::Endpoints>),
     /// Print a new encryption key (base64 of 32 random bytes), alone on a line.
     /// Example: export GANCHO_ENCRYPTION_KEY=$(gancho keygen)
     Keygen,
@@ -119,7 +119,7 @@ fn main() {
             Command::Sink(args) => sink::run(args).await,
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
-            Command::Endpoints(args) => manage::endpoints(args).await,
+            Command::Endpoints(args) => manage::endpoints(*args).await,
             Command::Keygen => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;

@@ -190,6 +190,15 @@ struct ProfileArgs {
     /// Profile token: the token (or set GANCHO_ENDPOINT_TOKEN, kept out of shell history).
     #[arg(long, env = "GANCHO_ENDPOINT_TOKEN", hide_env_values = true)]
     token_value: Option<String>,
+    /// mTLS: a PEM file with the client certificate chain to present (needs --client-key).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// mTLS: a PEM file with the client certificate's private key (sealed at rest).
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates to trust for this endpoint (ICP-Brasil, a private CA).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl ProfileArgs {
@@ -209,6 +218,17 @@ impl ProfileArgs {
             }
             (None, None) => {}
             _ => bail!("a token needs --token-header or --token-query, and --token-value"),
+        }
+        for (field, path) in [
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+            ("ca", &self.ca),
+        ] {
+            if let Some(path) = path {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                body.insert(field.into(), json!(pem));
+            }
         }
         Ok(())
     }

@@ -173,6 +173,9 @@ impl Keyring {
         if let Some(token) = &mut ep.token {
             token.value = self.seal(&format!("{key}#token"), &token.value)?;
         }
+        if let Some(k) = &mut ep.client_key {
+            *k = self.seal(&format!("{key}#client_key"), k)?;
+        }
         Ok(())
     }
 
@@ -186,6 +189,9 @@ impl Keyring {
         if let Some(token) = &mut ep.token {
             token.value = self.open(&format!("{key}#token"), &token.value)?;
         }
+        if let Some(k) = &mut ep.client_key {
+            *k = self.open(&format!("{key}#client_key"), k)?;
+        }
         Ok(())
     }
 
@@ -197,6 +203,7 @@ impl Keyring {
                 .iter()
                 .all(|p| self.is_current(&p.secret))
             && ep.token.as_ref().is_none_or(|t| self.is_current(&t.value))
+            && ep.client_key.as_ref().is_none_or(|k| self.is_current(k))
     }
 
     /// Whether `stored` is sealed with the current key (nothing left to re-encrypt).

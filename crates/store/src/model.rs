@@ -77,6 +77,16 @@ pub struct Endpoint {
     pub timeout_ms: u32,
     #[serde(default)]
     pub profile: Profile,
+    /// Client certificate chain (PEM) presented to the endpoint (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM; sealed at rest, never returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// CA certificates (PEM) trusted for this endpoint besides the webpki roots (Open
+    /// Finance servers chain to ICP-Brasil).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
     /// The token the `token` profile sends (sealed at rest; never returned by the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenAuth>,
@@ -108,6 +118,11 @@ impl std::fmt::Debug for Endpoint {
             .field("paused", &self.paused)
             .field("profile", &self.profile)
             .field("token", &self.token)
+            .field("client_cert", &self.client_cert.is_some())
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("header_names", &self.headers.keys().collect::<Vec<_>>())
             .field("secret", &"<redacted>")
             .field("previous_secrets", &self.previous_secrets)
@@ -137,6 +152,9 @@ impl Endpoint {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             profile: Profile::Standard,
             token: None,
+            client_cert: None,
+            client_key: None,
+            ca: None,
             headers: BTreeMap::new(),
             retry_schedule: None,
             secret: new_secret(),

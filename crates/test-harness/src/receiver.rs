@@ -116,6 +116,15 @@ impl Receiver {
         Self::start(Some(ca.server_config()), Arc::new(script), true).await
     }
 
+    /// HTTPS receiver that requires a client certificate signed by `ca`, answering with
+    /// `script` like [`Receiver::https`].
+    pub async fn https_mtls<F>(ca: &TestCa, script: F) -> Self
+    where
+        F: Fn(usize, &Received) -> Answer + Send + Sync + 'static,
+    {
+        Self::start(Some(ca.server_config_mtls()), Arc::new(script), true).await
+    }
+
     /// HTTPS receiver that answers 200 to everything and keeps only the count of each
     /// (path, webhook-id), for runs too large to keep every request: see [`Receiver::tally`].
     pub async fn https_tally(ca: &TestCa) -> Self {

@@ -76,17 +76,57 @@ impl TestCa {
         }
     }
 
+    /// A client certificate (extended key usage: client auth) for `name`, signed by this CA.
+    pub fn issue_client(&self, name: &str) -> Issued {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("generate a client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the client certificate");
+        Issued {
+            chain: vec![cert.der().clone(), self.ca_der.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A rustls server config for `127.0.0.1` and `localhost`, offering HTTP/2 and HTTP/1.1.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server_config_with(false)
+    }
+
+    /// [`TestCa::server_config`] that requires a client certificate signed by this CA.
+    pub fn server_config_mtls(&self) -> Arc<rustls::ServerConfig> {
+        self.server_config_with(true)
+    }
+
+    fn server_config_with(&self, client_auth: bool) -> Arc<rustls::ServerConfig> {
         let issued = self.issue(&["127.0.0.1", "localhost"]);
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(issued.chain, issued.key)
-        .expect("a valid certificate and key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions");
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der()).expect("the CA is a valid root");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("a client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut cfg = builder
+            .with_single_cert(issued.chain, issued.key)
+            .expect("a valid certificate and key");
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(cfg)
     }

@@ -342,7 +342,12 @@ impl Ctx {
             Err(crate::profile::Refused::Build(e)) => Err(SendError::Request(e)),
             Ok(req) => {
                 let timeout = Duration::from_millis(u64::from(ep.config.timeout_ms.max(1)));
-                self.client.send(req, timeout).await
+                let identity = http::Identity {
+                    cert: ep.config.client_cert.as_deref(),
+                    key: ep.config.client_key.as_deref(),
+                    ca: ep.config.ca.as_deref(),
+                };
+                self.client.send(req, timeout, identity).await
             }
         };
         let latency = start.elapsed();

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +31,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// TCP connect timeout (the request timeout bounds the rest).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS probe waits for the handshake, then for the receiver's first word.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -122,11 +125,92 @@ impl SendError {
     }
 }
 
+/// Dedicated connection pools kept for endpoints with TLS settings of their own; past it the
+/// cache starts over (their connections close when idle).
+const MAX_IDENTITIES: usize = 1024;
+
+/// What an endpoint brings to its TLS connections: a client certificate and key (mTLS) and
+/// CA certificates of its own, all PEM.
+#[derive(Clone, Copy, Default)]
+pub struct Identity<'a> {
+    pub cert: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub ca: Option<&'a str>,
+}
+
+impl Identity<'_> {
+    fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none() && self.ca.is_none()
+    }
+
+    /// A digest naming these settings: endpoints with the same ones share a pool.
+    fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [self.cert, self.key, self.ca] {
+            let part = part.unwrap_or_default();
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
-    inner: Inner,
+    /// For endpoints without TLS settings of their own.
+    inner: Pool,
     allow_private: bool,
     allow_http: bool,
+    /// The webpki roots plus GANCHO_EXTRA_CA_FILE.
+    roots: Arc<rustls::RootCertStore>,
+    /// One client (so one connection pool) per distinct [`Identity`]: two endpoints on one
+    /// host with different certificates never share a connection.
+    identities: Arc<std::sync::Mutex<HashMap<[u8; 32], Pool>>>,
+}
+
+/// A pooled client and the TLS config its connections use (kept for [`Client::probe_tls`]).
+#[derive(Clone)]
+struct Pool {
+    client: Inner,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+fn tls_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+}
+
+/// A pooled client over `tls`, with the SSRF guard.
+fn pooled(tls: rustls::ClientConfig, allow_http: bool, allow_private: bool) -> Pool {
+    let config = Arc::new(tls.clone());
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let https = if allow_http {
+        builder
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http)
+    } else {
+        builder
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http)
+    };
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build(https);
+    Pool {
+        client,
+        tls: config,
+    }
 }
 
 impl Client {
@@ -154,40 +238,123 @@ impl Client {
                 return Err(err("no PEM certificate in the file".into()));
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let https = if allow_http {
-            builder
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        } else {
-            builder
-                .https_only()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        };
-        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(https);
+        let tls = tls_builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
         Ok(Self {
-            inner,
+            inner: pooled(tls, allow_http, allow_private),
             allow_private,
             allow_http,
+            roots: Arc::new(roots),
+            identities: Default::default(),
         })
+    }
+
+    /// The client for an endpoint's TLS settings, built on first use and kept.
+    fn for_identity(&self, id: &Identity<'_>) -> Result<Pool, SendError> {
+        if id.is_empty() {
+            return Ok(self.inner.clone());
+        }
+        let digest = id.digest();
+        if let Some(c) = self.lock_identities().get(&digest) {
+            return Ok(c.clone());
+        }
+        let mut roots = (*self.roots).clone();
+        if let Some(ca) = id.ca {
+            for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                let cert = cert.map_err(|e| {
+                    SendError::Tls(format!("the endpoint's ca does not parse: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    SendError::Tls(format!(
+                        "the endpoint's ca is not a usable CA certificate: {e}"
+                    ))
+                })?;
+            }
+        }
+        let builder = tls_builder().with_root_certificates(roots);
+        let tls = match (id.cert, id.key) {
+            (Some(cert), Some(key)) => {
+                let chain = rustls_pemfile::certs(&mut cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        SendError::Tls(format!("the endpoint's client_cert does not parse: {e}"))
+                    })?;
+                let key = rustls_pemfile::private_key(&mut key.as_bytes())
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        SendError::Tls("the endpoint's client_key does not parse".into())
+                    })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    SendError::Tls(format!(
+                        "the endpoint's client certificate and key do not go together: {e}"
+                    ))
+                })?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let client = pooled(tls, self.allow_http, self.allow_private);
+        let mut identities = self.lock_identities();
+        if identities.len() >= MAX_IDENTITIES {
+            identities.clear();
+        }
+        identities.insert(digest, client.clone());
+        Ok(client)
+    }
+
+    fn lock_identities(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Pool>> {
+        self.identities.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handshakes with the receiver of `uri` and waits briefly for a first read: a TLS
+    /// failure either way comes back as [`SendError::Tls`] naming its cause; anything else
+    /// (no failure, no connection) as `None`. Same address checks as a request.
+    async fn probe_tls(
+        &self,
+        uri: &http::Uri,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Option<SendError> {
+        use tokio::io::AsyncReadExt;
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .ok()?
+                .filter(|a| self.allow_private || is_public(a.ip()))
+                .collect(),
+        };
+        if addrs
+            .iter()
+            .any(|a| !self.allow_private && !is_public(a.ip()))
+            || addrs.is_empty()
+        {
+            return None;
+        }
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addrs[..]))
+            .await
+            .ok()?
+            .ok()?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+        let tls_error = |e: io::Error| {
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(|t| SendError::Tls(describe_tls(t)))
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        let mut stream = match tokio::time::timeout(PROBE_WAIT, connector.connect(name, tcp)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tls_error(e),
+            Err(_) => return None,
+        };
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(PROBE_WAIT, stream.read(&mut byte)).await {
+            Ok(Err(e)) => tls_error(e),
+            _ => None,
+        }
     }
 
     /// Refuses a URL the operator has not allowed: plain HTTP, or an IP literal that is not
@@ -223,10 +390,29 @@ impl Client {
         &self,
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
+        identity: Identity<'_>,
     ) -> Result<Response, SendError> {
         self.check_target(req.uri())?;
+        let pool = self.for_identity(&identity)?;
+        let uri = req.uri().clone();
         let fut = async {
-            let resp = self.inner.request(req).await.map_err(classify)?;
+            let resp = match pool.client.request(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let err = classify(e);
+                    // Over HTTP/2 a TLS alert sent after the handshake (TLS 1.3's
+                    // certificate_required) ends the connection before the request sees it:
+                    // ask the receiver once more, by itself, to name the cause.
+                    if matches!(err, SendError::Request(_) | SendError::Connect(_))
+                        && uri.scheme_str() == Some("https")
+                    {
+                        if let Some(tls) = self.probe_tls(&uri, pool.tls.clone()).await {
+                            return Err(tls);
+                        }
+                    }
+                    return Err(err);
+                }
+            };
             let status = resp.status().as_u16();
             let headers: Vec<(String, String)> = resp
                 .headers()
@@ -284,20 +470,37 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
         .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
+/// A TLS failure in words that say what to change.
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::AlertReceived(A::CertificateRequired) => format!(
+            "the receiver requires a client certificate ({e}); give the endpoint client_cert and client_key"
+        ),
+        rustls::Error::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown) => {
+            format!("the receiver rejected the client certificate ({e})")
+        }
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the receiver's certificate is not trusted ({e}); if it chains to a private CA, set the endpoint's ca"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 fn classify(e: hyper_util::client::legacy::Error) -> SendError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     let mut text = e.to_string();
     while let Some(s) = source {
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return SendError::Tls(s.to_string());
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return SendError::Tls(describe_tls(tls));
         }
         if let Some(io) = s.downcast_ref::<io::Error>() {
             if io.kind() == io::ErrorKind::PermissionDenied {
                 return SendError::Blocked(io.to_string());
             }
             if let Some(inner) = io.get_ref() {
-                if inner.downcast_ref::<rustls::Error>().is_some() {
-                    return SendError::Tls(inner.to_string());
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    return SendError::Tls(describe_tls(tls));
                 }
             }
         }
@@ -325,7 +528,10 @@ mod tests {
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let err = c.send(req, Duration::from_secs(5)).await.unwrap_err();
+        let err = c
+            .send(req, Duration::from_secs(5), Identity::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), "blocked", "{}", err.message());
         assert!(
             err.message().contains("GANCHO_ALLOW_PRIVATE_ENDPOINTS"),
@@ -337,7 +543,10 @@ mod tests {
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let err = open.send(req, Duration::from_secs(2)).await.unwrap_err();
+        let err = open
+            .send(req, Duration::from_secs(2), Identity::default())
+            .await
+            .unwrap_err();
         assert_ne!(err.kind(), "blocked");
     }
 
