@@ -156,3 +156,123 @@ async fn the_token_profile_sends_its_token_and_never_shows_it() {
     support::terminate(&mut router);
     support::terminate(&mut api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openfinance_br_templated_path_202_only_three_attempts() {
+    use gancho_proto::{Event, Message as _};
+    let env = support::Env::new().await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    env.tenant("acme").await;
+    // 200 and 302 are failures for this profile; the third attempt's 202 is the success.
+    let rx = gancho_test_harness::Receiver::https_mtls(&env.ca, |n, _| {
+        gancho_test_harness::Answer::status([200, 302, 202].get(n).copied().unwrap_or(200))
+    })
+    .await;
+    let client = env.ca.issue_client("gancho-acme");
+    let (s, v) = call(
+        &base,
+        "POST",
+        "/endpoints",
+        Some(json!({"url": rx.url("/base/"), "profile": "openfinance-br"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("needs a client certificate"), "{v}");
+    let (s, v) = call(
+        &base,
+        "POST",
+        "/endpoints",
+        Some(
+            json!({"id": "ofb", "url": rx.url("/base/"), "profile": "openfinance-br",
+                    "client_cert": client.cert_pem, "client_key": client.key_pem,
+                    "retry_schedule": "0s,300ms,300ms"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let publish = |id: &'static str, payment: Option<&'static str>| {
+        let env = &env;
+        async move {
+            let mut ev = Event {
+                id: id.into(),
+                tenant: "acme".into(),
+                r#type: "pix.payment.updated".into(),
+                occurred_at: Some(gancho_proto::timestamp(
+                    time::macros::datetime!(2026-11-28 10:30:05.250 UTC),
+                )),
+                payload: bytes::Bytes::from_static(b"{}"),
+                ..Default::default()
+            };
+            if let Some(p) = payment {
+                ev.attributes.insert("paymentId".into(), p.into());
+            }
+            let subject = env.layout.subjects.event("acme", "pix.payment.updated");
+            env.publish_raw(&subject, ev.encode_to_vec(), id).await;
+        }
+    };
+    publish("evt-ofb-1", Some("pay-123")).await;
+    wait_until("three attempts", Duration::from_secs(20), || {
+        std::future::ready(rx.count() >= 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = rx.received();
+    assert_eq!(
+        got.len(),
+        3,
+        "exactly 3 attempts: 200 and 302 fail, 202 succeeds"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for r in &got {
+        assert_eq!(
+            r.path,
+            "/base/open-banking/webhook/v1/payments/v3/pix/payments/pay-123"
+        );
+        assert_eq!(
+            &r.body[..],
+            br#"{"data":{"timestamp":"2026-11-28T10:30:05Z"}}"#
+        );
+        assert!(r.header("webhook-signature").is_none());
+        let id = r.header("x-webhook-interaction-id").unwrap().to_owned();
+        assert_eq!(id.len(), 36, "{id}");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 3, "a fresh interaction id on every attempt");
+    wait_until("attempt records", Duration::from_secs(10), || async {
+        env.attempts("acme", "ofb").await.len() == 3
+    })
+    .await;
+    let outcomes: Vec<_> = env
+        .attempts("acme", "ofb")
+        .await
+        .into_iter()
+        .map(|a| (a.status, a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (200, "http_error".to_string()),
+            (302, "http_error".to_string()),
+            (202, "success".to_string())
+        ]
+    );
+
+    // Without paymentId: dead-lettered at once as invalid, no request.
+    publish("evt-ofb-2", None).await;
+    wait_until(
+        "the invalid dead letter",
+        Duration::from_secs(20),
+        || async { env.dead_letters().await.iter().any(|d| d.kind == "invalid") },
+    )
+    .await;
+    let dead = env.dead_letters().await;
+    let d = dead.iter().find(|d| d.kind == "invalid").unwrap();
+    assert!(d.reason.contains("\"paymentId\""), "{}", d.reason);
+    assert_eq!(rx.count(), 3);
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}

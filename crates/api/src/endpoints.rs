@@ -75,6 +75,9 @@ pub struct EndpointView {
     /// Where the `token` profile sends its token; the token itself is never returned.
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<TokenView>,
+    /// `openfinance-br`: the path appended to `url`, `{attribute}`s filled from the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_template: Option<String>,
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_schedule: Option<String>,
@@ -115,6 +118,7 @@ impl EndpointView {
                 header: t.header,
                 query: t.query,
             }),
+            path_template: ep.path_template,
             headers: ep.headers,
             retry_schedule: ep.retry_schedule,
             client_cert: ep.client_cert,
@@ -250,11 +254,33 @@ fn parse_profile(p: &str) -> Result<Profile, ApiError> {
 
 /// A profile's own requirements, on the endpoint as it would be stored.
 fn check_profile(ep: &Endpoint) -> Result<(), ApiError> {
+    if let Some(t) = &ep.path_template {
+        if ep.profile != Profile::OpenfinanceBr {
+            return Err(ApiError::invalid(
+                "path_template is only used by profile \"openfinance-br\"",
+            ));
+        }
+        let names_ok = t.split('{').skip(1).all(|part| {
+            part.split_once('}').is_some_and(|(name, _)| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+        });
+        if !t.starts_with('/') || t.len() > 512 || !names_ok || t.contains(['?', '#']) {
+            return Err(ApiError::invalid(
+                "path_template must be a path starting with '/' whose {attribute} names are letters, digits or '_', e.g. \"/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}\"",
+            ));
+        }
+    }
+    if ep.profile == Profile::OpenfinanceBr && ep.client_cert.is_none() {
+        return Err(ApiError::invalid(
+            "profile \"openfinance-br\" needs a client certificate: give client_cert and client_key (and ca for ICP-Brasil)",
+        ));
+    }
     match (ep.profile, &ep.token) {
         (Profile::Token, None) => Err(ApiError::invalid(
             "profile \"token\" needs a token: {\"header\": \"validationtoken\", \"value\": \"...\"} or {\"query\": \"token\", \"value\": \"...\"}",
         )),
-        (Profile::Standard, Some(_)) => Err(ApiError::invalid(
+        (Profile::Standard | Profile::OpenfinanceBr, Some(_)) => Err(ApiError::invalid(
             "token is only used by profile \"token\"; set \"profile\": \"token\" or leave token out",
         )),
         _ => Ok(()),
@@ -288,11 +314,14 @@ pub struct CreateEndpoint {
     /// Per-request timeout, 1 to 30000 ms (default 15000).
     #[schema(minimum = 1, maximum = 30000)]
     timeout_ms: Option<u32>,
-    /// Delivery profile: `standard` (default) or `token`.
+    /// Delivery profile: `standard` (default), `token` or `openfinance-br`.
     #[schema(example = "standard")]
     profile: Option<String>,
     /// Required by profile `token`: where to send which token.
     token: Option<TokenInput>,
+    /// `openfinance-br` only: the path appended to `url` (default
+    /// `/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}`).
+    path_template: Option<String>,
     /// mTLS: the client certificate chain (PEM) to present; needs `client_key`.
     client_cert: Option<String>,
     /// mTLS: the private key (PEM) of `client_cert`. Write-only, sealed at rest.
@@ -365,6 +394,9 @@ pub struct PatchEndpoint {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     token: Option<TokenInput>,
+    /// `openfinance-br` only; null: the default path.
+    #[serde(default, deserialize_with = "nullable")]
+    path_template: Option<Option<String>>,
     /// null removes the client certificate (and its key).
     #[serde(default, deserialize_with = "nullable")]
     client_cert: Option<Option<String>>,
@@ -606,6 +638,7 @@ pub async fn create(
         timeout_ms,
         profile,
         token,
+        path_template: body.path_template,
         client_cert: body.client_cert,
         client_key: body.client_key,
         ca: body.ca,
@@ -846,12 +879,18 @@ pub async fn update(
             if let Some(v) = profile {
                 ep.profile = v;
                 if v != Profile::Token {
-                    // Leaving the token profile drops its token.
+                    // Leaving a profile drops what only it uses.
                     ep.token = None;
+                }
+                if v != Profile::OpenfinanceBr {
+                    ep.path_template = None;
                 }
             }
             if let Some(t) = &token {
                 ep.token = Some(t.clone());
+            }
+            if let Some(v) = &body.path_template {
+                ep.path_template = v.clone();
             }
             if let Some(v) = &body.client_cert {
                 ep.client_cert = v.clone();

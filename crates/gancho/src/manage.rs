@@ -177,7 +177,7 @@ enum EndpointsCmd {
 /// The delivery profile and its settings.
 #[derive(Args, Debug)]
 struct ProfileArgs {
-    /// standard (default) or token.
+    /// standard (default), token or openfinance-br (needs --client-cert).
     /// Example: --profile token --token-header validationtoken --token-value "$TOKEN"
     #[arg(long)]
     profile: Option<String>,

@@ -56,9 +56,13 @@ impl LiveEndpoint {
         } else {
             None
         };
-        let schedule = match &config.retry_schedule {
-            Some(s) => RetrySchedule::parse(s).map_err(|e| e.to_string())?,
-            None => default_schedule.clone(),
+        let schedule = match (&config.retry_schedule, config.profile) {
+            (Some(s), _) => RetrySchedule::parse(s).map_err(|e| e.to_string())?,
+            (None, crate::Profile::OpenfinanceBr) => {
+                RetrySchedule::parse(crate::model::OPENFINANCE_SCHEDULE)
+                    .map_err(|e| e.to_string())?
+            }
+            (None, _) => default_schedule.clone(),
         };
         let uri: http::Uri = config
             .url

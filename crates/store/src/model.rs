@@ -87,6 +87,10 @@ pub struct Endpoint {
     /// Finance servers chain to ICP-Brasil).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// `openfinance-br`: the path appended to `url`, `{attribute}` filled from the event
+    /// (default [`OPENFINANCE_PATH`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_template: Option<String>,
     /// The token the `token` profile sends (sealed at rest; never returned by the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenAuth>,
@@ -152,6 +156,7 @@ impl Endpoint {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             profile: Profile::Standard,
             token: None,
+            path_template: None,
             client_cert: None,
             client_key: None,
             ca: None,
@@ -181,15 +186,21 @@ pub enum Profile {
     /// that check one (Superlogica's `validationtoken`).
     #[serde(rename = "token")]
     Token,
+    /// Open Finance Brasil's payment webhook: a URL templated from event attributes, body
+    /// `{"data":{"timestamp"}}`, a fresh `x-webhook-interaction-id` per attempt, mTLS, only
+    /// 202 is success, 3 attempts (0 s, 10 s, 60 s), no signature.
+    #[serde(rename = "openfinance-br")]
+    OpenfinanceBr,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 2] = [Profile::Standard, Profile::Token];
+    pub const ALL: [Profile; 3] = [Profile::Standard, Profile::Token, Profile::OpenfinanceBr];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Profile::Standard => "standard",
             Profile::Token => "token",
+            Profile::OpenfinanceBr => "openfinance-br",
         }
     }
 
@@ -197,6 +208,12 @@ impl Profile {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
+
+/// The path `openfinance-br` appends to an endpoint's URL unless it sets its own.
+pub const OPENFINANCE_PATH: &str = "/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}";
+/// The retry schedule of `openfinance-br` unless the endpoint sets its own: 3 attempts in
+/// about a minute.
+pub const OPENFINANCE_SCHEDULE: &str = "0s,10s,60s";
 
 /// Where the `token` profile puts its token: exactly one of `header` and `query`.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]

@@ -151,6 +151,13 @@ impl Ctx {
         if ep.config.paused {
             return self.finish(&msg, Some(&delivery), None, Next::Hold).await;
         }
+        if let Err(reason) = crate::profile::check(&ep, &delivery) {
+            let next = Next::Dead {
+                kind: "invalid",
+                reason,
+            };
+            return self.finish(&msg, Some(&delivery), None, next).await;
+        }
 
         let gate = self.gates.get(
             &delivery.tenant,

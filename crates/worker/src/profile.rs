@@ -6,6 +6,11 @@
 //!   `webhook-timestamp`, `webhook-signature` (`v1,<HMAC-SHA256>`, one per live secret),
 //!   body `{"type", "timestamp", "data"}`; any 2xx is success.
 //! - `token`: `standard`, plus the endpoint's static token in its header or query parameter.
+//! - `openfinance-br`: Open Finance Brasil's payment webhook. POST to the endpoint's URL plus
+//!   its path template (`{paymentId}` and other `{attribute}`s filled from the event,
+//!   percent-encoded), body `{"data":{"timestamp":"<event time, UTC, seconds, Z>"}}`, a fresh
+//!   `x-webhook-interaction-id` UUID per attempt, no signature; only 202 is success. An event
+//!   without a templated attribute is refused before any attempt ([`check`]).
 
 use bytes::Bytes;
 use gancho_core::webhook::standard_body;
@@ -20,6 +25,101 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
+
+/// Characters escaped in a templated path segment.
+const SEGMENT: &percent_encoding::AsciiSet = QUERY_VALUE;
+
+/// Why a delivery cannot be sent as it is, whatever the receiver does: dead-letter it as
+/// `invalid` with this reason, without an attempt.
+pub(crate) fn check(ep: &LiveEndpoint, delivery: &Delivery) -> Result<(), String> {
+    match ep.config.profile {
+        Profile::OpenfinanceBr => fill(template(ep), delivery).map(|_| ()),
+        Profile::Standard | Profile::Token => Ok(()),
+    }
+}
+
+fn template(ep: &LiveEndpoint) -> &str {
+    ep.config
+        .path_template
+        .as_deref()
+        .unwrap_or(gancho_store::model::OPENFINANCE_PATH)
+}
+
+/// `template` with each `{name}` replaced by the event's attribute `name`, percent-encoded.
+fn fill(template: &str, delivery: &Delivery) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("path_template {template:?} has an unclosed '{{'"))?;
+        let name = &rest[open + 1..open + close];
+        let value = delivery
+            .attributes
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "the event has no attribute {name:?}, which the endpoint's path {template:?} needs"
+                )
+            })?;
+        out.extend(percent_encoding::utf8_percent_encode(value, SEGMENT));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A random (version 4) UUID.
+fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn openfinance(
+    ep: &LiveEndpoint,
+    delivery: &Delivery,
+    now: OffsetDateTime,
+    user_agent: &str,
+) -> Result<http::Request<Full<Bytes>>, Refused> {
+    let path = fill(template(ep), delivery).map_err(Refused::Build)?;
+    let base = ep.uri.to_string();
+    let uri: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| Refused::Build("the templated URL does not parse".into()))?;
+    let at = delivery
+        .occurred_at
+        .as_ref()
+        .and_then(to_datetime)
+        .unwrap_or(now)
+        .to_offset(time::UtcOffset::UTC);
+    let ts = at
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+        .map_err(|e| Refused::Build(format!("cannot format the timestamp: {e}")))?;
+    let body = format!(r#"{{"data":{{"timestamp":"{ts}"}}}}"#);
+    let mut req = http::Request::post(uri)
+        .header("content-type", "application/json")
+        .header("x-webhook-interaction-id", uuid_v4())
+        .header("user-agent", user_agent);
+    for (k, v) in &ep.config.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req.body(Full::new(Bytes::from(body)))
+        .map_err(|e| Refused::Build(format!("cannot build the request: {e}")))
+}
 
 /// Why no request could be built.
 #[derive(Debug)]
@@ -57,6 +157,7 @@ pub(crate) fn request(
             }
             Ok(req)
         }
+        Profile::OpenfinanceBr => openfinance(ep, delivery, now, user_agent),
     }
 }
 
@@ -64,6 +165,7 @@ pub(crate) fn request(
 pub(crate) fn is_success(profile: Profile, status: u16) -> bool {
     match profile {
         Profile::Standard | Profile::Token => (200..300).contains(&status),
+        Profile::OpenfinanceBr => status == 202,
     }
 }
 
@@ -139,5 +241,23 @@ mod tests {
     fn success_is_per_profile() {
         assert!(is_success(Profile::Standard, 204));
         assert!(!is_success(Profile::Token, 302));
+        assert!(is_success(Profile::OpenfinanceBr, 202));
+        assert!(!is_success(Profile::OpenfinanceBr, 200));
+    }
+
+    #[test]
+    fn templates_fill_from_attributes() {
+        let mut d = Delivery::default();
+        d.attributes.insert("paymentId".into(), "pay 1/2".into());
+        assert_eq!(
+            fill(gancho_store::model::OPENFINANCE_PATH, &d).unwrap(),
+            "/open-banking/webhook/v1/payments/v3/pix/payments/pay%201%2F2"
+        );
+        let err = fill("/x/{consentId}", &d).unwrap_err();
+        assert!(err.contains("\"consentId\""), "{err}");
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, uuid_v4());
     }
 }
