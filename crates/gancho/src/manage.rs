@@ -199,6 +199,10 @@ struct ProfileArgs {
     /// A PEM file of CA certificates to trust for this endpoint (ICP-Brasil, a private CA).
     #[arg(long)]
     ca: Option<std::path::PathBuf>,
+    /// Profile openfinance-br: the path after --url, {attribute}s from the event.
+    /// Default: /open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}
+    #[arg(long)]
+    path_template: Option<String>,
 }
 
 impl ProfileArgs {
@@ -206,6 +210,9 @@ impl ProfileArgs {
     fn apply(&self, body: &mut serde_json::Map<String, Value>) -> anyhow::Result<()> {
         if let Some(p) = &self.profile {
             body.insert("profile".into(), json!(p));
+        }
+        if let Some(t) = &self.path_template {
+            body.insert("path_template".into(), json!(t));
         }
         let place = match (&self.token_header, &self.token_query) {
             (Some(h), _) => Some(("header", h)),
