@@ -181,6 +181,20 @@ async fn every_route_answers_each_caller_as_documented() {
             204,
             403,
         ),
+        (
+            "POST",
+            "/v1/tenants/acme/events".into(),
+            Some(json!({"type": "charge.paid", "data": {}})),
+            403,
+            202,
+        ),
+        (
+            "POST",
+            "/v1/tenants/acme/events/batch".into(),
+            Some(json!({"events": [{"type": "charge.paid", "data": {}}]})),
+            403,
+            200,
+        ),
     ];
     for (method, path, body, want_manage, want_publish) in &rows {
         for (who, token, want) in [

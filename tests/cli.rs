@@ -22,6 +22,7 @@ fn bad_config_exits_64_with_one_line() {
         ("GANCHO_STREAM_REPLICAS", "zero", "invalid stream_replicas"),
         ("GANCHO_API_LISTEN", "localhost", "invalid api_listen"),
         ("GANCHO_SUBJECT_PREFIX", "a.b", "invalid subject_prefix"),
+        ("GANCHO_DUPLICATE_WINDOW", "0s", "invalid duplicate_window"),
         (
             "GANCHO_ENCRYPTION_KEY",
             "c2hvcnQ=",

@@ -120,6 +120,37 @@ async fn dev_runs_the_readme_demo() {
         "{line}"
     );
 
+    // Step 4: over HTTP, with a key that may only publish.
+    let (s, v) = support::http(
+        "POST",
+        &format!("{api}/v1/tenants/acme/api-keys"),
+        Some(token),
+        Some(r#"{"name":"billing","scopes":["publish"]}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"].as_str().unwrap().to_owned();
+    let event = r#"{"id":"inv-2026-0001","type":"invoice.created","data":{"amount":990}}"#;
+    let (s, v) = support::http(
+        "POST",
+        &format!("{api}/v1/tenants/acme/events"),
+        Some(&key),
+        Some(event),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["duplicate"], false);
+    let line = wait_line("the HTTP event", &|l| l.contains("id=inv-2026-0001"));
+    assert!(line.contains("signature=valid"), "{line}");
+    let (s, v) = support::http(
+        "POST",
+        &format!("{api}/v1/tenants/acme/events"),
+        Some(&key),
+        Some(event),
+    )
+    .await;
+    assert_eq!((s, v["duplicate"].as_bool()), (202, Some(true)), "{v}");
+
     // Ctrl-C: dev drains, exits 0, and its nats-server goes with it.
     let status = Command::new("kill")
         .args(["-INT", &dev.id().to_string()])

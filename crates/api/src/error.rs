@@ -158,10 +158,7 @@ where
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
-                    format!(
-                        "the request body is larger than {} bytes",
-                        crate::MAX_BODY_BYTES
-                    ),
+                    "the request body is larger than this route accepts: 64 KiB for config, 256 KiB for an event, 4 MiB for a batch of events",
                 ))
             }
             Err(rejection) => Err(ApiError::new(

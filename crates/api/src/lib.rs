@@ -9,12 +9,13 @@
 //! - [`auth`]: who is calling and what each route needs.
 //! - [`page`]: the one pagination shape of every list.
 //! - [`openapi`]: the OpenAPI document: security and error answers from the access table.
-//! - `tenants`, `api_keys`, `endpoints`: the handlers.
+//! - `tenants`, `api_keys`, `endpoints`, `ingest`: the handlers.
 
 mod api_keys;
 pub mod auth;
 mod endpoints;
 pub mod error;
+mod ingest;
 pub mod openapi;
 pub mod page;
 mod tenants;
@@ -42,8 +43,10 @@ pub struct ApiState {
     pub keys: Arc<auth::KeyCache>,
     /// The in-memory config, kept current by a KV watch: lists are served from it.
     pub live: Arc<gancho_store::Live>,
-    /// Streams and subjects (held deliveries, and later the delivery log).
+    /// Streams and subjects (held deliveries, ingest, and later the delivery log).
     pub layout: gancho_store::Layout,
+    /// Tenants seen to exist lately, so ingest does not read the store for every event.
+    pub known_tenants: Arc<ingest::KnownTenants>,
 }
 
 /// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each
@@ -63,6 +66,21 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(endpoints::rotate))
         .routes(routes!(endpoints::pause))
         .routes(routes!(endpoints::resume))
+        // Events are larger than config documents: their own body limits.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(ingest::send_one))
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    ingest::MAX_EVENT_BYTES,
+                )),
+        )
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(ingest::send_batch))
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    ingest::MAX_BATCH_BYTES,
+                )),
+        )
 }
 
 /// The OpenAPI 3.1 description of the API, as served at `/openapi.json`.

@@ -81,6 +81,11 @@ pub struct Flags {
     /// it holds work, e.g. 30s. Default: 30s.
     #[arg(long, env = "GANCHO_STALL_WARNING_AFTER", global = true)]
     pub stall_warning_after: Option<String>,
+    /// How long an event id is remembered: the same id again within it is stored (and
+    /// delivered) once, e.g. 2m, 1h (1s to 7d). Applied to an existing stream at start-up.
+    /// Default: 2m.
+    #[arg(long, env = "GANCHO_DUPLICATE_WINDOW", global = true)]
+    pub duplicate_window: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -102,6 +107,7 @@ struct File {
     worker_concurrency: Option<usize>,
     router_concurrency: Option<usize>,
     stall_warning_after: Option<String>,
+    duplicate_window: Option<String>,
 }
 
 /// The validated configuration.
@@ -128,6 +134,8 @@ pub struct Config {
     /// No message finished for this long while a role holds some is a stall: a warning line
     /// and `gancho_consumer_stalls_total`. Default 30 s.
     pub stall_warning_after: std::time::Duration,
+    /// The events stream's de-duplication window. Default 2 minutes.
+    pub duplicate_window: std::time::Duration,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -307,6 +315,26 @@ impl Config {
                 ))
             }
         };
+        let window = flags
+            .duplicate_window
+            .clone()
+            .or(file.duplicate_window)
+            .unwrap_or_else(|| "2m".into());
+        let duplicate_window = match humantime::parse_duration(window.trim()) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d <= gancho_store::streams::EVENTS_MAX_AGE =>
+            {
+                d
+            }
+            _ => {
+                return Err(bad(
+                    "duplicate_window",
+                    &window,
+                    "expected a duration from 1s to 7d, like 2m or 1h",
+                ))
+            }
+        };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -365,6 +393,7 @@ impl Config {
             worker_concurrency,
             router_concurrency,
             stall_warning_after,
+            duplicate_window,
         })
     }
 

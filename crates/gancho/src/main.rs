@@ -49,6 +49,8 @@ enum Command {
     ApiKeys(manage::ApiKeys),
     /// Manage a tenant's endpoints through the API.
     Endpoints(Box<manage::Endpoints>),
+    /// Send events over HTTP (a key with the publish scope).
+    Events(manage::Events),
     /// Print a new encryption key (base64 of 32 random bytes), alone on a line.
     /// Example: export GANCHO_ENCRYPTION_KEY=$(gancho keygen)
     Keygen,
@@ -120,6 +122,7 @@ fn main() {
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(*args).await,
+            Command::Events(args) => manage::events(args).await,
             Command::Keygen => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;

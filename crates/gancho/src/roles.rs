@@ -92,6 +92,9 @@ pub async fn start(
     )
     .await
     .context("cannot set up the JetStream streams")?;
+    gancho_store::streams::set_duplicate_window(&layout, config.duplicate_window)
+        .await
+        .context("cannot set the events stream's duplicate window")?;
     if let Some(keyring) = keyring {
         keyring
             .check(&layout.config)
@@ -163,6 +166,7 @@ pub async fn start(
             keys: Default::default(),
             live: live.clone(),
             layout: layout.clone(),
+            known_tenants: Default::default(),
         };
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)

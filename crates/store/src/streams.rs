@@ -44,6 +44,32 @@ fn err(what: String) -> impl FnOnce(async_nats::Error) -> LayoutError {
     move |source| LayoutError { what, source }
 }
 
+/// Sets the events stream's de-duplication window (how long an event id is remembered) when
+/// it differs, so a changed setting applies to an existing stream at start-up.
+pub async fn set_duplicate_window(layout: &Layout, window: Duration) -> Result<(), LayoutError> {
+    let name = layout.subjects.events_stream();
+    let mut stream = layout
+        .js
+        .get_stream(&name)
+        .await
+        .map_err(|e| err(format!("stream {name}"))(e.into()))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| err(format!("stream {name}"))(e.into()))?
+        .config
+        .clone();
+    if config.duplicate_window != window {
+        config.duplicate_window = window;
+        layout
+            .js
+            .update_stream(config)
+            .await
+            .map_err(|e| err(format!("stream {name} (duplicate window)"))(e.into()))?;
+    }
+    Ok(())
+}
+
 /// Creates the four streams and the config bucket if missing; `replicas` is 1 on a laptop,
 /// 3 on a cluster.
 pub async fn ensure(

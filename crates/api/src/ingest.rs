@@ -1,0 +1,358 @@
+//! HTTP ingest: `POST /v1/tenants/{tenant}/events` (one event) and `.../events/batch` (up to
+//! 1,000). Each event becomes the same protobuf `Event`, on the same subject, with the same
+//! `Nats-Msg-Id` (its id) as a NATS producer would publish, and is answered only after
+//! JetStream acknowledged it: 202 means durable. The same id again within the stream's
+//! duplicate window is answered `duplicate: true` and delivered once. When JetStream does
+//! not answer in time the outcome is unknown (the publish may still land): 503, naming the
+//! id, and retrying with that id is safe.
+//!
+//! Needs the admin token or a key with the `publish` scope of the tenant (see [`crate::auth`]).
+
+use crate::error::{ApiError, Json, Path};
+use crate::ApiState;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use axum::extract::State;
+use axum::http::StatusCode;
+use gancho_core::TenantId;
+use gancho_proto::{Event, Message as _};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::time::Duration;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// Most events in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Largest body of a single-event request.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Largest body of a batch request.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How long a request waits for JetStream to acknowledge its events.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most attributes or channels on one event.
+const MAX_LIST: usize = 64;
+
+/// One event, as a producer sends it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// Your id for the event, 1 to 128 of `A-Z a-z 0-9 _ . : -`; it becomes the
+    /// `webhook-id` receivers dedupe on. Default: a generated `evt_...`. Sending the same id
+    /// again within the duplicate window delivers it once.
+    #[schema(example = "pay_2026_000123")]
+    id: Option<String>,
+    /// Dotted event type, e.g. `charge.paid`.
+    #[schema(example = "charge.paid")]
+    r#type: String,
+    /// The payload: a JSON object or array, delivered as `data`.
+    #[schema(value_type = Object, example = json!({"amount": 1990, "currency": "BRL"}))]
+    data: Box<RawValue>,
+    /// Extra routing dimension: endpoints with channels get only events tagged with one.
+    #[serde(default)]
+    channels: Vec<String>,
+    /// Values some profiles use (`paymentId` for `openfinance-br`).
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    /// When it happened (RFC 3339); default: now.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    occurred_at: Option<OffsetDateTime>,
+}
+
+/// The answer to an accepted event.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    id: String,
+    /// The same id was accepted before, within the duplicate window: not stored again.
+    duplicate: bool,
+}
+
+/// A batch of events.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    /// 1 to 1,000 events; each is checked and stored on its own.
+    #[schema(value_type = Vec<EventIn>)]
+    events: Vec<Box<RawValue>>,
+}
+
+/// What happened to one event of a batch.
+#[derive(Serialize, ToSchema)]
+pub struct ItemResult {
+    /// The event's id (the one given, or the one generated); absent when it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// `accepted`, `duplicate` (accepted before; not stored again), `invalid` (see
+    /// `error`; fix and send again) or `unavailable` (outcome unknown: send again with the
+    /// same id, which is safe).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchResult {
+    /// One per event, in the order sent.
+    results: Vec<ItemResult>,
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "id must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
+        ))
+    }
+}
+
+/// Checks one event and builds what is published: (id, subject, protobuf bytes).
+fn build(
+    state: &ApiState,
+    tenant: &str,
+    ev: EventIn,
+) -> Result<(String, String, Vec<u8>), ApiError> {
+    let id = match ev.id {
+        Some(id) => {
+            check_id(&id)?;
+            id
+        }
+        None => gancho_store::model::random_id("evt_", 26),
+    };
+    gancho_core::id::validate_event_type(&ev.r#type)
+        .map_err(|e| ApiError::invalid(format!("type: {e}")))?;
+    let data = ev.data.get().trim_start();
+    if !(data.starts_with('{') || data.starts_with('[')) {
+        return Err(ApiError::invalid("data must be a JSON object or array"));
+    }
+    if ev.channels.len() > MAX_LIST {
+        return Err(ApiError::invalid(format!(
+            "channels lists {} channels; the limit is {MAX_LIST}",
+            ev.channels.len()
+        )));
+    }
+    for c in &ev.channels {
+        gancho_core::id::validate_endpoint(c).map_err(|_| {
+            ApiError::invalid(format!(
+                "channels: {c:?} must be 1 to 64 letters, digits, '_' or '-'"
+            ))
+        })?;
+    }
+    if ev.attributes.len() > MAX_LIST {
+        return Err(ApiError::invalid(format!(
+            "attributes has {} entries; the limit is {MAX_LIST}",
+            ev.attributes.len()
+        )));
+    }
+    for (k, v) in &ev.attributes {
+        if k.is_empty() || k.len() > 64 || v.len() > 512 {
+            return Err(ApiError::invalid(format!(
+                "attributes: {k:?} must be a name of 1 to 64 characters with a value of up to 512"
+            )));
+        }
+    }
+    let occurred = ev.occurred_at.unwrap_or_else(OffsetDateTime::now_utc);
+    let event = Event {
+        id: id.clone(),
+        tenant: tenant.to_owned(),
+        r#type: ev.r#type.clone(),
+        occurred_at: Some(gancho_proto::timestamp(occurred)),
+        payload: bytes::Bytes::copy_from_slice(data.trim_end().as_bytes()),
+        attributes: ev.attributes.into_iter().collect(),
+        channels: ev.channels,
+    };
+    let subject = state.layout.subjects.event(tenant, &ev.r#type);
+    Ok((id, subject, event.encode_to_vec()))
+}
+
+/// Sends one publish; its PubAck is awaited by the caller.
+async fn send(
+    state: &ApiState,
+    id: &str,
+    subject: String,
+    bytes: Vec<u8>,
+) -> Result<PublishAckFuture, String> {
+    let publish = PublishMessage::build().payload(bytes.into()).message_id(id);
+    state
+        .layout
+        .js
+        .send_publish(subject, publish)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Waits for a PubAck: Ok(duplicate) or the reason it is unknown.
+async fn acked(ack: PublishAckFuture) -> Result<bool, String> {
+    match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
+        Ok(Ok(ack)) => Ok(ack.duplicate),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("JetStream did not answer in time".into()),
+    }
+}
+
+fn unknown(id: &str, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!(
+            "event {id:?} may or may not be stored ({why}); send it again with the same id, which is safe: it is delivered once"
+        ),
+    )
+}
+
+/// How long a tenant seen to exist is trusted without reading the store again (a deleted
+/// tenant's events within it are stored, and routed to no endpoint).
+const KNOWN_FOR: Duration = Duration::from_secs(10);
+/// Tenants remembered at once; past it the memory starts over.
+const KNOWN_MAX: usize = 10_000;
+
+/// Tenants seen to exist lately.
+#[derive(Default)]
+pub struct KnownTenants(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl KnownTenants {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn knows(&self, t: &str) -> bool {
+        self.lock()
+            .get(t)
+            .is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    }
+
+    fn remember(&self, t: &str) {
+        let mut known = self.lock();
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(t.to_owned(), std::time::Instant::now());
+    }
+}
+
+/// 404 for an unknown tenant; when the store cannot say, a 503 that names what to resend.
+async fn tenant_exists(state: &ApiState, t: &TenantId, id: &str) -> Result<(), ApiError> {
+    if state.known_tenants.knows(t.as_str()) {
+        return Ok(());
+    }
+    match state.store.get_tenant(t.as_str()).await {
+        Ok(Some(_)) => {
+            state.known_tenants.remember(t.as_str());
+            Ok(())
+        }
+        Ok(None) => Err(ApiError::not_found(format!(
+            "tenant {:?} not found",
+            t.as_str()
+        ))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "event {id:?} was not stored (the config store did not answer: {}); send it again with the same id, which is safe",
+                e.kind()
+            ),
+        )),
+    }
+}
+
+fn tenant(t: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(t).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
+}
+
+/// Accepts one event: 202 once it is durable.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", operation_id = "send_event",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body = EventIn,
+    responses((status = 202, description = "Stored (or stored before, `duplicate`); it will be delivered.", body = Accepted)))]
+pub async fn send_one(
+    State(state): State<ApiState>,
+    Path(t): Path<String>,
+    Json(ev): Json<EventIn>,
+) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
+    let t = tenant(&t)?;
+    let (id, subject, bytes) = build(&state, t.as_str(), ev)?;
+    tenant_exists(&state, &t, &id).await?;
+    let ack = send(&state, &id, subject, bytes)
+        .await
+        .map_err(|e| unknown(&id, &e))?;
+    let duplicate = acked(ack).await.map_err(|e| unknown(&id, &e))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { id, duplicate })))
+}
+
+/// Accepts up to 1,000 events, each on its own (not all-or-nothing): the answer has a status
+/// per event, in order.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", operation_id = "send_events",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body = BatchIn,
+    responses((status = 200, description = "A result per event.", body = BatchResult)))]
+pub async fn send_batch(
+    State(state): State<ApiState>,
+    Path(t): Path<String>,
+    Json(batch): Json<BatchIn>,
+) -> Result<axum::Json<BatchResult>, ApiError> {
+    let t = tenant(&t)?;
+    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "events must hold 1 to {MAX_BATCH} events, not {}",
+            batch.events.len()
+        )));
+    }
+    tenant_exists(&state, &t, "of this batch").await?;
+    // Check every event, send every valid one, then await every PubAck.
+    let mut results = Vec::with_capacity(batch.events.len());
+    let mut pending = Vec::new();
+    for (i, raw) in batch.events.iter().enumerate() {
+        let parsed: Result<EventIn, _> = serde_json::from_str(raw.get());
+        let built = parsed
+            .map_err(|e| ApiError::bad_request(format!("events[{i}]: {e}")))
+            .and_then(|ev| build(&state, t.as_str(), ev));
+        match built {
+            Err(e) => {
+                // The id, when one can be read, so the producer can tell which item it was.
+                let id = serde_json::from_str::<serde_json::Value>(raw.get())
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
+                results.push(ItemResult {
+                    id,
+                    status: "invalid",
+                    error: Some(e.message),
+                });
+            }
+            Ok((id, subject, bytes)) => {
+                let ack = send(&state, &id, subject, bytes).await;
+                pending.push((results.len(), ack));
+                results.push(ItemResult {
+                    id: Some(id),
+                    status: "accepted",
+                    error: None,
+                });
+            }
+        }
+    }
+    for (i, ack) in pending {
+        let outcome = match ack {
+            Ok(ack) => acked(ack).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(true) => results[i].status = "duplicate",
+            Ok(false) => {}
+            Err(e) => {
+                results[i].status = "unavailable";
+                results[i].error = Some(format!(
+                    "may or may not be stored ({e}); send it again with the same id, which is safe"
+                ));
+            }
+        }
+    }
+    Ok(axum::Json(BatchResult { results }))
+}
