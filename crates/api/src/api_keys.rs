@@ -1,12 +1,11 @@
 //! `POST/GET /v1/tenants/{tenant}/api-keys`, `DELETE .../api-keys/{id}` (admin only): a
 //! tenant's API keys. The key is returned once, on create; only its SHA-256 is stored.
 
-use crate::error::{ApiError, Json, Path, Query};
+use crate::error::{tenant_id, ApiError, Json, Path, Query};
 use crate::page::{page, Page, PageQuery};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use gancho_core::TenantId;
 use gancho_store::model::{new_api_key, random_id, API_KEY_PREFIX_LEN};
 use gancho_store::{ApiKey, Scope};
 use serde::{Deserialize, Serialize};
@@ -70,10 +69,6 @@ impl KeyView {
             key,
         }
     }
-}
-
-fn tenant_id(t: &str) -> Result<TenantId, ApiError> {
-    TenantId::new(t).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
 }
 
 /// Create an API key for a tenant; the key is in the answer, once.

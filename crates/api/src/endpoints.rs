@@ -2,7 +2,7 @@
 //! is stored, with a message that says what to change; the secret leaves the API only in the
 //! response to create.
 
-use crate::error::{ApiError, Json, Path, Query};
+use crate::error::{tenant_id, ApiError, Json, Path, Query};
 use crate::page::{Page, PageQuery};
 use crate::ApiState;
 use axum::extract::State;
@@ -441,10 +441,6 @@ fn check_description(d: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
-    TenantId::new(s).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
-}
-
 fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
     EndpointId::new(s).map_err(|e| ApiError::not_found(format!("no such endpoint: {e}")))
 }
@@ -503,7 +499,7 @@ fn check_filters(filters: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_channels(channels: &[String]) -> Result<(), ApiError> {
+pub(crate) fn check_channels(channels: &[String]) -> Result<(), ApiError> {
     if channels.len() > MAX_LIST {
         return Err(ApiError::invalid(format!(
             "channels lists {} channels; the limit is {MAX_LIST}",

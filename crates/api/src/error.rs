@@ -97,6 +97,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The tenant id of a path; an invalid one is answered like a missing tenant.
+pub fn tenant_id(t: &str) -> Result<gancho_core::TenantId, ApiError> {
+    gancho_core::TenantId::new(t).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
+}
+
 /// `axum::extract::Query`, with errors in the API's form.
 pub struct Query<T>(pub T);
 

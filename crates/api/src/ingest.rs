@@ -8,7 +8,7 @@
 //!
 //! Needs the admin token or a key with the `publish` scope of the tenant (see [`crate::auth`]).
 
-use crate::error::{ApiError, Json, Path};
+use crate::error::{tenant_id, ApiError, Json, Path};
 use crate::ApiState;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
@@ -132,19 +132,7 @@ fn build(
     if !(data.starts_with('{') || data.starts_with('[')) {
         return Err(ApiError::invalid("data must be a JSON object or array"));
     }
-    if ev.channels.len() > MAX_LIST {
-        return Err(ApiError::invalid(format!(
-            "channels lists {} channels; the limit is {MAX_LIST}",
-            ev.channels.len()
-        )));
-    }
-    for c in &ev.channels {
-        gancho_core::id::validate_endpoint(c).map_err(|_| {
-            ApiError::invalid(format!(
-                "channels: {c:?} must be 1 to 64 letters, digits, '_' or '-'"
-            ))
-        })?;
-    }
+    crate::endpoints::check_channels(&ev.channels)?;
     if ev.attributes.len() > MAX_LIST {
         return Err(ApiError::invalid(format!(
             "attributes has {} entries; the limit is {MAX_LIST}",
@@ -264,10 +252,6 @@ async fn tenant_exists(state: &ApiState, t: &TenantId, id: &str) -> Result<(), A
     }
 }
 
-fn tenant(t: &str) -> Result<TenantId, ApiError> {
-    TenantId::new(t).map_err(|e| ApiError::not_found(format!("no such tenant: {e}")))
-}
-
 /// Accepts one event: 202 once it is durable.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", operation_id = "send_event",
     params(("tenant" = String, Path, description = "The tenant id.")),
@@ -278,7 +262,7 @@ pub async fn send_one(
     Path(t): Path<String>,
     Json(ev): Json<EventIn>,
 ) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
-    let t = tenant(&t)?;
+    let t = tenant_id(&t)?;
     let (id, subject, bytes) = build(&state, t.as_str(), ev)?;
     tenant_exists(&state, &t, &id).await?;
     let ack = send(&state, &id, subject, bytes)
@@ -299,7 +283,7 @@ pub async fn send_batch(
     Path(t): Path<String>,
     Json(batch): Json<BatchIn>,
 ) -> Result<axum::Json<BatchResult>, ApiError> {
-    let t = tenant(&t)?;
+    let t = tenant_id(&t)?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
             "events must hold 1 to {MAX_BATCH} events, not {}",
