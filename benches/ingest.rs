@@ -22,7 +22,12 @@ const RUN: Duration = Duration::from_secs(10);
 /// 1 KiB of JSON, as a payment notification with some line items might be.
 fn payload(i: usize) -> String {
     let items: Vec<String> = (0..22)
-        .map(|k| format!(r#"{{"sku":"SKU-{k:04}","qty":{k},"price_cents":{}}}"#, 990 + k))
+        .map(|k| {
+            format!(
+                r#"{{"sku":"SKU-{k:04}","qty":{k},"price_cents":{}}}"#,
+                990 + k
+            )
+        })
         .collect();
     format!(
         r#"{{"charge_id":"ch_{i:012}","amount":123456,"currency":"BRL","items":[{}]}}"#,
@@ -82,7 +87,10 @@ async fn run(base: &str, connections: usize, batch: usize) -> (f64, Vec<Duration
     }
     let secs = start.elapsed().as_secs_f64();
     all.sort();
-    (counter.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs, all)
+    (
+        counter.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs,
+        all,
+    )
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {

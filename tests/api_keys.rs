@@ -182,6 +182,28 @@ async fn every_route_answers_each_caller_as_documented() {
             403,
         ),
         (
+            "PUT",
+            "/v1/tenants/acme/event-types/charge.paid".into(),
+            Some(json!({"description": "a charge was paid"})),
+            201,
+            403,
+        ),
+        (
+            "GET",
+            "/v1/tenants/acme/event-types/charge.paid".into(),
+            None,
+            200,
+            403,
+        ),
+        ("GET", "/v1/tenants/acme/event-types".into(), None, 200, 403),
+        (
+            "DELETE",
+            "/v1/tenants/acme/event-types/charge.paid".into(),
+            None,
+            204,
+            403,
+        ),
+        (
             "POST",
             "/v1/tenants/acme/events".into(),
             Some(json!({"type": "charge.paid", "data": {}})),

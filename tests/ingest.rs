@@ -330,3 +330,167 @@ async fn a_changed_duplicate_window_applies_to_the_existing_stream() {
     .await;
     support::terminate(&mut router);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_schema_applies_to_http_and_nats_events_without_a_restart() {
+    let env = support::Env::new().await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &["charge.*"], &[], None)
+        .await;
+    let put = |body: Value| {
+        let base = base.clone();
+        async move {
+            support::http(
+                "PUT",
+                &format!("{base}/v1/tenants/acme/event-types/charge.paid"),
+                Some(TOKEN),
+                Some(&body.to_string()),
+            )
+            .await
+        }
+    };
+    let schema = |max: u64| {
+        json!({"type": "object", "required": ["amount"],
+               "properties": {"amount": {"type": "integer", "minimum": 1, "maximum": max}}})
+    };
+    // A bad schema, and an example that breaks its schema, are refused.
+    let (s, v) = put(json!({"schema": {"type": "nope"}})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("JSON Schema"), "{v}");
+    let (s, v) = put(json!({"schema": schema(1000), "example": {"amount": "ten"}})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("example: data/amount"),
+        "{v}"
+    );
+    let (s, v) = put(
+        json!({"description": "A charge was paid.", "schema": schema(1000),
+                            "example": {"amount": 990}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = support::http(
+        "GET",
+        &format!("{base}/v1/tenants/acme/event-types"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"][0]["name"], "charge.paid", "{v}");
+
+    let send = |id: &'static str, data: Value| {
+        let base = base.clone();
+        async move {
+            post(
+                &base,
+                "/v1/tenants/acme/events",
+                TOKEN,
+                json!({"id": id, "type": "charge.paid", "data": data}),
+            )
+            .await
+        }
+    };
+    // Over HTTP: a failing payload is a 400 naming the path and the rule.
+    wait_until("the schema in force", Duration::from_secs(10), || {
+        let send = &send;
+        async move { send("evt-bad", json!({"amount": "ten"})).await.0 == 400 }
+    })
+    .await;
+    let (_, last) = send("evt-bad", json!({"amount": "ten"})).await;
+    let msg = last["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("data/amount") && msg.contains("type"), "{msg}");
+    let (s, v) = send("evt-ok", json!({"amount": 500})).await;
+    assert_eq!(s, 202, "{v}");
+
+    // Over NATS: the router dead-letters it as `schema`.
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    env.publish(
+        "acme",
+        "charge.paid",
+        "evt-nats-bad",
+        br#"{"amount":0}"#,
+        &[],
+    )
+    .await;
+    wait_until(
+        "the schema dead letter",
+        Duration::from_secs(20),
+        || async { env.dead_letters().await.iter().any(|d| d.kind == "schema") },
+    )
+    .await;
+    let dead = env.dead_letters().await;
+    let d = dead.iter().find(|d| d.kind == "schema").unwrap();
+    assert!(
+        d.reason.contains("data/amount") && d.reason.contains("minimum"),
+        "{}",
+        d.reason
+    );
+    wait_until("the valid event", Duration::from_secs(20), || {
+        std::future::ready(rx.count() == 1)
+    })
+    .await;
+    assert_eq!(rx.received()[0].header("webhook-id"), Some("evt-ok"));
+
+    // A changed schema takes effect without a restart.
+    let (s, _) = put(json!({"schema": schema(100)})).await;
+    assert_eq!(s, 200);
+    wait_until("the new schema in force", Duration::from_secs(10), || {
+        let send = &send;
+        async move { send("evt-now-too-big", json!({"amount": 500})).await.0 == 400 }
+    })
+    .await;
+    env.publish(
+        "acme",
+        "charge.paid",
+        "evt-nats-big",
+        br#"{"amount":500}"#,
+        &[],
+    )
+    .await;
+    wait_until(
+        "the router's new schema",
+        Duration::from_secs(20),
+        || async {
+            env.dead_letters()
+                .await
+                .iter()
+                .filter(|d| d.kind == "schema")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    assert_eq!(rx.count(), 1);
+
+    // The CLI reads the catalog too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .args([
+            "event-types",
+            "get",
+            "--tenant",
+            "acme",
+            "charge.paid",
+            "--json",
+        ])
+        .env("GANCHO_API_URL", &base)
+        .env("GANCHO_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema"]["properties"]["amount"]["maximum"], 100, "{v}");
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}

@@ -56,7 +56,11 @@ pub fn need(method: &Method, path: &str) -> Need {
     let path = path.strip_prefix("/v1").unwrap_or(path);
     match path {
         "/tenants/{tenant}" if method == Method::GET => Need::Tenant(None),
-        p if p.starts_with("/tenants/{tenant}/endpoints") => Need::Tenant(Some(Scope::Manage)),
+        p if p.starts_with("/tenants/{tenant}/endpoints")
+            || p.starts_with("/tenants/{tenant}/event-types") =>
+        {
+            Need::Tenant(Some(Scope::Manage))
+        }
         // Sending events: a `manage` key may not forge events to its own receivers.
         "/tenants/{tenant}/events" | "/tenants/{tenant}/events/batch" if method == Method::POST => {
             Need::Tenant(Some(Scope::Publish))

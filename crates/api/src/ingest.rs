@@ -132,6 +132,12 @@ fn build(
     if !(data.starts_with('{') || data.starts_with('[')) {
         return Err(ApiError::invalid("data must be a JSON object or array"));
     }
+    // The catalog's schema for this type, if it has one (compiled once per config change).
+    state
+        .live
+        .load()
+        .check_payload(tenant, &ev.r#type, data.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "schema", e))?;
     crate::endpoints::check_channels(&ev.channels)?;
     if ev.attributes.len() > MAX_LIST {
         return Err(ApiError::invalid(format!(

@@ -9,12 +9,13 @@
 //! - [`auth`]: who is calling and what each route needs.
 //! - [`page`]: the one pagination shape of every list.
 //! - [`openapi`]: the OpenAPI document: security and error answers from the access table.
-//! - `tenants`, `api_keys`, `endpoints`, `ingest`: the handlers.
+//! - `tenants`, `api_keys`, `endpoints`, `event_types`, `ingest`: the handlers.
 
 mod api_keys;
 pub mod auth;
 mod endpoints;
 pub mod error;
+mod event_types;
 mod ingest;
 pub mod openapi;
 pub mod page;
@@ -66,6 +67,12 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(endpoints::rotate))
         .routes(routes!(endpoints::pause))
         .routes(routes!(endpoints::resume))
+        .routes(routes!(event_types::list))
+        .routes(routes!(
+            event_types::put,
+            event_types::get,
+            event_types::delete
+        ))
         // Events are larger than config documents: their own body limits.
         .merge(
             OpenApiRouter::new()

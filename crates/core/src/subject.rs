@@ -145,6 +145,10 @@ impl Subjects {
     pub fn endpoint_key(tenant: &str, endpoint: &str) -> String {
         format!("endpoints.{tenant}.{endpoint}")
     }
+    /// An event type of the catalog: `event_types.<tenant>.<dotted name>`.
+    pub fn event_type_key(tenant: &str, name: &str) -> String {
+        format!("event_types.{tenant}.{name}")
+    }
     /// An API key's document: `api_keys.<tenant>.<key id>`.
     pub fn api_key_key(tenant: &str, id: &str) -> String {
         format!("api_keys.{tenant}.{id}")

@@ -51,6 +51,9 @@ enum Command {
     Endpoints(Box<manage::Endpoints>),
     /// Send events over HTTP (a key with the publish scope).
     Events(manage::Events),
+    /// Manage a tenant's event catalog: descriptions, JSON Schemas, examples.
+    #[command(name = "event-types")]
+    EventTypes(manage::EventTypes),
     /// Print a new encryption key (base64 of 32 random bytes), alone on a line.
     /// Example: export GANCHO_ENCRYPTION_KEY=$(gancho keygen)
     Keygen,
@@ -123,6 +126,7 @@ fn main() {
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(*args).await,
             Command::Events(args) => manage::events(args).await,
+            Command::EventTypes(args) => manage::event_types(args).await,
             Command::Keygen => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;

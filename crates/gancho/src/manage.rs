@@ -117,6 +117,99 @@ enum EventsCmd {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct EventTypes {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: EventTypesCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum EventTypesCmd {
+    /// Create or replace an event type, with a JSON Schema its payloads must meet.
+    /// Example: gancho event-types put --tenant acme charge.paid --schema charge-paid.schema.json
+    Put {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A file holding a JSON Schema (draft 2020-12).
+        #[arg(long)]
+        schema: Option<std::path::PathBuf>,
+        /// A file holding an example payload (checked against the schema).
+        #[arg(long)]
+        example: Option<std::path::PathBuf>,
+        #[arg(long)]
+        archived: bool,
+    },
+    /// Show one. Example: gancho event-types get --tenant acme charge.paid
+    Get {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// List a tenant's event types. Example: gancho event-types list --tenant acme
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Delete one; its schema stops applying. Example: gancho event-types delete --tenant acme charge.paid
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+fn read_json(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+pub async fn event_types(a: EventTypes) -> anyhow::Result<()> {
+    let c = &a.conn;
+    match a.cmd {
+        EventTypesCmd::Put {
+            tenant,
+            name,
+            description,
+            schema,
+            example,
+            archived,
+        } => {
+            let mut body = json!({"description": description, "archived": archived});
+            if let Some(p) = schema {
+                body["schema"] = read_json(&p)?;
+            }
+            if let Some(p) = example {
+                body["example"] = read_json(&p)?;
+            }
+            let path = format!("/v1/tenants/{tenant}/event-types/{name}");
+            show(c, &call(c, "PUT", &path, Some(body)).await?);
+        }
+        EventTypesCmd::Get { tenant, name } => {
+            let path = format!("/v1/tenants/{tenant}/event-types/{name}");
+            show(c, &call(c, "GET", &path, None).await?);
+        }
+        EventTypesCmd::List { tenant, page } => {
+            let path = format!("/v1/tenants/{tenant}/event-types{}", page.query());
+            let v = call(c, "GET", &path, None).await?;
+            table(c, &v, &["name", "description", "archived", "updated_at"]);
+        }
+        EventTypesCmd::Delete { tenant, name } => {
+            let path = format!("/v1/tenants/{tenant}/event-types/{name}");
+            call(c, "DELETE", &path, None).await?;
+            done(c, &format!("Deleted event type {name}."));
+        }
+    }
+    Ok(())
+}
+
 /// Events per batch request when sending a file.
 const SEND_BATCH: usize = 500;
 

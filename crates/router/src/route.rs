@@ -34,6 +34,8 @@ pub enum Invalid {
     NotJson,
     SubjectMismatch(String),
     Invalid(String),
+    /// The payload fails its event type's JSON Schema (from the catalog).
+    Schema(String),
 }
 
 impl Invalid {
@@ -43,6 +45,7 @@ impl Invalid {
             Invalid::NotJson => "not_json",
             Invalid::SubjectMismatch(_) => "subject_mismatch",
             Invalid::Invalid(_) => "invalid",
+            Invalid::Schema(_) => "schema",
         }
     }
 
@@ -51,7 +54,7 @@ impl Invalid {
             Invalid::Undecodable(e) => format!("event does not decode as gancho.v1.Event: {e}"),
             Invalid::NotJson => "event payload is not a JSON document".into(),
             Invalid::SubjectMismatch(e) => e.clone(),
-            Invalid::Invalid(e) => e.clone(),
+            Invalid::Invalid(e) | Invalid::Schema(e) => e.clone(),
         }
     }
 }
@@ -120,6 +123,13 @@ impl Ctx {
             Ok(ev) => ev,
             Err(invalid) => return self.dead_letter(&msg, invalid).await,
         };
+        if let Err(reason) =
+            self.live
+                .load()
+                .check_payload(&event.tenant, &event.r#type, &event.payload)
+        {
+            return self.dead_letter(&msg, Invalid::Schema(reason)).await;
+        }
         let published = msg
             .info()
             .map(|i| i.published)

@@ -19,6 +19,6 @@ pub mod streams;
 
 pub use crypt::Keyring;
 pub use live::{Live, LiveEndpoint, Snapshot};
-pub use model::{ApiKey, Endpoint, Profile, Scope, Tenant, TokenAuth};
+pub use model::{ApiKey, Endpoint, EventType, Profile, Scope, Tenant, TokenAuth};
 pub use repo::{ConfigStore, StoreError};
 pub use streams::{ensure, Layout};

@@ -102,10 +102,42 @@ pub struct TenantEndpoints {
     pub by_id: HashMap<String, Arc<LiveEndpoint>>,
 }
 
+/// An event type's JSON Schema, compiled once per config change.
+#[derive(Clone)]
+pub struct Schema(Arc<jsonschema::Validator>);
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Schema")
+    }
+}
+
+impl Schema {
+    /// Compiles a JSON Schema (draft 2020-12, no remote references).
+    pub fn compile(schema: &serde_json::Value) -> Result<Self, String> {
+        jsonschema::draft202012::new(schema)
+            .map(|v| Self(Arc::new(v)))
+            .map_err(|e| format!("schema is not a valid JSON Schema (draft 2020-12): {e}"))
+    }
+
+    /// Checks a payload; the error names the failing path (`data/amount`) and rule.
+    pub fn check(&self, ty: &str, payload: &serde_json::Value) -> Result<(), String> {
+        self.0.validate(payload).map_err(|e| {
+            format!(
+                "data{} does not match the schema of {ty:?}: {e} (rule {})",
+                e.instance_path(),
+                e.schema_path()
+            )
+        })
+    }
+}
+
 /// An immutable view of the whole config at one revision.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub tenants: HashMap<String, TenantEndpoints>,
+    /// Tenant -> event type -> its compiled schema (event types with a schema only).
+    pub schemas: HashMap<String, HashMap<String, Schema>>,
     /// KV revision this snapshot reflects.
     pub revision: u64,
 }
@@ -122,7 +154,21 @@ impl Snapshot {
             .unwrap_or(&[])
     }
 
-    fn build(entries: &HashMap<String, Arc<LiveEndpoint>>, revision: u64) -> Self {
+    /// Checks an event's payload against its type's schema, when the catalog has one.
+    pub fn check_payload(&self, tenant: &str, ty: &str, payload: &[u8]) -> Result<(), String> {
+        let Some(schema) = self.schemas.get(tenant).and_then(|m| m.get(ty)) else {
+            return Ok(());
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| format!("data is not JSON: {e}"))?;
+        schema.check(ty, &value)
+    }
+
+    fn build(
+        entries: &HashMap<String, Arc<LiveEndpoint>>,
+        schemas: &HashMap<String, (String, String, Schema)>,
+        revision: u64,
+    ) -> Self {
         let mut tenants: HashMap<String, TenantEndpoints> = HashMap::new();
         for ep in entries.values() {
             let t = tenants
@@ -134,7 +180,18 @@ impl Snapshot {
         for t in tenants.values_mut() {
             t.list.sort_by(|a, b| a.config.id.cmp(&b.config.id));
         }
-        Self { tenants, revision }
+        let mut by_tenant: HashMap<String, HashMap<String, Schema>> = HashMap::new();
+        for (tenant, ty, schema) in schemas.values() {
+            by_tenant
+                .entry(tenant.clone())
+                .or_default()
+                .insert(ty.clone(), schema.clone());
+        }
+        Self {
+            tenants,
+            schemas: by_tenant,
+            revision,
+        }
     }
 }
 
@@ -243,6 +300,8 @@ impl WatchTask {
         ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(), async_nats::Error> {
         let mut entries: HashMap<String, Arc<LiveEndpoint>> = HashMap::new();
+        // Config key -> (tenant, type, compiled schema).
+        let mut schemas: HashMap<String, (String, String, Schema)> = HashMap::new();
         let mut watch = self.kv.watch_with_history(">").await?;
         let pending = self
             .js
@@ -255,7 +314,8 @@ impl WatchTask {
         let mut caught_up = pending == 0;
         let mut revision = 0;
         if caught_up {
-            self.live.swap(Snapshot::build(&entries, revision));
+            self.live
+                .swap(Snapshot::build(&entries, &schemas, revision));
             if let Some(tx) = ready.take() {
                 let _ = tx.send(());
             }
@@ -288,6 +348,31 @@ impl WatchTask {
                     }
                 }
             }
+            if entry.key.starts_with("event_types.") {
+                schemas.remove(&entry.key);
+                if entry.operation == kv::Operation::Put {
+                    match serde_json::from_slice::<crate::EventType>(&entry.value) {
+                        Ok(et) => {
+                            if let Some(schema) = &et.schema {
+                                match Schema::compile(schema) {
+                                    Ok(s) => {
+                                        schemas.insert(
+                                            entry.key.clone(),
+                                            (et.tenant.as_str().to_owned(), et.name.clone(), s),
+                                        );
+                                    }
+                                    Err(reason) => {
+                                        warn!(key = %entry.key, %reason, "Ignoring an event type's unusable schema.");
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            warn!(key = %entry.key, error = %e, "Ignoring an event type that does not parse.");
+                        }
+                    }
+                }
+            }
             if entry.delta == 0 {
                 if !caught_up {
                     info!(
@@ -298,7 +383,8 @@ impl WatchTask {
                 caught_up = true;
             }
             if caught_up {
-                self.live.swap(Snapshot::build(&entries, revision));
+                self.live
+                    .swap(Snapshot::build(&entries, &schemas, revision));
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(());
                 }

@@ -264,6 +264,30 @@ pub fn new_endpoint_id() -> EndpointId {
     EndpointId::new(random_id("ep_", 20)).expect("generated ids use the id alphabet")
 }
 
+/// An event type of a tenant's catalog: what it means, the JSON Schema (draft 2020-12) its
+/// payloads must meet, and an example.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventType {
+    pub tenant: TenantId,
+    /// Dotted, like `charge.paid`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// When set, payloads of this type must validate against it: over HTTP a 400 naming the
+    /// failing path, over NATS a dead letter of kind `schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<serde_json::Value>,
+    /// Kept for the record; no longer offered to new subscriptions.
+    #[serde(default)]
+    pub archived: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
 /// What an API key may do within its tenant.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

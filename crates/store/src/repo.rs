@@ -3,7 +3,7 @@
 //! compare-and-set on the KV revision, so two API replicas (or an API call and a worker
 //! disabling an endpoint after a 410) never overwrite each other's change.
 
-use crate::model::{ApiKey, Endpoint, Tenant};
+use crate::model::{ApiKey, Endpoint, EventType, Tenant};
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
 use gancho_core::Subjects;
@@ -273,6 +273,53 @@ impl ConfigStore {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(()),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    // The event catalog: `event_types.<tenant>.<name>`.
+
+    /// Stores an event type, replacing the one of that name; returns whether it is new.
+    pub async fn put_event_type(&self, et: &EventType) -> Result<bool, StoreError> {
+        let key = Subjects::event_type_key(et.tenant.as_str(), &et.name);
+        let existed = self.read::<EventType>(&key).await?.is_some();
+        let bytes = serde_json::to_vec(et).map_err(backend)?;
+        self.kv.put(&key, bytes.into()).await.map_err(backend)?;
+        Ok(!existed)
+    }
+
+    pub async fn get_event_type(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<EventType>, StoreError> {
+        Ok(self
+            .read(&Subjects::event_type_key(tenant, name))
+            .await?
+            .map(|(e, _)| e))
+    }
+
+    /// A tenant's event types, sorted by name.
+    pub async fn list_event_types(&self, tenant: &str) -> Result<Vec<EventType>, StoreError> {
+        let mut out = Vec::new();
+        for key in self
+            .keys_with_prefix(&format!("event_types.{tenant}."))
+            .await?
+        {
+            if let Some((et, _)) = self.read::<EventType>(&key).await? {
+                out.push(et);
+            }
+        }
+        out.sort_by(|a: &EventType, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn delete_event_type(&self, tenant: &str, name: &str) -> Result<(), StoreError> {
+        if self.get_event_type(tenant, name).await?.is_none() {
+            return Err(StoreError::NotFound(format!("event type {name:?}")));
+        }
+        self.kv
+            .delete(Subjects::event_type_key(tenant, name))
+            .await
+            .map_err(backend)
     }
 
     // Endpoints.

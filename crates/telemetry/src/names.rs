@@ -5,7 +5,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Events the router consumed. `outcome`: routed | unmatched | invalid.
 pub const ROUTER_EVENTS: &str = "gancho_router_events_total";
-/// Events dead-lettered by the router. `reason`: undecodable | not_json | subject_mismatch | invalid.
+/// Events dead-lettered by the router. `reason`: undecodable | not_json | subject_mismatch | invalid | schema.
 pub const ROUTER_EVENTS_INVALID: &str = "gancho_router_events_invalid_total";
 /// Deliveries the router created (one per matching endpoint).
 pub const ROUTER_DELIVERIES_CREATED: &str = "gancho_router_deliveries_created_total";
