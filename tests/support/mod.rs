@@ -156,15 +156,23 @@ impl Env {
     /// Starts `gancho api` with `admin_token` on a free port and waits until it answers;
     /// returns the process and `http://127.0.0.1:<port>`.
     pub async fn spawn_api(&self, admin_token: &str) -> (Child, String) {
+        self.spawn_api_with(admin_token, &[]).await
+    }
+
+    /// [`Env::spawn_api`] with more environment variables.
+    pub async fn spawn_api_with(
+        &self,
+        admin_token: &str,
+        envs: &[(&str, &str)],
+    ) -> (Child, String) {
         let port = gancho_test_harness::nats::free_port();
         let listen = format!("127.0.0.1:{port}");
-        let child = self.spawn_with(
-            &["api"],
-            &[
-                ("GANCHO_ADMIN_TOKEN", admin_token),
-                ("GANCHO_API_LISTEN", &listen),
-            ],
-        );
+        let mut all = vec![
+            ("GANCHO_ADMIN_TOKEN", admin_token),
+            ("GANCHO_API_LISTEN", listen.as_str()),
+        ];
+        all.extend_from_slice(envs);
+        let child = self.spawn_with(&["api"], &all);
         let base = format!("http://{listen}");
         gancho_test_harness::wait_until("the API to answer", Duration::from_secs(20), || async {
             http(
@@ -349,6 +357,18 @@ impl Env {
             .unwrap();
         let mut c: jetstream::consumer::PullConsumer = stream
             .get_consumer(&subjects.worker_consumer())
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        (info.num_pending, info.num_ack_pending)
+    }
+
+    /// (pending, ack pending) of the routers' consumer.
+    pub async fn router_consumer_state(&self) -> (u64, usize) {
+        let subjects = &self.layout.subjects;
+        let stream = self.js.get_stream(subjects.events_stream()).await.unwrap();
+        let mut c: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&subjects.router_consumer())
             .await
             .unwrap();
         let info = c.info().await.unwrap();

@@ -85,8 +85,8 @@ pub struct ItemResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     /// `accepted`, `duplicate` (accepted before; not stored again), `invalid` (see
-    /// `error`; fix and send again) or `unavailable` (outcome unknown: send again with the
-    /// same id, which is safe).
+    /// `error`; fix and send again), `full` (not stored: the event store is full; send again
+    /// later) or `unavailable` (outcome unknown: send again with the same id, which is safe).
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -191,7 +191,29 @@ async fn acked(ack: PublishAckFuture) -> Result<bool, String> {
     }
 }
 
+/// Whether a publish error says JetStream has no room (the stream's limit, or the server's).
+fn is_full(why: &str) -> bool {
+    let w = why.to_ascii_lowercase();
+    [
+        "maximum bytes",
+        "maximum messages",
+        "insufficient resources",
+        "resources exceeded",
+    ]
+    .iter()
+    .any(|s| w.contains(s))
+}
+
 fn unknown(id: &str, why: &str) -> ApiError {
+    if is_full(why) {
+        return ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "full",
+            format!(
+                "event {id:?} was not stored: the event store is full ({why}); nothing accepted before is lost; send it again later with the same id"
+            ),
+        );
+    }
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -262,7 +284,10 @@ async fn tenant_exists(state: &ApiState, t: &TenantId, id: &str) -> Result<(), A
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", operation_id = "send_event",
     params(("tenant" = String, Path, description = "The tenant id.")),
     request_body = EventIn,
-    responses((status = 202, description = "Stored (or stored before, `duplicate`); it will be delivered.", body = Accepted)))]
+    responses(
+        (status = 202, description = "Stored (or stored before, `duplicate`); it will be delivered.", body = Accepted),
+        (status = 507, description = "Not stored: the event store is full; send it again later with the same id.", body = crate::error::ErrorBody),
+    ))]
 pub async fn send_one(
     State(state): State<ApiState>,
     Path(t): Path<String>,
@@ -336,6 +361,12 @@ pub async fn send_batch(
         match outcome {
             Ok(true) => results[i].status = "duplicate",
             Ok(false) => {}
+            Err(e) if is_full(&e) => {
+                results[i].status = "full";
+                results[i].error = Some(format!(
+                    "not stored: the event store is full ({e}); send it again later with the same id"
+                ));
+            }
             Err(e) => {
                 results[i].status = "unavailable";
                 results[i].error = Some(format!(

@@ -86,6 +86,14 @@ pub struct Flags {
     /// Default: 2m.
     #[arg(long, env = "GANCHO_DUPLICATE_WINDOW", global = true)]
     pub duplicate_window: Option<String>,
+    /// Room for events, e.g. 50GiB (the stream refuses new events when full, never drops
+    /// unrouted ones). Default: no limit of its own.
+    #[arg(long, env = "GANCHO_EVENTS_MAX_BYTES", global = true)]
+    pub events_max_bytes: Option<String>,
+    /// Room for deliveries and retries, e.g. 10GiB. The router stops routing at 90% of it,
+    /// leaving the rest to the workers' retries. Default: no limit of its own.
+    #[arg(long, env = "GANCHO_DELIVERIES_MAX_BYTES", global = true)]
+    pub deliveries_max_bytes: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -108,6 +116,8 @@ struct File {
     router_concurrency: Option<usize>,
     stall_warning_after: Option<String>,
     duplicate_window: Option<String>,
+    events_max_bytes: Option<String>,
+    deliveries_max_bytes: Option<String>,
 }
 
 /// The validated configuration.
@@ -136,6 +146,8 @@ pub struct Config {
     pub stall_warning_after: std::time::Duration,
     /// The events stream's de-duplication window. Default 2 minutes.
     pub duplicate_window: std::time::Duration,
+    pub events_max_bytes: Option<u64>,
+    pub deliveries_max_bytes: Option<u64>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -193,6 +205,39 @@ fn parse_count(key: &str, v: &str, max: usize) -> Result<usize, ConfigError> {
     }
 }
 
+/// A size like `512MiB`, `10GB` or `1048576` (bytes), at least 1 MiB.
+fn parse_size(key: &str, v: &str) -> Result<u64, ConfigError> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(bad(
+                key,
+                v,
+                "expected a size like 512MiB, 10GB or a number of bytes",
+            ))
+        }
+    };
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(n) if n >= 1 << 20 => Ok(n),
+        _ => Err(bad(
+            key,
+            v,
+            "expected a size of at least 1MiB, like 512MiB or 10GB",
+        )),
+    }
+}
+
 fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.trim().parse().map_err(|_| {
         bad(
@@ -204,6 +249,16 @@ fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl Config {
+    /// What the streams are created and reconciled with at start-up.
+    pub fn stream_settings(&self) -> gancho_store::streams::StreamSettings {
+        gancho_store::streams::StreamSettings {
+            replicas: self.stream_replicas,
+            duplicate_window: self.duplicate_window,
+            events_max_bytes: self.events_max_bytes,
+            deliveries_max_bytes: self.deliveries_max_bytes,
+        }
+    }
+
     /// Merges the layers and validates every value.
     pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
         let file: File = match &flags.config {
@@ -335,6 +390,18 @@ impl Config {
                 ))
             }
         };
+        let events_max_bytes = flags
+            .events_max_bytes
+            .clone()
+            .or(file.events_max_bytes)
+            .map(|v| parse_size("events_max_bytes", &v))
+            .transpose()?;
+        let deliveries_max_bytes = flags
+            .deliveries_max_bytes
+            .clone()
+            .or(file.deliveries_max_bytes)
+            .map(|v| parse_size("deliveries_max_bytes", &v))
+            .transpose()?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -394,6 +461,8 @@ impl Config {
             router_concurrency,
             stall_warning_after,
             duplicate_window,
+            events_max_bytes,
+            deliveries_max_bytes,
         })
     }
 

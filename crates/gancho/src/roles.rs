@@ -85,16 +85,13 @@ pub async fn start(
         None => None,
     };
     let out = connect(nats_url, format!("gancho-{role}")).await?;
-    let mut layout = gancho_store::ensure(
+    let mut layout = gancho_store::streams::ensure_with(
         jetstream::new(out.clone()),
         config.subjects.clone(),
-        config.stream_replicas,
+        &config.stream_settings(),
     )
     .await
     .context("cannot set up the JetStream streams")?;
-    gancho_store::streams::set_duplicate_window(&layout, config.duplicate_window)
-        .await
-        .context("cannot set the events stream's duplicate window")?;
     if let Some(keyring) = keyring {
         keyring
             .check(&layout.config)
@@ -124,6 +121,7 @@ pub async fn start(
         let cfg = gancho_router::RouterConfig {
             concurrency: config.router_concurrency,
             stall_after: config.stall_warning_after,
+            deliveries_max_bytes: config.deliveries_max_bytes,
             ..Default::default()
         };
         tasks.spawn(async move {

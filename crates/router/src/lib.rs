@@ -20,6 +20,7 @@
 //! connections, and its output context ([`output_context`]) is its own, so neither its
 //! consumer nor another role in the same process is starved by its publishing.
 
+pub mod room;
 mod route;
 
 pub use route::{check_event, delivery_id, partition, Invalid};
@@ -64,6 +65,9 @@ pub struct RouterConfig {
     pub partitions: u32,
     /// No event finished for this long while some are in hand is logged as a stall.
     pub stall_after: Duration,
+    /// Room for the deliveries stream: routing waits at 90% of it ([`room`]). `None`: no
+    /// limit but the server's.
+    pub deliveries_max_bytes: Option<u64>,
 }
 
 impl Default for RouterConfig {
@@ -72,6 +76,7 @@ impl Default for RouterConfig {
             concurrency: 1024,
             partitions: 16,
             stall_after: gancho_store::consume::STALL_AFTER,
+            deliveries_max_bytes: None,
         }
     }
 }
@@ -96,6 +101,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), ConsumeError> {
     let subjects = layout.subjects.clone();
+    let (room, gate) = room::watch(
+        output.clone(),
+        subjects.deliveries_stream(),
+        config.deliveries_max_bytes,
+        cancel.clone(),
+    );
     let spec = Spec {
         role: "router",
         stream: subjects.events_stream(),
@@ -107,6 +118,7 @@ pub async fn run(
         max_batch: MAX_BATCH,
         metric_label: "events",
         stall_after: config.stall_after,
+        gate: Some(gate),
     };
     let ctx = Arc::new(route::Ctx {
         js: output,
@@ -114,6 +126,7 @@ pub async fn run(
         live,
         partitions: config.partitions.max(1),
         publish_slots: tokio::sync::Semaphore::new(PUBLISH_SLOTS),
+        room,
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();

@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub partitions: u32,
     /// The router's publish slots ([`crate::PUBLISH_SLOTS`]), shared by every event.
     pub publish_slots: Semaphore,
+    /// Room left in the deliveries stream ([`crate::room`]).
+    pub room: Arc<crate::room::Room>,
 }
 
 /// Why an event cannot be delivered. `kind()` is the metric label and the dead letter's kind.
@@ -215,8 +217,12 @@ impl Ctx {
         let target =
             self.subjects
                 .delivery(partition(&template.tenant, endpoint_id, self.partitions));
+        let bytes = Bytes::from(delivery.encode_to_vec());
+        // Room first: no delivery is published past the high-water mark.
+        let size = bytes.len() as u64 + 128;
+        self.room.wait_for(size).await;
         let mut publish = Publish::build()
-            .payload(Bytes::from(delivery.encode_to_vec()))
+            .payload(bytes)
             .message_id(format!("{}:{}", template.event_id, endpoint_id));
         drop(delivery);
         let subject = if paused {
@@ -228,8 +234,9 @@ impl Ctx {
         } else {
             target
         };
-        self.js.send_publish(subject, publish).await?.await?;
-        Ok(())
+        let stored = async { self.js.send_publish(subject, publish).await?.await }.await;
+        self.room.release(size);
+        stored.map(|_| ())
     }
 
     /// Writes the event to `GANCHO_DEAD` with its reason, then acks it.

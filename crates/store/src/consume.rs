@@ -81,6 +81,9 @@ pub struct Spec {
     /// No message finished for this long while some are in hand is a stall: a warning and
     /// `gancho_consumer_stalls_total`. Default [`STALL_AFTER`].
     pub stall_after: Duration,
+    /// When given, nothing is pulled while it reads `false` (the router waiting for room in
+    /// the deliveries stream). Messages in hand finish as usual.
+    pub gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +147,16 @@ where
     // stream's count of outstanding messages can drift above the truth when a pull's reply
     // races its messages, after which it asks for nothing until its 30 s pull expires (seen
     // at a concurrency of 1: two events, then 30 s of nothing, over and over).
+    let mut gate = spec.gate.clone();
     'pulls: loop {
+        if let Some(gate) = &mut gate {
+            while !*gate.borrow_and_update() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'pulls,
+                    changed = gate.changed() => if changed.is_err() { break },
+                }
+            }
+        }
         let first = tokio::select! {
             _ = cancel.cancelled() => break 'pulls,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),

@@ -4,6 +4,7 @@
 use async_nats::jetstream::{self, kv, stream};
 use gancho_core::Subjects;
 use std::time::Duration;
+use tracing::info;
 
 /// Replay window of the events stream.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -44,45 +45,78 @@ fn err(what: String) -> impl FnOnce(async_nats::Error) -> LayoutError {
     move |source| LayoutError { what, source }
 }
 
-/// Sets the events stream's de-duplication window (how long an event id is remembered) when
-/// it differs, so a changed setting applies to an existing stream at start-up.
-pub async fn set_duplicate_window(layout: &Layout, window: Duration) -> Result<(), LayoutError> {
-    let name = layout.subjects.events_stream();
-    let mut stream = layout
-        .js
-        .get_stream(&name)
-        .await
-        .map_err(|e| err(format!("stream {name}"))(e.into()))?;
-    let mut config = stream
-        .info()
-        .await
-        .map_err(|e| err(format!("stream {name}"))(e.into()))?
-        .config
-        .clone();
-    if config.duplicate_window != window {
-        config.duplicate_window = window;
-        layout
-            .js
-            .update_stream(config)
-            .await
-            .map_err(|e| err(format!("stream {name} (duplicate window)"))(e.into()))?;
-    }
-    Ok(())
+/// What an operator may set about the streams; everything else is fixed by the design.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    /// 1 on a laptop, 3 on a cluster (only used when a stream is created).
+    pub replicas: usize,
+    /// How long an event id is remembered on the events stream.
+    pub duplicate_window: Duration,
+    /// Room for events (`None`: no limit of its own; the server's limits apply).
+    pub events_max_bytes: Option<u64>,
+    /// Room for deliveries, scheduled retries and held deliveries: the router stops at 90% of
+    /// it. Not a limit of the stream itself (see [`ensure_with`]).
+    pub deliveries_max_bytes: Option<u64>,
 }
 
-/// Creates the four streams and the config bucket if missing; `replicas` is 1 on a laptop,
-/// 3 on a cluster.
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            duplicate_window: DUPLICATE_WINDOW,
+            events_max_bytes: None,
+            deliveries_max_bytes: None,
+        }
+    }
+}
+
+fn limit(bytes: Option<u64>) -> i64 {
+    bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX))
+}
+
+/// Creates the four streams and the config bucket if missing, with default settings.
 pub async fn ensure(
     js: jetstream::Context,
     subjects: Subjects,
     replicas: usize,
 ) -> Result<Layout, LayoutError> {
+    ensure_with(
+        js,
+        subjects,
+        &StreamSettings {
+            replicas,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Creates the four streams and the config bucket if missing, and brings existing streams to
+/// `settings` and to this version's design: subjects, discard policy, limits, ages and the
+/// duplicate window are updated, one log line per change. A stream whose retention differs
+/// (JetStream cannot change it) stops start-up with a line that says what to do.
+///
+/// The events stream refuses new messages when full (`discard: new`) instead of dropping old
+/// ones, which may be events not yet routed. The deliveries stream has no byte limit of its
+/// own: JetStream refuses `discard: new` on a stream with message schedules, and with
+/// `discard: old` a limit would silently delete deliveries never sent. Its room is kept by
+/// the router, which stops routing at 90% of `deliveries_max_bytes`, and beyond that by the
+/// server's own limits, which refuse writes rather than drop messages. A limit found on it
+/// (set by hand) is removed, with a log line.
+pub async fn ensure_with(
+    js: jetstream::Context,
+    subjects: Subjects,
+    settings: &StreamSettings,
+) -> Result<Layout, LayoutError> {
+    let replicas = settings.replicas;
     let streams = [
         stream::Config {
             name: subjects.events_stream(),
             subjects: vec![subjects.events_wildcard()],
             max_age: EVENTS_MAX_AGE,
-            duplicate_window: DUPLICATE_WINDOW,
+            max_bytes: limit(settings.events_max_bytes),
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: settings.duplicate_window,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -94,6 +128,7 @@ pub async fn ensure(
                 subjects.held_wildcard(),
             ],
             retention: stream::RetentionPolicy::WorkQueue,
+            max_bytes: -1,
             duplicate_window: DUPLICATE_WINDOW,
             allow_message_schedules: true,
             num_replicas: replicas,
@@ -114,27 +149,19 @@ pub async fn ensure(
             ..Default::default()
         },
     ];
-    for config in streams {
-        let name = config.name.clone();
+    for want in streams {
+        let name = want.name.clone();
         let stream = js
-            .get_or_create_stream(config.clone())
+            .get_or_create_stream(want.clone())
             .await
             .map_err(|e| err(format!("stream {name}"))(e.into()))?;
-        // A stream made by an older version may lack a subject this one writes to (held
-        // deliveries): add the missing ones, change nothing else.
-        let existing = stream.cached_info().config.clone();
-        let missing: Vec<String> = config
-            .subjects
-            .iter()
-            .filter(|s| !existing.subjects.contains(s))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let mut updated = existing;
-            updated.subjects.extend(missing);
-            js.update_stream(updated)
-                .await
-                .map_err(|e| err(format!("stream {name} (adding subjects)"))(e.into()))?;
+        let have = stream.cached_info().config.clone();
+        if let Some(updated) = reconcile(&have, &want)? {
+            js.update_stream(updated).await.map_err(|e| {
+                err(format!(
+                    "stream {name} (bringing it to the configured settings)"
+                ))(e.into())
+            })?;
         }
     }
     let bucket = subjects.config_bucket();
@@ -156,4 +183,57 @@ pub async fn ensure(
         config,
         keyring: Default::default(),
     })
+}
+
+/// The existing stream `have`, changed where it differs from `want` in what gancho manages
+/// (`None` when nothing differs), with one log line per change.
+fn reconcile(
+    have: &stream::Config,
+    want: &stream::Config,
+) -> Result<Option<stream::Config>, LayoutError> {
+    let name = &want.name;
+    if have.retention != want.retention {
+        return Err(LayoutError {
+            what: format!("stream {name}"),
+            source: format!(
+                "its retention is {:?} but this version needs {:?}, which JetStream cannot change in place; drain it, then delete it (nats stream rm {name}) and start again",
+                have.retention, want.retention
+            )
+            .into(),
+        });
+    }
+    let mut updated = have.clone();
+    let mut changed = false;
+    let missing: Vec<String> = want
+        .subjects
+        .iter()
+        .filter(|s| !have.subjects.contains(s))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        info!(stream = %name, subjects = ?missing, "Adding subjects to an existing stream.");
+        updated.subjects.extend(missing);
+        changed = true;
+    }
+    if have.discard != want.discard {
+        info!(stream = %name, from = ?have.discard, to = ?want.discard, "Changing the stream's discard policy.");
+        updated.discard = want.discard;
+        changed = true;
+    }
+    if have.max_bytes != want.max_bytes {
+        info!(stream = %name, from = have.max_bytes, to = want.max_bytes, "Changing the stream's byte limit.");
+        updated.max_bytes = want.max_bytes;
+        changed = true;
+    }
+    if have.max_age != want.max_age {
+        info!(stream = %name, from = ?have.max_age, to = ?want.max_age, "Changing the stream's age limit.");
+        updated.max_age = want.max_age;
+        changed = true;
+    }
+    if have.duplicate_window != want.duplicate_window {
+        info!(stream = %name, from = ?have.duplicate_window, to = ?want.duplicate_window, "Changing the stream's duplicate window.");
+        updated.duplicate_window = want.duplicate_window;
+        changed = true;
+    }
+    Ok(changed.then_some(updated))
 }

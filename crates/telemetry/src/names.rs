@@ -30,6 +30,14 @@ pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
 /// Endpoints disabled by the worker. `reason`: gone.
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
+/// 1 while the router waits for room in the deliveries stream (at its high-water mark).
+pub const ROUTER_WAITING_FOR_ROOM: &str = "gancho_router_waiting_for_room";
+/// Milliseconds a role spent waiting for storage room. `role`: router.
+pub const STORAGE_WAIT: &str = "gancho_storage_wait_milliseconds_total";
+/// Bytes in a stream, as of the last look. `stream`: deliveries.
+pub const STREAM_BYTES: &str = "gancho_stream_bytes";
+/// A stream's byte limit (-1: none of its own). `stream`: deliveries.
+pub const STREAM_MAX_BYTES: &str = "gancho_stream_max_bytes";
 /// Deliveries set aside for a paused endpoint (`gancho.held.<tenant>.<endpoint>`), by the
 /// worker or the router.
 pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
@@ -106,6 +114,19 @@ pub fn describe_all() {
     describe_counter!(
         ENDPOINTS_DISABLED,
         "Endpoints disabled by the worker, by reason."
+    );
+    metrics::describe_gauge!(
+        ROUTER_WAITING_FOR_ROOM,
+        "1 while the router waits for room in the deliveries stream."
+    );
+    describe_counter!(
+        STORAGE_WAIT,
+        "Milliseconds spent waiting for storage room, by role."
+    );
+    metrics::describe_gauge!(STREAM_BYTES, "Bytes in a stream, by stream.");
+    metrics::describe_gauge!(
+        STREAM_MAX_BYTES,
+        "A stream's byte limit (-1: none of its own), by stream."
     );
     describe_counter!(DELIVERY_HELD, "Deliveries set aside for a paused endpoint.");
     describe_counter!(

@@ -122,6 +122,7 @@ pub async fn run(
         max_batch: MAX_BATCH,
         metric_label: "deliveries",
         stall_after: config.stall_after,
+        gate: None,
     };
     let releasing = tokio::spawn(release::run(
         output.clone(),

@@ -38,6 +38,8 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let mut changes = live.changes();
+    // A busy server can time out a look now and then; only a run of failures is news.
+    let mut failures = 0u32;
     loop {
         // A release cut short by shutdown is redone by the next worker: every held message
         // is acked only after its republish is stored, under a message id.
@@ -45,8 +47,16 @@ pub(crate) async fn run(
             _ = cancel.cancelled() => return,
             r = look(&js, &subjects, &live) => r,
         };
-        if let Err(e) = looked {
-            warn!(error = %e, "Cannot release held deliveries; trying again later.");
+        match looked {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures % 6 == 3 {
+                    warn!(error = %e, failures, "Cannot release held deliveries; trying again later.");
+                } else {
+                    tracing::debug!(error = %e, "A look at held deliveries failed.");
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -1,0 +1,146 @@
+//! Storage limits without loss, with real nats-server streams a few MB small. A deliveries
+//! stream at its room (GANCHO_DELIVERIES_MAX_BYTES) behind a dead endpoint makes the router
+//! wait (events stay in their
+//! stream) while the workers keep retrying; once the endpoint recovers every event arrives
+//! and nothing is dead-lettered. A full events stream refuses new events over HTTP with 507
+//! and loses none it accepted.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use gancho_test_harness::{wait_until, Answer, Receiver};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+const LIMIT: u64 = 1 << 20;
+
+async fn stream_state(env: &support::Env, name: String) -> (u64, i64, u64) {
+    let mut s = env.js.get_stream(name).await.unwrap();
+    let info = s.info().await.unwrap();
+    (info.state.bytes, info.config.max_bytes, info.state.messages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_deliveries_stream_waits_and_loses_nothing() {
+    const N: usize = 2_000;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let dead = Arc::new(AtomicBool::new(true));
+    let flag = dead.clone();
+    let rx = Receiver::https(&env.ca, move |_, _| {
+        Answer::status(if flag.load(Ordering::Relaxed) {
+            503
+        } else {
+            200
+        })
+    })
+    .await;
+    let schedule = std::iter::once("0s")
+        .chain(std::iter::repeat_n("1s", 45))
+        .collect::<Vec<_>>()
+        .join(",");
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some(&schedule))
+        .await;
+    let limits = [("GANCHO_DELIVERIES_MAX_BYTES", "1MiB")];
+    let mut router = env.spawn_with(&["router"], &limits);
+    let mut worker = env.spawn_with(&["worker"], &limits);
+    let deliveries = env.layout.subjects.deliveries_stream();
+
+    let payload = json!({"pad": "x".repeat(1000)}).to_string().into_bytes();
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..N).map(|i| (format!("evt-full-{i}"), payload.clone())),
+    )
+    .await;
+    // The router fills the stream to its high-water mark, then publishes nothing more:
+    // events wait in their stream or in the router's hands.
+    wait_until(
+        "the deliveries stream at its high-water mark",
+        Duration::from_secs(60),
+        || async {
+            let (bytes, _, _) = stream_state(&env, deliveries.clone()).await;
+            bytes as f64 >= 0.8 * LIMIT as f64
+        },
+    )
+    .await;
+    // While the endpoint is dead the deliveries stream does not grow: the workers'
+    // rescheduled retries replace the deliveries they came from (they are never refused, so
+    // they may pass the room for a moment), and the router waits.
+    let (_, _, before) = stream_state(&env, deliveries.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, _, after) = stream_state(&env, deliveries.clone()).await;
+    assert!(
+        after <= before + 64,
+        "the router kept publishing past its room: {before} then {after} deliveries"
+    );
+    let (pending, in_hand) = env.router_consumer_state().await;
+    assert!(
+        pending + in_hand as u64 > 0,
+        "events wait, in their stream or in the router's hands"
+    );
+    let (bytes, max, _) = stream_state(&env, deliveries.clone()).await;
+    assert_eq!(
+        max, -1,
+        "no limit of its own: with discard old it would drop deliveries"
+    );
+    assert!(bytes < 3 * LIMIT, "{bytes} bytes, room {LIMIT}");
+    assert!(
+        rx.count() > 0,
+        "the workers keep attempting while the stream is full"
+    );
+
+    // The endpoint recovers: everything arrives, nothing is dead-lettered.
+    dead.store(false, Ordering::Relaxed);
+    wait_until("every event delivered", Duration::from_secs(180), || {
+        std::future::ready(rx.distinct() == N)
+    })
+    .await;
+    assert!(env.dead_letters().await.is_empty(), "nothing dead-lettered");
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_events_stream_refuses_new_events_and_keeps_the_accepted_ones() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let (mut api, base) = env
+        .spawn_api_with(TOKEN, &[("GANCHO_EVENTS_MAX_BYTES", "1MiB")])
+        .await;
+    let data = json!({"pad": "x".repeat(4000)});
+    let mut accepted = 0u64;
+    let mut refusal = None;
+    for i in 0..1_000 {
+        let body = json!({"id": format!("evt-{i}"), "type": "charge.paid", "data": data});
+        let (s, v) = support::http(
+            "POST",
+            &format!("{base}/v1/tenants/acme/events"),
+            Some(TOKEN),
+            Some(&body.to_string()),
+        )
+        .await;
+        match s {
+            202 => accepted += 1,
+            _ => {
+                refusal = Some((s, v, i));
+                break;
+            }
+        }
+    }
+    let (status, v, i) = refusal.expect("a 1 MiB stream fills within 1,000 events of 4 KB");
+    assert_eq!(status, 507, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("evt-{i}")) && msg.contains("full"),
+        "{msg}"
+    );
+    let (_, max, messages) = stream_state(&env, env.layout.subjects.events_stream()).await;
+    assert_eq!(max, LIMIT as i64);
+    assert_eq!(messages, accepted, "every accepted event is still there");
+    support::terminate(&mut api);
+}
