@@ -144,3 +144,52 @@ async fn a_full_events_stream_refuses_new_events_and_keeps_the_accepted_ones() {
     assert_eq!(messages, accepted, "every accepted event is still there");
     support::terminate(&mut api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_events_are_trimmed_so_producers_can_go_on() {
+    const N: usize = 600;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], None)
+        .await;
+    let limits = [("GANCHO_EVENTS_MAX_BYTES", "1MiB")];
+    let (mut api, base) = env.spawn_api_with(TOKEN, &limits).await;
+    let mut router = env.spawn_with(&["router"], &limits);
+    let mut worker = env.spawn_with(&["worker"], &limits);
+    // 600 events of 4 KB: more than twice the room. A producer that gets 507 waits and sends
+    // the same event again, as the message says.
+    let data = json!({"pad": "x".repeat(4000)});
+    let mut refused = 0;
+    for i in 0..N {
+        let body = json!({"id": format!("evt-{i}"), "type": "charge.paid", "data": data});
+        loop {
+            let (s, v) = support::http(
+                "POST",
+                &format!("{base}/v1/tenants/acme/events"),
+                Some(TOKEN),
+                Some(&body.to_string()),
+            )
+            .await;
+            match s {
+                202 => break,
+                507 => {
+                    refused += 1;
+                    assert!(refused < 2_000, "the store never made room: {v}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => panic!("{s} {v}"),
+            }
+        }
+    }
+    let (bytes, max, _) = stream_state(&env, env.layout.subjects.events_stream()).await;
+    assert!(bytes <= max as u64);
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        std::future::ready(rx.distinct() == N)
+    })
+    .await;
+    eprintln!("{refused} requests were refused with 507 and sent again");
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}

@@ -22,6 +22,7 @@
 
 pub mod room;
 mod route;
+mod trim;
 
 pub use route::{check_event, delivery_id, partition, Invalid};
 
@@ -105,6 +106,12 @@ pub async fn run(
         output.clone(),
         subjects.deliveries_stream(),
         config.deliveries_max_bytes,
+        cancel.clone(),
+    );
+    trim::spawn(
+        output.clone(),
+        subjects.events_stream(),
+        subjects.router_consumer(),
         cancel.clone(),
     );
     let spec = Spec {

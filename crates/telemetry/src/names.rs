@@ -34,10 +34,12 @@ pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
 pub const ROUTER_WAITING_FOR_ROOM: &str = "gancho_router_waiting_for_room";
 /// Milliseconds a role spent waiting for storage room. `role`: router.
 pub const STORAGE_WAIT: &str = "gancho_storage_wait_milliseconds_total";
-/// Bytes in a stream, as of the last look. `stream`: deliveries.
+/// Bytes in a stream, as of the last look. `stream`: events | deliveries.
 pub const STREAM_BYTES: &str = "gancho_stream_bytes";
-/// A stream's byte limit (-1: none of its own). `stream`: deliveries.
+/// A stream's byte limit (-1: none of its own). `stream`: events | deliveries.
 pub const STREAM_MAX_BYTES: &str = "gancho_stream_max_bytes";
+/// Routed events purged from a near-full events stream (the replay window shrank).
+pub const EVENTS_TRIMMED: &str = "gancho_router_events_trimmed_total";
 /// Deliveries set aside for a paused endpoint (`gancho.held.<tenant>.<endpoint>`), by the
 /// worker or the router.
 pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
@@ -124,6 +126,10 @@ pub fn describe_all() {
         "Milliseconds spent waiting for storage room, by role."
     );
     metrics::describe_gauge!(STREAM_BYTES, "Bytes in a stream, by stream.");
+    describe_counter!(
+        EVENTS_TRIMMED,
+        "Routed events purged from a near-full events stream (the replay window shrank)."
+    );
     metrics::describe_gauge!(
         STREAM_MAX_BYTES,
         "A stream's byte limit (-1: none of its own), by stream."

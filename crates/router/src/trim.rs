@@ -1,0 +1,69 @@
+//! Room in the events stream. With a byte limit (`GANCHO_EVENTS_MAX_BYTES`) the stream
+//! refuses new events when full (`discard: new`), so that no event is ever dropped before it
+//! is routed. Events the router has already routed are only kept for replay; when the stream
+//! passes [`TRIM_AT`] of its limit, the router purges the older half of the routed events
+//! (those at or below its consumer's ack floor), again every second while it stays there:
+//! the replay window shrinks before a producer is refused.
+
+use async_nats::jetstream;
+use gancho_telemetry::names;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Fraction of the events stream's limit at which routed events are trimmed.
+pub const TRIM_AT: f64 = 0.8;
+/// How often the events stream's usage is read.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) fn spawn(
+    js: jetstream::Context,
+    stream: String,
+    consumer: String,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = look(&js, &stream, &consumer).await {
+                tracing::debug!(error = %e, "Cannot look at the events stream's room.");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+    });
+}
+
+async fn look(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Result<(), async_nats::Error> {
+    let mut s = js.get_stream(stream).await?;
+    let info = s.info().await?;
+    let (bytes, max) = (info.state.bytes, info.config.max_bytes);
+    metrics::gauge!(names::STREAM_BYTES, "stream" => "events").set(bytes as f64);
+    metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => "events").set(max as f64);
+    if max <= 0 || (bytes as f64) < TRIM_AT * max as f64 {
+        return Ok(());
+    }
+    let first = info.state.first_sequence;
+    let mut c: jetstream::consumer::PullConsumer = s.get_consumer(consumer).await?;
+    let floor = c.info().await?.ack_floor.stream_sequence;
+    // Everything at or below the ack floor is routed; keep the rest.
+    if floor < first {
+        warn!(bytes, max_bytes = max, "The events stream is near full and holds no routed events to trim; producers will be refused until the router catches up.");
+        return Ok(());
+    }
+    // The older half of the routed events (at least one).
+    let cut = first + (floor + 1 - first).div_ceil(2);
+    let purged = s.purge().sequence(cut).await?;
+    metrics::counter!(names::EVENTS_TRIMMED).increment(purged.purged);
+    info!(
+        purged = purged.purged,
+        below_sequence = cut,
+        "The events stream was near full: trimmed the oldest routed events (the replay window now starts later)."
+    );
+    Ok(())
+}
