@@ -193,3 +193,56 @@ async fn routed_events_are_trimmed_so_producers_can_go_on() {
     support::terminate(&mut router);
     support::terminate(&mut api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_brought_to_the_configured_settings_at_start_up() {
+    use async_nats::jetstream::stream;
+    let env = support::Env::new().await;
+    let subjects = env.layout.subjects.clone();
+    // A deliveries limit set by hand with discard old (it would drop deliveries), and an
+    // events stream with the old discard policy.
+    let mut d = env
+        .js
+        .get_stream(subjects.deliveries_stream())
+        .await
+        .unwrap();
+    let mut cfg = d.info().await.unwrap().config.clone();
+    cfg.max_bytes = 1 << 20;
+    cfg.discard = stream::DiscardPolicy::Old;
+    env.js.update_stream(cfg).await.unwrap();
+    let mut e = env.js.get_stream(subjects.events_stream()).await.unwrap();
+    let mut cfg = e.info().await.unwrap().config.clone();
+    cfg.discard = stream::DiscardPolicy::Old;
+    env.js.update_stream(cfg).await.unwrap();
+
+    let mut router = env.spawn_with(&["router"], &[("GANCHO_EVENTS_MAX_BYTES", "2MiB")]);
+    wait_until("the settings applied", Duration::from_secs(20), || async {
+        let d = stream_state(&env, subjects.deliveries_stream()).await;
+        let mut e = env.js.get_stream(subjects.events_stream()).await.unwrap();
+        let ec = e.info().await.unwrap().config.clone();
+        d.1 == -1 && ec.max_bytes == 2 << 20 && ec.discard == stream::DiscardPolicy::New
+    })
+    .await;
+    support::terminate(&mut router);
+
+    // A retention JetStream cannot change stops start-up with a line that says what to do.
+    env.js
+        .delete_stream(subjects.deliveries_stream())
+        .await
+        .unwrap();
+    env.js
+        .create_stream(stream::Config {
+            name: subjects.deliveries_stream(),
+            subjects: vec![subjects.deliveries_wildcard()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let out = env.command(&["router"], &[]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("retention") && stderr.contains("nats stream rm GANCHO_DELIVERIES"),
+        "{stderr}"
+    );
+}
