@@ -246,3 +246,37 @@ async fn streams_are_brought_to_the_configured_settings_at_start_up() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
+    const N: usize = 1_000;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    // 2 KB answers: each attempt record keeps the first 4 KiB of the body.
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(200).body(&"r".repeat(2_000))).await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], None)
+        .await;
+    let limits = [("GANCHO_ATTEMPTS_MAX_BYTES", "1MiB")];
+    let mut router = env.spawn_with(&["router"], &limits);
+    let mut worker = env.spawn_with(&["worker"], &limits);
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..N).map(|i| (format!("evt-log-{i}"), b"{}".to_vec())),
+    )
+    .await;
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        std::future::ready(rx.distinct() == N)
+    })
+    .await;
+    let (bytes, max, messages) = stream_state(&env, env.layout.subjects.attempts_stream()).await;
+    assert_eq!(max, LIMIT as i64);
+    assert!(bytes <= LIMIT, "{bytes}");
+    assert!(
+        (messages as usize) < N,
+        "the oldest records made room: {messages} kept of {N}"
+    );
+    assert_eq!(rx.count(), N, "no attempt repeated for want of room");
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}

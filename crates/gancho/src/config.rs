@@ -94,6 +94,14 @@ pub struct Flags {
     /// leaving the rest to the workers' retries. Default: no limit of its own.
     #[arg(long, env = "GANCHO_DELIVERIES_MAX_BYTES", global = true)]
     pub deliveries_max_bytes: Option<String>,
+    /// Size limit of the attempt log, e.g. 20GiB; past it the oldest records go (it is a
+    /// log: delivery never waits on it). Default: none; records age out after 30 days.
+    #[arg(long, env = "GANCHO_ATTEMPTS_MAX_BYTES", global = true)]
+    pub attempts_max_bytes: Option<String>,
+    /// Size limit of the dead letters, e.g. 5GiB; past it the oldest go. Default: none;
+    /// they age out after 30 days.
+    #[arg(long, env = "GANCHO_DEAD_MAX_BYTES", global = true)]
+    pub dead_max_bytes: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -118,6 +126,8 @@ struct File {
     duplicate_window: Option<String>,
     events_max_bytes: Option<String>,
     deliveries_max_bytes: Option<String>,
+    attempts_max_bytes: Option<String>,
+    dead_max_bytes: Option<String>,
 }
 
 /// The validated configuration.
@@ -148,6 +158,8 @@ pub struct Config {
     pub duplicate_window: std::time::Duration,
     pub events_max_bytes: Option<u64>,
     pub deliveries_max_bytes: Option<u64>,
+    pub attempts_max_bytes: Option<u64>,
+    pub dead_max_bytes: Option<u64>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -256,6 +268,8 @@ impl Config {
             duplicate_window: self.duplicate_window,
             events_max_bytes: self.events_max_bytes,
             deliveries_max_bytes: self.deliveries_max_bytes,
+            attempts_max_bytes: self.attempts_max_bytes,
+            dead_max_bytes: self.dead_max_bytes,
         }
     }
 
@@ -402,6 +416,18 @@ impl Config {
             .or(file.deliveries_max_bytes)
             .map(|v| parse_size("deliveries_max_bytes", &v))
             .transpose()?;
+        let attempts_max_bytes = flags
+            .attempts_max_bytes
+            .clone()
+            .or(file.attempts_max_bytes)
+            .map(|v| parse_size("attempts_max_bytes", &v))
+            .transpose()?;
+        let dead_max_bytes = flags
+            .dead_max_bytes
+            .clone()
+            .or(file.dead_max_bytes)
+            .map(|v| parse_size("dead_max_bytes", &v))
+            .transpose()?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -463,6 +489,8 @@ impl Config {
             duplicate_window,
             events_max_bytes,
             deliveries_max_bytes,
+            attempts_max_bytes,
+            dead_max_bytes,
         })
     }
 

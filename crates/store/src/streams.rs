@@ -57,6 +57,10 @@ pub struct StreamSettings {
     /// Room for deliveries, scheduled retries and held deliveries: the router stops at 90% of
     /// it. Not a limit of the stream itself (see [`ensure_with`]).
     pub deliveries_max_bytes: Option<u64>,
+    /// Size limit of the attempt log; past it the oldest records go (a log, `discard: old`).
+    pub attempts_max_bytes: Option<u64>,
+    /// Size limit of the dead letters; past it the oldest go.
+    pub dead_max_bytes: Option<u64>,
 }
 
 impl Default for StreamSettings {
@@ -66,6 +70,8 @@ impl Default for StreamSettings {
             duplicate_window: DUPLICATE_WINDOW,
             events_max_bytes: None,
             deliveries_max_bytes: None,
+            attempts_max_bytes: None,
+            dead_max_bytes: None,
         }
     }
 }
@@ -138,6 +144,8 @@ pub async fn ensure_with(
             name: subjects.attempts_stream(),
             subjects: vec![subjects.attempts_wildcard()],
             max_age: LOG_MAX_AGE,
+            max_bytes: limit(settings.attempts_max_bytes),
+            discard: stream::DiscardPolicy::Old,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -145,6 +153,8 @@ pub async fn ensure_with(
             name: subjects.dead_stream(),
             subjects: vec![subjects.dead_wildcard()],
             max_age: LOG_MAX_AGE,
+            max_bytes: limit(settings.dead_max_bytes),
+            discard: stream::DiscardPolicy::Old,
             num_replicas: replicas,
             ..Default::default()
         },
