@@ -24,6 +24,11 @@ fn bad_config_exits_64_with_one_line() {
         ("GANCHO_SUBJECT_PREFIX", "a.b", "invalid subject_prefix"),
         ("GANCHO_DUPLICATE_WINDOW", "0s", "invalid duplicate_window"),
         (
+            "GANCHO_DELIVERIES_MAX_BYTES",
+            "lots",
+            "invalid deliveries_max_bytes \"lots\": expected a size like 512MiB",
+        ),
+        (
             "GANCHO_ENCRYPTION_KEY",
             "c2hvcnQ=",
             "GANCHO_ENCRYPTION_KEY must be 32 random bytes in base64",

@@ -135,12 +135,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<KeyView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
-    if state.store.get_tenant(tenant.as_str()).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "tenant {:?} not found",
-            tenant.as_str()
-        )));
-    }
+    crate::require_tenant(&state, &tenant).await?;
     let keys = state.store.list_api_keys(tenant.as_str()).await?;
     let p = page(keys, &query, |k| k.id.as_str())?;
     Ok(axum::Json(Page {

@@ -664,12 +664,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<EndpointView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
-    if state.store.get_tenant(tenant.as_str()).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "tenant {:?} not found",
-            tenant.as_str()
-        )));
-    }
+    crate::require_tenant(&state, &tenant).await?;
     // From the live snapshot, caught up to every write made before this request: reading
     // each endpoint document from the bucket took 1.9 s for 10,000 endpoints.
     let (limit, after) = query.parse()?;

@@ -106,12 +106,7 @@ pub async fn put(
                 .map_err(|e| ApiError::invalid(format!("example: {e}")))?;
         }
     }
-    if state.store.get_tenant(tenant.as_str()).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "tenant {:?} not found",
-            tenant.as_str()
-        )));
-    }
+    crate::require_tenant(&state, &tenant).await?;
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is valid");
@@ -190,12 +185,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<EventTypeView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
-    if state.store.get_tenant(tenant.as_str()).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "tenant {:?} not found",
-            tenant.as_str()
-        )));
-    }
+    crate::require_tenant(&state, &tenant).await?;
     let all = state.store.list_event_types(tenant.as_str()).await?;
     let p = page(all, &query, |e| e.name.as_str())?;
     Ok(axum::Json(Page {

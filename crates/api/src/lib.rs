@@ -31,6 +31,20 @@ use utoipa_axum::routes;
 /// Largest request body the API reads; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// 404 unless the tenant exists (for routes whose handler does not read the tenant itself).
+pub(crate) async fn require_tenant(
+    state: &ApiState,
+    tenant: &gancho_core::TenantId,
+) -> Result<(), error::ApiError> {
+    match state.store.get_tenant(tenant.as_str()).await? {
+        Some(_) => Ok(()),
+        None => Err(error::ApiError::not_found(format!(
+            "tenant {:?} not found",
+            tenant.as_str()
+        ))),
+    }
+}
+
 /// What the API needs from the process.
 #[derive(Clone)]
 pub struct ApiState {

@@ -404,30 +404,28 @@ impl Config {
                 ))
             }
         };
-        let events_max_bytes = flags
-            .events_max_bytes
-            .clone()
-            .or(file.events_max_bytes)
-            .map(|v| parse_size("events_max_bytes", &v))
-            .transpose()?;
-        let deliveries_max_bytes = flags
-            .deliveries_max_bytes
-            .clone()
-            .or(file.deliveries_max_bytes)
-            .map(|v| parse_size("deliveries_max_bytes", &v))
-            .transpose()?;
-        let attempts_max_bytes = flags
-            .attempts_max_bytes
-            .clone()
-            .or(file.attempts_max_bytes)
-            .map(|v| parse_size("attempts_max_bytes", &v))
-            .transpose()?;
-        let dead_max_bytes = flags
-            .dead_max_bytes
-            .clone()
-            .or(file.dead_max_bytes)
-            .map(|v| parse_size("dead_max_bytes", &v))
-            .transpose()?;
+        let size = |key: &str, flag: &Option<String>, file: Option<String>| {
+            flag.clone()
+                .or(file)
+                .map(|v| parse_size(key, &v))
+                .transpose()
+        };
+        let events_max_bytes = size(
+            "events_max_bytes",
+            &flags.events_max_bytes,
+            file.events_max_bytes,
+        )?;
+        let deliveries_max_bytes = size(
+            "deliveries_max_bytes",
+            &flags.deliveries_max_bytes,
+            file.deliveries_max_bytes,
+        )?;
+        let attempts_max_bytes = size(
+            "attempts_max_bytes",
+            &flags.attempts_max_bytes,
+            file.attempts_max_bytes,
+        )?;
+        let dead_max_bytes = size("dead_max_bytes", &flags.dead_max_bytes, file.dead_max_bytes)?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
