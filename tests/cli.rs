@@ -23,6 +23,12 @@ fn bad_config_exits_64_with_one_line() {
         ("GANCHO_API_LISTEN", "localhost", "invalid api_listen"),
         ("GANCHO_SUBJECT_PREFIX", "a.b", "invalid subject_prefix"),
         ("GANCHO_DUPLICATE_WINDOW", "0s", "invalid duplicate_window"),
+        ("GANCHO_SHUTDOWN_GRACE", "forever", "invalid shutdown_grace"),
+        (
+            "GANCHO_LOG_FORMAT",
+            "xml",
+            "invalid log_format \"xml\": expected text or json",
+        ),
         (
             "GANCHO_DELIVERIES_MAX_BYTES",
             "lots",
@@ -408,4 +414,34 @@ async fn the_cli_manages_tenants_keys_and_endpoints() {
         let (ok, out, _) = manage(&api, admin, &args);
         assert!(ok && out.contains("Example: gancho"), "{args:?}: {out}");
     }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let env = support::Env::new().await;
+    let mut router = env
+        .command(
+            &["router"],
+            &[("GANCHO_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = router.stderr.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("gancho started"))
+    })
+    .await
+    .unwrap()
+    .expect("the start-up line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["message"], "gancho started.", "{line}");
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["role"], "router");
+    support::terminate(&mut router);
 }

@@ -102,6 +102,13 @@ pub struct Flags {
     /// they age out after 30 days.
     #[arg(long, env = "GANCHO_DEAD_MAX_BYTES", global = true)]
     pub dead_max_bytes: Option<String>,
+    /// How long a role may take on SIGTERM to finish or hand back what it holds, e.g. 30s
+    /// (1s to 10m). Set the orchestrator's termination grace above it. Default: 15s.
+    #[arg(long, env = "GANCHO_SHUTDOWN_GRACE", global = true)]
+    pub shutdown_grace: Option<String>,
+    /// Log lines as `text` (default) or `json` (one object per line).
+    #[arg(long, env = "GANCHO_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -128,6 +135,8 @@ struct File {
     deliveries_max_bytes: Option<String>,
     attempts_max_bytes: Option<String>,
     dead_max_bytes: Option<String>,
+    shutdown_grace: Option<String>,
+    log_format: Option<String>,
 }
 
 /// The validated configuration.
@@ -160,6 +169,10 @@ pub struct Config {
     pub deliveries_max_bytes: Option<u64>,
     pub attempts_max_bytes: Option<u64>,
     pub dead_max_bytes: Option<u64>,
+    /// Drain time on SIGTERM. Default 15 s.
+    pub shutdown_grace: std::time::Duration,
+    /// One JSON object per log line instead of text.
+    pub log_json: bool,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -426,6 +439,37 @@ impl Config {
             file.attempts_max_bytes,
         )?;
         let dead_max_bytes = size("dead_max_bytes", &flags.dead_max_bytes, file.dead_max_bytes)?;
+        let grace = flags
+            .shutdown_grace
+            .clone()
+            .or(file.shutdown_grace)
+            .unwrap_or_else(|| "15s".into());
+        let shutdown_grace = match humantime::parse_duration(grace.trim()) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(600) =>
+            {
+                d
+            }
+            _ => {
+                return Err(bad(
+                    "shutdown_grace",
+                    &grace,
+                    "expected a duration from 1s to 10m, like 15s or 1m",
+                ))
+            }
+        };
+        let log_json = match flags
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(bad("log_format", other, "expected text or json")),
+        };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -489,6 +533,8 @@ impl Config {
             deliveries_max_bytes,
             attempts_max_bytes,
             dead_max_bytes,
+            shutdown_grace,
+            log_json,
         })
     }
 

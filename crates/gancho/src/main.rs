@@ -77,11 +77,11 @@ enum SecretsCmd {
 
 fn main() {
     let cli = Cli::parse();
-    gancho_telemetry::init_tracing();
     let config = match Config::load(&cli.flags) {
         Ok(c) => c,
         Err(e) => exit_config(&e),
     };
+    gancho_telemetry::init_tracing(config.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,8 +12,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// How long roles get to finish what is in flight after a shutdown signal.
-const GRACE: Duration = Duration::from_secs(15);
 /// How often consumer lag and snapshot age are sampled into gauges.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -56,6 +54,8 @@ pub struct Running {
     pub metrics_addr: std::net::SocketAddr,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     cancel: CancellationToken,
+    /// How long a shutdown may drain ([`Config::shutdown_grace`]).
+    grace: Duration,
 }
 
 /// Starts `roles` against `nats_url`. They run until `cancel` fires.
@@ -188,6 +188,7 @@ pub async fn start(
         metrics_addr,
         tasks,
         cancel,
+        grace: config.shutdown_grace,
     })
 }
 
@@ -206,7 +207,7 @@ impl Running {
             }
         }
         self.cancel.cancel();
-        let drained = tokio::time::timeout(GRACE, async {
+        let drained = tokio::time::timeout(self.grace, async {
             while let Some(done) = self.tasks.join_next().await {
                 if let Ok((role, Err(e))) = done {
                     error!(role, error = %e, "A role failed while stopping.");
@@ -215,7 +216,7 @@ impl Running {
         })
         .await;
         if drained.is_err() {
-            error!(grace_secs = GRACE.as_secs(), "Roles did not stop within the grace period; exiting anyway (unacked work is redelivered).");
+            error!(grace_secs = self.grace.as_secs_f64(), "Roles did not stop within the grace period; exiting anyway (unacked work is redelivered).");
         }
         failure.map_or(Ok(()), Err)
     }

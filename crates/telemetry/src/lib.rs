@@ -97,15 +97,21 @@ pub async fn serve(
     Ok(bound)
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
-pub fn init_tracing() {
+/// Logs to stderr, as text or (`json`) one JSON object per line; `RUST_LOG` overrides the
+/// default `info` level.
+pub fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
