@@ -100,8 +100,9 @@ impl Room {
     }
 }
 
-/// Watches the deliveries stream against `max_bytes` until `cancel`. The receiver reads
-/// `true` while the router may pull events. A failed look keeps the last answer.
+/// Watches the deliveries stream against `max_bytes` until `cancel` (without a limit there
+/// is nothing to watch). The receiver reads `true` while the router may pull events. A
+/// failed look keeps the last answer.
 pub(crate) fn watch(
     js: jetstream::Context,
     stream: String,
@@ -118,6 +119,10 @@ pub(crate) fn watch(
         gate,
     });
     metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => "deliveries").set(room.max as f64);
+    if room.max <= 0 {
+        // No room to keep: nothing to watch, the gate stays open.
+        return (room, rx);
+    }
     let watcher = room.clone();
     tokio::spawn(async move {
         let room = watcher;

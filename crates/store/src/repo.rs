@@ -364,27 +364,48 @@ impl ConfigStore {
         &self,
         tenant: &str,
         id: &str,
-        mut change: F,
+        change: F,
     ) -> Result<Endpoint, StoreError>
     where
         F: FnMut(&mut Endpoint) -> Result<(), StoreError>,
     {
         let key = Subjects::endpoint_key(tenant, id);
+        let what = format!("endpoint {id:?}");
+        self.cas_endpoint(&key, &what, true, change)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("endpoint {id:?}")))
+    }
+
+    /// Reads the endpoint at `key` (secrets opened), applies `change`, stamps `updated_at`
+    /// when `touch`, and writes it back sealed, compare-and-set, retrying when another writer
+    /// got there first. `None` when the record does not exist; `what` names it in a conflict.
+    async fn cas_endpoint<F>(
+        &self,
+        key: &str,
+        what: &str,
+        touch: bool,
+        mut change: F,
+    ) -> Result<Option<Endpoint>, StoreError>
+    where
+        F: FnMut(&mut Endpoint) -> Result<(), StoreError>,
+    {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut ep, revision)) = self.read_endpoint(&key).await? else {
-                return Err(StoreError::NotFound(format!("endpoint {id:?}")));
+            let Some((mut ep, revision)) = self.read_endpoint(key).await? else {
+                return Ok(None);
             };
             change(&mut ep)?;
-            ep.updated_at = time::OffsetDateTime::now_utc();
-            let bytes = self.sealed(&key, &ep)?;
-            match self.kv.update(&key, bytes.into(), revision).await {
-                Ok(_) => return Ok(ep),
+            if touch {
+                ep.updated_at = time::OffsetDateTime::now_utc();
+            }
+            let bytes = self.sealed(key, &ep)?;
+            match self.kv.update(key, bytes.into(), revision).await {
+                Ok(_) => return Ok(Some(ep)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(backend(e)),
             }
         }
         Err(StoreError::Conflict(format!(
-            "endpoint {id:?} is being changed concurrently; retry"
+            "{what} is being changed concurrently; retry"
         )))
     }
 
@@ -403,26 +424,14 @@ impl ConfigStore {
             if self.keyring.endpoint_is_current(&raw) {
                 continue;
             }
-            // Opened, then sealed anew, compare-and-set; nothing else changes (not even
-            // updated_at).
-            for attempt in 1..=CAS_ATTEMPTS {
-                let Some((ep, revision)) = self.read_endpoint(&key).await? else {
-                    break;
-                };
-                let bytes = self.sealed(&key, &ep)?;
-                match self.kv.update(&key, bytes.into(), revision).await {
-                    Ok(_) => {
-                        rewritten += 1;
-                        break;
-                    }
-                    Err(e)
-                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision
-                            && attempt < CAS_ATTEMPTS =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(backend(e)),
-                }
+            // Opened, then sealed anew; nothing else changes (not even updated_at).
+            let what = format!("endpoint record {key}");
+            if self
+                .cas_endpoint(&key, &what, false, |_| Ok(()))
+                .await?
+                .is_some()
+            {
+                rewritten += 1;
             }
         }
         self.keyring
