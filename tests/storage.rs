@@ -258,7 +258,14 @@ async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
         .await;
     let limits = [("GANCHO_ATTEMPTS_MAX_BYTES", "1MiB")];
     let mut router = env.spawn_with(&["router"], &limits);
-    let mut worker = env.spawn_with(&["worker"], &limits);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut worker = env
+        .command(&["worker"], &limits)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
     env.publish_many(
         "acme",
         "charge.paid",
@@ -277,6 +284,130 @@ async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
         "the oldest records made room: {messages} kept of {N}"
     );
     assert_eq!(rx.count(), N, "no attempt repeated for want of room");
+    // Not silently: the worker says the log is full (it looks every few seconds).
+    wait_until(
+        "the worker to say the log is full",
+        Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(log.path()).unwrap();
+            std::future::ready(text.contains("A log is at its size limit"))
+        },
+    )
+    .await;
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}
+
+/// The server's own store fills up (`max_file_store`) under load, with one endpoint failing:
+/// producers are refused, the router and the worker wait instead of dropping or doubling
+/// anything, and once the failing endpoint recovers every event accepted reaches both
+/// endpoints. Scheduled retries that JetStream could not fire while full are re-armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
+    use async_nats::jetstream::message::PublishMessage;
+    use gancho_proto::{Event, Message as _};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    const N: usize = 2_500;
+    let nats =
+        gancho_test_harness::NatsServer::start_with_config("jetstream { max_file_store: 8MB }");
+    let env = support::Env::with_nats(nats).await;
+    env.tenant("acme").await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let delivered = Arc::new(Mutex::new(HashSet::new()));
+    let (flag, record) = (failing.clone(), delivered.clone());
+    let rx = Receiver::https(&env.ca, move |_, r| {
+        if r.path == "/flaky" && flag.load(Ordering::Relaxed) {
+            return Answer::status(503);
+        }
+        let id = r.header("webhook-id").unwrap_or_default().to_owned();
+        record.lock().unwrap().insert((r.path.clone(), id));
+        Answer::status(200)
+    })
+    .await;
+    let schedule = std::iter::once("0s")
+        .chain(std::iter::repeat_n("2s", 49))
+        .collect::<Vec<_>>()
+        .join(",");
+    env.endpoint("acme", "ok", &rx.url("/ok"), &[], &[], None)
+        .await;
+    env.endpoint(
+        "acme",
+        "flaky",
+        &rx.url("/flaky"),
+        &[],
+        &[],
+        Some(&schedule),
+    )
+    .await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+
+    // A producer that, refused for lack of room, waits and sends the same event again.
+    let refusals = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let producer = {
+        let (js, subject, refusals) = (
+            env.js.clone(),
+            env.layout.subjects.event("acme", "charge.paid"),
+            refusals.clone(),
+        );
+        let payload = json!({"pad": "x".repeat(2000)}).to_string().into_bytes();
+        tokio::spawn(async move {
+            for i in 0..N {
+                let ev = Event {
+                    id: format!("evt-{i}"),
+                    tenant: "acme".into(),
+                    r#type: "charge.paid".into(),
+                    occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
+                    payload: payload.clone().into(),
+                    ..Default::default()
+                };
+                let bytes: bytes::Bytes = ev.encode_to_vec().into();
+                loop {
+                    let publish = PublishMessage::build()
+                        .payload(bytes.clone())
+                        .message_id(ev.id.clone());
+                    let acked =
+                        async { js.send_publish(subject.clone(), publish).await?.await }.await;
+                    match acked {
+                        Ok(_) => break,
+                        Err(e) => {
+                            let e = e.to_string();
+                            assert!(gancho_store::full::is_full(&e), "{e}");
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    wait_until("the server's store full", Duration::from_secs(120), || {
+        std::future::ready(refusals.load(Ordering::Relaxed) > 0)
+    })
+    .await;
+    // Full for a while: everyone waits, nobody gives up.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(router.try_wait().unwrap().is_none(), "the router runs");
+    assert!(worker.try_wait().unwrap().is_none(), "the worker runs");
+    failing.store(false, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(240), producer)
+        .await
+        .expect("every event accepted in the end")
+        .unwrap();
+    wait_until(
+        "every event delivered to both endpoints",
+        Duration::from_secs(240),
+        || std::future::ready(delivered.lock().unwrap().len() == 2 * N),
+    )
+    .await;
+    let dead = env.dead_letters().await;
+    assert!(dead.is_empty(), "nothing dead-lettered: {:?}", dead.first());
+    eprintln!(
+        "{} publishes were refused for lack of room and sent again; {} requests in all",
+        refusals.load(Ordering::Relaxed),
+        rx.count()
+    );
     support::terminate(&mut worker);
     support::terminate(&mut router);
 }

@@ -30,7 +30,11 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Self {
-        let nats = NatsServer::start();
+        Self::with_nats(NatsServer::start()).await
+    }
+
+    /// The same, on a server the test started (with its own config).
+    pub async fn with_nats(nats: NatsServer) -> Self {
         let ca = TestCa::new();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = ca.write_ca_file(dir.path());

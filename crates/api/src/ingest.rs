@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use gancho_core::TenantId;
 use gancho_proto::{Event, Message as _};
+use gancho_store::full::Pressure;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -185,23 +186,26 @@ async fn send(
 /// Waits for a PubAck: Ok(duplicate) or the reason it is unknown.
 async fn acked(ack: PublishAckFuture) -> Result<bool, String> {
     match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
-        Ok(Ok(ack)) => Ok(ack.duplicate),
+        Ok(Ok(ack)) => {
+            PRESSURE.stored();
+            Ok(ack.duplicate)
+        }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("JetStream did not answer in time".into()),
     }
 }
 
-/// Whether a publish error says JetStream has no room (the stream's limit, or the server's).
+/// Whether JetStream takes ingest's writes (the `gancho_storage_full` gauge of the api).
+static PRESSURE: Pressure = Pressure::new("api");
+
+/// Whether a publish error says JetStream has no room (the stream's limit, or the server's),
+/// noting the refusal.
 fn is_full(why: &str) -> bool {
-    let w = why.to_ascii_lowercase();
-    [
-        "maximum bytes",
-        "maximum messages",
-        "insufficient resources",
-        "resources exceeded",
-    ]
-    .iter()
-    .any(|s| w.contains(s))
+    let full = gancho_store::full::is_full(why);
+    if full {
+        PRESSURE.refused(why);
+    }
+    full
 }
 
 fn unknown(id: &str, why: &str) -> ApiError {

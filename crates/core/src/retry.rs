@@ -129,6 +129,13 @@ pub fn schedule_at(t: time::OffsetDateTime) -> String {
     )
 }
 
+/// The time a `Nats-Schedule` value of the form `@at <RFC 3339>` fires at; `None` for any
+/// other form.
+pub fn parse_schedule_at(value: &str) -> Option<time::OffsetDateTime> {
+    let at = value.strip_prefix("@at ")?;
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+}
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (num, unit) = s.split_at(split);
@@ -218,6 +225,8 @@ mod tests {
     fn schedule_header_format() {
         let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_458_917_720_000_000).unwrap();
         assert_eq!(schedule_at(t), "@at 2026-11-23T18:35:17.720Z");
+        assert_eq!(parse_schedule_at(&schedule_at(t)), Some(t));
+        assert_eq!(parse_schedule_at("@every 5m"), None);
     }
 
     #[test]

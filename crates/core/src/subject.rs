@@ -128,6 +128,12 @@ impl Subjects {
     pub fn attempts_wildcard(&self) -> String {
         format!("{}.attempts.>", self.prefix)
     }
+    /// Whether `subject` is an attempt record's.
+    pub fn is_attempt(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(".attempts."))
+    }
 
     /// `gancho.dead.<tenant>.<endpoint>`
     pub fn dead(&self, tenant: &str, endpoint: &str) -> String {

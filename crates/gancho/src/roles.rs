@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// How often consumer lag and snapshot age are sampled into gauges.
 const STATS_EVERY: Duration = Duration::from_secs(5);
@@ -236,7 +236,8 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Samples consumer lag and the snapshot age into gauges.
+/// Samples consumer lag, stream usage against limits, JetStream's storage and the snapshot
+/// age into gauges.
 async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: CancellationToken) {
     let subjects = layout.subjects.clone();
     let mut watched = Vec::new();
@@ -260,6 +261,7 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
             _ = tokio::time::sleep(STATS_EVERY) => {}
         }
         metrics::gauge!(names::CONFIG_SNAPSHOT_AGE).set(live.age_seconds() as f64);
+        usage(&layout, roles.worker).await;
         for (label, stream, consumer) in &watched {
             let info = async {
                 let stream = layout.js.get_stream(stream).await.ok()?;
@@ -276,6 +278,73 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
                 metrics::gauge!(names::CONSUMER_ACK_PENDING, "stream" => *label)
                     .set(ack_pending as f64);
             }
+        }
+    }
+}
+
+/// Bytes and messages in each stream against its limit, and JetStream's storage for the
+/// account. The deliveries stream's limit is the router's room, set by the router. A worker
+/// also says (at most every [`LOG_FULL_EVERY`]) when the attempt log or the dead letters are
+/// at their size limit, so their oldest records are going.
+async fn usage(layout: &Layout, worker: bool) {
+    let subjects = &layout.subjects;
+    let streams = [
+        ("events", subjects.events_stream()),
+        ("deliveries", subjects.deliveries_stream()),
+        ("attempts", subjects.attempts_stream()),
+        ("dead", subjects.dead_stream()),
+    ];
+    for (label, name) in streams {
+        let Ok(mut stream) = layout.js.get_stream(&name).await else {
+            continue;
+        };
+        let Ok(info) = stream.info().await else {
+            continue;
+        };
+        metrics::gauge!(names::STREAM_BYTES, "stream" => label).set(info.state.bytes as f64);
+        metrics::gauge!(names::STREAM_MESSAGES, "stream" => label).set(info.state.messages as f64);
+        if label != "deliveries" {
+            metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => label)
+                .set(info.config.max_bytes as f64);
+        }
+        let max = info.config.max_bytes;
+        let at_limit = max > 0 && info.state.bytes as f64 >= LOG_AT_LIMIT * max as f64;
+        if worker && at_limit && matches!(label, "attempts" | "dead") && log_full_due(label) {
+            warn!(
+                stream = %name,
+                bytes = info.state.bytes,
+                max_bytes = max,
+                oldest = %info.state.first_timestamp,
+                "A log is at its size limit: its oldest records are dropped as new ones come (delivery goes on). Raise its limit to keep more."
+            );
+        }
+    }
+    if let Ok(account) = layout.js.query_account().await {
+        metrics::gauge!(names::JETSTREAM_STORAGE).set(account.storage as f64);
+        metrics::gauge!(names::JETSTREAM_STORAGE_LIMIT)
+            .set(account.limits.max_storage.unwrap_or(-1) as f64);
+    }
+}
+
+/// Share of a log's limit at which it counts as full.
+const LOG_AT_LIMIT: f64 = 0.95;
+/// How often a full log is logged, per log.
+const LOG_FULL_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether a full `log` is due to be logged again (and notes that it is).
+fn log_full_due(log: &'static str) -> bool {
+    static LAST: std::sync::Mutex<Vec<(&'static str, std::time::Instant)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match last.iter_mut().find(|(l, _)| *l == log) {
+        Some((_, at)) if at.elapsed() < LOG_FULL_EVERY => false,
+        Some((_, at)) => {
+            *at = std::time::Instant::now();
+            true
+        }
+        None => {
+            last.push((log, std::time::Instant::now()));
+            true
         }
     }
 }

@@ -112,6 +112,7 @@ pub async fn run(
         output.clone(),
         subjects.events_stream(),
         subjects.router_consumer(),
+        room.clone(),
         cancel.clone(),
     );
     let spec = Spec {
@@ -143,7 +144,12 @@ pub async fn run(
 }
 
 pub(crate) async fn nak(msg: &jetstream::Message) -> Handled {
-    if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await {
+    nak_after(msg, NAK_DELAY).await
+}
+
+/// Hands an event back, to come again after `delay`.
+pub(crate) async fn nak_after(msg: &jetstream::Message, delay: Duration) -> Handled {
+    if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
         error!(error = %e, "Cannot nak an event; it will be redelivered after the ack wait.");
     }
     metrics::counter!(names::ROUTER_PUBLISH_FAILURES).increment(1);

@@ -6,11 +6,16 @@
 //! read every [`LOOK_EVERY`], is below [`RESUME`]. The workers' retries, deferrals and holds
 //! are never refused, so a stream full of failing deliveries cannot wedge them. Events wait
 //! in their own stream meanwhile; nothing is dropped.
+//!
+//! Beyond that room, JetStream itself may refuse a delivery: the server's store is full
+//! (`max_file_store`, a full disk). The router then stops pulling events for a while (1 s,
+//! doubling up to 30 s while refusals go on), hands the event back, and tries again; routed
+//! events are trimmed meanwhile ([`crate::trim`]) so the store can take deliveries again.
 
 use async_nats::jetstream;
 use gancho_telemetry::names;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +27,10 @@ pub const HIGH_WATER: f64 = 0.9;
 pub const RESUME: f64 = 0.8;
 /// How often the stream's usage is read.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// The first pause in pulling events after JetStream refused a delivery for lack of room.
+const FULL_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest pause while refusals go on.
+pub const FULL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Whether the router may route now, given the stream's usage and whether it could before.
 pub fn has_room(bytes: u64, max_bytes: i64, had_room: bool) -> bool {
@@ -47,6 +56,10 @@ pub(crate) struct Room {
     in_flight: AtomicU64,
     open: AtomicBool,
     gate: watch::Sender<bool>,
+    /// Whether JetStream takes the router's writes.
+    pub(crate) pressure: gancho_store::full::Pressure,
+    /// While JetStream refuses writes: the pause in pulling, and when it ends.
+    backoff: Mutex<(Duration, Option<Instant>)>,
 }
 
 impl Room {
@@ -74,6 +87,48 @@ impl Room {
         if self.max > 0 {
             self.in_flight.fetch_sub(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// JetStream refused a delivery for lack of room: pulling stops for a pause that doubles
+    /// while refusals go on. Returns how long the event should wait before it comes back.
+    pub(crate) fn refused(self: &Arc<Self>, why: &str) -> Duration {
+        self.pressure.refused(why);
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if backoff.1.is_some_and(|until| until > now) {
+            return backoff.0;
+        }
+        let pause = (backoff.0 * 2).clamp(FULL_BACKOFF_MIN, FULL_BACKOFF_MAX);
+        *backoff = (pause, Some(now + pause));
+        drop(backoff);
+        self.gate.send_replace(false);
+        let room = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            room.update_gate();
+        });
+        pause
+    }
+
+    /// A delivery was stored: refusals, if any, are over.
+    pub(crate) fn stored(&self) {
+        if self.pressure.refusing() {
+            *self.backoff.lock().unwrap_or_else(|e| e.into_inner()) = (Duration::ZERO, None);
+            self.pressure.stored();
+            self.update_gate();
+        }
+    }
+
+    /// Opens the gate when there is room and no pause is going on.
+    fn update_gate(&self) {
+        let paused = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .is_some_and(|until| until > Instant::now());
+        self.gate
+            .send_replace(self.open.load(Ordering::Relaxed) && !paused);
     }
 
     fn close(&self) {
@@ -117,6 +172,8 @@ pub(crate) fn watch(
         in_flight: AtomicU64::new(0),
         open: AtomicBool::new(true),
         gate,
+        pressure: gancho_store::full::Pressure::new("router"),
+        backoff: Mutex::new((Duration::ZERO, None)),
     });
     metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => "deliveries").set(room.max as f64);
     if room.max <= 0 {
@@ -157,7 +214,7 @@ pub(crate) fn watch(
                         );
                         room.open.store(true, Ordering::Relaxed);
                         metrics::gauge!(names::ROUTER_WAITING_FOR_ROOM).set(0.0);
-                        room.gate.send_replace(true);
+                        room.update_gate();
                     }
                 }
             }
@@ -196,6 +253,8 @@ mod tests {
             in_flight: AtomicU64::new(0),
             open: AtomicBool::new(true),
             gate,
+            pressure: gancho_store::full::Pressure::new("router"),
+            backoff: Mutex::new((Duration::ZERO, None)),
         };
         let mut taken = 0;
         while room.reserve(100) {

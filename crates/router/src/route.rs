@@ -178,6 +178,12 @@ impl Ctx {
         let created = match with_progress(&msg, PROGRESS_EVERY, fan_out).await {
             Ok(created) => created,
             Err(e) => {
+                let why = e.to_string();
+                if gancho_store::full::is_full(&why) {
+                    // Logged once by the room's pressure, not once per event.
+                    let pause = self.room.refused(&why);
+                    return crate::nak_after(&msg, pause).await;
+                }
                 warn!(event = %event.id, error = %e, "A delivery was not stored; the event will be routed again.");
                 return crate::nak(&msg).await;
             }
@@ -236,7 +242,13 @@ impl Ctx {
         };
         let stored = async { self.js.send_publish(subject, publish).await?.await }.await;
         self.room.release(size);
-        stored.map(|_| ())
+        match stored {
+            Ok(_) => {
+                self.room.stored();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the event to `GANCHO_DEAD` with its reason, then acks it.

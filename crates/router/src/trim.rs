@@ -3,10 +3,14 @@
 //! is routed. Events the router has already routed are only kept for replay; when the stream
 //! passes [`TRIM_AT`] of its limit, the router purges the older half of the routed events
 //! (those at or below its consumer's ack floor), again every second while it stays there:
-//! the replay window shrinks before a producer is refused.
+//! the replay window shrinks before a producer is refused. The same happens, whatever the
+//! stream's limit, while JetStream refuses the router's deliveries for lack of room (the
+//! server's store is full): routed events are the room that can be given back at once.
 
+use crate::room::Room;
 use async_nats::jetstream;
 use gancho_telemetry::names;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,11 +24,13 @@ pub(crate) fn spawn(
     js: jetstream::Context,
     stream: String,
     consumer: String,
+    room: Arc<Room>,
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = look(&js, &stream, &consumer).await {
+            let pressed = room.pressure.refusing();
+            if let Err(e) = look(&js, &stream, &consumer, pressed).await {
                 tracing::debug!(error = %e, "Cannot look at the events stream's room.");
             }
             tokio::select! {
@@ -39,13 +45,15 @@ async fn look(
     js: &jetstream::Context,
     stream: &str,
     consumer: &str,
+    pressed: bool,
 ) -> Result<(), async_nats::Error> {
     let mut s = js.get_stream(stream).await?;
     let info = s.info().await?;
     let (bytes, max) = (info.state.bytes, info.config.max_bytes);
     metrics::gauge!(names::STREAM_BYTES, "stream" => "events").set(bytes as f64);
     metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => "events").set(max as f64);
-    if max <= 0 || (bytes as f64) < TRIM_AT * max as f64 {
+    let near_full = max > 0 && (bytes as f64) >= TRIM_AT * max as f64;
+    if !near_full && !pressed {
         return Ok(());
     }
     let first = info.state.first_sequence;
@@ -53,7 +61,9 @@ async fn look(
     let floor = c.info().await?.ack_floor.stream_sequence;
     // Everything at or below the ack floor is routed; keep the rest.
     if floor < first {
-        warn!(bytes, max_bytes = max, "The events stream is near full and holds no routed events to trim; producers will be refused until the router catches up.");
+        if near_full {
+            warn!(bytes, max_bytes = max, "The events stream is near full and holds no routed events to trim; producers will be refused until the router catches up.");
+        }
         return Ok(());
     }
     // The older half of the routed events (at least one).
@@ -63,7 +73,7 @@ async fn look(
     info!(
         purged = purged.purged,
         below_sequence = cut,
-        "The events stream was near full: trimmed the oldest routed events (the replay window now starts later)."
+        "Storage was near full: trimmed the oldest routed events (the replay window now starts later)."
     );
     Ok(())
 }

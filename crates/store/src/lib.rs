@@ -9,9 +9,11 @@
 //! - [`repo`]: create, read, update, delete, with optimistic concurrency on KV revisions.
 //! - [`live`]: [`Live`], the snapshot and the watch task that keeps it current.
 //! - [`consume`]: the concurrent, draining consume loop the router and the worker share.
+//! - [`full`]: telling "no room" answers apart and waiting them out.
 
 pub mod consume;
 pub mod crypt;
+pub mod full;
 pub mod live;
 pub mod model;
 pub mod repo;

@@ -32,11 +32,27 @@ pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
 /// 1 while the router waits for room in the deliveries stream (at its high-water mark).
 pub const ROUTER_WAITING_FOR_ROOM: &str = "gancho_router_waiting_for_room";
-/// Milliseconds a role spent waiting for storage room. `role`: router.
+/// Milliseconds a role spent waiting for storage room. `role`: router | worker | api.
 pub const STORAGE_WAIT: &str = "gancho_storage_wait_milliseconds_total";
-/// Bytes in a stream, as of the last look. `stream`: events | deliveries.
+/// 1 while JetStream refuses this role's writes for lack of room (a stream at its limit, or
+/// the server's store full). `role`: router | worker | api.
+pub const STORAGE_FULL: &str = "gancho_storage_full";
+/// Attempt records not written because JetStream had no room; the delivery went on.
+pub const ATTEMPTS_UNRECORDED: &str = "gancho_delivery_attempts_unrecorded_total";
+/// Scheduled retries found overdue (JetStream did not fire them, which happens when its store
+/// was full at their time) and scheduled again.
+pub const RETRIES_REARMED: &str = "gancho_delivery_retries_rearmed_total";
+/// Bytes JetStream stores for gancho's account, as of the last look.
+pub const JETSTREAM_STORAGE: &str = "gancho_jetstream_storage_bytes";
+/// JetStream's storage limit for gancho's account (the server's `max_file_store` unless the
+/// account has its own).
+pub const JETSTREAM_STORAGE_LIMIT: &str = "gancho_jetstream_storage_limit_bytes";
+/// Messages in a stream, as of the last look. `stream`: events | deliveries | attempts | dead.
+pub const STREAM_MESSAGES: &str = "gancho_stream_messages";
+/// Bytes in a stream, as of the last look. `stream`: events | deliveries | attempts | dead.
 pub const STREAM_BYTES: &str = "gancho_stream_bytes";
-/// A stream's byte limit (-1: none of its own). `stream`: events | deliveries.
+/// A stream's byte limit (-1: none of its own; for deliveries, the router's room).
+/// `stream`: events | deliveries | attempts | dead.
 pub const STREAM_MAX_BYTES: &str = "gancho_stream_max_bytes";
 /// Routed events purged from a near-full events stream (the replay window shrank).
 pub const EVENTS_TRIMMED: &str = "gancho_router_events_trimmed_total";
@@ -126,6 +142,29 @@ pub fn describe_all() {
         "Milliseconds spent waiting for storage room, by role."
     );
     metrics::describe_gauge!(STREAM_BYTES, "Bytes in a stream, by stream.");
+    describe_gauge!(STREAM_MESSAGES, "Messages in a stream, by stream.");
+    describe_gauge!(
+        STORAGE_FULL,
+        "1 while JetStream refuses this role's writes for lack of room."
+    );
+    describe_counter!(
+        ATTEMPTS_UNRECORDED,
+        "Attempt records not written because JetStream had no room."
+    );
+    describe_counter!(
+        RETRIES_REARMED,
+        "Overdue scheduled retries that JetStream had not fired, scheduled again."
+    );
+    describe_gauge!(
+        JETSTREAM_STORAGE,
+        Unit::Bytes,
+        "Bytes JetStream stores for gancho's account."
+    );
+    describe_gauge!(
+        JETSTREAM_STORAGE_LIMIT,
+        Unit::Bytes,
+        "JetStream's storage limit for gancho's account."
+    );
     describe_counter!(
         EVENTS_TRIMMED,
         "Routed events purged from a near-full events stream (the replay window shrank)."

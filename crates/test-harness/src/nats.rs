@@ -50,6 +50,24 @@ impl NatsServer {
         server
     }
 
+    /// Starts a standalone JetStream server with `config` (nats-server's configuration
+    /// syntax, for example `jetstream { max_file_store: 8MB }`) on top of the usual flags.
+    pub fn start_with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("create a store directory for nats-server");
+        let store = dir.path().join("store");
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, config).expect("write the nats-server config file");
+        let mut server = Self {
+            child: None,
+            port: 0,
+            store,
+            _dir: Some(dir),
+            extra_args: vec!["-c".into(), file.display().to_string()],
+        };
+        server.spawn();
+        server
+    }
+
     /// Starts the process. The first start lets nats-server pick a free port (`-p -1`) and
     /// reads it from the ports file, so no other listener can take it between a probe and the
     /// bind; restarts ask for the same port again.

@@ -24,6 +24,10 @@ use tracing::{debug, info, warn};
 const NAK_DELAY: Duration = Duration::from_secs(1);
 /// How long the worker keeps re-sending an outcome's writes before handing the delivery back.
 const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+/// How long the worker keeps re-sending writes JetStream refuses for lack of room.
+const FULL_PATIENCE: Duration = Duration::from_secs(2);
+/// Delay before a delivery handed back for lack of room is tried again.
+const FULL_NAK_DELAY: Duration = Duration::from_secs(10);
 /// How much longer than its retry schedule a delivery may keep being deferred.
 const DEFER_GRACE: Duration = Duration::from_secs(3600);
 
@@ -43,6 +47,8 @@ pub(crate) struct Ctx {
     pub gates: Gates,
     /// The worker's HTTP request slots (its configured concurrency).
     pub requests: Semaphore,
+    /// Whether JetStream takes this worker's writes.
+    pub pressure: Arc<gancho_store::full::Pressure>,
 }
 
 /// What follows an attempt.
@@ -456,8 +462,13 @@ impl Ctx {
     /// Re-sends are safe: dead letters and immediate retries carry a `Nats-Msg-Id`, a
     /// scheduled retry replaces the schedule on its subject, and an attempt record sent twice
     /// is the same record twice.
+    ///
+    /// When JetStream has no room ([`gancho_store::full`]) an attempt record is left out
+    /// (counted, and the delivery goes on: a full log must not stop delivery), and the other
+    /// writes get [`FULL_PATIENCE`] before the delivery is handed back for [`FULL_NAK_DELAY`]:
+    /// the deliveries that succeed meanwhile are what frees room.
     async fn store_all(&self, mut pending: Vec<(String, PublishMessage)>) -> Result<(), String> {
-        let deadline = Instant::now() + WRITE_PATIENCE;
+        let start = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
             let sends = pending.into_iter().map(|(subject, publish)| async move {
@@ -472,17 +483,31 @@ impl Ctx {
                 result.map_err(|e| (subject, publish, e))
             });
             let mut last_error = String::new();
+            let mut full = false;
             pending = Vec::new();
             for result in futures::future::join_all(sends).await {
-                if let Err((subject, publish, e)) = result {
-                    last_error = e;
-                    pending.push((subject, publish));
+                match result {
+                    Ok(()) => self.pressure.stored(),
+                    Err((subject, publish, e)) => {
+                        if gancho_store::full::is_full(&e) {
+                            self.pressure.refused(&e);
+                            full = true;
+                            if self.subjects.is_attempt(&subject) {
+                                metrics::counter!(names::ATTEMPTS_UNRECORDED).increment(1);
+                                debug!("No room for an attempt record; left out.");
+                                continue;
+                            }
+                        }
+                        last_error = e;
+                        pending.push((subject, publish));
+                    }
                 }
             }
             if pending.is_empty() {
                 return Ok(());
             }
-            if Instant::now() + backoff > deadline {
+            let patience = if full { FULL_PATIENCE } else { WRITE_PATIENCE };
+            if start.elapsed() + backoff > patience {
                 return Err(last_error);
             }
             debug!(error = %last_error, writes = pending.len(), "JetStream did not take a write; trying again.");
@@ -570,12 +595,18 @@ impl Ctx {
     }
 
     async fn nak(&self, msg: &jetstream::Message, why: &str) -> Handled {
-        warn!(
-            reason = why,
-            "Handing a delivery back; it will be attempted again."
-        );
+        let delay = if gancho_store::full::is_full(why) {
+            // Logged once by the pressure gauge, not once per delivery.
+            FULL_NAK_DELAY
+        } else {
+            warn!(
+                reason = why,
+                "Handing a delivery back; it will be attempted again."
+            );
+            NAK_DELAY
+        };
         metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
-        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
+        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
         Handled::HandedBack
     }
 }

@@ -25,11 +25,13 @@
 //! - [`gate`]: per-endpoint admission: in-flight cap, rate limit, circuit, trust-sized queue.
 //! - `deliver`: one delivery, from message to ack.
 //! - `release`: a paused endpoint's held deliveries, moved back when it is resumed.
+//! - `rearm`: scheduled retries JetStream did not fire (its store was full), scheduled again.
 
 mod deliver;
 pub mod gate;
 pub mod http;
 mod profile;
+mod rearm;
 mod release;
 
 use async_nats::jetstream;
@@ -130,6 +132,13 @@ pub async fn run(
         live.clone(),
         cancel.clone(),
     ));
+    let pressure = Arc::new(gancho_store::full::Pressure::new("worker"));
+    let rearming = tokio::spawn(rearm::run(
+        output.clone(),
+        subjects.clone(),
+        pressure.clone(),
+        cancel.clone(),
+    ));
     let ctx = Arc::new(deliver::Ctx {
         js: output,
         subjects,
@@ -140,6 +149,7 @@ pub async fn run(
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
         gates: Gates::new(intake),
         requests: tokio::sync::Semaphore::new(requests),
+        pressure,
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
@@ -147,5 +157,6 @@ pub async fn run(
     })
     .await?;
     let _ = releasing.await;
+    let _ = rearming.await;
     Ok(())
 }
