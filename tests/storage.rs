@@ -215,12 +215,31 @@ async fn streams_are_brought_to_the_configured_settings_at_start_up() {
     cfg.discard = stream::DiscardPolicy::Old;
     env.js.update_stream(cfg).await.unwrap();
 
-    let mut router = env.spawn_with(&["router"], &[("GANCHO_EVENTS_MAX_BYTES", "2MiB")]);
+    // The config bucket's history cut by hand.
+    let kv_stream = format!("KV_{}", subjects.config_bucket());
+    let mut k = env.js.get_stream(&kv_stream).await.unwrap();
+    let mut cfg = k.info().await.unwrap().config.clone();
+    cfg.max_messages_per_subject = 1;
+    env.js.update_stream(cfg).await.unwrap();
+
+    let mut router = env.spawn_with(
+        &["router"],
+        &[
+            ("GANCHO_EVENTS_MAX_BYTES", "2MiB"),
+            ("GANCHO_DUPLICATE_WINDOW", "5m"),
+        ],
+    );
     wait_until("the settings applied", Duration::from_secs(20), || async {
         let d = stream_state(&env, subjects.deliveries_stream()).await;
         let mut e = env.js.get_stream(subjects.events_stream()).await.unwrap();
         let ec = e.info().await.unwrap().config.clone();
-        d.1 == -1 && ec.max_bytes == 2 << 20 && ec.discard == stream::DiscardPolicy::New
+        let mut k = env.js.get_stream(&kv_stream).await.unwrap();
+        let kc = k.info().await.unwrap().config.clone();
+        d.1 == -1
+            && ec.max_bytes == 2 << 20
+            && ec.discard == stream::DiscardPolicy::New
+            && ec.duplicate_window == Duration::from_secs(300)
+            && kc.max_messages_per_subject == gancho_store::streams::CONFIG_HISTORY
     })
     .await;
     support::terminate(&mut router);

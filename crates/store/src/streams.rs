@@ -99,7 +99,8 @@ pub async fn ensure(
 
 /// Creates the four streams and the config bucket if missing, and brings existing streams to
 /// `settings` and to this version's design: subjects, discard policy, limits, ages and the
-/// duplicate window are updated, one log line per change. A stream whose retention differs
+/// duplicate window are updated (replicas too, and the config bucket's history and replicas),
+/// one log line per change. A stream whose retention differs
 /// (JetStream cannot change it) stops start-up with a line that says what to do.
 ///
 /// The events stream refuses new messages when full (`discard: new`) instead of dropping old
@@ -187,6 +188,36 @@ pub async fn ensure_with(
             .await
             .map_err(|e| err(format!("KV bucket {bucket}"))(e.into()))?,
     };
+    // The bucket's own stream: history and replicas are gancho's to keep.
+    let kv_stream = format!("KV_{bucket}");
+    let mut s = js
+        .get_stream(&kv_stream)
+        .await
+        .map_err(|e| err(format!("KV bucket {bucket}"))(e.into()))?;
+    let have = s
+        .info()
+        .await
+        .map_err(|e| err(format!("KV bucket {bucket}"))(e.into()))?
+        .config
+        .clone();
+    if have.max_messages_per_subject != CONFIG_HISTORY || have.num_replicas != replicas {
+        info!(
+            bucket = %bucket,
+            history = have.max_messages_per_subject,
+            replicas = have.num_replicas,
+            to_history = CONFIG_HISTORY,
+            to_replicas = replicas,
+            "Changing the config bucket's history and replicas."
+        );
+        let mut updated = have;
+        updated.max_messages_per_subject = CONFIG_HISTORY;
+        updated.num_replicas = replicas;
+        js.update_stream(updated).await.map_err(|e| {
+            err(format!(
+                "KV bucket {bucket} (bringing it to the configured settings)"
+            ))(e.into())
+        })?;
+    }
     Ok(Layout {
         subjects,
         js,
@@ -238,6 +269,11 @@ fn reconcile(
     if have.max_age != want.max_age {
         info!(stream = %name, from = ?have.max_age, to = ?want.max_age, "Changing the stream's age limit.");
         updated.max_age = want.max_age;
+        changed = true;
+    }
+    if have.num_replicas != want.num_replicas {
+        info!(stream = %name, from = have.num_replicas, to = want.num_replicas, "Changing the stream's replicas.");
+        updated.num_replicas = want.num_replicas;
         changed = true;
     }
     if have.duplicate_window != want.duplicate_window {
