@@ -175,6 +175,28 @@ async fn every_route_answers_each_caller_as_documented() {
             403,
         ),
         (
+            "GET",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/attempts"),
+            None,
+            200,
+            403,
+        ),
+        (
+            "GET",
+            "/v1/tenants/acme/dead-letters".into(),
+            None,
+            200,
+            403,
+        ),
+        // No such event yet: the manage key gets past access to the 404.
+        (
+            "GET",
+            "/v1/tenants/acme/events/evt-none".into(),
+            None,
+            404,
+            403,
+        ),
+        (
             "DELETE",
             format!("/v1/tenants/acme/endpoints/{ep_id}"),
             None,

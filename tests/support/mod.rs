@@ -331,7 +331,7 @@ impl Env {
         let subjects = &self.layout.subjects;
         self.read_stream(
             &subjects.attempts_stream(),
-            &subjects.attempts(tenant, endpoint),
+            &format!("{}.attempts.{tenant}.{endpoint}.", subjects.prefix()),
         )
         .await
         .into_iter()

@@ -57,8 +57,13 @@ pub fn need(method: &Method, path: &str) -> Need {
     match path {
         "/tenants/{tenant}" if method == Method::GET => Need::Tenant(None),
         p if p.starts_with("/tenants/{tenant}/endpoints")
-            || p.starts_with("/tenants/{tenant}/event-types") =>
+            || p.starts_with("/tenants/{tenant}/event-types")
+            || p.starts_with("/tenants/{tenant}/dead-letters") =>
         {
+            Need::Tenant(Some(Scope::Manage))
+        }
+        // The delivery log of one event.
+        "/tenants/{tenant}/events/{id}" if method == Method::GET => {
             Need::Tenant(Some(Scope::Manage))
         }
         // Sending events: a `manage` key may not forge events to its own receivers.

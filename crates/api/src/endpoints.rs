@@ -441,7 +441,7 @@ fn check_description(d: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
+pub(crate) fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
     EndpointId::new(s).map_err(|e| ApiError::not_found(format!("no such endpoint: {e}")))
 }
 

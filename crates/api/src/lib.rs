@@ -16,6 +16,7 @@ pub mod auth;
 mod endpoints;
 pub mod error;
 mod event_types;
+mod history;
 mod ingest;
 pub mod openapi;
 pub mod page;
@@ -81,6 +82,9 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(endpoints::rotate))
         .routes(routes!(endpoints::pause))
         .routes(routes!(endpoints::resume))
+        .routes(routes!(history::attempts))
+        .routes(routes!(history::event))
+        .routes(routes!(history::dead_letters))
         .routes(routes!(event_types::list))
         .routes(routes!(
             event_types::put,

@@ -16,6 +16,8 @@ pub const DEAD_EVENT_TOKEN: &str = "_events";
 /// Header on a held delivery: the `gancho.deliveries.<partition>` subject it goes back to
 /// when released.
 pub const TARGET_HEADER: &str = "Gancho-Target";
+/// The event token of a dead letter whose event could not be read.
+pub const NO_EVENT_TOKEN: &str = "_";
 /// The tenant token of a dead letter whose tenant could not be read.
 pub const UNKNOWN_TENANT_TOKEN: &str = "_unknown";
 
@@ -121,9 +123,46 @@ impl Subjects {
         format!("{}_release_{h:016x}", self.prefix)
     }
 
-    /// `gancho.attempts.<tenant>.<endpoint>`
-    pub fn attempts(&self, tenant: &str, endpoint: &str) -> String {
-        format!("{}.attempts.{tenant}.{endpoint}", self.prefix)
+    /// `gancho.attempts.<tenant>.<endpoint>.<class>.<outcome>.<event token>`: one attempt
+    /// record, with the answer's status class ([`status_class`]), the outcome (`success`,
+    /// `http_error`, `timeout`, ...) and the event's token ([`event_token`]) in the subject,
+    /// so the delivery log is read by subject filters.
+    pub fn attempt(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+        class: &str,
+        outcome: &str,
+        event_id: &str,
+    ) -> String {
+        format!(
+            "{}.attempts.{tenant}.{endpoint}.{class}.{outcome}.{}",
+            self.prefix,
+            event_token(event_id)
+        )
+    }
+    /// The attempts of one endpoint, optionally of one status class and one outcome.
+    pub fn attempts_filter(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+        class: Option<&str>,
+        outcome: Option<&str>,
+    ) -> String {
+        format!(
+            "{}.attempts.{tenant}.{endpoint}.{}.{}.*",
+            self.prefix,
+            class.unwrap_or("*"),
+            outcome.unwrap_or("*")
+        )
+    }
+    /// Every attempt for one event, on any endpoint of the tenant.
+    pub fn attempts_of_event(&self, tenant: &str, event_id: &str) -> String {
+        format!(
+            "{}.attempts.{tenant}.*.*.*.{}",
+            self.prefix,
+            event_token(event_id)
+        )
     }
     pub fn attempts_wildcard(&self) -> String {
         format!("{}.attempts.>", self.prefix)
@@ -135,12 +174,45 @@ impl Subjects {
             .is_some_and(|rest| rest.starts_with(".attempts."))
     }
 
-    /// `gancho.dead.<tenant>.<endpoint>`
-    pub fn dead(&self, tenant: &str, endpoint: &str) -> String {
-        format!("{}.dead.{tenant}.{endpoint}", self.prefix)
+    /// `gancho.dead.<tenant>.<endpoint>.<kind>.<event token>` (`_` when the event could not
+    /// be read): one dead letter.
+    pub fn dead(&self, tenant: &str, endpoint: &str, kind: &str, event_id: Option<&str>) -> String {
+        format!(
+            "{}.dead.{tenant}.{endpoint}.{kind}.{}",
+            self.prefix,
+            event_id.map_or_else(|| NO_EVENT_TOKEN.to_owned(), event_token)
+        )
+    }
+    /// The dead letters of a tenant, optionally of one endpoint (or [`DEAD_EVENT_TOKEN`]) and
+    /// one kind.
+    pub fn dead_filter(&self, tenant: &str, endpoint: Option<&str>, kind: Option<&str>) -> String {
+        format!(
+            "{}.dead.{tenant}.{}.{}.*",
+            self.prefix,
+            endpoint.unwrap_or("*"),
+            kind.unwrap_or("*")
+        )
+    }
+    /// Every dead letter of one event.
+    pub fn dead_of_event(&self, tenant: &str, event_id: &str) -> String {
+        format!(
+            "{}.dead.{tenant}.*.*.{}",
+            self.prefix,
+            event_token(event_id)
+        )
     }
     pub fn dead_wildcard(&self) -> String {
         format!("{}.dead.>", self.prefix)
+    }
+    /// The tenant, endpoint and kind tokens of a dead letter's subject.
+    pub fn parse_dead<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".dead.")?;
+        let mut t = rest.split('.');
+        let parsed = (t.next()?, t.next()?, t.next()?);
+        t.next()?;
+        t.next().is_none().then_some(parsed)
     }
 
     // Config keys (KV keys, not subjects, but they follow the same token rules).
@@ -165,6 +237,42 @@ impl Subjects {
     }
 }
 
+/// The subject token of an event id (ids may hold `.`, which subjects cannot): the first 8
+/// bytes of its SHA-256, in hex. Records found by it are checked against the full id.
+pub fn event_token(event_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(event_id.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A subject-token-safe id for (event, endpoint): 32 hex characters of SHA-256.
+pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(event_id.as_bytes());
+    h.update(b":");
+    h.update(endpoint_id.as_bytes());
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push(char::from_digit((b >> 4) as u32, 16).expect("a nibble"));
+        out.push(char::from_digit((b & 15) as u32, 16).expect("a nibble"));
+    }
+    out
+}
+
+/// The status class token of an answer: `2xx` ... `5xx`, `1xx`, or `none` without one.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        0 => "none",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 impl Default for Subjects {
     fn default() -> Self {
         Self::new("gancho").expect("the default prefix is valid")
@@ -174,6 +282,15 @@ impl Default for Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_ids_are_stable_and_subject_safe() {
+        let a = delivery_id("evt.1 with spaces", "ep_1");
+        assert_eq!(a, delivery_id("evt.1 with spaces", "ep_1"));
+        assert_ne!(a, delivery_id("evt.1 with spaces", "ep_2"));
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
 
     #[test]
     fn names_follow_the_design() {
@@ -197,8 +314,36 @@ mod tests {
             s.release_consumer("gancho.held.a_b.c"),
             s.release_consumer("gancho.held.a.b_c")
         );
-        assert_eq!(s.attempts("acme", "ep1"), "gancho.attempts.acme.ep1");
-        assert_eq!(s.dead("acme", "ep1"), "gancho.dead.acme.ep1");
+        let t = event_token("evt.1");
+        assert_eq!(t.len(), 16);
+        assert_ne!(t, event_token("evt.2"));
+        assert_eq!(
+            s.attempt("acme", "ep1", "5xx", "http_error", "evt.1"),
+            format!("gancho.attempts.acme.ep1.5xx.http_error.{t}")
+        );
+        assert_eq!(
+            s.attempts_filter("acme", "ep1", Some("5xx"), None),
+            "gancho.attempts.acme.ep1.5xx.*.*"
+        );
+        assert_eq!(
+            s.attempts_of_event("acme", "evt.1"),
+            format!("gancho.attempts.acme.*.*.*.{t}")
+        );
+        assert_eq!(
+            s.dead("acme", "ep1", "exhausted", Some("evt.1")),
+            format!("gancho.dead.acme.ep1.exhausted.{t}")
+        );
+        assert_eq!(
+            s.dead("acme", DEAD_EVENT_TOKEN, "undecodable", None),
+            "gancho.dead.acme._events.undecodable._"
+        );
+        assert_eq!(
+            s.parse_dead("gancho.dead.acme.ep1.exhausted.abc"),
+            Some(("acme", "ep1", "exhausted"))
+        );
+        assert_eq!(s.parse_dead("gancho.dead.acme.ep1"), None);
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(0), "none");
         assert_eq!(Subjects::endpoint_key("acme", "ep1"), "endpoints.acme.ep1");
     }
 

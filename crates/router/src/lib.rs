@@ -24,7 +24,7 @@ pub mod room;
 mod route;
 mod trim;
 
-pub use route::{check_event, delivery_id, partition, Invalid};
+pub use route::{check_event, partition, Invalid};
 
 use async_nats::jetstream;
 use gancho_store::consume::{ConsumeError, Handled, Spec};

@@ -12,7 +12,6 @@ use gancho_proto::{DeadLetter, Delivery, Event, Message as _};
 use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
 use gancho_telemetry::names;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -90,21 +89,6 @@ pub fn check_event(subjects: &Subjects, subject: &str, bytes: &[u8]) -> Result<E
         return Err(Invalid::NotJson);
     }
     Ok(event)
-}
-
-/// A subject-token-safe id for (event, endpoint): 32 hex characters of SHA-256.
-pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(event_id.as_bytes());
-    h.update(b":");
-    h.update(endpoint_id.as_bytes());
-    let digest = h.finalize();
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push(char::from_digit((b >> 4) as u32, 16).expect("a nibble"));
-        out.push(char::from_digit((b & 15) as u32, 16).expect("a nibble"));
-    }
-    out
 }
 
 /// Partition of an endpoint's deliveries: stable, so one endpoint's deliveries share a subject.
@@ -216,7 +200,7 @@ impl Ctx {
             .await
             .expect("the semaphore is never closed");
         let delivery = Delivery {
-            id: delivery_id(&template.event_id, endpoint_id),
+            id: gancho_core::subject::delivery_id(&template.event_id, endpoint_id),
             endpoint_id: endpoint_id.to_owned(),
             ..template.clone()
         };
@@ -274,9 +258,17 @@ impl Ctx {
             .payload(Bytes::from(dead.encode_to_vec()))
             .headers(headers)
             .message_id(format!("event-seq:{seq}"));
-        let subject = self
-            .subjects
-            .dead(tenant, gancho_core::subject::DEAD_EVENT_TOKEN);
+        // The event's id when it decodes at all, so the event can be looked up by it.
+        let event_id = Event::decode(&msg.payload[..])
+            .ok()
+            .map(|e| e.id)
+            .filter(|id| !id.is_empty());
+        let subject = self.subjects.dead(
+            tenant,
+            gancho_core::subject::DEAD_EVENT_TOKEN,
+            invalid.kind(),
+            event_id.as_deref(),
+        );
         let stored = match self.js.send_publish(subject, publish).await {
             Ok(ack) => ack.await.is_ok(),
             Err(_) => false,
@@ -342,15 +334,6 @@ mod tests {
         assert!(err.reason().contains("\"other\""));
         let err = check_event(&s, subj, &event("acme", "invoice.created", b"{}")).unwrap_err();
         assert_eq!(err.kind(), "subject_mismatch");
-    }
-
-    #[test]
-    fn delivery_ids_are_stable_and_subject_safe() {
-        let a = delivery_id("evt.1 with spaces", "ep_1");
-        assert_eq!(a, delivery_id("evt.1 with spaces", "ep_1"));
-        assert_ne!(a, delivery_id("evt.1 with spaces", "ep_2"));
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

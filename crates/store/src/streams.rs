@@ -147,6 +147,8 @@ pub async fn ensure_with(
             max_age: LOG_MAX_AGE,
             max_bytes: limit(settings.attempts_max_bytes),
             discard: stream::DiscardPolicy::Old,
+            // The delivery log is read with direct gets (crate::log).
+            allow_direct: true,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -156,6 +158,7 @@ pub async fn ensure_with(
             max_age: LOG_MAX_AGE,
             max_bytes: limit(settings.dead_max_bytes),
             discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -269,6 +272,11 @@ fn reconcile(
     if have.max_age != want.max_age {
         info!(stream = %name, from = ?have.max_age, to = ?want.max_age, "Changing the stream's age limit.");
         updated.max_age = want.max_age;
+        changed = true;
+    }
+    if want.allow_direct && !have.allow_direct {
+        info!(stream = %name, "Allowing direct gets (the delivery log reads them).");
+        updated.allow_direct = true;
         changed = true;
     }
     if have.num_replicas != want.num_replicas {

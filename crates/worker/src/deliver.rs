@@ -410,7 +410,14 @@ impl Ctx {
             // re-sent record (its PubAck was lost in a failover) is recognisable as such: the
             // same delivery id, attempt number and start time.
             let publish = PublishMessage::build().payload(Bytes::from(record.encode_to_vec()));
-            writes.push((self.subjects.attempts(tenant, endpoint), publish));
+            let subject = self.subjects.attempt(
+                tenant,
+                endpoint,
+                gancho_core::subject::status_class(record.status as u16),
+                &record.outcome,
+                &record.event_id,
+            );
+            writes.push((subject, publish));
         }
         let side = match next {
             Next::Done => None,
@@ -571,9 +578,19 @@ impl Ctx {
         reason: String,
     ) -> (String, PublishMessage) {
         metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind).increment(1);
-        let (tenant, endpoint, id) = match delivery {
-            Some(d) => (d.tenant.as_str(), d.endpoint_id.as_str(), d.id.as_str()),
-            None => (gancho_core::subject::UNKNOWN_TENANT_TOKEN, "_unknown", ""),
+        let (tenant, endpoint, id, event) = match delivery {
+            Some(d) => (
+                d.tenant.as_str(),
+                d.endpoint_id.as_str(),
+                d.id.as_str(),
+                Some(d.event_id.as_str()),
+            ),
+            None => (
+                gancho_core::subject::UNKNOWN_TENANT_TOKEN,
+                "_unknown",
+                "",
+                None,
+            ),
         };
         let dead = DeadLetter {
             reason,
@@ -591,7 +608,7 @@ impl Ctx {
         if !id.is_empty() {
             publish = publish.message_id(format!("dead:{id}"));
         }
-        (self.subjects.dead(tenant, endpoint), publish)
+        (self.subjects.dead(tenant, endpoint, kind, event), publish)
     }
 
     async fn nak(&self, msg: &jetstream::Message, why: &str) -> Handled {
