@@ -291,6 +291,120 @@ async fn the_delivery_log_answers_why_a_webhook_did_not_arrive() {
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains(words), "{path}: {msg}");
     }
+
+    // The same from the CLI.
+    let cli = |args: &[&str]| {
+        let out = env
+            .command(args, &[("GANCHO_API_URL", &base), ("GANCHO_TOKEN", TOKEN)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = cli(&["events", "get", "--tenant", "acme", "evt-7"]);
+    assert!(text.contains("state delivered"), "{text}");
+    assert_eq!(text.matches("http_error").count(), 2, "{text}");
+    assert_eq!(text.matches("success").count(), 1, "{text}");
+    let text = cli(&[
+        "attempts",
+        "list",
+        "--tenant",
+        "acme",
+        "--endpoint",
+        "billing",
+        "--status",
+        "5xx",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2 * FLAKY.len());
+    let text = cli(&["dead-letters", "list", "--tenant", "acme"]);
+    assert!(
+        text.contains("exhausted") && text.contains("evt-refund"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not_json") && text.contains("evt-bad"),
+        "{text}"
+    );
+    // --follow prints the newest 10, then an attempt that happens after it started.
+    let mut follow = env
+        .command(
+            &[
+                "attempts",
+                "list",
+                "--tenant",
+                "acme",
+                "--endpoint",
+                "billing",
+                "--follow",
+                "--json",
+            ],
+            &[("GANCHO_API_URL", &base), ("GANCHO_TOKEN", TOKEN)],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        [("evt-follow".to_string(), br#"{"amount":1}"#.to_vec())],
+    )
+    .await;
+    wait_until(
+        "--follow to print the new attempt",
+        Duration::from_secs(20),
+        || {
+            std::future::ready(
+                lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains("evt-follow")),
+            )
+        },
+    )
+    .await;
+    let printed = lines.lock().unwrap().clone();
+    assert_eq!(
+        printed.len(),
+        11,
+        "the newest 10, then the new one: {printed:?}"
+    );
+    let seqs: Vec<u64> = printed
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {seqs:?}"
+    );
+    assert!(printed[10].contains("evt-follow"));
+    support::terminate(&mut follow);
+
     support::terminate(&mut worker);
     support::terminate(&mut router);
     support::terminate(&mut api);

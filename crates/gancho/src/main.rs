@@ -49,8 +49,13 @@ enum Command {
     ApiKeys(manage::ApiKeys),
     /// Manage a tenant's endpoints through the API.
     Endpoints(Box<manage::Endpoints>),
-    /// Send events over HTTP (a key with the publish scope).
+    /// Send events over HTTP (a key with the publish scope); see what happened to one.
     Events(manage::Events),
+    /// An endpoint's delivery log: every attempt with its status code, newest first.
+    Attempts(manage::Attempts),
+    /// What gancho gave up on, and why.
+    #[command(name = "dead-letters")]
+    DeadLetters(manage::DeadLetters),
     /// Manage a tenant's event catalog: descriptions, JSON Schemas, examples.
     #[command(name = "event-types")]
     EventTypes(manage::EventTypes),
@@ -127,6 +132,8 @@ fn main() {
             Command::Endpoints(args) => manage::endpoints(*args).await,
             Command::Events(args) => manage::events(args).await,
             Command::EventTypes(args) => manage::event_types(args).await,
+            Command::Attempts(args) => manage::attempts(args).await,
+            Command::DeadLetters(args) => manage::dead_letters(args).await,
             Command::Keygen => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;

@@ -1,4 +1,4 @@
-//! `gancho tenants|api-keys|endpoints|events ...`: the config API from a shell. Aligned tables for
+//! `gancho tenants|api-keys|endpoints|events|attempts|dead-letters ...`: the config API from a shell. Aligned tables for
 //! people, `--json` for scripts; an API error prints the API's message and exits 1.
 
 use anyhow::{bail, Context as _};
@@ -115,6 +115,15 @@ enum EventsCmd {
         #[arg(long, conflicts_with_all = ["event_type", "data", "id"])]
         file: Option<std::path::PathBuf>,
     },
+    /// What happened to one event: each endpoint's delivery, its state (delivered, retrying,
+    /// dead, in_progress) and every attempt with its status.
+    /// Example: gancho events get --tenant acme inv-2026-0001
+    Get {
+        #[arg(long)]
+        tenant: String,
+        /// The event's id.
+        id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -215,13 +224,20 @@ const SEND_BATCH: usize = 500;
 
 pub async fn events(a: Events) -> anyhow::Result<()> {
     let c = &a.conn;
-    let EventsCmd::Send {
-        tenant,
-        event_type,
-        data,
-        id,
-        file,
-    } = a.cmd;
+    let (tenant, event_type, data, id, file) = match a.cmd {
+        EventsCmd::Get { tenant, id } => {
+            let v = call(c, "GET", &format!("/v1/tenants/{tenant}/events/{id}"), None).await?;
+            show_event(c, &v);
+            return Ok(());
+        }
+        EventsCmd::Send {
+            tenant,
+            event_type,
+            data,
+            id,
+            file,
+        } => (tenant, event_type, data, id, file),
+    };
     let path = format!("/v1/tenants/{tenant}/events");
     let Some(file) = file else {
         let data: Value = serde_json::from_str(data.as_deref().unwrap_or_default())
@@ -287,6 +303,273 @@ pub async fn events(a: Events) -> anyhow::Result<()> {
             problems.len()
         );
     }
+    Ok(())
+}
+
+/// One event's deliveries, each with its state and an attempts table.
+fn show_event(c: &Conn, v: &Value) {
+    if c.json {
+        println!("{v}");
+        return;
+    }
+    println!("event {}  type {}", cell(&v["id"]), cell(&v["type"]));
+    for d in v["deliveries"].as_array().into_iter().flatten() {
+        let mut head = format!(
+            "\nendpoint {}  state {}",
+            cell(&d["endpoint_id"]),
+            cell(&d["state"])
+        );
+        if let Some(t) = d["next_attempt_at"].as_str() {
+            head.push_str(&format!("  next attempt {t}"));
+        }
+        println!("{head}");
+        table(
+            c,
+            &json!({"data": d["attempts"]}),
+            &["attempt", "at", "status", "latency_ms", "outcome", "error"],
+        );
+        if d["dead_letter"].is_object() {
+            println!(
+                "dead letter: {}: {}",
+                cell(&d["dead_letter"]["kind"]),
+                cell(&d["dead_letter"]["reason"])
+            );
+        }
+    }
+    for dl in v["dead_letters"].as_array().into_iter().flatten() {
+        println!(
+            "\nnot routed: {}: {}",
+            cell(&dl["kind"]),
+            cell(&dl["reason"])
+        );
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct Attempts {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: AttemptsCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum AttemptsCmd {
+    /// An endpoint's delivery log, newest first: every attempt with its status, latency and
+    /// outcome. Example: gancho attempts list --tenant acme --endpoint ep_1 --status 5xx
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        endpoint: String,
+        /// A status class (2xx, 3xx, 4xx, 5xx), a code (503), or none (no answer).
+        #[arg(long)]
+        status: Option<String>,
+        /// success, http_error, timeout, connect_error, tls_error, request_error or blocked.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only attempts at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only attempts before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Where the page starts: the value printed after "More:".
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print the newest 10, then every new attempt as it happens (Ctrl-C stops).
+        #[arg(long, conflicts_with_all = ["cursor", "until"])]
+        follow: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeadLetters {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: DeadLettersCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLettersCmd {
+    /// What gancho gave up on, newest first, with the kind, the reason and the event.
+    /// Example: gancho dead-letters list --tenant acme --kind exhausted
+    List {
+        #[arg(long)]
+        tenant: String,
+        /// Only one endpoint's (or _events: events the router could not deliver anywhere).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// exhausted, endpoint_gone, endpoint_disabled, undecodable, not_json,
+        /// subject_mismatch, invalid or schema.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// `?a=b&c=d` of the options that are set, percent-encoded.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref().map(|v| {
+                let v: String = v
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                format!("{k}={v}")
+            })
+        })
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
+    }
+}
+
+/// Attempts `--follow` prints before the new ones.
+const FOLLOW_FIRST: usize = 10;
+
+const ATTEMPT_COLUMNS: &[&str] = &[
+    "seq",
+    "at",
+    "event_id",
+    "attempt",
+    "status",
+    "latency_ms",
+    "outcome",
+    "error",
+];
+
+pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
+    let c = &a.conn;
+    let AttemptsCmd::List {
+        tenant,
+        endpoint,
+        status,
+        outcome,
+        since,
+        until,
+        limit,
+        cursor,
+        follow,
+    } = a.cmd;
+    let base = format!("/v1/tenants/{tenant}/endpoints/{endpoint}/attempts");
+    let q = |cursor: Option<String>, limit: Option<u32>| {
+        query(&[
+            ("status", status.clone()),
+            ("outcome", outcome.clone()),
+            ("since", since.clone()),
+            ("until", until.clone()),
+            ("limit", limit.map(|l| l.to_string())),
+            ("cursor", cursor),
+        ])
+    };
+    if !follow {
+        let v = call(c, "GET", &format!("{base}{}", q(cursor, limit)), None).await?;
+        table(c, &v, ATTEMPT_COLUMNS);
+        return Ok(());
+    }
+    // Follow: the newest page every second; print what is newer than what was printed.
+    let mut last = None::<u64>;
+    let mut header = !c.json;
+    loop {
+        let v = call(c, "GET", &format!("{base}{}", q(None, Some(1000))), None).await?;
+        // At first the newest few, as `tail -f` does; then only what is new.
+        let mut fresh: Vec<&Value> = v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| last.is_none_or(|l| a["seq"].as_u64().unwrap_or(0) > l))
+            .take(if last.is_none() {
+                FOLLOW_FIRST
+            } else {
+                usize::MAX
+            })
+            .collect();
+        fresh.reverse();
+        for a in &fresh {
+            if c.json {
+                println!("{a}");
+                continue;
+            }
+            if header {
+                println!(
+                    "{}",
+                    ATTEMPT_COLUMNS
+                        .iter()
+                        .map(|h| h.to_uppercase())
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                );
+                header = false;
+            }
+            let cells: Vec<String> = ATTEMPT_COLUMNS.iter().map(|col| cell(&a[*col])).collect();
+            println!("{}", cells.join("  "));
+        }
+        if let Some(newest) = fresh.last().and_then(|a| a["seq"].as_u64()) {
+            last = Some(newest);
+        } else if last.is_none() {
+            last = Some(0);
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+pub async fn dead_letters(a: DeadLetters) -> anyhow::Result<()> {
+    let c = &a.conn;
+    let DeadLettersCmd::List {
+        tenant,
+        endpoint,
+        kind,
+        since,
+        until,
+        limit,
+        cursor,
+    } = a.cmd;
+    let path = format!(
+        "/v1/tenants/{tenant}/dead-letters{}",
+        query(&[
+            ("endpoint", endpoint),
+            ("kind", kind),
+            ("since", since),
+            ("until", until),
+            ("limit", limit.map(|l| l.to_string())),
+            ("cursor", cursor),
+        ])
+    );
+    let mut v = call(c, "GET", &path, None).await?;
+    // The event's id as a column of its own.
+    if let Some(rows) = v["data"].as_array_mut() {
+        for r in rows {
+            r["event_id"] = r["event"]["id"].clone();
+        }
+    }
+    table(
+        c,
+        &v,
+        &["seq", "at", "endpoint_id", "kind", "event_id", "reason"],
+    );
     Ok(())
 }
 
