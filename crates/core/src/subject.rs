@@ -261,6 +261,20 @@ pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
     out
 }
 
+/// Partitions of `gancho.deliveries.<n>` (each endpoint's deliveries share one).
+pub const PARTITIONS: u32 = 16;
+
+/// Partition of an endpoint's deliveries: stable, so one endpoint's deliveries share a subject.
+pub fn partition(tenant: &str, endpoint_id: &str, partitions: u32) -> u32 {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u32 = 0x811c9dc5;
+    for b in tenant.bytes().chain([b'/']).chain(endpoint_id.bytes()) {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    h % partitions.max(1)
+}
+
 /// The status class token of an answer: `2xx` ... `5xx`, `1xx`, or `none` without one.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -24,7 +24,8 @@ pub mod room;
 mod route;
 mod trim;
 
-pub use route::{check_event, partition, Invalid};
+pub use gancho_core::subject::partition;
+pub use route::{check_event, Invalid};
 
 use async_nats::jetstream;
 use gancho_store::consume::{ConsumeError, Handled, Spec};
@@ -75,7 +76,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             concurrency: 1024,
-            partitions: 16,
+            partitions: gancho_core::subject::PARTITIONS,
             stall_after: gancho_store::consume::STALL_AFTER,
             deliveries_max_bytes: None,
         }

@@ -91,17 +91,6 @@ pub fn check_event(subjects: &Subjects, subject: &str, bytes: &[u8]) -> Result<E
     Ok(event)
 }
 
-/// Partition of an endpoint's deliveries: stable, so one endpoint's deliveries share a subject.
-pub fn partition(tenant: &str, endpoint_id: &str, partitions: u32) -> u32 {
-    // FNV-1a: tiny, stable across builds and platforms.
-    let mut h: u32 = 0x811c9dc5;
-    for b in tenant.bytes().chain([b'/']).chain(endpoint_id.bytes()) {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x01000193);
-    }
-    h % partitions.max(1)
-}
-
 impl Ctx {
     pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
         let subject = msg.subject.as_str();
@@ -204,9 +193,11 @@ impl Ctx {
             endpoint_id: endpoint_id.to_owned(),
             ..template.clone()
         };
-        let target =
-            self.subjects
-                .delivery(partition(&template.tenant, endpoint_id, self.partitions));
+        let target = self.subjects.delivery(gancho_core::subject::partition(
+            &template.tenant,
+            endpoint_id,
+            self.partitions,
+        ));
         let bytes = Bytes::from(delivery.encode_to_vec());
         // Room first: no delivery is published past the high-water mark.
         let size = bytes.len() as u64 + 128;
@@ -339,9 +330,12 @@ mod tests {
     #[test]
     fn partitions_are_stable_and_in_range() {
         for i in 0..100 {
-            let p = partition("acme", &format!("ep_{i}"), 16);
+            let p = gancho_core::subject::partition("acme", &format!("ep_{i}"), 16);
             assert!(p < 16);
-            assert_eq!(p, partition("acme", &format!("ep_{i}"), 16));
+            assert_eq!(
+                p,
+                gancho_core::subject::partition("acme", &format!("ep_{i}"), 16)
+            );
         }
     }
 }
