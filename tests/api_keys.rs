@@ -188,6 +188,42 @@ async fn every_route_answers_each_caller_as_documented() {
             200,
             403,
         ),
+        (
+            "POST",
+            "/v1/tenants/acme/dead-letters/redrive".into(),
+            Some(json!({"kind": "exhausted"})),
+            202,
+            403,
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/replay"),
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+            202,
+            403,
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/recover"),
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+            202,
+            403,
+        ),
+        ("GET", "/v1/tenants/acme/jobs".into(), None, 200, 403),
+        (
+            "GET",
+            "/v1/tenants/acme/jobs/job_none".into(),
+            None,
+            404,
+            403,
+        ),
+        (
+            "DELETE",
+            "/v1/tenants/acme/jobs/job_none".into(),
+            None,
+            404,
+            403,
+        ),
         // No such event yet: the manage key gets past access to the 404.
         (
             "GET",

@@ -58,7 +58,8 @@ pub fn need(method: &Method, path: &str) -> Need {
         "/tenants/{tenant}" if method == Method::GET => Need::Tenant(None),
         p if p.starts_with("/tenants/{tenant}/endpoints")
             || p.starts_with("/tenants/{tenant}/event-types")
-            || p.starts_with("/tenants/{tenant}/dead-letters") =>
+            || p.starts_with("/tenants/{tenant}/dead-letters")
+            || p.starts_with("/tenants/{tenant}/jobs") =>
         {
             Need::Tenant(Some(Scope::Manage))
         }

@@ -18,6 +18,7 @@ pub mod error;
 mod event_types;
 mod history;
 mod ingest;
+pub mod jobs;
 pub mod openapi;
 pub mod page;
 mod tenants;
@@ -85,6 +86,11 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(history::attempts))
         .routes(routes!(history::event))
         .routes(routes!(history::dead_letters))
+        .routes(routes!(jobs::recover))
+        .routes(routes!(jobs::replay))
+        .routes(routes!(jobs::redrive))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get, jobs::cancel))
         .routes(routes!(event_types::list))
         .routes(routes!(
             event_types::put,

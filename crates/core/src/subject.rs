@@ -52,6 +52,11 @@ impl Subjects {
     pub fn config_bucket(&self) -> String {
         format!("{}_config", self.prefix.replace('-', "_"))
     }
+    /// Recover, replay and redrive jobs (`<tenant>.<job id>`), apart from the config so their
+    /// progress does not wake every router and worker.
+    pub fn jobs_bucket(&self) -> String {
+        format!("{}_jobs", self.prefix.replace('-', "_"))
+    }
 
     /// Durable consumer the routers share on the events stream.
     pub fn router_consumer(&self) -> String {

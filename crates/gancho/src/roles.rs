@@ -166,6 +166,7 @@ pub async fn start(
             layout: layout.clone(),
             known_tenants: Default::default(),
         };
+        gancho_api::jobs::spawn(state.clone(), cancel.clone());
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await

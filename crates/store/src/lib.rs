@@ -10,11 +10,13 @@
 //! - [`live`]: [`Live`], the snapshot and the watch task that keeps it current.
 //! - [`consume`]: the concurrent, draining consume loop the router and the worker share.
 //! - [`full`]: telling "no room" answers apart and waiting them out.
+//! - [`jobs`]: recover, replay and redrive jobs, kept in their own bucket.
 //! - [`log`]: reading the attempt log and the dead letters newest first.
 
 pub mod consume;
 pub mod crypt;
 pub mod full;
+pub mod jobs;
 pub mod live;
 pub mod log;
 pub mod model;

@@ -14,6 +14,8 @@ pub const LOG_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Config history kept per key.
 pub const CONFIG_HISTORY: i64 = 5;
+/// How long a job's record is kept after its last change.
+pub const JOBS_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// Handles to everything [`ensure`] created, and the keys that open the secrets in it.
 #[derive(Clone)]
@@ -21,6 +23,8 @@ pub struct Layout {
     pub subjects: Subjects,
     pub js: jetstream::Context,
     pub config: kv::Store,
+    /// Jobs (recover, replay, redrive): state that survives an api restart.
+    pub jobs: kv::Store,
     /// None by default ([`Layout::with_keyring`]): enough for the router.
     pub keyring: std::sync::Arc<crate::Keyring>,
 }
@@ -124,6 +128,8 @@ pub async fn ensure_with(
             max_bytes: limit(settings.events_max_bytes),
             discard: stream::DiscardPolicy::New,
             duplicate_window: settings.duplicate_window,
+            // Replay jobs read it with direct gets (crate::log).
+            allow_direct: true,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -221,10 +227,25 @@ pub async fn ensure_with(
             ))(e.into())
         })?;
     }
+    let jobs_bucket = subjects.jobs_bucket();
+    let jobs = match js.get_key_value(&jobs_bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: jobs_bucket.clone(),
+                history: 1,
+                max_age: JOBS_MAX_AGE,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(format!("KV bucket {jobs_bucket}"))(e.into()))?,
+    };
     Ok(Layout {
         subjects,
         js,
         config,
+        jobs,
         keyring: Default::default(),
     })
 }

@@ -1,0 +1,161 @@
+//! Jobs: recover, replay and redrive, each a record in the `gancho_jobs` bucket under
+//! `<tenant>.<job id>` that says what to do, how far it got and who runs it. Every write is a
+//! compare-and-set on the record's revision, so a cancel, a second api process taking over an
+//! abandoned job, and progress never overwrite each other.
+
+use crate::StoreError;
+use async_nats::jetstream::kv;
+use futures::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Redeliver an endpoint's dead-lettered deliveries since a time (not those that later
+    /// succeeded).
+    Recover,
+    /// Redeliver every event matching an endpoint in a time range, delivered ones included.
+    Replay,
+    /// Redeliver dead letters (a filtered set or all), removing each once it is sent again.
+    Redrive,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Done,
+    Cancelled,
+    Failed,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    pub kind: JobKind,
+    /// The endpoint (recover, replay; optional for redrive).
+    pub endpoint: Option<String>,
+    /// Redrive only: the dead letters' kind.
+    pub dead_kind: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub since: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub until: Option<OffsetDateTime>,
+    /// Records read per second at most.
+    pub pace: u32,
+    pub state: JobState,
+    /// Why a job failed.
+    pub error: Option<String>,
+    /// Records in the job's range (events or dead letters, before filtering).
+    pub total: u64,
+    /// Records read so far.
+    pub done: u64,
+    /// Deliveries sent.
+    pub sent: u64,
+    /// Records that needed nothing (no match, already delivered).
+    pub skipped: u64,
+    /// The next sequence to read in the job's stream, and the one to stop before.
+    pub position: u64,
+    pub end: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// The api process running it, and until when its claim holds.
+    pub owner: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub lease_until: Option<OffsetDateTime>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn key(tenant: &str, id: &str) -> String {
+    format!("{tenant}.{id}")
+}
+
+/// The jobs bucket.
+#[derive(Clone)]
+pub struct JobStore {
+    kv: kv::Store,
+}
+
+impl JobStore {
+    pub fn new(layout: &crate::Layout) -> Self {
+        Self {
+            kv: layout.jobs.clone(),
+        }
+    }
+
+    pub async fn create(&self, job: &Job) -> Result<u64, StoreError> {
+        let bytes = serde_json::to_vec(job).map_err(backend)?;
+        self.kv
+            .create(key(&job.tenant, &job.id), bytes.into())
+            .await
+            .map_err(backend)
+    }
+
+    /// A job and its revision.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<(Job, u64)>, StoreError> {
+        self.read(&key(tenant, id)).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Job, u64)>, StoreError> {
+        match self.kv.entry(key).await.map_err(backend)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let job = serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
+                    key: key.to_owned(),
+                    reason: err.to_string(),
+                })?;
+                Ok(Some((job, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every job with its revision; `tenant` narrows to one tenant's.
+    pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<(Job, u64)>, StoreError> {
+        let prefix = tenant.map(|t| format!("{t}."));
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(keys) => keys
+                .try_filter(|k| {
+                    futures::future::ready(prefix.as_deref().is_none_or(|p| k.starts_with(p)))
+                })
+                .try_collect()
+                .await
+                .map_err(backend)?,
+            Err(e) => return Err(backend(e)),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(j) = self.read(&k).await? {
+                out.push(j);
+            }
+        }
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(out)
+    }
+
+    /// Writes `job` if the record is still at `revision`; the new revision, or `Conflict`
+    /// when someone else wrote it first.
+    pub async fn update(&self, job: &Job, revision: u64) -> Result<u64, StoreError> {
+        let bytes = serde_json::to_vec(job).map_err(backend)?;
+        match self
+            .kv
+            .update(key(&job.tenant, &job.id), bytes.into(), revision)
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(
+                StoreError::Conflict(format!("job {} was changed meanwhile", job.id)),
+            ),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
