@@ -225,7 +225,17 @@ async fn replay_recover_and_redrive_send_exactly_what_they_should() {
     .await;
     let (_, dl) = call(&base, "GET", "/v1/tenants/acme/dead-letters", None).await;
     assert_eq!(dl["data"].as_array().unwrap().len(), 0, "{dl}");
-    let job = run_job(&base, "/v1/tenants/acme/dead-letters/redrive", json!({})).await;
+    // The second one from the CLI, waiting for it.
+    let out = env
+        .command(
+            &["jobs", "redrive", "--tenant", "acme", "--wait", "--json"],
+            &[("GANCHO_API_URL", &base), ("GANCHO_TOKEN", TOKEN)],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["sent"], 0, "{job}");
 
     // A replay does not cancel an original's pending retry: each payout fails once, is

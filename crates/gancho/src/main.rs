@@ -56,6 +56,8 @@ enum Command {
     /// What gancho gave up on, and why.
     #[command(name = "dead-letters")]
     DeadLetters(manage::DeadLetters),
+    /// Recover, replay and redrive: send again what an endpoint missed, as jobs.
+    Jobs(manage::Jobs),
     /// Manage a tenant's event catalog: descriptions, JSON Schemas, examples.
     #[command(name = "event-types")]
     EventTypes(manage::EventTypes),
@@ -134,6 +136,7 @@ fn main() {
             Command::EventTypes(args) => manage::event_types(args).await,
             Command::Attempts(args) => manage::attempts(args).await,
             Command::DeadLetters(args) => manage::dead_letters(args).await,
+            Command::Jobs(args) => manage::jobs(args).await,
             Command::Keygen => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;

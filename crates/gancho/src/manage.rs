@@ -1,4 +1,4 @@
-//! `gancho tenants|api-keys|endpoints|events|attempts|dead-letters ...`: the config API from a shell. Aligned tables for
+//! `gancho tenants|api-keys|endpoints|events|attempts|dead-letters|jobs ...`: the config API from a shell. Aligned tables for
 //! people, `--json` for scripts; an API error prints the API's message and exits 1.
 
 use anyhow::{bail, Context as _};
@@ -570,6 +570,216 @@ pub async fn dead_letters(a: DeadLetters) -> anyhow::Result<()> {
         &v,
         &["seq", "at", "endpoint_id", "kind", "event_id", "reason"],
     );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct Jobs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: JobsCmd,
+}
+
+#[derive(Args, Debug)]
+struct JobWait {
+    /// Records read per second at most (1 to 10000; default 200).
+    #[arg(long)]
+    pace: Option<u32>,
+    /// Wait for the job to finish, with a progress bar; exit 1 unless it is done.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCmd {
+    /// Redeliver an endpoint's deliveries given up on since a time (not those delivered
+    /// since). Example: gancho jobs recover --tenant acme --endpoint ep_1 --since 2026-11-28T00:00:00Z --wait
+    Recover {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        endpoint: String,
+        /// RFC 3339.
+        #[arg(long)]
+        since: String,
+        #[command(flatten)]
+        job: JobWait,
+    },
+    /// Redeliver every event an endpoint subscribes to in a time range, delivered ones
+    /// included. Example: gancho jobs replay --tenant acme --endpoint ep_1 --since 2026-11-28T09:00:00Z
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        endpoint: String,
+        /// RFC 3339.
+        #[arg(long)]
+        since: String,
+        /// RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        #[command(flatten)]
+        job: JobWait,
+    },
+    /// Send dead letters again, removing each once sent (all of the tenant's, or filtered).
+    /// Example: gancho jobs redrive --tenant acme --kind exhausted --wait
+    Redrive {
+        #[arg(long)]
+        tenant: String,
+        /// Only this endpoint's (or _events for the router's).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only this kind (exhausted, endpoint_gone, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[command(flatten)]
+        job: JobWait,
+    },
+    /// The tenant's jobs.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One job's progress.
+    Get {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Cancel a running job.
+    Cancel {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+const JOB_COLUMNS: &[&str] = &[
+    "id",
+    "kind",
+    "state",
+    "endpoint",
+    "done",
+    "total",
+    "sent",
+    "skipped",
+    "created_at",
+];
+
+pub async fn jobs(a: Jobs) -> anyhow::Result<()> {
+    let c = &a.conn;
+    let (tenant, path, body, job) = match a.cmd {
+        JobsCmd::Recover {
+            tenant,
+            endpoint,
+            since,
+            job,
+        } => (
+            tenant.clone(),
+            format!("/v1/tenants/{tenant}/endpoints/{endpoint}/recover"),
+            json!({"since": since, "pace": job.pace}),
+            job,
+        ),
+        JobsCmd::Replay {
+            tenant,
+            endpoint,
+            since,
+            until,
+            job,
+        } => (
+            tenant.clone(),
+            format!("/v1/tenants/{tenant}/endpoints/{endpoint}/replay"),
+            json!({"since": since, "until": until, "pace": job.pace}),
+            job,
+        ),
+        JobsCmd::Redrive {
+            tenant,
+            endpoint,
+            kind,
+            since,
+            until,
+            job,
+        } => (
+            tenant.clone(),
+            format!("/v1/tenants/{tenant}/dead-letters/redrive"),
+            json!({"endpoint": endpoint, "kind": kind, "since": since, "until": until, "pace": job.pace}),
+            job,
+        ),
+        JobsCmd::List {
+            tenant,
+            limit,
+            cursor,
+        } => {
+            let q = query(&[("limit", limit.map(|l| l.to_string())), ("cursor", cursor)]);
+            let v = call(c, "GET", &format!("/v1/tenants/{tenant}/jobs{q}"), None).await?;
+            table(c, &v, JOB_COLUMNS);
+            return Ok(());
+        }
+        JobsCmd::Get { tenant, id } => {
+            let v = call(c, "GET", &format!("/v1/tenants/{tenant}/jobs/{id}"), None).await?;
+            show(c, &v);
+            return Ok(());
+        }
+        JobsCmd::Cancel { tenant, id } => {
+            let v = call(
+                c,
+                "DELETE",
+                &format!("/v1/tenants/{tenant}/jobs/{id}"),
+                None,
+            )
+            .await?;
+            show(c, &v);
+            return Ok(());
+        }
+    };
+    // Leave out the options not given: the API takes absent fields as defaults.
+    let body = Value::Object(
+        body.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let mut v = call(c, "POST", &path, Some(body)).await?;
+    if !job.wait {
+        show(c, &v);
+        return Ok(());
+    }
+    let id = v["id"].as_str().unwrap_or_default().to_owned();
+    let bar = if c.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(v["total"].as_u64().unwrap_or(0))
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len}  {msg}")
+            .expect("a valid template"),
+    );
+    while v["state"] == "running" {
+        bar.set_position(v["done"].as_u64().unwrap_or(0));
+        bar.set_message(format!("sent {}", cell(&v["sent"])));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        v = call(c, "GET", &format!("/v1/tenants/{tenant}/jobs/{id}"), None).await?;
+    }
+    bar.finish_and_clear();
+    show(c, &v);
+    if v["state"] != "done" {
+        bail!(
+            "job {id} ended {}: {}",
+            cell(&v["state"]),
+            cell(&v["error"])
+        );
+    }
     Ok(())
 }
 
