@@ -188,6 +188,14 @@ async fn every_route_answers_each_caller_as_documented() {
             200,
             403,
         ),
+        // An event type not in the catalog: the manage key gets past access to the 404.
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{ep_id}/test"),
+            Some(json!({"type": "nope.none"})),
+            404,
+            403,
+        ),
         (
             "POST",
             "/v1/tenants/acme/dead-letters/redrive".into(),

@@ -409,3 +409,112 @@ async fn the_delivery_log_answers_why_a_webhook_did_not_arrive() {
     support::terminate(&mut router);
     support::terminate(&mut api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_event_reaches_the_endpoint_signed_and_answers_with_the_attempt() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https(&env.ca, |_, r| {
+        Answer::status(if r.path == "/down" { 503 } else { 200 }).body("got it")
+    })
+    .await;
+    // Subscribed to something else entirely: a test event goes anyway.
+    let ep = env
+        .endpoint(
+            "acme",
+            "billing",
+            &rx.url("/hook"),
+            &["charge.*"],
+            &[],
+            None,
+        )
+        .await;
+    env.endpoint("acme", "down", &rx.url("/down"), &[], &[], Some("0s"))
+        .await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let post = |path: &'static str, body: Option<Value>| {
+        let base = base.clone();
+        async move {
+            let body = body.map(|b| b.to_string());
+            support::http(
+                "POST",
+                &format!("{base}{path}"),
+                Some(TOKEN),
+                body.as_deref(),
+            )
+            .await
+        }
+    };
+
+    let (s, v) = post("/v1/tenants/acme/endpoints/billing/test", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["type"], "gancho.test");
+    assert_eq!(v["attempt"]["status"], 200, "{v}");
+    assert_eq!(v["attempt"]["response_body"], "got it");
+    let got = rx.received();
+    let r = got
+        .iter()
+        .find(|r| r.header("webhook-id") == v["event_id"].as_str())
+        .expect("the receiver got the test event");
+    support::verify(&ep, r).unwrap();
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["type"], "gancho.test");
+    assert_eq!(body["data"]["endpoint_id"], "billing");
+
+    // The catalog's example for a type, when asked.
+    let (s, v) = support::http(
+        "PUT",
+        &format!("{base}/v1/tenants/acme/event-types/charge.paid"),
+        Some(TOKEN),
+        Some(&json!({"description": "paid", "example": {"amount": 1990}}).to_string()),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = post(
+        "/v1/tenants/acme/endpoints/billing/test",
+        Some(json!({"type": "charge.paid"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let got = rx.received();
+    let r = got
+        .iter()
+        .find(|r| r.header("webhook-id") == v["event_id"].as_str())
+        .unwrap();
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["data"], json!({"amount": 1990}));
+
+    // A failing endpoint: the answer says how it failed.
+    let (s, v) = post("/v1/tenants/acme/endpoints/down/test", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["attempt"]["status"], 503);
+    assert_eq!(v["attempt"]["outcome"], "http_error");
+
+    for (path, body, status, words) in [
+        ("/v1/tenants/acme/endpoints/nope/test", None, 404, "nope"),
+        (
+            "/v1/tenants/acme/endpoints/billing/test",
+            Some(json!({"type": "refund.none"})),
+            404,
+            "catalog",
+        ),
+        (
+            "/v1/tenants/acme/endpoints/billing/test",
+            Some(json!({"kind": "x"})),
+            400,
+            "body",
+        ),
+    ] {
+        let (s, v) = post(path, body).await;
+        assert_eq!(s, status, "{path}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(words),
+            "{v}"
+        );
+    }
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}

@@ -233,7 +233,11 @@ async fn replay_recover_and_redrive_send_exactly_what_they_should() {
         )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["sent"], 0, "{job}");

@@ -167,7 +167,7 @@ pub struct AttemptView {
 }
 
 impl AttemptView {
-    fn from(seq: u64, a: Attempt) -> Self {
+    pub(crate) fn from(seq: u64, a: Attempt) -> Self {
         Self {
             seq,
             event_id: a.event_id,

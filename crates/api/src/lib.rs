@@ -22,6 +22,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod page;
 mod tenants;
+mod test_event;
 
 use axum::routing::get;
 use axum::Router;
@@ -83,6 +84,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(endpoints::rotate))
         .routes(routes!(endpoints::pause))
         .routes(routes!(endpoints::resume))
+        .routes(routes!(test_event::send))
         .routes(routes!(history::attempts))
         .routes(routes!(history::event))
         .routes(routes!(history::dead_letters))

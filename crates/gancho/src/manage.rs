@@ -840,6 +840,16 @@ enum EndpointsCmd {
         #[arg(long)]
         disabled: Option<bool>,
     },
+    /// Send a test event now and print the first attempt's outcome (gancho.test, or the
+    /// catalog's example of --type). Example: gancho endpoints test --tenant acme ep_...
+    Test {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        /// An event type of the catalog with an example.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+    },
     /// Pause an endpoint: its deliveries are held, not attempted, until it is resumed.
     /// Example: gancho endpoints pause --tenant acme ep_...
     Pause {
@@ -1125,6 +1135,27 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             )
             .await?;
             done(c, &format!("Deleted endpoint {id}."));
+        }
+        EndpointsCmd::Test {
+            tenant,
+            id,
+            event_type,
+        } => {
+            let path = format!("/v1/tenants/{tenant}/endpoints/{id}/test");
+            let body = event_type.map(|t| json!({"type": t}));
+            let v = call(c, "POST", &path, body).await?;
+            if c.json {
+                println!("{v}");
+            } else if v["attempt"].is_object() {
+                println!("event {}  type {}", cell(&v["event_id"]), cell(&v["type"]));
+                show(c, &v["attempt"]);
+            } else {
+                println!(
+                    "event {} sent; no attempt ended yet: gancho events get --tenant {tenant} {}",
+                    cell(&v["event_id"]),
+                    cell(&v["event_id"])
+                );
+            }
         }
         EndpointsCmd::Pause { tenant, id } => {
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}/pause");
