@@ -58,6 +58,12 @@ pub struct EndpointView {
     disabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
+    /// Since when every attempt has failed; absent once one succeeds.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    failing_since: Option<time::OffsetDateTime>,
     paused: bool,
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -107,6 +113,7 @@ impl EndpointView {
             channels: ep.channels,
             disabled: ep.disabled,
             disabled_reason: ep.disabled_reason,
+            failing_since: ep.failing_since,
             paused: ep.paused,
             paused_at: ep.paused_at,
             held: None,
@@ -627,6 +634,7 @@ pub async fn create(
         channels: body.channels,
         disabled: body.disabled,
         disabled_reason: None,
+        failing_since: None,
         paused: body.paused,
         paused_at: body.paused.then_some(now),
         rate_limit_per_sec: body.rate_limit_per_sec,
@@ -905,6 +913,7 @@ pub async fn update(
                 ep.disabled = v;
                 if !v {
                     ep.disabled_reason = None;
+                    ep.failing_since = None;
                 }
             }
             if let Some(v) = body.paused {

@@ -129,6 +129,16 @@ fn build(
     };
     gancho_core::id::validate_event_type(&ev.r#type)
         .map_err(|e| ApiError::invalid(format!("type: {e}")))?;
+    if ev
+        .r#type
+        .starts_with(gancho_core::matching::RESERVED_PREFIX)
+    {
+        return Err(ApiError::invalid(format!(
+            "type: {:?} is reserved for gancho's own events (types starting with {:?})",
+            ev.r#type,
+            gancho_core::matching::RESERVED_PREFIX
+        )));
+    }
     let data = ev.data.get().trim_start();
     if !(data.starts_with('{') || data.starts_with('[')) {
         return Err(ApiError::invalid("data must be a JSON object or array"));

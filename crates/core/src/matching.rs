@@ -109,6 +109,11 @@ impl fmt::Display for Filter {
     }
 }
 
+/// Event types under this prefix are gancho's own (operational events, test events). They
+/// match only filters that name the prefix (`gancho.>`, `gancho.endpoint.disabled`), never
+/// an empty filter list or `>`: an endpoint gets them only when it asks for them.
+pub const RESERVED_PREFIX: &str = "gancho.";
+
 /// What one endpoint subscribes to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscription {
@@ -133,7 +138,13 @@ impl Subscription {
 
     /// Whether an event of `event_type` tagged with `event_channels` is wanted.
     pub fn matches<S: AsRef<str>>(&self, event_type: &str, event_channels: &[S]) -> bool {
-        let type_ok = self.filters.is_empty() || self.filters.iter().any(|f| f.matches(event_type));
+        let type_ok = if event_type.starts_with(RESERVED_PREFIX) {
+            self.filters
+                .iter()
+                .any(|f| f.pattern.starts_with(RESERVED_PREFIX) && f.matches(event_type))
+        } else {
+            self.filters.is_empty() || self.filters.iter().any(|f| f.matches(event_type))
+        };
         let channel_ok = self.channels.is_empty()
             || event_channels
                 .iter()
@@ -145,6 +156,23 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_types_match_only_filters_that_name_them() {
+        let none: &[&str] = &[];
+        let all = Subscription::new(&[">"], none).unwrap();
+        let every = Subscription::new(none, none).unwrap();
+        let ops = Subscription::new(&["gancho.>"], none).unwrap();
+        let one = Subscription::new(&["gancho.endpoint.disabled"], none).unwrap();
+        for s in [&all, &every] {
+            assert!(!s.matches("gancho.endpoint.disabled", none));
+            assert!(s.matches("charge.paid", none));
+        }
+        assert!(ops.matches("gancho.delivery.exhausted", none));
+        assert!(!ops.matches("charge.paid", none));
+        assert!(one.matches("gancho.endpoint.disabled", none));
+        assert!(!one.matches("gancho.endpoint.recovered", none));
+    }
 
     fn m(pattern: &str, ty: &str) -> bool {
         Filter::parse(pattern).unwrap().matches(ty)

@@ -106,6 +106,10 @@ pub struct Flags {
     /// (1s to 10m). Set the orchestrator's termination grace above it. Default: 15s.
     #[arg(long, env = "GANCHO_SHUTDOWN_GRACE", global = true)]
     pub shutdown_grace: Option<String>,
+    /// An endpoint whose every attempt failed for this long is disabled, and a
+    /// gancho.endpoint.disabled event is sent (1s to 90d). Default: 5d.
+    #[arg(long, env = "GANCHO_DISABLE_AFTER", global = true)]
+    pub disable_after: Option<String>,
     /// Log lines as `text` (default) or `json` (one object per line).
     #[arg(long, env = "GANCHO_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -136,6 +140,7 @@ struct File {
     attempts_max_bytes: Option<String>,
     dead_max_bytes: Option<String>,
     shutdown_grace: Option<String>,
+    disable_after: Option<String>,
     log_format: Option<String>,
 }
 
@@ -171,6 +176,8 @@ pub struct Config {
     pub dead_max_bytes: Option<u64>,
     /// Drain time on SIGTERM. Default 15 s.
     pub shutdown_grace: std::time::Duration,
+    /// Failing this long disables an endpoint. Default 5 days.
+    pub disable_after: std::time::Duration,
     /// One JSON object per log line instead of text.
     pub log_json: bool,
 }
@@ -459,6 +466,26 @@ impl Config {
                 ))
             }
         };
+        let after = flags
+            .disable_after
+            .clone()
+            .or(file.disable_after)
+            .unwrap_or_else(|| "5d".into());
+        let disable_after = match humantime::parse_duration(after.trim()) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(90 * 86_400) =>
+            {
+                d
+            }
+            _ => {
+                return Err(bad(
+                    "disable_after",
+                    &after,
+                    "expected a duration from 1s to 90d, like 5d or 12h",
+                ))
+            }
+        };
         let log_json = match flags
             .log_format
             .clone()
@@ -534,6 +561,7 @@ impl Config {
             attempts_max_bytes,
             dead_max_bytes,
             shutdown_grace,
+            disable_after,
             log_json,
         })
     }

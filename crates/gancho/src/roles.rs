@@ -141,6 +141,7 @@ pub async fn start(
             allow_private: config.allow_private_endpoints,
             extra_ca_file: config.extra_ca_file.clone(),
             stall_after: config.stall_warning_after,
+            disable_after: config.disable_after,
             ..Default::default()
         };
         tasks.spawn(async move {

@@ -91,6 +91,9 @@ pub fn check_event(subjects: &Subjects, subject: &str, bytes: &[u8]) -> Result<E
     Ok(event)
 }
 
+/// The attribute of an operational event naming the endpoint it is about.
+pub const OPERATIONAL_ENDPOINT: &str = "endpoint_id";
+
 impl Ctx {
     pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
         let subject = msg.subject.as_str();
@@ -137,9 +140,17 @@ impl Ctx {
         let list = snapshot.endpoints(&event.tenant);
         // By index: closures over references trip the compiler's lifetime inference for
         // `Send` futures (rust-lang/rust#102211).
+        // gancho's own events about an endpoint never go to that endpoint.
+        let about = event
+            .r#type
+            .starts_with(gancho_core::matching::RESERVED_PREFIX)
+            .then(|| event.attributes.get(OPERATIONAL_ENDPOINT))
+            .flatten();
         let matching = (0..list.len()).filter(|&i| {
             let ep = &list[i];
-            !ep.config.disabled && ep.subscription.matches(&event.r#type, &event.channels)
+            !ep.config.disabled
+                && ep.subscription.matches(&event.r#type, &event.channels)
+                && about.is_none_or(|a| a != ep.config.id.as_str())
         });
         let fan_out = futures::stream::iter(matching)
             .map(|i| {

@@ -56,6 +56,15 @@ pub struct Endpoint {
     /// Why the endpoint was disabled, when gancho did it (for example a 410 Gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// Since when every attempt has failed (set by a worker at the first failure after a
+    /// success, cleared at the next success). Past `GANCHO_DISABLE_AFTER` the endpoint is
+    /// disabled.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub failing_since: Option<OffsetDateTime>,
     /// While paused, deliveries are held (on `gancho.held.<tenant>.<endpoint>`) and sent on
     /// resume, without attempts.
     #[serde(default)]
@@ -149,6 +158,7 @@ impl Endpoint {
             channels: Vec::new(),
             disabled: false,
             disabled_reason: None,
+            failing_since: None,
             paused: false,
             paused_at: None,
             rate_limit_per_sec: None,

@@ -28,7 +28,7 @@ pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 /// Endpoints whose circuit is open in this worker.
 pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
-/// Endpoints disabled by the worker. `reason`: gone.
+/// Endpoints disabled by the worker. `reason`: gone | failing.
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
 /// 1 while the router waits for room in the deliveries stream (at its high-water mark).
 pub const ROUTER_WAITING_FOR_ROOM: &str = "gancho_router_waiting_for_room";
@@ -37,6 +37,9 @@ pub const STORAGE_WAIT: &str = "gancho_storage_wait_milliseconds_total";
 /// 1 while JetStream refuses this role's writes for lack of room (a stream at its limit, or
 /// the server's store full). `role`: router | worker | api.
 pub const STORAGE_FULL: &str = "gancho_storage_full";
+/// Operational events sent to tenants. `type`: gancho.delivery.exhausted |
+/// gancho.endpoint.disabled | gancho.endpoint.recovered.
+pub const OPERATIONAL_EVENTS: &str = "gancho_operational_events_total";
 /// Attempt records not written because JetStream had no room; the delivery went on.
 pub const ATTEMPTS_UNRECORDED: &str = "gancho_delivery_attempts_unrecorded_total";
 /// Scheduled retries found overdue (JetStream did not fire them, which happens when its store
@@ -146,6 +149,10 @@ pub fn describe_all() {
     describe_gauge!(
         STORAGE_FULL,
         "1 while JetStream refuses this role's writes for lack of room."
+    );
+    describe_counter!(
+        OPERATIONAL_EVENTS,
+        "Operational events sent to tenants, by type."
     );
     describe_counter!(
         ATTEMPTS_UNRECORDED,

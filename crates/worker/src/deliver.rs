@@ -49,6 +49,8 @@ pub(crate) struct Ctx {
     pub requests: Semaphore,
     /// Whether JetStream takes this worker's writes.
     pub pressure: Arc<gancho_store::full::Pressure>,
+    /// Endpoints' failing-since marks, and disabling those failing too long.
+    pub health: crate::operational::Health,
 }
 
 /// What follows an attempt.
@@ -240,6 +242,7 @@ impl Ctx {
                 warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries deferred.");
             }
         }
+        self.health.note(ep, outcome.label == "success");
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label).increment(1);
         metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
             .record(latency.as_secs_f64());
@@ -419,6 +422,11 @@ impl Ctx {
             );
             writes.push((subject, publish));
         }
+        let next_kind = match &next {
+            Next::Dead { kind, reason } => Some((*kind, reason.clone())),
+            Next::Disable { reason } => Some(("gone", reason.clone())),
+            _ => None,
+        };
         let side = match next {
             Next::Done => None,
             Next::Retry { delay } => {
@@ -454,6 +462,9 @@ impl Ctx {
             }
         };
         writes.extend(side);
+        if let Some(op) = self.operational(delivery, &next_kind) {
+            writes.push(op);
+        }
         if let Err(e) = with_progress(msg, self.store_all(writes)).await {
             return self.nak(msg, &e).await;
         }
@@ -520,6 +531,48 @@ impl Ctx {
             debug!(error = %last_error, writes = pending.len(), "JetStream did not take a write; trying again.");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The operational event an outcome calls for: a delivery given up on, or an endpoint
+    /// disabled by a 410 (not for gancho's own events, which would only beget more).
+    fn operational(
+        &self,
+        delivery: Option<&Delivery>,
+        next: &Option<(&'static str, String)>,
+    ) -> Option<(String, PublishMessage)> {
+        use crate::operational::{event, DISABLED, EXHAUSTED};
+        let d = delivery?;
+        if d.r#type.starts_with(gancho_core::matching::RESERVED_PREFIX) {
+            return None;
+        }
+        let (kind, reason) = next.as_ref()?;
+        let at = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        match *kind {
+            "exhausted" => Some(event(
+                &self.subjects,
+                &d.tenant,
+                EXHAUSTED,
+                format!("exhausted:{}", d.id),
+                &d.endpoint_id,
+                serde_json::json!({
+                    "endpoint_id": d.endpoint_id, "event_id": d.event_id, "event_type": d.r#type,
+                    "attempts": d.attempts, "reason": reason, "at": at,
+                }),
+            )),
+            "gone" => Some(event(
+                &self.subjects,
+                &d.tenant,
+                DISABLED,
+                format!("disabled:{}:gone:{}", d.endpoint_id, d.id),
+                &d.endpoint_id,
+                serde_json::json!({
+                    "endpoint_id": d.endpoint_id, "reason": reason, "disabled_at": at,
+                }),
+            )),
+            _ => None,
         }
     }
 

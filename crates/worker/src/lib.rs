@@ -25,11 +25,14 @@
 //! - [`gate`]: per-endpoint admission: in-flight cap, rate limit, circuit, trust-sized queue.
 //! - `deliver`: one delivery, from message to ack.
 //! - `release`: a paused endpoint's held deliveries, moved back when it is resumed.
+//! - `operational`: events telling the tenant a delivery was given up on, an endpoint was
+//!   disabled, or recovered; each endpoint's `failing_since`.
 //! - `rearm`: scheduled retries JetStream did not fire (its store was full), scheduled again.
 
 mod deliver;
 pub mod gate;
 pub mod http;
+mod operational;
 mod profile;
 mod rearm;
 mod release;
@@ -73,6 +76,8 @@ pub struct WorkerConfig {
     pub jitter: f64,
     /// No delivery finished for this long while some are in hand is logged as a stall.
     pub stall_after: Duration,
+    /// An endpoint failing for this long is disabled (`GANCHO_DISABLE_AFTER`).
+    pub disable_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -84,6 +89,7 @@ impl Default for WorkerConfig {
             extra_ca_file: None,
             jitter: 0.1,
             stall_after: gancho_store::consume::STALL_AFTER,
+            disable_after: Duration::from_secs(5 * 86_400),
         }
     }
 }
@@ -139,6 +145,12 @@ pub async fn run(
         pressure.clone(),
         cancel.clone(),
     ));
+    let health = operational::Health::new(
+        ConfigStore::new(&layout),
+        output.clone(),
+        subjects.clone(),
+        config.disable_after,
+    );
     let ctx = Arc::new(deliver::Ctx {
         js: output,
         subjects,
@@ -150,6 +162,7 @@ pub async fn run(
         gates: Gates::new(intake),
         requests: tokio::sync::Semaphore::new(requests),
         pressure,
+        health,
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
