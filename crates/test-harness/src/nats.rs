@@ -249,13 +249,28 @@ impl NatsCluster {
     }
 }
 
-/// A port that was free a moment ago. The bind-and-release race is acceptable for tests: the
-/// server fails to start loudly if it loses it.
+/// A port that was free a moment ago, below the kernel's ephemeral range (32768 and up on
+/// Linux), so no outgoing connection of a busy test run can take it between the check and
+/// the bind. Ports are handed out in turn from a start that differs per process, so test
+/// binaries running side by side rarely ask for the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 from {LOW} to {}", LOW + SPAN);
 }
 
 /// Waits for the ports file nats-server writes once it listens, and returns its client port.
