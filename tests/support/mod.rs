@@ -453,6 +453,25 @@ pub async fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    // A GET whose connection is reset is asked again (once seen under load in `make test`,
+    // not reproduced in 45 runs); anything else fails the test at once.
+    for _ in 0..2 {
+        match http_once(method, url, token, body).await {
+            Err(e) if method == "GET" && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+    http_once(method, url, token, body).await.unwrap()
+}
+
+async fn http_once(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest
@@ -460,7 +479,7 @@ pub async fn http(
         .map(|(h, p)| (h, format!("/{p}")))
         .unwrap();
     let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
-        return (0, serde_json::Value::Null);
+        return Ok((0, serde_json::Value::Null));
     };
     let body = body.unwrap_or("");
     let mut req = format!(
@@ -475,16 +494,16 @@ pub async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);
     let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
     let payload = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (
+    Ok((
         status,
         serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
-    )
+    ))
 }
 
 /// A blocking HTTP/1.1 GET of `path` on `addr` (`127.0.0.1:port`): the raw response, or an

@@ -242,6 +242,17 @@ async fn shutdown_signal() {
 /// age into gauges.
 async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: CancellationToken) {
     let subjects = layout.subjects.clone();
+    let names_of: Vec<&str> = [
+        (roles.api, "api"),
+        (roles.router, "router"),
+        (roles.worker, "worker"),
+    ]
+    .into_iter()
+    .filter_map(|(on, n)| on.then_some(n))
+    .collect();
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "roles" => names_of.join("+"))
+        .set(1.0);
+    gancho_telemetry::record_process();
     let mut watched = Vec::new();
     if roles.router {
         watched.push((
@@ -263,6 +274,7 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
             _ = tokio::time::sleep(STATS_EVERY) => {}
         }
         metrics::gauge!(names::CONFIG_SNAPSHOT_AGE).set(live.age_seconds() as f64);
+        gancho_telemetry::record_process();
         usage(&layout, roles.worker).await;
         for (label, stream, consumer) in &watched {
             let info = async {

@@ -46,6 +46,34 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Samples this process's CPU time and resident memory from `/proc` (Linux; elsewhere
+/// nothing is recorded).
+pub fn record_process() {
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in USER_HZ ticks (100 a second
+    // on every Linux ABI); the command name in field 2 may hold spaces, so count after it.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<u64>().ok()),
+                f.get(12).and_then(|v| v.parse::<u64>().ok()),
+            ) {
+                metrics::counter!(names::PROCESS_CPU).absolute((u + s) * 10);
+            }
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(kib) = kib {
+            metrics::gauge!(names::PROCESS_RSS).set(kib * 1024.0);
+        }
+    }
+}
+
 /// Readiness flag a role flips once it consumes.
 #[derive(Clone, Default)]
 pub struct Ready(Arc<AtomicBool>);

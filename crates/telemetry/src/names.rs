@@ -37,6 +37,13 @@ pub const STORAGE_WAIT: &str = "gancho_storage_wait_milliseconds_total";
 /// 1 while JetStream refuses this role's writes for lack of room (a stream at its limit, or
 /// the server's store full). `role`: router | worker | api.
 pub const STORAGE_FULL: &str = "gancho_storage_full";
+/// CPU time this process used (user and system), as the kernel counts it.
+pub const PROCESS_CPU: &str = "gancho_process_cpu_milliseconds_total";
+/// Resident memory of this process.
+pub const PROCESS_RSS: &str = "gancho_process_resident_memory_bytes";
+/// 1, with the version and the roles this process runs. `version`: the crate version;
+/// `roles`: e.g. `api`, `router+worker`.
+pub const BUILD_INFO: &str = "gancho_build_info";
 /// Operational events sent to tenants. `type`: gancho.delivery.exhausted |
 /// gancho.endpoint.disabled | gancho.endpoint.recovered.
 pub const OPERATIONAL_EVENTS: &str = "gancho_operational_events_total";
@@ -149,6 +156,15 @@ pub fn describe_all() {
     describe_gauge!(
         STORAGE_FULL,
         "1 while JetStream refuses this role's writes for lack of room."
+    );
+    describe_counter!(
+        PROCESS_CPU,
+        "CPU time this process used (user and system), in milliseconds."
+    );
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of this process.");
+    describe_gauge!(
+        BUILD_INFO,
+        "1, with the version and the roles this process runs."
     );
     describe_counter!(
         OPERATIONAL_EVENTS,
