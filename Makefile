@@ -10,7 +10,7 @@ export GANCHO_NATS_SERVER := $(NATS_SERVER)
 export PATH := $(TOOLS)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run build test test-api test-alerts test-slow lint fmt bench clean
+.PHONY: help setup run build test test-api test-alerts test-deploy test-slow lint fmt bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,10 +26,11 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) ## Run the whole test suite against real nats-server processes, then test-api and test-alerts.
+test: setup $(SCHEMATHESIS) ## Run the whole test suite against real nats-server processes, then test-api, test-alerts and test-deploy.
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory test-api
 	$(MAKE) --no-print-directory test-alerts
+	$(MAKE) --no-print-directory test-deploy
 
 test-api: setup $(SCHEMATHESIS) ## schemathesis against a running `gancho api` (no 5xx, every answer as /openapi.json says).
 	$(CARGO) build -p gancho
@@ -39,6 +40,11 @@ test-alerts: ## promtool: the alert rules load, and each fires when it should (d
 	@command -v promtool >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
+
+test-deploy: setup ## A real Prometheus scrapes the roles under load: every dashboard and rule expression evaluates, the dead-letter alert fires.
+	@command -v prometheus >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
+	$(CARGO) build -p gancho
+	timeout 300 scripts/test-deploy.sh
 
 # A venv under .tools/ (Debian without python3-venv gets it first).
 $(SCHEMATHESIS):
