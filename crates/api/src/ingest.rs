@@ -184,7 +184,12 @@ async fn send(
     subject: String,
     bytes: Vec<u8>,
 ) -> Result<PublishAckFuture, String> {
-    let publish = PublishMessage::build().payload(bytes.into()).message_id(id);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(gancho_core::subject::INGEST_HEADER, "http");
+    let publish = PublishMessage::build()
+        .payload(bytes.into())
+        .message_id(id)
+        .headers(headers);
     state
         .layout
         .js

@@ -18,6 +18,9 @@ pub const DEAD_EVENT_TOKEN: &str = "_events";
 pub const TARGET_HEADER: &str = "Gancho-Target";
 /// The event token of a dead letter whose event could not be read.
 pub const NO_EVENT_TOKEN: &str = "_";
+/// Header on an event that came in over HTTP ingest (`http`); events without it were
+/// published on NATS by a platform service.
+pub const INGEST_HEADER: &str = "Gancho-Ingest";
 /// The tenant token of a dead letter whose tenant could not be read.
 pub const UNKNOWN_TENANT_TOKEN: &str = "_unknown";
 

@@ -96,6 +96,16 @@ pub const OPERATIONAL_ENDPOINT: &str = "endpoint_id";
 
 impl Ctx {
     pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
+        // Counted once per event, not again when it comes back after a nak.
+        if msg.info().is_ok_and(|i| i.delivered == 1) {
+            let http = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(gancho_core::subject::INGEST_HEADER))
+                .is_some();
+            metrics::counter!(names::EVENTS_RECEIVED, "path" => if http { "http" } else { "nats" })
+                .increment(1);
+        }
         let subject = msg.subject.as_str();
         let event = match check_event(&self.subjects, subject, &msg.payload) {
             Ok(ev) => ev,

@@ -3,6 +3,8 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
+/// Events the router received, once each. `path`: nats | http (HTTP ingest).
+pub const EVENTS_RECEIVED: &str = "gancho_events_received_total";
 /// Events the router consumed. `outcome`: routed | unmatched | invalid.
 pub const ROUTER_EVENTS: &str = "gancho_router_events_total";
 /// Events dead-lettered by the router. `reason`: undecodable | not_json | subject_mismatch | invalid | schema.
@@ -12,7 +14,8 @@ pub const ROUTER_DELIVERIES_CREATED: &str = "gancho_router_deliveries_created_to
 /// Events whose fan-out failed to publish and will be redelivered.
 pub const ROUTER_PUBLISH_FAILURES: &str = "gancho_router_publish_failures_total";
 
-/// Attempts by `outcome`: success | http_error | timeout | connect_error | tls_error | request_error | blocked.
+/// Attempts by `outcome`: success | http_error | timeout | connect_error | tls_error |
+/// request_error | blocked; and `class` of the answer: 1xx | 2xx | 3xx | 4xx | 5xx | none.
 pub const DELIVERY_ATTEMPTS: &str = "gancho_delivery_attempts_total";
 /// Duration of one HTTP attempt. `outcome` as above.
 pub const DELIVERY_ATTEMPT_DURATION: &str = "gancho_delivery_attempt_duration_seconds";
@@ -111,6 +114,10 @@ pub fn describe_all() {
     describe_counter!(
         ROUTER_PUBLISH_FAILURES,
         "Fan-outs that failed to publish and were handed back."
+    );
+    describe_counter!(
+        EVENTS_RECEIVED,
+        "Events the router received, once each, by ingest path."
     );
     describe_counter!(DELIVERY_ATTEMPTS, "Delivery attempts, by outcome.");
     describe_histogram!(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Delay before a delivery whose outcome could not be recorded is tried again.
 const NAK_DELAY: Duration = Duration::from_secs(1);
@@ -51,6 +51,38 @@ pub(crate) struct Ctx {
     pub pressure: Arc<gancho_store::full::Pressure>,
     /// Endpoints' failing-since marks, and disabling those failing too long.
     pub health: crate::operational::Health,
+    /// How often a failed attempt may be logged, per endpoint.
+    pub failure_lines: FailureLines,
+}
+
+/// At most one failed-attempt line a second per endpoint.
+#[derive(Default)]
+pub(crate) struct FailureLines(
+    std::sync::Mutex<std::collections::HashMap<(String, String), (Instant, u64)>>,
+);
+
+impl FailureLines {
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    fn allow(&self, tenant: &str, endpoint: &str) -> Option<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        let now = Instant::now();
+        let key = (tenant.to_owned(), endpoint.to_owned());
+        let Some(entry) = map.get_mut(&key) else {
+            map.insert(key, (now, 0));
+            return Some(0);
+        };
+        if now.duration_since(entry.0) >= Duration::from_secs(1) {
+            let left_out = entry.1;
+            *entry = (now, 0);
+            Some(left_out)
+        } else {
+            entry.1 += 1;
+            None
+        }
+    }
 }
 
 /// What follows an attempt.
@@ -243,7 +275,9 @@ impl Ctx {
             }
         }
         self.health.note(ep, outcome.label == "success");
-        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label).increment(1);
+        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label,
+            "class" => gancho_core::subject::status_class(outcome.status))
+        .increment(1);
         metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
             .record(latency.as_secs_f64());
 
@@ -274,19 +308,26 @@ impl Ctx {
                 ),
             }
         };
-        match &next {
-            Next::Done => debug!(endpoint = %ep.config.id, attempt = attempt_no, "Delivered."),
-            Next::Retry { delay } | Next::Defer { delay } => info!(
-                endpoint = %ep.config.id, attempt = attempt_no, status = outcome.status,
-                outcome = outcome.label, retry_in_ms = delay.as_millis() as u64,
-                "Delivery failed; retry scheduled."
-            ),
-            _ => warn!(
-                endpoint = %ep.config.id, attempt = attempt_no, status = outcome.status,
-                outcome = outcome.label, "Delivery failed for good."
-            ),
+        if matches!(next, Next::Done) {
+            debug!(endpoint = %ep.config.id, attempt = attempt_no, "Delivered.");
+        } else if let Some(suppressed) = self
+            .failure_lines
+            .allow(&delivery.tenant, &delivery.endpoint_id)
+        {
+            // One line per failed attempt, at most one a second per endpoint, so a dead
+            // endpoint cannot flood the log; the count says how many were left out.
+            let retry_in_ms = match &next {
+                Next::Retry { delay } => Some(delay.as_millis() as u64),
+                _ => None,
+            };
+            warn!(
+                tenant = %delivery.tenant, endpoint = %ep.config.id, event = %delivery.event_id,
+                attempt = attempt_no, status = outcome.status, latency_ms = latency.as_millis() as u64,
+                outcome = outcome.label, error = %outcome.error, retry_in_ms, suppressed,
+                "{}",
+                if retry_in_ms.is_some() { "Delivery failed; retry scheduled." } else { "Delivery failed for good." }
+            );
         }
-
         let next_at = match &next {
             Next::Retry { delay } => Some(timestamp(OffsetDateTime::now_utc() + *delay)),
             _ => None,

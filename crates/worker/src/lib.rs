@@ -163,6 +163,7 @@ pub async fn run(
         requests: tokio::sync::Semaphore::new(requests),
         pressure,
         health,
+        failure_lines: Default::default(),
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();

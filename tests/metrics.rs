@@ -1,0 +1,184 @@
+//! What the roles export, read as Prometheus reads it: api, router and worker run as
+//! separate processes; after a pipeline run their counters equal what the receiver saw,
+//! every gancho metric has HELP and TYPE, and many tenants and endpoints add no series.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use gancho_test_harness::{nats::free_port, wait_until, Answer, Receiver};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// The sum of every series of `family` whose labels include each of `labels`.
+fn sum(page: &str, family: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == family && labels.iter().all(|p| series.contains(p)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// The series names (with labels) of a page.
+fn series(page: &str) -> BTreeSet<String> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
+        .collect()
+}
+
+/// The body of `/metrics` (without the HTTP head).
+fn scrape(port: u16) -> String {
+    let raw = support::http_get(&format!("127.0.0.1:{port}"), "/metrics");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_match_the_receiver_and_every_metric_is_described() {
+    const NATS_EVENTS: usize = 200;
+    const HTTP_EVENTS: usize = 50;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], None)
+        .await;
+    let (m_router, m_worker, m_api) = (free_port(), free_port(), free_port());
+    let listen = |p: u16| format!("127.0.0.1:{p}");
+    let (mut api, base) = env
+        .spawn_api_with(TOKEN, &[("GANCHO_METRICS_LISTEN", &listen(m_api))])
+        .await;
+    let mut router = env.spawn_with(&["router"], &[("GANCHO_METRICS_LISTEN", &listen(m_router))]);
+    let mut worker = env.spawn_with(&["worker"], &[("GANCHO_METRICS_LISTEN", &listen(m_worker))]);
+
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..NATS_EVENTS).map(|i| (format!("nats-{i}"), b"{}".to_vec())),
+    )
+    .await;
+    let events: Vec<_> = (0..HTTP_EVENTS)
+        .map(|i| json!({"id": format!("http-{i}"), "type": "charge.paid", "data": {}}))
+        .collect();
+    let (s, v) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants/acme/events/batch"),
+        Some(TOKEN),
+        Some(&json!({ "events": events }).to_string()),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let total = NATS_EVENTS + HTTP_EVENTS;
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        std::future::ready(rx.count() == total)
+    })
+    .await;
+    // The gauges and counters are sampled or written a moment after the work.
+    wait_until("the worker's counters", Duration::from_secs(15), || {
+        let w = scrape(m_worker);
+        std::future::ready(sum(&w, "gancho_delivery_attempts_total", &[]) as usize == total)
+    })
+    .await;
+
+    let (r, w, a) = (scrape(m_router), scrape(m_worker), scrape(m_api));
+    assert_eq!(
+        sum(&r, "gancho_events_received_total", &["path=\"nats\""]) as usize,
+        NATS_EVENTS
+    );
+    assert_eq!(
+        sum(&r, "gancho_events_received_total", &["path=\"http\""]) as usize,
+        HTTP_EVENTS
+    );
+    assert_eq!(
+        sum(&r, "gancho_router_deliveries_created_total", &[]) as usize,
+        total
+    );
+    assert_eq!(
+        sum(
+            &w,
+            "gancho_delivery_attempts_total",
+            &["outcome=\"success\"", "class=\"2xx\""]
+        ) as usize,
+        rx.count(),
+        "the worker counts what the receiver got"
+    );
+    for (role, page) in [("router", &r), ("worker", &w), ("api", &a)] {
+        assert!(
+            sum(page, "gancho_process_resident_memory_bytes", &[]) > 0.0,
+            "{role}"
+        );
+        assert_eq!(sum(page, "gancho_build_info", &[]), 1.0, "{role}");
+        // Every gancho family has HELP and TYPE.
+        let families: BTreeSet<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("gancho_"))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(|n| {
+                n.trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count")
+            })
+            .collect();
+        assert!(!families.is_empty(), "{role}");
+        for f in families {
+            assert!(
+                page.contains(&format!("# HELP {f} ")),
+                "{role}: no HELP for {f}"
+            );
+            assert!(
+                page.contains(&format!("# TYPE {f} ")),
+                "{role}: no TYPE for {f}"
+            );
+        }
+    }
+
+    // 100 tenants with 10 endpoints each, and an event for each tenant: no new series, since
+    // no label comes from a tenant or an endpoint.
+    // After the periodic gauges (sampled every 5 s) have all appeared.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = (series(&scrape(m_router)), series(&scrape(m_worker)));
+    for t in 0..100 {
+        let tenant = format!("t{t:03}");
+        env.tenant(&tenant).await;
+        env.endpoints_on_all(&tenant, (0..10).map(|e| format!("ep{e}")), |_| {
+            rx.url("/many")
+        })
+        .await;
+    }
+    // The roles' snapshots take the new endpoints in a moment.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for t in 0..100 {
+        let tenant = format!("t{t:03}");
+        env.publish_many(
+            &tenant,
+            "charge.paid",
+            [(format!("{tenant}-1"), b"{}".to_vec())],
+        )
+        .await;
+    }
+    wait_until("the tenants' deliveries", Duration::from_secs(60), || {
+        std::future::ready(rx.count() == total + 1000)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = (series(&scrape(m_router)), series(&scrape(m_worker)));
+    let new: Vec<_> = after
+        .0
+        .difference(&before.0)
+        .chain(after.1.difference(&before.1))
+        .collect();
+    assert!(new.is_empty(), "series added by tenants: {new:?}");
+
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}
