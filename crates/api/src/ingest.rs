@@ -186,10 +186,11 @@ async fn send(
 ) -> Result<PublishAckFuture, String> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(gancho_core::subject::INGEST_HEADER, "http");
+    // Headers first: `headers` replaces the whole map, Nats-Msg-Id included.
     let publish = PublishMessage::build()
         .payload(bytes.into())
-        .message_id(id)
-        .headers(headers);
+        .headers(headers)
+        .message_id(id);
     state
         .layout
         .js
