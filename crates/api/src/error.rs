@@ -174,3 +174,33 @@ where
         }
     }
 }
+
+/// 503 for a store that did not answer: the reason, and that a retry is the thing to do.
+pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{e}; retry shortly"),
+    )
+}
+
+/// A time as the API writes it: RFC 3339, UTC.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// An optional RFC 3339 time from a request; a 400 naming `name` when it does not parse.
+pub fn parse_time(name: &str, v: Option<&str>) -> Result<Option<time::OffsetDateTime>, ApiError> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(
+                |_| {
+                    ApiError::bad_request(format!(
+                        "{name} must be an RFC 3339 time like 2026-11-28T10:00:00Z, got {s:?}"
+                    ))
+                },
+            )
+        })
+        .transpose()
+}

@@ -3,18 +3,15 @@
 //! by subject ([`gancho_store::log`]). Newest first; the cursor is a position in the log, so
 //! pages never overlap while new records arrive.
 
-use crate::error::{tenant_id, ApiError, Path, Query};
+use crate::error::{parse_time, rfc3339, tenant_id, unavailable, ApiError, Path, Query};
 use crate::page::{cursor, Page};
 use crate::ApiState;
 use axum::extract::State;
-use axum::http::StatusCode;
 use gancho_core::subject::{status_class, DEAD_EVENT_TOKEN};
 use gancho_proto::{to_datetime, Attempt, DeadLetter, Event, Message as _};
-use gancho_store::log::{Log, LogError, Record};
+use gancho_store::log::{Log, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 /// Outcomes an attempt can have (the `outcome` filter).
 pub const OUTCOMES: &[&str] = &[
@@ -39,31 +36,6 @@ pub const DEAD_KINDS: &[&str] = &[
 ];
 /// Records one event may have in each log; more are not shown.
 const PER_EVENT_MAX: usize = 1_000;
-
-fn unavailable(e: LogError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("{e}; retry shortly"),
-    )
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-fn parse_time(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
-    v.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "{name} must be an RFC 3339 time like 2026-11-28T10:00:00Z, got {s:?}"
-                ))
-            })
-        })
-        .transpose()
-}
 
 /// `?limit=&cursor=&since=&until=`, shared by the logs.
 #[derive(Deserialize, Default, utoipa::IntoParams)]
@@ -109,8 +81,8 @@ async fn bounds(log: &Log, q: &LogQuery) -> Result<(u64, u64, usize), ApiError> 
         })
         .transpose()?;
     let (since, until) = (
-        parse_time("since", &q.since)?,
-        parse_time("until", &q.until)?,
+        parse_time("since", q.since.as_deref())?,
+        parse_time("until", q.until.as_deref())?,
     );
     if let (Some(s), Some(u)) = (since, until) {
         if s >= u {
@@ -523,7 +495,7 @@ pub async fn event(
         .js
         .get_stream(subjects.deliveries_stream())
         .await
-        .map_err(|e| unavailable_msg(e.to_string()))?;
+        .map_err(unavailable)?;
     let mut deliveries = Vec::with_capacity(by_endpoint.len());
     for (_, mut d) in by_endpoint {
         d.state = if d.dead_letter.is_some() {
@@ -555,12 +527,4 @@ pub async fn event(
         deliveries,
         dead_letters: event_dead,
     }))
-}
-
-fn unavailable_msg(e: String) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("{e}; retry shortly"),
-    )
 }

@@ -11,7 +11,7 @@
 //! job), so they neither collide with the original delivery's de-duplication nor replace
 //! its pending retry; the webhook keeps the original `webhook-id` (the event id).
 
-use crate::error::{tenant_id, ApiError, Json, Path, Query};
+use crate::error::{parse_time, rfc3339, tenant_id, unavailable, ApiError, Json, Path, Query};
 use crate::page::{Page, PageQuery};
 use crate::ApiState;
 use async_nats::jetstream::message::PublishMessage;
@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -43,18 +42,6 @@ const LOOK_EVERY: Duration = Duration::from_secs(2);
 const LEASE: Duration = Duration::from_secs(15);
 /// Dead-letter kinds `recover` redelivers: the delivery failed, the endpoint still exists.
 const RECOVERABLE: &[&str] = &["exhausted", "endpoint_disabled"];
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-fn unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("{e}; retry shortly"),
-    )
-}
 
 /// A job as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -145,17 +132,6 @@ pub struct RedriveIn {
     pub since: Option<String>,
     pub until: Option<String>,
     pub pace: Option<u32>,
-}
-
-fn parse_time(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
-    v.map(|s| {
-        OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-            ApiError::bad_request(format!(
-                "{name} must be an RFC 3339 time like 2026-11-28T10:00:00Z, got {s:?}"
-            ))
-        })
-    })
-    .transpose()
 }
 
 fn pace(p: Option<u32>) -> Result<u32, ApiError> {

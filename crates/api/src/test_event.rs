@@ -79,7 +79,7 @@ pub async fn send(
             serde_json::json!({
                 "message": "A test event from gancho.",
                 "endpoint_id": id.as_str(),
-                "sent_at": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "sent_at": crate::error::rfc3339(now),
             }),
         ),
         Some(t) => {
