@@ -216,6 +216,20 @@ fn one_of(
     }
 }
 
+/// The endpoint (an id, or `_events` for the router's) and kind that narrow a set of dead
+/// letters, each checked.
+pub(crate) fn dead_letter_filter(
+    endpoint: Option<&str>,
+    kind: &Option<String>,
+) -> Result<(Option<String>, Option<&'static str>), ApiError> {
+    let endpoint = match endpoint.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(DEAD_EVENT_TOKEN) => Some(DEAD_EVENT_TOKEN.to_owned()),
+        Some(e) => Some(crate::endpoints::endpoint_id(e)?.as_str().to_owned()),
+    };
+    Ok((endpoint, one_of("kind", kind, DEAD_KINDS)?))
+}
+
 fn attempts_log(state: &ApiState) -> Log {
     Log::new(
         state.layout.js.clone(),
@@ -350,12 +364,7 @@ pub async fn dead_letters(
     Query(q): Query<LogQuery>,
 ) -> Result<axum::Json<Page<DeadLetterView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
-    let endpoint = match q.endpoint.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(DEAD_EVENT_TOKEN) => Some(DEAD_EVENT_TOKEN.to_owned()),
-        Some(e) => Some(crate::endpoints::endpoint_id(e)?.as_str().to_owned()),
-    };
-    let kind = one_of("kind", &q.kind, DEAD_KINDS)?;
+    let (endpoint, kind) = dead_letter_filter(q.endpoint.as_deref(), &q.kind)?;
     crate::require_tenant(&state, &tenant).await?;
     let log = dead_log(&state);
     let (lo, hi, limit) = bounds(&log, &q).await?;

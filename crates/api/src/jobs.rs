@@ -18,7 +18,7 @@ use async_nats::jetstream::message::PublishMessage;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use gancho_core::subject::{delivery_id, partition, DEAD_EVENT_TOKEN, PARTITIONS};
+use gancho_core::subject::{delivery_id, partition, PARTITIONS};
 use gancho_proto::{timestamp, Attempt, DeadLetter, Delivery, Event, Message as _};
 use gancho_store::jobs::{Job, JobKind, JobState, JobStore};
 use gancho_store::log::{Log, Record};
@@ -300,28 +300,15 @@ pub async fn redrive(
     let since = parse_time("since", body.since.as_deref())?;
     let until = parse_time("until", body.until.as_deref())?;
     let pace = pace(body.pace)?;
-    let kind = match body.kind.as_deref() {
-        None => None,
-        Some(k) if crate::history::DEAD_KINDS.contains(&k) => Some(k.to_owned()),
-        Some(k) => {
-            return Err(ApiError::bad_request(format!(
-                "kind must be one of {}; got {k:?}",
-                crate::history::DEAD_KINDS.join(", ")
-            )))
-        }
-    };
-    let endpoint = match body.endpoint.as_deref() {
-        None => None,
-        Some(DEAD_EVENT_TOKEN) => Some(DEAD_EVENT_TOKEN.to_owned()),
-        Some(e) => Some(crate::endpoints::endpoint_id(e)?.as_str().to_owned()),
-    };
+    let (endpoint, kind) =
+        crate::history::dead_letter_filter(body.endpoint.as_deref(), &body.kind)?;
     crate::require_tenant(&state, &tenant).await?;
     start(
         &state,
         tenant.as_str(),
         JobKind::Redrive,
         endpoint,
-        kind,
+        kind.map(str::to_owned),
         since,
         until,
         pace,
@@ -447,6 +434,8 @@ pub fn spawn(state: ApiState, cancel: CancellationToken) {
 struct Runner {
     state: ApiState,
     store: JobStore,
+    /// The dead letters' stream, fetched once (recover and redrive delete from it).
+    dead: tokio::sync::OnceCell<async_nats::jetstream::stream::Stream>,
     job: Job,
     rev: u64,
     me: String,
@@ -462,6 +451,7 @@ impl Runner {
     fn new(state: ApiState, job: Job, rev: u64, me: String) -> Self {
         Self {
             store: JobStore::new(&state.layout),
+            dead: tokio::sync::OnceCell::new(),
             state,
             job,
             rev,
@@ -708,11 +698,10 @@ impl Runner {
 
     /// Removes a dead letter that was sent again.
     async fn remove(&self, seq: u64) -> Result<(), Failure> {
+        let layout = &self.state.layout;
         let stream = self
-            .state
-            .layout
-            .js
-            .get_stream(self.state.layout.subjects.dead_stream())
+            .dead
+            .get_or_try_init(|| layout.js.get_stream(layout.subjects.dead_stream()))
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
         match stream.delete_message(seq).await {

@@ -63,6 +63,20 @@ pub(crate) struct Room {
 }
 
 impl Room {
+    /// An open room of `max` bytes (0 or less: no limit) that drives `gate`.
+    fn new(max: i64, gate: watch::Sender<bool>) -> Self {
+        Self {
+            max,
+            observed: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            open: AtomicBool::new(true),
+            gate,
+            pressure: gancho_store::full::Pressure::new("router"),
+            backoff: Mutex::new((Duration::ZERO, None)),
+        }
+    }
+
     /// Takes `bytes` of room for a delivery; `false` (and routing stops) when there is none.
     pub(crate) fn reserve(&self, bytes: u64) -> bool {
         if self.max <= 0 {
@@ -165,16 +179,10 @@ pub(crate) fn watch(
     cancel: CancellationToken,
 ) -> (Arc<Room>, watch::Receiver<bool>) {
     let (gate, rx) = watch::channel(true);
-    let room = Arc::new(Room {
-        max: max_bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-        observed: AtomicU64::new(0),
-        reserved: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-        open: AtomicBool::new(true),
+    let room = Arc::new(Room::new(
+        max_bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         gate,
-        pressure: gancho_store::full::Pressure::new("router"),
-        backoff: Mutex::new((Duration::ZERO, None)),
-    });
+    ));
     metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => "deliveries").set(room.max as f64);
     if room.max <= 0 {
         // No room to keep: nothing to watch, the gate stays open.
@@ -246,16 +254,7 @@ mod tests {
     #[test]
     fn reservations_stop_at_the_high_water_mark() {
         let (gate, rx) = watch::channel(true);
-        let room = Room {
-            max: 1000,
-            observed: AtomicU64::new(0),
-            reserved: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            open: AtomicBool::new(true),
-            gate,
-            pressure: gancho_store::full::Pressure::new("router"),
-            backoff: Mutex::new((Duration::ZERO, None)),
-        };
+        let room = Room::new(1000, gate);
         let mut taken = 0;
         while room.reserve(100) {
             taken += 1;
