@@ -27,7 +27,8 @@ pub const DELIVERY_IN_FLIGHT: &str = "gancho_delivery_in_flight_requests";
 pub const DELIVERY_RETRIES_SCHEDULED: &str = "gancho_delivery_retries_scheduled_total";
 /// Deliveries deferred without an attempt. `reason`: rate_limited | in_flight_cap | circuit_open.
 pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
-/// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable.
+/// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable |
+/// invalid.
 pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 /// Endpoints whose circuit is open in this worker.
 pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
@@ -98,6 +99,27 @@ pub const CONFIG_SNAPSHOT_AGE: &str = "gancho_config_snapshot_age_seconds";
 pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
 pub fn describe_all() {
+    // Dead-letter counters exist at 0 from the start: Prometheus's increase() does not count
+    // a counter's first value, so without this the first dead letters after a restart would
+    // never fire an alert.
+    for reason in [
+        "exhausted",
+        "endpoint_gone",
+        "endpoint_disabled",
+        "undecodable",
+        "invalid",
+    ] {
+        metrics::counter!(DELIVERY_DEAD_LETTERED, "reason" => reason).increment(0);
+    }
+    for reason in [
+        "undecodable",
+        "not_json",
+        "subject_mismatch",
+        "invalid",
+        "schema",
+    ] {
+        metrics::counter!(ROUTER_EVENTS_INVALID, "reason" => reason).increment(0);
+    }
     describe_gauge!(
         CIRCUITS_OPEN,
         "Endpoints whose circuit is open in this worker."
