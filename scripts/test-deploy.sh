@@ -35,6 +35,8 @@ export GANCHO_NATS_URL="nats://127.0.0.1:$nats_port"
 GANCHO_ENCRYPTION_KEY=$("$GANCHO" keygen)
 export GANCHO_ENCRYPTION_KEY GANCHO_ADMIN_TOKEN=$TOKEN RUST_LOG=warn
 export GANCHO_ALLOW_HTTP_ENDPOINTS=true GANCHO_ALLOW_PRIVATE_ENDPOINTS=true
+# acme gets series of its own; every other tenant counts as `other`.
+export GANCHO_METRICS_TENANTS=acme
 
 api_port=$(free_port); sink_port=$(free_port)
 m_api=$(free_port); m_router=$(free_port); m_worker=$(free_port); prom_port=$(free_port)
@@ -68,6 +70,7 @@ EOF
     --web.listen-address="127.0.0.1:$prom_port" >"$dir/prometheus.log" 2>&1 &
 pids+=($!)
 
+SCRAPES="127.0.0.1:$m_api 127.0.0.1:$m_router 127.0.0.1:$m_worker" \
 BASE="http://127.0.0.1:$api_port" PROM="http://127.0.0.1:$prom_port" SINK="http://127.0.0.1:$sink_port" \
     TOKEN=$TOKEN GANCHO="$GANCHO" python3 - <<'PY' || fail "checks failed"
 import json, os, subprocess, time, urllib.parse, urllib.request
@@ -151,6 +154,12 @@ for title in ["Events in (per second)", "Deliveries out (2xx per second)",
               "CPU by role (cores)", "Memory by role (RSS)", "Attempts by outcome"]:
     if not any(query(e)["data"]["result"] for e in panels[title]):
         problems.append(f"panel {title!r} is empty")
+tenants = {r["metric"]["tenant"] for r in query(panels["Deliveries by tenant (GANCHO_METRICS_TENANTS; the rest are other)"][0])["data"]["result"]}
+if "acme" not in tenants:
+    problems.append(f"deliveries by tenant show {sorted(tenants)}, not the listed tenant acme")
+behind = query("max(gancho_config_revision - gancho_config_snapshot_revision)")["data"]["result"]
+if not behind or float(behind[0]["value"][1]) > 0:
+    problems.append(f"config revisions: {behind} (every role should have caught up)")
 roles = {r["metric"]["job"] for r in query("gancho_process_resident_memory_bytes")["data"]["result"]}
 if roles != {"gancho-api", "gancho-router", "gancho-worker"}:
     problems.append(f"memory is reported by {sorted(roles)}, not by every role")
@@ -162,6 +171,17 @@ def firing():
     alerts = json.load(urllib.request.urlopen(prom + "/api/v1/alerts", timeout=10))["data"]["alerts"]
     return any(a["labels"]["alertname"] == "GanchoDeadLettersGrowing" and a["state"] == "firing" for a in alerts)
 wait("GanchoDeadLettersGrowing to fire", firing, 90)
+# GANCHO_SCRAPE_OUT=<dir> keeps each role's scrape: the series in alerts_test.yml are copied
+# from these.
+if os.environ.get("GANCHO_SCRAPE_OUT"):
+    os.makedirs(os.environ["GANCHO_SCRAPE_OUT"], exist_ok=True)
+    for role, target in zip(["api", "router", "worker"], os.environ["SCRAPES"].split()):
+        with open(os.path.join(os.environ["GANCHO_SCRAPE_OUT"], role + ".prom"), "wb") as f:
+            f.write(urllib.request.urlopen(f"http://{target}/metrics", timeout=10).read())
+alerts = json.load(urllib.request.urlopen(prom + "/api/v1/alerts", timeout=10))["data"]["alerts"]
+stale = [a["labels"] for a in alerts if a["labels"]["alertname"] == "GanchoConfigStale"]
+if stale:
+    raise SystemExit(f"GanchoConfigStale is {stale} for healthy roles")
 print(f"test-deploy: {sum(len(v) for v in panels.values())} dashboard expressions and {count} rules evaluate; "
       "the key panels have data; GanchoDeadLettersGrowing fired")
 PY

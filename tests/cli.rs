@@ -225,7 +225,9 @@ async fn publish_reaches_the_sink_with_a_valid_signature() {
             let got = support::http_get(&url, "/metrics");
             metrics = got.clone();
             std::future::ready(
-                got.contains("gancho_delivery_attempts_total{outcome=\"success\",class=\"2xx\"} 1"),
+                got.contains(
+                    "gancho_delivery_attempts_total{outcome=\"success\",class=\"2xx\",tenant=\"other\"} 1",
+                ),
             )
         },
     )

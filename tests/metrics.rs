@@ -57,8 +57,16 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
     let (mut api, base) = env
         .spawn_api_with(TOKEN, &[("GANCHO_METRICS_LISTEN", &listen(m_api))])
         .await;
-    let mut router = env.spawn_with(&["router"], &[("GANCHO_METRICS_LISTEN", &listen(m_router))]);
-    let mut worker = env.spawn_with(&["worker"], &[("GANCHO_METRICS_LISTEN", &listen(m_worker))]);
+    // t007 (created below) gets series of its own; acme and the rest count as `other`.
+    let listed = ("GANCHO_METRICS_TENANTS", "t007");
+    let mut router = env.spawn_with(
+        &["router"],
+        &[("GANCHO_METRICS_LISTEN", &listen(m_router)), listed],
+    );
+    let mut worker = env.spawn_with(
+        &["worker"],
+        &[("GANCHO_METRICS_LISTEN", &listen(m_worker)), listed],
+    );
 
     env.publish_many(
         "acme",
@@ -91,7 +99,11 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
 
     let (r, w, a) = (scrape(m_router), scrape(m_worker), scrape(m_api));
     assert_eq!(
-        sum(&r, "gancho_events_received_total", &["path=\"nats\""]) as usize,
+        sum(
+            &r,
+            "gancho_events_received_total",
+            &["path=\"nats\"", "tenant=\"other\""]
+        ) as usize,
         NATS_EVENTS
     );
     assert_eq!(
@@ -141,8 +153,8 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
         }
     }
 
-    // 100 tenants with 10 endpoints each, and an event for each tenant: no new series, since
-    // no label comes from a tenant or an endpoint.
+    // 100 tenants with 10 endpoints each, and an event for each tenant: the only new series
+    // are the listed tenant's, since no other label comes from a tenant or an endpoint.
     // After the periodic gauges (sampled every 5 s) have all appeared.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let before = (series(&scrape(m_router)), series(&scrape(m_worker)));
@@ -176,7 +188,37 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
         .difference(&before.0)
         .chain(after.1.difference(&before.1))
         .collect();
-    assert!(new.is_empty(), "series added by tenants: {new:?}");
+    let unlisted: Vec<_> = new
+        .iter()
+        .filter(|s| !s.contains("tenant=\"t007\""))
+        .collect();
+    assert!(unlisted.is_empty(), "series added by tenants: {unlisted:?}");
+    let (r, w) = (scrape(m_router), scrape(m_worker));
+    assert_eq!(
+        sum(&r, "gancho_events_received_total", &["tenant=\"t007\""]),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &r,
+            "gancho_router_deliveries_created_total",
+            &["tenant=\"t007\""]
+        ),
+        10.0
+    );
+    assert_eq!(
+        sum(
+            &w,
+            "gancho_delivery_attempts_total",
+            &["tenant=\"t007\"", "outcome=\"success\""]
+        ),
+        10.0
+    );
+    assert_eq!(
+        sum(&w, "gancho_delivery_attempts_total", &["tenant=\"other\""]) as usize,
+        total + 990,
+        "every unlisted tenant's attempts count as other"
+    );
 
     support::terminate(&mut worker);
     support::terminate(&mut router);

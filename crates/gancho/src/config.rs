@@ -113,6 +113,10 @@ pub struct Flags {
     /// Log lines as `text` (default) or `json` (one object per line).
     #[arg(long, env = "GANCHO_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Tenants whose metrics get a `tenant` label of their own, comma-separated (at most
+    /// 100); every other tenant counts as `other`, so series stay bounded. Default: none.
+    #[arg(long, env = "GANCHO_METRICS_TENANTS", global = true)]
+    pub metrics_tenants: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -142,6 +146,7 @@ struct File {
     shutdown_grace: Option<String>,
     disable_after: Option<String>,
     log_format: Option<String>,
+    metrics_tenants: Option<String>,
 }
 
 /// The validated configuration.
@@ -180,6 +185,8 @@ pub struct Config {
     pub disable_after: std::time::Duration,
     /// One JSON object per log line instead of text.
     pub log_json: bool,
+    /// Tenants labelled by name in metrics; the rest are `other`.
+    pub metrics_tenants: Vec<String>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -216,6 +223,34 @@ impl std::fmt::Display for ConfigError {
 
 fn bad(key: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("invalid {key} {value:?}: {why}"))
+}
+
+/// At most this many tenants get metrics of their own.
+const MAX_METRICS_TENANTS: usize = 100;
+
+fn metrics_tenants(list: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let mut tenants: Vec<String> = Vec::new();
+    for t in list.unwrap_or("").split(',').map(str::trim) {
+        if t.is_empty() || tenants.iter().any(|x| x == t) {
+            continue;
+        }
+        if t == gancho_telemetry::OTHER_TENANTS {
+            return Err(bad(
+                "metrics_tenants",
+                t,
+                "`other` is the label of every tenant not listed",
+            ));
+        }
+        gancho_core::id::validate_tenant(t).map_err(|e| bad("metrics_tenants", t, e))?;
+        tenants.push(t.to_owned());
+    }
+    if tenants.len() > MAX_METRICS_TENANTS {
+        return Err(ConfigError(format!(
+            "invalid metrics_tenants: {} tenants listed, at most {MAX_METRICS_TENANTS} (each adds series to every role)",
+            tenants.len()
+        )));
+    }
+    Ok(tenants)
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
@@ -497,6 +532,13 @@ impl Config {
             Some("json") => true,
             Some(other) => return Err(bad("log_format", other, "expected text or json")),
         };
+        let metrics_tenants = metrics_tenants(
+            flags
+                .metrics_tenants
+                .clone()
+                .or(file.metrics_tenants)
+                .as_deref(),
+        )?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -563,6 +605,7 @@ impl Config {
             shutdown_grace,
             disable_after,
             log_json,
+            metrics_tenants,
         })
     }
 
@@ -668,6 +711,32 @@ mod tests {
                 },
                 "invalid admin_token",
             ),
+            (
+                Flags {
+                    metrics_tenants: Some("acme,Not A Tenant".into()),
+                    ..Default::default()
+                },
+                "invalid metrics_tenants \"Not A Tenant\"",
+            ),
+            (
+                Flags {
+                    metrics_tenants: Some("other".into()),
+                    ..Default::default()
+                },
+                "invalid metrics_tenants \"other\"",
+            ),
+            (
+                Flags {
+                    metrics_tenants: Some(
+                        (0..101)
+                            .map(|i| format!("t{i}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    ..Default::default()
+                },
+                "invalid metrics_tenants: 101 tenants listed, at most 100",
+            ),
         ];
         for (flags, want) in cases {
             let err = Config::load(&flags).unwrap_err().to_string();
@@ -678,6 +747,20 @@ mod tests {
                 "the token must not be echoed: {err}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_tenants_are_a_list() {
+        let c = Config::load(&Flags {
+            metrics_tenants: Some(" acme, globex,,acme ".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.metrics_tenants, ["acme", "globex"]);
+        assert!(Config::load(&Flags::default())
+            .unwrap()
+            .metrics_tenants
+            .is_empty());
     }
 
     #[test]

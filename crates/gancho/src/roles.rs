@@ -67,6 +67,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let role = roles.name();
     let handle = gancho_telemetry::install();
+    gancho_telemetry::set_metrics_tenants(&config.metrics_tenants);
     let ready = Ready::default();
     // Set-up, the config watch and the API use this connection; the router and the worker
     // each read and write on connections of their own, so that one role's backlog cannot
@@ -268,12 +269,21 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
             subjects.worker_consumer(),
         ));
     }
+    let config_stream = format!("KV_{}", subjects.config_bucket());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(STATS_EVERY) => {}
         }
         metrics::gauge!(names::CONFIG_SNAPSHOT_AGE).set(live.age_seconds() as f64);
+        // The bucket's revision is read before the snapshot's: a change landing in between
+        // makes the snapshot look ahead, never behind, so a healthy process never looks stale.
+        if let Ok(mut bucket) = layout.js.get_stream(&config_stream).await {
+            if let Ok(info) = bucket.info().await {
+                metrics::gauge!(names::CONFIG_REVISION).set(info.state.last_sequence as f64);
+            }
+        }
+        metrics::gauge!(names::CONFIG_SNAPSHOT_REVISION).set(live.load().revision as f64);
         gancho_telemetry::record_process();
         usage(&layout, roles.worker).await;
         for (label, stream, consumer) in &watched {

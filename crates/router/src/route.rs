@@ -103,8 +103,13 @@ impl Ctx {
                 .as_ref()
                 .and_then(|h| h.get(gancho_core::subject::INGEST_HEADER))
                 .is_some();
-            metrics::counter!(names::EVENTS_RECEIVED, "path" => if http { "http" } else { "nats" })
-                .increment(1);
+            let tenant = self
+                .subjects
+                .parse_event(&msg.subject)
+                .map_or("", |(t, _)| t);
+            metrics::counter!(names::EVENTS_RECEIVED, "path" => if http { "http" } else { "nats" },
+                "tenant" => gancho_telemetry::tenant_label(tenant))
+            .increment(1);
         }
         let subject = msg.subject.as_str();
         let event = match check_event(&self.subjects, subject, &msg.payload) {
@@ -190,7 +195,9 @@ impl Ctx {
         }
         let outcome = if created == 0 { "unmatched" } else { "routed" };
         metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome).increment(1);
-        metrics::counter!(names::ROUTER_DELIVERIES_CREATED).increment(created);
+        metrics::counter!(names::ROUTER_DELIVERIES_CREATED,
+            "tenant" => gancho_telemetry::tenant_label(&event.tenant))
+        .increment(created);
         debug!(event = %event.id, deliveries = created, "Event routed.");
         Handled::Done
     }
@@ -294,7 +301,9 @@ impl Ctx {
         }
         warn!(seq, kind = invalid.kind(), reason = %invalid.reason(), "Event dead-lettered.");
         metrics::counter!(names::ROUTER_EVENTS, "outcome" => "invalid").increment(1);
-        metrics::counter!(names::ROUTER_EVENTS_INVALID, "reason" => invalid.kind()).increment(1);
+        metrics::counter!(names::ROUTER_EVENTS_INVALID, "reason" => invalid.kind(),
+            "tenant" => gancho_telemetry::tenant_label(tenant))
+        .increment(1);
         let _ = msg.ack().await;
         Handled::Done
     }

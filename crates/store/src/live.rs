@@ -303,16 +303,18 @@ impl WatchTask {
         // Config key -> (tenant, type, compiled schema).
         let mut schemas: HashMap<String, (String, String, Schema)> = HashMap::new();
         let mut watch = self.kv.watch_with_history(">").await?;
-        let pending = self
+        let state = self
             .js
             .get_stream(&self.stream_name)
             .await?
             .info()
             .await?
             .state
-            .messages;
-        let mut caught_up = pending == 0;
-        let mut revision = 0;
+            .clone();
+        let mut caught_up = state.messages == 0;
+        // An empty bucket may still have had revisions (all of them removed): the snapshot
+        // reflects the latest, so it never looks behind the bucket.
+        let mut revision = if caught_up { state.last_sequence } else { 0 };
         if caught_up {
             self.live
                 .swap(Snapshot::build(&entries, &schemas, revision));

@@ -23,6 +23,33 @@ const E2E_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static TENANTS: OnceLock<Vec<&'static str>> = OnceLock::new();
+
+/// The `tenant` label value for `tenant`: its id when the operator listed it
+/// (`GANCHO_METRICS_TENANTS`), otherwise `other`. Series stay bounded by the list.
+pub fn tenant_label(tenant: &str) -> &'static str {
+    TENANTS
+        .get()
+        .and_then(|listed| listed.iter().find(|t| **t == tenant).copied())
+        .unwrap_or(OTHER_TENANTS)
+}
+
+/// The `tenant` label of every tenant not listed.
+pub const OTHER_TENANTS: &str = "other";
+
+/// Sets the tenants that get a `tenant` label of their own (once per process; a later call
+/// is ignored). Their dead-letter counters start at 0, like the others.
+pub fn set_metrics_tenants(tenants: &[String]) {
+    let listed: Vec<&'static str> = tenants
+        .iter()
+        .map(|t| &*Box::leak(t.clone().into_boxed_str()))
+        .collect();
+    if TENANTS.set(listed).is_ok() {
+        for t in TENANTS.get().into_iter().flatten() {
+            names::zero_dead_letters(t);
+        }
+    }
+}
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle)
 /// and registers every help text.

@@ -95,13 +95,16 @@ pub const CONSUMER_IN_HAND: &str = "gancho_consumer_in_hand_messages";
 pub const CONSUMER_STALLS: &str = "gancho_consumer_stalls_total";
 /// Seconds since the config snapshot last changed.
 pub const CONFIG_SNAPSHOT_AGE: &str = "gancho_config_snapshot_age_seconds";
+/// The config revision this process's snapshot reflects.
+pub const CONFIG_SNAPSHOT_REVISION: &str = "gancho_config_snapshot_revision";
+/// The config bucket's latest revision, as of this process's last look. Above the
+/// snapshot's revision for long means the process stopped following config changes.
+pub const CONFIG_REVISION: &str = "gancho_config_revision";
 /// Slow-consumer events reported by the NATS client (messages were dropped).
 pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
-pub fn describe_all() {
-    // Dead-letter counters exist at 0 from the start: Prometheus's increase() does not count
-    // a counter's first value, so without this the first dead letters after a restart would
-    // never fire an alert.
+/// Creates the dead-letter counters of `tenant` (a listed tenant or `other`) at 0.
+pub(crate) fn zero_dead_letters(tenant: &'static str) {
     for reason in [
         "exhausted",
         "endpoint_gone",
@@ -109,7 +112,8 @@ pub fn describe_all() {
         "undecodable",
         "invalid",
     ] {
-        metrics::counter!(DELIVERY_DEAD_LETTERED, "reason" => reason).increment(0);
+        metrics::counter!(DELIVERY_DEAD_LETTERED, "reason" => reason, "tenant" => tenant)
+            .increment(0);
     }
     for reason in [
         "undecodable",
@@ -118,8 +122,16 @@ pub fn describe_all() {
         "invalid",
         "schema",
     ] {
-        metrics::counter!(ROUTER_EVENTS_INVALID, "reason" => reason).increment(0);
+        metrics::counter!(ROUTER_EVENTS_INVALID, "reason" => reason, "tenant" => tenant)
+            .increment(0);
     }
+}
+
+pub fn describe_all() {
+    // Dead-letter counters exist at 0 from the start: Prometheus's increase() does not count
+    // a counter's first value, so without this the first dead letters after a restart would
+    // never fire an alert.
+    zero_dead_letters(crate::OTHER_TENANTS);
     describe_gauge!(
         CIRCUITS_OPEN,
         "Endpoints whose circuit is open in this worker."
@@ -263,6 +275,14 @@ pub fn describe_all() {
         CONFIG_SNAPSHOT_AGE,
         Unit::Seconds,
         "Seconds since the config snapshot last changed."
+    );
+    describe_gauge!(
+        CONFIG_SNAPSHOT_REVISION,
+        "The config revision this process's snapshot reflects."
+    );
+    describe_gauge!(
+        CONFIG_REVISION,
+        "The config bucket's latest revision, as of this process's last look."
     );
     describe_counter!(
         NATS_SLOW_CONSUMER,

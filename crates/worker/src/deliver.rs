@@ -276,7 +276,8 @@ impl Ctx {
         }
         self.health.note(ep, outcome.label == "success");
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label,
-            "class" => gancho_core::subject::status_class(outcome.status))
+            "class" => gancho_core::subject::status_class(outcome.status),
+            "tenant" => gancho_telemetry::tenant_label(&delivery.tenant))
         .increment(1);
         metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
             .record(latency.as_secs_f64());
@@ -364,7 +365,9 @@ impl Ctx {
         reason: &'static str,
         after: Duration,
     ) -> Handled {
-        metrics::counter!(names::DELIVERY_DEFERRED, "reason" => reason).increment(1);
+        metrics::counter!(names::DELIVERY_DEFERRED, "reason" => reason,
+            "tenant" => gancho_telemetry::tenant_label(&delivery.tenant))
+        .increment(1);
         let patience: Duration = ep.schedule.delays().iter().sum();
         let created = delivery.created_at.as_ref().and_then(to_datetime);
         if let Some(created) = created {
@@ -671,7 +674,6 @@ impl Ctx {
         kind: &'static str,
         reason: String,
     ) -> (String, PublishMessage) {
-        metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind).increment(1);
         let (tenant, endpoint, id, event) = match delivery {
             Some(d) => (
                 d.tenant.as_str(),
@@ -686,6 +688,9 @@ impl Ctx {
                 None,
             ),
         };
+        metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind,
+            "tenant" => gancho_telemetry::tenant_label(tenant))
+        .increment(1);
         let dead = DeadLetter {
             reason,
             kind: kind.into(),
