@@ -189,7 +189,10 @@ where
         // and its unused slots go back when `slots` drops.
         loop {
             let next = tokio::select! {
-                _ = cancel.cancelled() => break 'pulls,
+                _ = cancel.cancelled() => {
+                    hand_back(&mut batch, spec.role).await;
+                    break 'pulls;
+                }
                 next = batch.next() => next,
             };
             let msg = match next {
@@ -227,6 +230,25 @@ where
     info!(role = spec.role, "Stopped consuming.");
     Ok(())
 }
+
+/// On shutdown, gives back at once the messages of the current pull that arrived (or arrive
+/// within [`HAND_BACK_WAIT`]) but were not started, instead of leaving them to the ack wait:
+/// another process takes them without delay. Any still on the way come back after the ack
+/// wait.
+async fn hand_back(batch: &mut consumer::pull::Batch, role: &str) {
+    let mut handed = 0usize;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(HAND_BACK_WAIT, batch.next()).await {
+        if msg.ack_with(jetstream::AckKind::Nak(None)).await.is_ok() {
+            handed += 1;
+        }
+    }
+    if handed > 0 {
+        info!(role, handed, "Handed back messages pulled but not started.");
+    }
+}
+
+/// How long a stopping consumer waits for more of its pull to arrive, to hand it back.
+const HAND_BACK_WAIT: Duration = Duration::from_millis(50);
 
 /// The messages in hand, by the order they were taken, and when one last finished.
 struct Tracker {

@@ -53,6 +53,9 @@ pub(crate) struct Ctx {
     pub health: crate::operational::Health,
     /// How often a failed attempt may be logged, per endpoint.
     pub failure_lines: FailureLines,
+    /// Fires on shutdown: deliveries still waiting for their endpoint's turn are handed
+    /// back at once for another worker, not sent.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// At most one failed-attempt line a second per endpoint.
@@ -216,7 +219,14 @@ impl Ctx {
             Admission::Queue(place) => {
                 // Waits holding only its intake slot; the worker's request slots and this
                 // endpoint's in-flight slots go to deliveries that can be sent now.
-                let turn = with_progress(&msg, gate.wait_turn(&place)).await;
+                let turn = tokio::select! {
+                    turn = with_progress(&msg, gate.wait_turn(&place)) => turn,
+                    _ = self.stopping.cancelled() => {
+                        drop(place);
+                        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                        return Handled::HandedBack;
+                    }
+                };
                 drop(place);
                 match turn {
                     Ok(_) if self.paused(&delivery) => {

@@ -164,6 +164,7 @@ pub async fn run(
         pressure,
         health,
         failure_lines: Default::default(),
+        stopping: cancel.clone(),
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
