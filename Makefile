@@ -10,7 +10,11 @@ export GANCHO_NATS_SERVER := $(NATS_SERVER)
 export PATH := $(TOOLS)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run build test test-api test-alerts test-deploy test-slow lint fmt bench clean
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+KUBERNETES_VALIDATE := $(TOOLS)/venv/bin/kubernetes-validate
+KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
+
+.PHONY: help setup run build test test-api test-alerts test-deploy test-manifests test-slow lint fmt bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,11 +30,12 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) ## Run the whole test suite against real nats-server processes, then test-api, test-alerts and test-deploy.
+test: setup $(SCHEMATHESIS) ## Run the whole test suite against real nats-server processes, then test-api, test-alerts, test-deploy and test-manifests.
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory test-api
 	$(MAKE) --no-print-directory test-alerts
 	$(MAKE) --no-print-directory test-deploy
+	$(MAKE) --no-print-directory test-manifests
 
 test-api: setup $(SCHEMATHESIS) ## schemathesis against a running `gancho api` (no 5xx, every answer as /openapi.json says).
 	$(CARGO) build -p gancho
@@ -45,6 +50,29 @@ test-deploy: setup ## A real Prometheus scrapes the roles under load: every dash
 	@command -v prometheus >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
 	$(CARGO) build -p gancho
 	timeout 300 scripts/test-deploy.sh
+
+test-manifests: $(KUBERNETES_VALIDATE) $(KEDA_SCHEMA) ## The Kubernetes manifests (kubernetes-validate --strict), the ScaledObject against KEDA's schema, the compose file.
+	$(KUBERNETES_VALIDATE) --strict --quiet $(filter-out %/keda-scaledobject.yaml,$(wildcard deploy/kubernetes/*.yaml))
+	cp deploy/kubernetes/schema/check-keda.mjs $(TOOLS)/keda/
+	node $(TOOLS)/keda/check-keda.mjs deploy/kubernetes/keda-scaledobject.yaml
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends docker-compose; }
+	GANCHO_ADMIN_TOKEN=check-only-token-0123 GANCHO_ENCRYPTION_KEY=check-only \
+	    $$(command -v docker-compose || echo docker compose) -f deploy/compose/compose.yaml config -q
+	@command -v promtool >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
+	d=$$(mktemp -d) && cp deploy/compose/prometheus.yml deploy/prometheus/alerts.yml $$d/ \
+	    && promtool check config $$d/prometheus.yml; rc=$$?; rm -rf $$d; exit $$rc
+	python3 -c 'import json, sys; [json.load(open(f)) for f in sys.argv[1:]]' deploy/grafana/gancho.json
+	@echo "test-manifests: kubernetes manifests, ScaledObject, compose file and its Prometheus config are valid"
+
+$(KUBERNETES_VALIDATE): $(SCHEMATHESIS)
+	$(TOOLS)/venv/bin/pip install --quiet kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+
+# KEDA's ScaledObject schema, pinned (with its hash) by deploy/kubernetes/schema/package-lock.json.
+$(KEDA_SCHEMA): deploy/kubernetes/schema/package-lock.json
+	@command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends nodejs npm; }
+	mkdir -p $(TOOLS)/keda
+	cp deploy/kubernetes/schema/package.json deploy/kubernetes/schema/package-lock.json $(TOOLS)/keda/
+	cd $(TOOLS)/keda && npm ci --ignore-scripts --no-audit --no-fund
 
 # A venv under .tools/ (Debian without python3-venv gets it first).
 $(SCHEMATHESIS):
