@@ -243,7 +243,10 @@ impl Ctx {
         } else {
             target
         };
+        let sent = std::time::Instant::now();
         let stored = async { self.js.send_publish(subject, publish).await?.await }.await;
+        metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "router")
+            .record(sent.elapsed().as_secs_f64());
         self.room.release(size);
         match stored {
             Ok(_) => {

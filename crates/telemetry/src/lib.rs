@@ -16,10 +16,15 @@ use tokio_util::sync::CancellationToken;
 const ATTEMPT_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
 ];
-/// Buckets for end-to-end latency, in seconds: 5 ms to a day (retries stretch it).
+/// Buckets for end-to-end latency, in seconds: 1 ms to an hour, then 6 hours and a day for
+/// deliveries that waited on retries.
 const E2E_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-    7200.0, 86400.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+/// Buckets for JetStream publish latency, in seconds: 100 us to 5 s.
+const PUBLISH_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -63,6 +68,12 @@ pub fn install() -> PrometheusHandle {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(names::DELIVERY_E2E.into()), E2E_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::JETSTREAM_PUBLISH.into()),
+                        PUBLISH_BUCKETS,
+                    )
                 })
                 .expect("bucket lists are non-empty")
                 .install_recorder()

@@ -76,6 +76,12 @@ pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
 /// Held deliveries moved back for delivery after their endpoint was resumed, disabled or
 /// deleted.
 pub const DELIVERY_RELEASED: &str = "gancho_delivery_released_total";
+/// Deliveries waiting in this worker for their endpoint's turn (its in-flight cap or rate
+/// limit), holding no request slot.
+pub const DELIVERIES_QUEUED: &str = "gancho_delivery_queued_deliveries";
+/// From a publish to JetStream's acknowledgement. `role`: router (deliveries) | worker
+/// (attempt records, retries, dead letters).
+pub const JETSTREAM_PUBLISH: &str = "gancho_jetstream_publish_seconds";
 /// Deliveries waiting for paused endpoints, as of this worker's last look.
 pub const DELIVERIES_HELD_NOW: &str = "gancho_deliveries_held";
 /// Deliveries handed back to JetStream for redelivery: their outcome could not be recorded,
@@ -275,6 +281,15 @@ pub fn describe_all() {
         CONFIG_SNAPSHOT_AGE,
         Unit::Seconds,
         "Seconds since the config snapshot last changed."
+    );
+    describe_gauge!(
+        DELIVERIES_QUEUED,
+        "Deliveries waiting in this worker for their endpoint's turn."
+    );
+    describe_histogram!(
+        JETSTREAM_PUBLISH,
+        Unit::Seconds,
+        "From a publish to JetStream's acknowledgement, by role."
     );
     describe_gauge!(
         CONFIG_SNAPSHOT_REVISION,

@@ -544,6 +544,7 @@ impl Ctx {
         let mut backoff = Duration::from_millis(100);
         loop {
             let sends = pending.into_iter().map(|(subject, publish)| async move {
+                let sent = Instant::now();
                 let result = match self.js.send_publish(subject.clone(), publish.clone()).await {
                     Ok(ack) => ack
                         .into_future()
@@ -552,6 +553,8 @@ impl Ctx {
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
+                metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "worker")
+                    .record(sent.elapsed().as_secs_f64());
                 result.map_err(|e| (subject, publish, e))
             });
             let mut last_error = String::new();

@@ -19,6 +19,7 @@
 //! delivery is let through as a probe: success closes the circuit, failure re-opens it with a
 //! doubled cool-down (up to [`MAX_COOLDOWN`]). State is per worker process.
 
+use gancho_telemetry::names;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use std::collections::HashMap;
@@ -94,6 +95,7 @@ pub struct QueueGuard {
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(names::DELIVERIES_QUEUED).decrement(1.0);
     }
 }
 
@@ -132,6 +134,7 @@ impl Gate {
         let queue_or_defer = |reason: &'static str, after: Duration| {
             let queued = self.queued.fetch_add(1, Ordering::Relaxed);
             if queued < bound {
+                metrics::gauge!(names::DELIVERIES_QUEUED).increment(1.0);
                 Admission::Queue(QueueGuard {
                     queued: self.queued.clone(),
                     epoch: *self.evictions.borrow(),
