@@ -10,6 +10,9 @@ export GANCHO_NATS_SERVER := $(NATS_SERVER)
 export PATH := $(TOOLS)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
+CRYPTOGRAPHY_VERSION := 50.0.2
+# Python's cryptography: the independent ed25519 verifier of tests/signing_v1a.rs.
+PY_CRYPTOGRAPHY := $(TOOLS)/venv/.cryptography-$(CRYPTOGRAPHY_VERSION)
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 KUBERNETES_VALIDATE := $(TOOLS)/venv/bin/kubernetes-validate
 KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
@@ -30,7 +33,7 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) ## Run the whole test suite against real nats-server processes, then test-api, test-alerts, test-deploy and test-manifests.
+test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) ## Run the whole test suite against real nats-server processes, then test-api, test-alerts, test-deploy and test-manifests.
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory test-api
 	$(MAKE) --no-print-directory test-alerts
@@ -64,6 +67,10 @@ test-manifests: $(KUBERNETES_VALIDATE) $(KEDA_SCHEMA) ## The Kubernetes manifest
 	python3 -c 'import json, sys; [json.load(open(f)) for f in sys.argv[1:]]' deploy/grafana/gancho.json
 	@echo "test-manifests: kubernetes manifests, ScaledObject, compose file and its Prometheus config are valid"
 
+$(PY_CRYPTOGRAPHY): $(SCHEMATHESIS)
+	$(TOOLS)/venv/bin/pip install --quiet cryptography==$(CRYPTOGRAPHY_VERSION)
+	touch $@
+
 $(KUBERNETES_VALIDATE): $(SCHEMATHESIS)
 	$(TOOLS)/venv/bin/pip install --quiet kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
 
@@ -79,7 +86,7 @@ $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS)/venv || { apt-get update && apt-get install -y python3-venv && python3 -m venv $(TOOLS)/venv; }
 	$(TOOLS)/venv/bin/pip install --quiet schemathesis==$(SCHEMATHESIS_VERSION)
 
-test-slow: setup ## Run the slow soak tests too (ignored by `make test`).
+test-slow: setup $(PY_CRYPTOGRAPHY) ## Run the slow soak tests too (ignored by `make test`).
 	$(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
 lint: ## clippy with warnings as errors, and rustfmt in check mode.

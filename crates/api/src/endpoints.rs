@@ -7,8 +7,8 @@ use crate::page::{Page, PageQuery};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use gancho_core::{EndpointId, Filter, RetrySchedule, Secret, TenantId};
-use gancho_store::model::{new_endpoint_id, new_secret, MAX_TIMEOUT_MS};
+use gancho_core::{EndpointId, Filter, Key, RetrySchedule, Scheme, TenantId};
+use gancho_store::model::{new_endpoint_id, new_key, MAX_TIMEOUT_MS};
 use gancho_store::{Endpoint, Profile, TokenAuth};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -97,14 +97,88 @@ pub struct EndpointView {
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+    /// How webhooks are signed: `hmac` (`v1`, with the shared `secret`) or `ed25519` (`v1a`,
+    /// verified with `public_keys`).
+    signing: Signing,
+    /// `ed25519` only: the public keys whose signatures a webhook carries, the current one
+    /// first, then rotated-out ones until their `expires_at`. Receivers verify `v1a` with
+    /// them; no secret is shared.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    public_keys: Vec<PublicKeyView>,
+    /// `hmac` only, and only in the answers to create and rotate: the `whsec_` secret. An
+    /// `ed25519` signing key never leaves gancho.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
 
+/// How an endpoint signs its webhooks (Standard Webhooks).
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Signing {
+    /// `webhook-signature: v1,<HMAC-SHA256>` with a shared `whsec_` secret.
+    Hmac,
+    /// `webhook-signature: v1a,<ed25519>`: receivers verify with a `whpk_` public key.
+    Ed25519,
+}
+
+impl Signing {
+    fn scheme(self) -> Scheme {
+        match self {
+            Signing::Hmac => Scheme::Hmac,
+            Signing::Ed25519 => Scheme::Ed25519,
+        }
+    }
+
+    fn of(scheme: Scheme) -> Self {
+        match scheme {
+            Scheme::Hmac => Signing::Hmac,
+            Scheme::Ed25519 => Signing::Ed25519,
+        }
+    }
+}
+
+/// A public key a receiver verifies `v1a` signatures with.
+#[derive(Serialize, ToSchema)]
+pub struct PublicKeyView {
+    #[schema(example = "whpk_PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw=")]
+    key: String,
+    /// When a rotated-out key stops signing; absent for the current key.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    expires_at: Option<OffsetDateTime>,
+}
+
 impl EndpointView {
     fn from(ep: Endpoint, show_secret: bool) -> Self {
+        let current = Key::parse(&ep.secret).ok();
+        let scheme = current.as_ref().map_or(Scheme::Hmac, Key::scheme);
+        let now = OffsetDateTime::now_utc();
+        let public_keys = current
+            .and_then(|k| k.public_key())
+            .map(|k| PublicKeyView {
+                key: k.expose(),
+                expires_at: None,
+            })
+            .into_iter()
+            .chain(
+                ep.previous_secrets
+                    .iter()
+                    .filter(|p| p.expires_at > now)
+                    .filter_map(|p| {
+                        let key = Key::parse(&p.secret).ok()?.public_key()?;
+                        Some(PublicKeyView {
+                            key: key.expose(),
+                            expires_at: Some(p.expires_at),
+                        })
+                    }),
+            )
+            .collect();
         Self {
-            secret: show_secret.then(|| ep.secret.clone()),
+            secret: (show_secret && scheme == Scheme::Hmac).then(|| ep.secret.clone()),
+            signing: Signing::of(scheme),
+            public_keys,
             id: ep.id,
             tenant: ep.tenant,
             url: ep.url,
@@ -341,7 +415,10 @@ pub struct CreateEndpoint {
     headers: BTreeMap<String, String>,
     /// Retry delays, e.g. `0s,5s,5m,30m` (default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h).
     retry_schedule: Option<String>,
-    /// A `whsec_` secret to use instead of a generated one (for migrations).
+    /// `hmac` (default) or `ed25519`.
+    signing: Option<Signing>,
+    /// A `whsec_` secret (or, with `ed25519`, a `whsk_` signing key) to use instead of a
+    /// generated one (for migrations).
     secret: Option<String>,
     /// Created disabled: no deliveries until enabled.
     #[serde(default)]
@@ -430,6 +507,10 @@ pub struct PatchEndpoint {
     #[serde(default)]
     #[schema(ignore)]
     secret: Option<serde::de::IgnoredAny>,
+    /// Refused with a pointer to the rotate route.
+    #[serde(default)]
+    #[schema(ignore)]
+    signing: Option<serde::de::IgnoredAny>,
     /// Refused: an endpoint's id is fixed.
     #[serde(default)]
     #[schema(ignore)]
@@ -615,13 +696,22 @@ pub async fn create(
         timeout_ms,
         body.retry_schedule.as_deref(),
     )?;
-    let secret = match body.secret {
-        Some(s) => {
-            Secret::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
-            s
-        }
-        None => new_secret(),
-    };
+    let secret =
+        match body.secret {
+            Some(s) => {
+                let key = Key::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
+                if let Some(signing) = body.signing.filter(|s| s.scheme() != key.scheme()) {
+                    return Err(ApiError::invalid(format!(
+                    "secret is a {} key but signing is {}: give a {} key, or leave one of them out",
+                    key.scheme().as_str(),
+                    signing.scheme().as_str(),
+                    if signing == Signing::Hmac { "whsec_" } else { "whsk_" }
+                )));
+                }
+                s
+            }
+            None => new_key(body.signing.unwrap_or(Signing::Hmac).scheme()),
+        };
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is valid");
@@ -828,6 +918,13 @@ pub async fn update(
             id.as_str()
         )));
     }
+    if body.signing.is_some() {
+        return Err(ApiError::invalid(format!(
+            "signing cannot be patched; rotate to a key of the other kind with POST /v1/tenants/{}/endpoints/{}/secret/rotate {{\"signing\": \"ed25519\"}}",
+            tenant.as_str(),
+            id.as_str()
+        )));
+    }
     if body.id.is_some() {
         return Err(ApiError::invalid(
             "id cannot be changed; create a new endpoint and delete this one",
@@ -967,16 +1064,20 @@ const MAX_PREVIOUS: usize = 5;
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
-    /// How long the old secret keeps signing, e.g. "24h" (default), "30m", "0s".
+    /// How long the old key keeps signing, e.g. "24h" (default), "30m", "0s".
     grace: Option<String>,
+    /// The kind of the new key (default: the current one's): rotating an `hmac` endpoint
+    /// to `ed25519` sends both signatures during the grace.
+    signing: Option<Signing>,
 }
 
-/// `POST .../endpoints/{id}/secret/rotate`: a new secret, returned once; the old one keeps
-/// signing beside it until now + grace, and stops at that moment.
+/// `POST .../endpoints/{id}/secret/rotate`: a new key (an `hmac` secret is returned once, an
+/// `ed25519` key shows as its public key); the old one keeps signing beside it until now +
+/// grace, and stops at that moment.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/endpoints/{id}/secret/rotate", tag = "endpoints", operation_id = "rotate_endpoint_secret",
     params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
     request_body(content = Option<Rotate>, description = "Optional; no body means a grace of 24 h."),
-    responses((status = 200, description = "The endpoint with its new `secret`, shown only here.", body = EndpointView)))]
+    responses((status = 200, description = "The endpoint with its new `secret` (hmac, shown only here) or its new first public key (ed25519).", body = EndpointView)))]
 pub async fn rotate(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,
@@ -988,7 +1089,9 @@ pub async fn rotate(
         Rotate::default()
     } else {
         serde_json::from_slice(&raw).map_err(|e| {
-            ApiError::bad_request(format!("body must be {{\"grace\": \"24h\"}} or empty: {e}"))
+            ApiError::bad_request(format!(
+                "body must be {{\"grace\": \"24h\", \"signing\": \"hmac\" or \"ed25519\"}} (both optional) or empty: {e}"
+            ))
         })?
     };
     let grace = match body.grace.as_deref() {
@@ -1009,6 +1112,7 @@ pub async fn rotate(
     let ep = state
         .store
         .update_endpoint(tenant.as_str(), id.as_str(), |ep| {
+            let previous = ep.secret.clone();
             ep.previous_secrets.retain(|p| p.expires_at > now);
             if expires_at > now {
                 ep.previous_secrets
@@ -1020,7 +1124,11 @@ pub async fn rotate(
             while ep.previous_secrets.len() > MAX_PREVIOUS {
                 ep.previous_secrets.remove(0);
             }
-            ep.secret = new_secret();
+            let scheme = match body.signing {
+                Some(signing) => signing.scheme(),
+                None => Key::parse(&previous).map_or(Scheme::Hmac, |k| k.scheme()),
+            };
+            ep.secret = new_key(scheme);
             Ok(())
         })
         .await?;

@@ -7,7 +7,8 @@
 //! - [`subject`]: subject, stream and bucket names derived from one prefix.
 //! - [`matching`]: endpoint filters (NATS wildcard semantics on dotted event types) and channels.
 //! - [`net`]: which addresses the SSRF guard lets a webhook reach.
-//! - [`signature`]: `whsec_` secrets, signing and verification (Standard Webhooks).
+//! - [`signature`]: `whsec_` secrets and `whsk_`/`whpk_` ed25519 keys, signing and
+//!   verification (Standard Webhooks `v1` and `v1a`).
 //! - [`webhook`]: the JSON body a receiver gets.
 //! - [`retry`]: retry schedules such as `0s,5s,5m,30m,2h,5h,10h,10h`.
 
@@ -22,5 +23,5 @@ pub mod webhook;
 pub use id::{EndpointId, EventType, IdError, TenantId};
 pub use matching::{Filter, FilterError, Subscription};
 pub use retry::{RetrySchedule, RetryScheduleError};
-pub use signature::{Secret, SecretError, Signer, VerifyError};
+pub use signature::{Key, PublicKey, Scheme, Secret, SecretError, Signer, SigningKey, VerifyError};
 pub use subject::Subjects;

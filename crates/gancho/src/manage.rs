@@ -793,8 +793,8 @@ pub struct Endpoints {
 
 #[derive(Subcommand, Debug)]
 enum EndpointsCmd {
-    /// Create an endpoint; its secret is printed once.
-    /// Example: gancho endpoints create --tenant acme --url https://hooks.example.com/x --filter 'invoice.*'
+    /// Create an endpoint; an hmac secret is printed once, an ed25519 endpoint shows its
+    /// public key. Example: gancho endpoints create --tenant acme --url https://hooks.example.com/x --filter 'invoice.*'
     Create {
         #[arg(long)]
         tenant: String,
@@ -805,6 +805,9 @@ enum EndpointsCmd {
         filters: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// hmac (v1, a shared secret) or ed25519 (v1a: receivers verify with the public key).
+        #[arg(long, value_parser = ["hmac", "ed25519"])]
+        signing: Option<String>,
         #[command(flatten)]
         profile: ProfileArgs,
     },
@@ -871,14 +874,18 @@ enum EndpointsCmd {
         tenant: String,
         id: String,
     },
-    /// New signing secret, printed once; the old one keeps signing for the grace.
-    /// Example: gancho endpoints rotate --tenant acme ep_... --grace 24h
+    /// New signing key (an hmac secret is printed once, an ed25519 key shows as its public
+    /// key); the old one keeps signing for the grace.
+    /// Example: gancho endpoints rotate --tenant acme ep_... --grace 24h --signing ed25519
     Rotate {
         #[arg(long)]
         tenant: String,
         id: String,
         #[arg(long, default_value = "24h")]
         grace: String,
+        /// The new key's kind (default: the current one's).
+        #[arg(long, value_parser = ["hmac", "ed25519"])]
+        signing: Option<String>,
     },
 }
 
@@ -1064,12 +1071,16 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             url,
             filters,
             description,
+            signing,
             profile,
         } => {
             let mut body = serde_json::Map::new();
             body.insert("url".into(), json!(url));
             body.insert("filter_types".into(), json!(filters));
             body.insert("description".into(), json!(description));
+            if let Some(s) = signing {
+                body.insert("signing".into(), json!(s));
+            }
             profile.apply(&mut body)?;
             let body = Value::Object(body);
             let v = call(
@@ -1165,9 +1176,18 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}/resume");
             show(c, &call(c, "POST", &path, None).await?);
         }
-        EndpointsCmd::Rotate { tenant, id, grace } => {
+        EndpointsCmd::Rotate {
+            tenant,
+            id,
+            grace,
+            signing,
+        } => {
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}/secret/rotate");
-            let v = call(c, "POST", &path, Some(json!({"grace": grace}))).await?;
+            let mut body = json!({ "grace": grace });
+            if let Some(s) = signing {
+                body["signing"] = json!(s);
+            }
+            let v = call(c, "POST", &path, Some(body)).await?;
             show(c, &v);
         }
     }

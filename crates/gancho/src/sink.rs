@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use clap::Args;
 use gancho_core::signature::DEFAULT_TOLERANCE_SECS;
-use gancho_core::{Secret, Signer};
+use gancho_core::{Key, PublicKey, Signer};
 use gancho_store::Live;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,9 +23,13 @@ pub struct SinkArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8099")]
     pub listen: SocketAddr,
-    /// The endpoint's whsec_ secret; without it, signatures are not checked.
+    /// The endpoint's whsec_ secret (or whsk_ key); without it or --public-key, signatures
+    /// are not checked.
     #[arg(long, env = "GANCHO_SINK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// The endpoint's whpk_ public key: checks v1a (ed25519) signatures, as a receiver does.
+    #[arg(long, conflicts_with = "secret")]
+    pub public_key: Option<String>,
     /// PEM certificate chain, to serve HTTPS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -44,6 +48,7 @@ pub struct SinkArgs {
 pub enum Verifier {
     None,
     Secret(Signer),
+    PublicKey(PublicKey),
     /// Under `gancho dev`: any endpoint of the live config whose URL points at this sink.
     Live(Arc<Live>),
 }
@@ -63,11 +68,14 @@ struct Sink {
 }
 
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
-    let verifier = match &args.secret {
-        Some(s) => Verifier::Secret(Signer::new(
-            Secret::parse(s).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+    let verifier = match (&args.secret, &args.public_key) {
+        (Some(s), _) => Verifier::Secret(Signer::new(
+            Key::parse(s).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
         )),
-        None => Verifier::None,
+        (None, Some(k)) => Verifier::PublicKey(
+            PublicKey::parse(k).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
+        ),
+        (None, None) => Verifier::None,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
@@ -212,6 +220,12 @@ impl Sink {
                 Ok(()) => "valid",
                 Err(e) => e.kind(),
             },
+            Verifier::PublicKey(key) => {
+                match key.verify(id, ts, sig, &body, now, DEFAULT_TOLERANCE_SECS) {
+                    Ok(()) => "valid",
+                    Err(e) => e.kind(),
+                }
+            }
             Verifier::Live(live) => {
                 let snap = live.load();
                 let path = parts.uri.path();

@@ -14,7 +14,7 @@ use crate::streams::Layout;
 use arc_swap::ArcSwap;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use gancho_core::{RetrySchedule, Secret, Signer, Subscription};
+use gancho_core::{Key, RetrySchedule, Signer, Subscription};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -78,15 +78,15 @@ impl LiveEndpoint {
     }
 
     fn signer(config: &Endpoint) -> Result<Signer, String> {
-        let secret = Secret::parse(&config.secret).map_err(|e| e.to_string())?;
-        let mut signer = Signer::new(secret);
+        let key = Key::parse(&config.secret).map_err(|e| e.to_string())?;
+        let mut signer = Signer::new(key);
         let now = OffsetDateTime::now_utc();
         for old in &config.previous_secrets {
             // Expiry is checked again at each signature, so an old secret stops at its
             // moment, not at the next snapshot.
             if old.expires_at > now {
                 signer = signer.with_previous_until(
-                    Secret::parse(&old.secret).map_err(|e| e.to_string())?,
+                    Key::parse(&old.secret).map_err(|e| e.to_string())?,
                     old.expires_at.unix_timestamp(),
                 );
             }

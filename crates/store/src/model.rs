@@ -255,6 +255,22 @@ pub fn new_secret() -> String {
         .expose()
 }
 
+/// A fresh `whsk_` ed25519 signing key from 32 random bytes.
+pub fn new_signing_key() -> String {
+    use rand::RngCore;
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    gancho_core::SigningKey::from_seed(seed).expose()
+}
+
+/// A fresh key of `scheme`.
+pub fn new_key(scheme: gancho_core::Scheme) -> String {
+    match scheme {
+        gancho_core::Scheme::Hmac => new_secret(),
+        gancho_core::Scheme::Ed25519 => new_signing_key(),
+    }
+}
+
 /// `prefix` and `len` random characters of lowercase base32: ids that are safe in subjects,
 /// URLs and headers.
 pub fn random_id(prefix: &str, len: usize) -> String {

@@ -192,3 +192,121 @@ fn a_rotated_out_key_stops_signing_at_its_expiry() {
     let at = signer.header("evt", 1_000, b"{}");
     assert_eq!(at, new.sign("evt", 1_000, b"{}"));
 }
+
+// RFC 8032, section 7.1, TEST 2: a seed and its public key.
+const RFC_SEED: &str = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
+const RFC_PUBLIC: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn rfc_key() -> SigningKey {
+    SigningKey::from_seed(unhex(RFC_SEED).try_into().unwrap())
+}
+
+#[test]
+fn ed25519_keys_derive_the_published_public_key() {
+    let key = rfc_key();
+    assert_eq!(
+        key.public_key().expose(),
+        format!("whpk_{}", B64.encode(unhex(RFC_PUBLIC)))
+    );
+    // whsk_ holds the seed and the public key; both forms parse back to the same key.
+    let stored = key.expose();
+    assert!(stored.starts_with("whsk_"));
+    assert_eq!(B64.decode(&stored[5..]).unwrap().len(), 64);
+    let seed_only = format!("whsk_{}", B64.encode(unhex(RFC_SEED)));
+    for form in [stored.as_str(), seed_only.as_str()] {
+        assert_eq!(
+            SigningKey::parse(form).unwrap().public_key(),
+            key.public_key()
+        );
+    }
+}
+
+#[test]
+fn v1a_signs_and_verifies_with_the_public_key_only() {
+    let key = rfc_key();
+    let sig = key.sign(V1_ID, V1_TS, V1_BODY.as_bytes());
+    assert!(sig.starts_with("v1a,"), "{sig}");
+    assert_eq!(B64.decode(&sig[4..]).unwrap().len(), 64);
+    let public = PublicKey::parse(&key.public_key().expose()).unwrap();
+    let ts = V1_TS.to_string();
+    assert_eq!(
+        public.verify(V1_ID, &ts, &sig, V1_BODY.as_bytes(), V1_TS, 300),
+        Ok(())
+    );
+    // Another body, id or key does not verify; nor does the HMAC verifier.
+    assert_eq!(
+        public.verify(V1_ID, &ts, &sig, b"{}", V1_TS, 300),
+        Err(VerifyError::NoMatch)
+    );
+    assert_eq!(
+        public.verify("msg_other", &ts, &sig, V1_BODY.as_bytes(), V1_TS, 300),
+        Err(VerifyError::NoMatch)
+    );
+    let other = SigningKey::from_seed([9; 32]).public_key();
+    assert_eq!(
+        other.verify(V1_ID, &ts, &sig, V1_BODY.as_bytes(), V1_TS, 300),
+        Err(VerifyError::NoMatch)
+    );
+    assert_eq!(
+        public.verify(V1_ID, &ts, &sig, V1_BODY.as_bytes(), V1_TS + 301, 300),
+        Err(VerifyError::TooOld)
+    );
+}
+
+#[test]
+fn a_rotation_from_hmac_to_ed25519_signs_with_both() {
+    let old = Secret::parse(V1_KEY).unwrap();
+    let new = rfc_key();
+    let signer = Signer::new(new.clone()).with_previous_until(old, V1_TS + 60);
+    let header = signer.header(V1_ID, V1_TS, V1_BODY.as_bytes());
+    let parts: Vec<&str> = header.split(' ').collect();
+    assert_eq!(parts.len(), 2, "{header}");
+    assert!(
+        parts[0].starts_with("v1a,") && parts[1] == V1_SIG,
+        "{header}"
+    );
+    let ts = V1_TS.to_string();
+    assert!(new
+        .public_key()
+        .verify(V1_ID, &ts, &header, V1_BODY.as_bytes(), V1_TS, 300)
+        .is_ok());
+    assert!(signer
+        .verify(V1_ID, &ts, &header, V1_BODY.as_bytes(), V1_TS, 300)
+        .is_ok());
+    // After the grace, only the ed25519 signature.
+    let later = signer.header(V1_ID, V1_TS + 60, V1_BODY.as_bytes());
+    assert!(later.starts_with("v1a,") && !later.contains(' '), "{later}");
+}
+
+#[test]
+fn signing_key_parsing() {
+    assert!(matches!(
+        Key::parse("whsk_AAAA"),
+        Err(SecretError::BadSigningKeyLength(3))
+    ));
+    let mut raw = unhex(RFC_SEED);
+    raw.extend_from_slice(&[0; 32]);
+    assert_eq!(
+        SigningKey::parse(&format!("whsk_{}", B64.encode(&raw))).unwrap_err(),
+        SecretError::KeyMismatch
+    );
+    assert_eq!(
+        PublicKey::parse("whpk_AAAA").unwrap_err(),
+        SecretError::BadPublicKey
+    );
+    assert_eq!(
+        Key::parse(&rfc_key().expose()).unwrap().scheme(),
+        Scheme::Ed25519
+    );
+    assert_eq!(Key::parse(V1_KEY).unwrap().scheme(), Scheme::Hmac);
+    // The key itself never prints.
+    let printed = format!("{:?} {}", rfc_key(), rfc_key());
+    assert!(!printed.contains(&rfc_key().expose()[5..20]), "{printed}");
+}
