@@ -117,6 +117,19 @@ pub struct Flags {
     /// 100); every other tenant counts as `other`, so series stay bounded. Default: none.
     #[arg(long, env = "GANCHO_METRICS_TENANTS", global = true)]
     pub metrics_tenants: Option<String>,
+    /// Send every webhook through this HTTP CONNECT proxy, http://[user:password@]host:port,
+    /// so receivers see the proxy's fixed addresses. Default: none (direct).
+    #[arg(
+        long,
+        env = "GANCHO_EGRESS_PROXY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub egress_proxy: Option<String>,
+    /// true: CONNECT by host name (for proxies that filter by name; the proxy must then
+    /// refuse private addresses). Default false: CONNECT to an address the worker checked.
+    #[arg(long, env = "GANCHO_EGRESS_PROXY_BY_NAME", global = true)]
+    pub egress_proxy_by_name: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -147,6 +160,8 @@ struct File {
     disable_after: Option<String>,
     log_format: Option<String>,
     metrics_tenants: Option<String>,
+    egress_proxy: Option<String>,
+    egress_proxy_by_name: Option<bool>,
 }
 
 /// The validated configuration.
@@ -187,6 +202,8 @@ pub struct Config {
     pub log_json: bool,
     /// Tenants labelled by name in metrics; the rest are `other`.
     pub metrics_tenants: Vec<String>,
+    /// Every webhook leaves through this proxy.
+    pub egress_proxy: Option<gancho_worker::egress::EgressProxy>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -539,6 +556,25 @@ impl Config {
                 .or(file.metrics_tenants)
                 .as_deref(),
         )?;
+        let by_name = match &flags.egress_proxy_by_name {
+            Some(v) => parse_bool("egress_proxy_by_name", v)?,
+            None => file.egress_proxy_by_name.unwrap_or(false),
+        };
+        let egress_proxy = match flags.egress_proxy.clone().or(file.egress_proxy) {
+            Some(url) => Some(
+                gancho_worker::egress::EgressProxy::parse(url.trim(), by_name).map_err(|why| {
+                    // The URL may hold a password: the message names the key, not the value.
+                    ConfigError(format!("invalid egress_proxy: {why}"))
+                })?,
+            ),
+            None if by_name => {
+                return Err(ConfigError(
+                    "invalid egress_proxy_by_name: it needs egress_proxy (GANCHO_EGRESS_PROXY)"
+                        .into(),
+                ))
+            }
+            None => None,
+        };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -606,6 +642,7 @@ impl Config {
             disable_after,
             log_json,
             metrics_tenants,
+            egress_proxy,
         })
     }
 
@@ -720,6 +757,20 @@ mod tests {
             ),
             (
                 Flags {
+                    egress_proxy: Some("https://user:hunter2@proxy:3128".into()),
+                    ..Default::default()
+                },
+                "invalid egress_proxy: it must be http://",
+            ),
+            (
+                Flags {
+                    egress_proxy_by_name: Some("true".into()),
+                    ..Default::default()
+                },
+                "invalid egress_proxy_by_name: it needs egress_proxy",
+            ),
+            (
+                Flags {
                     metrics_tenants: Some("other".into()),
                     ..Default::default()
                 },
@@ -746,6 +797,7 @@ mod tests {
                 !err.contains("short\""),
                 "the token must not be echoed: {err}"
             );
+            assert!(!err.contains("hunter2"), "a password was echoed: {err}");
         }
     }
 

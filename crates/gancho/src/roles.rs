@@ -143,6 +143,7 @@ pub async fn start(
             extra_ca_file: config.extra_ca_file.clone(),
             stall_after: config.stall_warning_after,
             disable_after: config.disable_after,
+            egress_proxy: config.egress_proxy.clone(),
             ..Default::default()
         };
         tasks.spawn(async move {

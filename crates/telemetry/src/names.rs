@@ -15,7 +15,7 @@ pub const ROUTER_DELIVERIES_CREATED: &str = "gancho_router_deliveries_created_to
 pub const ROUTER_PUBLISH_FAILURES: &str = "gancho_router_publish_failures_total";
 
 /// Attempts by `outcome`: success | http_error | timeout | connect_error | tls_error |
-/// request_error | blocked; and `class` of the answer: 1xx | 2xx | 3xx | 4xx | 5xx | none.
+/// request_error | blocked | proxy_error; and `class` of the answer: 1xx | 2xx | 3xx | 4xx | 5xx | none.
 pub const DELIVERY_ATTEMPTS: &str = "gancho_delivery_attempts_total";
 /// Duration of one HTTP attempt. `outcome` as above.
 pub const DELIVERY_ATTEMPT_DURATION: &str = "gancho_delivery_attempt_duration_seconds";

@@ -7,14 +7,17 @@
 //! - [`tls`]: [`TestCa`], a throwaway CA issuing certificates for `127.0.0.1`/`localhost`.
 //! - [`receiver`]: [`Receiver`], an HTTPS server that records every request and answers
 //!   with a scripted status sequence.
+//! - [`proxy`]: [`ConnectProxy`], an HTTP CONNECT proxy that leaves from its own address.
 //! - [`wait`]: [`wait_until`], the replacement for a bare sleep.
 
 pub mod nats;
+pub mod proxy;
 pub mod receiver;
 pub mod tls;
 pub mod wait;
 
 pub use nats::{nats_server_binary, NatsCluster, NatsServer};
+pub use proxy::{ConnectProxy, ProxyRules, PROXY_SOURCE};
 pub use receiver::{Answer, Received, Receiver};
 pub use tls::TestCa;
 pub use wait::wait_until;

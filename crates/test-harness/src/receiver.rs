@@ -60,6 +60,8 @@ pub struct Received {
     pub body: Bytes,
     pub at: Instant,
     pub version: hyper::Version,
+    /// The address the request came from (an egress proxy's, when one is in the way).
+    pub peer: SocketAddr,
 }
 
 impl Received {
@@ -174,7 +176,7 @@ impl Receiver {
         let rec = record.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let acceptor = acceptor.clone();
@@ -188,7 +190,7 @@ impl Receiver {
                         let conc = conc.clone();
                         async move {
                             conc.enter();
-                            let resp = handle(req, &rec, &*script).await;
+                            let resp = handle(req, peer, &rec, &*script).await;
                             conc.leave();
                             Ok::<_, hyper::Error>(resp)
                         }
@@ -264,6 +266,7 @@ impl Drop for Receiver {
 
 async fn handle(
     req: Request<Incoming>,
+    peer: SocketAddr,
     rec: &Mutex<Record>,
     script: &Script,
 ) -> Response<Full<Bytes>> {
@@ -283,6 +286,7 @@ async fn handle(
         body,
         at: Instant::now(),
         version: parts.version,
+        peer,
     };
     let answer = {
         let mut record = rec.lock().expect("receiver lock");

@@ -284,7 +284,11 @@ impl Ctx {
                 warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries deferred.");
             }
         }
-        self.health.note(ep, outcome.label == "success");
+        // A failing egress proxy is not the endpoint's failure: it opens circuits (so
+        // deliveries wait without spending attempts) but never counts toward disabling.
+        if outcome.label != "proxy_error" {
+            self.health.note(ep, outcome.label == "success");
+        }
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label,
             "class" => gancho_core::subject::status_class(outcome.status),
             "tenant" => gancho_telemetry::tenant_label(&delivery.tenant))

@@ -7,6 +7,7 @@
 //! it checked, so a DNS answer cannot point a webhook at the metadata service. URLs with an IP
 //! literal skip the resolver, so [`Client::check_target`] checks those before each request.
 
+use crate::egress::{Egress, EgressProxy, ProxyError};
 use bytes::Bytes;
 use gancho_core::net::is_public;
 use http_body_util::{BodyExt, Full};
@@ -44,7 +45,7 @@ pub enum ClientError {
 
 /// Resolves with the system resolver, keeping only addresses the policy allows.
 #[derive(Clone)]
-struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     allow_private: bool,
 }
 
@@ -79,10 +80,7 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
-type Inner = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>,
-    Full<Bytes>,
->;
+type Inner = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<Egress>, Full<Bytes>>;
 
 /// What one HTTP attempt produced.
 #[derive(Debug)]
@@ -101,6 +99,8 @@ pub enum SendError {
     Connect(String),
     Tls(String),
     Request(String),
+    /// The egress proxy could not be reached or refused the tunnel.
+    Proxy(String),
 }
 
 impl SendError {
@@ -111,6 +111,7 @@ impl SendError {
             SendError::Connect(_) => "connect_error",
             SendError::Tls(_) => "tls_error",
             SendError::Request(_) => "request_error",
+            SendError::Proxy(_) => "proxy_error",
         }
     }
 
@@ -120,7 +121,8 @@ impl SendError {
             SendError::Blocked(m)
             | SendError::Connect(m)
             | SendError::Tls(m)
-            | SendError::Request(m) => m.clone(),
+            | SendError::Request(m)
+            | SendError::Proxy(m) => m.clone(),
         }
     }
 }
@@ -161,6 +163,8 @@ pub struct Client {
     /// For endpoints without TLS settings of their own.
     inner: Pool,
     allow_private: bool,
+    /// Every connection goes through it when set.
+    proxy: Option<Arc<EgressProxy>>,
     allow_http: bool,
     /// The webpki roots plus GANCHO_EXTRA_CA_FILE.
     roots: Arc<rustls::RootCertStore>,
@@ -182,13 +186,24 @@ fn tls_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVer
         .expect("ring supports TLS 1.2 and 1.3")
 }
 
-/// A pooled client over `tls`, with the SSRF guard.
-fn pooled(tls: rustls::ClientConfig, allow_http: bool, allow_private: bool) -> Pool {
+/// A pooled client over `tls`, with the SSRF guard, direct or through the egress proxy.
+fn pooled(
+    tls: rustls::ClientConfig,
+    allow_http: bool,
+    allow_private: bool,
+    proxy: Option<Arc<EgressProxy>>,
+) -> Pool {
     let config = Arc::new(tls.clone());
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let mut direct = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+    direct.enforce_http(false);
+    direct.set_nodelay(true);
+    direct.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let http = Egress {
+        direct,
+        proxy,
+        allow_private,
+        connect_timeout: CONNECT_TIMEOUT,
+    };
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
     let https = if allow_http {
         builder
@@ -218,7 +233,9 @@ impl Client {
         allow_http: bool,
         allow_private: bool,
         extra_ca: Option<&Path>,
+        proxy: Option<EgressProxy>,
     ) -> Result<Self, ClientError> {
+        let proxy = proxy.map(Arc::new);
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -242,8 +259,9 @@ impl Client {
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         Ok(Self {
-            inner: pooled(tls, allow_http, allow_private),
+            inner: pooled(tls, allow_http, allow_private, proxy.clone()),
             allow_private,
+            proxy,
             allow_http,
             roots: Arc::new(roots),
             identities: Default::default(),
@@ -294,7 +312,7 @@ impl Client {
             }
             _ => builder.with_no_client_auth(),
         };
-        let client = pooled(tls, self.allow_http, self.allow_private);
+        let client = pooled(tls, self.allow_http, self.allow_private, self.proxy.clone());
         let mut identities = self.lock_identities();
         if identities.len() >= MAX_IDENTITIES {
             identities.clear();
@@ -316,6 +334,10 @@ impl Client {
         tls: Arc<rustls::ClientConfig>,
     ) -> Option<SendError> {
         use tokio::io::AsyncReadExt;
+        if self.proxy.is_some() {
+            // The probe connects straight to the receiver, which the proxy exists to avoid.
+            return None;
+        }
         let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(443);
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
@@ -491,6 +513,9 @@ fn classify(e: hyper_util::client::legacy::Error) -> SendError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     let mut text = e.to_string();
     while let Some(s) = source {
+        if let Some(proxy) = s.downcast_ref::<ProxyError>() {
+            return SendError::Proxy(proxy.0.clone());
+        }
         if let Some(tls) = s.downcast_ref::<rustls::Error>() {
             return SendError::Tls(describe_tls(tls));
         }
@@ -524,7 +549,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = format!("https://localhost:{port}/hook");
-        let c = Client::new(false, false, None).unwrap();
+        let c = Client::new(false, false, None, None).unwrap();
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -539,7 +564,7 @@ mod tests {
             err.message()
         );
         // With private endpoints allowed, the same URL gets as far as the TLS handshake.
-        let open = Client::new(false, true, None).unwrap();
+        let open = Client::new(false, true, None, None).unwrap();
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -559,7 +584,7 @@ mod tests {
 
     #[test]
     fn guard_refuses_private_literals_and_plain_http() {
-        let c = Client::new(false, false, None).unwrap();
+        let c = Client::new(false, false, None, None).unwrap();
         let err = c
             .check_target(&"https://10.0.0.5/hook".parse().unwrap())
             .unwrap_err();
@@ -575,7 +600,7 @@ mod tests {
         assert!(c
             .check_target(&"https://hooks.example.com/".parse().unwrap())
             .is_ok());
-        let open = Client::new(true, true, None).unwrap();
+        let open = Client::new(true, true, None, None).unwrap();
         assert!(open
             .check_target(&"http://127.0.0.1:9/".parse().unwrap())
             .is_ok());

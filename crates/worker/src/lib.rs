@@ -30,6 +30,7 @@
 //! - `rearm`: scheduled retries JetStream did not fire (its store was full), scheduled again.
 
 mod deliver;
+pub mod egress;
 pub mod gate;
 pub mod http;
 mod operational;
@@ -78,6 +79,8 @@ pub struct WorkerConfig {
     pub stall_after: Duration,
     /// An endpoint failing for this long is disabled (`GANCHO_DISABLE_AFTER`).
     pub disable_after: Duration,
+    /// Every webhook leaves through this HTTP CONNECT proxy (`GANCHO_EGRESS_PROXY`).
+    pub egress_proxy: Option<egress::EgressProxy>,
 }
 
 impl Default for WorkerConfig {
@@ -90,6 +93,7 @@ impl Default for WorkerConfig {
             jitter: 0.1,
             stall_after: gancho_store::consume::STALL_AFTER,
             disable_after: Duration::from_secs(5 * 86_400),
+            egress_proxy: None,
         }
     }
 }
@@ -115,6 +119,7 @@ pub async fn run(
         config.allow_http,
         config.allow_private,
         config.extra_ca_file.as_deref(),
+        config.egress_proxy.clone(),
     )?;
     let subjects = layout.subjects.clone();
     let requests = config.concurrency.max(1);
