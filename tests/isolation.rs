@@ -127,3 +127,78 @@ async fn the_rate_limit_spreads_deliveries() {
     }
     cancel.cancel();
 }
+
+/// A 429 with `Retry-After: 2` pauses the endpoint: no request reaches it for 2 s (its
+/// queued deliveries wait without spending attempts), while another endpoint on the same
+/// worker keeps being delivered; then everything arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_pauses_the_endpoint_and_not_the_others() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let paused = Receiver::https(&env.ca, |n, _| {
+        if n == 0 {
+            Answer::status(429).header("retry-after", "2")
+        } else {
+            Answer::status(200)
+        }
+    })
+    .await;
+    let other = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint(
+        "acme",
+        "paused",
+        &paused.url("/hook"),
+        &["a.*"],
+        &[],
+        Some("0s,1s,1s,1s,1s"),
+    )
+    .await;
+    env.change("acme", "paused", |ep| ep.max_in_flight = Some(1))
+        .await;
+    env.endpoint("acme", "other", &other.url("/hook"), &["b.*"], &[], None)
+        .await;
+    let cancel = env.run_roles(2).await;
+    for n in 0..10 {
+        env.publish("acme", "a.created", &format!("a-{n}"), b"{}", &[])
+            .await;
+    }
+    wait_until("the 429", Duration::from_secs(10), || {
+        std::future::ready(paused.count() >= 1)
+    })
+    .await;
+    // The other endpoint is delivered all through the pause.
+    for n in 0..20 {
+        env.publish("acme", "b.created", &format!("b-{n}"), b"{}", &[])
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("every delivery to both", Duration::from_secs(30), || {
+        std::future::ready(paused.distinct() == 10 && other.distinct() == 20)
+    })
+    .await;
+    let got = paused.received();
+    let first = got[0].at;
+    let early: Vec<_> = got[1..]
+        .iter()
+        .map(|r| r.at.duration_since(first))
+        .filter(|d| *d < Duration::from_millis(1950))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "requests during the 2 s pause, after: {early:?}"
+    );
+    let during = other
+        .received()
+        .iter()
+        .filter(|r| r.at > first && r.at.duration_since(first) < Duration::from_secs(2))
+        .count();
+    assert!(
+        during >= 5,
+        "only {during} deliveries to the other endpoint during the pause"
+    );
+    // The 429 was one attempt; the deliveries that waited spent none.
+    let attempts = env.attempts("acme", "paused").await;
+    assert_eq!(attempts.len(), 11, "{attempts:?}");
+    assert_eq!(paused.count(), 11);
+    cancel.cancel();
+}

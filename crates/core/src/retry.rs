@@ -168,8 +168,196 @@ fn write_duration(f: &mut fmt::Formatter<'_>, d: Duration) -> fmt::Result {
     }
 }
 
+/// Longest pause a receiver's `Retry-After` may ask for; longer answers are cut to it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as seconds (`120`) or an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`), as a
+/// wait from `now`: a date in the past is no wait; anything longer than
+/// [`MAX_RETRY_AFTER`] is cut to it; anything else is `None` (ignored).
+pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, format)
+        .ok()?
+        .assume_utc();
+    let wait = at - now;
+    Some(if wait.is_negative() {
+        Duration::ZERO
+    } else {
+        wait.unsigned_abs().min(MAX_RETRY_AFTER)
+    })
+}
+
+/// What an attempt produced, as far as the policy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The delivery counts as delivered (per the endpoint's profile).
+    pub delivered: bool,
+    /// The HTTP status; 0 when there was no response (timeout, connection, TLS, proxy).
+    pub status: u16,
+    /// The receiver's `Retry-After`, already parsed and bounded.
+    pub retry_after: Option<Duration>,
+}
+
+/// What happens to the delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    /// Attempt again after this delay.
+    Retry(Duration),
+    /// The schedule is used up: dead-letter it (`exhausted`).
+    GiveUp,
+    /// 410 Gone: the receiver says the endpoint no longer exists; disable it.
+    Disable,
+}
+
+/// What an attempt's answer means, for the delivery and for its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub next: Next,
+    /// Whether the answer shows a working endpoint (feeds the circuit breaker): false for no
+    /// response, 5xx, 408 and 429.
+    pub healthy: bool,
+    /// The receiver asked for a pause (429 or 503 with `Retry-After`): no request to the
+    /// endpoint starts before it ends.
+    pub pause: Option<Duration>,
+}
+
+/// The retry policy in one place, without I/O: what `answer` to attempt `attempt` (1-based)
+/// means under `schedule`. `jitter_fraction` and `unit` (a random number in `[0, 1)`) spread
+/// the retry delay as [`jitter`] does; a `Retry-After` on 429 or 503 is a floor under it.
+pub fn judge(
+    answer: Answer,
+    attempt: u32,
+    schedule: &RetrySchedule,
+    jitter_fraction: f64,
+    unit: f64,
+) -> Verdict {
+    let status = answer.status;
+    let healthy = answer.delivered || (status != 0 && status < 500 && !matches!(status, 408 | 429));
+    let asks_pause = matches!(status, 429 | 503);
+    let pause = answer
+        .retry_after
+        .filter(|d| asks_pause && !answer.delivered && !d.is_zero());
+    let next = if answer.delivered {
+        Next::Delivered
+    } else if status == 410 {
+        Next::Disable
+    } else {
+        match schedule.delay_before(attempt + 1) {
+            Some(delay) => {
+                let delay = jitter(delay, jitter_fraction, unit);
+                Next::Retry(match pause {
+                    Some(p) => delay.max(p),
+                    None => delay,
+                })
+            }
+            None => Next::GiveUp,
+        }
+    };
+    Verdict {
+        next,
+        healthy,
+        pause,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    mod policy {
+        use super::super::*;
+
+        const S: &str = "0s,5s,5m";
+
+        fn verdict(
+            delivered: bool,
+            status: u16,
+            retry_after: Option<u64>,
+            attempt: u32,
+        ) -> Verdict {
+            let answer = Answer {
+                delivered,
+                status,
+                retry_after: retry_after.map(Duration::from_secs),
+            };
+            judge(answer, attempt, &RetrySchedule::parse(S).unwrap(), 0.0, 0.5)
+        }
+
+        #[test]
+        fn table() {
+            use Next::*;
+            let secs = Duration::from_secs;
+            // (delivered, status, retry-after, attempt) -> (next, healthy, pause)
+            type Given = (bool, u16, Option<u64>, u32);
+            type Want = (Next, bool, Option<u64>);
+            let rows: &[(Given, Want)] = &[
+                ((true, 200, None, 1), (Delivered, true, None)),
+                ((true, 202, None, 3), (Delivered, true, None)),
+                // A profile may refuse a 200 (Open Finance wants 202): a healthy failure.
+                ((false, 200, None, 1), (Retry(secs(5)), true, None)),
+                ((false, 500, None, 1), (Retry(secs(5)), false, None)),
+                ((false, 500, None, 2), (Retry(secs(300)), false, None)),
+                ((false, 500, None, 3), (GiveUp, false, None)),
+                ((false, 0, None, 1), (Retry(secs(5)), false, None)),
+                ((false, 404, None, 1), (Retry(secs(5)), true, None)),
+                ((false, 408, None, 1), (Retry(secs(5)), false, None)),
+                ((false, 410, None, 1), (Disable, true, None)),
+                ((false, 410, None, 3), (Disable, true, None)),
+                // 429/503 with Retry-After: a pause, and the retry waits at least as long.
+                ((false, 429, Some(2), 1), (Retry(secs(5)), false, Some(2))),
+                (
+                    (false, 429, Some(60), 1),
+                    (Retry(secs(60)), false, Some(60)),
+                ),
+                (
+                    (false, 503, Some(600), 2),
+                    (Retry(secs(600)), false, Some(600)),
+                ),
+                ((false, 429, None, 1), (Retry(secs(5)), false, None)),
+                ((false, 429, Some(0), 1), (Retry(secs(5)), false, None)),
+                // Retry-After on other statuses is not a pause.
+                ((false, 500, Some(60), 1), (Retry(secs(5)), false, None)),
+                // The last attempt: given up on, but the pause still holds for the others.
+                ((false, 429, Some(30), 3), (GiveUp, false, Some(30))),
+            ];
+            for ((delivered, status, ra, attempt), (next, healthy, pause)) in rows {
+                let v = verdict(*delivered, *status, *ra, *attempt);
+                let want = Verdict {
+                    next: *next,
+                    healthy: *healthy,
+                    pause: pause.map(Duration::from_secs),
+                };
+                assert_eq!(
+                    v, want,
+                    "status {status} attempt {attempt} retry-after {ra:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn retry_after_seconds_and_dates() {
+            let now = time::macros::datetime!(2026-10-21 07:28:00 UTC);
+            let p = |v| parse_retry_after(v, now);
+            assert_eq!(p("120"), Some(Duration::from_secs(120)));
+            assert_eq!(p(" 0 "), Some(Duration::ZERO));
+            assert_eq!(p("999999"), Some(MAX_RETRY_AFTER));
+            assert_eq!(
+                p("Wed, 21 Oct 2026 07:28:30 GMT"),
+                Some(Duration::from_secs(30))
+            );
+            assert_eq!(p("Wed, 21 Oct 2026 07:00:00 GMT"), Some(Duration::ZERO));
+            assert_eq!(p("Thu, 22 Oct 2026 07:28:00 GMT"), Some(MAX_RETRY_AFTER));
+            for bad in ["-5", "soon", "", "1.5", "Wed, 21 Oct 2026 07:28:30 PST"] {
+                assert_eq!(p(bad), None, "{bad:?}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -25,13 +25,16 @@ pub const DELIVERY_E2E: &str = "gancho_delivery_end_to_end_seconds";
 pub const DELIVERY_IN_FLIGHT: &str = "gancho_delivery_in_flight_requests";
 /// Retries scheduled after a failed attempt.
 pub const DELIVERY_RETRIES_SCHEDULED: &str = "gancho_delivery_retries_scheduled_total";
-/// Deliveries deferred without an attempt. `reason`: rate_limited | in_flight_cap | circuit_open.
+/// Deliveries deferred without an attempt. `reason`: rate_limited | in_flight_cap |
+/// circuit_open | retry_after (the receiver asked for a pause).
 pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 /// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable |
 /// invalid.
 pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 /// Endpoints whose circuit is open in this worker.
 pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
+/// Endpoints paused by their receiver's `Retry-After` (429/503) in this worker.
+pub const ENDPOINTS_PAUSED: &str = "gancho_delivery_endpoints_paused";
 /// Endpoints disabled by the worker. `reason`: gone | failing.
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
 /// 1 while the router waits for room in the deliveries stream (at its high-water mark).
@@ -141,6 +144,10 @@ pub fn describe_all() {
     describe_gauge!(
         CIRCUITS_OPEN,
         "Endpoints whose circuit is open in this worker."
+    );
+    describe_gauge!(
+        ENDPOINTS_PAUSED,
+        "Endpoints paused by their receiver's Retry-After in this worker."
     );
     describe_counter!(ROUTER_EVENTS, "Events consumed by the router, by outcome.");
     describe_counter!(

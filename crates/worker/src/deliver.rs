@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Delay before a delivery whose outcome could not be recorded is tried again.
 const NAK_DELAY: Duration = Duration::from_secs(1);
@@ -274,10 +274,27 @@ impl Ctx {
             done
         };
         drop(permit);
-        let healthy = outcome.label == "success"
-            || (outcome.status != 0
-                && outcome.status < 500
-                && !matches!(outcome.status, 408 | 429));
+        let verdict = gancho_core::retry::judge(
+            gancho_core::retry::Answer {
+                delivered: outcome.label == "success",
+                status: outcome.status,
+                retry_after: outcome.retry_after,
+            },
+            attempt_no,
+            &ep.schedule,
+            self.jitter,
+            rand::random::<f64>(),
+        );
+        let healthy = verdict.healthy;
+        if let Some(pause) = verdict.pause {
+            // The receiver asked for a pause: nothing starts to it before the pause ends, and
+            // what waits for it is rescheduled without spending attempts.
+            if gate.pause(pause) {
+                metrics::gauge!(names::ENDPOINTS_PAUSED).set(self.gates.paused() as f64);
+                info!(endpoint = %ep.config.id, pause_ms = pause.as_millis() as u64, status = outcome.status,
+                    "The endpoint asked for a pause (Retry-After); its deliveries wait.");
+            }
+        }
         if gate.record(healthy, latency) {
             metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
             if !healthy {
@@ -296,32 +313,25 @@ impl Ctx {
         metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
             .record(latency.as_secs_f64());
 
-        let next = if outcome.label == "success" {
-            if let Some(at) = delivery.occurred_at.as_ref().and_then(to_datetime) {
-                let e2e = (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0);
-                metrics::histogram!(names::DELIVERY_E2E).record(e2e);
-            }
-            Next::Done
-        } else if outcome.status == 410 {
-            Next::Disable {
-                reason: format!("the endpoint answered 410 Gone at {started_at}"),
-            }
-        } else if let Some(delay) = ep.schedule.delay_before(attempt_no + 1) {
-            let mut delay = jitter(delay, self.jitter, rand::random::<f64>());
-            if matches!(outcome.status, 429 | 503) {
-                if let Some(ra) = outcome.retry_after {
-                    delay = delay.max(ra);
+        let next = match verdict.next {
+            gancho_core::retry::Next::Delivered => {
+                if let Some(at) = delivery.occurred_at.as_ref().and_then(to_datetime) {
+                    let e2e = (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0);
+                    metrics::histogram!(names::DELIVERY_E2E).record(e2e);
                 }
+                Next::Done
             }
-            Next::Retry { delay }
-        } else {
-            Next::Dead {
+            gancho_core::retry::Next::Disable => Next::Disable {
+                reason: format!("the endpoint answered 410 Gone at {started_at}"),
+            },
+            gancho_core::retry::Next::Retry(delay) => Next::Retry { delay },
+            gancho_core::retry::Next::GiveUp => Next::Dead {
                 kind: "exhausted",
                 reason: format!(
                     "gave up after {attempt_no} attempts; last: {}",
                     describe(&outcome)
                 ),
-            }
+            },
         };
         if matches!(next, Next::Done) {
             debug!(endpoint = %ep.config.id, attempt = attempt_no, "Delivered.");

@@ -68,6 +68,8 @@ struct Circuit {
     open_until: Option<Instant>,
     cooldown: Duration,
     probing: bool,
+    /// The receiver asked for a pause (429 or 503 with `Retry-After`) until then.
+    paused_until: Option<Instant>,
 }
 
 /// One endpoint's admission state in this worker.
@@ -120,6 +122,12 @@ impl Gate {
 
     /// Decides what happens to a delivery arriving now.
     pub fn admit(&self) -> Admission {
+        if let Some(after) = self.paused_for() {
+            return Admission::Defer {
+                reason: "retry_after",
+                after,
+            };
+        }
         if let Some(after) = self.circuit_wait() {
             return Admission::Defer {
                 reason: "circuit_open",
@@ -178,10 +186,45 @@ impl Gate {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
+        if let Some(after) = self.paused_for() {
+            return Err(("retry_after", after));
+        }
         match self.circuit_wait() {
             Some(after) => Err(("circuit_open", after)),
             None => Ok(permit),
         }
+    }
+
+    /// Pauses the endpoint for `wait` (a receiver's `Retry-After`): no request starts before
+    /// it ends, and the deliveries waiting in its queue are evicted (deferred). Returns
+    /// whether this starts or extends a pause.
+    pub fn pause(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        let mut c = self.circuit.lock().expect("circuit lock");
+        if c.paused_until.is_some_and(|u| u >= until) {
+            return false;
+        }
+        c.paused_until = Some(until);
+        drop(c);
+        self.evictions.send_modify(|e| *e += 1);
+        true
+    }
+
+    /// `Some(remaining)` while a receiver's pause lasts.
+    fn paused_for(&self) -> Option<Duration> {
+        let mut c = self.circuit.lock().expect("circuit lock");
+        let until = c.paused_until?;
+        let now = Instant::now();
+        if now < until {
+            return Some(until - now);
+        }
+        c.paused_until = None;
+        None
+    }
+
+    /// Whether a receiver's pause is in force.
+    pub fn is_paused(&self) -> bool {
+        self.paused_for().is_some()
     }
 
     /// `Some(wait)` while the circuit refuses deliveries. When a cool-down has ended, the
@@ -213,7 +256,11 @@ impl Gate {
         let mut c = self.circuit.lock().expect("circuit lock");
         let was_open = c.open_until.is_some();
         if healthy {
-            *c = Circuit::default();
+            let paused_until = c.paused_until;
+            *c = Circuit {
+                paused_until,
+                ..Circuit::default()
+            };
             return was_open;
         }
         c.failures += 1;
@@ -272,7 +319,7 @@ impl Gates {
             _ => {
                 if map.len() >= self.prune_at.load(Ordering::Relaxed) {
                     // Deleted or quiet endpoints; keep those in use and open circuits.
-                    map.retain(|_, g| Arc::strong_count(g) > 1 || g.is_open());
+                    map.retain(|_, g| Arc::strong_count(g) > 1 || g.is_open() || g.is_paused());
                     self.prune_at
                         .store((map.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
                 }
@@ -281,6 +328,16 @@ impl Gates {
                 g
             }
         }
+    }
+
+    /// How many endpoints are paused by their receiver's `Retry-After` in this worker.
+    pub fn paused(&self) -> usize {
+        self.map
+            .lock()
+            .expect("gates lock")
+            .values()
+            .filter(|g| g.is_paused())
+            .count()
     }
 
     /// How many endpoints have an open circuit in this worker.
@@ -297,6 +354,47 @@ impl Gates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receivers_pause_defers_everything_until_it_ends() {
+        let g = Gate::new(None, Some(1), 2048);
+        let busy = g.admit();
+        assert!(matches!(busy, Admission::Go(_)));
+        let waiting = g.admit();
+        let Admission::Queue(place) = waiting else {
+            panic!("the second delivery should wait in the queue");
+        };
+        assert!(g.pause(Duration::from_millis(300)));
+        assert!(
+            !g.pause(Duration::from_millis(100)),
+            "a shorter pause extends nothing"
+        );
+        // The queued delivery is evicted; a newcomer is deferred for what is left.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let turn = rt.block_on(g.wait_turn(&place));
+        assert!(matches!(
+            turn,
+            Err(("in_flight_cap", _)) | Err(("retry_after", _))
+        ));
+        drop(place);
+        drop(busy);
+        match g.admit() {
+            Admission::Defer { reason, after } => {
+                assert_eq!(reason, "retry_after");
+                assert!(after <= Duration::from_millis(300));
+            }
+            _ => panic!("paused endpoints defer"),
+        }
+        // A success does not end the pause early; time does.
+        g.record(true, Duration::from_millis(1));
+        assert!(g.is_paused());
+        std::thread::sleep(Duration::from_millis(320));
+        assert!(!g.is_paused());
+        assert!(matches!(g.admit(), Admission::Go(_)));
+    }
 
     #[test]
     fn in_flight_cap_then_queue_then_defer() {

@@ -34,8 +34,6 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TLS probe waits for the handshake, then for the receiver's first word.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
-/// Longest `Retry-After` honoured.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -456,7 +454,9 @@ impl Client {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
+                .and_then(|v| {
+                    gancho_core::retry::parse_retry_after(v, time::OffsetDateTime::now_utc())
+                });
             let mut body = resp.into_body();
             let mut kept = Vec::new();
             while kept.len() < MAX_RESPONSE_BODY {
@@ -482,14 +482,6 @@ impl Client {
             Err(_) => Err(SendError::Timeout),
         }
     }
-}
-
-/// `Retry-After` in seconds (HTTP dates are rare from webhook receivers and are ignored).
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 /// A TLS failure in words that say what to change.
@@ -573,13 +565,6 @@ mod tests {
             .await
             .unwrap_err();
         assert_ne!(err.kind(), "blocked");
-    }
-
-    #[test]
-    fn retry_after_seconds_are_bounded() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]

@@ -171,6 +171,23 @@ pub async fn run(
         failure_lines: Default::default(),
         stopping: cancel.clone(),
     });
+    // Circuits and receivers' pauses end by time, not only at the next attempt: the gauges
+    // follow every few seconds.
+    let gauges = {
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                metrics::gauge!(gancho_telemetry::names::ENDPOINTS_PAUSED)
+                    .set(ctx.gates.paused() as f64);
+                metrics::gauge!(gancho_telemetry::names::CIRCUITS_OPEN)
+                    .set(ctx.gates.open_circuits() as f64);
+            }
+        })
+    };
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
         let ctx = ctx.clone();
         async move { ctx.handle(msg).await }
@@ -178,5 +195,6 @@ pub async fn run(
     .await?;
     let _ = releasing.await;
     let _ = rearming.await;
+    let _ = gauges.await;
     Ok(())
 }
