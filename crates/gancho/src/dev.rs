@@ -132,7 +132,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 /// nats-server: `$GANCHO_NATS_SERVER`, `.tools/bin/nats-server` (what `make setup`
 /// installs), or the `PATH`.
-fn nats_binary() -> PathBuf {
+pub(crate) fn nats_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("GANCHO_NATS_SERVER") {
         return PathBuf::from(p);
     }
@@ -148,11 +148,18 @@ async fn start_nats(data: &Path) -> anyhow::Result<Child> {
     if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
         bail!("port {DEV_NATS_PORT} is already in use; stop what runs there, or set GANCHO_NATS_URL to use that NATS server");
     }
+    spawn_nats(data, DEV_NATS_PORT).await
+}
+
+/// Starts `nats-server -js` on 127.0.0.1:`port` with its store and log under `data`, and
+/// waits until it listens. The child is killed when dropped.
+pub(crate) async fn spawn_nats(data: &Path, port: u16) -> anyhow::Result<Child> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let log = std::fs::File::create(data.join("nats-server.log"))?;
     let bin = nats_binary();
     let mut child = Command::new(&bin)
         .args(["-js", "-a", "127.0.0.1", "-p"])
-        .arg(DEV_NATS_PORT.to_string())
+        .arg(port.to_string())
         .arg("-sd")
         .arg(data.join("nats"))
         .stdout(log.try_clone()?)

@@ -1,6 +1,7 @@
 //! The `gancho` binary: parses the command line and configuration, runs one role (or all of
 //! them under `dev`), and exits 64 with one line when the configuration is invalid.
 
+mod bench;
 mod config;
 mod dev;
 mod manage;
@@ -42,6 +43,10 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Run a receiver that verifies signatures and prints each webhook.
     Sink(sink::SinkArgs),
+    /// Measure gancho as operators run it: its own nats-server, a sink, the api, the router
+    /// and N workers as separate processes; ingest and delivery rates, end-to-end latency,
+    /// CPU and memory per process. Example: gancho bench --endpoints 100 --events 10000 --dead-share 0.2
+    Bench(bench::BenchArgs),
     /// Manage tenants through the API (admin token).
     Tenants(manage::Tenants),
     /// Manage a tenant's API keys through the API (admin token).
@@ -129,6 +134,7 @@ fn main() {
             }
             Command::Publish(args) => publish::run(&config, args).await,
             Command::Sink(args) => sink::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(*args).await,

@@ -1195,7 +1195,23 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
 }
 
 /// One request; a non-2xx answer becomes an error carrying the API's message.
-async fn call(c: &Conn, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+impl Conn {
+    /// A connection to the API at `api_url` with `token` (for `gancho bench`).
+    pub(crate) fn new(api_url: String, token: String) -> Self {
+        Self {
+            api_url,
+            token: Some(token),
+            json: true,
+        }
+    }
+}
+
+pub(crate) async fn call(
+    c: &Conn,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let token = c.token.as_deref().context(
         "no token: pass --token or set GANCHO_TOKEN (the admin token, or a tenant's API key)",
     )?;

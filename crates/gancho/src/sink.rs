@@ -39,7 +39,8 @@ pub struct SinkArgs {
     /// Status to answer with.
     #[arg(long, default_value_t = 200)]
     pub status: u16,
-    /// Print only the totals at exit, not a line per request.
+    /// Print only the totals at exit, not a line per request. Any GET answers the totals
+    /// so far as JSON, with end-to-end latencies (from the body's timestamp).
     #[arg(long)]
     pub quiet: bool,
 }
@@ -58,6 +59,63 @@ struct Counts {
     received: AtomicU64,
     valid: AtomicU64,
     invalid: AtomicU64,
+    /// What `GET` answers (for `gancho bench`): distinct webhooks and end-to-end latencies.
+    seen: std::sync::Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Hashes of (path, webhook-id): a repeat is a duplicate.
+    ids: std::collections::HashSet<u64>,
+    /// Microseconds from the body's `timestamp` (the event's time) to arrival.
+    latencies_us: Vec<u64>,
+}
+
+impl Counts {
+    /// `GET` on the sink: `{"received", "distinct", "valid", "invalid", "latency_us":
+    /// {"p50", "p90", "p99", "max"}}`.
+    fn stats(&self) -> serde_json::Value {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = seen.latencies_us.clone();
+        l.sort_unstable();
+        let q = |p: f64| {
+            if l.is_empty() {
+                0
+            } else {
+                l[((l.len() as f64 - 1.0) * p).round() as usize]
+            }
+        };
+        serde_json::json!({
+            "received": self.received.load(Ordering::Relaxed),
+            "distinct": seen.ids.len(),
+            "valid": self.valid.load(Ordering::Relaxed),
+            "invalid": self.invalid.load(Ordering::Relaxed),
+            "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)},
+        })
+    }
+
+    fn note(&self, path: &str, id: &str, body: &[u8]) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (path, id).hash(&mut h);
+        let latency = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                let ts = v.get("timestamp")?.as_str()?.to_owned();
+                time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .map(|at| {
+                (time::OffsetDateTime::now_utc() - at)
+                    .whole_microseconds()
+                    .max(0) as u64
+            });
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.ids.insert(h.finish());
+        if let Some(us) = latency {
+            seen.latencies_us.push(us);
+        }
+    }
 }
 
 struct Sink {
@@ -193,6 +251,14 @@ pub async fn start_dev(
 
 impl Sink {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == hyper::Method::GET {
+            let mut resp = Response::new(Full::new(Bytes::from(self.counts.stats().to_string())));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            return resp;
+        }
         let (parts, body) = req.into_parts();
         let body = body
             .collect()
@@ -245,6 +311,7 @@ impl Sink {
             }
         };
         self.counts.received.fetch_add(1, Ordering::Relaxed);
+        self.counts.note(parts.uri.path(), id, &body);
         match verdict {
             "valid" => self.counts.valid.fetch_add(1, Ordering::Relaxed),
             "unchecked" => 0,

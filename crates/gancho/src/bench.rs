@@ -1,0 +1,684 @@
+//! `gancho bench`: gancho measured as operators run it. It starts its own nats-server, a
+//! `gancho sink` (HTTPS, its own process), the api, the router and `--workers` workers as
+//! separate processes of this binary; creates a tenant with `--endpoints` endpoints through the
+//! API (a `--dead-share` of them pointing at a black hole that accepts connections and never
+//! answers); sends `--events` events over NATS or HTTP ingest, as a backlog or at `--rate`;
+//! and reports the ingest rate, the delivery rate to the healthy endpoints, end-to-end
+//! latency (event time to arrival at the sink) p50/p90/p99/max, CPU seconds and peak RSS of
+//! every process, deferrals and failed attempts. `--json` prints one JSON object.
+
+use crate::manage::{call, Conn};
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use gancho_proto::Message as _;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Endpoints of the benchmark tenant, each subscribed to every event.
+    #[arg(long, default_value_t = 10)]
+    pub endpoints: usize,
+    /// Events to send; each is delivered to every endpoint.
+    #[arg(long, default_value_t = 10_000)]
+    pub events: usize,
+    /// Bytes of each event's JSON payload.
+    #[arg(long, default_value_t = 1024)]
+    pub payload_bytes: usize,
+    /// Share of endpoints (0 to 0.9) that accept connections and never answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub dead_share: f64,
+    /// Timeout of the dead endpoints, e.g. 5s.
+    #[arg(long, default_value = "5s")]
+    pub dead_timeout: String,
+    /// Events per second; 0 sends them as a backlog, as fast as JetStream takes them.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// How events come in: nats (protobuf on JetStream, as platform services do) or http
+    /// (POST .../events/batch).
+    #[arg(long, default_value = "nats", value_parser = ["nats", "http"])]
+    pub via: String,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Deliver to this HTTPS URL (path /e<N> appended) instead of a local sink; the rate and
+    /// the latency then come from gancho's metrics side only (no sink statistics).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Give up waiting for the deliveries after this long, e.g. 10m.
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const TENANT: &str = "bench";
+const TOKEN_LEN: usize = 32;
+
+/// A process of the run, killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// (peak RSS in MiB, CPU seconds) from /proc.
+    fn usage(&self) -> (f64, f64) {
+        let Some(pid) = self.child.id() else {
+            return (0.0, 0.0);
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm_kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / 100.0)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, written as PEM files under `dir`.
+fn tls_files(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "gancho bench CA");
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
+        .signed_by(&leaf_key, &issuer)?;
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("sink.pem"),
+        dir.join("sink-key.pem"),
+    );
+    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(&cert_path, leaf.pem() + &ca_cert.pem())?;
+    std::fs::write(&key_path, leaf_key.serialize_pem())?;
+    Ok((ca_path, cert_path, key_path))
+}
+
+/// Accepts connections and never answers: a dead endpoint.
+async fn black_hole() -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    Ok(port)
+}
+
+async fn get_json(client: &HttpClient, url: &str) -> Option<Value> {
+    let req = http::Request::get(url).body(Full::new(Bytes::new())).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+async fn get_text(client: &HttpClient, url: &str) -> String {
+    let Ok(req) = http::Request::get(url).body(Full::new(Bytes::new())) else {
+        return String::new();
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+        Ok(Ok(resp)) => resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The sum of every sample of `family` in a Prometheus page whose labels contain `filter`.
+fn metric_sum(page: &str, family: &str, filter: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == family && series.contains(filter)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+fn http_client(ca: Option<&Path>) -> anyhow::Result<HttpClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        for cert in rustls_pemfile::certs(&mut std::fs::read(ca)?.as_slice()) {
+            roots.add(cert?)?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
+fn duration_arg(name: &str, v: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(v.trim())
+        .with_context(|| format!("--{name} {v:?}: expected a duration like 5s or 10m"))
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.endpoints == 0 || args.events == 0 || args.workers == 0 {
+        bail!("--endpoints, --events and --workers must be at least 1");
+    }
+    if !(0.0..=0.9).contains(&args.dead_share) {
+        bail!("--dead-share must be from 0 to 0.9");
+    }
+    let dead_timeout = duration_arg("dead-timeout", &args.dead_timeout)?;
+    let patience = duration_arg("timeout", &args.timeout)?;
+    let dead = (args.endpoints as f64 * args.dead_share).round() as usize;
+    let healthy = args.endpoints - dead;
+    if healthy == 0 {
+        bail!("--dead-share leaves no healthy endpoint to measure");
+    }
+
+    let dir = std::env::temp_dir().join(format!("gancho-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&args, &dir, dead, healthy, dead_timeout, patience).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn bench(
+    args: &BenchArgs,
+    dir: &Path,
+    dead: usize,
+    healthy: usize,
+    dead_timeout: Duration,
+    patience: Duration,
+) -> anyhow::Result<Value> {
+    let quiet = args.json;
+    let say = |m: &str| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    };
+    let exe = std::env::current_exe()?;
+    let nats_port = free_port()?;
+    let nats = crate::dev::spawn_nats(dir, nats_port).await?;
+    let mut procs = vec![Proc {
+        name: "nats-server".into(),
+        child: nats,
+    }];
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let (ca, cert, key) = tls_files(dir)?;
+    let token: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..TOKEN_LEN)
+            .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+            .collect()
+    };
+    let encryption_key = gancho_store::Keyring::generate();
+    let spawn = |name: &str, args: &[&str], envs: &[(&str, String)]| -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(&exe);
+        cmd.args(args)
+            .env("GANCHO_NATS_URL", &nats_url)
+            .env("GANCHO_ADMIN_TOKEN", &token)
+            .env("GANCHO_ENCRYPTION_KEY", &encryption_key)
+            .env("GANCHO_EXTRA_CA_FILE", &ca)
+            .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+        })
+    };
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+
+    let sink_port = free_port()?;
+    if args.target.is_none() {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let sink_args = [
+            "sink",
+            "--listen",
+            &listen(sink_port),
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--quiet",
+        ];
+        procs.push(spawn("sink", &sink_args, &[])?);
+    }
+    let api_port = free_port()?;
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    procs.push(spawn(
+        "api",
+        &["api"],
+        &[
+            ("GANCHO_API_LISTEN", listen(api_port)),
+            ("GANCHO_METRICS_LISTEN", listen(free_port()?)),
+        ],
+    )?);
+    let router_metrics = free_port()?;
+    procs.push(spawn(
+        "router",
+        &["router"],
+        &[("GANCHO_METRICS_LISTEN", listen(router_metrics))],
+    )?);
+    let mut metrics_ports = Vec::new();
+    for i in 0..args.workers {
+        let port = free_port()?;
+        metrics_ports.push(port);
+        procs.push(spawn(
+            &format!("worker-{}", i + 1),
+            &["worker"],
+            &[("GANCHO_METRICS_LISTEN", listen(port))],
+        )?);
+    }
+    let client = http_client(Some(&ca))?;
+    let ready = Instant::now();
+    while get_text(&client, &format!("{api_url}/readyz")).await != "ready\n" {
+        if ready.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the api did not get ready in 30 s; see {}/api.log",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The tenant and its endpoints, through the API.
+    let conn = Conn::new(api_url.clone(), token.clone());
+    call(&conn, "POST", "/v1/tenants", Some(json!({"id": TENANT}))).await?;
+    let hole = black_hole().await?;
+    let base = args
+        .target
+        .clone()
+        .unwrap_or_else(|| format!("https://127.0.0.1:{sink_port}"));
+    let bar = progress(quiet, args.endpoints as u64, "endpoints");
+    let creates = (0..args.endpoints).map(|i| {
+        let conn = &conn;
+        let bar = &bar;
+        let is_dead = i < dead;
+        let base = &base;
+        async move {
+            let body = if is_dead {
+                json!({"url": format!("https://127.0.0.1:{hole}/e{i}"), "timeout_ms": dead_timeout.as_millis() as u64})
+            } else {
+                json!({"url": format!("{}/e{i}", base.trim_end_matches('/'))})
+            };
+            let r = call(conn, "POST", &format!("/v1/tenants/{TENANT}/endpoints"), Some(body)).await;
+            bar.inc(1);
+            r
+        }
+    });
+    use futures::StreamExt as _;
+    let created: Vec<_> = futures::stream::iter(creates)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    for c in created {
+        c?;
+    }
+    // Every role's snapshot has every endpoint before the first event.
+    let mut config_ports = vec![router_metrics];
+    config_ports.extend(&metrics_ports);
+    let waited = Instant::now();
+    loop {
+        let mut behind = false;
+        for port in &config_ports {
+            let page = get_text(&client, &format!("http://127.0.0.1:{port}/metrics")).await;
+            let applied = metric_sum(&page, "gancho_config_snapshot_revision", "");
+            let latest = metric_sum(&page, "gancho_config_revision", "");
+            behind |= latest == 0.0 || applied < latest;
+        }
+        if !behind {
+            break;
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("the roles did not load the config in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    say(&format!(
+        "gancho bench: {} events x {} endpoints ({} dead), {} worker(s), via {}, {}",
+        args.events,
+        args.endpoints,
+        dead,
+        args.workers,
+        args.via,
+        if args.rate == 0 {
+            "as a backlog".to_string()
+        } else {
+            format!("at {} events/s", args.rate)
+        }
+    ));
+
+    // Send.
+    let expected = (args.events * healthy) as u64;
+    let started = Instant::now();
+    let sender = {
+        let (via, events, rate, payload_bytes) =
+            (args.via.clone(), args.events, args.rate, args.payload_bytes);
+        let (nats_url, api_url, token) = (nats_url.clone(), api_url.clone(), token.clone());
+        let client = client.clone();
+        tokio::spawn(async move {
+            send(
+                &via,
+                events,
+                rate,
+                payload_bytes,
+                &nats_url,
+                &api_url,
+                &token,
+                &client,
+            )
+            .await
+        })
+    };
+    let sink_stats = format!("https://127.0.0.1:{sink_port}/stats");
+    let bar = progress(quiet, expected, "deliveries");
+    let mut sent_for = None;
+    let mut last = Value::Null;
+    loop {
+        if sent_for.is_none() && sender.is_finished() {
+            sent_for = Some(started.elapsed());
+        }
+        if args.target.is_none() {
+            if let Some(s) = get_json(&client, &sink_stats).await {
+                let distinct = s["distinct"].as_u64().unwrap_or(0);
+                bar.set_position(distinct.min(expected));
+                last = s;
+                if distinct >= expected {
+                    break;
+                }
+            }
+        } else {
+            let mut ok = 0.0;
+            for port in &metrics_ports {
+                let page = get_text(&client, &format!("http://127.0.0.1:{port}/metrics")).await;
+                ok += metric_sum(
+                    &page,
+                    "gancho_delivery_attempts_total",
+                    "outcome=\"success\"",
+                );
+            }
+            bar.set_position((ok as u64).min(expected));
+            if ok as u64 >= expected {
+                break;
+            }
+        }
+        if started.elapsed() > patience {
+            bar.abandon();
+            bail!(
+                "{} of {expected} deliveries after {patience:?}; logs in {}",
+                bar.position(),
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let sent = sender.await??;
+    let sent_for = sent_for.unwrap_or(elapsed);
+
+    // What the workers saw.
+    let (mut deferred, mut failed) = (0.0, 0.0);
+    for port in &metrics_ports {
+        let page = get_text(&client, &format!("http://127.0.0.1:{port}/metrics")).await;
+        deferred += metric_sum(&page, "gancho_delivery_deferred_total", "");
+        failed += metric_sum(&page, "gancho_delivery_attempts_total", "")
+            - metric_sum(
+                &page,
+                "gancho_delivery_attempts_total",
+                "outcome=\"success\"",
+            );
+    }
+    let processes: Vec<Value> = procs
+        .iter()
+        .map(|p| {
+            let (rss, cpu) = p.usage();
+            json!({"name": p.name, "peak_rss_mib": (rss * 10.0).round() / 10.0, "cpu_s": (cpu * 100.0).round() / 100.0})
+        })
+        .collect();
+    let nats_version = std::process::Command::new(crate::dev::nats_binary())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    Ok(json!({
+        "events": args.events,
+        "endpoints": args.endpoints,
+        "dead_endpoints": dead,
+        "workers": args.workers,
+        "via": args.via,
+        "rate": args.rate,
+        "payload_bytes": args.payload_bytes,
+        "deliveries": expected,
+        "ingest_per_s": (sent as f64 / sent_for.as_secs_f64()).round(),
+        "deliveries_per_s": (expected as f64 / elapsed.as_secs_f64()).round(),
+        "elapsed_s": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "latency_ms": {
+            "p50": last["latency_us"]["p50"].as_f64().map(|v| v / 1000.0),
+            "p90": last["latency_us"]["p90"].as_f64().map(|v| v / 1000.0),
+            "p99": last["latency_us"]["p99"].as_f64().map(|v| v / 1000.0),
+            "max": last["latency_us"]["max"].as_f64().map(|v| v / 1000.0),
+        },
+        "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64()).map(|(r, d)| r - d),
+        "deferred": deferred,
+        "failed_attempts": failed,
+        "processes": processes,
+        "nats_server": nats_version,
+    }))
+}
+
+fn progress(hidden: bool, total: u64, what: &str) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{pos}}/{{len}} [{{bar:30}}] {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Sends the events; returns how many were accepted.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    via: &str,
+    events: usize,
+    rate: u64,
+    payload_bytes: usize,
+    nats_url: &str,
+    api_url: &str,
+    token: &str,
+    client: &HttpClient,
+) -> anyhow::Result<usize> {
+    let pad = "x".repeat(payload_bytes.saturating_sub(24));
+    let payload = |n: usize| format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+    // At a fixed rate, events go out in ticks of 10 ms.
+    let per_tick = if rate == 0 {
+        usize::MAX
+    } else {
+        (rate as usize / 100).max(1)
+    };
+    let mut tick = tokio::time::interval(if rate == 0 {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_secs_f64(per_tick as f64 / rate as f64)
+    });
+    if via == "nats" {
+        let js = jetstream::new(async_nats::connect(nats_url).await?);
+        let subject = format!("gancho.events.{TENANT}.charge.paid");
+        let mut acks = Vec::with_capacity(1000);
+        let mut n = 0;
+        while n < events {
+            if rate > 0 {
+                tick.tick().await;
+            }
+            let end = (n + per_tick.min(1000)).min(events);
+            for i in n..end {
+                let now = time::OffsetDateTime::now_utc();
+                let ev = gancho_proto::Event {
+                    id: format!("evt-{i}"),
+                    tenant: TENANT.into(),
+                    r#type: "charge.paid".into(),
+                    occurred_at: Some(gancho_proto::timestamp(now)),
+                    payload: payload(i).into_bytes().into(),
+                    ..Default::default()
+                };
+                let publish = PublishMessage::build()
+                    .payload(ev.encode_to_vec().into())
+                    .message_id(ev.id.clone());
+                acks.push(js.send_publish(subject.clone(), publish).await?);
+            }
+            n = end;
+            if acks.len() >= 1000 || n == events {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
+            }
+        }
+        Ok(events)
+    } else {
+        let url = format!("{api_url}/v1/tenants/{TENANT}/events/batch");
+        let mut n = 0;
+        while n < events {
+            if rate > 0 {
+                tick.tick().await;
+            }
+            let end = (n + per_tick.min(500)).min(events);
+            let now = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)?;
+            let batch: Vec<Value> = (n..end)
+                .map(|i| {
+                    json!({"id": format!("evt-{i}"), "type": "charge.paid", "occurred_at": now,
+                        "data": serde_json::from_str::<Value>(&payload(i)).unwrap_or(Value::Null)})
+                })
+                .collect();
+            let req = http::Request::post(&url)
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(json!({"events": batch}).to_string())))?;
+            let resp = client.request(req).await?;
+            if !resp.status().is_success() {
+                bail!("HTTP ingest answered {}", resp.status());
+            }
+            n = end;
+        }
+        Ok(events)
+    }
+}
+
+fn print_report(r: &Value) {
+    let f = |v: &Value| match v.as_f64() {
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    };
+    println!(
+        "\n{} events x {} endpoints ({} dead) = {} deliveries to healthy endpoints; {} worker(s); via {}; {}",
+        r["events"], r["endpoints"], r["dead_endpoints"], r["deliveries"], r["workers"],
+        r["via"].as_str().unwrap_or(""),
+        if r["rate"] == 0 { "backlog".to_string() } else { format!("{} events/s", r["rate"]) }
+    );
+    println!("  ingest           {} events/s", f(&r["ingest_per_s"]));
+    println!(
+        "  delivery         {} deliveries/s ({} s)",
+        f(&r["deliveries_per_s"]),
+        f(&r["elapsed_s"])
+    );
+    let l = &r["latency_ms"];
+    println!(
+        "  end-to-end ms    p50 {}  p90 {}  p99 {}  max {}",
+        f(&l["p50"]),
+        f(&l["p90"]),
+        f(&l["p99"]),
+        f(&l["max"])
+    );
+    println!(
+        "  deferred {}  failed attempts {}  duplicates {}",
+        f(&r["deferred"]),
+        f(&r["failed_attempts"]),
+        f(&r["duplicates"])
+    );
+    println!("  {:<14} {:>10} {:>8}", "process", "peak RSS", "CPU s");
+    for p in r["processes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<14} {:>7} MiB {:>8}",
+            p["name"].as_str().unwrap_or(""),
+            f(&p["peak_rss_mib"]),
+            f(&p["cpu_s"])
+        );
+    }
+    println!("  {}", r["nats_server"].as_str().unwrap_or(""));
+}
