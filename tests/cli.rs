@@ -447,3 +447,65 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(v["role"], "router");
     support::terminate(&mut router);
 }
+
+/// `gancho bench` on a small run: every process of its own, two workers, a dead endpoint;
+/// the report counts exactly the healthy deliveries, none twice, with latencies and the usage
+/// of every process.
+#[test]
+fn bench_reports_a_small_run() {
+    let out = gancho()
+        .args([
+            "bench",
+            "--endpoints",
+            "5",
+            "--events",
+            "200",
+            "--dead-share",
+            "0.2",
+            "--workers",
+            "2",
+            "--json",
+        ])
+        .env(
+            "GANCHO_NATS_SERVER",
+            gancho_test_harness::nats_server_binary(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["dead_endpoints"], 1, "{r}");
+    assert_eq!(r["deliveries"], 800, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert!(r["deliveries_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let p50 = r["latency_ms"]["p50"].as_f64().unwrap();
+    let p99 = r["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p99, "{r}");
+    let names: Vec<&str> = r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["nats-server", "sink", "api", "router", "worker-1", "worker-2"]
+    );
+    assert!(r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["peak_rss_mib"].as_f64().unwrap() > 0.0));
+    // Bad arguments say what to fix.
+    let out = gancho()
+        .args(["bench", "--dead-share", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dead-share must be from 0 to 0.9"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

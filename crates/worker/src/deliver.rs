@@ -30,6 +30,10 @@ const FULL_PATIENCE: Duration = Duration::from_secs(2);
 const FULL_NAK_DELAY: Duration = Duration::from_secs(10);
 /// How much longer than its retry schedule a delivery may keep being deferred.
 const DEFER_GRACE: Duration = Duration::from_secs(3600);
+/// First wait of a delivery deferred for a full queue or an open circuit; it doubles with
+/// each further deferral up to [`MAX_DEFER_BACKOFF`].
+const DEFER_BACKOFF_START: Duration = Duration::from_millis(500);
+const MAX_DEFER_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Keeps `msg` ours while `fut` runs (see [`consume::with_progress`]).
 async fn with_progress<F: std::future::Future>(msg: &jetstream::Message, fut: F) -> F::Output {
@@ -406,6 +410,21 @@ impl Ctx {
                 return self.finish(msg, Some(&delivery), None, next).await;
             }
         }
+        // A full queue or an open circuit says little about when the endpoint will take a
+        // delivery: each further deferral of the same delivery waits twice as long (from
+        // 500 ms up to MAX_DEFER_BACKOFF, or the circuit's cool-down if longer). Otherwise an
+        // endpoint that stops answering sends thousands of deliveries round JetStream every
+        // second while its probe times out, and they all come back at once when the cool-down
+        // ends; that churn is what a dead endpoint cost the healthy ones (BENCHMARKS.md).
+        // The rate limit and a receiver's Retry-After come with their exact wait.
+        let after = if matches!(reason, "in_flight_cap" | "circuit_open") {
+            let grown = DEFER_BACKOFF_START
+                .saturating_mul(1 << delivery.deferrals.min(8))
+                .min(MAX_DEFER_BACKOFF);
+            after.max(grown)
+        } else {
+            after
+        };
         delivery.deferrals += 1;
         let delay = jitter(after, 0.2, rand::random::<f64>());
         debug!(endpoint = %ep.config.id, reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");

@@ -237,8 +237,9 @@ impl Gate {
             return Some(until - now);
         }
         if c.probing {
-            // A probe is in flight; the others wait for its verdict.
-            return Some(Duration::from_secs(1));
+            // A probe is in flight; the others wait for its verdict, as long as a cool-down
+            // (a failed probe doubles it; a good one lets them through on their next turn).
+            return Some(c.cooldown.max(Duration::from_secs(1)));
         }
         c.probing = true;
         None
