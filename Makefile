@@ -17,7 +17,10 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 KUBERNETES_VALIDATE := $(TOOLS)/venv/bin/kubernetes-validate
 KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
 
-.PHONY: help setup run build test test-api test-alerts test-deploy test-manifests test-slow lint fmt bench clean
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := event filter signature url retry
+
+.PHONY: help setup run build test test-api test-alerts test-deploy test-manifests test-slow lint fmt bench fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,6 +101,13 @@ fmt: ## Format the code.
 
 bench: setup ## Run the benchmarks (results go to BENCHMARKS.md by hand, with the machine).
 	$(CARGO) bench -p gancho-core -p gancho
+
+fuzz: ## Each cargo fuzz target (fuzz/) for FUZZ_SECONDS (default 30), after replaying the crashes kept in fuzz/regressions/.
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	    if [ -d regressions/$$t ]; then RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t regressions/$$t/* || exit 1; fi; \
+	    RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
 
 clean: ## Remove build output and the dev data directory (keeps .tools/).
 	$(CARGO) clean

@@ -490,7 +490,14 @@ fn bench_reports_a_small_run() {
         .collect();
     assert_eq!(
         names,
-        ["nats-server", "sink", "api", "router", "worker-1", "worker-2"]
+        [
+            "nats-server",
+            "sink",
+            "api",
+            "router",
+            "worker-1",
+            "worker-2"
+        ]
     );
     assert!(r["processes"]
         .as_array()

@@ -534,44 +534,8 @@ pub(crate) fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
 }
 
 fn check_url(state: &ApiState, url: &str) -> Result<(), ApiError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| ApiError::invalid(format!("url {url:?} is not a valid URL")))?;
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if state.allow_http => {}
-        Some("http") => {
-            return Err(ApiError::invalid(format!(
-                "endpoint url {url:?} is not https; use https, or set GANCHO_ALLOW_HTTP_ENDPOINTS=true for development"
-            )))
-        }
-        _ => return Err(ApiError::invalid(format!("url {url:?} must start with https://"))),
-    }
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        // Never echo the URL back: its user info is a credential.
-        return Err(ApiError::invalid(
-            "url carries a user name or password (user:password@host); remove it and send credentials in \"headers\" instead, e.g. {\"authorization\": \"Basic ...\"}",
-        ));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| ApiError::invalid(format!("url {url:?} has no host")))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if !state.allow_private {
-        let private = match bare.parse::<std::net::IpAddr>() {
-            Ok(ip) => !gancho_core::net::is_public(ip),
-            Err(_) => bare.eq_ignore_ascii_case("localhost") || bare.ends_with(".localhost"),
-        };
-        if private {
-            return Err(ApiError::invalid(format!(
-                "endpoint url {url:?} points at a private address; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true for development"
-            )));
-        }
-    }
-    if url.len() > 2048 {
-        return Err(ApiError::invalid("url is longer than 2048 characters"));
-    }
-    Ok(())
+    gancho_core::net::check_endpoint_url(url, state.allow_http, state.allow_private)
+        .map_err(ApiError::invalid)
 }
 
 fn check_filters(filters: &[String]) -> Result<(), ApiError> {

@@ -6,6 +6,72 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Longest endpoint URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Checks an endpoint URL as the API stores it: `https://` (or `http://` when allowed), a
+/// host, no user info (a credential in the URL would be echoed and logged), not a private
+/// address or `localhost` unless allowed, at most [`MAX_URL_LEN`] characters. The error says
+/// what to fix and never repeats user info.
+pub fn check_endpoint_url(url: &str, allow_http: bool, allow_private: bool) -> Result<(), String> {
+    if url.len() > MAX_URL_LEN {
+        return Err(format!("url is longer than {MAX_URL_LEN} characters"));
+    }
+    let shown = redact_userinfo(url);
+    let url = shown.as_str();
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("url {url:?} is not a valid URL"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "url carries a user name or password (user:password@host); remove it and send credentials in \"headers\" instead, e.g. {\"authorization\": \"Basic ...\"}".into(),
+        );
+    }
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => {
+            return Err(format!(
+                "endpoint url {url:?} is not https; use https, or set GANCHO_ALLOW_HTTP_ENDPOINTS=true for development"
+            ))
+        }
+        _ => return Err(format!("url {url:?} must start with https://")),
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("url {url:?} has no host"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if !allow_private {
+        let private = match bare.parse::<IpAddr>() {
+            Ok(ip) => !is_public(ip),
+            Err(_) => {
+                bare.eq_ignore_ascii_case("localhost")
+                    || bare.to_ascii_lowercase().ends_with(".localhost")
+            }
+        };
+        if private {
+            return Err(format!(
+                "endpoint url {url:?} points at a private address; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true for development"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `url` with anything between `://` and an `@` before the path replaced by `***`, so an
+/// error that quotes a URL never quotes its credentials (valid URL or not).
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Whether `ip` is a public unicast address a webhook may be delivered to.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
@@ -52,6 +118,36 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_urls_say_what_to_fix_and_never_echo_credentials() {
+        let ok = |u: &str| check_endpoint_url(u, false, false);
+        assert!(ok("https://hooks.example.com/x?y=1").is_ok());
+        for (url, want) in [
+            ("http://hooks.example.com/x", "is not https"),
+            ("ftp://hooks.example.com/x", "must start with https://"),
+            ("https://10.0.0.5/x", "private address"),
+            ("https://[::1]/x", "private address"),
+            ("https://169.254.169.254/latest", "private address"),
+            ("https://api.localhost/x", "private address"),
+            (
+                "https://user:hunter22@hooks.example.com/x",
+                "user name or password",
+            ),
+            // Not a valid URL, and still no password in the message (found by fuzzing).
+            ("https://user:hunter22@exa mple.com/x", "not a valid URL"),
+            ("not a url", "not a valid URL"),
+        ] {
+            let err = ok(url).unwrap_err();
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains("hunter22"), "{url}: {err}");
+        }
+        let long = format!("https://hooks.example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert!(ok(&long).unwrap_err().contains("longer than 2048"));
+        assert!(check_endpoint_url("http://127.0.0.1:8080/x", true, true).is_ok());
+        assert_eq!(redact_userinfo("https://u:p@h/x@y"), "https://***@h/x@y");
+        assert_eq!(redact_userinfo("https://h/x@y"), "https://h/x@y");
+    }
 
     fn public(s: &str) -> bool {
         is_public(s.parse().unwrap())
