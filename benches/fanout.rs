@@ -31,28 +31,9 @@ struct Round {
 
 /// Peak resident set (MB) and CPU seconds (user + system) of a running child, from /proc.
 fn usage(child: &Child) -> (f64, f64) {
-    let pid = child.id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the ')'.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    (hwm_kb / 1024.0, cpu)
+    gancho_telemetry::process_usage(&child.id().to_string()).map_or((0.0, 0.0), |u| {
+        (u.peak_rss_bytes / (1024.0 * 1024.0), u.cpu_seconds)
+    })
 }
 
 async fn round(fan_out: usize) -> Round {

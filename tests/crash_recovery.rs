@@ -38,37 +38,7 @@ async fn run(events: usize, kill_rounds: usize) {
     let mut worker = env.spawn("worker");
 
     // Publish in the background so the kills land while events are still arriving.
-    let js = env.js.clone();
-    let subjects = env.layout.subjects.clone();
-    let publisher = tokio::spawn(async move {
-        let mut acks = Vec::new();
-        for n in 0..events {
-            let ev = gancho_proto::Event {
-                id: format!("evt-{n}"),
-                tenant: "acme".into(),
-                r#type: "charge.paid".into(),
-                payload: format!(r#"{{"n":{n}}}"#).into_bytes().into(),
-                ..Default::default()
-            };
-            use gancho_proto::Message as _;
-            let publish = async_nats::jetstream::message::PublishMessage::build()
-                .payload(ev.encode_to_vec().into())
-                .message_id(format!("evt-{n}"));
-            acks.push(
-                js.send_publish(subjects.event("acme", "charge.paid"), publish)
-                    .await
-                    .unwrap(),
-            );
-            if acks.len() == 500 {
-                for ack in acks.drain(..) {
-                    ack.await.unwrap();
-                }
-            }
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    });
+    let publisher = env.publish_in_background("acme", "charge.paid", events, 500, Duration::ZERO);
 
     // Each round: let some deliveries through, SIGKILL the router and restart it, let more
     // through, SIGKILL the worker and restart it.

@@ -30,38 +30,6 @@ fn sigterm(child: &mut Child, patience: Duration) -> (ExitStatus, Duration) {
     panic!("the worker did not exit within {patience:?} of SIGTERM");
 }
 
-/// Publishes `n` events in the background, so the signal lands while events still arrive.
-fn publish_in_background(env: &support::Env, n: usize) -> tokio::task::JoinHandle<()> {
-    let js = env.js.clone();
-    let subject = env.layout.subjects.event("acme", "charge.paid");
-    tokio::spawn(async move {
-        use gancho_proto::Message as _;
-        let mut acks = Vec::new();
-        for i in 0..n {
-            let ev = gancho_proto::Event {
-                id: format!("evt-{i}"),
-                tenant: "acme".into(),
-                r#type: "charge.paid".into(),
-                payload: format!(r#"{{"n":{i}}}"#).into_bytes().into(),
-                ..Default::default()
-            };
-            let publish = async_nats::jetstream::message::PublishMessage::build()
-                .payload(ev.encode_to_vec().into())
-                .message_id(format!("evt-{i}"));
-            acks.push(js.send_publish(subject.clone(), publish).await.unwrap());
-            if acks.len() == 100 {
-                for ack in acks.drain(..) {
-                    ack.await.unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    })
-}
-
 /// Requests shorter than the grace: every one in flight at the signal is finished and acked,
 /// those waiting for the endpoint's turn are handed back, so the second worker sends
 /// nothing twice.
@@ -82,7 +50,13 @@ async fn sigterm_finishes_in_flight_work_and_loses_nothing() {
         .await;
     let mut router = env.spawn("router");
     let mut first = env.spawn_with(&["worker"], &[("GANCHO_SHUTDOWN_GRACE", "10s")]);
-    let publisher = publish_in_background(&env, EVENTS);
+    let publisher = env.publish_in_background(
+        "acme",
+        "charge.paid",
+        EVENTS,
+        100,
+        Duration::from_millis(20),
+    );
 
     wait_until("deliveries under way", Duration::from_secs(60), || {
         std::future::ready(rx.count() >= 300)

@@ -157,6 +157,49 @@ impl Env {
         }
     }
 
+    /// Publishes `n` events `evt-<i>` (payload `{"n":<i>}`) to `tenant`'s `ty` subject in the
+    /// background, so a fault lands while events still arrive: PubAcks are awaited every
+    /// `every` events, with `pause` after each such batch. A refused publish fails the test.
+    pub fn publish_in_background(
+        &self,
+        tenant: &str,
+        ty: &str,
+        n: usize,
+        every: usize,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let js = self.js.clone();
+        let subject = self.layout.subjects.event(tenant, ty);
+        let (tenant, ty) = (tenant.to_owned(), ty.to_owned());
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..n {
+                let ev = Event {
+                    id: format!("evt-{i}"),
+                    tenant: tenant.clone(),
+                    r#type: ty.clone(),
+                    payload: format!(r#"{{"n":{i}}}"#).into_bytes().into(),
+                    ..Default::default()
+                };
+                let publish = PublishMessage::build()
+                    .payload(ev.encode_to_vec().into())
+                    .message_id(format!("evt-{i}"));
+                acks.push(js.send_publish(subject.clone(), publish).await.unwrap());
+                if acks.len() == every {
+                    for ack in acks.drain(..) {
+                        ack.await.unwrap();
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+        })
+    }
+
     /// Starts `gancho api` with `admin_token` on a free port and waits until it answers;
     /// returns the process and `http://127.0.0.1:<port>`.
     pub async fn spawn_api(&self, admin_token: &str) -> (Child, String) {

@@ -70,27 +70,12 @@ struct Proc {
 impl Proc {
     /// (peak RSS in MiB, CPU seconds) from /proc.
     fn usage(&self) -> (f64, f64) {
-        let Some(pid) = self.child.id() else {
-            return (0.0, 0.0);
-        };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm_kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / 100.0)
+        self.child
+            .id()
+            .and_then(|pid| gancho_telemetry::process_usage(&pid.to_string()))
+            .map_or((0.0, 0.0), |u| {
+                (u.peak_rss_bytes / (1024.0 * 1024.0), u.cpu_seconds)
+            })
     }
 }
 

@@ -84,31 +84,48 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Samples this process's CPU time and resident memory from `/proc` (Linux; elsewhere
-/// nothing is recorded).
-pub fn record_process() {
-    // utime and stime, fields 14 and 15 of /proc/self/stat, in USER_HZ ticks (100 a second
+/// CPU and memory of a process, from `/proc/<pid>` (Linux).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessUsage {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory now, in bytes.
+    pub rss_bytes: f64,
+    /// Peak resident memory (VmHWM), in bytes.
+    pub peak_rss_bytes: f64,
+}
+
+/// Reads `pid`'s usage (`None`: no such process, or not Linux).
+pub fn process_usage(pid: &str) -> Option<ProcessUsage> {
+    // utime and stime, fields 14 and 15 of /proc/<pid>/stat, in USER_HZ ticks (100 a second
     // on every Linux ABI); the command name in field 2 may hold spaces, so count after it.
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(u), Some(s)) = (
-                f.get(11).and_then(|v| v.parse::<u64>().ok()),
-                f.get(12).and_then(|v| v.parse::<u64>().ok()),
-            ) {
-                metrics::counter!(names::PROCESS_CPU).absolute((u + s) * 10);
-            }
-        }
-    }
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let kib = status
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let cpu_seconds = (tick(11)? + tick(12)?) as f64 / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok());
-        if let Some(kib) = kib {
-            metrics::gauge!(names::PROCESS_RSS).set(kib * 1024.0);
-        }
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            * 1024.0
+    };
+    Some(ProcessUsage {
+        cpu_seconds,
+        rss_bytes: kib("VmRSS:"),
+        peak_rss_bytes: kib("VmHWM:"),
+    })
+}
+
+/// Samples this process's CPU time and resident memory into the process metrics.
+pub fn record_process() {
+    if let Some(u) = process_usage("self") {
+        metrics::counter!(names::PROCESS_CPU).absolute((u.cpu_seconds * 1000.0) as u64);
+        metrics::gauge!(names::PROCESS_RSS).set(u.rss_bytes);
     }
 }
 
