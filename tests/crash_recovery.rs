@@ -75,12 +75,7 @@ async fn run(events: usize, kill_rounds: usize) {
         std::future::ready(expect_ids(&a).len() == events && expect_ids(&b).len() == events)
     })
     .await;
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(60),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
 
     let (seen_a, seen_b) = (expect_ids(&a), expect_ids(&b));
@@ -142,12 +137,7 @@ async fn router_killed_mid_fan_out_duplicates_nothing() {
         std::future::ready(rx.distinct() == expected as usize)
     })
     .await;
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(30),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(30)).await;
     let twice: Vec<_> = rx
         .tally()
         .into_iter()

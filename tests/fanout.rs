@@ -99,12 +99,7 @@ impl Fixture {
                 self.expected
             );
         }
-        gancho_test_harness::wait_until(
-            "the deliveries stream to drain",
-            Duration::from_secs(30),
-            || async { self.env.deliveries_left().await == 0 },
-        )
-        .await;
+        self.env.wait_drained(Duration::from_secs(30)).await;
         let tally = self.rx.tally();
         let twice: Vec<_> = tally.iter().filter(|(_, n)| **n > 1).take(5).collect();
         assert!(

@@ -88,12 +88,7 @@ async fn a_receiver_failing_twice_gets_the_event_on_attempt_three() {
     assert!(attempts[0].next_attempt_at.is_some());
     assert!(attempts[2].next_attempt_at.is_none());
     assert!(attempts.iter().all(|a| a.event_id == "evt-retry-1"));
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(10),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(10)).await;
     assert!(env.dead_letters().await.is_empty());
     cancel.cancel();
 }
@@ -137,12 +132,7 @@ async fn a_receiver_that_always_fails_ends_in_the_dead_letter_queue() {
     let attempts = env.attempts("acme", "ep1").await;
     assert_eq!(attempts.len(), 3);
     assert_eq!(attempts[2].response_body.as_ref(), b"database is down");
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(10),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(10)).await;
     cancel.cancel();
 }
 

@@ -20,14 +20,9 @@ fn verifies(secret: &str, r: &gancho_test_harness::Received) -> bool {
 async fn both_secrets_sign_during_the_grace_then_only_the_new() {
     let env = support::Env::new().await;
     let (mut api, base) = env.spawn_api(TOKEN).await;
-    let base = format!("{base}/v1/tenants");
-    let call = |method: &'static str, path: String, body: Option<Value>| {
-        let url = format!("{base}{path}");
-        async move {
-            let body = body.map(|b| b.to_string());
-            support::http(method, &url, Some(TOKEN), body.as_deref()).await
-        }
-    };
+    let tenants = support::TenantsApi::new(&base, TOKEN);
+    let call =
+        |method: &'static str, path: String, body: Option<Value>| tenants.call(method, path, body);
     let rx = Receiver::https_sequence(&env.ca, &[200]).await;
     assert_eq!(
         call("POST", String::new(), Some(json!({"id": "acme"})))

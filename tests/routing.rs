@@ -93,12 +93,7 @@ async fn each_endpoint_gets_exactly_its_matching_events_signed() {
         std::future::ready(got >= total)
     })
     .await;
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(30),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(30)).await;
 
     for ((t, i), rx) in &receivers {
         let ep = &endpoints[&(*t, *i)];

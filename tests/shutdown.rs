@@ -77,12 +77,7 @@ async fn sigterm_finishes_in_flight_work_and_loses_nothing() {
         std::future::ready(rx.distinct() == EVENTS)
     })
     .await;
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(30),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(30)).await;
     let twice: Vec<_> = rx.tally().into_iter().filter(|(_, n)| *n > 1).collect();
     println!(
         "sigterm: the worker stopped in {took:?} with {at_exit} of {EVENTS} delivered; {} requests in all, {} duplicates",
@@ -142,12 +137,7 @@ async fn sigterm_past_the_grace_exits_and_only_cut_requests_repeat() {
         || std::future::ready(rx.count() == 2 * EVENTS),
     )
     .await;
-    wait_until(
-        "the deliveries stream to drain",
-        Duration::from_secs(30),
-        || async { env.deliveries_left().await == 0 },
-    )
-    .await;
+    env.wait_drained(Duration::from_secs(30)).await;
     let tally = rx.tally();
     assert_eq!(tally.len(), EVENTS);
     assert!(

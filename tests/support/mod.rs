@@ -431,6 +431,45 @@ impl Env {
             .unwrap();
         s.info().await.unwrap().state.messages
     }
+
+    /// Waits until the deliveries stream is empty: every delivery done, no retry pending.
+    pub async fn wait_drained(&self, patience: Duration) {
+        gancho_test_harness::wait_until("the deliveries stream to drain", patience, || async {
+            self.deliveries_left().await == 0
+        })
+        .await;
+    }
+}
+
+/// The admin API's tenants, `<api>/v1/tenants`: `path` is what follows it.
+pub struct TenantsApi {
+    base: String,
+    token: String,
+}
+
+impl TenantsApi {
+    pub fn new(api: &str, token: &str) -> Self {
+        Self {
+            base: format!("{api}/v1/tenants"),
+            token: token.to_owned(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: String,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string());
+        http(
+            method,
+            &format!("{}{path}", self.base),
+            Some(&self.token),
+            body.as_deref(),
+        )
+        .await
+    }
 }
 
 /// Kills a child process with SIGKILL and reaps it.
