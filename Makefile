@@ -20,7 +20,7 @@ KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := event filter signature url retry
 
-.PHONY: help setup run build test test-api test-alerts test-deploy test-manifests test-slow lint fmt bench fuzz clean
+.PHONY: help setup run build test test-faults test-api test-alerts test-deploy test-manifests test-slow lint fmt bench fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,12 +36,22 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) ## Run the whole test suite against real nats-server processes, then test-api, test-alerts, test-deploy and test-manifests.
+test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) ## Run the whole test suite against real nats-server processes, then test-faults, test-api, test-alerts, test-deploy and test-manifests.
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-api
 	$(MAKE) --no-print-directory test-alerts
 	$(MAKE) --no-print-directory test-deploy
 	$(MAKE) --no-print-directory test-manifests
+
+FAULT_TABLE := target/tmp/fault-table
+
+test-faults: setup ## The fault suite (tests/faults.rs): roles killed, nats-server restarted, cluster nodes and leaders lost, misbehaving receivers, under load; prints the table of RELIABILITY.md.
+	rm -rf $(FAULT_TABLE)
+	$(CARGO) test -p gancho --test faults -- --ignored
+	@echo "| fault | events accepted | deliveries expected | delivered | dead-lettered | lost | duplicates | drained in |"
+	@echo "|---|---|---|---|---|---|---|---|"
+	@cat $(FAULT_TABLE)/*.md
 
 test-api: setup $(SCHEMATHESIS) ## schemathesis against a running `gancho api` (no 5xx, every answer as /openapi.json says).
 	$(CARGO) build -p gancho

@@ -18,6 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Env {
     pub nats: NatsServer,
+    /// The other nodes of a cluster ([`Env::with_cluster`]); empty for one server.
+    pub peers: Vec<NatsServer>,
+    /// What `GANCHO_NATS_URL` of a spawned role says: every node, comma-separated.
+    nats_urls: String,
+    /// `GANCHO_STREAM_REPLICAS` of a spawned role.
+    replicas: usize,
     pub ca: TestCa,
     pub ca_file: PathBuf,
     pub layout: Layout,
@@ -47,7 +53,10 @@ impl Env {
             .with_keyring(gancho_store::Keyring::new(&key, None).unwrap());
         let store = ConfigStore::new(&layout);
         Self {
+            nats_urls: nats.url(),
             nats,
+            peers: Vec::new(),
+            replicas: 1,
             ca,
             ca_file,
             layout,
@@ -56,6 +65,74 @@ impl Env {
             js,
             _dir: dir,
         }
+    }
+
+    /// The same on a three-node cluster, with every stream and bucket at R3. The test's own
+    /// client knows every node, so it fails over like the roles do.
+    pub async fn with_cluster() -> Self {
+        let mut cluster = gancho_test_harness::NatsCluster::start();
+        let client = cluster.connect().await;
+        cluster.wait_for_jetstream(&client).await;
+        let js = jetstream::new(client);
+        // R3 needs all three peers; the meta leader may still be settling.
+        let mut layout = None;
+        for _ in 0..100 {
+            match gancho_store::ensure(js.clone(), Subjects::default(), 3).await {
+                Ok(l) => {
+                    layout = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let key = gancho_store::Keyring::generate();
+        let layout = layout
+            .expect("R3 streams within 20 s")
+            .with_keyring(gancho_store::Keyring::new(&key, None).unwrap());
+        let ca = TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = ca.write_ca_file(dir.path());
+        let store = ConfigStore::new(&layout);
+        let nats_urls = cluster.urls();
+        let mut nodes = std::mem::take(&mut cluster.nodes).into_iter();
+        Self {
+            nats: nodes.next().unwrap(),
+            peers: nodes.collect(),
+            nats_urls,
+            replicas: 3,
+            ca,
+            ca_file,
+            layout,
+            key,
+            store,
+            js,
+            _dir: dir,
+        }
+    }
+
+    /// A cluster's node by its server name (`n0`, `n1`, `n2`).
+    pub fn node(&mut self, name: &str) -> &mut NatsServer {
+        let i: usize = name.trim_start_matches('n').parse().unwrap();
+        if i == 0 {
+            &mut self.nats
+        } else {
+            &mut self.peers[i - 1]
+        }
+    }
+
+    /// The server name of `stream`'s leader, asked until a leader answers.
+    pub async fn stream_leader(&self, stream: &str) -> String {
+        for _ in 0..150 {
+            if let Ok(mut s) = self.js.get_stream(stream).await {
+                if let Ok(info) = s.info().await {
+                    if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                        return leader;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{stream} has no leader after 30 s");
     }
 
     pub async fn tenant(&self, id: &str) {
@@ -304,7 +381,8 @@ impl Env {
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gancho"));
         cmd.args(args)
-            .env("GANCHO_NATS_URL", self.nats.url())
+            .env("GANCHO_NATS_URL", &self.nats_urls)
+            .env("GANCHO_STREAM_REPLICAS", self.replicas.to_string())
             .env("GANCHO_ENCRYPTION_KEY", &self.key)
             .env("GANCHO_EXTRA_CA_FILE", &self.ca_file)
             .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
@@ -394,42 +472,55 @@ impl Env {
         .collect()
     }
 
-    /// (pending, ack pending) of the workers' consumer.
+    /// (pending, ack pending) of the workers' consumer, asked again through a failover.
     pub async fn worker_consumer_state(&self) -> (u64, usize) {
         let subjects = &self.layout.subjects;
-        let stream = self
-            .js
-            .get_stream(subjects.deliveries_stream())
+        self.consumer_state(&subjects.deliveries_stream(), &subjects.worker_consumer())
             .await
-            .unwrap();
-        let mut c: jetstream::consumer::PullConsumer = stream
-            .get_consumer(&subjects.worker_consumer())
-            .await
-            .unwrap();
-        let info = c.info().await.unwrap();
-        (info.num_pending, info.num_ack_pending)
     }
 
-    /// (pending, ack pending) of the routers' consumer.
+    /// (pending, ack pending) of the routers' consumer, asked again through a failover.
     pub async fn router_consumer_state(&self) -> (u64, usize) {
         let subjects = &self.layout.subjects;
-        let stream = self.js.get_stream(subjects.events_stream()).await.unwrap();
-        let mut c: jetstream::consumer::PullConsumer = stream
-            .get_consumer(&subjects.router_consumer())
+        self.consumer_state(&subjects.events_stream(), &subjects.router_consumer())
             .await
-            .unwrap();
-        let info = c.info().await.unwrap();
-        (info.num_pending, info.num_ack_pending)
+    }
+
+    async fn consumer_state(&self, stream: &str, durable: &str) -> (u64, usize) {
+        let ask = || async {
+            let stream = self.js.get_stream(stream).await.ok()?;
+            let mut c: jetstream::consumer::PullConsumer =
+                stream.get_consumer(durable).await.ok()?;
+            let info = c.info().await.ok()?;
+            Some((info.num_pending, info.num_ack_pending))
+        };
+        for _ in 0..150 {
+            if let Some(state) = ask().await {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the consumer {durable} did not answer for 30 s");
     }
 
     /// Messages left in the deliveries stream (deliveries not yet done, scheduled retries).
+    /// Asked again through a failover.
     pub async fn deliveries_left(&self) -> u64 {
-        let mut s = self
-            .js
-            .get_stream(self.layout.subjects.deliveries_stream())
-            .await
-            .unwrap();
-        s.info().await.unwrap().state.messages
+        let ask = || async {
+            let mut s = self
+                .js
+                .get_stream(self.layout.subjects.deliveries_stream())
+                .await
+                .ok()?;
+            s.info().await.ok().map(|i| i.state.messages)
+        };
+        for _ in 0..150 {
+            if let Some(n) = ask().await {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the deliveries stream did not answer for 30 s");
     }
 
     /// Waits until the deliveries stream is empty: every delivery done, no retry pending.
@@ -538,17 +629,18 @@ pub async fn http(
     // A GET whose connection is reset is asked again (once seen under load in `make test`,
     // not reproduced in 45 runs); anything else fails the test at once.
     for _ in 0..2 {
-        match http_once(method, url, token, body).await {
+        match try_http(method, url, token, body).await {
             Err(e) if method == "GET" && e.kind() == std::io::ErrorKind::ConnectionReset => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             other => return other.unwrap(),
         }
     }
-    http_once(method, url, token, body).await.unwrap()
+    try_http(method, url, token, body).await.unwrap()
 }
 
-async fn http_once(
+/// [`http`] once, with a failed connection as an error (for tests that kill the server).
+pub async fn try_http(
     method: &str,
     url: &str,
     token: Option<&str>,
@@ -580,7 +672,12 @@ async fn http_once(
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let Some(status) = text.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("no HTTP status in {} bytes", raw.len()),
+        ));
+    };
     let payload = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((
         status,

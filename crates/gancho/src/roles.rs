@@ -33,8 +33,34 @@ impl Roles {
     }
 }
 
+/// The servers of `GANCHO_NATS_URL`: one URL or several, comma-separated (the client
+/// fails over between them). Errors quote URLs without their credentials.
+pub fn nats_servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                anyhow::anyhow!(
+                    "GANCHO_NATS_URL: {:?} is not a NATS server URL ({e})",
+                    gancho_core::net::redact_userinfo(s)
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!servers.is_empty(), "GANCHO_NATS_URL is empty");
+    Ok(servers)
+}
+
 /// A connection named after its role and purpose, counting slow-consumer events.
 pub async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Client> {
+    let servers = nats_servers(url)?;
+    let shown = url
+        .split(',')
+        .map(|s| gancho_core::net::redact_userinfo(s.trim()))
+        .collect::<Vec<_>>()
+        .join(",");
     async_nats::ConnectOptions::new()
         .name(name)
         .event_callback(|event| async move {
@@ -42,9 +68,9 @@ pub async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Clie
                 metrics::counter!(names::NATS_SLOW_CONSUMER).increment(1);
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+        .with_context(|| format!("cannot connect to NATS at {shown}"))
 }
 
 /// Started roles, for `gancho dev` to print where they are.
@@ -407,4 +433,25 @@ pub async fn reencrypt(config: &Config) -> anyhow::Result<()> {
         "Sealed {rewritten} endpoint(s) with key {id}; purged older revisions of {purged} record(s). GANCHO_ENCRYPTION_OLD_KEY can now be removed."
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_url_lists_parse_and_errors_hide_credentials() {
+        let servers = nats_servers("nats://a:4222, nats://b:4222,nats://user:pw@c:4222").unwrap();
+        assert_eq!(servers.len(), 3);
+        assert_eq!(nats_servers("nats://a:4222").unwrap().len(), 1);
+        let err = nats_servers("nats://a:4222,nats://user:hunter22@c:notaport")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GANCHO_NATS_URL") && err.contains("***@c:notaport"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter22"), "{err}");
+        assert!(nats_servers(" , ").is_err());
+    }
 }
