@@ -741,7 +741,7 @@ impl Resetter {
                         *n == 1
                     };
                     let number: usize = id.trim_start_matches("evt-").parse().unwrap_or(usize::MAX);
-                    if first && number % 4 == 0 {
+                    if first && number.is_multiple_of(4) {
                         let _ = tls.write_all(b"HTTP/1.1 20").await;
                         let _ = tls.flush().await;
                         let _ = tls.get_ref().0.set_zero_linger();
