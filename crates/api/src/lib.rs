@@ -33,6 +33,41 @@ use utoipa_axum::routes;
 
 /// Largest request body the API reads; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a request body may take to arrive once its head has: a client that trickles its
+/// body is answered 408 instead of holding a connection and a task for as long as it likes.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body of an authorized request within [`BODY_TIMEOUT`] (at most the largest body
+/// any route takes; each route's own limit applies after), then hands it on.
+async fn body_within(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = req.into_parts();
+    let largest = ingest::MAX_BATCH_BYTES;
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, largest)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(_)) => error::ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {largest} bytes, or was cut off"),
+        )
+        .into_response(),
+        Err(_) => error::ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within {} s; send it at once",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
 
 /// 404 unless the tenant exists (for routes whose handler does not read the tenant itself).
 pub(crate) async fn require_tenant(
@@ -131,6 +166,7 @@ pub fn router(state: ApiState) -> Router {
         .expect("the OpenAPI document serializes")
         .into();
     let v1 = v1
+        .route_layer(axum::middleware::from_fn(body_within))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

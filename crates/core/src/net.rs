@@ -19,9 +19,21 @@ pub fn check_endpoint_url(url: &str, allow_http: bool, allow_private: bool) -> R
     }
     let shown = redact_userinfo(url);
     let url = shown.as_str();
+    if !url.is_ascii() {
+        return Err(non_ascii(url));
+    }
     let uri: http::Uri = url
         .parse()
         .map_err(|_| format!("url {url:?} is not a valid URL"))?;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let after_host = &authority[authority.rfind(']').unwrap_or(0)..];
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(format!(
+                "url {url:?} has port {port:?}; a port is a number from 1 to 65535"
+            ));
+        }
+    }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(
             "url carries a user name or password (user:password@host); remove it and send credentials in \"headers\" instead, e.g. {\"authorization\": \"Basic ...\"}".into(),
@@ -70,6 +82,26 @@ pub fn redact_userinfo(url: &str) -> String {
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
         None => url.to_owned(),
     }
+}
+
+/// What to fix in a URL with non-ASCII characters: an internationalized host name is given in
+/// its IDNA form (which this message spells out), anything else percent-encoded.
+fn non_ascii(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let host = host.split(':').next().unwrap_or(host);
+    if !host.is_ascii() {
+        if let Ok(ascii) = idna::domain_to_ascii(host) {
+            return format!(
+                "url host {host:?} is not ASCII; give it in its IDNA form, {ascii:?} (the receiver's certificate names that form too)"
+            );
+        }
+        return format!("url host {host:?} is not a valid internationalized domain name");
+    }
+    format!(
+        "url {url:?} has characters that are not ASCII; percent-encode them (e.g. \"ç\" as %C3%A7)"
+    )
 }
 
 /// Whether `ip` is a public unicast address a webhook may be delivered to.
@@ -137,6 +169,11 @@ mod tests {
             // Not a valid URL, and still no password in the message (found by fuzzing).
             ("https://user:hunter22@exa mple.com/x", "not a valid URL"),
             ("not a url", "not a valid URL"),
+            ("https://hooks.example.com:0/x", "1 to 65535"),
+            ("https://hooks.example.com:65536/x", "1 to 65535"),
+            ("https://pagamentos.açaí.com.br/x", "xn--aa-4iaz.com.br"),
+            ("https://hooks.example.com/cobrança", "percent-encode"),
+            ("https://user:hunter22@açaí.com.br/x", "IDNA form"),
         ] {
             let err = ok(url).unwrap_err();
             assert!(err.contains(want), "{url}: {err}");
@@ -145,6 +182,8 @@ mod tests {
         let long = format!("https://hooks.example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(ok(&long).unwrap_err().contains("longer than 2048"));
         assert!(check_endpoint_url("http://127.0.0.1:8080/x", true, true).is_ok());
+        assert!(ok("https://hooks.example.com:8443/x").is_ok());
+        assert!(ok("https://pagamentos.xn--aa-4iaz.com.br/x").is_ok());
         assert_eq!(redact_userinfo("https://u:p@h/x@y"), "https://***@h/x@y");
         assert_eq!(redact_userinfo("https://h/x@y"), "https://h/x@y");
     }

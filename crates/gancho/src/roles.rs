@@ -73,6 +73,55 @@ pub async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Clie
         .with_context(|| format!("cannot connect to NATS at {shown}"))
 }
 
+/// How long a client may take to send a request's head (slowloris clients are cut off).
+const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API over HTTP/1.1 and HTTP/2 until `cancel`, then lets requests under way
+/// finish. Unlike `axum::serve`, a request head that does not arrive within
+/// [`API_HEADER_TIMEOUT`] ends its connection; the API's own layer bounds the body.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(API_HEADER_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    warn!(error = %e, "Cannot accept an API connection.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, req).await }
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Started roles, for `gancho dev` to print where they are.
 pub struct Running {
     pub live: Arc<Live>,
@@ -202,12 +251,7 @@ pub async fn start(
             .with_context(|| format!("cannot listen for the API on {}", config.api_listen))?;
         api_addr = Some(listener.local_addr()?);
         let cancel = cancel.clone();
-        tasks.spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await;
-            ("api", r.map_err(Into::into))
-        });
+        tasks.spawn(async move { ("api", serve_api(listener, app, cancel).await) });
     }
     tokio::spawn(stats(layout.clone(), live.clone(), roles, cancel.clone()));
     ready.set();
