@@ -342,4 +342,62 @@ fn config_with_an_unknown_key_or_a_bad_server_list_stops_start_up() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter22"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .arg("worker")
+        .env("GANCHO_NATS_URL", "nats://127.0.0.1:1")
+        .env("GANCHO_RESOLVE", "hooks.example.com=not-an-ip")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("invalid resolve entry") && stderr.contains("name=ip"),
+        "{stderr}"
+    );
+}
+
+/// DNS rebinding: a host name that was harmless when the endpoint was created and now answers
+/// a private address. The API checks names without resolving them; the worker resolves each
+/// connection itself and refuses private answers, so the webhook never reaches the address.
+/// `GANCHO_RESOLVE` pins the name to 127.0.0.1 in the worker, so the real guard runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_now_resolves_to_a_private_address_is_refused() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::http(|_, _| gancho_test_harness::Answer::status(200)).await;
+    let url = format!("http://rebind.gancho.test:{}/hook", rx.addr().port());
+    gancho_core::net::check_endpoint_url(&url, true, false).expect("the API takes the name");
+    env.endpoint("acme", "ep", &url, &["charge.*"], &[], Some("0s"))
+        .await;
+    let pin = ("GANCHO_RESOLVE", "rebind.gancho.test=127.0.0.1");
+    let http = ("GANCHO_ALLOW_HTTP_ENDPOINTS", "true");
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn_with(
+        &["worker"],
+        &[("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "false"), http, pin],
+    );
+    env.publish("acme", "charge.paid", "evt-1", b"{}", &[])
+        .await;
+    wait_until("the attempt", Duration::from_secs(20), || async {
+        env.attempts("acme", "ep").await.len() == 1
+    })
+    .await;
+    let a = &env.attempts("acme", "ep").await[0];
+    assert_ne!(a.outcome, "success", "{a:?}");
+    assert!(a.error.contains("private addresses"), "{a:?}");
+    assert_eq!(rx.count(), 0, "the private address was reached");
+
+    // The same pin with private addresses allowed reaches the receiver: it was the guard.
+    assert!(support::terminate(&mut worker));
+    let mut worker = env.spawn_with(&["worker"], &[http, pin]);
+    env.publish("acme", "charge.paid", "evt-2", b"{}", &[])
+        .await;
+    wait_until("the allowed delivery", Duration::from_secs(20), || {
+        std::future::ready(rx.count() == 1)
+    })
+    .await;
+    assert!(support::terminate(&mut worker));
+    assert!(support::terminate(&mut router));
 }

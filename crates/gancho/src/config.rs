@@ -130,6 +130,37 @@ pub struct Flags {
     /// refuse private addresses). Default false: CONNECT to an address the worker checked.
     #[arg(long, env = "GANCHO_EGRESS_PROXY_BY_NAME", global = true)]
     pub egress_proxy_by_name: Option<String>,
+    /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
+    /// before DNS; the private-address rule still applies. Default: none.
+    #[arg(long, env = "GANCHO_RESOLVE", global = true)]
+    pub resolve: Option<String>,
+}
+
+/// `name=ip,name=ip`: each name (lower-cased) with its addresses, in order.
+fn parse_resolve(
+    v: Option<&str>,
+) -> Result<std::collections::HashMap<String, Vec<std::net::IpAddr>>, ConfigError> {
+    let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> = Default::default();
+    for entry in v
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let parsed = entry.split_once('=').and_then(|(name, ip)| {
+            let name = name.trim().to_ascii_lowercase();
+            let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+            (!name.is_empty()).then_some(())?;
+            Some((name, ip.parse::<std::net::IpAddr>().ok()?))
+        });
+        let (name, ip) = parsed.ok_or_else(|| {
+            ConfigError(format!(
+                "invalid resolve entry {entry:?}: expected name=ip, e.g. hooks.example.com=203.0.113.7"
+            ))
+        })?;
+        pins.entry(name).or_default().push(ip);
+    }
+    Ok(pins)
 }
 
 /// The TOML file: the same keys, snake_case, all optional.
@@ -162,6 +193,7 @@ struct File {
     metrics_tenants: Option<String>,
     egress_proxy: Option<String>,
     egress_proxy_by_name: Option<bool>,
+    resolve: Option<String>,
 }
 
 /// The validated configuration.
@@ -204,6 +236,8 @@ pub struct Config {
     pub metrics_tenants: Vec<String>,
     /// Every webhook leaves through this proxy.
     pub egress_proxy: Option<gancho_worker::egress::EgressProxy>,
+    /// Host names pinned to addresses (lower case).
+    pub resolve: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -575,6 +609,7 @@ impl Config {
             }
             None => None,
         };
+        let resolve = parse_resolve(flags.resolve.clone().or(file.resolve).as_deref())?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -643,6 +678,7 @@ impl Config {
             log_json,
             metrics_tenants,
             egress_proxy,
+            resolve,
         })
     }
 

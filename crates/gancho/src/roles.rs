@@ -211,6 +211,7 @@ pub async fn start(
         // is awaited by the delivery that made it.
         let js = jetstream::new(connect(nats_url, "gancho-worker-out".into()).await?);
         let (layout, live, cancel) = (layout.clone(), live.clone(), cancel.clone());
+        gancho_worker::http::pin_names(config.resolve.clone());
         let cfg = gancho_worker::WorkerConfig {
             concurrency: config.worker_concurrency,
             allow_http: config.allow_http_endpoints,

@@ -182,7 +182,7 @@ async fn tunnel(
         // the worker resolved and allowed.
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
+            Err(_) => crate::http::lookup(host, port).await?,
         };
         let allowed = addrs
             .iter()

@@ -41,6 +41,23 @@ pub enum ClientError {
     ExtraCa { path: String, reason: String },
 }
 
+/// Host names pinned to addresses (`GANCHO_RESOLVE`), answered before the system resolver.
+/// The private-address rule applies to them like to any other answer.
+static PINNED: std::sync::OnceLock<HashMap<String, Vec<IpAddr>>> = std::sync::OnceLock::new();
+
+/// Pins host names (lower case) to addresses for this process, once, before the first request.
+pub fn pin_names(pins: HashMap<String, Vec<IpAddr>>) {
+    let _ = PINNED.set(pins);
+}
+
+/// The addresses of `host`: pinned ones, else the system resolver's.
+pub(crate) async fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    if let Some(ips) = PINNED.get().and_then(|p| p.get(&host.to_ascii_lowercase())) {
+        return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+    }
+    Ok(tokio::net::lookup_host((host, port)).await?.collect())
+}
+
 /// Resolves with the system resolver, keeping only addresses the policy allows.
 #[derive(Clone)]
 pub(crate) struct GuardedResolver {
@@ -63,8 +80,9 @@ impl tower_service::Service<Name> for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = lookup(&host, 0)
                 .await?
+                .into_iter()
                 .filter(|a| allow_private || is_public(a.ip()))
                 .collect();
             if addrs.is_empty() {
@@ -340,9 +358,10 @@ impl Client {
         let port = uri.port_u16().unwrap_or(443);
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port))
+            Err(_) => lookup(host, port)
                 .await
                 .ok()?
+                .into_iter()
                 .filter(|a| self.allow_private || is_public(a.ip()))
                 .collect(),
         };
