@@ -73,6 +73,17 @@ pub async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Clie
         .with_context(|| format!("cannot connect to NATS at {shown}"))
 }
 
+/// How long a starting role keeps trying to set up the streams while JetStream times out.
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether a stream set-up error is JetStream not answering (a leader election, a node
+/// restarting) rather than a refusal.
+fn is_transient(error: &str) -> bool {
+    error.contains("timed out")
+        || error.contains("no responders")
+        || error.contains("temporarily unavailable")
+}
+
 /// How long a client may take to send a request's head (slowloris clients are cut off).
 const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -161,13 +172,26 @@ pub async fn start(
         None => None,
     };
     let out = connect(nats_url, format!("gancho-{role}")).await?;
-    let mut layout = gancho_store::streams::ensure_with(
-        jetstream::new(out.clone()),
-        config.subjects.clone(),
-        &config.stream_settings(),
-    )
-    .await
-    .context("cannot set up the JetStream streams")?;
+    // A role started while the cluster elects a leader sees its stream requests time out:
+    // it tries again for a while instead of exiting. A refusal (bad settings) stops it at once.
+    let settings = config.stream_settings();
+    let deadline = std::time::Instant::now() + SETUP_PATIENCE;
+    let mut layout = loop {
+        match gancho_store::streams::ensure_with(
+            jetstream::new(out.clone()),
+            config.subjects.clone(),
+            &settings,
+        )
+        .await
+        {
+            Ok(layout) => break layout,
+            Err(e) if is_transient(&e.to_string()) && std::time::Instant::now() < deadline => {
+                warn!(error = %e, "JetStream is not answering yet; setting up the streams again.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("cannot set up the JetStream streams"),
+        }
+    };
     if let Some(keyring) = keyring {
         keyring
             .check(&layout.config)
