@@ -472,11 +472,19 @@ impl Env {
         .collect()
     }
 
-    /// (pending, ack pending) of the workers' consumer, asked again through a failover.
+    /// (pending, ack pending) of the workers' partition consumers, summed, asked again
+    /// through a failover.
     pub async fn worker_consumer_state(&self) -> (u64, usize) {
         let subjects = &self.layout.subjects;
-        self.consumer_state(&subjects.deliveries_stream(), &subjects.worker_consumer())
-            .await
+        let (mut pending, mut ack_pending) = (0, 0);
+        for p in 0..gancho_core::subject::PARTITIONS {
+            let (a, b) = self
+                .consumer_state(&subjects.deliveries_stream(), &subjects.worker_consumer(p))
+                .await;
+            pending += a;
+            ack_pending += b;
+        }
+        (pending, ack_pending)
     }
 
     /// (pending, ack pending) of the routers' consumer, asked again through a failover.

@@ -65,9 +65,21 @@ impl Subjects {
     pub fn router_consumer(&self) -> String {
         format!("{}_router", self.prefix)
     }
-    /// Durable consumer the workers share on the deliveries stream.
-    pub fn worker_consumer(&self) -> String {
+    /// The durable consumer the workers shared on the whole deliveries stream before the
+    /// deliveries were consumed by partition; removed at start-up when found.
+    pub fn legacy_worker_consumer(&self) -> String {
         format!("{}_worker", self.prefix)
+    }
+    /// The durable consumer of one partition of the deliveries stream
+    /// (`gancho_worker_p<partition>`, filter `gancho.deliveries.<partition>`), pinned to one
+    /// worker at a time.
+    pub fn worker_consumer(&self, partition: u32) -> String {
+        format!("{}_worker_p{partition}", self.prefix)
+    }
+    /// Live workers (`<worker id>` keys, refreshed every few seconds, expiring with their
+    /// worker): who owns which partition is computed from it.
+    pub fn workers_bucket(&self) -> String {
+        format!("{}_workers", self.prefix.replace('-', "_"))
     }
 
     // Subjects.

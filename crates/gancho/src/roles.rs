@@ -355,14 +355,16 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
         watched.push((
             "events",
             subjects.events_stream(),
-            subjects.router_consumer(),
+            vec![subjects.router_consumer()],
         ));
     }
     if roles.worker {
         watched.push((
             "deliveries",
             subjects.deliveries_stream(),
-            subjects.worker_consumer(),
+            (0..gancho_core::subject::PARTITIONS)
+                .map(|p| subjects.worker_consumer(p))
+                .collect(),
         ));
     }
     let config_stream = format!("KV_{}", subjects.config_bucket());
@@ -382,15 +384,19 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
         metrics::gauge!(names::CONFIG_SNAPSHOT_REVISION).set(live.load().revision as f64);
         gancho_telemetry::record_process();
         usage(&layout, roles.worker).await;
-        for (label, stream, consumer) in &watched {
+        for (label, stream, consumers) in &watched {
+            // Summed over the consumers (the worker's partitions).
             let info = async {
                 let stream = layout.js.get_stream(stream).await.ok()?;
-                let mut c: jetstream::consumer::PullConsumer =
-                    stream.get_consumer(consumer).await.ok()?;
-                c.info()
-                    .await
-                    .ok()
-                    .map(|i| (i.num_pending, i.num_ack_pending))
+                let (mut pending, mut ack_pending) = (0, 0);
+                for consumer in consumers {
+                    let mut c: jetstream::consumer::PullConsumer =
+                        stream.get_consumer(consumer).await.ok()?;
+                    let i = c.info().await.ok()?;
+                    pending += i.num_pending;
+                    ack_pending += i.num_ack_pending;
+                }
+                Some((pending, ack_pending))
             }
             .await;
             if let Some((pending, ack_pending)) = info {

@@ -251,7 +251,7 @@ async fn hand_back(batch: &mut consumer::pull::Batch, role: &str) {
 const HAND_BACK_WAIT: Duration = Duration::from_millis(50);
 
 /// The messages in hand, by the order they were taken, and when one last finished.
-struct Tracker {
+pub(crate) struct Tracker {
     state: Mutex<TrackerState>,
 }
 
@@ -273,7 +273,7 @@ struct Sample {
 }
 
 impl Tracker {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: Mutex::new(TrackerState {
                 next: 0,
@@ -288,7 +288,7 @@ impl Tracker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn start(&self) -> u64 {
+    pub(crate) fn start(&self) -> u64 {
         let mut s = self.lock();
         let ticket = s.next;
         s.next += 1;
@@ -296,7 +296,7 @@ impl Tracker {
         ticket
     }
 
-    fn finish(&self, ticket: u64, handled: Handled) {
+    pub(crate) fn finish(&self, ticket: u64, handled: Handled) {
         let mut s = self.lock();
         s.started.remove(&ticket);
         if handled == Handled::Done {
@@ -318,7 +318,7 @@ impl Tracker {
 }
 
 /// Samples the tracker until aborted: gauges every check, a warning and a count per stall.
-async fn watch(
+pub(crate) async fn watch(
     tracker: Arc<Tracker>,
     role: &'static str,
     label: &'static str,

@@ -19,7 +19,9 @@ pub mod full;
 pub mod jobs;
 pub mod live;
 pub mod log;
+pub mod members;
 pub mod model;
+pub mod partitioned;
 pub mod repo;
 pub mod streams;
 

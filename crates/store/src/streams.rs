@@ -16,6 +16,9 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const CONFIG_HISTORY: i64 = 5;
 /// How long a job's record is kept after its last change.
 pub const JOBS_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+/// How long a worker's entry in the workers bucket lives without being refreshed: a worker
+/// that died is no longer counted after this, and its partitions move to the others.
+pub const MEMBER_TTL: Duration = Duration::from_secs(6);
 
 /// Handles to everything [`ensure`] created, and the keys that open the secrets in it.
 #[derive(Clone)]
@@ -25,6 +28,8 @@ pub struct Layout {
     pub config: kv::Store,
     /// Jobs (recover, replay, redrive): state that survives an api restart.
     pub jobs: kv::Store,
+    /// Live workers ([`crate::members`]).
+    pub workers: kv::Store,
     /// None by default ([`Layout::with_keyring`]): enough for the router.
     pub keyring: std::sync::Arc<crate::Keyring>,
 }
@@ -241,11 +246,26 @@ pub async fn ensure_with(
             .await
             .map_err(|e| err(format!("KV bucket {jobs_bucket}"))(e.into()))?,
     };
+    let workers_bucket = subjects.workers_bucket();
+    let workers = match js.get_key_value(&workers_bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: workers_bucket.clone(),
+                history: 1,
+                max_age: MEMBER_TTL,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(format!("KV bucket {workers_bucket}"))(e.into()))?,
+    };
     Ok(Layout {
         subjects,
         js,
         config,
         jobs,
+        workers,
         keyring: Default::default(),
     })
 }

@@ -33,6 +33,10 @@ pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 pub const DELIVERY_DEAD_LETTERED: &str = "gancho_delivery_dead_lettered_total";
 /// Endpoints whose circuit is open in this worker.
 pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
+/// Partitions of the deliveries stream this worker serves (each served by one worker).
+pub const WORKER_PARTITIONS: &str = "gancho_worker_partitions";
+/// Workers alive, as this worker last read them from the workers bucket.
+pub const WORKERS_ALIVE: &str = "gancho_workers_alive";
 /// Endpoints paused by their receiver's `Retry-After` (429/503) in this worker.
 pub const ENDPOINTS_PAUSED: &str = "gancho_delivery_endpoints_paused";
 /// Endpoints disabled by the worker. `reason`: gone | failing.
@@ -144,6 +148,14 @@ pub fn describe_all() {
     describe_gauge!(
         CIRCUITS_OPEN,
         "Endpoints whose circuit is open in this worker."
+    );
+    describe_gauge!(
+        WORKER_PARTITIONS,
+        "Partitions of the deliveries stream this worker serves; each partition is served by one worker at a time."
+    );
+    describe_gauge!(
+        WORKERS_ALIVE,
+        "Workers alive, as this worker last read them from the workers bucket."
     );
     describe_gauge!(
         ENDPOINTS_PAUSED,

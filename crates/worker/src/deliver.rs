@@ -57,9 +57,6 @@ pub(crate) struct Ctx {
     pub health: crate::operational::Health,
     /// How often a failed attempt may be logged, per endpoint.
     pub failure_lines: FailureLines,
-    /// Fires on shutdown: deliveries still waiting for their endpoint's turn are handed
-    /// back at once for another worker, not sent.
-    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// At most one failed-attempt line a second per endpoint.
@@ -123,7 +120,14 @@ struct Outcome {
 }
 
 impl Ctx {
-    pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
+    /// Handles one delivery. `leaving` fires when its partition moves to another worker (or
+    /// this one stops): if it is still waiting for its endpoint's turn, it is handed back for
+    /// the partition's next owner instead of sent.
+    pub(crate) async fn handle(
+        &self,
+        msg: jetstream::Message,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
         let delivery = match Delivery::decode(&msg.payload[..]) {
             Ok(d) => d,
             Err(e) => {
@@ -225,9 +229,10 @@ impl Ctx {
                 // endpoint's in-flight slots go to deliveries that can be sent now.
                 let turn = tokio::select! {
                     turn = with_progress(&msg, gate.wait_turn(&place)) => turn,
-                    _ = self.stopping.cancelled() => {
+                    _ = leaving.cancelled() => {
                         drop(place);
-                        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                        let delay = gancho_store::partitioned::HAND_BACK_DELAY;
+                        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
                         return Handled::HandedBack;
                     }
                 };

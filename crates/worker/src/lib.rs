@@ -1,5 +1,7 @@
-//! The worker role. Workers share one durable pull consumer on `GANCHO_DELIVERIES`; each
-//! delivery is POSTed as a Standard Webhooks request over a pooled HTTPS client, every attempt
+//! The worker role. The deliveries stream is consumed by partition, each partition by one
+//! worker at a time ([`gancho_store::partitioned`], dealt out by [`gancho_store::members`]),
+//! so an endpoint's limits, circuit and pauses hold for the whole fleet; each delivery is
+//! POSTed as a Standard Webhooks request over a pooled HTTPS client, every attempt
 //! is recorded in `GANCHO_ATTEMPTS`, and the outcome decides what happens next:
 //!
 //! - 2xx: acked once the attempt record is stored.
@@ -39,7 +41,8 @@ mod rearm;
 mod release;
 
 use async_nats::jetstream;
-use gancho_store::consume::{ConsumeError, Spec};
+use gancho_store::consume::ConsumeError;
+use gancho_store::partitioned::Spec;
 use gancho_store::{ConfigStore, Layout, Live};
 use gate::Gates;
 use std::path::PathBuf;
@@ -53,10 +56,10 @@ use tokio_util::sync::CancellationToken;
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
 /// How often a delivery in flight tells JetStream it is still being worked on.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
-/// Deliveries handed out and not yet acked, across every worker on the consumer. Part of the
+/// Deliveries of one partition handed out and not yet acked. Part of each partition
 /// consumer's config, so it is the same whatever each worker's concurrency is; waiting
 /// retries never count against it (they are scheduled messages).
-pub const MAX_ACK_PENDING: i64 = 20_000;
+pub const MAX_ACK_PENDING: i64 = 4_096;
 /// Most messages one pull asks for (a pull never asks for more than the free intake slots).
 const MAX_BATCH: usize = 128;
 /// Deliveries a worker holds (in flight, or waiting in an endpoint's queue) per HTTP request
@@ -124,19 +127,32 @@ pub async fn run(
     let subjects = layout.subjects.clone();
     let requests = config.concurrency.max(1);
     let intake = requests * INTAKE_PER_REQUEST;
+    let partitions = gancho_core::subject::PARTITIONS;
     let spec = Spec {
         role: "worker",
         stream: subjects.deliveries_stream(),
-        durable: subjects.worker_consumer(),
-        filter: subjects.deliveries_wildcard(),
+        partitions: (0..partitions)
+            .map(|p| (subjects.worker_consumer(p), subjects.delivery(p)))
+            .collect(),
+        legacy: Some(subjects.legacy_worker_consumer()),
         ack_wait: ACK_WAIT,
         max_ack_pending: MAX_ACK_PENDING,
         concurrency: intake,
         max_batch: MAX_BATCH,
         metric_label: "deliveries",
         stall_after: config.stall_after,
-        gate: None,
     };
+    // Who serves which partition: this worker's share of the live workers, kept up to date.
+    let me = gancho_store::members::new_id();
+    tracing::info!(worker = %me, "Joining the workers.");
+    let (owned_tx, owned) = tokio::sync::watch::channel(Vec::new());
+    let membership = tokio::spawn(gancho_store::members::run(
+        layout.workers.clone(),
+        me,
+        partitions,
+        owned_tx,
+        cancel.clone(),
+    ));
     let releasing = tokio::spawn(release::run(
         output.clone(),
         subjects.clone(),
@@ -169,7 +185,6 @@ pub async fn run(
         pressure,
         health,
         failure_lines: Default::default(),
-        stopping: cancel.clone(),
     });
     // Circuits and receivers' pauses end by time, not only at the next attempt: the gauges
     // follow every few seconds.
@@ -188,11 +203,18 @@ pub async fn run(
             }
         })
     };
-    gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
-        let ctx = ctx.clone();
-        async move { ctx.handle(msg).await }
-    })
+    gancho_store::partitioned::run(
+        jetstream::new(input),
+        spec,
+        owned,
+        cancel,
+        move |msg, leaving| {
+            let ctx = ctx.clone();
+            async move { ctx.handle(msg, leaving).await }
+        },
+    )
     .await?;
+    let _ = membership.await;
     let _ = releasing.await;
     let _ = rearming.await;
     let _ = gauges.await;

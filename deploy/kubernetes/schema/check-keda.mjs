@@ -11,6 +11,8 @@ const SPEC = new Set(["scaleTargetRef", "minReplicaCount", "maxReplicaCount", "p
   "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount", "advanced", "fallback", "triggers"]);
 const NATS = new Set(["natsServerMonitoringEndpoint", "account", "stream", "consumer",
   "lagThreshold", "activationLagThreshold", "useHttps"]);
+const PROMETHEUS = new Set(["serverAddress", "query", "threshold", "activationThreshold",
+  "namespace", "customHeaders", "ignoreNullValues", "unsafeSsl", "queryParameters"]);
 
 let failed = false;
 const fail = (file, why) => { console.error(`${file}: ${why}`); failed = true; };
@@ -28,6 +30,15 @@ for (const file of process.argv.slice(2)) {
     }
     if (!Number.isInteger(doc.spec.maxReplicaCount)) fail(file, "spec.maxReplicaCount must cap the workers");
     for (const t of doc.spec.triggers) {
+      if (t.type === "prometheus") {
+        for (const key of Object.keys(t.metadata)) {
+          if (!PROMETHEUS.has(key)) fail(file, `unknown prometheus metadata ${key}`);
+        }
+        for (const key of ["serverAddress", "query", "threshold"]) {
+          if (!(key in t.metadata)) fail(file, `prometheus metadata ${key} is missing`);
+        }
+        continue;
+      }
       if (t.type !== "nats-jetstream") continue;
       for (const key of Object.keys(t.metadata)) {
         if (!NATS.has(key)) fail(file, `unknown nats-jetstream metadata ${key}`);

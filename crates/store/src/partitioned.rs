@@ -1,0 +1,449 @@
+//! The workers' consume loop: one durable pull consumer per partition of the deliveries
+//! stream, each pinned to one worker at a time, so everything about an endpoint (its rate
+//! limit, in-flight cap, circuit, a receiver's pause) is decided in one process whatever the
+//! number of workers.
+//!
+//! Each partition consumer uses JetStream priority groups with the `pinned_client` policy:
+//! the server hands the partition's messages to one client (the one it pinned, named by
+//! the `Nats-Pin-Id` header on its messages) and keeps other clients' pulls waiting as
+//! standbys. A worker pulls only the partitions [`crate::members`] assigns it; when its
+//! share shrinks (a worker joined) it stops pulling a partition, hands back what it had not
+//! started, lets what is in flight finish, and unpins the consumer, so the new owner's
+//! waiting pull takes over at once. When a worker dies, the server unpins it after
+//! [`PIN_TIMEOUT`] without pulls, its entry in the workers bucket expires, the survivors
+//! start pulling its partitions, and its unacked messages come back after the ack wait.
+//!
+//! Pulls are explicit, as in [`crate::consume`]: a partition asks for as many messages as
+//! the worker has free intake slots, shared by every partition it serves.
+
+use crate::consume::{ConsumeError, Handled, Tracker};
+use async_nats::jetstream::{self, consumer};
+use async_nats::StatusCode;
+use futures::StreamExt;
+use gancho_telemetry::names;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// The priority group every worker pulls in.
+pub const GROUP: &str = "workers";
+/// A pinned worker that sends no pull for this long loses its partition to a standby.
+pub const PIN_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long one pull waits for messages (well under [`PIN_TIMEOUT`], so a worker with free
+/// intake keeps its pin).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Pause before pulling again after a pull request failed (no JetStream leader, say).
+const PULL_RETRY: Duration = Duration::from_secs(1);
+/// A message handed back while a partition is being given up comes back after this, by
+/// which time the partition is normally unpinned and the new owner gets it.
+pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+
+/// What the partitioned consumers consume and how.
+pub struct Spec {
+    /// For log lines and spans.
+    pub role: &'static str,
+    pub stream: String,
+    /// `(durable name, filter subject)` of each partition, by partition number.
+    pub partitions: Vec<(String, String)>,
+    /// A consumer over every partition from an older version; removed when found (its filter
+    /// overlaps the partitions', which a work-queue stream refuses).
+    pub legacy: Option<String>,
+    pub ack_wait: Duration,
+    /// Per partition consumer.
+    pub max_ack_pending: i64,
+    /// Messages handled at once in this process, over every partition it serves.
+    pub concurrency: usize,
+    /// Most messages one pull asks for.
+    pub max_batch: usize,
+    /// The `stream` label of the consumer metrics.
+    pub metric_label: &'static str,
+    pub stall_after: Duration,
+}
+
+/// Creates the partition consumers and consumes the partitions `owned` names until `cancel`
+/// fires; `owned` may change at any time. `handle` gets each message with a token that fires
+/// when its partition is given up (or the worker stops): a message still waiting for its
+/// turn should then be handed back ([`HAND_BACK_DELAY`]) instead of started.
+pub async fn run<F, Fut>(
+    js: jetstream::Context,
+    spec: Spec,
+    mut owned: watch::Receiver<Vec<u32>>,
+    cancel: CancellationToken,
+    handle: F,
+) -> Result<(), ConsumeError>
+where
+    F: Fn(jetstream::Message, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| ConsumeError::Create {
+            durable: spec
+                .partitions
+                .first()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
+            stream: spec.stream.clone(),
+            reason: e.to_string(),
+        })?;
+    if let Some(legacy) = &spec.legacy {
+        if stream.delete_consumer(legacy).await.is_ok() {
+            info!(consumer = %legacy, "Removed the consumer of an older version; the deliveries are consumed by partition now.");
+        }
+    }
+    let mut consumers = Vec::with_capacity(spec.partitions.len());
+    for (durable, filter) in &spec.partitions {
+        let c: consumer::PullConsumer = js
+            .create_consumer_on_stream(
+                consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    description: Some(format!("gancho {}s, partition {filter}", spec.role)),
+                    filter_subject: filter.clone(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: spec.ack_wait,
+                    max_ack_pending: spec.max_ack_pending,
+                    priority_policy: consumer::PriorityPolicy::PinnedClient,
+                    priority_groups: vec![GROUP.to_owned()],
+                    priority_timeout: PIN_TIMEOUT,
+                    ..Default::default()
+                },
+                spec.stream.clone(),
+            )
+            .await
+            .map_err(|e| ConsumeError::Create {
+                durable: durable.clone(),
+                stream: spec.stream.clone(),
+                reason: e.to_string(),
+            })?;
+        consumers.push(c);
+    }
+    let concurrency = spec.concurrency.max(1);
+    info!(
+        role = spec.role,
+        partitions = consumers.len(),
+        concurrency,
+        "Consuming by partition."
+    );
+
+    let tracker = Arc::new(Tracker::new());
+    let watchdog = tokio::spawn(
+        crate::consume::watch(
+            tracker.clone(),
+            spec.role,
+            spec.metric_label,
+            spec.stall_after,
+        )
+        .instrument(tracing::info_span!("watchdog", role = spec.role)),
+    );
+    let shared = Arc::new(Shared {
+        js: js.clone(),
+        stream,
+        role: spec.role,
+        max_batch: spec.max_batch.max(1),
+        permits: Arc::new(Semaphore::new(concurrency)),
+        tracker,
+        handle: Arc::new(handle),
+    });
+    let mut serving: HashMap<u32, (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    let mut leaving: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let want = owned.borrow_and_update().clone();
+        let gone: Vec<u32> = serving
+            .keys()
+            .copied()
+            .filter(|p| !want.contains(p))
+            .collect();
+        for p in gone {
+            let (token, task) = serving.remove(&p).expect("listed above");
+            token.cancel();
+            leaving.push(task);
+        }
+        for &p in &want {
+            let Some(consumer) = consumers.get(p as usize) else {
+                continue;
+            };
+            if serving.contains_key(&p) {
+                continue;
+            }
+            let token = cancel.child_token();
+            let task = tokio::spawn(
+                serve(
+                    shared.clone(),
+                    consumer.cached_info().name.clone(),
+                    token.clone(),
+                )
+                .instrument(tracing::info_span!(
+                    "partition",
+                    role = spec.role,
+                    partition = p
+                )),
+            );
+            serving.insert(p, (token, task));
+        }
+        leaving.retain(|t| !t.is_finished());
+        let mut list: Vec<u32> = serving.keys().copied().collect();
+        list.sort_unstable();
+        debug!(partitions = ?list, "Serving partitions.");
+        metrics::gauge!(names::WORKER_PARTITIONS).set(serving.len() as f64);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = owned.changed() => if changed.is_err() {
+                cancel.cancelled().await;
+                break;
+            },
+        }
+    }
+    // Every partition token is a child of `cancel`: each one hands back, drains and unpins.
+    for (_, (_, task)) in serving.drain() {
+        leaving.push(task);
+    }
+    for task in leaving {
+        let _ = task.await;
+    }
+    // Acks are only queued on the connection: send them before the process may exit, or a
+    // message done here is redelivered and done twice.
+    if let Err(e) = js.client().flush().await {
+        warn!(role = spec.role, error = %e, "Cannot flush the last acks; their messages may be redelivered.");
+    }
+    watchdog.abort();
+    metrics::gauge!(names::WORKER_PARTITIONS).set(0.0);
+    info!(role = spec.role, "Stopped consuming.");
+    Ok(())
+}
+
+type Handler<Fut> = dyn Fn(jetstream::Message, CancellationToken) -> Fut + Send + Sync;
+
+struct Shared<Fut> {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    role: &'static str,
+    max_batch: usize,
+    /// The worker's intake slots, shared by its partitions.
+    permits: Arc<Semaphore>,
+    tracker: Arc<Tracker>,
+    handle: Arc<Handler<Fut>>,
+}
+
+/// What a reply to a pull is.
+enum Reply {
+    Message,
+    Heartbeat,
+    /// The pull is over (expired, or the server ended it).
+    End,
+    /// Our pin id is no longer the pinned one.
+    WrongPin,
+    Refused(u16, String),
+}
+
+fn classify(msg: &async_nats::Message) -> Reply {
+    match msg.status {
+        None | Some(StatusCode::OK) => Reply::Message,
+        Some(StatusCode::IDLE_HEARTBEAT) => Reply::Heartbeat,
+        Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => Reply::End,
+        Some(StatusCode::PIN_ID_MISMATCH) => Reply::WrongPin,
+        Some(StatusCode::REQUEST_TERMINATED) => {
+            // 409: leadership change, max waiting, batch completed... the next pull decides.
+            debug!(description = ?msg.description, "Pull ended by the server.");
+            Reply::End
+        }
+        Some(code) => Reply::Refused(code.as_u16(), msg.description.clone().unwrap_or_default()),
+    }
+}
+
+/// Serves one partition until `leave` fires, then gives it up cleanly.
+async fn serve<Fut>(shared: Arc<Shared<Fut>>, durable: String, leave: CancellationToken)
+where
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    let client = shared.js.client();
+    let next_subject = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        shared.stream.cached_info().config.name,
+        durable
+    );
+    let tasks = TaskTracker::new();
+    let mut pin: Option<String> = None;
+    let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
+    let mut last_got = 1usize;
+    'pulls: loop {
+        let first = tokio::select! {
+            _ = leave.cancelled() => break 'pulls,
+            p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        // An idle partition holds one slot while its pull waits; a busy one asks for twice
+        // what its last pull brought, so the worker's partitions share its intake by load.
+        let ask = (last_got * 2).clamp(1, shared.max_batch);
+        let mut slots: Vec<OwnedSemaphorePermit> = vec![first];
+        while slots.len() < ask {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(p) => slots.push(p),
+                Err(_) => break,
+            }
+        }
+        let inbox = client.new_inbox();
+        let sent = async {
+            let sub = client.subscribe(inbox.clone()).await?;
+            let mut request = serde_json::json!({
+                "batch": slots.len(),
+                "expires": PULL_EXPIRES.as_nanos() as u64,
+                "group": GROUP,
+            });
+            if let Some(id) = &pin {
+                request["id"] = serde_json::Value::String(id.clone());
+            }
+            client
+                .publish_with_reply(
+                    next_subject.clone(),
+                    inbox.clone(),
+                    request.to_string().into(),
+                )
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sub)
+        };
+        let mut sub = match sent.await {
+            Ok(sub) => sub,
+            Err(e) => {
+                warn!(role = shared.role, error = %e, "Cannot pull from the partition; trying again in a second.");
+                drop(slots);
+                tokio::select! {
+                    _ = leave.cancelled() => break 'pulls,
+                    _ = tokio::time::sleep(PULL_RETRY) => continue 'pulls,
+                }
+            }
+        };
+        // A pull ends with a status, when it is full, or (if its end got lost) a little after
+        // its expiry.
+        let deadline = Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+        let asked = slots.len();
+        last_got = 0;
+        loop {
+            let next = tokio::select! {
+                _ = leave.cancelled() => {
+                    open_pull = Some((sub, deadline));
+                    break 'pulls;
+                }
+                next = tokio::time::timeout_at(deadline, sub.next()) => next,
+            };
+            let Ok(Some(msg)) = next else { break };
+            match classify(&msg) {
+                Reply::Message => {}
+                Reply::Heartbeat => continue,
+                Reply::End => break,
+                Reply::WrongPin => {
+                    debug!("The partition's pin moved; pulling as a standby.");
+                    pin = None;
+                    break;
+                }
+                Reply::Refused(code, description) => {
+                    warn!(
+                        role = shared.role,
+                        code,
+                        description,
+                        "The partition refused a pull; trying again in a second."
+                    );
+                    tokio::select! {
+                        _ = leave.cancelled() => break 'pulls,
+                        _ = tokio::time::sleep(PULL_RETRY) => break,
+                    }
+                }
+            }
+            if let Some(id) = msg.headers.as_ref().and_then(|h| h.get("Nats-Pin-Id")) {
+                if pin.as_deref() != Some(id.as_str()) {
+                    debug!("This worker is pinned to the partition.");
+                    pin = Some(id.as_str().to_owned());
+                }
+            }
+            let msg = jetstream::Message {
+                message: msg,
+                context: shared.js.clone(),
+            };
+            last_got += 1;
+            let Some(permit) = slots.pop() else {
+                // More than asked for: never expected; give it back rather than overfill.
+                let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                continue;
+            };
+            let handle = shared.handle.clone();
+            let ticket = shared.tracker.start();
+            let tracker = shared.tracker.clone();
+            let token = leave.clone();
+            tasks.spawn(
+                async move {
+                    let handled = handle(msg, token).await;
+                    tracker.finish(ticket, handled);
+                    drop(permit);
+                }
+                .in_current_span(),
+            );
+            if slots.is_empty() {
+                break;
+            }
+        }
+        debug_assert!(last_got <= asked);
+    }
+    // Giving the partition up: what the open pull still brings is handed back while the work
+    // in hand finishes (what waits for its endpoint's turn is handed back by the handler);
+    // then the pin is released so a standby takes the partition at once.
+    tasks.close();
+    let drain = async {
+        let Some((mut sub, deadline)) = open_pull else {
+            return 0usize;
+        };
+        let mut handed = 0usize;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            match classify(&msg) {
+                Reply::Message => {
+                    let msg = jetstream::Message {
+                        message: msg,
+                        context: shared.js.clone(),
+                    };
+                    if msg
+                        .ack_with(jetstream::AckKind::Nak(Some(HAND_BACK_DELAY)))
+                        .await
+                        .is_ok()
+                    {
+                        handed += 1;
+                    }
+                }
+                Reply::Heartbeat => {}
+                _ => break,
+            }
+        }
+        handed
+    };
+    let (handed, ()) = tokio::join!(drain, tasks.wait());
+    if handed > 0 {
+        info!(
+            role = shared.role,
+            handed, "Handed back messages pulled but not started."
+        );
+    }
+    let Some(pin) = pin else { return };
+    // Only our own pin: if it already moved on (this worker was slow to pull), unpinning would
+    // take the partition from its new owner.
+    let mut consumer: consumer::PullConsumer = match shared.stream.get_consumer(&durable).await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "Cannot read the partition consumer to unpin it; its pin times out.");
+            return;
+        }
+    };
+    let ours = consumer.info().await.is_ok_and(|i| {
+        i.priority_groups
+            .iter()
+            .any(|g| g.group == GROUP && g.pinned_client_id.as_deref() == Some(pin.as_str()))
+    });
+    if ours {
+        if let Err(e) = shared.stream.unpin_consumer(&durable, GROUP).await {
+            debug!(error = %e, "Cannot unpin the partition; its pin times out.");
+        }
+    }
+}
