@@ -226,6 +226,30 @@ pub struct Verdict {
     /// The receiver asked for a pause (429 or 503 with `Retry-After`): no request to the
     /// endpoint starts before it ends.
     pub pause: Option<Duration>,
+    /// The receiver says it gets too many requests (429): lower the endpoint's rate
+    /// ([`lowered_rate`]).
+    pub slow_down: bool,
+}
+
+/// The lowest rate (requests per second) repeated 429s bring an endpoint to.
+pub const MIN_RATE: u32 = 1;
+/// How long after one change of an endpoint's adaptive rate the next may come: one decrease
+/// per second however many 429s a burst of concurrent requests brings back, and one step up
+/// per second of answers without 429.
+pub const RATE_STEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Multiplicative decrease: the rate after a 429 to an endpoint sending at `current` per
+/// second: half, not below [`MIN_RATE`].
+pub fn lowered_rate(current: u32) -> u32 {
+    (current / 2).max(MIN_RATE)
+}
+
+/// Additive increase: the rate one step after `current` on the way back to `ceiling` (the
+/// endpoint's configured limit, or the rate it was sent at when first slowed): a tenth of the
+/// ceiling (at least 1) more; `None` once the ceiling is reached (the adaptive limit is lifted).
+pub fn raised_rate(current: u32, ceiling: u32) -> Option<u32> {
+    let next = current.saturating_add((ceiling / 10).max(1));
+    (next < ceiling).then_some(next)
 }
 
 /// The retry policy in one place, without I/O: what `answer` to attempt `attempt` (1-based)
@@ -264,6 +288,7 @@ pub fn judge(
         next,
         healthy,
         pause,
+        slow_down: status == 429 && !answer.delivered,
     }
 }
 
@@ -331,12 +356,33 @@ mod tests {
                     next: *next,
                     healthy: *healthy,
                     pause: pause.map(Duration::from_secs),
+                    slow_down: *status == 429,
                 };
                 assert_eq!(
                     v, want,
                     "status {status} attempt {attempt} retry-after {ra:?}"
                 );
             }
+        }
+
+        #[test]
+        fn adaptive_rate_halves_to_the_floor_and_climbs_back_in_tenths() {
+            // (current) -> lowered
+            for (current, want) in [(50, 25), (25, 12), (3, 1), (1, 1), (0, 1)] {
+                assert_eq!(lowered_rate(current), want, "from {current}");
+            }
+            // Back to a ceiling of 50 from 1: +5 a step, lifted at the ceiling.
+            let mut rate = 1;
+            let mut steps = 0;
+            while let Some(next) = raised_rate(rate, 50) {
+                assert!(next > rate && next < 50);
+                rate = next;
+                steps += 1;
+            }
+            assert_eq!((rate, steps), (46, 9));
+            // A small ceiling still climbs by 1.
+            assert_eq!(raised_rate(1, 5), Some(2));
+            assert_eq!(raised_rate(4, 5), None);
         }
 
         #[test]

@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Each healthy endpoint's rate limit (requests per second); the report gives the
+    /// busiest endpoint's rate as the sink saw it, to check the limit holds for the fleet.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
     /// Deliver to this HTTPS URL (path /e<N> appended) instead of a local sink; the rate and
     /// the latency then come from gancho's metrics side only (no sink statistics).
     #[arg(long)]
@@ -349,11 +353,16 @@ async fn bench(
         let bar = &bar;
         let is_dead = i < dead;
         let base = &base;
+        let rate_limit = args.rate_limit;
         async move {
             let body = if is_dead {
                 json!({"url": format!("https://127.0.0.1:{hole}/e{i}"), "timeout_ms": dead_timeout.as_millis() as u64})
             } else {
-                json!({"url": format!("{}/e{i}", base.trim_end_matches('/'))})
+                let mut body = json!({"url": format!("{}/e{i}", base.trim_end_matches('/'))});
+                if let Some(limit) = rate_limit {
+                    body["rate_limit_per_sec"] = json!(limit);
+                }
+                body
             };
             let r = call(conn, "POST", &format!("/v1/tenants/{TENANT}/endpoints"), Some(body)).await;
             bar.inc(1);
@@ -514,6 +523,8 @@ async fn bench(
             "p99": last["latency_us"]["p99"].as_f64().map(|v| v / 1000.0),
             "max": last["latency_us"]["max"].as_f64().map(|v| v / 1000.0),
         },
+        "rate_limit": args.rate_limit,
+        "busiest_endpoint_per_s": last["busiest_endpoint_per_s"].as_f64(),
         "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64()).map(|(r, d)| r - d),
         "deferred": deferred,
         "failed_attempts": failed,
@@ -642,6 +653,13 @@ fn print_report(r: &Value) {
         f(&r["deliveries_per_s"]),
         f(&r["elapsed_s"])
     );
+    if !r["rate_limit"].is_null() {
+        println!(
+            "  rate limit       {}/s per endpoint; busiest endpoint received {}/s",
+            f(&r["rate_limit"]),
+            f(&r["busiest_endpoint_per_s"])
+        );
+    }
     let l = &r["latency_ms"];
     println!(
         "  end-to-end ms    p50 {}  p90 {}  p99 {}  max {}",

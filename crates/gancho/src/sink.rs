@@ -69,11 +69,13 @@ struct Seen {
     ids: std::collections::HashSet<u64>,
     /// Microseconds from the body's `timestamp` (the event's time) to arrival.
     latencies_us: Vec<u64>,
+    /// Per path (endpoint): requests, the first and the last arrival.
+    paths: std::collections::HashMap<String, (u64, std::time::Instant, std::time::Instant)>,
 }
 
 impl Counts {
     /// `GET` on the sink: `{"received", "distinct", "valid", "invalid", "latency_us":
-    /// {"p50", "p90", "p99", "max"}}`.
+    /// {"p50", "p90", "p99", "max"}, "busiest_endpoint_per_s"}`.
     fn stats(&self) -> serde_json::Value {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut l = seen.latencies_us.clone();
@@ -85,7 +87,16 @@ impl Counts {
                 l[((l.len() as f64 - 1.0) * p).round() as usize]
             }
         };
+        // The busiest endpoint's rate over its own first to last request (those with at least
+        // 20 requests): what a receiver limited to N/s would see.
+        let busiest = seen
+            .paths
+            .values()
+            .filter(|(n, first, last)| *n >= 20 && last > first)
+            .map(|(n, first, last)| (*n - 1) as f64 / (*last - *first).as_secs_f64())
+            .fold(0.0f64, f64::max);
         serde_json::json!({
+            "busiest_endpoint_per_s": (busiest * 10.0).round() / 10.0,
             "received": self.received.load(Ordering::Relaxed),
             "distinct": seen.ids.len(),
             "valid": self.valid.load(Ordering::Relaxed),
@@ -110,8 +121,18 @@ impl Counts {
                     .whole_microseconds()
                     .max(0) as u64
             });
+        let now = std::time::Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.ids.insert(h.finish());
+        match seen.paths.get_mut(path) {
+            Some(p) => {
+                p.0 += 1;
+                p.2 = now;
+            }
+            None => {
+                seen.paths.insert(path.to_owned(), (1, now, now));
+            }
+        }
         if let Some(us) = latency {
             seen.latencies_us.push(us);
         }

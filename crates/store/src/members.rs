@@ -132,7 +132,7 @@ mod tests {
     fn a_worker_not_yet_listed_counts_itself() {
         assert_eq!(assign(&[], "a", 4), vec![0, 1, 2, 3]);
         assert_eq!(assign(&ids(&["b"]), "a", 4), vec![0, 2]);
-        assert_eq!(assign(&ids(&["b"]), "b", 4), vec![1, 3]);
+        assert_eq!(assign(&ids(&["a"]), "b", 4), vec![1, 3]);
         // Listed twice (its own key and itself) is still one worker.
         assert_eq!(assign(&ids(&["a", "b"]), "a", 4), vec![0, 2]);
     }

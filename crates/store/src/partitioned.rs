@@ -58,7 +58,8 @@ pub struct Spec {
     pub ack_wait: Duration,
     /// Per partition consumer.
     pub max_ack_pending: i64,
-    /// Messages handled at once in this process, over every partition it serves.
+    /// Messages handled at once in this process, over every partition it serves (plus one
+    /// per partition for the pull it keeps waiting).
     pub concurrency: usize,
     /// Most messages one pull asks for.
     pub max_batch: usize,
@@ -148,7 +149,9 @@ where
         stream,
         role: spec.role,
         max_batch: spec.max_batch.max(1),
-        permits: Arc::new(Semaphore::new(concurrency)),
+        // One slot more per partition: the pull an idle partition keeps waiting holds one,
+        // and should not take it from the busy ones.
+        permits: Arc::new(Semaphore::new(concurrency + consumers.len())),
         tracker,
         handle: Arc::new(handle),
     });
@@ -272,7 +275,7 @@ where
     let tasks = TaskTracker::new();
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
-    let mut last_got = 1usize;
+    let mut last_got = 0usize;
     'pulls: loop {
         let first = tokio::select! {
             _ = leave.cancelled() => break 'pulls,

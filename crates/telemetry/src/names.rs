@@ -37,6 +37,9 @@ pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
 pub const WORKER_PARTITIONS: &str = "gancho_worker_partitions";
 /// Workers alive, as this worker last read them from the workers bucket.
 pub const WORKERS_ALIVE: &str = "gancho_workers_alive";
+/// Endpoints whose rate 429s lowered below their usual one in this worker (adaptive rate);
+/// each change is a log line with the endpoint and its rate.
+pub const ENDPOINTS_SLOWED: &str = "gancho_delivery_endpoints_slowed";
 /// Endpoints paused by their receiver's `Retry-After` (429/503) in this worker.
 pub const ENDPOINTS_PAUSED: &str = "gancho_delivery_endpoints_paused";
 /// Endpoints disabled by the worker. `reason`: gone | failing.
@@ -148,6 +151,10 @@ pub fn describe_all() {
     describe_gauge!(
         CIRCUITS_OPEN,
         "Endpoints whose circuit is open in this worker."
+    );
+    describe_gauge!(
+        ENDPOINTS_SLOWED,
+        "Endpoints whose rate 429s lowered (halved per 429, back up a tenth a second) in this worker."
     );
     describe_gauge!(
         WORKER_PARTITIONS,

@@ -304,6 +304,24 @@ impl Ctx {
                     "The endpoint asked for a pause (Retry-After); its deliveries wait.");
             }
         }
+        if verdict.slow_down {
+            if let Some(rate) = gate.slow_down() {
+                metrics::gauge!(names::ENDPOINTS_SLOWED).set(self.gates.slowed() as f64);
+                info!(endpoint = %ep.config.id, rate_per_sec = rate,
+                    "The endpoint answered 429; its rate is lowered.");
+            }
+        } else if outcome.status != 0 {
+            match gate.speed_up() {
+                Some(None) => {
+                    metrics::gauge!(names::ENDPOINTS_SLOWED).set(self.gates.slowed() as f64);
+                    info!(endpoint = %ep.config.id, "The endpoint takes its usual rate again.");
+                }
+                Some(Some(rate)) => {
+                    debug!(endpoint = %ep.config.id, rate_per_sec = rate, "The endpoint's rate goes up a step.");
+                }
+                None => {}
+            }
+        }
         if gate.record(healthy, latency) {
             metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
             if !healthy {

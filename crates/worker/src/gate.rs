@@ -72,11 +72,28 @@ struct Circuit {
     paused_until: Option<Instant>,
 }
 
+/// An endpoint's rate as its 429s set it (AIMD, [`gancho_core::retry::lowered_rate`]).
+#[derive(Default)]
+struct Adaptive {
+    /// The lowered rate and its limiter, while the endpoint is slowed.
+    slowed: Option<(u32, Arc<DefaultDirectRateLimiter>)>,
+    /// What the rate climbs back to: the configured limit, or the rate requests were
+    /// starting at when the endpoint was first slowed.
+    ceiling: u32,
+    last_change: Option<Instant>,
+    /// Requests started in the current second and the one before (the observed rate of an
+    /// endpoint without a configured limit).
+    window: Option<Instant>,
+    this_second: u32,
+    last_second: u32,
+}
+
 /// One endpoint's admission state in this worker.
 pub struct Gate {
     settings: (Option<u32>, Option<u32>),
     in_flight: Arc<Semaphore>,
     limiter: Option<DefaultDirectRateLimiter>,
+    adaptive: Mutex<Adaptive>,
     queued: Arc<AtomicUsize>,
     /// Queue bound while untrusted.
     small_bound: usize,
@@ -111,6 +128,7 @@ impl Gate {
             settings: (rate, max_in_flight),
             in_flight: Arc::new(Semaphore::new(cap as usize)),
             limiter,
+            adaptive: Mutex::default(),
             queued: Arc::new(AtomicUsize::new(0)),
             small_bound: (cap as usize * QUEUE_PER_SLOT).min(intake / 4).max(1),
             large_bound: intake,
@@ -159,14 +177,111 @@ impl Gate {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             return queue_or_defer("in_flight_cap", QUEUE_FULL_DELAY);
         };
+        if let Some(wait) = self.rate_wait() {
+            drop(permit);
+            return queue_or_defer("rate_limited", wait.max(QUEUE_FULL_DELAY));
+        }
+        self.started();
+        Admission::Go(permit)
+    }
+
+    /// `Some(wait)` when the rate limit (configured, or lowered after 429s) refuses a request
+    /// now; `None` takes a token from each.
+    fn rate_wait(&self) -> Option<Duration> {
+        let now = DefaultClock::default().now();
         if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check() {
-                drop(permit);
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return queue_or_defer("rate_limited", wait.max(QUEUE_FULL_DELAY));
+                return Some(not_until.wait_time_from(now));
             }
         }
-        Admission::Go(permit)
+        if let Some(slowed) = self.slowed_limiter() {
+            if let Err(not_until) = slowed.check() {
+                return Some(not_until.wait_time_from(now));
+            }
+        }
+        None
+    }
+
+    fn slowed_limiter(&self) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let a = self.adaptive.lock().expect("adaptive lock");
+        a.slowed.as_ref().map(|(_, l)| l.clone())
+    }
+
+    /// Counts a request starting now (the observed rate).
+    fn started(&self) {
+        let mut a = self.adaptive.lock().expect("adaptive lock");
+        let now = Instant::now();
+        match a.window {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            Some(start) if now.duration_since(start) < Duration::from_secs(2) => {
+                a.last_second = a.this_second;
+                a.this_second = 0;
+                a.window = Some(start + Duration::from_secs(1));
+            }
+            _ => {
+                a.last_second = 0;
+                a.this_second = 0;
+                a.window = Some(now);
+            }
+        }
+        a.this_second += 1;
+    }
+
+    /// The receiver answered 429: halve the endpoint's rate (at most once a second), down to
+    /// [`gancho_core::retry::MIN_RATE`]. Returns the new rate when it changed.
+    pub fn slow_down(&self) -> Option<u32> {
+        use gancho_core::retry::{lowered_rate, RATE_STEP_EVERY};
+        let mut a = self.adaptive.lock().expect("adaptive lock");
+        if a.last_change
+            .is_some_and(|at| at.elapsed() < RATE_STEP_EVERY)
+        {
+            return None;
+        }
+        let current = match &a.slowed {
+            Some((rate, _)) => *rate,
+            None => {
+                let observed = a.this_second.max(a.last_second).max(1);
+                let ceiling = self.settings.0.unwrap_or(observed).max(1);
+                a.ceiling = ceiling;
+                // What it was actually sent at: below a configured limit, halving the limit
+                // would not slow it down.
+                ceiling.min(observed)
+            }
+        };
+        let next = lowered_rate(current);
+        if a.slowed.as_ref().is_some_and(|(r, _)| *r == next) {
+            a.last_change = Some(Instant::now());
+            return None;
+        }
+        a.slowed = Some((next, Arc::new(slowed_limiter(next))));
+        a.last_change = Some(Instant::now());
+        Some(next)
+    }
+
+    /// An answer without 429: one step back toward the ceiling (at most once a second).
+    /// Returns `Some(None)` when the adaptive limit is lifted, `Some(Some(rate))` on a step.
+    pub fn speed_up(&self) -> Option<Option<u32>> {
+        use gancho_core::retry::{raised_rate, RATE_STEP_EVERY};
+        let mut a = self.adaptive.lock().expect("adaptive lock");
+        let (rate, _) = a.slowed.as_ref()?;
+        if a.last_change
+            .is_some_and(|at| at.elapsed() < RATE_STEP_EVERY)
+        {
+            return None;
+        }
+        let next = raised_rate(*rate, a.ceiling);
+        a.slowed = next.map(|r| (r, Arc::new(slowed_limiter(r))));
+        a.last_change = Some(Instant::now());
+        Some(next)
+    }
+
+    /// Whether 429s hold the endpoint below its usual rate.
+    pub fn is_slowed(&self) -> bool {
+        self.adaptive
+            .lock()
+            .expect("adaptive lock")
+            .slowed
+            .is_some()
     }
 
     /// Waits until the endpoint can take a queued delivery. `Err((reason, after))` when it
@@ -186,6 +301,10 @@ impl Gate {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
+        if let Some(slowed) = self.slowed_limiter() {
+            slowed.until_ready().await;
+        }
+        self.started();
         if let Some(after) = self.paused_for() {
             return Err(("retry_after", after));
         }
@@ -286,6 +405,12 @@ impl Gate {
     }
 }
 
+/// A limiter for a rate lowered by 429s: evenly spaced requests, no burst.
+fn slowed_limiter(rate: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(rate.max(1)).expect("at least 1");
+    DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN))
+}
+
 /// Every endpoint's gate in this worker, created on first use and replaced when the
 /// endpoint's rate or in-flight settings change.
 pub struct Gates {
@@ -320,7 +445,9 @@ impl Gates {
             _ => {
                 if map.len() >= self.prune_at.load(Ordering::Relaxed) {
                     // Deleted or quiet endpoints; keep those in use and open circuits.
-                    map.retain(|_, g| Arc::strong_count(g) > 1 || g.is_open() || g.is_paused());
+                    map.retain(|_, g| {
+                        Arc::strong_count(g) > 1 || g.is_open() || g.is_paused() || g.is_slowed()
+                    });
                     self.prune_at
                         .store((map.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
                 }
@@ -338,6 +465,16 @@ impl Gates {
             .expect("gates lock")
             .values()
             .filter(|g| g.is_paused())
+            .count()
+    }
+
+    /// How many endpoints 429s hold below their usual rate in this worker.
+    pub fn slowed(&self) -> usize {
+        self.map
+            .lock()
+            .expect("gates lock")
+            .values()
+            .filter(|g| g.is_slowed())
             .count()
     }
 
@@ -539,5 +676,39 @@ mod tests {
         let a = gates.get("t", "e", None, Some(2));
         assert!(Arc::ptr_eq(&a, &gates.get("t", "e", None, Some(2))));
         assert!(!Arc::ptr_eq(&a, &gates.get("t", "e", Some(5), Some(2))));
+    }
+
+    #[test]
+    fn repeated_429s_halve_the_rate_and_answers_without_them_bring_it_back() {
+        // No configured limit: 30 requests in this second are the rate it was sent at.
+        let g = Gate::new(None, None, 2048);
+        for _ in 0..30 {
+            assert!(matches!(g.admit(), Admission::Go(_)));
+        }
+        assert_eq!(g.slow_down(), Some(15));
+        assert_eq!(
+            g.slow_down(),
+            None,
+            "one decrease a second, however many 429s"
+        );
+        assert!(g.is_slowed());
+        // Evenly spaced now: one goes, the next right after it waits.
+        assert!(matches!(g.admit(), Admission::Go(_)));
+        assert!(!matches!(g.admit(), Admission::Go(_)));
+        std::thread::sleep(Duration::from_millis(1050));
+        // A tenth of the ceiling (30) more per second without 429.
+        assert_eq!(g.speed_up(), Some(Some(18)));
+        assert_eq!(g.speed_up(), None, "one step a second");
+        std::thread::sleep(Duration::from_millis(1050));
+        assert_eq!(g.slow_down(), Some(9));
+
+        // A configured limit is the ceiling, and 429s bring it down from what was sent.
+        let g = Gate::new(Some(10), None, 2048);
+        for _ in 0..4 {
+            assert!(matches!(g.admit(), Admission::Go(_)));
+        }
+        assert_eq!(g.slow_down(), Some(2), "sent at 4/s under a limit of 10");
+        let a = g.adaptive.lock().unwrap();
+        assert_eq!(a.ceiling, 10);
     }
 }

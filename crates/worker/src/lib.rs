@@ -200,6 +200,8 @@ pub async fn run(
                     .set(ctx.gates.paused() as f64);
                 metrics::gauge!(gancho_telemetry::names::CIRCUITS_OPEN)
                     .set(ctx.gates.open_circuits() as f64);
+                metrics::gauge!(gancho_telemetry::names::ENDPOINTS_SLOWED)
+                    .set(ctx.gates.slowed() as f64);
             }
         })
     };
