@@ -83,18 +83,27 @@ where
     F: Fn(jetstream::Message, CancellationToken) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Handled> + Send + 'static,
 {
-    let stream = js
-        .get_stream(&spec.stream)
-        .await
-        .map_err(|e| ConsumeError::Create {
-            durable: spec
-                .partitions
-                .first()
-                .map(|p| p.0.clone())
-                .unwrap_or_default(),
-            stream: spec.stream.clone(),
-            reason: e.to_string(),
-        })?;
+    // During a leader election JetStream answers set-up requests late or not at all: keep
+    // asking for up to SETUP_PATIENCE; a refusal stops at once.
+    let started = Instant::now();
+    let first = spec
+        .partitions
+        .first()
+        .map(|p| p.0.clone())
+        .unwrap_or_default();
+    let stream = loop {
+        match js.get_stream(&spec.stream).await {
+            Ok(s) => break s,
+            Err(e) => {
+                let transient = match e.kind() {
+                    jetstream::context::GetStreamErrorKind::Request => true,
+                    jetstream::context::GetStreamErrorKind::JetStream(j) => j.code() == 503,
+                    _ => false,
+                };
+                wait_or_fail(started, transient, &first, &spec.stream, e.to_string()).await?;
+            }
+        }
+    };
     if let Some(legacy) = &spec.legacy {
         if stream.delete_consumer(legacy).await.is_ok() {
             info!(consumer = %legacy, "Removed the consumer of an older version; the deliveries are consumed by partition now.");
@@ -102,28 +111,35 @@ where
     }
     let mut consumers = Vec::with_capacity(spec.partitions.len());
     for (durable, filter) in &spec.partitions {
-        let c: consumer::PullConsumer = js
-            .create_consumer_on_stream(
-                consumer::pull::Config {
-                    durable_name: Some(durable.clone()),
-                    description: Some(format!("gancho {}s, partition {filter}", spec.role)),
-                    filter_subject: filter.clone(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: spec.ack_wait,
-                    max_ack_pending: spec.max_ack_pending,
-                    priority_policy: consumer::PriorityPolicy::PinnedClient,
-                    priority_groups: vec![GROUP.to_owned()],
-                    priority_timeout: PIN_TIMEOUT,
-                    ..Default::default()
-                },
-                spec.stream.clone(),
-            )
-            .await
-            .map_err(|e| ConsumeError::Create {
-                durable: durable.clone(),
-                stream: spec.stream.clone(),
-                reason: e.to_string(),
-            })?;
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            description: Some(format!("gancho {}s, partition {filter}", spec.role)),
+            filter_subject: filter.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_ack_pending: spec.max_ack_pending,
+            priority_policy: consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec![GROUP.to_owned()],
+            priority_timeout: PIN_TIMEOUT,
+            ..Default::default()
+        };
+        let c: consumer::PullConsumer = loop {
+            match js
+                .create_consumer_on_stream(config.clone(), spec.stream.clone())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    use jetstream::stream::ConsumerErrorKind as K;
+                    let transient = match e.kind() {
+                        K::TimedOut | K::Request => true,
+                        K::JetStream(j) => j.code() == 503,
+                        _ => false,
+                    };
+                    wait_or_fail(started, transient, durable, &spec.stream, e.to_string()).await?;
+                }
+            }
+        };
         consumers.push(c);
     }
     let concurrency = spec.concurrency.max(1);
@@ -219,6 +235,30 @@ where
     watchdog.abort();
     metrics::gauge!(names::WORKER_PARTITIONS).set(0.0);
     info!(role = spec.role, "Stopped consuming.");
+    Ok(())
+}
+
+/// How long a worker keeps asking JetStream to set up its consumers while it times out.
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits a second before the next try of a set-up request that failed with `reason`, or
+/// returns the error: it was a refusal, or JetStream has not answered for [`SETUP_PATIENCE`].
+async fn wait_or_fail(
+    started: Instant,
+    transient: bool,
+    durable: &str,
+    stream: &str,
+    reason: String,
+) -> Result<(), ConsumeError> {
+    if !transient || started.elapsed() >= SETUP_PATIENCE {
+        return Err(ConsumeError::Create {
+            durable: durable.to_owned(),
+            stream: stream.to_owned(),
+            reason,
+        });
+    }
+    warn!(consumer = durable, error = %reason, "JetStream did not set up the consumer; trying again in a second.");
+    tokio::time::sleep(PULL_RETRY).await;
     Ok(())
 }
 
