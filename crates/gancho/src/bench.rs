@@ -398,6 +398,24 @@ async fn bench(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The workers have dealt out the partitions (each sees them all and serves its share),
+    // as in a fleet that has been running: a run does not measure partitions moving.
+    let waited = Instant::now();
+    loop {
+        let (mut served, mut settled) = (0.0, true);
+        for port in &metrics_ports {
+            let page = get_text(&client, &format!("http://127.0.0.1:{port}/metrics")).await;
+            served += metric_sum(&page, "gancho_worker_partitions", "");
+            settled &= metric_sum(&page, "gancho_workers_alive", "") == args.workers as f64;
+        }
+        if settled && served == f64::from(gancho_core::subject::PARTITIONS) {
+            break;
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("the workers did not share the partitions in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     say(&format!(
         "gancho bench: {} events x {} endpoints ({} dead), {} worker(s), via {}, {}",
         args.events,
