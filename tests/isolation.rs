@@ -202,3 +202,86 @@ async fn retry_after_pauses_the_endpoint_and_not_the_others() {
     assert_eq!(paused.count(), 11);
     cancel.cancel();
 }
+
+/// Deliveries waiting on the held subjects (paused endpoints', and those parked while a
+/// circuit is open).
+async fn held(env: &support::Env) -> usize {
+    use futures::TryStreamExt;
+    let subjects = &env.layout.subjects;
+    let stream = env
+        .js
+        .get_stream(subjects.deliveries_stream())
+        .await
+        .unwrap();
+    let mut held = stream
+        .info_with_subjects(subjects.held_wildcard())
+        .await
+        .unwrap();
+    let mut total = 0;
+    while let Some((_, n)) = held.try_next().await.unwrap() {
+        total += n;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_parks_its_deliveries_until_a_probe_gets_through() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    // 503 until `up`, then 200.
+    let up = Arc::new(AtomicBool::new(false));
+    let rx = {
+        let up = up.clone();
+        Receiver::https(&env.ca, move |_, _| {
+            Answer::status(if up.load(Ordering::SeqCst) { 200 } else { 503 })
+        })
+        .await
+    };
+    env.endpoint("acme", "down", &rx.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "down", |ep| ep.max_in_flight = Some(1))
+        .await;
+    let cancel = env.run_roles(1).await;
+    for n in 0..60 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    // Five failures open the circuit; what comes after is parked once, not retried.
+    wait_until(
+        "the deliveries to be parked",
+        Duration::from_secs(30),
+        || async { held(&env).await >= 50 },
+    )
+    .await;
+    let tried = rx.count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        rx.count() <= tried + 1,
+        "while the circuit cools down at most a probe goes out ({tried} -> {})",
+        rx.count()
+    );
+    assert!(tried <= 8, "{tried} requests before the circuit opened");
+    // The endpoint comes back: the next probe gets through and everything parked follows.
+    up.store(true, Ordering::SeqCst);
+    wait_until("every event delivered", Duration::from_secs(60), || async {
+        let delivered: std::collections::HashSet<String> = env
+            .attempts("acme", "down")
+            .await
+            .into_iter()
+            .filter(|a| a.status == 200)
+            .map(|a| a.event_id)
+            .collect();
+        delivered.len() == 60
+    })
+    .await;
+    assert_eq!(held(&env).await, 0, "nothing left parked");
+    let attempts = env.attempts("acme", "down").await;
+    assert!(
+        attempts.len() < 60 + 20,
+        "parked deliveries spend no attempt ({} attempts)",
+        attempts.len()
+    );
+    cancel.cancel();
+}

@@ -48,7 +48,9 @@ pub(crate) struct Ctx {
     pub client: http::Client,
     pub jitter: f64,
     pub user_agent: String,
-    pub gates: Gates,
+    pub gates: Arc<Gates>,
+    /// Pokes the release loop: a delivery was parked, or a circuit closed.
+    pub wake_release: Arc<tokio::sync::Notify>,
     /// The worker's HTTP request slots (its configured concurrency).
     pub requests: Semaphore,
     /// Whether JetStream takes this worker's writes.
@@ -324,6 +326,10 @@ impl Ctx {
         }
         if gate.record(healthy, latency) {
             metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
+            if healthy {
+                // Closed: what was parked goes out now.
+                self.wake_release.notify_one();
+            }
             if !healthy {
                 warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries deferred.");
             }
@@ -448,6 +454,13 @@ impl Ctx {
         } else {
             after
         };
+        if reason == "circuit_open" {
+            // Parked once, unread, until the circuit closes (or one is let out as its probe):
+            // a dead endpoint's deliveries do not go round JetStream while it cools down.
+            debug!(endpoint = %ep.config.id, "Delivery parked while the circuit is open.");
+            self.wake_release.notify_one();
+            return self.finish(msg, Some(&delivery), None, Next::Hold).await;
+        }
         delivery.deferrals += 1;
         let delay = jitter(after, 0.2, rand::random::<f64>());
         debug!(endpoint = %ep.config.id, reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");

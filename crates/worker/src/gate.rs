@@ -70,7 +70,24 @@ struct Circuit {
     probing: bool,
     /// The receiver asked for a pause (429 or 503 with `Retry-After`) until then.
     paused_until: Option<Instant>,
+    /// When a parked delivery was last released to serve as the probe.
+    probe_released: Option<Instant>,
 }
+
+/// What to do with an endpoint's parked deliveries (set aside while its circuit is open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// The circuit is closed: release them all.
+    Release,
+    /// The cool-down is over and no probe is under way: release one, to be the probe.
+    Probe,
+    /// Cooling down, or a probe is under way: leave them.
+    Keep,
+}
+
+/// A released probe that has not come back within this long (its delivery found the probe
+/// slot taken, or was lost to a crash) is followed by another.
+const PROBE_RELEASE_EVERY: Duration = Duration::from_secs(10);
 
 /// An endpoint's rate as its 429s set it (AIMD, [`gancho_core::retry::lowered_rate`]).
 #[derive(Default)]
@@ -396,6 +413,24 @@ impl Gate {
         was_open != c.open_until.is_some()
     }
 
+    /// What to do with the deliveries parked while the circuit was open.
+    pub fn parked(&self) -> Parked {
+        let mut c = self.circuit.lock().expect("circuit lock");
+        let Some(until) = c.open_until else {
+            return Parked::Release;
+        };
+        let now = Instant::now();
+        if now < until
+            || c.probing
+            || c.probe_released
+                .is_some_and(|at| now.duration_since(at) < PROBE_RELEASE_EVERY)
+        {
+            return Parked::Keep;
+        }
+        c.probe_released = Some(now);
+        Parked::Probe
+    }
+
     pub fn is_open(&self) -> bool {
         self.circuit
             .lock()
@@ -456,6 +491,12 @@ impl Gates {
                 g
             }
         }
+    }
+
+    /// The gate of an endpoint, if this worker has one.
+    pub fn peek(&self, tenant: &str, endpoint: &str) -> Option<Arc<Gate>> {
+        let map = self.map.lock().expect("gates lock");
+        map.get(&(tenant.to_owned(), endpoint.to_owned())).cloned()
     }
 
     /// How many endpoints are paused by their receiver's `Retry-After` in this worker.

@@ -153,10 +153,17 @@ pub async fn run(
         owned_tx,
         cancel.clone(),
     ));
+    let gates = Arc::new(Gates::new(intake));
+    let wake_release = Arc::new(tokio::sync::Notify::new());
     let releasing = tokio::spawn(release::run(
         output.clone(),
         subjects.clone(),
         live.clone(),
+        release::Parking {
+            gates: gates.clone(),
+            owned: owned.clone(),
+            wake: wake_release.clone(),
+        },
         cancel.clone(),
     ));
     let pressure = Arc::new(gancho_store::full::Pressure::new("worker"));
@@ -180,7 +187,8 @@ pub async fn run(
         client,
         jitter: config.jitter,
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
-        gates: Gates::new(intake),
+        gates,
+        wake_release,
         requests: tokio::sync::Semaphore::new(requests),
         pressure,
         health,

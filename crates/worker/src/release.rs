@@ -1,4 +1,5 @@
-//! Held deliveries. A paused endpoint's deliveries wait on `gancho.held.<tenant>.<endpoint>`
+//! Held deliveries: a paused endpoint's, and those parked while an endpoint's circuit is
+//! open. A paused endpoint's deliveries wait on `gancho.held.<tenant>.<endpoint>`
 //! in the deliveries stream, where no consumer reads them: they take no ack-pending slot
 //! and spend no attempt. Every worker looks at the held subjects whenever its config
 //! snapshot changes and every [`LOOK_EVERY`]; a subject whose endpoint is no longer paused
@@ -7,10 +8,16 @@
 //! stored, so the worker's usual rules apply to it: delivered, or dead-lettered as
 //! `endpoint_disabled` or `endpoint_gone`.
 //!
+//! Only the worker serving the endpoint's partition releases its subject, since it alone
+//! knows the endpoint's circuit: while the circuit is open the parked deliveries stay; when
+//! its cool-down is over one is released to be the probe (another at most every 10 s while
+//! none comes back); when it closes, all of them go.
+//!
 //! Workers releasing the same subject share one durable consumer named after it, and the
 //! republish carries `Nats-Msg-Id: release:<held sequence>`, so two workers, or a release
 //! redone after a crash, never make two deliveries of one held message.
 
+use crate::gate::{Gates, Parked};
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream};
 use futures::TryStreamExt;
 use gancho_core::subject::TARGET_HEADER;
@@ -20,6 +27,7 @@ use gancho_telemetry::names;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,13 +39,28 @@ const BATCH: usize = 256;
 /// A release consumer nobody pulled from for this long is removed by the server.
 const CONSUMER_IDLE: Duration = Duration::from_secs(60);
 
+/// How often held subjects are looked at while some wait for an open circuit's cool-down to
+/// end (to let one out as the probe).
+const LOOK_WHILE_PARKED: Duration = Duration::from_secs(1);
+
+/// What the release loop needs from the worker.
+pub(crate) struct Parking {
+    pub gates: Arc<Gates>,
+    /// The partitions this worker serves: it alone releases their endpoints' subjects.
+    pub owned: watch::Receiver<Vec<u32>>,
+    /// Poked when a delivery is parked or a circuit closes.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
 pub(crate) async fn run(
     js: jetstream::Context,
     subjects: Subjects,
     live: Arc<Live>,
+    parking: Parking,
     cancel: CancellationToken,
 ) {
     let mut changes = live.changes();
+    let mut parked = false;
     // A busy server can time out a look now and then; only a run of failures is news.
     let mut failures = 0u32;
     loop {
@@ -45,10 +68,13 @@ pub(crate) async fn run(
         // is acked only after its republish is stored, under a message id.
         let looked = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = look(&js, &subjects, &live) => r,
+            r = look(&js, &subjects, &live, &parking) => r,
         };
         match looked {
-            Ok(()) => failures = 0,
+            Ok(waiting) => {
+                failures = 0;
+                parked = waiting;
+            }
             Err(e) => {
                 failures += 1;
                 if failures % 6 == 3 {
@@ -61,42 +87,66 @@ pub(crate) async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changes.changed() => {}
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            _ = parking.wake.notified() => {}
+            _ = tokio::time::sleep(if parked { LOOK_WHILE_PARKED } else { LOOK_EVERY }) => {}
         }
     }
 }
 
-/// Counts what is held and releases every subject whose endpoint is not paused.
+/// Counts what is held and releases the subjects of this worker's partitions whose endpoint
+/// is not paused: all of a subject, or one delivery to probe an open circuit whose cool-down
+/// is over, or none while it cools down. Returns whether some wait for a cool-down.
 async fn look(
     js: &jetstream::Context,
     subjects: &Subjects,
     live: &Live,
-) -> Result<(), async_nats::Error> {
+    parking: &Parking,
+) -> Result<bool, async_nats::Error> {
     let stream = js.get_stream(subjects.deliveries_stream()).await?;
     let mut held = stream.info_with_subjects(subjects.held_wildcard()).await?;
     let mut total = 0usize;
     let mut releasable = Vec::new();
+    let mut waiting = false;
+    let owned = parking.owned.borrow().clone();
     while let Some((subject, count)) = held.try_next().await? {
         total += count;
+        let Some((t, e)) = subjects.parse_held(&subject) else {
+            // Not a subject gancho writes; move it back all the same.
+            releasable.push((subject, None));
+            continue;
+        };
+        let partition = gancho_core::subject::partition(t, e, gancho_core::subject::PARTITIONS);
+        if !owned.contains(&partition) {
+            continue;
+        }
         // Held while paused and enabled. Disabled: the worker dead-letters what it held as
         // `endpoint_disabled`; not in the snapshot (deleted): as `endpoint_gone`.
-        let holding = subjects.parse_held(&subject).is_some_and(|(t, e)| {
-            live.load()
-                .endpoint(t, e)
-                .is_some_and(|ep| ep.config.paused && !ep.config.disabled)
-        });
-        if !holding {
-            releasable.push(subject);
+        let holding = live
+            .load()
+            .endpoint(t, e)
+            .is_some_and(|ep| ep.config.paused && !ep.config.disabled);
+        if holding {
+            continue;
+        }
+        // Parked while its circuit is open (in this worker: a fresh one has no gate, and
+        // releases them all).
+        match parking.gates.peek(t, e).map(|g| g.parked()) {
+            None | Some(Parked::Release) => releasable.push((subject, None)),
+            Some(Parked::Probe) => {
+                waiting = true;
+                releasable.push((subject, Some(1)));
+            }
+            Some(Parked::Keep) => waiting = true,
         }
     }
     metrics::gauge!(names::DELIVERIES_HELD_NOW).set(total as f64);
-    for subject in releasable {
-        let n = release(js, &stream, subjects, &subject).await?;
-        if n > 0 {
+    for (subject, limit) in releasable {
+        let n = release(js, &stream, subjects, &subject, limit).await?;
+        if n > 0 && limit.is_none() {
             info!(subject, deliveries = n, "Released held deliveries.");
         }
     }
-    Ok(())
+    Ok(waiting)
 }
 
 /// Moves every message on `held` back to its partition subject.
@@ -105,6 +155,7 @@ async fn release(
     stream: &Stream,
     subjects: &Subjects,
     held: &str,
+    limit: Option<usize>,
 ) -> Result<u64, async_nats::Error> {
     let name = subjects.release_consumer(held);
     let consumer: consumer::PullConsumer = stream
@@ -125,9 +176,13 @@ async fn release(
     let deliveries_prefix = wildcard.trim_end_matches('>');
     let mut released = 0u64;
     loop {
+        let left = limit.map_or(BATCH, |l| l.saturating_sub(released as usize));
+        if left == 0 {
+            return Ok(released);
+        }
         let msgs: Vec<jetstream::Message> = consumer
             .fetch()
-            .max_messages(BATCH)
+            .max_messages(left.min(BATCH))
             .messages()
             .await?
             .try_collect()
