@@ -54,6 +54,27 @@ fn err(what: String) -> impl FnOnce(async_nats::Error) -> LayoutError {
     move |source| LayoutError { what, source }
 }
 
+/// Opens the KV bucket `name`, or creates it with one value per key kept for `max_age`.
+async fn small_bucket(
+    js: &jetstream::Context,
+    name: String,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, LayoutError> {
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.clone(),
+        history: 1,
+        max_age,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(format!("KV bucket {name}"))(e.into()))
+}
+
 /// What an operator may set about the streams; everything else is fixed by the design.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
@@ -232,34 +253,8 @@ pub async fn ensure_with(
             ))(e.into())
         })?;
     }
-    let jobs_bucket = subjects.jobs_bucket();
-    let jobs = match js.get_key_value(&jobs_bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: jobs_bucket.clone(),
-                history: 1,
-                max_age: JOBS_MAX_AGE,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err(format!("KV bucket {jobs_bucket}"))(e.into()))?,
-    };
-    let workers_bucket = subjects.workers_bucket();
-    let workers = match js.get_key_value(&workers_bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: workers_bucket.clone(),
-                history: 1,
-                max_age: MEMBER_TTL,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err(format!("KV bucket {workers_bucket}"))(e.into()))?,
-    };
+    let jobs = small_bucket(&js, subjects.jobs_bucket(), JOBS_MAX_AGE, replicas).await?;
+    let workers = small_bucket(&js, subjects.workers_bucket(), MEMBER_TTL, replicas).await?;
     Ok(Layout {
         subjects,
         js,
