@@ -109,7 +109,6 @@ where
             info!(consumer = %legacy, "Removed the consumer of an older version; the deliveries are consumed by partition now.");
         }
     }
-    let mut consumers = Vec::with_capacity(spec.partitions.len());
     for (durable, filter) in &spec.partitions {
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
@@ -123,7 +122,7 @@ where
             priority_timeout: PIN_TIMEOUT,
             ..Default::default()
         };
-        let c: consumer::PullConsumer = loop {
+        let _: consumer::PullConsumer = loop {
             match js
                 .create_consumer_on_stream(config.clone(), spec.stream.clone())
                 .await
@@ -140,12 +139,11 @@ where
                 }
             }
         };
-        consumers.push(c);
     }
     let concurrency = spec.concurrency.max(1);
     info!(
         role = spec.role,
-        partitions = consumers.len(),
+        partitions = spec.partitions.len(),
         concurrency,
         "Consuming by partition."
     );
@@ -167,7 +165,7 @@ where
         max_batch: spec.max_batch.max(1),
         // One slot more per partition: the pull an idle partition keeps waiting holds one,
         // and should not take it from the busy ones.
-        permits: Arc::new(Semaphore::new(concurrency + consumers.len())),
+        permits: Arc::new(Semaphore::new(concurrency + spec.partitions.len())),
         tracker,
         handle: Arc::new(handle),
     });
@@ -186,7 +184,7 @@ where
             leaving.push(task);
         }
         for &p in &want {
-            let Some(consumer) = consumers.get(p as usize) else {
+            let Some((durable, _)) = spec.partitions.get(p as usize) else {
                 continue;
             };
             if serving.contains_key(&p) {
@@ -194,16 +192,9 @@ where
             }
             let token = cancel.child_token();
             let task = tokio::spawn(
-                serve(
-                    shared.clone(),
-                    consumer.cached_info().name.clone(),
-                    token.clone(),
-                )
-                .instrument(tracing::info_span!(
-                    "partition",
-                    role = spec.role,
-                    partition = p
-                )),
+                serve(shared.clone(), durable.clone(), token.clone()).instrument(
+                    tracing::info_span!("partition", role = spec.role, partition = p),
+                ),
             );
             serving.insert(p, (token, task));
         }

@@ -329,9 +329,8 @@ impl Ctx {
             if healthy {
                 // Closed: what was parked goes out now.
                 self.wake_release.notify_one();
-            }
-            if !healthy {
-                warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries deferred.");
+            } else {
+                warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries parked.");
             }
         }
         // A failing egress proxy is not the endpoint's failure: it opens circuits (so

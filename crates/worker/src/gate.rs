@@ -321,13 +321,15 @@ impl Gate {
         if let Some(slowed) = self.slowed_limiter() {
             slowed.until_ready().await;
         }
-        self.started();
         if let Some(after) = self.paused_for() {
             return Err(("retry_after", after));
         }
         match self.circuit_wait() {
             Some(after) => Err(("circuit_open", after)),
-            None => Ok(permit),
+            None => {
+                self.started();
+                Ok(permit)
+            }
         }
     }
 
