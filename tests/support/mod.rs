@@ -387,7 +387,11 @@ impl Env {
             .env("GANCHO_EXTRA_CA_FILE", &self.ca_file)
             .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
             .env("GANCHO_METRICS_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn");
+            // GANCHO_TEST_LOG raises the roles' log level when a test needs looking into.
+            .env(
+                "RUST_LOG",
+                std::env::var("GANCHO_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         for (k, v) in envs {
             cmd.env(k, v);
         }

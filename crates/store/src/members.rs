@@ -1,21 +1,30 @@
 //! Which workers are alive, and which partitions of the deliveries stream each one serves.
 //!
 //! Every worker keeps a key of its own (its id) in the workers bucket, refreshed every
-//! [`HEARTBEAT`]; the bucket's max age ([`crate::streams::MEMBER_TTL`]) removes the key of a
-//! worker that stopped refreshing it, and a worker that stops cleanly deletes its key. Each
-//! worker reads the live keys just as often and computes the same assignment from them
-//! ([`assign`]): the partitions dealt round-robin over the sorted ids. No worker decides for
-//! another; while two views differ (for a few seconds after a worker joins or dies), the
-//! partition consumers' pins keep a partition with one worker at a time.
+//! [`HEARTBEAT`]; a worker that stops cleanly deletes its key, and the bucket's max age
+//! ([`crate::streams::MEMBER_TTL`]) removes the key of one that died. Each worker watches the
+//! bucket and counts a key alive for [`crate::streams::MEMBER_TTL`] after its last refresh
+//! arrived, then computes the same assignment from the live ids ([`assign`]): the partitions
+//! dealt round-robin over the sorted ids. No worker decides for another; while two views
+//! differ (for a few seconds after a worker joins or dies), the partition consumers' pins keep
+//! a partition with one worker at a time.
+//!
+//! A watch, not a listing of the keys: a listing races with the refreshes (a key rewritten
+//! while the list is read can be left out), and a worker that misses a live one deals the
+//! partitions as if it were dead, then back again two seconds later; every such flap moves
+//! partitions and stalls them for a pull or a pin timeout.
 
+use crate::streams::MEMBER_TTL;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How often a worker refreshes its key and reads the others'.
+/// How often a worker refreshes its key.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// The partitions `me` serves when `members` are alive: partition `p` goes to the
@@ -35,9 +44,43 @@ pub fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Keeps `me` alive in `bucket` and publishes the partitions it should serve on `owned`
-/// (after each read of the live workers, when it changed) until `cancel` fires; then deletes
-/// its key so the others take over at their next read.
+/// The workers this one has heard from: each id with when its last refresh arrived.
+#[derive(Debug, Default)]
+struct View {
+    seen: HashMap<String, Instant>,
+    /// The watch has delivered what the bucket held when it started.
+    current: bool,
+}
+
+impl View {
+    /// Applies one watched entry; true when the set of members changed.
+    fn apply(&mut self, entry: &kv::Entry, at: Instant) -> bool {
+        self.current |= entry.seen_current;
+        match entry.operation {
+            kv::Operation::Put => self.seen.insert(entry.key.clone(), at).is_none(),
+            kv::Operation::Delete | kv::Operation::Purge => self.seen.remove(&entry.key).is_some(),
+        }
+    }
+
+    /// The ids refreshed within the last [`MEMBER_TTL`], forgetting the others.
+    fn alive(&mut self, now: Instant) -> Vec<String> {
+        self.seen
+            .retain(|_, at| now.duration_since(*at) < MEMBER_TTL);
+        self.seen.keys().cloned().collect()
+    }
+
+    /// Whether this worker's own refreshes come back through the watch: when they stop, the
+    /// watch (or the connection) is behind and the others look dead when they are not.
+    fn hears(&self, me: &str, now: Instant) -> bool {
+        self.seen
+            .get(me)
+            .is_some_and(|at| now.duration_since(*at) < MEMBER_TTL)
+    }
+}
+
+/// Keeps `me` alive in `bucket` and publishes the partitions it should serve on `owned` (at
+/// every heartbeat and whenever a worker joins or leaves, when it changed) until `cancel`
+/// fires; then deletes its key so the others take over at once.
 pub async fn run(
     bucket: kv::Store,
     me: String,
@@ -45,60 +88,93 @@ pub async fn run(
     owned: watch::Sender<Vec<u32>>,
     cancel: CancellationToken,
 ) {
+    let mut view = View::default();
+    let mut entries: Option<kv::Watch> = None;
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
     let mut last_count = 0usize;
     loop {
-        match beat(&bucket, &me).await {
-            Ok(members) => {
-                if warned {
-                    info!("The workers bucket answers again.");
-                    warned = false;
+        if entries.is_none() {
+            // Every entry again from the start: what the old watch missed is caught up here.
+            match bucket.watch_with_history(">").await {
+                Ok(w) => {
+                    entries = Some(w);
+                    view.current = false;
                 }
-                let count = members.len().max(1);
-                if count != last_count {
-                    info!(
-                        workers = count,
-                        "Workers alive changed; partitions dealt again."
-                    );
-                    last_count = count;
+                Err(e) if !warned => {
+                    warn!(error = %e, "Cannot watch the workers bucket; keeping this worker's partitions as they are.");
+                    warned = true;
                 }
-                metrics::gauge!(gancho_telemetry::names::WORKERS_ALIVE).set(count as f64);
-                let mine = assign(&members, &me, partitions);
-                owned.send_if_modified(|have| {
-                    let changed = *have != mine;
-                    *have = mine;
-                    changed
-                });
+                Err(_) => {}
             }
-            Err(e) if !warned => {
-                warn!(error = %e, "Cannot refresh this worker in the workers bucket; keeping its partitions as they are.");
-                warned = true;
-            }
-            Err(_) => {}
         }
-        tokio::select! {
+        let next = async {
+            match entries.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let deal = tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = beat.tick() => {
+                match bucket.put(&me, now_text().into()).await {
+                    Ok(_) if warned => {
+                        info!("The workers bucket answers again.");
+                        warned = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) if !warned => {
+                        warn!(error = %e, "Cannot refresh this worker in the workers bucket; keeping its partitions as they are.");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                true
+            }
+            entry = next => match entry {
+                Some(Ok(entry)) => view.apply(&entry, Instant::now()) || entry.seen_current,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "The workers watch failed; watching again.");
+                    entries = None;
+                    false
+                }
+                None => {
+                    entries = None;
+                    false
+                }
+            },
+        };
+        let now = Instant::now();
+        // Deal only from a whole view: the watch has caught up, and it brings this worker's
+        // own refreshes back (else the others would look dead only because we are deaf).
+        if !deal || !view.current || !view.hears(&me, now) {
+            continue;
         }
+        let members = view.alive(now);
+        let count = members.len().max(1);
+        if count != last_count {
+            info!(
+                workers = count,
+                "Workers alive changed; partitions dealt again."
+            );
+            last_count = count;
+        }
+        metrics::gauge!(gancho_telemetry::names::WORKERS_ALIVE).set(count as f64);
+        let mine = assign(&members, &me, partitions);
+        owned.send_if_modified(|have| {
+            let changed = *have != mine;
+            *have = mine;
+            changed
+        });
     }
     if let Err(e) = bucket.delete(&me).await {
         warn!(error = %e, "Cannot remove this worker from the workers bucket; the others take over when its entry expires.");
     }
 }
 
-/// Refreshes `me` and lists the live workers.
-async fn beat(bucket: &kv::Store, me: &str) -> Result<Vec<String>, String> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-    bucket
-        .put(me, now.into())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut keys = bucket.keys().await.map_err(|e| e.to_string())?;
-    let mut members = Vec::new();
-    while let Some(key) = keys.next().await {
-        members.push(key.map_err(|e| e.to_string())?);
-    }
-    Ok(members)
+fn now_text() -> String {
+    time::OffsetDateTime::now_utc().unix_timestamp().to_string()
 }
 
 #[cfg(test)]

@@ -292,6 +292,17 @@ fn classify(msg: &async_nats::Message) -> Reply {
     }
 }
 
+/// Remembers the pin id a pulled message carries: the server pins the partition to the
+/// client its first message goes to, and says so only in that message's `Nats-Pin-Id`.
+fn note_pin(pin: &mut Option<String>, msg: &async_nats::Message) {
+    if let Some(id) = msg.headers.as_ref().and_then(|h| h.get("Nats-Pin-Id")) {
+        if pin.as_deref() != Some(id.as_str()) {
+            debug!("This worker is pinned to the partition.");
+            *pin = Some(id.as_str().to_owned());
+        }
+    }
+}
+
 /// Serves one partition until `leave` fires, then gives it up cleanly.
 async fn serve<Fut>(shared: Arc<Shared<Fut>>, durable: String, leave: CancellationToken)
 where
@@ -389,12 +400,7 @@ where
                     }
                 }
             }
-            if let Some(id) = msg.headers.as_ref().and_then(|h| h.get("Nats-Pin-Id")) {
-                if pin.as_deref() != Some(id.as_str()) {
-                    debug!("This worker is pinned to the partition.");
-                    pin = Some(id.as_str().to_owned());
-                }
-            }
+            note_pin(&mut pin, &msg);
             let msg = jetstream::Message {
                 message: msg,
                 context: shared.js.clone(),
@@ -429,12 +435,15 @@ where
     tasks.close();
     let drain = async {
         let Some((mut sub, deadline)) = open_pull else {
-            return 0usize;
+            return (0usize, pin);
         };
         let mut handed = 0usize;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
             match classify(&msg) {
                 Reply::Message => {
+                    // The message that made this worker the pinned one may come only now: without
+                    // its id the pin would hold the partition from the others until it times out.
+                    note_pin(&mut pin, &msg);
                     let msg = jetstream::Message {
                         message: msg,
                         context: shared.js.clone(),
@@ -451,9 +460,9 @@ where
                 _ => break,
             }
         }
-        handed
+        (handed, pin)
     };
-    let (handed, ()) = tokio::join!(drain, tasks.wait());
+    let ((handed, pin), ()) = tokio::join!(drain, tasks.wait());
     if handed > 0 {
         info!(
             role = shared.role,
