@@ -285,3 +285,85 @@ async fn an_open_circuit_parks_its_deliveries_until_a_probe_gets_through() {
     );
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_is_parked_long_before_its_requests_time_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    // "hole" takes every request and says nothing (its timeout is 8 s) until `up`.
+    let up = Arc::new(AtomicBool::new(false));
+    let hole = {
+        let up = up.clone();
+        Receiver::https(&env.ca, move |_, _| {
+            if up.load(Ordering::SeqCst) {
+                Answer::status(200)
+            } else {
+                Answer::status(200).after(Duration::from_secs(30))
+            }
+        })
+        .await
+    };
+    let ok = Receiver::https_sequence(&env.ca, &[200]).await;
+    env.endpoint("acme", "hole", &hole.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "hole", |ep| {
+        ep.timeout_ms = 8000;
+        ep.max_in_flight = Some(4);
+    })
+    .await;
+    env.endpoint("acme", "ok", &ok.url("/hook"), &[], &[], None)
+        .await;
+    let cancel = env.run_roles(2).await;
+    let sent = std::time::Instant::now();
+    for n in 0..40 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    // Four requests take its slots; a second without an answer and the other 36 are parked,
+    // not bounced round JetStream until the first timeouts at 8 s.
+    wait_until(
+        "the silent endpoint's deliveries to be parked",
+        Duration::from_secs(20),
+        || async { held(&env).await >= 36 },
+    )
+    .await;
+    let parked_after = sent.elapsed();
+    println!("36 deliveries parked {parked_after:?} after the events were sent");
+    assert!(
+        parked_after < Duration::from_secs(6),
+        "parked only after {parked_after:?}: it waited for the timeouts"
+    );
+    assert_eq!(
+        hole.count(),
+        4,
+        "only the in-flight cap's requests went out"
+    );
+    wait_until(
+        "the healthy endpoint to get all 40",
+        Duration::from_secs(20),
+        || async { ok.distinct() == 40 },
+    )
+    .await;
+    // It answers again: once its silent requests time out, the parked ones go out.
+    up.store(true, Ordering::SeqCst);
+    wait_until("every event delivered", Duration::from_secs(40), || async {
+        let delivered: std::collections::HashSet<String> = env
+            .attempts("acme", "hole")
+            .await
+            .into_iter()
+            .filter(|a| a.status == 200)
+            .map(|a| a.event_id)
+            .collect();
+        delivered.len() == 40
+    })
+    .await;
+    assert_eq!(held(&env).await, 0, "nothing left parked");
+    let attempts = env.attempts("acme", "hole").await.len();
+    assert!(
+        attempts <= 40 + 4,
+        "parking spends no attempt: {attempts} attempts for 40 events and 4 timeouts"
+    );
+    cancel.cancel();
+}

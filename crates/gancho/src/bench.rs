@@ -541,6 +541,12 @@ async fn bench(
             "p99": last["latency_us"]["p99"].as_f64().map(|v| v / 1000.0),
             "max": last["latency_us"]["max"].as_f64().map(|v| v / 1000.0),
         },
+        "p99_ms_by_5s": last["p99_us_by_5s"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_f64())
+                .map(|us| (us / 100.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        }),
         "rate_limit": args.rate_limit,
         "busiest_endpoint_per_s": last["busiest_endpoint_per_s"].as_f64(),
         "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64()).map(|(r, d)| r - d),
@@ -686,6 +692,10 @@ fn print_report(r: &Value) {
         f(&l["p99"]),
         f(&l["max"])
     );
+    if let Some(slices) = r["p99_ms_by_5s"].as_array() {
+        let list: Vec<String> = slices.iter().map(f).collect();
+        println!("  p99 ms by 5 s   {}", list.join(" "));
+    }
     println!(
         "  deferred {}  failed attempts {}  duplicates {}",
         f(&r["deferred"]),

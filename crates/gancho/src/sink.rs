@@ -67,26 +67,47 @@ struct Counts {
 struct Seen {
     /// Hashes of (path, webhook-id): a repeat is a duplicate.
     ids: std::collections::HashSet<u64>,
-    /// Microseconds from the body's `timestamp` (the event's time) to arrival.
-    latencies_us: Vec<u64>,
+    /// Microseconds from the body's `timestamp` (the event's time) to arrival, with the
+    /// arrival.
+    latencies_us: Vec<(std::time::Instant, u64)>,
     /// Per path (endpoint): requests, the first and the last arrival.
     paths: std::collections::HashMap<String, (u64, std::time::Instant, std::time::Instant)>,
 }
 
 impl Counts {
     /// `GET` on the sink: `{"received", "distinct", "valid", "invalid", "latency_us":
-    /// {"p50", "p90", "p99", "max"}, "busiest_endpoint_per_s"}`.
+    /// {"p50", "p90", "p99", "max"}, "p99_us_by_5s", "busiest_endpoint_per_s"}`, where
+    /// `p99_us_by_5s` is the p99 of the arrivals in each 5 s from the first one (where the
+    /// tail comes from: a start-up, a circuit opening, all along).
     fn stats(&self) -> serde_json::Value {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let mut l = seen.latencies_us.clone();
-        l.sort_unstable();
-        let q = |p: f64| {
+        let quantile = |l: &[u64], p: f64| {
             if l.is_empty() {
                 0
             } else {
                 l[((l.len() as f64 - 1.0) * p).round() as usize]
             }
         };
+        let mut l: Vec<u64> = seen.latencies_us.iter().map(|(_, us)| *us).collect();
+        l.sort_unstable();
+        let q = |p: f64| quantile(&l, p);
+        let mut slices: Vec<Vec<u64>> = Vec::new();
+        if let Some(start) = seen.latencies_us.iter().map(|(at, _)| *at).min() {
+            for (at, us) in &seen.latencies_us {
+                let i = ((*at - start).as_secs() / 5) as usize;
+                if slices.len() <= i {
+                    slices.resize_with(i + 1, Vec::new);
+                }
+                slices[i].push(*us);
+            }
+        }
+        let by_5s: Vec<u64> = slices
+            .iter_mut()
+            .map(|s| {
+                s.sort_unstable();
+                quantile(s, 0.99)
+            })
+            .collect();
         // The busiest endpoint's rate over its own first to last request (those with at least
         // 20 requests): what a receiver limited to N/s would see.
         let busiest = seen
@@ -102,6 +123,7 @@ impl Counts {
             "valid": self.valid.load(Ordering::Relaxed),
             "invalid": self.invalid.load(Ordering::Relaxed),
             "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)},
+            "p99_us_by_5s": by_5s,
         })
     }
 
@@ -134,7 +156,7 @@ impl Counts {
             }
         }
         if let Some(us) = latency {
-            seen.latencies_us.push(us);
+            seen.latencies_us.push((now, us));
         }
     }
 }

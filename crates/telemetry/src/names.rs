@@ -26,7 +26,8 @@ pub const DELIVERY_IN_FLIGHT: &str = "gancho_delivery_in_flight_requests";
 /// Retries scheduled after a failed attempt.
 pub const DELIVERY_RETRIES_SCHEDULED: &str = "gancho_delivery_retries_scheduled_total";
 /// Deliveries deferred without an attempt. `reason`: rate_limited | in_flight_cap |
-/// circuit_open | retry_after (the receiver asked for a pause).
+/// circuit_open | stalled (parked: no answer for 1 s with every slot taken) | retry_after (the
+/// receiver asked for a pause).
 pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 /// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable |
 /// invalid.

@@ -324,7 +324,7 @@ impl Ctx {
                 None => {}
             }
         }
-        if gate.record(healthy, latency) {
+        if gate.record(healthy, outcome.status != 0, latency) {
             metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
             if healthy {
                 // Closed: what was parked goes out now.
@@ -453,10 +453,11 @@ impl Ctx {
         } else {
             after
         };
-        if reason == "circuit_open" {
-            // Parked once, unread, until the circuit closes (or one is let out as its probe):
-            // a dead endpoint's deliveries do not go round JetStream while it cools down.
-            debug!(endpoint = %ep.config.id, "Delivery parked while the circuit is open.");
+        if matches!(reason, "circuit_open" | "stalled") {
+            // Parked once, unread, until the endpoint answers again or its circuit closes (or
+            // one is let out as its probe): a dead endpoint's deliveries do not go round
+            // JetStream while its requests time out or its circuit cools down.
+            debug!(endpoint = %ep.config.id, reason, "Delivery parked.");
             self.wake_release.notify_one();
             return self.finish(msg, Some(&delivery), None, Next::Hold).await;
         }

@@ -48,6 +48,11 @@ const QUEUE_FULL_DELAY: Duration = Duration::from_millis(500);
 const PRUNE_AT: usize = 4096;
 /// A successful answer slower than this makes an endpoint untrusted.
 pub const SLOW_ANSWER: Duration = Duration::from_secs(2);
+/// An endpoint with every in-flight slot taken and no answer (of any status) for this long
+/// is stalled: what arrives for it is parked, not queued or bounced through JetStream, until
+/// it answers again or its circuit opens. A black hole is known for one at this point, long
+/// before its requests time out.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
 
 /// What to do with a delivery now.
 pub enum Admission {
@@ -72,6 +77,9 @@ struct Circuit {
     paused_until: Option<Instant>,
     /// When a parked delivery was last released to serve as the probe.
     probe_released: Option<Instant>,
+    /// Since when the endpoint owes an answer: its last answer, or the start of a request
+    /// while none was in flight (whichever is later).
+    owes_since: Option<Instant>,
 }
 
 /// What to do with an endpoint's parked deliveries (set aside while its circuit is open).
@@ -109,6 +117,8 @@ struct Adaptive {
 pub struct Gate {
     settings: (Option<u32>, Option<u32>),
     in_flight: Arc<Semaphore>,
+    /// In-flight slots in all.
+    cap: usize,
     limiter: Option<DefaultDirectRateLimiter>,
     adaptive: Mutex<Adaptive>,
     queued: Arc<AtomicUsize>,
@@ -144,6 +154,7 @@ impl Gate {
         Self {
             settings: (rate, max_in_flight),
             in_flight: Arc::new(Semaphore::new(cap as usize)),
+            cap: cap as usize,
             limiter,
             adaptive: Mutex::default(),
             queued: Arc::new(AtomicUsize::new(0)),
@@ -187,6 +198,12 @@ impl Gate {
                 Admission::Defer { reason, after }
             }
         };
+        if self.stalled() {
+            return Admission::Defer {
+                reason: "stalled",
+                after: STALL_AFTER,
+            };
+        }
         // Deliveries already waiting go first: a newcomer does not overtake the queue.
         if self.queued.load(Ordering::Relaxed) > 0 {
             return queue_or_defer("in_flight_cap", QUEUE_FULL_DELAY);
@@ -224,8 +241,24 @@ impl Gate {
         a.slowed.as_ref().map(|(_, l)| l.clone())
     }
 
-    /// Counts a request starting now (the observed rate).
+    /// Whether every in-flight slot is taken and the endpoint has not answered for
+    /// [`STALL_AFTER`] since it started owing an answer.
+    pub fn stalled(&self) -> bool {
+        if self.in_flight.available_permits() > 0 {
+            return false;
+        }
+        let c = self.circuit.lock().expect("circuit lock");
+        c.owes_since
+            .is_some_and(|since| since.elapsed() >= STALL_AFTER)
+    }
+
+    /// Counts a request starting now (the observed rate, and since when an answer is owed).
     fn started(&self) {
+        if self.in_flight.available_permits() + 1 >= self.cap {
+            // The only request in flight: the endpoint owes an answer from now.
+            let mut c = self.circuit.lock().expect("circuit lock");
+            c.owes_since = Some(Instant::now());
+        }
         let mut a = self.adaptive.lock().expect("adaptive lock");
         let now = Instant::now();
         match a.window {
@@ -309,11 +342,21 @@ impl Gate {
         place: &QueueGuard,
     ) -> Result<OwnedSemaphorePermit, (&'static str, Duration)> {
         let mut evictions = self.evictions.subscribe();
+        // A stalled endpoint does not keep its queue on the worker's intake: it is parked.
+        let stall = async {
+            loop {
+                tokio::time::sleep(STALL_AFTER / 4).await;
+                if self.stalled() {
+                    return;
+                }
+            }
+        };
         let permit = tokio::select! {
             p = self.in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = evictions.wait_for(|e| *e != place.epoch) => {
                 return Err(("in_flight_cap", QUEUE_FULL_DELAY));
             }
+            () = stall => return Err(("stalled", STALL_AFTER)),
         };
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
@@ -386,18 +429,21 @@ impl Gate {
     /// Feeds an attempt's outcome to the circuit and the trust. `healthy` is false for no
     /// response, a timeout, 5xx or 429; other statuses say the endpoint is up. Returns whether
     /// the circuit opened or closed.
-    pub fn record(&self, healthy: bool, latency: Duration) -> bool {
+    pub fn record(&self, healthy: bool, answered: bool, latency: Duration) -> bool {
         let trusted = healthy && latency < SLOW_ANSWER;
         if self.trusted.swap(trusted, Ordering::Relaxed) && !trusted {
             // Lost trust: whoever waits in the queue is evicted and deferred.
             self.evictions.send_modify(|e| *e += 1);
         }
         let mut c = self.circuit.lock().expect("circuit lock");
+        if answered {
+            c.owes_since = Some(Instant::now());
+        }
         let was_open = c.open_until.is_some();
         if healthy {
-            let paused_until = c.paused_until;
             *c = Circuit {
-                paused_until,
+                paused_until: c.paused_until,
+                owes_since: c.owes_since,
                 ..Circuit::default()
             };
             return was_open;
@@ -417,6 +463,9 @@ impl Gate {
 
     /// What to do with the deliveries parked while the circuit was open.
     pub fn parked(&self) -> Parked {
+        if self.stalled() {
+            return Parked::Keep;
+        }
         let mut c = self.circuit.lock().expect("circuit lock");
         let Some(until) = c.open_until else {
             return Parked::Release;
@@ -570,11 +619,64 @@ mod tests {
             _ => panic!("paused endpoints defer"),
         }
         // A success does not end the pause early; time does.
-        g.record(true, Duration::from_millis(1));
+        g.record(true, true, Duration::from_millis(1));
         assert!(g.is_paused());
         std::thread::sleep(Duration::from_millis(320));
         assert!(!g.is_paused());
         assert!(matches!(g.admit(), Admission::Go(_)));
+    }
+
+    #[test]
+    fn an_endpoint_full_and_silent_for_a_second_is_stalled_until_it_answers() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let g = Gate::new(None, Some(2), 2048);
+        // It answered long ago, then was idle: a burst that fills its slots owes an answer
+        // from its first request, not from that old answer.
+        g.record(true, true, Duration::from_millis(1));
+        std::thread::sleep(STALL_AFTER + Duration::from_millis(50));
+        let a = g.admit();
+        let b = g.admit();
+        assert!(matches!(a, Admission::Go(_)) && matches!(b, Admission::Go(_)));
+        assert!(
+            !g.stalled(),
+            "an endpoint is not stalled the moment it is busy"
+        );
+        let Admission::Queue(place) = g.admit() else {
+            panic!("the third delivery should wait in the queue");
+        };
+        // No answer for a second with every slot taken: the queue is handed over for parking,
+        // newcomers are parked, and parked deliveries stay.
+        let started = Instant::now();
+        let turn = rt.block_on(g.wait_turn(&place));
+        assert!(
+            matches!(turn, Err(("stalled", _))),
+            "the queued one is parked"
+        );
+        assert!(started.elapsed() < STALL_AFTER + Duration::from_millis(500));
+        drop(place);
+        assert!(g.stalled());
+        assert!(matches!(
+            g.admit(),
+            Admission::Defer {
+                reason: "stalled",
+                ..
+            }
+        ));
+        assert_eq!(g.parked(), Parked::Keep);
+        // Any answer, even a 500, says it is there: no longer stalled, parked ones go back.
+        g.record(false, true, Duration::from_millis(1200));
+        assert!(!g.stalled());
+        assert!(matches!(g.admit(), Admission::Queue(_)));
+        assert_eq!(g.parked(), Parked::Release);
+        // A timeout is no answer.
+        std::thread::sleep(STALL_AFTER + Duration::from_millis(50));
+        g.record(false, false, Duration::from_secs(5));
+        assert!(g.stalled());
+        drop((a, b));
+        assert!(!g.stalled(), "a free slot is not a stall");
     }
 
     #[test]
@@ -622,10 +724,10 @@ mod tests {
     fn circuit_opens_probes_and_closes() {
         let g = Gate::new(None, None, 2048);
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            g.record(false, Duration::ZERO);
+            g.record(false, false, Duration::ZERO);
         }
         assert!(matches!(g.admit(), Admission::Go(_)));
-        g.record(false, Duration::ZERO);
+        g.record(false, false, Duration::ZERO);
         assert!(g.is_open());
         match g.admit() {
             Admission::Defer { reason, after } => {
@@ -645,11 +747,11 @@ mod tests {
             }
         ));
         // A failed probe doubles the cool-down; a good one closes the circuit.
-        g.record(false, Duration::ZERO);
+        g.record(false, false, Duration::ZERO);
         assert_eq!(g.circuit.lock().unwrap().cooldown, FIRST_COOLDOWN * 2);
         g.circuit.lock().unwrap().open_until = Some(Instant::now());
         assert!(matches!(g.admit(), Admission::Go(_)));
-        g.record(true, Duration::ZERO);
+        g.record(true, true, Duration::ZERO);
         assert!(!g.is_open());
         assert!(matches!(g.admit(), Admission::Go(_)));
     }
@@ -667,7 +769,7 @@ mod tests {
         assert!(matches!(g.admit(), Admission::Defer { .. }));
         drop(small);
         // A quick success earns trust: the queue takes far more.
-        g.record(true, Duration::from_millis(5));
+        g.record(true, true, Duration::from_millis(5));
         let mut big: Vec<QueueGuard> = Vec::new();
         for _ in 0..100 {
             match g.admit() {
@@ -681,11 +783,11 @@ mod tests {
         let g2 = g.clone();
         let waiting = tokio::spawn(async move { g2.wait_turn(&waiter).await.err() });
         tokio::task::yield_now().await;
-        g.record(false, Duration::from_secs(1));
+        g.record(false, false, Duration::from_secs(1));
         let evicted = waiting.await.unwrap();
         assert_eq!(evicted.map(|(reason, _)| reason), Some("in_flight_cap"));
         // And a slow success does not earn trust back.
-        g.record(true, SLOW_ANSWER + Duration::from_millis(1));
+        g.record(true, true, SLOW_ANSWER + Duration::from_millis(1));
         assert!(!g.trusted.load(Ordering::Relaxed));
     }
 
@@ -695,7 +797,7 @@ mod tests {
         let held = gates.get("t", "held", None, None);
         let open = gates.get("t", "open", None, None);
         for _ in 0..FAILURES_TO_OPEN {
-            open.record(false, Duration::ZERO);
+            open.record(false, false, Duration::ZERO);
         }
         drop(open);
         for i in 0..PRUNE_AT {

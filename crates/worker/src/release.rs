@@ -39,6 +39,9 @@ const BATCH: usize = 256;
 /// A release consumer nobody pulled from for this long is removed by the server.
 const CONSUMER_IDLE: Duration = Duration::from_secs(60);
 
+/// The least time between two looks, however often the loop is poked.
+const LOOK_SPACING: Duration = Duration::from_millis(250);
+
 /// How often held subjects are looked at while some wait for an open circuit's cool-down to
 /// end (to let one out as the probe).
 const LOOK_WHILE_PARKED: Duration = Duration::from_secs(1);
@@ -84,11 +87,18 @@ pub(crate) async fn run(
                 }
             }
         }
+        let looked_at = tokio::time::Instant::now();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changes.changed() => {}
             _ = parking.wake.notified() => {}
             _ = tokio::time::sleep(if parked { LOOK_WHILE_PARKED } else { LOOK_EVERY }) => {}
+        }
+        // Every parked delivery pokes the loop: a thousand a second must not become a
+        // thousand looks (each one a stream info request to JetStream).
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(looked_at + LOOK_SPACING) => {}
         }
     }
 }
