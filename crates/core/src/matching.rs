@@ -153,6 +153,110 @@ impl Subscription {
     }
 }
 
+/// Every subscription of a tenant, indexed by filter token: matching an event walks the
+/// event type's tokens down a tree (a literal child, the `*` child, the `>` entries on the
+/// way) instead of testing each endpoint's filters, so its cost follows the number of
+/// matches and the type's length, not the number of endpoints.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    root: Node,
+    /// Subscriptions without filters: every type except gancho's own.
+    every_type: Vec<u32>,
+    /// Each subscription's channels (empty: every event), by its number.
+    channels: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Node {
+    literal: std::collections::HashMap<String, Node>,
+    one: Option<Box<Node>>,
+    /// Subscriptions whose filter ends here with `>`: one or more tokens follow.
+    tail: Vec<u32>,
+    /// Subscriptions whose filter ends exactly here.
+    end: Vec<u32>,
+}
+
+impl Index {
+    /// Indexes `subs`; a match is reported as the subscription's position in `subs`.
+    pub fn new<'a>(subs: impl IntoIterator<Item = &'a Subscription>) -> Self {
+        let mut index = Self::default();
+        for (n, sub) in subs.into_iter().enumerate() {
+            let n = n as u32;
+            index.channels.push(sub.channels.clone());
+            if sub.filters.is_empty() {
+                index.every_type.push(n);
+            }
+            for filter in &sub.filters {
+                let mut node = &mut index.root;
+                for token in &filter.tokens {
+                    node = match token {
+                        Token::Literal(word) => node.literal.entry(word.clone()).or_default(),
+                        Token::One => node.one.get_or_insert_with(Box::default),
+                        Token::Tail => break,
+                    };
+                }
+                match filter.tokens.last() {
+                    Some(Token::Tail) => node.tail.push(n),
+                    _ => node.end.push(n),
+                }
+            }
+        }
+        index
+    }
+
+    /// The subscriptions that want an event of `event_type` tagged with `event_channels`,
+    /// as positions in ascending order, each once (what [`Subscription::matches`] says for
+    /// each), appended to `out` after clearing it.
+    pub fn matching<S: AsRef<str>>(
+        &self,
+        event_type: &str,
+        event_channels: &[S],
+        out: &mut Vec<u32>,
+    ) {
+        out.clear();
+        let reserved = event_type.starts_with(RESERVED_PREFIX);
+        if !reserved {
+            out.extend_from_slice(&self.every_type);
+        }
+        walk(&self.root, event_type.split('.'), true, reserved, out);
+        out.sort_unstable();
+        out.dedup();
+        out.retain(|&n| {
+            let mine = &self.channels[n as usize];
+            mine.is_empty()
+                || event_channels
+                    .iter()
+                    .any(|c| mine.iter().any(|m| m == c.as_ref()))
+        });
+    }
+}
+
+/// Collects the subscriptions under `node` that match the tokens `rest` still holds. At the
+/// root of a reserved type only literal filters apply (`gancho.>` matches, `>` and `*.x` do
+/// not), as in [`Subscription::matches`].
+fn walk(
+    node: &Node,
+    mut rest: std::str::Split<'_, char>,
+    at_root: bool,
+    reserved: bool,
+    out: &mut Vec<u32>,
+) {
+    let Some(token) = rest.next() else {
+        out.extend_from_slice(&node.end);
+        return;
+    };
+    if !(at_root && reserved) {
+        // `>` takes this token and any after it.
+        out.extend_from_slice(&node.tail);
+        if let Some(one) = &node.one {
+            walk(one, rest.clone(), false, reserved, out);
+        }
+    }
+    if let Some(next) = node.literal.get(token) {
+        walk(next, rest, false, reserved, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +370,57 @@ mod tests {
     fn subscription_reports_the_bad_filter() {
         let err = Subscription::new(&["invoice.*", "in>voice"], &[]).unwrap_err();
         assert!(err.to_string().contains("in>voice"));
+    }
+
+    #[test]
+    fn the_index_says_what_each_subscription_says() {
+        // Filters and types drawn from a small vocabulary, so that many of them meet.
+        let words = ["charge", "paid", "pix", "v1", "gancho", "endpoint", "x"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..200 {
+            let subs: Vec<Subscription> = (0..next(12) + 1)
+                .map(|_| {
+                    let filters: Vec<String> = (0..next(3))
+                        .map(|_| {
+                            let len = next(3) + 1;
+                            let mut tokens: Vec<&str> = (0..len)
+                                .map(|_| match next(9) {
+                                    0 | 1 => "*",
+                                    i => words[i - 2],
+                                })
+                                .collect();
+                            if next(3) == 0 {
+                                tokens[len - 1] = ">";
+                            }
+                            tokens.join(".")
+                        })
+                        .collect();
+                    let channels: Vec<String> = (0..next(3) / 2)
+                        .map(|_| ["pix", "card"][next(2)].to_owned())
+                        .collect();
+                    let f: Vec<&str> = filters.iter().map(String::as_str).collect();
+                    let c: Vec<&str> = channels.iter().map(String::as_str).collect();
+                    Subscription::new(&f, &c).unwrap()
+                })
+                .collect();
+            let index = Index::new(&subs);
+            let mut out = Vec::new();
+            for _ in 0..50 {
+                let ty: Vec<&str> = (0..next(4) + 1).map(|_| words[next(words.len())]).collect();
+                let ty = ty.join(".");
+                let tags: Vec<&str> = (0..next(2)).map(|_| ["pix", "card"][next(2)]).collect();
+                let want: Vec<u32> = (0..subs.len() as u32)
+                    .filter(|&n| subs[n as usize].matches(&ty, &tags))
+                    .collect();
+                index.matching(&ty, &tags, &mut out);
+                assert_eq!(out, want, "{ty} {tags:?} against {subs:?}");
+            }
+        }
     }
 }

@@ -341,6 +341,7 @@ async fn bench(
 
     // The tenant and its endpoints, through the API.
     let conn = Conn::new(api_url.clone(), token.clone());
+    let setup_started = Instant::now();
     call(&conn, "POST", "/v1/tenants", Some(json!({"id": TENANT}))).await?;
     let hole = black_hole().await?;
     let base = args
@@ -398,6 +399,10 @@ async fn bench(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // What setting up the endpoints cost each process (their creates, and every role's
+    // config snapshot following them), and how long until every role had them all.
+    let setup_cpu: Vec<f64> = procs.iter().map(|p| p.usage().1).collect();
+    let setup_s = setup_started.elapsed().as_secs_f64();
     // The workers have dealt out the partitions (each sees them all and serves its share),
     // as in a fleet that has been running: a run does not measure partitions moving.
     let waited = Instant::now();
@@ -513,9 +518,12 @@ async fn bench(
     }
     let processes: Vec<Value> = procs
         .iter()
-        .map(|p| {
+        .zip(&setup_cpu)
+        .map(|(p, setup)| {
             let (rss, cpu) = p.usage();
-            json!({"name": p.name, "peak_rss_mib": (rss * 10.0).round() / 10.0, "cpu_s": (cpu * 100.0).round() / 100.0})
+            json!({"name": p.name, "peak_rss_mib": (rss * 10.0).round() / 10.0,
+                "cpu_s": (cpu * 100.0).round() / 100.0,
+                "setup_cpu_s": (setup * 100.0).round() / 100.0})
         })
         .collect();
     let nats_version = std::process::Command::new(crate::dev::nats_binary())
@@ -535,6 +543,7 @@ async fn bench(
         "ingest_per_s": (sent as f64 / sent_for.as_secs_f64()).round(),
         "deliveries_per_s": (expected as f64 / elapsed.as_secs_f64()).round(),
         "elapsed_s": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "setup_s": (setup_s * 100.0).round() / 100.0,
         "latency_ms": {
             "p50": last["latency_us"]["p50"].as_f64().map(|v| v / 1000.0),
             "p90": last["latency_us"]["p90"].as_f64().map(|v| v / 1000.0),
@@ -702,13 +711,20 @@ fn print_report(r: &Value) {
         f(&r["failed_attempts"]),
         f(&r["duplicates"])
     );
-    println!("  {:<14} {:>10} {:>8}", "process", "peak RSS", "CPU s");
+    println!(
+        "  {:<14} {:>10} {:>8} {:>22}",
+        "process",
+        "peak RSS",
+        "CPU s",
+        format!("of it, setup ({} s)", f(&r["setup_s"]))
+    );
     for p in r["processes"].as_array().into_iter().flatten() {
         println!(
-            "  {:<14} {:>7} MiB {:>8}",
+            "  {:<14} {:>7} MiB {:>8} {:>22}",
             p["name"].as_str().unwrap_or(""),
             f(&p["peak_rss_mib"]),
-            f(&p["cpu_s"])
+            f(&p["cpu_s"]),
+            f(&p["setup_cpu_s"])
         );
     }
     println!("  {}", r["nats_server"].as_str().unwrap_or(""));

@@ -161,11 +161,11 @@ impl Ctx {
             .starts_with(gancho_core::matching::RESERVED_PREFIX)
             .then(|| event.attributes.get(OPERATIONAL_ENDPOINT))
             .flatten();
-        let matching = (0..list.len()).filter(|&i| {
+        let mut hits = Vec::new();
+        snapshot.matching(&event.tenant, &event.r#type, &event.channels, &mut hits);
+        let matching = hits.into_iter().map(|i| i as usize).filter(|&i| {
             let ep = &list[i];
-            !ep.config.disabled
-                && ep.subscription.matches(&event.r#type, &event.channels)
-                && about.is_none_or(|a| a != ep.config.id.as_str())
+            !ep.config.disabled && about.is_none_or(|a| a != ep.config.id.as_str())
         });
         let fan_out = futures::stream::iter(matching)
             .map(|i| {

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use gancho_core::{Key, RetrySchedule, Signer, Subscription};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,9 @@ use tracing::{info, warn};
 
 /// Wait between attempts to re-create a failed watch.
 const REWATCH_DELAY: Duration = Duration::from_millis(500);
+/// Config changes closer together than this are applied in one snapshot: creating 10,000
+/// endpoints rebuilds the snapshot a few hundred times, not 10,000.
+const COALESCE: Duration = Duration::from_millis(20);
 
 /// An endpoint ready for the hot path: filters compiled, secrets parsed, URL parsed.
 #[derive(Debug)]
@@ -100,6 +103,17 @@ pub struct TenantEndpoints {
     /// In a stable order, for the router's fan-out.
     pub list: Vec<Arc<LiveEndpoint>>,
     pub by_id: HashMap<String, Arc<LiveEndpoint>>,
+    /// The subscriptions of `list`, indexed: a match is a position in `list`.
+    pub index: gancho_core::matching::Index,
+}
+
+impl TenantEndpoints {
+    fn new(by_id: HashMap<String, Arc<LiveEndpoint>>) -> Self {
+        let mut list: Vec<Arc<LiveEndpoint>> = by_id.values().cloned().collect();
+        list.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        let index = gancho_core::matching::Index::new(list.iter().map(|ep| &ep.subscription));
+        Self { list, by_id, index }
+    }
 }
 
 /// An event type's JSON Schema, compiled once per config change.
@@ -135,7 +149,8 @@ impl Schema {
 /// An immutable view of the whole config at one revision.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub tenants: HashMap<String, TenantEndpoints>,
+    /// Shared between snapshots: a change rebuilds only its tenant's.
+    pub tenants: HashMap<String, Arc<TenantEndpoints>>,
     /// Tenant -> event type -> its compiled schema (event types with a schema only).
     pub schemas: HashMap<String, HashMap<String, Schema>>,
     /// KV revision this snapshot reflects.
@@ -154,6 +169,22 @@ impl Snapshot {
             .unwrap_or(&[])
     }
 
+    /// The endpoints of `tenant` whose subscription wants an event of `event_type` tagged with
+    /// `channels`, as positions in [`Snapshot::endpoints`] (in `out`, cleared first), found
+    /// through the tenant's index.
+    pub fn matching<S: AsRef<str>>(
+        &self,
+        tenant: &str,
+        event_type: &str,
+        channels: &[S],
+        out: &mut Vec<u32>,
+    ) {
+        match self.tenants.get(tenant) {
+            Some(t) => t.index.matching(event_type, channels, out),
+            None => out.clear(),
+        }
+    }
+
     /// Checks an event's payload against its type's schema, when the catalog has one.
     pub fn check_payload(&self, tenant: &str, ty: &str, payload: &[u8]) -> Result<(), String> {
         let Some(schema) = self.schemas.get(tenant).and_then(|m| m.get(ty)) else {
@@ -164,21 +195,25 @@ impl Snapshot {
         schema.check(ty, &value)
     }
 
+    /// A snapshot from the last one's tenants, with `dirty` tenants rebuilt from `entries`
+    /// (tenant -> endpoint id -> endpoint); the others are shared, not rebuilt.
     fn build(
-        entries: &HashMap<String, Arc<LiveEndpoint>>,
+        previous: &HashMap<String, Arc<TenantEndpoints>>,
+        entries: &HashMap<String, HashMap<String, Arc<LiveEndpoint>>>,
+        dirty: &HashSet<String>,
         schemas: &HashMap<String, (String, String, Schema)>,
         revision: u64,
     ) -> Self {
-        let mut tenants: HashMap<String, TenantEndpoints> = HashMap::new();
-        for ep in entries.values() {
-            let t = tenants
-                .entry(ep.config.tenant.as_str().to_owned())
-                .or_default();
-            t.list.push(ep.clone());
-            t.by_id.insert(ep.config.id.as_str().to_owned(), ep.clone());
-        }
-        for t in tenants.values_mut() {
-            t.list.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        let mut tenants = previous.clone();
+        for tenant in dirty {
+            match entries.get(tenant) {
+                Some(eps) if !eps.is_empty() => {
+                    tenants.insert(tenant.clone(), Arc::new(TenantEndpoints::new(eps.clone())));
+                }
+                _ => {
+                    tenants.remove(tenant);
+                }
+            }
         }
         let mut by_tenant: HashMap<String, HashMap<String, Schema>> = HashMap::new();
         for (tenant, ty, schema) in schemas.values() {
@@ -299,7 +334,10 @@ impl WatchTask {
         &self,
         ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(), async_nats::Error> {
-        let mut entries: HashMap<String, Arc<LiveEndpoint>> = HashMap::new();
+        // Tenant -> endpoint id -> endpoint.
+        let mut entries: HashMap<String, HashMap<String, Arc<LiveEndpoint>>> = HashMap::new();
+        // Tenants changed since the last snapshot.
+        let mut dirty: HashSet<String> = HashSet::new();
         // Config key -> (tenant, type, compiled schema).
         let mut schemas: HashMap<String, (String, String, Schema)> = HashMap::new();
         let mut watch = self.kv.watch_with_history(">").await?;
@@ -315,17 +353,44 @@ impl WatchTask {
         // An empty bucket may still have had revisions (all of them removed): the snapshot
         // reflects the latest, so it never looks behind the bucket.
         let mut revision = if caught_up { state.last_sequence } else { 0 };
+        let mut tenants: HashMap<String, Arc<TenantEndpoints>> = HashMap::new();
+        let mut built_at = tokio::time::Instant::now();
+        let mut pending = false;
         if caught_up {
-            self.live
-                .swap(Snapshot::build(&entries, &schemas, revision));
+            self.live.swap(Snapshot::build(
+                &tenants, &entries, &dirty, &schemas, revision,
+            ));
             if let Some(tx) = ready.take() {
                 let _ = tx.send(());
             }
         }
-        while let Some(entry) = watch.next().await {
+        loop {
+            let next = tokio::select! {
+                next = watch.next() => next,
+                // Changes that came faster than COALESCE apart are in one snapshot.
+                _ = tokio::time::sleep_until(built_at + COALESCE), if pending => None,
+            };
+            let Some(entry) = next else {
+                if !pending {
+                    break;
+                }
+                let snapshot = Snapshot::build(&tenants, &entries, &dirty, &schemas, revision);
+                tenants = snapshot.tenants.clone();
+                dirty.clear();
+                self.live.swap(snapshot);
+                built_at = tokio::time::Instant::now();
+                pending = false;
+                continue;
+            };
             let entry = entry?;
             revision = revision.max(entry.revision);
             if let Some(rest) = entry.key.strip_prefix("endpoints.") {
+                let Some((tenant, id)) = rest.split_once('.') else {
+                    warn!(key = %entry.key, "Ignoring a config key that names no endpoint.");
+                    continue;
+                };
+                dirty.insert(tenant.to_owned());
+                let eps = entries.entry(tenant.to_owned()).or_default();
                 match entry.operation {
                     kv::Operation::Put => match serde_json::from_slice::<Endpoint>(&entry.value)
                         .map_err(|e| e.to_string())
@@ -338,16 +403,19 @@ impl WatchTask {
                             )
                         }) {
                         Ok(ep) => {
-                            entries.insert(rest.to_owned(), Arc::new(ep));
+                            eps.insert(id.to_owned(), Arc::new(ep));
                         }
                         Err(reason) => {
                             warn!(key = %entry.key, %reason, "Ignoring an unusable endpoint in the config bucket.");
-                            entries.remove(rest);
+                            eps.remove(id);
                         }
                     },
                     kv::Operation::Delete | kv::Operation::Purge => {
-                        entries.remove(rest);
+                        eps.remove(id);
                     }
+                }
+                if eps.is_empty() {
+                    entries.remove(tenant);
                 }
             }
             if entry.key.starts_with("event_types.") {
@@ -375,21 +443,39 @@ impl WatchTask {
                     }
                 }
             }
-            if entry.delta == 0 {
-                if !caught_up {
-                    info!(
-                        endpoints = entries.len(),
-                        revision, "Config snapshot loaded."
-                    );
-                }
+            if entry.delta == 0 && !caught_up {
                 caught_up = true;
-            }
-            if caught_up {
-                self.live
-                    .swap(Snapshot::build(&entries, &schemas, revision));
+                let snapshot = Snapshot::build(&tenants, &entries, &dirty, &schemas, revision);
+                info!(
+                    endpoints = snapshot
+                        .tenants
+                        .values()
+                        .map(|t| t.list.len())
+                        .sum::<usize>(),
+                    revision, "Config snapshot loaded."
+                );
+                tenants = snapshot.tenants.clone();
+                dirty.clear();
+                self.live.swap(snapshot);
+                built_at = tokio::time::Instant::now();
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(());
                 }
+                continue;
+            }
+            if !caught_up {
+                continue;
+            }
+            // A change alone is in the next snapshot at once; a burst (more changes already
+            // waiting, or the last snapshot less than COALESCE ago) is gathered into one.
+            pending = true;
+            if entry.delta == 0 && built_at.elapsed() >= COALESCE {
+                let snapshot = Snapshot::build(&tenants, &entries, &dirty, &schemas, revision);
+                tenants = snapshot.tenants.clone();
+                dirty.clear();
+                self.live.swap(snapshot);
+                built_at = tokio::time::Instant::now();
+                pending = false;
             }
         }
         Err("config watch ended".into())
