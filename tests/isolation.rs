@@ -367,3 +367,71 @@ async fn a_silent_endpoint_is_parked_long_before_its_requests_time_out() {
     );
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_429s_lower_the_rate_and_answers_bring_it_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    // 429 without Retry-After while `busy`, then 200.
+    let busy = Arc::new(AtomicBool::new(true));
+    let rx = {
+        let busy = busy.clone();
+        Receiver::https(&env.ca, move |_, _| {
+            Answer::status(if busy.load(Ordering::SeqCst) {
+                429
+            } else {
+                200
+            })
+        })
+        .await
+    };
+    env.endpoint("acme", "small", &rx.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "small", |ep| ep.rate_limit_per_sec = Some(20))
+        .await;
+    let cancel = env.run_roles(1).await;
+    for n in 0..400 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    let in_window = |from: Instant, secs: f64| {
+        rx.received()
+            .iter()
+            .filter(|r| r.at >= from && r.at < from + Duration::from_secs_f64(secs))
+            .count()
+    };
+    // 429s for 4 s: 20/s halves once a second (10, 5, 2, 1).
+    wait_until("the first request", Duration::from_secs(20), || async {
+        rx.count() > 0
+    })
+    .await;
+    let first = rx.received()[0].at;
+    tokio::time::sleep_until((first + Duration::from_secs(4)).into()).await;
+    busy.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    let slowed = in_window(back - Duration::from_secs(1), 1.0);
+    println!("requests in the last second of 429s: {slowed}");
+    // Halved once a second from 20/s: 2/s or the floor of 1/s by now; still sending (a 429
+    // says the receiver is there: it lowers the rate, it does not open the circuit).
+    assert!(
+        (1..=4).contains(&slowed),
+        "{slowed} requests in the 4th second of 429s to an endpoint limited to 20/s"
+    );
+    // Answers without 429: a tenth of the limit (2/s) more each second, back to 20/s.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let early = in_window(back, 2.0);
+    let late = in_window(back + Duration::from_secs(10), 2.0);
+    println!("after the 429s stopped: {early} requests in the first 2 s, {late} in s 10-12");
+    assert!(
+        early <= 16,
+        "{early} requests in the first 2 s after the 429s: the rate came back at once"
+    );
+    assert!(
+        (28..=20 * 2 + 2).contains(&late),
+        "{late} requests in s 10-12 after the 429s: the rate did not climb back to 20/s"
+    );
+    cancel.cancel();
+}

@@ -2,7 +2,7 @@
 //! attempt, then schedule a retry, dead-letter or disable as the outcome says. The message
 //! is acked only after every write that outcome needs is acknowledged by JetStream.
 
-use crate::gate::{Admission, Gate, Gates};
+use crate::gate::{Admission, Gate, Gates, Heard};
 use crate::http::{self, SendError};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
@@ -324,7 +324,16 @@ impl Ctx {
                 None => {}
             }
         }
-        if gate.record(healthy, outcome.status != 0, latency) {
+        let heard = if verdict.slow_down {
+            Heard::Throttled
+        } else if healthy {
+            Heard::Healthy
+        } else if outcome.status != 0 {
+            Heard::Failed
+        } else {
+            Heard::Silent
+        };
+        if gate.record(heard, latency) {
             metrics::gauge!(names::CIRCUITS_OPEN).set(self.gates.open_circuits() as f64);
             if healthy {
                 // Closed: what was parked goes out now.

@@ -15,7 +15,7 @@
 //! (deferred) at once, so a dead endpoint never sits on the intake other endpoints need.
 //!
 //! The circuit opens after [`FAILURES_TO_OPEN`] consecutive failures (no response, timeout,
-//! 5xx, 429); while open, deliveries are deferred to the end of the cool-down; then one
+//! 5xx, 408; a 429 is answered by the adaptive rate instead); while open, deliveries are deferred to the end of the cool-down; then one
 //! delivery is let through as a probe: success closes the circuit, failure re-opens it with a
 //! doubled cool-down (up to [`MAX_COOLDOWN`]). State is per worker process.
 
@@ -53,6 +53,19 @@ pub const SLOW_ANSWER: Duration = Duration::from_secs(2);
 /// it answers again or its circuit opens. A black hole is known for one at this point, long
 /// before its requests time out.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// What an attempt said about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// A success, or an answer that says the endpoint is up (a 4xx other than 408 and 429).
+    Healthy,
+    /// 429: up, and asking for fewer requests.
+    Throttled,
+    /// A 5xx or 408.
+    Failed,
+    /// No answer: a timeout, a refused or reset connection, a TLS failure.
+    Silent,
+}
 
 /// What to do with a delivery now.
 pub enum Admission {
@@ -361,8 +374,14 @@ impl Gate {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
-        if let Some(slowed) = self.slowed_limiter() {
-            slowed.until_ready().await;
+        // The lowered rate may change while this waits (another 429 halves it, answers raise
+        // it): each wake asks the limiter in force then, not the one in force when it began.
+        while let Some(slowed) = self.slowed_limiter() {
+            let now = DefaultClock::default().now();
+            match slowed.check() {
+                Ok(()) => break,
+                Err(not_until) => tokio::time::sleep(not_until.wait_time_from(now)).await,
+            }
         }
         if let Some(after) = self.paused_for() {
             return Err(("retry_after", after));
@@ -426,21 +445,22 @@ impl Gate {
         None
     }
 
-    /// Feeds an attempt's outcome to the circuit and the trust. `healthy` is false for no
-    /// response, a timeout, 5xx or 429; other statuses say the endpoint is up. Returns whether
-    /// the circuit opened or closed.
-    pub fn record(&self, healthy: bool, answered: bool, latency: Duration) -> bool {
-        let trusted = healthy && latency < SLOW_ANSWER;
+    /// Feeds an attempt's outcome to the circuit, the trust and the stall watch. Returns
+    /// whether the circuit opened or closed.
+    pub fn record(&self, heard: Heard, latency: Duration) -> bool {
+        let trusted = heard == Heard::Healthy && latency < SLOW_ANSWER;
         if self.trusted.swap(trusted, Ordering::Relaxed) && !trusted {
             // Lost trust: whoever waits in the queue is evicted and deferred.
             self.evictions.send_modify(|e| *e += 1);
         }
         let mut c = self.circuit.lock().expect("circuit lock");
-        if answered {
+        if heard != Heard::Silent {
             c.owes_since = Some(Instant::now());
         }
         let was_open = c.open_until.is_some();
-        if healthy {
+        // A 429 says the endpoint is there and wants fewer requests: the adaptive rate answers
+        // it, not the circuit (which would stop everything for a cool-down).
+        if matches!(heard, Heard::Healthy | Heard::Throttled) {
             *c = Circuit {
                 paused_until: c.paused_until,
                 owes_since: c.owes_since,
@@ -619,7 +639,7 @@ mod tests {
             _ => panic!("paused endpoints defer"),
         }
         // A success does not end the pause early; time does.
-        g.record(true, true, Duration::from_millis(1));
+        g.record(Heard::Healthy, Duration::from_millis(1));
         assert!(g.is_paused());
         std::thread::sleep(Duration::from_millis(320));
         assert!(!g.is_paused());
@@ -635,7 +655,7 @@ mod tests {
         let g = Gate::new(None, Some(2), 2048);
         // It answered long ago, then was idle: a burst that fills its slots owes an answer
         // from its first request, not from that old answer.
-        g.record(true, true, Duration::from_millis(1));
+        g.record(Heard::Healthy, Duration::from_millis(1));
         std::thread::sleep(STALL_AFTER + Duration::from_millis(50));
         let a = g.admit();
         let b = g.admit();
@@ -667,16 +687,38 @@ mod tests {
         ));
         assert_eq!(g.parked(), Parked::Keep);
         // Any answer, even a 500, says it is there: no longer stalled, parked ones go back.
-        g.record(false, true, Duration::from_millis(1200));
+        g.record(Heard::Failed, Duration::from_millis(1200));
         assert!(!g.stalled());
         assert!(matches!(g.admit(), Admission::Queue(_)));
         assert_eq!(g.parked(), Parked::Release);
         // A timeout is no answer.
         std::thread::sleep(STALL_AFTER + Duration::from_millis(50));
-        g.record(false, false, Duration::from_secs(5));
+        g.record(Heard::Silent, Duration::from_secs(5));
         assert!(g.stalled());
         drop((a, b));
         assert!(!g.stalled(), "a free slot is not a stall");
+    }
+
+    #[test]
+    fn a_429_is_no_failure_for_the_circuit() {
+        let g = Gate::new(None, None, 2048);
+        for _ in 0..3 {
+            g.record(Heard::Failed, Duration::ZERO);
+        }
+        for _ in 0..10 {
+            g.record(Heard::Throttled, Duration::ZERO);
+        }
+        assert!(!g.is_open(), "429s say the endpoint is there");
+        for _ in 0..4 {
+            g.record(Heard::Failed, Duration::ZERO);
+        }
+        assert!(!g.is_open(), "a 429 ends a run of failures");
+        g.record(Heard::Silent, Duration::ZERO);
+        assert!(g.is_open());
+        assert!(
+            !matches!(g.admit(), Admission::Go(_)),
+            "an open circuit sends nothing"
+        );
     }
 
     #[test]
@@ -724,10 +766,10 @@ mod tests {
     fn circuit_opens_probes_and_closes() {
         let g = Gate::new(None, None, 2048);
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            g.record(false, false, Duration::ZERO);
+            g.record(Heard::Silent, Duration::ZERO);
         }
         assert!(matches!(g.admit(), Admission::Go(_)));
-        g.record(false, false, Duration::ZERO);
+        g.record(Heard::Silent, Duration::ZERO);
         assert!(g.is_open());
         match g.admit() {
             Admission::Defer { reason, after } => {
@@ -747,11 +789,11 @@ mod tests {
             }
         ));
         // A failed probe doubles the cool-down; a good one closes the circuit.
-        g.record(false, false, Duration::ZERO);
+        g.record(Heard::Silent, Duration::ZERO);
         assert_eq!(g.circuit.lock().unwrap().cooldown, FIRST_COOLDOWN * 2);
         g.circuit.lock().unwrap().open_until = Some(Instant::now());
         assert!(matches!(g.admit(), Admission::Go(_)));
-        g.record(true, true, Duration::ZERO);
+        g.record(Heard::Healthy, Duration::ZERO);
         assert!(!g.is_open());
         assert!(matches!(g.admit(), Admission::Go(_)));
     }
@@ -769,7 +811,7 @@ mod tests {
         assert!(matches!(g.admit(), Admission::Defer { .. }));
         drop(small);
         // A quick success earns trust: the queue takes far more.
-        g.record(true, true, Duration::from_millis(5));
+        g.record(Heard::Healthy, Duration::from_millis(5));
         let mut big: Vec<QueueGuard> = Vec::new();
         for _ in 0..100 {
             match g.admit() {
@@ -783,11 +825,11 @@ mod tests {
         let g2 = g.clone();
         let waiting = tokio::spawn(async move { g2.wait_turn(&waiter).await.err() });
         tokio::task::yield_now().await;
-        g.record(false, false, Duration::from_secs(1));
+        g.record(Heard::Silent, Duration::from_secs(1));
         let evicted = waiting.await.unwrap();
         assert_eq!(evicted.map(|(reason, _)| reason), Some("in_flight_cap"));
         // And a slow success does not earn trust back.
-        g.record(true, true, SLOW_ANSWER + Duration::from_millis(1));
+        g.record(Heard::Healthy, SLOW_ANSWER + Duration::from_millis(1));
         assert!(!g.trusted.load(Ordering::Relaxed));
     }
 
@@ -797,7 +839,7 @@ mod tests {
         let held = gates.get("t", "held", None, None);
         let open = gates.get("t", "open", None, None);
         for _ in 0..FAILURES_TO_OPEN {
-            open.record(false, false, Duration::ZERO);
+            open.record(Heard::Silent, Duration::ZERO);
         }
         drop(open);
         for i in 0..PRUNE_AT {
