@@ -305,6 +305,56 @@ impl Live {
     }
 }
 
+/// What the next snapshot needs: the last one's tenants (shared), the tenants changed since,
+/// and when it may be built (changes are gathered for [`COALESCE`] at most).
+struct NextSnapshot {
+    tenants: HashMap<String, Arc<TenantEndpoints>>,
+    dirty: HashSet<String>,
+    built_at: tokio::time::Instant,
+    /// How long to gather changes after a snapshot: 9 times what building it took.
+    hold: Duration,
+    /// Changes wait for the next snapshot.
+    pending: bool,
+}
+
+impl Default for NextSnapshot {
+    fn default() -> Self {
+        Self {
+            tenants: HashMap::new(),
+            dirty: HashSet::new(),
+            built_at: tokio::time::Instant::now(),
+            hold: Duration::ZERO,
+            pending: false,
+        }
+    }
+}
+
+impl NextSnapshot {
+    fn due(&self) -> tokio::time::Instant {
+        self.built_at + self.hold
+    }
+
+    /// Builds the snapshot and puts it in force; returns how many endpoints it holds.
+    fn swap(
+        &mut self,
+        live: &Live,
+        entries: &HashMap<String, HashMap<String, Arc<LiveEndpoint>>>,
+        schemas: &HashMap<String, (String, String, Schema)>,
+        revision: u64,
+    ) -> usize {
+        let started = tokio::time::Instant::now();
+        let snapshot = Snapshot::build(&self.tenants, entries, &self.dirty, schemas, revision);
+        let endpoints = snapshot.tenants.values().map(|t| t.list.len()).sum();
+        self.tenants = snapshot.tenants.clone();
+        self.dirty.clear();
+        live.swap(snapshot);
+        self.built_at = tokio::time::Instant::now();
+        self.hold = ((self.built_at - started) * 9).min(COALESCE);
+        self.pending = false;
+        endpoints
+    }
+}
+
 struct WatchTask {
     live: Arc<Live>,
     kv: kv::Store,
@@ -338,8 +388,6 @@ impl WatchTask {
     ) -> Result<(), async_nats::Error> {
         // Tenant -> endpoint id -> endpoint.
         let mut entries: HashMap<String, HashMap<String, Arc<LiveEndpoint>>> = HashMap::new();
-        // Tenants changed since the last snapshot.
-        let mut dirty: HashSet<String> = HashSet::new();
         // Config key -> (tenant, type, compiled schema).
         let mut schemas: HashMap<String, (String, String, Schema)> = HashMap::new();
         let mut watch = self.kv.watch_with_history(">").await?;
@@ -355,15 +403,9 @@ impl WatchTask {
         // An empty bucket may still have had revisions (all of them removed): the snapshot
         // reflects the latest, so it never looks behind the bucket.
         let mut revision = if caught_up { state.last_sequence } else { 0 };
-        let mut tenants: HashMap<String, Arc<TenantEndpoints>> = HashMap::new();
-        let mut built_at = tokio::time::Instant::now();
-        // How long to gather changes after a snapshot (see COALESCE).
-        let mut hold = Duration::ZERO;
-        let mut pending = false;
+        let mut next_snapshot = NextSnapshot::default();
         if caught_up {
-            self.live.swap(Snapshot::build(
-                &tenants, &entries, &dirty, &schemas, revision,
-            ));
+            next_snapshot.swap(&self.live, &entries, &schemas, revision);
             if let Some(tx) = ready.take() {
                 let _ = tx.send(());
             }
@@ -372,20 +414,13 @@ impl WatchTask {
             let next = tokio::select! {
                 next = watch.next() => next,
                 // Changes that came within `hold` of the last snapshot are in one snapshot.
-                _ = tokio::time::sleep_until(built_at + hold), if pending => None,
+                _ = tokio::time::sleep_until(next_snapshot.due()), if next_snapshot.pending => None,
             };
             let Some(entry) = next else {
-                if !pending {
+                if !next_snapshot.pending {
                     break;
                 }
-                let started = tokio::time::Instant::now();
-                let snapshot = Snapshot::build(&tenants, &entries, &dirty, &schemas, revision);
-                tenants = snapshot.tenants.clone();
-                dirty.clear();
-                self.live.swap(snapshot);
-                built_at = tokio::time::Instant::now();
-                hold = ((built_at - started) * 9).min(COALESCE);
-                pending = false;
+                next_snapshot.swap(&self.live, &entries, &schemas, revision);
                 continue;
             };
             let entry = entry?;
@@ -395,7 +430,7 @@ impl WatchTask {
                     warn!(key = %entry.key, "Ignoring a config key that names no endpoint.");
                     continue;
                 };
-                dirty.insert(tenant.to_owned());
+                next_snapshot.dirty.insert(tenant.to_owned());
                 let eps = entries.entry(tenant.to_owned()).or_default();
                 match entry.operation {
                     kv::Operation::Put => match serde_json::from_slice::<Endpoint>(&entry.value)
@@ -451,19 +486,8 @@ impl WatchTask {
             }
             if entry.delta == 0 && !caught_up {
                 caught_up = true;
-                let snapshot = Snapshot::build(&tenants, &entries, &dirty, &schemas, revision);
-                info!(
-                    endpoints = snapshot
-                        .tenants
-                        .values()
-                        .map(|t| t.list.len())
-                        .sum::<usize>(),
-                    revision, "Config snapshot loaded."
-                );
-                tenants = snapshot.tenants.clone();
-                dirty.clear();
-                self.live.swap(snapshot);
-                built_at = tokio::time::Instant::now();
+                let endpoints = next_snapshot.swap(&self.live, &entries, &schemas, revision);
+                info!(endpoints, revision, "Config snapshot loaded.");
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(());
                 }
@@ -474,16 +498,9 @@ impl WatchTask {
             }
             // A change alone is in the next snapshot at once; a burst (more changes already
             // waiting, or the last snapshot less than `hold` ago) is gathered into one.
-            pending = true;
-            if entry.delta == 0 && built_at.elapsed() >= hold {
-                let started = tokio::time::Instant::now();
-                let snapshot = Snapshot::build(&tenants, &entries, &dirty, &schemas, revision);
-                tenants = snapshot.tenants.clone();
-                dirty.clear();
-                self.live.swap(snapshot);
-                built_at = tokio::time::Instant::now();
-                hold = ((built_at - started) * 9).min(COALESCE);
-                pending = false;
+            next_snapshot.pending = true;
+            if entry.delta == 0 && tokio::time::Instant::now() >= next_snapshot.due() {
+                next_snapshot.swap(&self.live, &entries, &schemas, revision);
             }
         }
         Err("config watch ended".into())
