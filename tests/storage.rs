@@ -371,34 +371,47 @@ async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
             refusals.clone(),
         );
         let payload = json!({"pad": "x".repeat(2000)}).to_string().into_bytes();
+        // 64 publishes in flight at once: the producer outruns the router, so the events and
+        // deliveries waiting fill the store however fast this machine routes and delivers.
         tokio::spawn(async move {
-            for i in 0..N {
-                let ev = Event {
-                    id: format!("evt-{i}"),
-                    tenant: "acme".into(),
-                    r#type: "charge.paid".into(),
-                    occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
-                    payload: payload.clone().into(),
-                    ..Default::default()
-                };
-                let bytes: bytes::Bytes = ev.encode_to_vec().into();
-                loop {
-                    let publish = PublishMessage::build()
-                        .payload(bytes.clone())
-                        .message_id(ev.id.clone());
-                    let acked =
-                        async { js.send_publish(subject.clone(), publish).await?.await }.await;
-                    match acked {
-                        Ok(_) => break,
-                        Err(e) => {
-                            let e = e.to_string();
-                            assert!(gancho_store::full::is_full(&e), "{e}");
-                            refusals.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+            use futures::StreamExt as _;
+            futures::stream::iter(0..N)
+                .map(|i| {
+                    let (js, subject, refusals, payload) = (&js, &subject, &refusals, &payload);
+                    async move {
+                        let ev = Event {
+                            id: format!("evt-{i}"),
+                            tenant: "acme".into(),
+                            r#type: "charge.paid".into(),
+                            occurred_at: Some(gancho_proto::timestamp(
+                                time::OffsetDateTime::now_utc(),
+                            )),
+                            payload: payload.clone().into(),
+                            ..Default::default()
+                        };
+                        let bytes: bytes::Bytes = ev.encode_to_vec().into();
+                        loop {
+                            let publish = PublishMessage::build()
+                                .payload(bytes.clone())
+                                .message_id(ev.id.clone());
+                            let acked =
+                                async { js.send_publish(subject.clone(), publish).await?.await }
+                                    .await;
+                            match acked {
+                                Ok(_) => break,
+                                Err(e) => {
+                                    let e = e.to_string();
+                                    assert!(gancho_store::full::is_full(&e), "{e}");
+                                    refusals.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
+                            }
                         }
                     }
-                }
-            }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<()>>()
+                .await;
         })
     };
     wait_until("the server's store full", Duration::from_secs(120), || {
