@@ -15,9 +15,10 @@
 //! (deferred) at once, so a dead endpoint never sits on the intake other endpoints need.
 //!
 //! The circuit opens after [`FAILURES_TO_OPEN`] consecutive failures (no response, timeout,
-//! 5xx, 408; a 429 is answered by the adaptive rate instead); while open, deliveries are deferred to the end of the cool-down; then one
-//! delivery is let through as a probe: success closes the circuit, failure re-opens it with a
-//! doubled cool-down (up to [`MAX_COOLDOWN`]). State is per worker process.
+//! 5xx, 408; a 429 is answered by the adaptive rate instead); while open, deliveries are
+//! deferred to the end of the cool-down; then one delivery is let through as a probe:
+//! success closes the circuit, failure re-opens it with a doubled cool-down (up to
+//! [`MAX_COOLDOWN`]). State is per worker process.
 
 use gancho_telemetry::names;
 use governor::clock::{Clock, DefaultClock};
