@@ -414,10 +414,11 @@ async fn repeated_429s_lower_the_rate_and_answers_bring_it_back() {
     let back = Instant::now();
     let slowed = in_window(back - Duration::from_secs(1), 1.0);
     println!("requests in the last second of 429s: {slowed}");
-    // Halved once a second from 20/s: 2/s or the floor of 1/s by now; still sending (a 429
-    // says the receiver is there: it lowers the rate, it does not open the circuit).
+    // Halved once a second from 20/s: 2/s or the floor of 1/s by now (5/s if a step came
+    // late on a loaded machine); still sending (a 429 says the receiver is there: it lowers
+    // the rate, it does not open the circuit).
     assert!(
-        (1..=4).contains(&slowed),
+        (1..=5).contains(&slowed),
         "{slowed} requests in the 4th second of 429s to an endpoint limited to 20/s"
     );
     // Answers without 429: a tenth of the limit (2/s) more each second, back to 20/s.

@@ -236,14 +236,15 @@ impl Gate {
     /// `Some(wait)` when the rate limit (configured, or lowered after 429s) refuses a request
     /// now; `None` takes a token from each.
     fn rate_wait(&self) -> Option<Duration> {
+        // The lowered rate first: a request it refuses takes no token of the configured limit.
         let now = DefaultClock::default().now();
-        if let Some(limiter) = &self.limiter {
-            if let Err(not_until) = limiter.check() {
+        if let Some(slowed) = self.slowed_limiter() {
+            if let Err(not_until) = slowed.check() {
                 return Some(not_until.wait_time_from(now));
             }
         }
-        if let Some(slowed) = self.slowed_limiter() {
-            if let Err(not_until) = slowed.check() {
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check() {
                 return Some(not_until.wait_time_from(now));
             }
         }
@@ -334,9 +335,27 @@ impl Gate {
             return None;
         }
         let next = raised_rate(*rate, a.ceiling);
+        if next.is_none() {
+            self.spend_saved_burst();
+        }
         a.slowed = next.map(|r| (r, Arc::new(slowed_limiter(r))));
         a.last_change = Some(Instant::now());
         Some(next)
+    }
+
+    /// Empties the configured limit's burst. It fills while a lowered rate holds the endpoint
+    /// below it; spent when the lowered rate is lifted, the way back ends at the configured
+    /// rate instead of a burst to a receiver that was answering 429 a few seconds ago.
+    fn spend_saved_burst(&self) {
+        let (Some(limiter), Some(rate)) = (&self.limiter, self.settings.0) else {
+            return;
+        };
+        // The burst is the rate (one second's worth); bounded, as tokens refill meanwhile.
+        for _ in 0..rate.min(100_000) {
+            if limiter.check().is_err() {
+                break;
+            }
+        }
     }
 
     /// Whether 429s hold the endpoint below its usual rate.
@@ -372,9 +391,6 @@ impl Gate {
             }
             () = stall => return Err(("stalled", STALL_AFTER)),
         };
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
         // The lowered rate may change while this waits (another 429 halves it, answers raise
         // it): each wake asks the limiter in force then, not the one in force when it began.
         while let Some(slowed) = self.slowed_limiter() {
@@ -383,6 +399,11 @@ impl Gate {
                 Ok(()) => break,
                 Err(not_until) => tokio::time::sleep(not_until.wait_time_from(now)).await,
             }
+        }
+        // The configured limit's token last: deliveries waiting out a lowered rate hold none,
+        // so when it is lifted they go at the configured rate, not all at once.
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
         }
         if let Some(after) = self.paused_for() {
             return Err(("retry_after", after));
@@ -832,6 +853,53 @@ mod tests {
         // And a slow success does not earn trust back.
         g.record(Heard::Healthy, SLOW_ANSWER + Duration::from_millis(1));
         assert!(!g.trusted.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lifting_a_lowered_rate_releases_no_burst() {
+        // Limited to 20/s, climbing back from 429s at 19/s, 10 deliveries queued behind it.
+        let g = Arc::new(Gate::new(Some(20), None, 2048));
+        {
+            let mut a = g.adaptive.lock().unwrap();
+            a.slowed = Some((19, Arc::new(slowed_limiter(19))));
+            a.ceiling = 20;
+        }
+        assert!(matches!(g.admit(), Admission::Go(_)));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for _ in 0..10 {
+            let Admission::Queue(place) = g.admit() else {
+                panic!("the lowered rate queues the rest");
+            };
+            let (g, done) = (g.clone(), done.clone());
+            waiters.push(tokio::spawn(async move {
+                let permit = g.wait_turn(&place).await;
+                done.lock().unwrap().push(Instant::now());
+                permit.is_ok()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // Answers without 429: the next step reaches the ceiling and lifts the lowered rate.
+        g.adaptive.lock().unwrap().last_change = None;
+        assert_eq!(g.speed_up(), Some(None));
+        for w in waiters {
+            assert!(w.await.unwrap(), "every waiter gets its turn");
+        }
+        // They go at the configured 20/s: no more than a few within any 100 ms.
+        let done = done.lock().unwrap();
+        let most = done
+            .iter()
+            .map(|t| {
+                done.iter()
+                    .filter(|u| **u >= *t && **u < *t + Duration::from_millis(100))
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(
+            most <= 4,
+            "{most} of 10 queued deliveries started within 100 ms of each other after the lift"
+        );
     }
 
     #[test]
