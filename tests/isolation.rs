@@ -196,7 +196,14 @@ async fn retry_after_pauses_the_endpoint_and_not_the_others() {
         during >= 5,
         "only {during} deliveries to the other endpoint during the pause"
     );
-    // The 429 was one attempt; the deliveries that waited spent none.
+    // The 429 was one attempt; the deliveries that waited spent none. (The record of the
+    // last one is written after its answer reached the receiver: wait for it, then for any
+    // more, which would be wrong.)
+    wait_until("every attempt record", Duration::from_secs(10), || async {
+        env.attempts("acme", "paused").await.len() >= 11
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let attempts = env.attempts("acme", "paused").await;
     assert_eq!(attempts.len(), 11, "{attempts:?}");
     assert_eq!(paused.count(), 11);

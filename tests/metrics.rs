@@ -153,6 +153,29 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
         }
     }
 
+    // A config change reaches every role, and each says how long it took.
+    env.change("acme", "ep1", |ep| ep.description = "changed".into())
+        .await;
+    for (role, port) in [("router", m_router), ("worker", m_worker), ("api", m_api)] {
+        let lag = "gancho_config_change_lag_seconds";
+        wait_until(
+            &format!("the {role}'s config change"),
+            Duration::from_secs(10),
+            || {
+                let page = scrape(port);
+                std::future::ready(sum(&page, &format!("{lag}_count"), &[]) >= 1.0)
+            },
+        )
+        .await;
+        let page = scrape(port);
+        let seconds =
+            sum(&page, &format!("{lag}_sum"), &[]) / sum(&page, &format!("{lag}_count"), &[]);
+        assert!(
+            (0.0..2.0).contains(&seconds),
+            "{role}: a config change took {seconds} s to arrive, by its own measure"
+        );
+    }
+
     // 100 tenants with 10 endpoints each, and an event for each tenant: the only new series
     // are the listed tenant's, since no other label comes from a tenant or an endpoint.
     // After the periodic gauges (sampled every 5 s) have all appeared.

@@ -5,7 +5,8 @@
 //! answers); sends `--events` events over NATS or HTTP ingest, as a backlog or at `--rate`;
 //! and reports the ingest rate, the delivery rate to the healthy endpoints, end-to-end
 //! latency (event time to arrival at the sink) p50/p90/p99/max, CPU seconds and peak RSS of
-//! every process, deferrals and failed attempts. `--json` prints one JSON object.
+//! every process, deferrals and failed attempts; with `--config-changes`, how long a config
+//! change takes to reach every role. `--json` prints one JSON object.
 
 use crate::manage::{call, Conn};
 use anyhow::{bail, Context as _};
@@ -54,6 +55,11 @@ pub struct BenchArgs {
     /// the latency then come from gancho's metrics side only (no sink statistics).
     #[arg(long)]
     pub target: Option<String>,
+    /// Before sending, change this many endpoints one at a time (their description) and
+    /// report how long each change took to reach every role (from its write to the config
+    /// bucket to the role's snapshot having it).
+    #[arg(long, default_value_t = 0)]
+    pub config_changes: usize,
     /// Give up waiting for the deliveries after this long, e.g. 10m.
     #[arg(long, default_value = "10m")]
     pub timeout: String,
@@ -303,12 +309,13 @@ async fn bench(
     }
     let api_port = free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
+    let api_metrics = free_port()?;
     procs.push(spawn(
         "api",
         &["api"],
         &[
             ("GANCHO_API_LISTEN", listen(api_port)),
-            ("GANCHO_METRICS_LISTEN", listen(free_port()?)),
+            ("GANCHO_METRICS_LISTEN", listen(api_metrics)),
         ],
     )?);
     let router_metrics = free_port()?;
@@ -376,8 +383,9 @@ async fn bench(
         .collect()
         .await;
     bar.finish_and_clear();
+    let mut ids = Vec::new();
     for c in created {
-        c?;
+        ids.push(c?["id"].as_str().unwrap_or_default().to_owned());
     }
     // Every role's snapshot has every endpoint before the first event.
     let mut config_ports = vec![router_metrics];
@@ -421,6 +429,17 @@ async fn bench(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let mut role_ports = config_ports.clone();
+    role_ports.push(api_metrics);
+    let config_change_ms = config_changes(
+        &conn,
+        &client,
+        &ids,
+        &role_ports,
+        args.config_changes,
+        quiet,
+    )
+    .await?;
     say(&format!(
         "gancho bench: {} events x {} endpoints ({} dead), {} worker(s), via {}, {}",
         args.events,
@@ -556,6 +575,7 @@ async fn bench(
                 .map(|us| (us / 100.0).round() / 10.0)
                 .collect::<Vec<_>>()
         }),
+        "config_change_ms": config_change_ms,
         "rate_limit": args.rate_limit,
         "busiest_endpoint_per_s": last["busiest_endpoint_per_s"].as_f64(),
         "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64()).map(|(r, d)| r - d),
@@ -564,6 +584,72 @@ async fn bench(
         "processes": processes,
         "nats_server": nats_version,
     }))
+}
+
+/// Changes `n` endpoints one at a time and measures how long each change took to reach every
+/// role, from its write to the config bucket to the role's snapshot having it (the sum of the
+/// role's `gancho_config_change_lag_seconds` grows by exactly that); returns p50/p99/max in ms
+/// over the changes of the slowest role for each.
+async fn config_changes(
+    conn: &Conn,
+    client: &HttpClient,
+    ids: &[String],
+    role_ports: &[u16],
+    n: usize,
+    quiet: bool,
+) -> anyhow::Result<Value> {
+    if n == 0 || ids.is_empty() {
+        return Ok(Value::Null);
+    }
+    let family = "gancho_config_change_lag_seconds";
+    let lag_of = |port: u16| async move {
+        let page = get_text(client, &format!("http://127.0.0.1:{port}/metrics")).await;
+        (
+            metric_sum(&page, &format!("{family}_count"), ""),
+            metric_sum(&page, &format!("{family}_sum"), ""),
+        )
+    };
+    let bar = progress(quiet, n as u64, "config changes");
+    let mut lags_ms = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut before = Vec::with_capacity(role_ports.len());
+        for port in role_ports {
+            before.push(lag_of(*port).await);
+        }
+        let id = &ids[i * 7919 % ids.len()];
+        let body = json!({"description": format!("gancho bench change {i}")});
+        call(
+            conn,
+            "PATCH",
+            &format!("/v1/tenants/{TENANT}/endpoints/{id}"),
+            Some(body),
+        )
+        .await?;
+        let waited = Instant::now();
+        let mut slowest: f64 = 0.0;
+        for (port, (count0, sum0)) in role_ports.iter().zip(before) {
+            loop {
+                let (count, sum) = lag_of(*port).await;
+                if count > count0 {
+                    slowest = slowest.max((sum - sum0) / (count - count0));
+                    break;
+                }
+                if waited.elapsed() > Duration::from_secs(30) {
+                    bail!("config change {i} did not reach the role with metrics on port {port} in 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        lags_ms.push(slowest * 1000.0);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    lags_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let v = lags_ms[((lags_ms.len() as f64 * q).ceil() as usize).clamp(1, lags_ms.len()) - 1];
+        (v * 100.0).round() / 100.0
+    };
+    Ok(json!({"changes": n, "p50": at(0.5), "p99": at(0.99), "max": at(1.0)}))
 }
 
 fn progress(hidden: bool, total: u64, what: &str) -> indicatif::ProgressBar {
@@ -704,6 +790,16 @@ fn print_report(r: &Value) {
     if let Some(slices) = r["p99_ms_by_5s"].as_array() {
         let list: Vec<String> = slices.iter().map(f).collect();
         println!("  p99 ms by 5 s   {}", list.join(" "));
+    }
+    let c = &r["config_change_ms"];
+    if !c.is_null() {
+        println!(
+            "  config change    {} changes, to every role: p50 {} ms  p99 {} ms  max {} ms",
+            f(&c["changes"]),
+            f(&c["p50"]),
+            f(&c["p99"]),
+            f(&c["max"])
+        );
     }
     println!(
         "  deferred {}  failed attempts {}  duplicates {}",

@@ -315,6 +315,8 @@ struct NextSnapshot {
     hold: Duration,
     /// Changes wait for the next snapshot.
     pending: bool,
+    /// When each change waiting for the next snapshot was written to the config bucket.
+    written_at: Vec<OffsetDateTime>,
 }
 
 impl Default for NextSnapshot {
@@ -325,6 +327,7 @@ impl Default for NextSnapshot {
             built_at: tokio::time::Instant::now(),
             hold: Duration::ZERO,
             pending: false,
+            written_at: Vec::new(),
         }
     }
 }
@@ -351,6 +354,13 @@ impl NextSnapshot {
         self.built_at = tokio::time::Instant::now();
         self.hold = ((self.built_at - started) * 9).min(COALESCE);
         self.pending = false;
+        // How long each change took to get here (the server's clock against this one's:
+        // on one machine exact, across machines as good as their clocks agree).
+        let now = OffsetDateTime::now_utc();
+        for at in self.written_at.drain(..) {
+            let lag = (now - at).as_seconds_f64().max(0.0);
+            metrics::histogram!(gancho_telemetry::names::CONFIG_CHANGE_LAG).record(lag);
+        }
         endpoints
     }
 }
@@ -499,6 +509,7 @@ impl WatchTask {
             // A change alone is in the next snapshot at once; a burst (more changes already
             // waiting, or the last snapshot less than `hold` ago) is gathered into one.
             next_snapshot.pending = true;
+            next_snapshot.written_at.push(entry.created);
             if entry.delta == 0 && tokio::time::Instant::now() >= next_snapshot.due() {
                 next_snapshot.swap(&self.live, &entries, &schemas, revision);
             }

@@ -27,6 +27,11 @@ const PUBLISH_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Buckets for a config change reaching a process, in seconds: 1 ms to 10 s.
+const CONFIG_LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static TENANTS: OnceLock<Vec<&'static str>> = OnceLock::new();
 
@@ -73,6 +78,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(names::JETSTREAM_PUBLISH.into()),
                         PUBLISH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::CONFIG_CHANGE_LAG.into()),
+                        CONFIG_LAG_BUCKETS,
                     )
                 })
                 .expect("bucket lists are non-empty")

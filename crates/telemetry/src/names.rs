@@ -117,6 +117,8 @@ pub const CONFIG_SNAPSHOT_REVISION: &str = "gancho_config_snapshot_revision";
 /// The config bucket's latest revision, as of this process's last look. Above the
 /// snapshot's revision for long means the process stopped following config changes.
 pub const CONFIG_REVISION: &str = "gancho_config_revision";
+/// From a config change's write to the config bucket to this process's snapshot having it.
+pub const CONFIG_CHANGE_LAG: &str = "gancho_config_change_lag_seconds";
 /// Slow-consumer events reported by the NATS client (messages were dropped).
 pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
@@ -325,6 +327,11 @@ pub fn describe_all() {
     describe_gauge!(
         CONFIG_REVISION,
         "The config bucket's latest revision, as of this process's last look."
+    );
+    describe_histogram!(
+        CONFIG_CHANGE_LAG,
+        Unit::Seconds,
+        "From a config change's write to the config bucket to this process's snapshot having it."
     );
     describe_counter!(
         NATS_SLOW_CONSUMER,
