@@ -429,17 +429,13 @@ async fn bench(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut role_ports = config_ports.clone();
-    role_ports.push(api_metrics);
-    let config_change_ms = config_changes(
-        &conn,
-        &client,
-        &ids,
-        &role_ports,
-        args.config_changes,
-        quiet,
-    )
-    .await?;
+    let mut roles = vec![("router".to_owned(), router_metrics)];
+    for (i, port) in metrics_ports.iter().enumerate() {
+        roles.push((format!("worker-{}", i + 1), *port));
+    }
+    roles.push(("api".to_owned(), api_metrics));
+    let config_change_ms =
+        config_changes(&conn, &client, &ids, &roles, args.config_changes, quiet).await?;
     say(&format!(
         "gancho bench: {} events x {} endpoints ({} dead), {} worker(s), via {}, {}",
         args.events,
@@ -594,7 +590,7 @@ async fn config_changes(
     conn: &Conn,
     client: &HttpClient,
     ids: &[String],
-    role_ports: &[u16],
+    roles: &[(String, u16)],
     n: usize,
     quiet: bool,
 ) -> anyhow::Result<Value> {
@@ -611,9 +607,10 @@ async fn config_changes(
     };
     let bar = progress(quiet, n as u64, "config changes");
     let mut lags_ms = Vec::with_capacity(n);
+    let mut by_role: Vec<Vec<f64>> = vec![Vec::with_capacity(n); roles.len()];
     for i in 0..n {
-        let mut before = Vec::with_capacity(role_ports.len());
-        for port in role_ports {
+        let mut before = Vec::with_capacity(roles.len());
+        for (_, port) in roles {
             before.push(lag_of(*port).await);
         }
         let id = &ids[i * 7919 % ids.len()];
@@ -627,11 +624,13 @@ async fn config_changes(
         .await?;
         let waited = Instant::now();
         let mut slowest: f64 = 0.0;
-        for (port, (count0, sum0)) in role_ports.iter().zip(before) {
+        for (((_, port), (count0, sum0)), lags) in roles.iter().zip(before).zip(&mut by_role) {
             loop {
                 let (count, sum) = lag_of(*port).await;
                 if count > count0 {
-                    slowest = slowest.max((sum - sum0) / (count - count0));
+                    let lag = (sum - sum0) / (count - count0);
+                    lags.push(lag * 1000.0);
+                    slowest = slowest.max(lag);
                     break;
                 }
                 if waited.elapsed() > Duration::from_secs(30) {
@@ -644,12 +643,23 @@ async fn config_changes(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    lags_ms.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let v = lags_ms[((lags_ms.len() as f64 * q).ceil() as usize).clamp(1, lags_ms.len()) - 1];
-        (v * 100.0).round() / 100.0
+    let quantiles = |mut lags: Vec<f64>| {
+        lags.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let v = lags[((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len()) - 1];
+            (v * 100.0).round() / 100.0
+        };
+        json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
     };
-    Ok(json!({"changes": n, "p50": at(0.5), "p99": at(0.99), "max": at(1.0)}))
+    let mut report = quantiles(lags_ms);
+    report["changes"] = json!(n);
+    report["by_role"] = roles
+        .iter()
+        .zip(by_role)
+        .map(|((name, _), lags)| (name.clone(), quantiles(lags)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    Ok(report)
 }
 
 fn progress(hidden: bool, total: u64, what: &str) -> indicatif::ProgressBar {
@@ -800,6 +810,14 @@ fn print_report(r: &Value) {
             f(&c["p99"]),
             f(&c["max"])
         );
+        for (role, q) in c["by_role"].as_object().into_iter().flatten() {
+            println!(
+                "                   {role}: p50 {} ms  p99 {} ms  max {} ms",
+                f(&q["p50"]),
+                f(&q["p99"]),
+                f(&q["max"])
+            );
+        }
     }
     println!(
         "  deferred {}  failed attempts {}  duplicates {}",

@@ -102,19 +102,56 @@ impl LiveEndpoint {
 
 #[derive(Debug, Default)]
 pub struct TenantEndpoints {
-    /// In a stable order, for the router's fan-out.
+    /// Sorted by id: the router's fan-out order, and how an endpoint is found by id.
     pub list: Vec<Arc<LiveEndpoint>>,
-    pub by_id: HashMap<String, Arc<LiveEndpoint>>,
     /// The subscriptions of `list`, indexed: a match is a position in `list`.
     pub index: gancho_core::matching::Index,
 }
 
 impl TenantEndpoints {
-    fn new(by_id: HashMap<String, Arc<LiveEndpoint>>) -> Self {
+    /// Built from every endpoint of the tenant.
+    fn new(by_id: &HashMap<String, Arc<LiveEndpoint>>) -> Self {
         let mut list: Vec<Arc<LiveEndpoint>> = by_id.values().cloned().collect();
-        list.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        list.sort_unstable_by(|a, b| a.config.id.cmp(&b.config.id));
+        Self::indexed(list)
+    }
+
+    fn indexed(list: Vec<Arc<LiveEndpoint>>) -> Self {
         let index = gancho_core::matching::Index::new(list.iter().map(|ep| &ep.subscription));
-        Self { list, by_id, index }
+        Self { list, index }
+    }
+
+    /// This tenant with the endpoints `changed` as they are now in `by_id` (put, or gone when
+    /// absent). A few changes are applied in place of a copy of the sorted list (a change to
+    /// a tenant of 10,000 endpoints copies 10,000 pointers, not 10,000 ids); many are rebuilt.
+    fn updated(
+        &self,
+        changed: &HashSet<String>,
+        by_id: &HashMap<String, Arc<LiveEndpoint>>,
+    ) -> Self {
+        if changed.len() > (self.list.len() / 16).max(16) {
+            return Self::new(by_id);
+        }
+        let mut list = self.list.clone();
+        for id in changed {
+            let at = list.binary_search_by(|ep| ep.config.id.as_str().cmp(id));
+            match (at, by_id.get(id)) {
+                (Ok(i), Some(ep)) => list[i] = ep.clone(),
+                (Err(i), Some(ep)) => list.insert(i, ep.clone()),
+                (Ok(i), None) => {
+                    list.remove(i);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        Self::indexed(list)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<LiveEndpoint>> {
+        let at = self
+            .list
+            .binary_search_by(|ep| ep.config.id.as_str().cmp(id));
+        at.ok().map(|i| &self.list[i])
     }
 }
 
@@ -161,7 +198,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn endpoint(&self, tenant: &str, id: &str) -> Option<&Arc<LiveEndpoint>> {
-        self.tenants.get(tenant)?.by_id.get(id)
+        self.tenants.get(tenant)?.get(id)
     }
 
     pub fn endpoints(&self, tenant: &str) -> &[Arc<LiveEndpoint>] {
@@ -197,20 +234,25 @@ impl Snapshot {
         schema.check(ty, &value)
     }
 
-    /// A snapshot from the last one's tenants, with `dirty` tenants rebuilt from `entries`
-    /// (tenant -> endpoint id -> endpoint); the others are shared, not rebuilt.
+    /// A snapshot from the last one's tenants, with the `dirty` endpoints (tenant -> ids)
+    /// updated from `entries` (tenant -> endpoint id -> endpoint); the other tenants are
+    /// shared, not rebuilt.
     fn build(
         previous: &HashMap<String, Arc<TenantEndpoints>>,
         entries: &HashMap<String, HashMap<String, Arc<LiveEndpoint>>>,
-        dirty: &HashSet<String>,
+        dirty: &HashMap<String, HashSet<String>>,
         schemas: &HashMap<String, (String, String, Schema)>,
         revision: u64,
     ) -> Self {
         let mut tenants = previous.clone();
-        for tenant in dirty {
+        for (tenant, changed) in dirty {
             match entries.get(tenant) {
                 Some(eps) if !eps.is_empty() => {
-                    tenants.insert(tenant.clone(), Arc::new(TenantEndpoints::new(eps.clone())));
+                    let updated = match previous.get(tenant) {
+                        Some(was) => was.updated(changed, eps),
+                        None => TenantEndpoints::new(eps),
+                    };
+                    tenants.insert(tenant.clone(), Arc::new(updated));
                 }
                 _ => {
                     tenants.remove(tenant);
@@ -309,7 +351,8 @@ impl Live {
 /// and when it may be built (changes are gathered for [`COALESCE`] at most).
 struct NextSnapshot {
     tenants: HashMap<String, Arc<TenantEndpoints>>,
-    dirty: HashSet<String>,
+    /// Tenant -> ids of its endpoints changed since the last snapshot.
+    dirty: HashMap<String, HashSet<String>>,
     built_at: tokio::time::Instant,
     /// How long to gather changes after a snapshot: 9 times what building it took.
     hold: Duration,
@@ -323,7 +366,7 @@ impl Default for NextSnapshot {
     fn default() -> Self {
         Self {
             tenants: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
             built_at: tokio::time::Instant::now(),
             hold: Duration::ZERO,
             pending: false,
@@ -440,7 +483,11 @@ impl WatchTask {
                     warn!(key = %entry.key, "Ignoring a config key that names no endpoint.");
                     continue;
                 };
-                next_snapshot.dirty.insert(tenant.to_owned());
+                next_snapshot
+                    .dirty
+                    .entry(tenant.to_owned())
+                    .or_default()
+                    .insert(id.to_owned());
                 let eps = entries.entry(tenant.to_owned()).or_default();
                 match entry.operation {
                     kv::Operation::Put => match serde_json::from_slice::<Endpoint>(&entry.value)
@@ -515,5 +562,72 @@ impl WatchTask {
             }
         }
         Err("config watch ended".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    fn live(id: &str, filter: &str) -> Arc<LiveEndpoint> {
+        let mut ep = Endpoint::new(
+            "acme".parse().unwrap(),
+            id.parse().unwrap(),
+            format!("https://hooks.example.com/{id}"),
+        );
+        ep.filter_types = vec![filter.to_owned()];
+        let key = format!("endpoints.acme.{id}");
+        let built = LiveEndpoint::build(ep, &key, &Keyring::none(), &RetrySchedule::default());
+        Arc::new(built.unwrap())
+    }
+
+    #[test]
+    fn a_tenant_updated_change_by_change_is_the_tenant_built_afresh() {
+        let mut rng = rand::rng();
+        let filters = ["a.*", "a.b", ">", "b.>", "c.d"];
+        let mut by_id: HashMap<String, Arc<LiveEndpoint>> = HashMap::new();
+        let mut tenant = TenantEndpoints::new(&by_id);
+        for round in 0..200 {
+            // Mostly a few changes (applied in place), now and then a burst (rebuilt).
+            let n = if round % 50 == 49 {
+                300
+            } else {
+                rng.random_range(1..6)
+            };
+            let mut changed = HashSet::new();
+            for _ in 0..n {
+                let id = format!("ep{}", rng.random_range(0..400));
+                if rng.random_bool(0.3) {
+                    by_id.remove(&id);
+                } else {
+                    let filter = filters[rng.random_range(0..filters.len())];
+                    by_id.insert(id.clone(), live(&id, filter));
+                }
+                changed.insert(id);
+            }
+            tenant = tenant.updated(&changed, &by_id);
+            let fresh = TenantEndpoints::new(&by_id);
+            let ids = |t: &TenantEndpoints| -> Vec<String> {
+                t.list
+                    .iter()
+                    .map(|ep| ep.config.id.as_str().to_owned())
+                    .collect()
+            };
+            assert_eq!(ids(&tenant), ids(&fresh), "round {round}");
+            for (id, ep) in &by_id {
+                assert!(
+                    Arc::ptr_eq(tenant.get(id).unwrap(), ep),
+                    "round {round}: {id}"
+                );
+            }
+            assert!(tenant.get("ep-none").is_none());
+            for ty in ["a.b", "a.c", "b.x.y", "c.d", "z"] {
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                tenant.index.matching(ty, &[] as &[&str], &mut got);
+                fresh.index.matching(ty, &[] as &[&str], &mut want);
+                assert_eq!(got, want, "round {round}: {ty}");
+            }
+        }
     }
 }
