@@ -129,6 +129,14 @@ async fn a_receiver_that_always_fails_ends_in_the_dead_letter_queue() {
     assert_eq!(delivery.event_id, "evt-dead-1");
     assert_eq!(delivery.attempts, 3);
     assert_eq!(rx.count(), 3, "exactly the scheduled number of attempts");
+    // The last attempt's record and the dead letter are written together: the record may
+    // land a moment after the dead letter is seen.
+    wait_until(
+        "the third attempt's record",
+        Duration::from_secs(5),
+        || async { env.attempts("acme", "ep1").await.len() >= 3 },
+    )
+    .await;
     let attempts = env.attempts("acme", "ep1").await;
     assert_eq!(attempts.len(), 3);
     assert_eq!(attempts[2].response_body.as_ref(), b"database is down");

@@ -284,7 +284,9 @@ impl Ctx {
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
             done
         };
-        drop(permit);
+        // The endpoint's slot is given back only once what the answer means (a pause, a lower
+        // rate, the circuit) is in force: a delivery waiting for the slot must not start in
+        // between (a request 0.5 ms after a 429 with Retry-After was seen in a test).
         let verdict = gancho_core::retry::judge(
             gancho_core::retry::Answer {
                 delivered: outcome.label == "success",
@@ -342,6 +344,7 @@ impl Ctx {
                 warn!(endpoint = %ep.config.id, "Endpoint keeps failing; circuit opened, deliveries parked.");
             }
         }
+        drop(permit);
         // A failing egress proxy is not the endpoint's failure: it opens circuits (so
         // deliveries wait without spending attempts) but never counts toward disabling.
         if outcome.label != "proxy_error" {
