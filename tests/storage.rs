@@ -325,13 +325,27 @@ async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
 #[ignore = "fills its store only when the roles lag the producer: passes alone and in parallel, \
             but saw no refusal in 120 s inside `make test` three times; run with make test-slow"]
 async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
+    full_server_store("8MB").await;
+}
+
+/// The same with a store so small that parked deliveries and unrouted events fill it alone:
+/// the copy that would release a parked delivery is refused, so it is delivered from where it
+/// is (before, nothing was delivered again: no copy could be stored and no event trimmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fills its store only when the roles lag the producer; run with make test-slow"]
+async fn parked_deliveries_in_a_full_store_are_delivered_in_place() {
+    full_server_store("5MB").await;
+}
+
+async fn full_server_store(max_file_store: &str) {
     use async_nats::jetstream::message::PublishMessage;
     use gancho_proto::{Event, Message as _};
     use std::collections::HashSet;
     use std::sync::Mutex;
     const N: usize = 2_500;
-    let nats =
-        gancho_test_harness::NatsServer::start_with_config("jetstream { max_file_store: 8MB }");
+    let nats = gancho_test_harness::NatsServer::start_with_config(&format!(
+        "jetstream {{ max_file_store: {max_file_store} }}"
+    ));
     let env = support::Env::with_nats(nats).await;
     env.tenant("acme").await;
     let failing = Arc::new(AtomicBool::new(true));
@@ -363,6 +377,14 @@ async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
     .await;
     let mut router = env.spawn("router");
     let mut worker = env.spawn("worker");
+    // The roles are up and delivering before the store fills (a small store fills within a
+    // second, before a worker has even started).
+    env.publish("acme", "charge.paid", "warm-up", b"{}", &[])
+        .await;
+    wait_until("the warm-up delivery", Duration::from_secs(30), || {
+        std::future::ready(!delivered.lock().unwrap().is_empty())
+    })
+    .await;
 
     // A producer that, refused for lack of room, waits and sends the same event again.
     let refusals = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -432,7 +454,7 @@ async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
     wait_until(
         "every event delivered to both endpoints",
         Duration::from_secs(240),
-        || std::future::ready(delivered.lock().unwrap().len() == 2 * N),
+        || std::future::ready(delivered.lock().unwrap().len() == 2 * N + 2),
     )
     .await;
     let dead = env.dead_letters().await;

@@ -155,17 +155,9 @@ pub async fn run(
     ));
     let gates = Arc::new(Gates::new(intake));
     let wake_release = Arc::new(tokio::sync::Notify::new());
-    let releasing = tokio::spawn(release::run(
-        output.clone(),
-        subjects.clone(),
-        live.clone(),
-        release::Parking {
-            gates: gates.clone(),
-            owned: owned.clone(),
-            wake: wake_release.clone(),
-        },
-        cancel.clone(),
-    ));
+    let release_output = output.clone();
+    let release_subjects = subjects.clone();
+    let release_live = live.clone();
     let pressure = Arc::new(gancho_store::full::Pressure::new("worker"));
     let rearming = tokio::spawn(rearm::run(
         output.clone(),
@@ -194,6 +186,27 @@ pub async fn run(
         health,
         failure_lines: Default::default(),
     });
+    // Held deliveries go back to their partitions; when the store has no room for that copy,
+    // they are delivered from where they are (release.rs).
+    let deliver_held: release::Deliver = {
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        Arc::new(move |msg| {
+            let (ctx, leaving) = (ctx.clone(), cancel.child_token());
+            Box::pin(async move { ctx.handle(msg, leaving).await })
+        })
+    };
+    let releasing = tokio::spawn(release::run(
+        release_output,
+        release_subjects,
+        release_live,
+        release::Parking {
+            gates: ctx.gates.clone(),
+            owned: owned.clone(),
+            wake: ctx.wake_release.clone(),
+            deliver: deliver_held,
+        },
+        cancel.clone(),
+    ));
     // Circuits and receivers' pauses end by time, not only at the next attempt: the gauges
     // follow every few seconds.
     let gauges = {

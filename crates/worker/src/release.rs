@@ -16,12 +16,18 @@
 //! Workers releasing the same subject share one durable consumer named after it, and the
 //! republish carries `Nats-Msg-Id: release:<held sequence>`, so two workers, or a release
 //! redone after a crash, never make two deliveries of one held message.
+//!
+//! A full store (the server's `max_file_store`) refuses the copy. Held deliveries and
+//! unrouted events can fill it alone, and then nothing would ever free room: so a held
+//! message whose copy is refused for lack of room is delivered from where it is, by the
+//! worker's usual handler, and acked once its outcome is stored, which frees its room.
 
 use crate::gate::{Gates, Parked};
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream};
 use futures::TryStreamExt;
 use gancho_core::subject::TARGET_HEADER;
 use gancho_core::Subjects;
+use gancho_store::consume::Handled;
 use gancho_store::Live;
 use gancho_telemetry::names;
 use std::future::IntoFuture;
@@ -46,6 +52,10 @@ const LOOK_SPACING: Duration = Duration::from_millis(250);
 /// end (to let one out as the probe).
 const LOOK_WHILE_PARKED: Duration = Duration::from_secs(1);
 
+/// The worker's delivery handler, for held messages the store has no room to copy.
+pub(crate) type Deliver =
+    Arc<dyn Fn(jetstream::Message) -> futures::future::BoxFuture<'static, Handled> + Send + Sync>;
+
 /// What the release loop needs from the worker.
 pub(crate) struct Parking {
     pub gates: Arc<Gates>,
@@ -53,6 +63,8 @@ pub(crate) struct Parking {
     pub owned: watch::Receiver<Vec<u32>>,
     /// Poked when a delivery is parked or a circuit closes.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Delivers a held message in place (its copy refused for lack of room).
+    pub deliver: Deliver,
 }
 
 pub(crate) async fn run(
@@ -151,7 +163,7 @@ async fn look(
     }
     metrics::gauge!(names::DELIVERIES_HELD_NOW).set(total as f64);
     for (subject, limit) in releasable {
-        let n = release(js, &stream, subjects, &subject, limit).await?;
+        let n = release(js, &stream, subjects, &subject, limit, &parking.deliver).await?;
         if n > 0 && limit.is_none() {
             info!(subject, deliveries = n, "Released held deliveries.");
         }
@@ -166,6 +178,7 @@ async fn release(
     subjects: &Subjects,
     held: &str,
     limit: Option<usize>,
+    deliver: &Deliver,
 ) -> Result<u64, async_nats::Error> {
     let name = subjects.release_consumer(held);
     let consumer: consumer::PullConsumer = stream
@@ -200,7 +213,7 @@ async fn release(
         if msgs.is_empty() {
             return Ok(released);
         }
-        let sends = msgs.iter().map(|m| async move {
+        let moves = msgs.into_iter().map(|m| async move {
             let target = m
                 .headers
                 .as_ref()
@@ -212,17 +225,36 @@ async fn release(
             let publish = PublishMessage::build()
                 .payload(m.payload.clone())
                 .message_id(format!("release:{seq}"));
-            js.send_publish(target, publish)
-                .await?
-                .into_future()
-                .await?;
-            Ok::<_, async_nats::Error>(())
+            let copied = async { js.send_publish(target, publish).await?.into_future().await };
+            match copied.await {
+                Ok(_) => {
+                    m.ack().await?;
+                    Ok(true)
+                }
+                Err(e) if gancho_store::full::is_full(&e.to_string()) => {
+                    // No room for the copy: delivered from here, acked after its outcome.
+                    Ok(matches!(deliver(m).await, Handled::Done))
+                }
+                Err(e) => Err(async_nats::Error::from(e)),
+            }
         });
-        futures::future::try_join_all(sends).await?;
-        for m in &msgs {
-            m.ack().await?;
+        let mut moved = 0u64;
+        let mut failed = None;
+        for result in futures::future::join_all(moves).await {
+            match result {
+                Ok(true) => moved += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
+            }
         }
-        released += msgs.len() as u64;
-        metrics::counter!(names::DELIVERY_RELEASED).increment(msgs.len() as u64);
+        released += moved;
+        metrics::counter!(names::DELIVERY_RELEASED).increment(moved);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if moved == 0 {
+            // Everything handed back (no room even to record an outcome): try again later.
+            return Ok(released);
+        }
     }
 }
