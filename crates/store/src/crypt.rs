@@ -220,28 +220,43 @@ impl Keyring {
         let Some(current) = self.current_id() else {
             return Err(CryptError::NoKey.to_string());
         };
-        let entry = bucket
-            .entry(KEY_CHECK)
-            .await
-            .map_err(|e| format!("cannot read the key-check record: {e}"))?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let stored = String::from_utf8_lossy(&e.value).into_owned();
-                match self.open(KEY_CHECK, &stored) {
-                    Ok(p) if p == KEY_CHECK_PLAIN => Ok(()),
-                    _ => {
-                        let sealed_by = stored
-                            .strip_prefix(PREFIX)
-                            .and_then(|r| r.split_once(':'))
-                            .map(|(id, _)| id.to_owned())
-                            .unwrap_or_else(|| "unknown".into());
-                        Err(format!(
-                            "GANCHO_ENCRYPTION_KEY (key id {current}) is not the key this installation's secrets are sealed with (key id {sealed_by}); set that key, or during a rotation put it in GANCHO_ENCRYPTION_OLD_KEY"
-                        ))
-                    }
-                }
+        let mut waiting = false;
+        let entry = loop {
+            let entry = bucket
+                .entry(KEY_CHECK)
+                .await
+                .map_err(|e| format!("cannot read the key-check record: {e}"))?;
+            if let Some(e) = entry.filter(|e| e.operation == kv::Operation::Put) {
+                break e;
             }
-            _ => self.write_check(bucket).await,
+            match self.write_check(bucket).await {
+                Ok(()) => return Ok(()),
+                // A full store refuses the first write of an installation: wait for room (or
+                // for another process to write it) as the running roles do, rather than stop
+                // a role whose work is what frees room.
+                Err(e) if crate::full::is_full(&e) => {
+                    if !waiting {
+                        tracing::warn!("JetStream has no room to write the key-check record; waiting for room.");
+                        waiting = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let stored = String::from_utf8_lossy(&entry.value).into_owned();
+        match self.open(KEY_CHECK, &stored) {
+            Ok(p) if p == KEY_CHECK_PLAIN => Ok(()),
+            _ => {
+                let sealed_by = stored
+                    .strip_prefix(PREFIX)
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(id, _)| id.to_owned())
+                    .unwrap_or_else(|| "unknown".into());
+                Err(format!(
+                    "GANCHO_ENCRYPTION_KEY (key id {current}) is not the key this installation's secrets are sealed with (key id {sealed_by}); set that key, or during a rotation put it in GANCHO_ENCRYPTION_OLD_KEY"
+                ))
+            }
         }
     }
 
