@@ -155,9 +155,6 @@ pub async fn run(
     ));
     let gates = Arc::new(Gates::new(intake));
     let wake_release = Arc::new(tokio::sync::Notify::new());
-    let release_output = output.clone();
-    let release_subjects = subjects.clone();
-    let release_live = live.clone();
     let pressure = Arc::new(gancho_store::full::Pressure::new("worker"));
     let rearming = tokio::spawn(rearm::run(
         output.clone(),
@@ -196,9 +193,9 @@ pub async fn run(
         })
     };
     let releasing = tokio::spawn(release::run(
-        release_output,
-        release_subjects,
-        release_live,
+        ctx.js.clone(),
+        ctx.subjects.clone(),
+        ctx.live.clone(),
         release::Parking {
             gates: ctx.gates.clone(),
             owned: owned.clone(),
