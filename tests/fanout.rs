@@ -253,11 +253,19 @@ async fn a_stall_is_visible_and_passes() {
         )
         .await;
     }
+    // The worker first, serving every partition, then the router: the first webhook arrives
+    // while the router is still fanning out the backlog (one message per event and partition
+    // routes it within a second or two), so both have messages in hand when the server
+    // freezes.
     let stall = [("GANCHO_STALL_WARNING_AFTER", "1s")];
-    let mut router = Watched::spawn(&env, "router", &stall);
     let mut worker = Watched::spawn(&env, "worker", &stall);
-    gancho_test_harness::wait_until("the first deliveries", Duration::from_secs(60), || {
-        std::future::ready(rx.count() >= 1_000)
+    gancho_test_harness::wait_until("the worker's partitions", Duration::from_secs(30), || {
+        std::future::ready(worker.metric("gancho_worker_partitions") >= 16.0)
+    })
+    .await;
+    let mut router = Watched::spawn(&env, "router", &stall);
+    gancho_test_harness::wait_until("the first delivery", Duration::from_secs(60), || {
+        std::future::ready(rx.count() >= 1)
     })
     .await;
 
@@ -276,10 +284,14 @@ async fn a_stall_is_visible_and_passes() {
     let router_oldest = router.metric(r#"gancho_consumer_oldest_in_hand_seconds{stream="events"}"#);
     let worker_oldest =
         worker.metric(r#"gancho_consumer_oldest_in_hand_seconds{stream="deliveries"}"#);
+    let stalls = (
+        router.metric(r#"gancho_consumer_stalls_total{stream="events"}"#),
+        worker.metric(r#"gancho_consumer_stalls_total{stream="deliveries"}"#),
+    );
     env.nats.resume();
     assert!(
         seen.is_ok(),
-        "no stall counted within 4 s of freezing nats-server"
+        "no stall counted within 4 s of freezing nats-server: (router, worker) stalls {stalls:?}, oldest in hand {router_oldest} s, {worker_oldest} s"
     );
     assert!(
         router_oldest >= 1.0,

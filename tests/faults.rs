@@ -144,9 +144,20 @@ async fn delivered(rx: &Receiver, n: usize) {
 }
 
 /// What the workers hold unacked just before a fault, plus a worker's concurrency: the most
-/// webhooks the fault may cause to be sent again.
+/// webhooks the fault may cause to be sent again. An unacked message carries the deliveries
+/// of one event to every endpoint of its partition (a batch), so each may count as many.
 async fn duplicate_allowance(env: &Env) -> usize {
-    env.worker_consumer_state().await.1 + CONCURRENCY
+    let mut per_partition = std::collections::HashMap::new();
+    for i in 0..ENDPOINTS {
+        let p = gancho_core::subject::partition(
+            "acme",
+            &format!("e{i}"),
+            gancho_core::subject::PARTITIONS,
+        );
+        *per_partition.entry(p).or_insert(0usize) += 1;
+    }
+    let per_message = per_partition.into_values().max().unwrap_or(1);
+    env.worker_consumer_state().await.1 * per_message + CONCURRENCY
 }
 
 /// One line of the fault table.

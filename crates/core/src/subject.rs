@@ -16,6 +16,10 @@ pub const DEAD_EVENT_TOKEN: &str = "_events";
 /// Header on a held delivery: the `gancho.deliveries.<partition>` subject it goes back to
 /// when released.
 pub const TARGET_HEADER: &str = "Gancho-Target";
+/// Header on a message of the deliveries stream that carries a `DeliveryBatch` (the
+/// deliveries of one event to several endpoints of one partition) instead of one `Delivery`;
+/// its value is the number of deliveries.
+pub const BATCH_HEADER: &str = "Gancho-Batch";
 /// The event token of a dead letter whose event could not be read.
 pub const NO_EVENT_TOKEN: &str = "_";
 /// Header on an event that came in over HTTP ingest (`http`); events without it were

@@ -1,7 +1,10 @@
 //! The router role. It consumes `GANCHO_EVENTS` through the durable consumer every router
 //! shares, checks each event (decodes, JSON payload, tenant and type agree with the subject),
-//! matches it against the live subscription table, and publishes one `Delivery` per matching
-//! enabled endpoint to `GANCHO_DELIVERIES` with `Nats-Msg-Id: <event id>:<endpoint id>`.
+//! matches it against the live subscription table, and publishes its deliveries to the
+//! matching enabled endpoints to `GANCHO_DELIVERIES`: one message per partition, a `Delivery`
+//! (`Nats-Msg-Id: <event id>:<endpoint id>`) when one endpoint of the partition matches, a
+//! `DeliveryBatch` of up to [`BATCH_MAX`] (`Nats-Msg-Id: <event id>:<first endpoint id>+<n>`)
+//! when several do.
 //!
 //! The event is acked only after JetStream acked every one of its deliveries; on any publish
 //! failure it is nak'd and routed again later, and JetStream's de-duplication turns the
@@ -9,9 +12,9 @@
 //! `GANCHO_DEAD` with its reason, then is acked, and the router goes on.
 //!
 //! Throughput and bounds: events are processed concurrently (bounded by
-//! [`RouterConfig::concurrency`]); every delivery publish, from before the delivery is built
+//! [`RouterConfig::concurrency`]); every delivery publish, from before the message is built
 //! until its PubAck is in, holds one of [`PUBLISH_SLOTS`] slots shared by all events, and one
-//! event has at most [`FAN_OUT_WINDOW`] deliveries in flight. A slot is only ever held by a
+//! event has at most [`FAN_OUT_WINDOW`] messages in flight. A slot is only ever held by a
 //! future that is awaiting its own PubAck, so slots always come back: a fan-out of 10,000
 //! at any concurrency cannot deadlock, and memory is bounded by the slots, not the fan-out.
 //! (The earlier design sent a whole fan-out before awaiting any PubAck, against the JetStream
@@ -49,9 +52,12 @@ const NAK_DELAY: Duration = Duration::from_secs(1);
 /// busy (a PubAck takes about a millisecond, so 4,096 in flight allow millions per second),
 /// small enough that their buffers stay a few MB at 1 KiB payloads.
 pub const PUBLISH_SLOTS: usize = 4096;
-/// Deliveries of one event in flight at once, so that one event with a fan-out of 10,000
-/// takes turns with the others instead of queueing 10,000 waiters.
+/// Delivery messages of one event in flight at once, so that one event with a fan-out of
+/// 10,000 takes turns with the others instead of queueing hundreds of waiters.
 pub const FAN_OUT_WINDOW: usize = 256;
+/// Most deliveries of one event in one message (the endpoints of one partition): enough to
+/// share a JetStream write among many, few enough that a worker's message in hand stays small.
+pub const BATCH_MAX: usize = 16;
 /// How often an event whose fan-out is still publishing tells JetStream it is being worked
 /// on (a fan-out of 10,000 behind other events can outlast [`ACK_WAIT`]).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);

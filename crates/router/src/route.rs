@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use gancho_core::id::{validate_event_type, validate_tenant};
 use gancho_core::webhook::is_json;
 use gancho_core::Subjects;
-use gancho_proto::{DeadLetter, Delivery, Event, Message as _};
+use gancho_proto::{DeadLetter, Delivery, DeliveryBatch, Event, Message as _};
 use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
 use gancho_telemetry::names;
@@ -163,17 +163,38 @@ impl Ctx {
             .flatten();
         let mut hits = Vec::new();
         snapshot.matching(&event.tenant, &event.r#type, &event.channels, &mut hits);
-        let matching = hits.into_iter().map(|i| i as usize).filter(|&i| {
-            let ep = &list[i];
-            !ep.config.disabled && about.is_none_or(|a| a != ep.config.id.as_str())
-        });
-        let fan_out = futures::stream::iter(matching)
-            .map(|i| {
-                let ep = &list[i].config;
-                self.publish_delivery(&template, ep.id.as_str(), ep.paused)
+        // One message per partition (at most BATCH_MAX deliveries each) rather than one per
+        // endpoint: the JetStream write, the worker's pull and its ack are shared. A paused
+        // endpoint's delivery goes to its held subject on its own.
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.partitions as usize];
+        let mut sends = Vec::new();
+        for i in hits.into_iter().map(|i| i as usize) {
+            let ep = &list[i].config;
+            if ep.disabled || about.is_some_and(|a| a.as_str() == ep.id.as_str()) {
+                continue;
+            }
+            if ep.paused {
+                sends.push(vec![i]);
+            } else {
+                let p =
+                    gancho_core::subject::partition(&event.tenant, ep.id.as_str(), self.partitions);
+                groups[p as usize].push(i);
+            }
+        }
+        for group in groups {
+            sends.extend(group.chunks(crate::BATCH_MAX).map(<[usize]>::to_vec));
+        }
+        let fan_out = futures::stream::iter(sends)
+            .map(|members| {
+                let ids: Vec<&str> = members
+                    .iter()
+                    .map(|&i| list[i].config.id.as_str())
+                    .collect();
+                let paused = members.len() == 1 && list[members[0]].config.paused;
+                self.publish_deliveries(&template, ids, paused)
             })
             .buffer_unordered(FAN_OUT_WINDOW)
-            .try_fold(0u64, |n, ()| std::future::ready(Ok(n + 1)));
+            .try_fold(0u64, |n, k| std::future::ready(Ok(n + k)));
         let created = match with_progress(&msg, PROGRESS_EVERY, fan_out).await {
             Ok(created) => created,
             Err(e) => {
@@ -202,47 +223,66 @@ impl Ctx {
         Handled::Done
     }
 
-    /// Builds, publishes and awaits the PubAck of one delivery, holding a publish slot from
-    /// before the delivery exists until its PubAck is in. A paused endpoint's delivery goes
-    /// straight to its held subject, remembering the partition it belongs to.
-    async fn publish_delivery(
+    /// Builds, publishes and awaits the PubAck of the deliveries of `template`'s event to
+    /// `endpoints` (one partition's), holding a publish slot from before the message exists
+    /// until its PubAck is in; returns how many deliveries it stored. One endpoint gets a
+    /// `Delivery`, several a `DeliveryBatch`. A paused endpoint's delivery goes straight to
+    /// its held subject, remembering the partition it belongs to.
+    async fn publish_deliveries(
         &self,
         template: &Delivery,
-        endpoint_id: &str,
+        endpoints: Vec<&str>,
         paused: bool,
-    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+    ) -> Result<u64, async_nats::jetstream::context::PublishError> {
         let _slot = self
             .publish_slots
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let delivery = Delivery {
-            id: gancho_core::subject::delivery_id(&template.event_id, endpoint_id),
-            endpoint_id: endpoint_id.to_owned(),
-            ..template.clone()
-        };
+        let count = endpoints.len() as u64;
         let target = self.subjects.delivery(gancho_core::subject::partition(
             &template.tenant,
-            endpoint_id,
+            endpoints[0],
             self.partitions,
         ));
-        let bytes = Bytes::from(delivery.encode_to_vec());
+        let mut headers = HeaderMap::new();
+        // The message id makes a fan-out redone after a crash a no-op: the same event and
+        // snapshot give the same messages. A batch's id names its first endpoint and its size,
+        // so a redo whose snapshot changed meanwhile can only repeat deliveries, never skip one.
+        let (bytes, message_id) = if let [endpoint_id] = endpoints[..] {
+            let delivery = Delivery {
+                id: gancho_core::subject::delivery_id(&template.event_id, endpoint_id),
+                endpoint_id: endpoint_id.to_owned(),
+                ..template.clone()
+            };
+            let id = format!("{}:{}", template.event_id, endpoint_id);
+            (Bytes::from(delivery.encode_to_vec()), id)
+        } else {
+            let id = format!("{}:{}+{}", template.event_id, endpoints[0], endpoints.len());
+            headers.insert(
+                gancho_core::subject::BATCH_HEADER,
+                endpoints.len().to_string().as_str(),
+            );
+            let batch = DeliveryBatch {
+                template: Some(template.clone()),
+                endpoint_ids: endpoints.iter().map(|&e| e.to_owned()).collect(),
+            };
+            (Bytes::from(batch.encode_to_vec()), id)
+        };
         // Room first: no delivery is published past the high-water mark.
         let size = bytes.len() as u64 + 128;
         self.room.wait_for(size).await;
-        let mut publish = Publish::build()
-            .payload(bytes)
-            .message_id(format!("{}:{}", template.event_id, endpoint_id));
-        drop(delivery);
         let subject = if paused {
             metrics::counter!(names::DELIVERY_HELD).increment(1);
-            let mut headers = HeaderMap::new();
             headers.insert(gancho_core::subject::TARGET_HEADER, target.as_str());
-            publish = publish.headers(headers);
-            self.subjects.held(&template.tenant, endpoint_id)
+            self.subjects.held(&template.tenant, endpoints[0])
         } else {
             target
         };
+        let mut publish = Publish::build().payload(bytes).message_id(message_id);
+        if !headers.is_empty() {
+            publish = publish.headers(headers);
+        }
         let sent = std::time::Instant::now();
         let stored = async { self.js.send_publish(subject, publish).await?.await }.await;
         metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "router")
@@ -251,7 +291,7 @@ impl Ctx {
         match stored {
             Ok(_) => {
                 self.room.stored();
-                Ok(())
+                Ok(count)
             }
             Err(e) => Err(e),
         }

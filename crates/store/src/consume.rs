@@ -44,21 +44,65 @@ pub enum Handled {
 
 /// Runs `fut`, telling JetStream every `every` that `msg` is still being worked on, so work
 /// that takes longer than the consumer's ack wait is not redelivered to another process.
-pub async fn with_progress<F: Future>(
+///
+/// A future of its own rather than an `async fn`: every delivery runs inside one, and an
+/// `async fn` would hold `fut` twice (the argument, and the pinned copy it polls), which
+/// the worker paid for in memory and in copying.
+pub fn with_progress<F: Future>(
     msg: &jetstream::Message,
     every: Duration,
     fut: F,
-) -> F::Output {
-    tokio::pin!(fut);
-    let mut progress = tokio::time::interval(every);
-    progress.tick().await;
-    loop {
-        tokio::select! {
-            done = &mut fut => return done,
-            _ = progress.tick() => {
-                let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+) -> WithProgress<'_, F> {
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    WithProgress {
+        fut,
+        msg,
+        progress,
+        acking: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`with_progress`].
+    pub struct WithProgress<'a, F> {
+        #[pin]
+        fut: F,
+        msg: &'a jetstream::Message,
+        progress: tokio::time::Interval,
+        // The progress ack being sent (rare: once every few seconds of a long wait).
+        acking: Option<futures::future::BoxFuture<'a, ()>>,
+    }
+}
+
+impl<F: Future> Future for WithProgress<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(done) = this.fut.poll(cx) {
+            return std::task::Poll::Ready(done);
+        }
+        if let Some(ack) = this.acking {
+            if ack.as_mut().poll(cx).is_ready() {
+                *this.acking = None;
             }
         }
+        while this.progress.poll_tick(cx).is_ready() {
+            if this.acking.is_none() {
+                let msg: &jetstream::Message = this.msg;
+                let mut ack: futures::future::BoxFuture<'_, ()> = Box::pin(async move {
+                    let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+                });
+                if ack.as_mut().poll(cx).is_pending() {
+                    *this.acking = Some(ack);
+                }
+            }
+        }
+        std::task::Poll::Pending
     }
 }
 

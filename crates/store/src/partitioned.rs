@@ -277,6 +277,15 @@ enum Reply {
     Refused(u16, String),
 }
 
+/// How many deliveries a message carries: its `Gancho-Batch` header, or 1.
+fn weight(msg: &jetstream::Message) -> usize {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(gancho_core::subject::BATCH_HEADER))
+        .and_then(|v| v.as_str().parse::<usize>().ok())
+        .map_or(1, |n| n.clamp(1, 64))
+}
+
 fn classify(msg: &async_nats::Message) -> Reply {
     match msg.status {
         None | Some(StatusCode::OK) => Reply::Message,
@@ -411,6 +420,12 @@ where
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
+            // A batch message holds several deliveries: it takes an intake slot for each
+            // that is free now (never waiting, so batches cannot hold the intake from each
+            // other), which shrinks the next pulls.
+            let extra: Vec<OwnedSemaphorePermit> = (1..weight(&msg))
+                .map_while(|_| shared.permits.clone().try_acquire_owned().ok())
+                .collect();
             let handle = shared.handle.clone();
             let ticket = shared.tracker.start();
             let tracker = shared.tracker.clone();
@@ -420,6 +435,7 @@ where
                     let handled = handle(msg, token).await;
                     tracker.finish(ticket, handled);
                     drop(permit);
+                    drop(extra);
                 }
                 .in_current_span(),
             );

@@ -9,7 +9,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use gancho_core::retry::jitter;
 use gancho_core::Subjects;
-use gancho_proto::{timestamp, to_datetime, Attempt, DeadLetter, Delivery, Message as _};
+use gancho_proto::{
+    timestamp, to_datetime, Attempt, DeadLetter, Delivery, DeliveryBatch, Message as _,
+};
 use gancho_store::consume::{self, Handled};
 use gancho_store::{ConfigStore, Live, LiveEndpoint};
 use gancho_telemetry::names;
@@ -36,8 +38,30 @@ const DEFER_BACKOFF_START: Duration = Duration::from_millis(500);
 const MAX_DEFER_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Keeps `msg` ours while `fut` runs (see [`consume::with_progress`]).
-async fn with_progress<F: std::future::Future>(msg: &jetstream::Message, fut: F) -> F::Output {
-    consume::with_progress(msg, crate::PROGRESS_EVERY, fut).await
+fn with_progress<'a, F: std::future::Future + 'a>(
+    msg: &'a jetstream::Message,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> + 'a {
+    consume::with_progress(msg, crate::PROGRESS_EVERY, fut)
+}
+
+/// Where a delivery came from: a message of its own, or a batch message (the deliveries of
+/// one event to several endpoints of a partition), which is acked once every delivery's
+/// outcome is stored.
+#[derive(Clone, Copy)]
+struct Unit<'a> {
+    msg: &'a jetstream::Message,
+    alone: bool,
+}
+
+impl Unit<'_> {
+    /// The delivery's own bytes, as a hold or a dead letter keeps them.
+    fn bytes(&self, delivery: Option<&Delivery>) -> Bytes {
+        match delivery {
+            Some(d) if !self.alone => Bytes::from(d.encode_to_vec()),
+            _ => self.msg.payload.clone(),
+        }
+    }
 }
 
 pub(crate) struct Ctx {
@@ -130,23 +154,90 @@ impl Ctx {
         msg: jetstream::Message,
         leaving: tokio_util::sync::CancellationToken,
     ) -> Handled {
-        let delivery = match Delivery::decode(&msg.payload[..]) {
-            Ok(d) => d,
+        let whole = Unit {
+            msg: &msg,
+            alone: true,
+        };
+        let batch = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(gancho_core::subject::BATCH_HEADER).is_some());
+        if batch {
+            return self.handle_batch(&msg, leaving).await;
+        }
+        match Delivery::decode(&msg.payload[..]) {
+            Ok(delivery) => self.handle_delivery(whole, delivery, leaving).await,
             Err(e) => {
                 let reason = format!("delivery does not decode: {e}");
-                return self
-                    .finish(
-                        &msg,
-                        None,
-                        None,
-                        Next::Dead {
-                            kind: "undecodable",
-                            reason,
-                        },
-                    )
-                    .await;
+                let next = Next::Dead {
+                    kind: "undecodable",
+                    reason,
+                };
+                self.finish(whole, None, None, next).await
+            }
+        }
+    }
+
+    /// Sends each delivery of a batch message as if it were alone, at once, and acks the
+    /// message when every outcome is stored. When one cannot be stored, the message is handed
+    /// back whole: the deliveries already sent are sent again, with their `webhook-id`.
+    async fn handle_batch(
+        &self,
+        msg: &jetstream::Message,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
+        let whole = Unit { msg, alone: true };
+        let batch = match DeliveryBatch::decode(&msg.payload[..]) {
+            Ok(DeliveryBatch {
+                template: Some(template),
+                endpoint_ids,
+            }) if !endpoint_ids.is_empty() => Ok((template, endpoint_ids)),
+            Ok(_) => Err("a delivery batch without deliveries".to_string()),
+            Err(e) => Err(format!("delivery batch does not decode: {e}")),
+        };
+        let (template, endpoint_ids) = match batch {
+            Ok(b) => b,
+            Err(reason) => {
+                let next = Next::Dead {
+                    kind: "undecodable",
+                    reason,
+                };
+                return self.finish(whole, None, None, next).await;
             }
         };
+        let unit = Unit { msg, alone: false };
+        let each = endpoint_ids.into_iter().map(|endpoint_id| {
+            let delivery = Delivery {
+                id: gancho_core::subject::delivery_id(&template.event_id, &endpoint_id),
+                endpoint_id,
+                ..template.clone()
+            };
+            Box::pin(self.handle_delivery(unit, delivery, leaving.clone()))
+        });
+        let handled = futures::future::join_all(each).await;
+        if handled.iter().all(|h| matches!(h, Handled::Done)) {
+            if let Err(e) = msg.ack().await {
+                warn!(error = %e, "Cannot ack deliveries whose outcomes are stored; they may be attempted again.");
+            }
+            return Handled::Done;
+        }
+        let delay = if self.pressure.refusing() {
+            FULL_NAK_DELAY
+        } else {
+            NAK_DELAY
+        };
+        metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
+        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
+        Handled::HandedBack
+    }
+
+    /// One delivery, from its endpoint's config to its stored outcome.
+    async fn handle_delivery(
+        &self,
+        unit: Unit<'_>,
+        delivery: Delivery,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
         let snapshot = self.live.load_full();
         let Some(ep) = snapshot
             .endpoint(&delivery.tenant, &delivery.endpoint_id)
@@ -165,26 +256,22 @@ impl Ctx {
                         kind: "endpoint_gone",
                         reason,
                     };
-                    self.finish(&msg, Some(&delivery), None, next).await
+                    self.finish(unit, Some(&delivery), None, next).await
                 }
                 Ok(Some(_)) => {
-                    self.nak(
-                        &msg,
-                        "the endpoint is not in this worker's config snapshot yet",
-                    )
-                    .await
+                    let why = "the endpoint is not in this worker's config snapshot yet";
+                    self.hand_back(unit, &delivery, why, NAK_DELAY).await
                 }
-                Err(e) => self.nak(&msg, &e.to_string()).await,
+                Err(e) => {
+                    self.hand_back(unit, &delivery, &e.to_string(), NAK_DELAY)
+                        .await
+                }
             };
         };
         drop(snapshot);
         if ep.signer.is_none() {
-            return self
-                .nak(
-                    &msg,
-                    "this worker cannot open endpoint secrets: set GANCHO_ENCRYPTION_KEY",
-                )
-                .await;
+            let why = "this worker cannot open endpoint secrets: set GANCHO_ENCRYPTION_KEY";
+            return self.hand_back(unit, &delivery, why, NAK_DELAY).await;
         }
         if ep.config.disabled {
             let reason = format!(
@@ -199,17 +286,17 @@ impl Ctx {
                 kind: "endpoint_disabled",
                 reason,
             };
-            return self.finish(&msg, Some(&delivery), None, next).await;
+            return self.finish(unit, Some(&delivery), None, next).await;
         }
         if ep.config.paused {
-            return self.finish(&msg, Some(&delivery), None, Next::Hold).await;
+            return self.finish(unit, Some(&delivery), None, Next::Hold).await;
         }
         if let Err(reason) = crate::profile::check(&ep, &delivery) {
             let next = Next::Dead {
                 kind: "invalid",
                 reason,
             };
-            return self.finish(&msg, Some(&delivery), None, next).await;
+            return self.finish(unit, Some(&delivery), None, next).await;
         }
 
         let gate = self.gates.get(
@@ -220,35 +307,34 @@ impl Ctx {
         );
         match gate.admit() {
             Admission::Go(permit) => {
-                self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
+                self.attempt_and_finish(unit, delivery, &ep, &gate, permit)
                     .await
             }
             Admission::Defer { reason, after } => {
-                self.defer(&msg, delivery, &ep, reason, after).await
+                self.defer(unit, delivery, &ep, reason, after).await
             }
             Admission::Queue(place) => {
                 // Waits holding only its intake slot; the worker's request slots and this
                 // endpoint's in-flight slots go to deliveries that can be sent now.
                 let turn = tokio::select! {
-                    turn = with_progress(&msg, gate.wait_turn(&place)) => turn,
+                    turn = with_progress(unit.msg, gate.wait_turn(&place)) => turn,
                     _ = leaving.cancelled() => {
                         drop(place);
                         let delay = gancho_store::partitioned::HAND_BACK_DELAY;
-                        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
-                        return Handled::HandedBack;
+                        return self.hand_back(unit, &delivery, "", delay).await;
                     }
                 };
                 drop(place);
                 match turn {
                     Ok(_) if self.paused(&delivery) => {
                         // Paused while it waited.
-                        self.finish(&msg, Some(&delivery), None, Next::Hold).await
+                        self.finish(unit, Some(&delivery), None, Next::Hold).await
                     }
                     Ok(permit) => {
-                        self.attempt_and_finish(&msg, delivery, &ep, &gate, permit)
+                        self.attempt_and_finish(unit, delivery, &ep, &gate, permit)
                             .await
                     }
-                    Err((reason, after)) => self.defer(&msg, delivery, &ep, reason, after).await,
+                    Err((reason, after)) => self.defer(unit, delivery, &ep, reason, after).await,
                 }
             }
         }
@@ -264,7 +350,7 @@ impl Ctx {
     /// Sends one attempt while holding the endpoint's in-flight slot, then records it.
     async fn attempt_and_finish(
         &self,
-        msg: &jetstream::Message,
+        unit: Unit<'_>,
         mut delivery: Delivery,
         ep: &LiveEndpoint,
         gate: &Gate,
@@ -280,7 +366,7 @@ impl Ctx {
                 .await
                 .expect("the semaphore is never closed");
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-            let done = with_progress(msg, self.attempt(&delivery, ep, started_at)).await;
+            let done = with_progress(unit.msg, self.attempt(&delivery, ep, started_at)).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
             done
         };
@@ -419,7 +505,7 @@ impl Ctx {
             next_attempt_at: next_at,
         };
         delivery.attempts = attempt_no;
-        self.finish(msg, Some(&delivery), Some(record), next).await
+        self.finish(unit, Some(&delivery), Some(record), next).await
     }
 
     /// Reschedules a delivery the endpoint cannot take now, without counting an attempt. A
@@ -427,7 +513,7 @@ impl Ctx {
     /// whose circuit never closes does not keep deliveries alive forever.
     async fn defer(
         &self,
-        msg: &jetstream::Message,
+        unit: Unit<'_>,
         mut delivery: Delivery,
         ep: &LiveEndpoint,
         reason: &'static str,
@@ -447,7 +533,7 @@ impl Ctx {
                     kind: "exhausted",
                     reason,
                 };
-                return self.finish(msg, Some(&delivery), None, next).await;
+                return self.finish(unit, Some(&delivery), None, next).await;
             }
         }
         // A full queue or an open circuit says little about when the endpoint will take a
@@ -471,12 +557,12 @@ impl Ctx {
             // JetStream while its requests time out or its circuit cools down.
             debug!(endpoint = %ep.config.id, reason, "Delivery parked.");
             self.wake_release.notify_one();
-            return self.finish(msg, Some(&delivery), None, Next::Hold).await;
+            return self.finish(unit, Some(&delivery), None, Next::Hold).await;
         }
         delivery.deferrals += 1;
         let delay = jitter(after, 0.2, rand::random::<f64>());
         debug!(endpoint = %ep.config.id, reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");
-        self.finish(msg, Some(&delivery), None, Next::Defer { delay })
+        self.finish(unit, Some(&delivery), None, Next::Defer { delay })
             .await
     }
 
@@ -531,7 +617,7 @@ impl Ctx {
     /// delivery is tried again.
     async fn finish(
         &self,
-        msg: &jetstream::Message,
+        unit: Unit<'_>,
         delivery: Option<&Delivery>,
         record: Option<Attempt>,
         next: Next,
@@ -567,16 +653,16 @@ impl Ctx {
             Next::Retry { delay } => {
                 let delivery = delivery.expect("a retry has a decoded delivery");
                 metrics::counter!(names::DELIVERY_RETRIES_SCHEDULED).increment(1);
-                Some(self.retry_publish(msg, delivery, delay))
+                Some(self.retry_publish(unit.msg, delivery, delay))
             }
             Next::Defer { delay } => {
                 let delivery = delivery.expect("a deferral has a decoded delivery");
-                Some(self.retry_publish(msg, delivery, delay))
+                Some(self.retry_publish(unit.msg, delivery, delay))
             }
-            Next::Dead { kind, reason } => Some(self.dead_publish(msg, delivery, kind, reason)),
+            Next::Dead { kind, reason } => Some(self.dead_publish(unit, delivery, kind, reason)),
             Next::Hold => {
                 let delivery = delivery.expect("a held delivery is decoded");
-                Some(self.hold_publish(msg, delivery))
+                Some(self.hold_publish(unit, delivery))
             }
             Next::Disable { reason } => {
                 let delivery = delivery.expect("a 410 has a decoded delivery");
@@ -589,21 +675,25 @@ impl Ctx {
                     })
                     .await
                 {
-                    return self.nak(msg, &e.to_string()).await;
+                    return self.nak(unit, &e.to_string()).await;
                 }
                 metrics::counter!(names::ENDPOINTS_DISABLED, "reason" => "gone").increment(1);
                 warn!(endpoint = %delivery.endpoint_id, "Endpoint answered 410 Gone; disabled it.");
-                Some(self.dead_publish(msg, Some(delivery), "endpoint_gone", reason))
+                Some(self.dead_publish(unit, Some(delivery), "endpoint_gone", reason))
             }
         };
         writes.extend(side);
         if let Some(op) = self.operational(delivery, &next_kind) {
             writes.push(op);
         }
-        if let Err(e) = with_progress(msg, self.store_all(writes)).await {
-            return self.nak(msg, &e).await;
+        if let Err(e) = with_progress(unit.msg, self.store_all(writes)).await {
+            return self.nak(unit, &e).await;
         }
-        if let Err(e) = msg.ack().await {
+        if !unit.alone {
+            // Acked with the rest of its batch.
+            return Handled::Done;
+        }
+        if let Err(e) = unit.msg.ack().await {
             warn!(error = %e, "Cannot ack a delivery whose outcome is stored; it may be attempted again.");
         }
         Handled::Done
@@ -742,17 +832,14 @@ impl Ctx {
 
     /// The delivery as it is, on its endpoint's held subject, with the subject it goes back
     /// to. The message id makes a re-sent hold (the ack was lost) a no-op.
-    fn hold_publish(
-        &self,
-        msg: &jetstream::Message,
-        delivery: &Delivery,
-    ) -> (String, PublishMessage) {
+    fn hold_publish(&self, unit: Unit<'_>, delivery: &Delivery) -> (String, PublishMessage) {
         metrics::counter!(names::DELIVERY_HELD).increment(1);
+        let msg = unit.msg;
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         let mut headers = HeaderMap::new();
         headers.insert(gancho_core::subject::TARGET_HEADER, msg.subject.as_str());
         let publish = PublishMessage::build()
-            .payload(msg.payload.clone())
+            .payload(unit.bytes(Some(delivery)))
             .headers(headers)
             .message_id(format!("hold:{}:{seq}", delivery.id));
         (
@@ -763,7 +850,7 @@ impl Ctx {
 
     fn dead_publish(
         &self,
-        msg: &jetstream::Message,
+        unit: Unit<'_>,
         delivery: Option<&Delivery>,
         kind: &'static str,
         reason: String,
@@ -788,8 +875,8 @@ impl Ctx {
         let dead = DeadLetter {
             reason,
             kind: kind.into(),
-            subject: msg.subject.to_string(),
-            original: msg.payload.clone(),
+            subject: unit.msg.subject.to_string(),
+            original: unit.bytes(delivery),
             at: Some(timestamp(OffsetDateTime::now_utc())),
             delivery: delivery.cloned(),
         };
@@ -804,7 +891,9 @@ impl Ctx {
         (self.subjects.dead(tenant, endpoint, kind, event), publish)
     }
 
-    async fn nak(&self, msg: &jetstream::Message, why: &str) -> Handled {
+    /// Hands the delivery back because its outcome could not be stored. A delivery of a
+    /// batch leaves that to the batch, which hands back the whole message.
+    async fn nak(&self, unit: Unit<'_>, why: &str) -> Handled {
         let delay = if gancho_store::full::is_full(why) {
             // Logged once by the pressure gauge, not once per delivery.
             FULL_NAK_DELAY
@@ -815,9 +904,41 @@ impl Ctx {
             );
             NAK_DELAY
         };
-        metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
-        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
+        if unit.alone {
+            metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
+            let _ = unit
+                .msg
+                .ack_with(jetstream::AckKind::Nak(Some(delay)))
+                .await;
+        }
         Handled::HandedBack
+    }
+
+    /// Hands back a delivery this worker cannot work on now (`why`, logged when not empty),
+    /// to come back after `delay`. Alone, its message is nak'd; in a batch, it is scheduled
+    /// again on its own (no attempt, no deferral counted), so the others' outcomes stand.
+    async fn hand_back(
+        &self,
+        unit: Unit<'_>,
+        delivery: &Delivery,
+        why: &str,
+        delay: Duration,
+    ) -> Handled {
+        if !why.is_empty() {
+            warn!(
+                reason = why,
+                "Handing a delivery back; it will be attempted again."
+            );
+        }
+        metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
+        if unit.alone {
+            let _ = unit
+                .msg
+                .ack_with(jetstream::AckKind::Nak(Some(delay)))
+                .await;
+            return Handled::HandedBack;
+        }
+        Box::pin(self.finish(unit, Some(delivery), None, Next::Defer { delay })).await
     }
 }
 
