@@ -229,3 +229,87 @@ async fn a_batch_that_cannot_be_read_is_dead_lettered() {
     env.wait_drained(Duration::from_secs(10)).await;
     cancel.cancel();
 }
+
+/// A batch message handed back because one delivery's outcome could not be stored (here: the
+/// dead-letter stream is gone for a while) comes back to the same worker, which sends only
+/// the deliveries whose outcomes were not stored: the healthy endpoint gets no second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handed_back_sends_only_what_was_not_done() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let (ids, p) = same_partition(2);
+    let (ok_id, bad_id) = (&ids[0], &ids[1]);
+    let ok = Receiver::https_sequence(&env.ca, &[200]).await;
+    let bad = Receiver::https_sequence(&env.ca, &[500]).await;
+    let ep = env
+        .endpoint("acme", ok_id, &ok.url("/ok"), &[">"], &[], None)
+        .await;
+    // One attempt: its failure is a dead letter at once.
+    env.endpoint("acme", bad_id, &bad.url("/bad"), &[">"], &[], Some("0s"))
+        .await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    // Both roles up (each makes the streams it lacks at start-up, so the dead letters' goes
+    // only now).
+    env.publish("acme", "charge.paid", "warm-up", b"{}", &[])
+        .await;
+    wait_until("the warm-up", Duration::from_secs(30), || async {
+        ok.count() == 1 && env.dead_letters().await.len() == 1
+    })
+    .await;
+    let subjects = &env.layout.subjects;
+    env.js.delete_stream(subjects.dead_stream()).await.unwrap();
+    let events: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("evt-{i}"), b"{}".to_vec()))
+        .collect();
+    env.publish_many("acme", "charge.paid", events).await;
+    wait_until("the healthy deliveries", Duration::from_secs(30), || {
+        std::future::ready(ok.count() >= 4)
+    })
+    .await;
+    // The worker gives up on the dead-letter writes after 30 s and hands the messages back.
+    let stream = env
+        .js
+        .get_stream(subjects.deliveries_stream())
+        .await
+        .unwrap();
+    let consumer = subjects.worker_consumer(p);
+    wait_until(
+        "the messages handed back",
+        Duration::from_secs(60),
+        || async {
+            let mut c: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer(&consumer).await.unwrap();
+            c.info().await.is_ok_and(|i| i.num_redelivered >= 1)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gancho_store::ensure(env.js.clone(), subjects.clone(), 1)
+        .await
+        .unwrap();
+    wait_until("the dead letters", Duration::from_secs(60), || async {
+        env.dead_letters().await.len() >= 3
+    })
+    .await;
+    env.wait_drained(Duration::from_secs(30)).await;
+
+    let dead = env.dead_letters().await;
+    assert!(dead.iter().all(|d| d.kind == "exhausted"), "{dead:?}");
+    assert_eq!(dead.len(), 3);
+    // The failing endpoint was asked again (its outcome was not stored): the warm-up, then
+    // each event at least twice. The healthy one got the warm-up and each event once.
+    let asked = bad.count();
+    assert!(
+        asked > 3 * 2,
+        "the failing endpoint was asked {asked} times"
+    );
+    let got = ok.received();
+    assert_eq!(got.len(), 4, "the healthy endpoint got a delivery twice");
+    for r in &got {
+        support::verify(&ep, r).unwrap();
+    }
+    assert_eq!(env.attempts("acme", ok_id).await.len(), 4);
+    support::kill9(&mut router);
+    support::kill9(&mut worker);
+}

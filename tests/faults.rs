@@ -576,8 +576,23 @@ async fn cluster_leader_loss_mid_fan_out() {
     let mut env = Env::with_cluster().await;
     let rx = Receiver::https_tally(&env.ca).await;
     let fan_out = 1_000;
-    let events = 10;
+    let events = 40;
     let paths = endpoints(&env, &rx, fan_out).await;
+    // Messages the fan-outs write: one per event and partition, 16 deliveries at most each.
+    let mut per_partition = std::collections::HashMap::new();
+    for i in 0..fan_out {
+        let p = gancho_core::subject::partition(
+            "acme",
+            &format!("e{i}"),
+            gancho_core::subject::PARTITIONS,
+        );
+        *per_partition.entry(p).or_insert(0usize) += 1;
+    }
+    let messages = events
+        * per_partition
+            .values()
+            .map(|n| n.div_ceil(16))
+            .sum::<usize>();
     let producer = Producer::start(&env, events);
     let accepted = producer.finish().await;
     let started = Instant::now();
@@ -586,7 +601,7 @@ async fn cluster_leader_loss_mid_fan_out() {
     let deliveries = env.layout.subjects.deliveries_stream();
     let leader = env.stream_leader(&deliveries).await;
     wait_until("the fan-out under way", Duration::from_secs(60), || async {
-        env.deliveries_left().await >= 1_500
+        env.deliveries_left().await as usize >= messages / 6
     })
     .await;
     let at_kill = env.deliveries_left().await;
@@ -598,12 +613,12 @@ async fn cluster_leader_loss_mid_fan_out() {
     })
     .await;
     assert!(
-        (at_kill as usize) < fan_out * events,
+        (at_kill as usize) < messages,
         "the fan-out was over before the leader died; nothing was tested"
     );
     let mut worker = env.spawn("worker");
     let row = Row::count(
-        "R3 cluster: the deliveries leader SIGKILLed mid fan-out (10 events x 1,000 endpoints)",
+        "R3 cluster: the deliveries leader SIGKILLed mid fan-out (40 events x 1,000 endpoints)",
         &env,
         &[&rx],
         &paths,

@@ -83,6 +83,37 @@ pub(crate) struct Ctx {
     pub health: crate::operational::Health,
     /// How often a failed attempt may be logged, per endpoint.
     pub failure_lines: FailureLines,
+    /// The deliveries of batch messages handed back whose outcomes are stored already.
+    pub batches_done: BatchesDone,
+}
+
+/// For each batch message this worker handed back (some delivery's outcome could not be
+/// stored), the endpoints whose outcomes were: when the message comes back to this worker,
+/// those are not sent again. A partition is served by one worker, so it normally comes back
+/// here; after a crash or a move the new worker sends them again (with their `webhook-id`).
+#[derive(Default)]
+pub(crate) struct BatchesDone(
+    std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<String>>>,
+);
+
+impl BatchesDone {
+    /// Most batch messages remembered; past it the memory is dropped (duplicates, never a
+    /// loss).
+    const MAX: usize = 10_000;
+
+    /// What was done of the message at stream sequence `seq`, forgotten here.
+    fn take(&self, seq: u64) -> std::collections::HashSet<String> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&seq).unwrap_or_default()
+    }
+
+    fn keep(&self, seq: u64, done: std::collections::HashSet<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(seq, done);
+    }
 }
 
 /// At most one failed-attempt line a second per endpoint.
@@ -180,7 +211,8 @@ impl Ctx {
 
     /// Sends each delivery of a batch message as if it were alone, at once, and acks the
     /// message when every outcome is stored. When one cannot be stored, the message is handed
-    /// back whole: the deliveries already sent are sent again, with their `webhook-id`.
+    /// back whole, and this worker remembers which outcomes are stored so that it sends only
+    /// the others when the message comes back ([`BatchesDone`]).
     async fn handle_batch(
         &self,
         msg: &jetstream::Message,
@@ -206,21 +238,40 @@ impl Ctx {
             }
         };
         let unit = Unit { msg, alone: false };
-        let each = endpoint_ids.into_iter().map(|endpoint_id| {
-            let delivery = Delivery {
-                id: gancho_core::subject::delivery_id(&template.event_id, &endpoint_id),
-                endpoint_id,
-                ..template.clone()
-            };
-            Box::pin(self.handle_delivery(unit, delivery, leaving.clone()))
-        });
-        let handled = futures::future::join_all(each).await;
-        if handled.iter().all(|h| matches!(h, Handled::Done)) {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut done = if msg.info().is_ok_and(|i| i.delivered > 1) {
+            self.batches_done.take(seq)
+        } else {
+            Default::default()
+        };
+        let each = endpoint_ids
+            .into_iter()
+            .filter(|endpoint_id| !done.contains(endpoint_id))
+            .map(|endpoint_id| async {
+                let delivery = Delivery {
+                    id: gancho_core::subject::delivery_id(&template.event_id, &endpoint_id),
+                    endpoint_id: endpoint_id.clone(),
+                    ..template.clone()
+                };
+                let handled = Box::pin(self.handle_delivery(unit, delivery, leaving.clone())).await;
+                (endpoint_id, handled)
+            });
+        let mut all_done = true;
+        for (endpoint_id, handled) in futures::future::join_all(each).await {
+            match handled {
+                Handled::Done => {
+                    done.insert(endpoint_id);
+                }
+                Handled::HandedBack => all_done = false,
+            }
+        }
+        if all_done {
             if let Err(e) = msg.ack().await {
                 warn!(error = %e, "Cannot ack deliveries whose outcomes are stored; they may be attempted again.");
             }
             return Handled::Done;
         }
+        self.batches_done.keep(seq, done);
         let delay = if self.pressure.refusing() {
             FULL_NAK_DELAY
         } else {

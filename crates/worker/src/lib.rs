@@ -182,6 +182,7 @@ pub async fn run(
         pressure,
         health,
         failure_lines: Default::default(),
+        batches_done: Default::default(),
     });
     // Held deliveries go back to their partitions; when the store has no room for that copy,
     // they are delivered from where they are (release.rs).
