@@ -575,8 +575,8 @@ async fn cluster_node_loss_then_leader_loss() {
 async fn cluster_leader_loss_mid_fan_out() {
     let mut env = Env::with_cluster().await;
     let rx = Receiver::https_tally(&env.ca).await;
-    let fan_out = 1_000;
-    let events = 40;
+    let fan_out = 100;
+    let events = 200;
     let paths = endpoints(&env, &rx, fan_out).await;
     // Messages the fan-outs write: one per event and partition, 16 deliveries at most each.
     let mut per_partition = std::collections::HashMap::new();
@@ -596,7 +596,9 @@ async fn cluster_leader_loss_mid_fan_out() {
     let producer = Producer::start(&env, events);
     let accepted = producer.finish().await;
     let started = Instant::now();
-    let mut router = env.spawn("router");
+    // One event at a time, so that the fan-outs take long enough for the leader to die in
+    // the middle of them (one message per event and partition is quick to write).
+    let mut router = env.spawn_with(&["router"], &[("GANCHO_ROUTER_CONCURRENCY", "1")]);
     // The deliveries stream's leader dies while the router is publishing the fan-outs.
     let deliveries = env.layout.subjects.deliveries_stream();
     let leader = env.stream_leader(&deliveries).await;
@@ -618,7 +620,7 @@ async fn cluster_leader_loss_mid_fan_out() {
     );
     let mut worker = env.spawn("worker");
     let row = Row::count(
-        "R3 cluster: the deliveries leader SIGKILLed mid fan-out (40 events x 1,000 endpoints)",
+        "R3 cluster: the deliveries leader SIGKILLed mid fan-out (200 events x 100 endpoints)",
         &env,
         &[&rx],
         &paths,
