@@ -20,7 +20,7 @@ KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := event filter signature url retry
 
-.PHONY: help setup run build test test-faults test-api test-alerts test-deploy test-manifests test-slow lint fmt bench fuzz clean
+.PHONY: help setup run build test test-faults test-api test-alerts test-deploy test-manifests test-slow lint fmt bench bench-jetstream fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -111,6 +111,16 @@ fmt: ## Format the code.
 
 bench: setup ## Run the benchmarks (results go to BENCHMARKS.md by hand, with the machine).
 	$(CARGO) bench -p gancho-core -p gancho
+
+NATS_PY_VERSION := 2.16.0
+NATS_PY := $(TOOLS)/venv/.nats-py-$(NATS_PY_VERSION)
+
+bench-jetstream: setup $(NATS_PY) ## nats-server's CPU per JetStream message at fixed rates against draining, with no gancho in the way (BENCHMARKS.md).
+	$(TOOLS)/venv/bin/python scripts/jetstream-rate.py $(TOOLS)/bin/nats-server
+
+$(NATS_PY): $(SCHEMATHESIS)
+	$(TOOLS)/venv/bin/pip install --quiet nats-py==$(NATS_PY_VERSION)
+	touch $@
 
 fuzz: ## Each cargo fuzz target (fuzz/) for FUZZ_SECONDS (default 30), after replaying the crashes kept in fuzz/regressions/.
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
