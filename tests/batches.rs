@@ -8,7 +8,6 @@
 
 mod support;
 
-use futures::TryStreamExt;
 use gancho_core::subject::{partition, PARTITIONS};
 use gancho_test_harness::{wait_until, Answer, Receiver};
 use std::collections::{HashMap, HashSet};
@@ -32,21 +31,6 @@ fn same_partition(n: usize) -> (Vec<String>, u32) {
         }
     }
     unreachable!()
-}
-
-/// Messages stored on `subject` in the deliveries stream.
-async fn stored_on(env: &support::Env, subject: &str) -> usize {
-    let stream = env
-        .js
-        .get_stream(env.layout.subjects.deliveries_stream())
-        .await
-        .unwrap();
-    let mut info = stream.info_with_subjects(subject).await.unwrap();
-    let mut total = 0;
-    while let Some((_, n)) = info.try_next().await.unwrap() {
-        total += n;
-    }
-    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,11 +87,11 @@ async fn deliveries_sharing_a_message_keep_their_own_outcomes() {
     let subjects = &env.layout.subjects;
     let held = subjects.held("acme", paused_id);
     wait_until("the fan-out", Duration::from_secs(30), || async {
-        stored_on(&env, &held).await == EVENTS
+        env.stored_on(&held).await == EVENTS
     })
     .await;
     assert_eq!(
-        stored_on(&env, &subjects.delivery(p)).await,
+        env.stored_on(&subjects.delivery(p)).await,
         EVENTS,
         "one message per event for the partition's endpoints"
     );
@@ -124,7 +108,7 @@ async fn deliveries_sharing_a_message_keep_their_own_outcomes() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        stored_on(&env, &format!("{}.>", subjects.prefix())).await,
+        env.stored_on(&format!("{}.>", subjects.prefix())).await,
         EVENTS,
         "only the paused endpoint's deliveries are left"
     );

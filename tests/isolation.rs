@@ -213,22 +213,7 @@ async fn retry_after_pauses_the_endpoint_and_not_the_others() {
 /// Deliveries waiting on the held subjects (paused endpoints', and those parked while a
 /// circuit is open).
 async fn held(env: &support::Env) -> usize {
-    use futures::TryStreamExt;
-    let subjects = &env.layout.subjects;
-    let stream = env
-        .js
-        .get_stream(subjects.deliveries_stream())
-        .await
-        .unwrap();
-    let mut held = stream
-        .info_with_subjects(subjects.held_wildcard())
-        .await
-        .unwrap();
-    let mut total = 0;
-    while let Some((_, n)) = held.try_next().await.unwrap() {
-        total += n;
-    }
-    total
+    env.stored_on(&env.layout.subjects.held_wildcard()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

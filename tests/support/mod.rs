@@ -535,6 +535,22 @@ impl Env {
         panic!("the deliveries stream did not answer for 30 s");
     }
 
+    /// Messages stored in the deliveries stream on subjects matching `filter`.
+    pub async fn stored_on(&self, filter: &str) -> usize {
+        use futures::TryStreamExt;
+        let stream = self
+            .js
+            .get_stream(self.layout.subjects.deliveries_stream())
+            .await
+            .unwrap();
+        let mut info = stream.info_with_subjects(filter).await.unwrap();
+        let mut total = 0;
+        while let Some((_, n)) = info.try_next().await.unwrap() {
+            total += n;
+        }
+        total
+    }
+
     /// Waits until the deliveries stream is empty: every delivery done, no retry pending.
     pub async fn wait_drained(&self, patience: Duration) {
         gancho_test_harness::wait_until("the deliveries stream to drain", patience, || async {

@@ -256,8 +256,11 @@ impl Ctx {
                 let handled = Box::pin(self.handle_delivery(unit, delivery, leaving.clone())).await;
                 (endpoint_id, handled)
             });
+        // The message stays ours while any of its deliveries is in hand, whatever each
+        // one is waiting for.
+        let handled = with_progress(msg, futures::future::join_all(each)).await;
         let mut all_done = true;
-        for (endpoint_id, handled) in futures::future::join_all(each).await {
+        for (endpoint_id, handled) in handled {
             match handled {
                 Handled::Done => {
                     done.insert(endpoint_id);
@@ -410,17 +413,20 @@ impl Ctx {
         let attempt_no = delivery.attempts + 1;
         let started_at = OffsetDateTime::now_utc();
         // Keep the delivery ours while a slow endpoint takes its time.
-        let (outcome, latency) = {
+        // Waiting for one of the worker's request slots counts as work in hand too: a busy
+        // worker may keep a delivery waiting for longer than the ack wait.
+        let (outcome, latency) = with_progress(unit.msg, async {
             let _request = self
                 .requests
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-            let done = with_progress(unit.msg, self.attempt(&delivery, ep, started_at)).await;
+            let done = self.attempt(&delivery, ep, started_at).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
             done
-        };
+        })
+        .await;
         // The endpoint's slot is given back only once what the answer means (a pause, a lower
         // rate, the circuit) is in force: a delivery waiting for the slot must not start in
         // between (a request 0.5 ms after a 429 with Retry-After was seen in a test).
