@@ -163,6 +163,10 @@ impl Ctx {
             .flatten();
         let mut hits = Vec::new();
         snapshot.matching(&event.tenant, &event.r#type, &event.channels, &mut hits);
+        // In the tenant's list order (sorted by id), not the index's, which may differ from
+        // one process to the next: a fan-out redone by another router must cut the same
+        // batches to get the same message ids.
+        hits.sort_unstable();
         // One message per partition (at most BATCH_MAX deliveries each) rather than one per
         // endpoint: the JetStream write, the worker's pull and its ack are shared. A paused
         // endpoint's delivery goes to its held subject on its own.
@@ -279,10 +283,12 @@ impl Ctx {
         } else {
             target
         };
-        let mut publish = Publish::build().payload(bytes).message_id(message_id);
-        if !headers.is_empty() {
-            publish = publish.headers(headers);
-        }
+        // Headers first: `headers()` replaces the whole map, message id included (the held
+        // deliveries of paused endpoints went without one that way).
+        let publish = Publish::build()
+            .payload(bytes)
+            .headers(headers)
+            .message_id(message_id);
         let sent = std::time::Instant::now();
         let stored = async { self.js.send_publish(subject, publish).await?.await }.await;
         metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "router")
