@@ -114,16 +114,11 @@ async fn router_killed_mid_fan_out_duplicates_nothing() {
     let expected = (endpoints * events) as u64;
     // The messages the fan-outs write: one per event and partition, at most 16 deliveries
     // each.
-    let mut per_partition = std::collections::HashMap::new();
-    for i in 0..endpoints {
-        let p = gancho_core::subject::partition(
-            "acme",
-            &format!("e{i}"),
-            gancho_core::subject::PARTITIONS,
-        );
-        *per_partition.entry(p).or_insert(0u64) += 1;
-    }
-    let messages = events as u64 * per_partition.values().map(|n| n.div_ceil(16)).sum::<u64>();
+    let messages = (events
+        * support::per_partition("acme", endpoints)
+            .values()
+            .map(|n| n.div_ceil(16))
+            .sum::<usize>()) as u64;
 
     let mut router = env.spawn("router");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -143,26 +143,14 @@ async fn delivered(rx: &Receiver, n: usize) {
     .await;
 }
 
-/// How many of the endpoints `e0` to `e<n-1>` of `acme` each partition serves: the router
-/// writes one message per event and partition, with at most 16 deliveries each.
-fn per_partition(n: usize) -> std::collections::HashMap<u32, usize> {
-    let mut by = std::collections::HashMap::new();
-    for i in 0..n {
-        let p = gancho_core::subject::partition(
-            "acme",
-            &format!("e{i}"),
-            gancho_core::subject::PARTITIONS,
-        );
-        *by.entry(p).or_insert(0usize) += 1;
-    }
-    by
-}
-
 /// What the workers hold unacked just before a fault, plus a worker's concurrency: the most
 /// webhooks the fault may cause to be sent again. An unacked message carries the deliveries
 /// of one event to every endpoint of its partition (a batch), so each may count as many.
 async fn duplicate_allowance(env: &Env) -> usize {
-    let per_message = per_partition(ENDPOINTS).into_values().max().unwrap_or(1);
+    let per_message = support::per_partition("acme", ENDPOINTS)
+        .into_values()
+        .max()
+        .unwrap_or(1);
     env.worker_consumer_state().await.1 * per_message + CONCURRENCY
 }
 
@@ -586,7 +574,7 @@ async fn cluster_leader_loss_mid_fan_out() {
     let paths = endpoints(&env, &rx, fan_out).await;
     // Messages the fan-outs write.
     let messages = events
-        * per_partition(fan_out)
+        * support::per_partition("acme", fan_out)
             .values()
             .map(|n| n.div_ceil(16))
             .sum::<usize>();

@@ -631,6 +631,21 @@ pub fn verify(ep: &Endpoint, r: &gancho_test_harness::Received) -> Result<(), St
     verify_with(&ep.secret, r)
 }
 
+/// How many of the endpoints `e0` to `e<n-1>` of `tenant` each partition serves: the router
+/// writes one message per event and partition, with at most 16 deliveries each.
+pub fn per_partition(tenant: &str, n: usize) -> std::collections::HashMap<u32, usize> {
+    let mut by = std::collections::HashMap::new();
+    for i in 0..n {
+        let p = gancho_core::subject::partition(
+            tenant,
+            &format!("e{i}"),
+            gancho_core::subject::PARTITIONS,
+        );
+        *by.entry(p).or_insert(0usize) += 1;
+    }
+    by
+}
+
 /// Verifies a received webhook against one `whsec_` secret, as a receiver would.
 pub fn verify_with(secret: &str, r: &gancho_test_harness::Received) -> Result<(), String> {
     let signer = gancho_core::Signer::new(gancho_core::Secret::parse(secret).unwrap());

@@ -171,31 +171,30 @@ impl Ctx {
         // endpoint: the JetStream write, the worker's pull and its ack are shared. A paused
         // endpoint's delivery goes to its held subject on its own.
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.partitions as usize];
-        let mut sends = Vec::new();
+        let mut sends: Vec<(u32, Vec<usize>)> = Vec::new();
         for i in hits.into_iter().map(|i| i as usize) {
             let ep = &list[i].config;
             if ep.disabled || about.is_some_and(|a| a.as_str() == ep.id.as_str()) {
                 continue;
             }
+            let p = gancho_core::subject::partition(&event.tenant, ep.id.as_str(), self.partitions);
             if ep.paused {
-                sends.push(vec![i]);
+                sends.push((p, vec![i]));
             } else {
-                let p =
-                    gancho_core::subject::partition(&event.tenant, ep.id.as_str(), self.partitions);
                 groups[p as usize].push(i);
             }
         }
-        for group in groups {
-            sends.extend(group.chunks(crate::BATCH_MAX).map(<[usize]>::to_vec));
+        for (p, group) in (0..).zip(groups) {
+            sends.extend(group.chunks(crate::BATCH_MAX).map(|c| (p, c.to_vec())));
         }
         let fan_out = futures::stream::iter(sends)
-            .map(|members| {
+            .map(|(partition, members)| {
                 let ids: Vec<&str> = members
                     .iter()
                     .map(|&i| list[i].config.id.as_str())
                     .collect();
                 let paused = members.len() == 1 && list[members[0]].config.paused;
-                self.publish_deliveries(&template, ids, paused)
+                self.publish_deliveries(&template, partition, ids, paused)
             })
             .buffer_unordered(FAN_OUT_WINDOW)
             .try_fold(0u64, |n, k| std::future::ready(Ok(n + k)));
@@ -228,13 +227,14 @@ impl Ctx {
     }
 
     /// Builds, publishes and awaits the PubAck of the deliveries of `template`'s event to
-    /// `endpoints` (one partition's), holding a publish slot from before the message exists
+    /// `endpoints` (all of `partition`), holding a publish slot from before the message exists
     /// until its PubAck is in; returns how many deliveries it stored. One endpoint gets a
     /// `Delivery`, several a `DeliveryBatch`. A paused endpoint's delivery goes straight to
     /// its held subject, remembering the partition it belongs to.
     async fn publish_deliveries(
         &self,
         template: &Delivery,
+        partition: u32,
         endpoints: Vec<&str>,
         paused: bool,
     ) -> Result<u64, async_nats::jetstream::context::PublishError> {
@@ -244,11 +244,7 @@ impl Ctx {
             .await
             .expect("the semaphore is never closed");
         let count = endpoints.len() as u64;
-        let target = self.subjects.delivery(gancho_core::subject::partition(
-            &template.tenant,
-            endpoints[0],
-            self.partitions,
-        ));
+        let target = self.subjects.delivery(partition);
         let mut headers = HeaderMap::new();
         // The message id makes a fan-out redone after a crash a no-op: the same event and
         // snapshot give the same messages. A batch's id names its first endpoint and its size,
