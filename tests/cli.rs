@@ -448,6 +448,53 @@ async fn json_logs_are_one_object_per_line() {
     support::terminate(&mut router);
 }
 
+/// `gancho bench --floor`: the sink gets every request once (a record whose PubAck failed
+/// would fail the run), and the report splits the CPU between the client, nats-server and
+/// the sink.
+#[test]
+fn bench_floor_measures_without_gancho() {
+    let out = gancho()
+        .args([
+            "bench",
+            "--floor",
+            "--endpoints",
+            "4",
+            "--events",
+            "50",
+            "--json",
+        ])
+        .env(
+            "GANCHO_NATS_SERVER",
+            gancho_test_harness::nats_server_binary(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["deliveries"], 200, "{r}");
+    assert_eq!(r["received"], 200, "{r}");
+    let names: Vec<&str> = r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["client", "nats-server", "sink"], "{r}");
+    assert!(r["ceiling_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    // It measures the floor alone: a flag that only means something to gancho's run is refused.
+    let out = gancho()
+        .args(["bench", "--floor", "--rate", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `gancho bench` on a small run: every process of its own, two workers, a dead endpoint;
 /// the report counts exactly the healthy deliveries, none twice, with latencies and the usage
 /// of every process.

@@ -66,6 +66,12 @@ pub struct BenchArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure the floor under gancho instead of gancho: no api, router or worker; this
+    /// process POSTs the same deliveries (payload, concurrency) over HTTP/2 and TLS to the
+    /// sink and stores one attempt-sized record per delivery in JetStream, awaiting its
+    /// PubAck. Reports each process's CPU per delivery and the rate they would allow.
+    #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes"])]
+    pub floor: bool,
 }
 
 const TENANT: &str = "bench";
@@ -178,7 +184,8 @@ type HttpClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
-fn http_client(ca: Option<&Path>) -> anyhow::Result<HttpClient> {
+/// A client trusting `ca` (only); with `http2`, it offers HTTP/2 by ALPN, as the worker does.
+fn http_client(ca: Option<&Path>, http2: bool) -> anyhow::Result<HttpClient> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
         for cert in rustls_pemfile::certs(&mut std::fs::read(ca)?.as_slice()) {
@@ -191,11 +198,15 @@ fn http_client(ca: Option<&Path>) -> anyhow::Result<HttpClient> {
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .build();
+        .enable_http1();
+    let https = if http2 {
+        builder.enable_http2().build()
+    } else {
+        builder.build()
+    };
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(https),
@@ -229,6 +240,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = result?;
     if args.json {
         println!("{report}");
+    } else if args.floor {
+        print_floor(&report);
     } else {
         print_report(&report);
     }
@@ -307,6 +320,9 @@ async fn bench(
         ];
         procs.push(spawn("sink", &sink_args, &[])?);
     }
+    if args.floor {
+        return floor(args, &nats_url, sink_port, &ca, &procs).await;
+    }
     let api_port = free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let api_metrics = free_port()?;
@@ -334,7 +350,7 @@ async fn bench(
             &[("GANCHO_METRICS_LISTEN", listen(port))],
         )?);
     }
-    let client = http_client(Some(&ca))?;
+    let client = http_client(Some(&ca), false)?;
     let ready = Instant::now();
     while get_text(&client, &format!("{api_url}/readyz")).await != "ready\n" {
         if ready.elapsed() > Duration::from_secs(30) {
@@ -582,6 +598,131 @@ async fn bench(
     }))
 }
 
+/// Requests in flight in `--floor`: the worker's default concurrency.
+const FLOOR_CONCURRENCY: usize = 512;
+/// Bytes of each `--floor` record: about what an attempt record of a 200 takes.
+const FLOOR_RECORD_BYTES: usize = 300;
+
+/// `--floor`: what the deliveries cost with nothing of gancho in the way. Each is one
+/// HTTP/2 POST over TLS to the sink (the same JSON shape and size as a webhook, with a
+/// `webhook-id`) and, once answered, one record stored in JetStream with its PubAck awaited,
+/// as the worker's attempt record. Left out: the delivery message itself (its publish,
+/// consume and ack; `make bench-jetstream` measures that), signing, the gate, retries.
+async fn floor(
+    args: &BenchArgs,
+    nats_url: &str,
+    sink_port: u16,
+    ca: &Path,
+    procs: &[Proc],
+) -> anyhow::Result<Value> {
+    use futures::StreamExt as _;
+    let quiet = args.json;
+    let client = http_client(Some(ca), true)?;
+    let stats = format!("https://127.0.0.1:{sink_port}/stats");
+    let ready = Instant::now();
+    while get_json(&client, &stats).await.is_none() {
+        if ready.elapsed() > Duration::from_secs(30) {
+            bail!("the sink did not answer in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "FLOOR".into(),
+        subjects: vec!["floor.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let deliveries = args.events * args.endpoints;
+    let pad = "x".repeat(args.payload_bytes);
+    let record = Bytes::from(vec![b'r'; FLOOR_RECORD_BYTES]);
+    let say = |m: &str| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    };
+    say(&format!(
+        "gancho bench --floor: {deliveries} deliveries ({} events x {} endpoints), {FLOOR_CONCURRENCY} in flight",
+        args.events, args.endpoints
+    ));
+    let self_pid = std::process::id().to_string();
+    let own_cpu = || gancho_telemetry::process_usage(&self_pid).map_or(0.0, |u| u.cpu_seconds);
+    let before: Vec<f64> = procs.iter().map(|p| p.usage().1).collect();
+    let own_before = own_cpu();
+    let bar = progress(quiet, deliveries as u64, "deliveries");
+    let started = Instant::now();
+    let one = |i: usize| {
+        let (client, js, bar) = (&client, &js, &bar);
+        let endpoint = i % args.endpoints;
+        let timestamp = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let body = format!(
+            r#"{{"type":"bench.floor","timestamp":"{timestamp}","data":{{"pad":"{pad}"}}}}"#
+        );
+        let record = record.clone();
+        async move {
+            let req = http::Request::post(format!("https://127.0.0.1:{sink_port}/e{endpoint}"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header("webhook-id", format!("floor_{i}"))
+                .header("webhook-timestamp", timestamp)
+                .body(Full::new(Bytes::from(body)))?;
+            let resp = client.request(req).await?;
+            let status = resp.status();
+            resp.into_body().collect().await?;
+            if !status.is_success() {
+                bail!("the sink answered {status}");
+            }
+            js.publish(format!("floor.{endpoint}.2xx.success.{i}"), record)
+                .await?
+                .await?;
+            bar.inc(1);
+            anyhow::Ok(())
+        }
+    };
+    let mut results = futures::stream::iter(0..deliveries)
+        .map(one)
+        .buffer_unordered(FLOOR_CONCURRENCY);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let own = own_cpu() - own_before;
+    let per = |cpu: f64| (cpu / deliveries as f64 * 1e7).round() / 10.0;
+    let mut processes = vec![
+        json!({"name": "client", "cpu_s": (own * 100.0).round() / 100.0,
+        "cpu_us_per_delivery": per(own)}),
+    ];
+    let mut total = own;
+    for (p, before) in procs.iter().zip(before) {
+        let (rss, cpu) = p.usage();
+        total += cpu - before;
+        processes.push(
+            json!({"name": p.name, "peak_rss_mib": (rss * 10.0).round() / 10.0,
+            "cpu_s": ((cpu - before) * 100.0).round() / 100.0,
+            "cpu_us_per_delivery": per(cpu - before)}),
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let last = get_json(&client, &stats).await.unwrap_or_default();
+    Ok(json!({
+        "floor": true,
+        "events": args.events,
+        "endpoints": args.endpoints,
+        "payload_bytes": args.payload_bytes,
+        "record_bytes": FLOOR_RECORD_BYTES,
+        "deliveries": deliveries,
+        "received": last["distinct"].as_u64(),
+        "deliveries_per_s": (deliveries as f64 / elapsed.as_secs_f64()).round(),
+        "cpu_us_per_delivery": per(total),
+        "cores": cores,
+        // What the machine's cores would allow if they did nothing else.
+        "ceiling_per_s": (cores as f64 / (total / deliveries as f64)).round(),
+        "processes": processes,
+    }))
+}
+
 /// Changes `n` endpoints one at a time and measures how long each change took to reach every
 /// role, from its write to the config bucket to the role's snapshot having it (the sum of the
 /// role's `gancho_config_change_lag_seconds` grows by exactly that); returns p50/p99/max in ms
@@ -762,6 +903,38 @@ async fn send(
         }
         Ok(events)
     }
+}
+
+fn print_floor(r: &Value) {
+    let f = |v: &Value| match v.as_f64() {
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    };
+    println!(
+        "\nfloor: {} deliveries ({} events x {} endpoints, {} B payloads, {} B records) at {}/s",
+        r["deliveries"],
+        r["events"],
+        r["endpoints"],
+        r["payload_bytes"],
+        r["record_bytes"],
+        f(&r["deliveries_per_s"])
+    );
+    println!("{:<14} {:>8} {:>14}", "process", "CPU s", "us/delivery");
+    for p in r["processes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<14} {:>8} {:>14}",
+            p["name"].as_str().unwrap_or(""),
+            f(&p["cpu_s"]),
+            f(&p["cpu_us_per_delivery"])
+        );
+    }
+    println!(
+        "all: {} us of CPU per delivery; {} cores doing nothing else would allow at most {} deliveries/s",
+        f(&r["cpu_us_per_delivery"]),
+        r["cores"],
+        f(&r["ceiling_per_s"])
+    );
 }
 
 fn print_report(r: &Value) {

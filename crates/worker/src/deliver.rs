@@ -45,6 +45,20 @@ fn with_progress<'a, F: std::future::Future + 'a>(
     consume::with_progress(msg, crate::PROGRESS_EVERY, fut)
 }
 
+/// Keeps a delivery's message ours while `fut` runs. A batch member's message is already
+/// kept by its batch for as long as any member is in hand, so a member adds no timer of
+/// its own: at fan-out 100 that was two timers and their progress acks per delivery.
+fn keep_while<'a, F: std::future::Future + 'a>(
+    unit: Unit<'a>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> + 'a {
+    if unit.alone {
+        futures::future::Either::Left(with_progress(unit.msg, fut))
+    } else {
+        futures::future::Either::Right(fut)
+    }
+}
+
 /// Where a delivery came from: a message of its own, or a batch message (the deliveries of
 /// one event to several endpoints of a partition), which is acked once every delivery's
 /// outcome is stored.
@@ -371,7 +385,7 @@ impl Ctx {
                 // Waits holding only its intake slot; the worker's request slots and this
                 // endpoint's in-flight slots go to deliveries that can be sent now.
                 let turn = tokio::select! {
-                    turn = with_progress(unit.msg, gate.wait_turn(&place)) => turn,
+                    turn = keep_while(unit, gate.wait_turn(&place)) => turn,
                     _ = leaving.cancelled() => {
                         drop(place);
                         let delay = gancho_store::partitioned::HAND_BACK_DELAY;
@@ -415,7 +429,7 @@ impl Ctx {
         // Keep the delivery ours while a slow endpoint takes its time.
         // Waiting for one of the worker's request slots counts as work in hand too: a busy
         // worker may keep a delivery waiting for longer than the ack wait.
-        let (outcome, latency) = with_progress(unit.msg, async {
+        let (outcome, latency) = keep_while(unit, async {
             let _request = self
                 .requests
                 .acquire()
@@ -743,7 +757,7 @@ impl Ctx {
         if let Some(op) = self.operational(delivery, &next_kind) {
             writes.push(op);
         }
-        if let Err(e) = with_progress(unit.msg, self.store_all(writes)).await {
+        if let Err(e) = keep_while(unit, self.store_all(writes)).await {
             return self.nak(unit, &e).await;
         }
         if !unit.alone {
