@@ -6,7 +6,8 @@
 //! and reports the ingest rate, the delivery rate to the healthy endpoints, end-to-end
 //! latency (event time to arrival at the sink) p50/p90/p99/max, CPU seconds and peak RSS of
 //! every process, deferrals and failed attempts; with `--config-changes`, how long a config
-//! change takes to reach every role. `--json` prints one JSON object.
+//! change takes to reach every role. `--json` prints one JSON object. `--floor` measures the
+//! floor under all that instead: the same deliveries from a bare client, with no gancho role.
 
 use crate::manage::{call, Conn};
 use anyhow::{bail, Context as _};
