@@ -511,6 +511,8 @@ fn bench_reports_a_small_run() {
             "0.2",
             "--workers",
             "2",
+            "--worker-concurrency",
+            "64",
             "--json",
         ])
         .env(
@@ -525,6 +527,8 @@ fn bench_reports_a_small_run() {
     assert_eq!(r["dead_endpoints"], 1, "{r}");
     assert_eq!(r["deliveries"], 800, "{r}");
     assert_eq!(r["duplicates"], 0, "{r}");
+    // A shared flag on bench's command line reaches the processes it starts.
+    assert_eq!(r["settings"]["GANCHO_WORKER_CONCURRENCY"], "64", "{r}");
     assert!(r["deliveries_per_s"].as_f64().unwrap() > 0.0, "{r}");
     let p50 = r["latency_ms"]["p50"].as_f64().unwrap();
     let p99 = r["latency_ms"]["p99"].as_f64().unwrap();
@@ -552,6 +556,16 @@ fn bench_reports_a_small_run() {
         .iter()
         .all(|p| p["peak_rss_mib"].as_f64().unwrap() > 0.0));
     // Bad arguments say what to fix.
+    let out = gancho()
+        .args(["bench", "--nats-url", "nats://127.0.0.1:4222"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sets --nats-url itself"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = gancho()
         .args(["bench", "--dead-share", "1.5"])
         .output()

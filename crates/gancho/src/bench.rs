@@ -219,7 +219,69 @@ fn duration_arg(name: &str, v: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} {v:?}: expected a duration like 5s or 10m"))
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Shared flags `gancho bench` sets for its processes itself (its own publisher uses the
+/// default subject prefix).
+const SET_BY_BENCH: [&str; 9] = [
+    "GANCHO_NATS_URL",
+    "GANCHO_SUBJECT_PREFIX",
+    "GANCHO_ADMIN_TOKEN",
+    "GANCHO_ENCRYPTION_KEY",
+    "GANCHO_ENCRYPTION_OLD_KEY",
+    "GANCHO_API_LISTEN",
+    "GANCHO_METRICS_LISTEN",
+    "GANCHO_EXTRA_CA_FILE",
+    "GANCHO_ALLOW_PRIVATE_ENDPOINTS",
+];
+
+/// The shared flags given on bench's command line (`--worker-concurrency 128`, `--config
+/// f.toml`, ...), as the environment variables of the processes it starts, which read them
+/// from there: without this they would apply to the bench process alone, and a run would
+/// silently measure the defaults. A flag bench sets itself is refused.
+pub fn forwarded(matches: &clap::ArgMatches) -> anyhow::Result<Vec<(String, std::ffi::OsString)>> {
+    use clap::Args as _;
+    let shared = crate::config::Flags::augment_args(clap::Command::new("gancho"));
+    let mut out = Vec::new();
+    for arg in shared.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        if matches.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        if SET_BY_BENCH.contains(&env) {
+            bail!(
+                "gancho bench starts its own nats-server and roles and sets --{} itself; leave it out",
+                arg.get_long().unwrap_or(id)
+            );
+        }
+        let values: Vec<&std::ffi::OsStr> = matches.get_raw(id).into_iter().flatten().collect();
+        out.push((env.to_owned(), values.join(std::ffi::OsStr::new(","))));
+    }
+    Ok(out)
+}
+
+/// The forwarded settings as the report shows them; a proxy URL may carry credentials, so
+/// only its presence is shown.
+fn settings(forwarded: &[(String, std::ffi::OsString)]) -> Value {
+    forwarded
+        .iter()
+        .map(|(k, v)| {
+            let shown = if k.contains("PROXY") {
+                "(set)".to_owned()
+            } else {
+                v.to_string_lossy().into_owned()
+            };
+            (k.clone(), Value::String(shown))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+pub async fn run(
+    args: BenchArgs,
+    forwarded: Vec<(String, std::ffi::OsString)>,
+) -> anyhow::Result<()> {
     if args.endpoints == 0 || args.events == 0 || args.workers == 0 {
         bail!("--endpoints, --events and --workers must be at least 1");
     }
@@ -236,7 +298,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("gancho-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = bench(&args, &dir, dead, healthy, dead_timeout, patience).await;
+    let result = bench(
+        &args,
+        &forwarded,
+        &dir,
+        dead,
+        healthy,
+        dead_timeout,
+        patience,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     if args.json {
@@ -251,6 +322,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn bench(
     args: &BenchArgs,
+    forwarded: &[(String, std::ffi::OsString)],
     dir: &Path,
     dead: usize,
     healthy: usize,
@@ -283,7 +355,9 @@ async fn bench(
     let spawn = |name: &str, args: &[&str], envs: &[(&str, String)]| -> anyhow::Result<Proc> {
         let mut cmd = Command::new(&exe);
         cmd.args(args)
+            .envs(forwarded.iter().map(|(k, v)| (k, v)))
             .env("GANCHO_NATS_URL", &nats_url)
+            .env_remove("GANCHO_SUBJECT_PREFIX")
             .env("GANCHO_ADMIN_TOKEN", &token)
             .env("GANCHO_ENCRYPTION_KEY", &encryption_key)
             .env("GANCHO_EXTRA_CA_FILE", &ca)
@@ -596,6 +670,7 @@ async fn bench(
         "failed_attempts": failed,
         "processes": processes,
         "nats_server": nats_version,
+        "settings": settings(forwarded),
     }))
 }
 
@@ -950,6 +1025,13 @@ fn print_report(r: &Value) {
         r["via"].as_str().unwrap_or(""),
         if r["rate"] == 0 { "backlog".to_string() } else { format!("{} events/s", r["rate"]) }
     );
+    if let Some(settings) = r["settings"].as_object().filter(|s| !s.is_empty()) {
+        let list: Vec<String> = settings
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        println!("  settings         {}", list.join(" "));
+    }
     println!("  ingest           {} events/s", f(&r["ingest_per_s"]));
     println!(
         "  delivery         {} deliveries/s ({} s)",

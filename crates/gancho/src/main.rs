@@ -14,12 +14,12 @@ mod sink;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use config::{Config, ConfigError, Flags, EXIT_CONFIG};
 use roles::Roles;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "gancho",
     version,
@@ -93,7 +93,8 @@ enum SecretsCmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = match Config::load(&cli.flags) {
         Ok(c) => c,
         Err(e) => exit_config(&e),
@@ -139,7 +140,7 @@ fn main() {
             }
             Command::Publish(args) => publish::run(&config, args).await,
             Command::Sink(args) => sink::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(args, bench::forwarded(&matches)?).await,
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(*args).await,
