@@ -166,6 +166,9 @@ where
         // One slot more per partition: the pull an idle partition keeps waiting holds one,
         // and should not take it from the busy ones.
         permits: Arc::new(Semaphore::new(concurrency + spec.partitions.len())),
+        deliveries: Arc::new(Semaphore::new(concurrency)),
+        intake: concurrency,
+        progress_every: spec.ack_wait / 3,
         tracker,
         handle: Arc::new(handle),
     });
@@ -260,8 +263,17 @@ struct Shared<Fut> {
     stream: jetstream::stream::Stream,
     role: &'static str,
     max_batch: usize,
-    /// The worker's intake slots, shared by its partitions.
+    /// The worker's intake slots for messages, shared by its partitions: each pull asks for
+    /// as many messages as it holds slots.
     permits: Arc<Semaphore>,
+    /// The worker's intake slots for deliveries: a message is handled once it holds one per
+    /// delivery it carries (a batch carries several), so the deliveries being worked on stay
+    /// within the intake whatever the batches carry.
+    deliveries: Arc<Semaphore>,
+    /// The intake, in deliveries (no message waits for more).
+    intake: usize,
+    /// How often a message waiting for its delivery slots tells JetStream it is in hand.
+    progress_every: Duration,
     tracker: Arc<Tracker>,
     handle: Arc<Handler<Fut>>,
 }
@@ -275,6 +287,28 @@ enum Reply {
     /// Our pin id is no longer the pinned one.
     WrongPin,
     Refused(u16, String),
+}
+
+/// Waits until `msg` holds an intake slot for each delivery it carries (the semaphore is
+/// first come, first served, and a waiter holds none of these slots, so batches cannot starve
+/// or block each other), keeping the message in hand meanwhile; `None` when `leave` fires
+/// first.
+async fn delivery_slots<Fut>(
+    shared: &Shared<Fut>,
+    msg: &jetstream::Message,
+    leave: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let n = weight(msg).min(shared.intake) as u32;
+    if let Ok(held) = shared.deliveries.clone().try_acquire_many_owned(n) {
+        return Some(held);
+    }
+    let wait = shared.deliveries.clone().acquire_many_owned(n);
+    tokio::select! {
+        held = crate::consume::with_progress(msg, shared.progress_every, wait) => {
+            Some(held.expect("the semaphore is never closed"))
+        }
+        _ = leave.cancelled() => None,
+    }
 }
 
 /// How many deliveries a message carries: its `Gancho-Batch` header, or 1.
@@ -420,22 +454,25 @@ where
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
-            // A batch message holds several deliveries: it takes an intake slot for each
-            // that is free now (never waiting, so batches cannot hold the intake from each
-            // other), which shrinks the next pulls.
-            let extra: Vec<OwnedSemaphorePermit> = (1..weight(&msg))
-                .map_while(|_| shared.permits.clone().try_acquire_owned().ok())
-                .collect();
             let handle = shared.handle.clone();
             let ticket = shared.tracker.start();
             let tracker = shared.tracker.clone();
             let token = leave.clone();
+            let shared_task = shared.clone();
             tasks.spawn(
                 async move {
+                    let Some(held) = delivery_slots(&shared_task, &msg, &token).await else {
+                        // Given up while it waited: the partition's next owner gets it.
+                        let _ = msg
+                            .ack_with(jetstream::AckKind::Nak(Some(HAND_BACK_DELAY)))
+                            .await;
+                        tracker.finish(ticket, Handled::HandedBack);
+                        return;
+                    };
                     let handled = handle(msg, token).await;
                     tracker.finish(ticket, handled);
                     drop(permit);
-                    drop(extra);
+                    drop(held);
                 }
                 .in_current_span(),
             );
