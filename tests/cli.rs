@@ -448,21 +448,12 @@ async fn json_logs_are_one_object_per_line() {
     support::terminate(&mut router);
 }
 
-/// `gancho bench --floor`: the sink gets every request once (a record whose PubAck failed
-/// would fail the run), and the report splits the CPU between the client, nats-server and
-/// the sink.
-#[test]
-fn bench_floor_measures_without_gancho() {
+/// Runs `gancho bench <args> --json` to the end and returns its report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = gancho()
-        .args([
-            "bench",
-            "--floor",
-            "--endpoints",
-            "4",
-            "--events",
-            "50",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .env(
             "GANCHO_NATS_SERVER",
             gancho_test_harness::nats_server_binary(),
@@ -471,28 +462,39 @@ fn bench_floor_measures_without_gancho() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["deliveries"], 200, "{r}");
-    assert_eq!(r["received"], 200, "{r}");
-    let names: Vec<&str> = r["processes"]
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `gancho bench <args>` stops at once with `message` on stderr.
+fn bench_refuses(args: &[&str], message: &str) {
+    let out = gancho().arg("bench").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(message), "{stderr}");
+}
+
+/// The processes a bench report accounts for, in its order.
+fn process_names(report: &serde_json::Value) -> Vec<String> {
+    report["processes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["client", "nats-server", "sink"], "{r}");
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `gancho bench --floor`: the sink gets every request once (a record whose PubAck failed
+/// would fail the run), and the report splits the CPU between the client, nats-server and
+/// the sink.
+#[test]
+fn bench_floor_measures_without_gancho() {
+    let r = bench_json(&["--floor", "--endpoints", "4", "--events", "50"]);
+    assert_eq!(r["deliveries"], 200, "{r}");
+    assert_eq!(r["received"], 200, "{r}");
+    assert_eq!(process_names(&r), ["client", "nats-server", "sink"], "{r}");
     assert!(r["ceiling_per_s"].as_f64().unwrap() > 0.0, "{r}");
     // It measures the floor alone: a flag that only means something to gancho's run is refused.
-    let out = gancho()
-        .args(["bench", "--floor", "--rate", "10"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bench_refuses(&["--floor", "--rate", "10"], "cannot be used with");
 }
 
 /// `gancho bench` on a small run: every process of its own, two workers, a dead endpoint;
@@ -500,30 +502,18 @@ fn bench_floor_measures_without_gancho() {
 /// of every process.
 #[test]
 fn bench_reports_a_small_run() {
-    let out = gancho()
-        .args([
-            "bench",
-            "--endpoints",
-            "5",
-            "--events",
-            "200",
-            "--dead-share",
-            "0.2",
-            "--workers",
-            "2",
-            "--worker-concurrency",
-            "64",
-            "--json",
-        ])
-        .env(
-            "GANCHO_NATS_SERVER",
-            gancho_test_harness::nats_server_binary(),
-        )
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = bench_json(&[
+        "--endpoints",
+        "5",
+        "--events",
+        "200",
+        "--dead-share",
+        "0.2",
+        "--workers",
+        "2",
+        "--worker-concurrency",
+        "64",
+    ]);
     assert_eq!(r["dead_endpoints"], 1, "{r}");
     assert_eq!(r["deliveries"], 800, "{r}");
     assert_eq!(r["duplicates"], 0, "{r}");
@@ -533,14 +523,8 @@ fn bench_reports_a_small_run() {
     let p50 = r["latency_ms"]["p50"].as_f64().unwrap();
     let p99 = r["latency_ms"]["p99"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= p99, "{r}");
-    let names: Vec<&str> = r["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        process_names(&r),
         [
             "nats-server",
             "sink",
@@ -556,24 +540,12 @@ fn bench_reports_a_small_run() {
         .iter()
         .all(|p| p["peak_rss_mib"].as_f64().unwrap() > 0.0));
     // Bad arguments say what to fix.
-    let out = gancho()
-        .args(["bench", "--nats-url", "nats://127.0.0.1:4222"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("sets --nats-url itself"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    bench_refuses(
+        &["--nats-url", "nats://127.0.0.1:4222"],
+        "sets --nats-url itself",
     );
-    let out = gancho()
-        .args(["bench", "--dead-share", "1.5"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--dead-share must be from 0 to 0.9"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    bench_refuses(
+        &["--dead-share", "1.5"],
+        "--dead-share must be from 0 to 0.9",
     );
 }

@@ -981,12 +981,17 @@ async fn send(
     }
 }
 
-fn print_floor(r: &Value) {
-    let f = |v: &Value| match v.as_f64() {
+/// A report number: whole ones without decimals, others with two; `-` when absent.
+fn num(v: &Value) -> String {
+    match v.as_f64() {
         Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
         None => "-".into(),
-    };
+    }
+}
+
+fn print_floor(r: &Value) {
+    let f = num;
     println!(
         "\nfloor: {} deliveries ({} events x {} endpoints, {} B payloads, {} B records) at {}/s",
         r["deliveries"],
@@ -1014,11 +1019,7 @@ fn print_floor(r: &Value) {
 }
 
 fn print_report(r: &Value) {
-    let f = |v: &Value| match v.as_f64() {
-        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
-        Some(x) => format!("{x:.2}"),
-        None => "-".into(),
-    };
+    let f = num;
     println!(
         "\n{} events x {} endpoints ({} dead) = {} deliveries to healthy endpoints; {} worker(s); via {}; {}",
         r["events"], r["endpoints"], r["dead_endpoints"], r["deliveries"], r["workers"],
