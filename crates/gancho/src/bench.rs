@@ -186,12 +186,10 @@ type HttpClient = hyper_util::client::legacy::Client<
 >;
 
 /// A client trusting `ca` (only); with `http2`, it offers HTTP/2 by ALPN, as the worker does.
-fn http_client(ca: Option<&Path>, http2: bool) -> anyhow::Result<HttpClient> {
+fn http_client(ca: &Path, http2: bool) -> anyhow::Result<HttpClient> {
     let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca {
-        for cert in rustls_pemfile::certs(&mut std::fs::read(ca)?.as_slice()) {
-            roots.add(cert?)?;
-        }
+    for cert in rustls_pemfile::certs(&mut std::fs::read(ca)?.as_slice()) {
+        roots.add(cert?)?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -425,7 +423,7 @@ async fn bench(
             &[("GANCHO_METRICS_LISTEN", listen(port))],
         )?);
     }
-    let client = http_client(Some(&ca), false)?;
+    let client = http_client(&ca, false)?;
     let ready = Instant::now();
     while get_text(&client, &format!("{api_url}/readyz")).await != "ready\n" {
         if ready.elapsed() > Duration::from_secs(30) {
@@ -693,7 +691,7 @@ async fn floor(
 ) -> anyhow::Result<Value> {
     use futures::StreamExt as _;
     let quiet = args.json;
-    let client = http_client(Some(ca), true)?;
+    let client = http_client(ca, true)?;
     let stats = format!("https://127.0.0.1:{sink_port}/stats");
     let ready = Instant::now();
     while get_json(&client, &stats).await.is_none() {

@@ -56,6 +56,9 @@ pub struct Spec {
     /// overlaps the partitions', which a work-queue stream refuses).
     pub legacy: Option<String>,
     pub ack_wait: Duration,
+    /// How often a message kept past its ack wait tells JetStream it is still in hand
+    /// (here: while it waits for its delivery slots).
+    pub progress_every: Duration,
     /// Per partition consumer.
     pub max_ack_pending: i64,
     /// Messages handled at once in this process, over every partition it serves (plus one
@@ -168,7 +171,7 @@ where
         permits: Arc::new(Semaphore::new(concurrency + spec.partitions.len())),
         deliveries: Arc::new(Semaphore::new(concurrency)),
         intake: concurrency,
-        progress_every: spec.ack_wait / 3,
+        progress_every: spec.progress_every,
         tracker,
         handle: Arc::new(handle),
     });
@@ -454,23 +457,21 @@ where
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
-            let handle = shared.handle.clone();
             let ticket = shared.tracker.start();
-            let tracker = shared.tracker.clone();
             let token = leave.clone();
-            let shared_task = shared.clone();
+            let shared = shared.clone();
             tasks.spawn(
                 async move {
-                    let Some(held) = delivery_slots(&shared_task, &msg, &token).await else {
+                    let Some(held) = delivery_slots(&shared, &msg, &token).await else {
                         // Given up while it waited: the partition's next owner gets it.
                         let _ = msg
                             .ack_with(jetstream::AckKind::Nak(Some(HAND_BACK_DELAY)))
                             .await;
-                        tracker.finish(ticket, Handled::HandedBack);
+                        shared.tracker.finish(ticket, Handled::HandedBack);
                         return;
                     };
-                    let handled = handle(msg, token).await;
-                    tracker.finish(ticket, handled);
+                    let handled = (shared.handle)(msg, token).await;
+                    shared.tracker.finish(ticket, handled);
                     drop(permit);
                     drop(held);
                 }

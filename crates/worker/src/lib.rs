@@ -136,6 +136,7 @@ pub async fn run(
             .collect(),
         legacy: Some(subjects.legacy_worker_consumer()),
         ack_wait: ACK_WAIT,
+        progress_every: PROGRESS_EVERY,
         max_ack_pending: MAX_ACK_PENDING,
         concurrency: intake,
         max_batch: MAX_BATCH,
