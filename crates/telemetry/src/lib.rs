@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Buckets for HTTP attempt durations, in seconds: 1 ms to 30 s (the longest timeout).
@@ -182,6 +183,7 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    tokio::spawn(upkeep(handle.clone(), cancel.clone()));
     let app = routes(handle, ready);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -189,6 +191,26 @@ pub async fn serve(
             .await;
     });
     Ok(bound)
+}
+
+/// How often the recorder folds the histogram samples recorded since into their buckets.
+/// Until then each sample is kept (8 bytes and its share of a block): without this, a
+/// process nobody scrapes held every latency it ever recorded, about 58 bytes per delivery
+/// in a worker and 23 per event in a router (a straight line over 15 minutes at 1,000
+/// events/s). A scrape folds them too; this bounds them between scrapes.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the histograms every [`UPKEEP_EVERY`] until `cancel` fires. The recorder is
+/// installed with `install_recorder`, which leaves this to its owner.
+async fn upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 /// Logs to stderr, as text or (`json`) one JSON object per line; `RUST_LOG` overrides the
