@@ -2,15 +2,17 @@
 //! deliveries (no attempts, nothing in the worker's ack-pending window) and resume delivers
 //! each held one exactly once; disabling a paused endpoint dead-letters what it held as
 //! `endpoint_disabled`, deleting one as `endpoint_gone`; an endpoint disabled by a 410 is
-//! re-enabled with a PATCH.
+//! re-enabled with a PATCH; a changed URL, a disabled or deleted endpoint and a new rate
+//! limit reach the deliveries already waiting for it (in the worker's queue, parked behind
+//! an open circuit, or scheduled as retries).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;
 
-use gancho_test_harness::{wait_until, Receiver};
+use gancho_test_harness::{wait_until, Answer, Receiver};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -326,6 +328,439 @@ async fn an_endpoint_disabled_by_a_410_is_re_enabled_with_a_patch() {
     )
     .await;
     assert_eq!(rx.received()[1].header("webhook-id"), Some("evt-gone-2"));
+    cancel.cancel();
+    support::terminate(&mut api_process);
+}
+
+/// Webhook ids a receiver got on `path`, each with when it arrived.
+fn got(rx: &Receiver, path: &str) -> Vec<(String, Instant)> {
+    rx.received()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .map(|r| (r.header("webhook-id").unwrap().to_owned(), r.at))
+        .collect()
+}
+
+/// Fails if `path` got a request more than 1 s after `changed` (when the API answered).
+fn quiet_after(rx: &Receiver, path: &str, changed: Instant) {
+    let late = got(rx, path)
+        .into_iter()
+        .filter(|(_, at)| *at > changed + Duration::from_secs(1))
+        .count();
+    assert_eq!(
+        late, 0,
+        "{late} requests reached {path} more than 1 s after the change was answered"
+    );
+}
+
+/// The dead letters of endpoint `id`, as (kind, event id).
+async fn dead_of(env: &support::Env, id: &str) -> Vec<(String, String)> {
+    env.dead_letters()
+        .await
+        .into_iter()
+        .filter_map(|d| {
+            let delivery = d.delivery?;
+            (delivery.endpoint_id == id).then_some((d.kind, delivery.event_id))
+        })
+        .collect()
+}
+
+/// Events `evt-<ty>-0` .. `evt-<ty>-<n-1>` of type `<ty>.created`.
+async fn publish_type(env: &support::Env, ty: &str, n: usize) {
+    env.publish_many(
+        "acme",
+        &format!("{ty}.created"),
+        (0..n).map(|i| (format!("evt-{ty}-{i}"), br#"{"amount":1}"#.to_vec())),
+    )
+    .await;
+}
+
+/// Waits until each of `n` events of `ty` is either a success at `path` or a dead letter of
+/// endpoint `id`, then checks: each exactly once (no event both delivered and dead, no
+/// dead letter twice), the dead letters of `kind`, except `exhausted` for an event whose
+/// every attempt (`attempts` of them, at `failed_path`) was made before the change.
+#[allow(clippy::too_many_arguments)]
+async fn each_once(
+    env: &support::Env,
+    rx: &Receiver,
+    ty: &str,
+    n: usize,
+    path: &str,
+    id: &str,
+    kind: &str,
+    failed: Option<(&str, usize, Instant)>,
+) {
+    let settled = || async { got(rx, path).len() + dead_of(env, id).await.len() };
+    wait_until(
+        &format!("every {ty} delivery delivered or dead-lettered"),
+        Duration::from_secs(90),
+        || async { settled().await >= n },
+    )
+    .await;
+    // Nothing more comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delivered: Vec<String> = got(rx, path).into_iter().map(|(id, _)| id).collect();
+    let dead = dead_of(env, id).await;
+    let mut all: Vec<&str> = delivered
+        .iter()
+        .map(String::as_str)
+        .chain(dead.iter().map(|(_, e)| e.as_str()))
+        .collect();
+    all.sort_unstable();
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..n).map(|i| format!("evt-{ty}-{i}")).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        all,
+        expected,
+        "{ty}: every event once, delivered or dead-lettered ({} delivered, {} dead)",
+        delivered.len(),
+        dead.len()
+    );
+    for (k, event) in &dead {
+        if k == kind {
+            continue;
+        }
+        let (failed_path, attempts, changed) =
+            failed.unwrap_or_else(|| panic!("{ty}: {event} dead-lettered as {k}, not {kind}"));
+        let tries: Vec<_> = got(rx, failed_path)
+            .into_iter()
+            .filter(|(e, _)| e == event)
+            .collect();
+        assert!(
+            k == "exhausted"
+                && tries.len() == attempts
+                && tries
+                    .iter()
+                    .all(|(_, at)| *at <= changed + Duration::from_secs(1)),
+            "{ty}: {event} dead-lettered as {k} with {} attempts",
+            tries.len()
+        );
+    }
+}
+
+/// The busiest second of `arrivals`: how many fell within one second of each other.
+fn busiest_second(mut arrivals: Vec<Instant>) -> usize {
+    arrivals.sort_unstable();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..arrivals.len() {
+        while arrivals[end] - arrivals[start] >= Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_deliveries_already_waiting_in_the_worker() {
+    const N: usize = 200;
+    let env = support::Env::new().await;
+    let (mut api_process, api) = start(&env).await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+    let limited = json!({"rate_limit_per_sec": 5});
+    let moved = api
+        .endpoint(&rx.url("/old"), "moved.*", limited.clone())
+        .await;
+    let disabled = api
+        .endpoint(&rx.url("/disabled"), "disabled.*", limited.clone())
+        .await;
+    let deleted = api
+        .endpoint(&rx.url("/deleted"), "deleted.*", limited.clone())
+        .await;
+    let faster = api.endpoint(&rx.url("/faster"), "faster.*", limited).await;
+    let cancel = env.run_roles(4).await;
+    for ty in ["moved", "disabled", "deleted", "faster"] {
+        publish_type(&env, ty, N).await;
+    }
+    // Each endpoint has sent its first few; the rest wait in the worker for the rate.
+    wait_until("every endpoint under way", Duration::from_secs(20), || {
+        std::future::ready(
+            ["/old", "/disabled", "/deleted", "/faster"]
+                .iter()
+                .all(|p| got(&rx, p).len() >= 5),
+        )
+    })
+    .await;
+
+    let new_url = rx.url("/new");
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{moved}"),
+        Some(json!({"url": new_url})),
+    )
+    .await;
+    let moved_at = Instant::now();
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{disabled}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    let disabled_at = Instant::now();
+    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
+        .await;
+    let deleted_at = Instant::now();
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{faster}"),
+        Some(json!({"rate_limit_per_sec": 50})),
+    )
+    .await;
+    let faster_at = Instant::now();
+
+    each_once(
+        &env,
+        &rx,
+        "disabled",
+        N,
+        "/disabled",
+        &disabled,
+        "endpoint_disabled",
+        None,
+    )
+    .await;
+    quiet_after(&rx, "/disabled", disabled_at);
+    each_once(
+        &env,
+        &rx,
+        "deleted",
+        N,
+        "/deleted",
+        &deleted,
+        "endpoint_gone",
+        None,
+    )
+    .await;
+    quiet_after(&rx, "/deleted", deleted_at);
+
+    wait_until(
+        "the faster endpoint drained",
+        Duration::from_secs(60),
+        || std::future::ready(got(&rx, "/faster").len() >= N),
+    )
+    .await;
+    let after: Vec<Instant> = got(&rx, "/faster")
+        .into_iter()
+        .map(|(_, at)| at)
+        .filter(|at| *at > faster_at + Duration::from_secs(1))
+        .collect();
+    let most = busiest_second(after);
+    assert!(
+        most > 10,
+        "after 5/s became 50/s the queue still went at {most} in its busiest second"
+    );
+
+    // The moved endpoint's queue drains at 5/s, every one at the new URL.
+    wait_until(
+        "the moved endpoint drained",
+        Duration::from_secs(90),
+        || std::future::ready(got(&rx, "/old").len() + got(&rx, "/new").len() >= N),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    quiet_after(&rx, "/old", moved_at);
+    let mut ids: Vec<String> = got(&rx, "/old")
+        .into_iter()
+        .chain(got(&rx, "/new"))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "every moved delivery once");
+    assert_eq!(got(&rx, "/old").len() + got(&rx, "/new").len(), N);
+    assert!(
+        got(&rx, "/new").len() >= N / 2,
+        "the waiting deliveries went to the new URL"
+    );
+    for id in [&moved, &faster] {
+        assert!(dead_of(&env, id).await.is_empty(), "dead letters of {id}");
+    }
+    cancel.cancel();
+    support::terminate(&mut api_process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_deliveries_parked_behind_an_open_circuit() {
+    const N: usize = 200;
+    let env = support::Env::new().await;
+    let (mut api_process, api) = start(&env).await;
+    // The old addresses fail, so each endpoint's circuit opens after five and the rest
+    // are parked; the new one answers.
+    let rx = Receiver::https(&env.ca, |_, r: &gancho_test_harness::Received| {
+        Answer::status(if r.path.starts_with("/old") { 500 } else { 200 })
+    })
+    .await;
+    let two_tries = json!({"rate_limit_per_sec": 5, "retry_schedule": "0s,2s"});
+    let moved = api
+        .endpoint(&rx.url("/old-moved"), "moved.*", two_tries.clone())
+        .await;
+    let disabled = api
+        .endpoint(&rx.url("/old-disabled"), "disabled.*", two_tries.clone())
+        .await;
+    let deleted = api
+        .endpoint(&rx.url("/old-deleted"), "deleted.*", two_tries)
+        .await;
+    let cancel = env.run_roles(3).await;
+    for ty in ["moved", "disabled", "deleted"] {
+        publish_type(&env, ty, N).await;
+    }
+    wait_until("every delivery parked", Duration::from_secs(30), || async {
+        let mut all = true;
+        for id in [&moved, &disabled, &deleted] {
+            all &= api.held(id).await + 5 >= N as u64;
+        }
+        all
+    })
+    .await;
+
+    let new_url = rx.url("/new");
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{moved}"),
+        Some(json!({"url": new_url})),
+    )
+    .await;
+    let moved_at = Instant::now();
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{disabled}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    let disabled_at = Instant::now();
+    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
+        .await;
+    let deleted_at = Instant::now();
+
+    let failed = |path, at| Some((path, 2, at));
+    each_once(
+        &env,
+        &rx,
+        "moved",
+        N,
+        "/new",
+        &moved,
+        "none",
+        failed("/old-moved", moved_at),
+    )
+    .await;
+    quiet_after(&rx, "/old-moved", moved_at);
+    each_once(
+        &env,
+        &rx,
+        "disabled",
+        N,
+        "/old-disabled-never",
+        &disabled,
+        "endpoint_disabled",
+        failed("/old-disabled", disabled_at),
+    )
+    .await;
+    quiet_after(&rx, "/old-disabled", disabled_at);
+    each_once(
+        &env,
+        &rx,
+        "deleted",
+        N,
+        "/old-deleted-never",
+        &deleted,
+        "endpoint_gone",
+        failed("/old-deleted", deleted_at),
+    )
+    .await;
+    quiet_after(&rx, "/old-deleted", deleted_at);
+    cancel.cancel();
+    support::terminate(&mut api_process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_scheduled_retries() {
+    const N: usize = 200;
+    let env = support::Env::new().await;
+    let (mut api_process, api) = start(&env).await;
+    // A 400 fails the attempt without opening the circuit: every delivery waits for its
+    // retry, 20 s later, as a scheduled message.
+    let rx = Receiver::https(&env.ca, |_, r: &gancho_test_harness::Received| {
+        Answer::status(if r.path.starts_with("/old") { 400 } else { 200 })
+    })
+    .await;
+    let retry_later = json!({"retry_schedule": "0s,20s"});
+    let moved = api
+        .endpoint(&rx.url("/old-moved"), "moved.*", retry_later.clone())
+        .await;
+    let disabled = api
+        .endpoint(&rx.url("/old-disabled"), "disabled.*", retry_later.clone())
+        .await;
+    let deleted = api
+        .endpoint(&rx.url("/old-deleted"), "deleted.*", retry_later)
+        .await;
+    let cancel = env.run_roles(3).await;
+    for ty in ["moved", "disabled", "deleted"] {
+        publish_type(&env, ty, N).await;
+    }
+    wait_until("every first attempt", Duration::from_secs(30), || {
+        std::future::ready(
+            ["/old-moved", "/old-disabled", "/old-deleted"]
+                .iter()
+                .all(|p| got(&rx, p).len() >= N),
+        )
+    })
+    .await;
+
+    let new_url = rx.url("/new");
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{moved}"),
+        Some(json!({"url": new_url})),
+    )
+    .await;
+    let moved_at = Instant::now();
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{disabled}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    let disabled_at = Instant::now();
+    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
+        .await;
+    let deleted_at = Instant::now();
+
+    each_once(&env, &rx, "moved", N, "/new", &moved, "none", None).await;
+    each_once(
+        &env,
+        &rx,
+        "disabled",
+        N,
+        "/never",
+        &disabled,
+        "endpoint_disabled",
+        None,
+    )
+    .await;
+    each_once(
+        &env,
+        &rx,
+        "deleted",
+        N,
+        "/never",
+        &deleted,
+        "endpoint_gone",
+        None,
+    )
+    .await;
+    for (path, at) in [
+        ("/old-moved", moved_at),
+        ("/old-disabled", disabled_at),
+        ("/old-deleted", deleted_at),
+    ] {
+        quiet_after(&rx, path, at);
+        assert_eq!(got(&rx, path).len(), N, "{path}: only the first attempts");
+    }
     cancel.cancel();
     support::terminate(&mut api_process);
 }

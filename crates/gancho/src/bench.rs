@@ -64,6 +64,16 @@ pub struct BenchArgs {
     /// Give up waiting for the deliveries after this long, e.g. 10m.
     #[arg(long, default_value = "10m")]
     pub timeout: String,
+    /// Run for this long at `--rate` (which it requires; `--events` is then the rate times
+    /// the duration), e.g. 30m: each process's resident memory is sampled every 10 s and the
+    /// report gives the series and its slope after `--warm-up`, to see memory that grows
+    /// with traffic. Nothing scrapes the roles' /metrics meanwhile, as in a process no
+    /// Prometheus watches.
+    #[arg(long, requires = "rate", conflicts_with = "floor")]
+    pub soak: Option<String>,
+    /// The part of a `--soak` run left out of the slope, e.g. 5m.
+    #[arg(long, default_value = "5m", requires = "soak")]
+    pub warm_up: String,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -277,9 +287,21 @@ fn settings(forwarded: &[(String, std::ffi::OsString)]) -> Value {
 }
 
 pub async fn run(
-    args: BenchArgs,
+    mut args: BenchArgs,
     forwarded: Vec<(String, std::ffi::OsString)>,
 ) -> anyhow::Result<()> {
+    let soak = match &args.soak {
+        Some(d) => {
+            let run = duration_arg("soak", d)?;
+            let warm_up = duration_arg("warm-up", &args.warm_up)?;
+            if warm_up + SAMPLE_EVERY * 3 > run {
+                bail!("--warm-up must leave at least 30 s of the --soak run to measure");
+            }
+            args.events = (args.rate as f64 * run.as_secs_f64()).round() as usize;
+            Some((run, warm_up))
+        }
+        None => None,
+    };
     if args.endpoints == 0 || args.events == 0 || args.workers == 0 {
         bail!("--endpoints, --events and --workers must be at least 1");
     }
@@ -288,6 +310,9 @@ pub async fn run(
     }
     let dead_timeout = duration_arg("dead-timeout", &args.dead_timeout)?;
     let patience = duration_arg("timeout", &args.timeout)?;
+    // A soak's deliveries take the whole run to be sent.
+    let patience = soak.map_or(patience, |(run, _)| patience + run);
+    let soak = soak.map(|(_, warm_up)| warm_up);
     let dead = (args.endpoints as f64 * args.dead_share).round() as usize;
     let healthy = args.endpoints - dead;
     if healthy == 0 {
@@ -300,10 +325,13 @@ pub async fn run(
         &args,
         &forwarded,
         &dir,
-        dead,
-        healthy,
-        dead_timeout,
-        patience,
+        Shape {
+            dead,
+            healthy,
+            dead_timeout,
+            patience,
+            soak,
+        },
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -318,15 +346,99 @@ pub async fn run(
     Ok(())
 }
 
-async fn bench(
-    args: &BenchArgs,
-    forwarded: &[(String, std::ffi::OsString)],
-    dir: &Path,
+/// How often a `--soak` run samples each process's resident memory.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// What `run` made of the arguments.
+struct Shape {
     dead: usize,
     healthy: usize,
     dead_timeout: Duration,
     patience: Duration,
+    /// `--soak`: its warm-up.
+    soak: Option<Duration>,
+}
+
+/// Each process's resident memory, sampled every [`SAMPLE_EVERY`] of a `--soak` run.
+struct Samples {
+    names: Vec<String>,
+    pids: Vec<Option<u32>>,
+    series: Vec<Vec<f64>>,
+    next: Instant,
+}
+
+impl Samples {
+    fn new(procs: &[Proc]) -> Self {
+        Self {
+            names: procs.iter().map(|p| p.name.clone()).collect(),
+            pids: procs.iter().map(|p| p.child.id()).collect(),
+            series: vec![Vec::new(); procs.len()],
+            next: Instant::now(),
+        }
+    }
+
+    fn sample_if_due(&mut self) {
+        if Instant::now() < self.next {
+            return;
+        }
+        self.next += SAMPLE_EVERY;
+        for (pid, series) in self.pids.iter().zip(&mut self.series) {
+            let rss = pid
+                .and_then(|pid| gancho_telemetry::process_usage(&pid.to_string()))
+                .map_or(0.0, |u| u.rss_bytes / (1024.0 * 1024.0));
+            series.push((rss * 10.0).round() / 10.0);
+        }
+    }
+
+    /// Per process: the series (MiB), and the least-squares slope (MiB a minute) and the
+    /// change from first to last of the samples after `warm_up`.
+    fn report(&self, warm_up: Duration) -> Value {
+        let skip = (warm_up.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()).ceil() as usize;
+        let mut out = serde_json::Map::new();
+        for (name, series) in self.names.iter().zip(&self.series) {
+            let after: Vec<f64> = series.iter().skip(skip).copied().collect();
+            let n = after.len() as f64;
+            let minutes = SAMPLE_EVERY.as_secs_f64() / 60.0;
+            let slope = if after.len() >= 2 {
+                let mean_x = (n - 1.0) / 2.0;
+                let mean_y = after.iter().sum::<f64>() / n;
+                let (mut num, mut den) = (0.0, 0.0);
+                for (i, y) in after.iter().enumerate() {
+                    num += (i as f64 - mean_x) * (y - mean_y);
+                    den += (i as f64 - mean_x).powi(2);
+                }
+                num / den / minutes
+            } else {
+                0.0
+            };
+            let change_pct = match (after.first(), after.last()) {
+                (Some(a), Some(b)) if *a > 0.0 => (b - a) / a * 100.0,
+                _ => 0.0,
+            };
+            out.insert(
+                name.clone(),
+                json!({"rss_mib_every_10s": series,
+                    "slope_mib_per_min": (slope * 100.0).round() / 100.0,
+                    "change_after_warm_up_pct": (change_pct * 10.0).round() / 10.0}),
+            );
+        }
+        json!({"warm_up_s": warm_up.as_secs(), "processes": out})
+    }
+}
+
+async fn bench(
+    args: &BenchArgs,
+    forwarded: &[(String, std::ffi::OsString)],
+    dir: &Path,
+    shape: Shape,
 ) -> anyhow::Result<Value> {
+    let Shape {
+        dead,
+        healthy,
+        dead_timeout,
+        patience,
+        soak,
+    } = shape;
     let quiet = args.json;
     let say = |m: &str| {
         if !quiet {
@@ -565,7 +677,11 @@ async fn bench(
     let bar = progress(quiet, expected, "deliveries");
     let mut sent_for = None;
     let mut last = Value::Null;
+    let mut samples = Samples::new(&procs);
     loop {
+        if soak.is_some() {
+            samples.sample_if_due();
+        }
         if sent_for.is_none() && sender.is_finished() {
             sent_for = Some(started.elapsed());
         }
@@ -669,6 +785,7 @@ async fn bench(
         "processes": processes,
         "nats_server": nats_version,
         "settings": settings(forwarded),
+        "soak": soak.map(|warm_up| samples.report(warm_up)),
     }))
 }
 
@@ -1095,6 +1212,26 @@ fn print_report(r: &Value) {
             f(&p["cpu_s"]),
             f(&p["setup_cpu_s"])
         );
+    }
+    if let Some(soak) = r["soak"].as_object() {
+        println!(
+            "  resident memory every 10 s (MiB); slope and change after the first {} s",
+            f(&soak["warm_up_s"])
+        );
+        for (name, p) in soak["processes"].as_object().into_iter().flatten() {
+            let series: Vec<String> = p["rss_mib_every_10s"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(f)
+                .collect();
+            println!(
+                "  {name:<14} {} MiB/min, {}%: {}",
+                f(&p["slope_mib_per_min"]),
+                f(&p["change_after_warm_up_pct"]),
+                series.join(" ")
+            );
+        }
     }
     println!("  {}", r["nats_server"].as_str().unwrap_or(""));
 }

@@ -2,7 +2,7 @@
 //! attempt, then schedule a retry, dead-letter or disable as the outcome says. The message
 //! is acked only after every write that outcome needs is acknowledged by JetStream.
 
-use crate::gate::{Admission, Gate, Gates, Heard};
+use crate::gate::{Admission, Gate, Gates, Heard, Turn};
 use crate::http::{self, SendError};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
@@ -13,7 +13,7 @@ use gancho_proto::{
     timestamp, to_datetime, Attempt, DeadLetter, Delivery, DeliveryBatch, Message as _,
 };
 use gancho_store::consume::{self, Handled};
-use gancho_store::{ConfigStore, Live, LiveEndpoint};
+use gancho_store::{ConfigStore, Live, LiveEndpoint, Snapshot};
 use gancho_telemetry::names;
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -181,6 +181,23 @@ enum Next {
     Hold,
 }
 
+/// Whether a delivery may be sent to its endpoint as the config stands.
+enum Standing {
+    Ready(Arc<LiveEndpoint>),
+    Not(Refusal),
+}
+
+/// Why it may not.
+enum Refusal {
+    /// Finished without an attempt: dead-lettered (disabled, invalid for its profile) or
+    /// held (paused).
+    Finish(Next),
+    /// Not in this worker's snapshot: deleted, or too new for it.
+    Unknown,
+    /// This worker cannot open the endpoint's secrets.
+    NoSecrets,
+}
+
 struct Outcome {
     status: u16,
     label: &'static str,
@@ -299,47 +316,80 @@ impl Ctx {
         Handled::HandedBack
     }
 
-    /// One delivery, from its endpoint's config to its stored outcome.
+    /// One delivery, from its endpoint's config to its stored outcome. The endpoint is
+    /// looked up when the delivery arrives, again whenever its config changes while the
+    /// delivery waits in the endpoint's queue ([`Turn::Again`]), and once more when its
+    /// request starts ([`Ctx::attempt_and_finish`]): a change the worker's snapshot has is
+    /// in force for every request that starts after it, and a deleted, disabled or paused
+    /// endpoint gets nothing more.
     async fn handle_delivery(
         &self,
         unit: Unit<'_>,
-        delivery: Delivery,
+        mut delivery: Delivery,
         leaving: tokio_util::sync::CancellationToken,
     ) -> Handled {
-        let snapshot = self.live.load_full();
-        let Some(ep) = snapshot
-            .endpoint(&delivery.tenant, &delivery.endpoint_id)
-            .cloned()
-        else {
-            // Not in this worker's snapshot. Either it was deleted, or it was created a moment
-            // ago and the router's snapshot saw it first: the store decides.
-            return match self
-                .store
-                .get_endpoint(&delivery.tenant, &delivery.endpoint_id)
-                .await
-            {
-                Ok(None) => {
-                    let reason = "the endpoint was deleted before delivery".to_string();
-                    let next = Next::Dead {
-                        kind: "endpoint_gone",
-                        reason,
+        loop {
+            let snapshot = self.live.load_full();
+            let ep = match self.standing(&snapshot, &delivery) {
+                Standing::Ready(ep) => ep,
+                Standing::Not(why) => return self.refuse(unit, &delivery, why).await,
+            };
+            let revision = snapshot.revision;
+            drop(snapshot);
+            let gate = self.gates.get(
+                &delivery.tenant,
+                &delivery.endpoint_id,
+                crate::gate::Settings {
+                    rate: ep.config.rate_limit_per_sec,
+                    max_in_flight: ep.config.max_in_flight,
+                    url: &ep.config.url,
+                    revision,
+                },
+            );
+            let permit = match gate.admit() {
+                Admission::Go(permit) => permit,
+                Admission::Defer { reason, after } => {
+                    return self.defer(unit, delivery, &ep, reason, after).await
+                }
+                Admission::Queue(place) => {
+                    // Waits holding only its intake slot; the worker's request slots and this
+                    // endpoint's in-flight slots go to deliveries that can be sent now.
+                    let turn = tokio::select! {
+                        turn = keep_while(unit, gate.wait_turn(&place)) => turn,
+                        _ = leaving.cancelled() => {
+                            drop(place);
+                            let delay = gancho_store::partitioned::HAND_BACK_DELAY;
+                            return self.hand_back(unit, &delivery, "", delay).await;
+                        }
                     };
-                    self.finish(unit, Some(&delivery), None, next).await
-                }
-                Ok(Some(_)) => {
-                    let why = "the endpoint is not in this worker's config snapshot yet";
-                    self.hand_back(unit, &delivery, why, NAK_DELAY).await
-                }
-                Err(e) => {
-                    self.hand_back(unit, &delivery, &e.to_string(), NAK_DELAY)
-                        .await
+                    drop(place);
+                    match turn {
+                        Turn::Go(permit) => permit,
+                        Turn::Defer { reason, after } => {
+                            return self.defer(unit, delivery, &ep, reason, after).await
+                        }
+                        Turn::Again => continue,
+                    }
                 }
             };
+            match self
+                .attempt_and_finish(unit, delivery, ep, &gate, permit)
+                .await
+            {
+                Ok(handled) => return handled,
+                // The endpoint changed between its turn and its request: look again.
+                Err(again) => delivery = again,
+            }
+        }
+    }
+
+    /// Whether `delivery` may be sent to its endpoint as `snapshot` has it.
+    fn standing(&self, snapshot: &Snapshot, delivery: &Delivery) -> Standing {
+        let Some(ep) = snapshot.endpoint(&delivery.tenant, &delivery.endpoint_id) else {
+            return Standing::Not(Refusal::Unknown);
         };
-        drop(snapshot);
         if ep.signer.is_none() {
-            let why = "this worker cannot open endpoint secrets: set GANCHO_ENCRYPTION_KEY";
-            return self.hand_back(unit, &delivery, why, NAK_DELAY).await;
+            return Standing::Not(Refusal::NoSecrets);
         }
         if ep.config.disabled {
             let reason = format!(
@@ -350,69 +400,56 @@ impl Ctx {
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
             );
-            let next = Next::Dead {
+            return Standing::Not(Refusal::Finish(Next::Dead {
                 kind: "endpoint_disabled",
                 reason,
-            };
-            return self.finish(unit, Some(&delivery), None, next).await;
+            }));
         }
         if ep.config.paused {
-            return self.finish(unit, Some(&delivery), None, Next::Hold).await;
+            return Standing::Not(Refusal::Finish(Next::Hold));
         }
-        if let Err(reason) = crate::profile::check(&ep, &delivery) {
-            let next = Next::Dead {
+        if let Err(reason) = crate::profile::check(ep, delivery) {
+            return Standing::Not(Refusal::Finish(Next::Dead {
                 kind: "invalid",
                 reason,
-            };
-            return self.finish(unit, Some(&delivery), None, next).await;
+            }));
         }
-
-        let gate = self.gates.get(
-            &delivery.tenant,
-            &delivery.endpoint_id,
-            ep.config.rate_limit_per_sec,
-            ep.config.max_in_flight,
-        );
-        match gate.admit() {
-            Admission::Go(permit) => {
-                self.attempt_and_finish(unit, delivery, &ep, &gate, permit)
-                    .await
-            }
-            Admission::Defer { reason, after } => {
-                self.defer(unit, delivery, &ep, reason, after).await
-            }
-            Admission::Queue(place) => {
-                // Waits holding only its intake slot; the worker's request slots and this
-                // endpoint's in-flight slots go to deliveries that can be sent now.
-                let turn = tokio::select! {
-                    turn = keep_while(unit, gate.wait_turn(&place)) => turn,
-                    _ = leaving.cancelled() => {
-                        drop(place);
-                        let delay = gancho_store::partitioned::HAND_BACK_DELAY;
-                        return self.hand_back(unit, &delivery, "", delay).await;
-                    }
-                };
-                drop(place);
-                match turn {
-                    Ok(_) if self.paused(&delivery) => {
-                        // Paused while it waited.
-                        self.finish(unit, Some(&delivery), None, Next::Hold).await
-                    }
-                    Ok(permit) => {
-                        self.attempt_and_finish(unit, delivery, &ep, &gate, permit)
-                            .await
-                    }
-                    Err((reason, after)) => self.defer(unit, delivery, &ep, reason, after).await,
-                }
-            }
-        }
+        Standing::Ready(ep.clone())
     }
 
-    fn paused(&self, delivery: &Delivery) -> bool {
-        self.live
-            .load()
-            .endpoint(&delivery.tenant, &delivery.endpoint_id)
-            .is_some_and(|ep| ep.config.paused)
+    /// Finishes a delivery its endpoint cannot take as it stands ([`Ctx::standing`]).
+    async fn refuse(&self, unit: Unit<'_>, delivery: &Delivery, why: Refusal) -> Handled {
+        match why {
+            Refusal::Finish(next) => self.finish(unit, Some(delivery), None, next).await,
+            Refusal::NoSecrets => {
+                let why = "this worker cannot open endpoint secrets: set GANCHO_ENCRYPTION_KEY";
+                self.hand_back(unit, delivery, why, NAK_DELAY).await
+            }
+            // Not in this worker's snapshot. Either it was deleted, or it was created a
+            // moment ago and the router's snapshot saw it first: the store decides.
+            Refusal::Unknown => match self
+                .store
+                .get_endpoint(&delivery.tenant, &delivery.endpoint_id)
+                .await
+            {
+                Ok(None) => {
+                    let reason = "the endpoint was deleted before delivery".to_string();
+                    let next = Next::Dead {
+                        kind: "endpoint_gone",
+                        reason,
+                    };
+                    self.finish(unit, Some(delivery), None, next).await
+                }
+                Ok(Some(_)) => {
+                    let why = "the endpoint is not in this worker's config snapshot yet";
+                    self.hand_back(unit, delivery, why, NAK_DELAY).await
+                }
+                Err(e) => {
+                    self.hand_back(unit, delivery, &e.to_string(), NAK_DELAY)
+                        .await
+                }
+            },
+        }
     }
 
     /// Sends one attempt while holding the endpoint's in-flight slot, then records it.
@@ -420,27 +457,46 @@ impl Ctx {
         &self,
         unit: Unit<'_>,
         mut delivery: Delivery,
-        ep: &LiveEndpoint,
+        ep: Arc<LiveEndpoint>,
         gate: &Gate,
         permit: OwnedSemaphorePermit,
-    ) -> Handled {
+    ) -> Result<Handled, Delivery> {
         let attempt_no = delivery.attempts + 1;
-        let started_at = OffsetDateTime::now_utc();
         // Keep the delivery ours while a slow endpoint takes its time.
         // Waiting for one of the worker's request slots counts as work in hand too: a busy
         // worker may keep a delivery waiting for longer than the ack wait.
-        let (outcome, latency) = keep_while(unit, async {
+        let sent = keep_while(unit, async {
             let _request = self
                 .requests
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
+            // The endpoint as it is now, when the request starts: it may have changed while
+            // the delivery waited for its turn or for a request slot.
+            let ep = {
+                let now = self.live.load();
+                match now.endpoint(&delivery.tenant, &delivery.endpoint_id) {
+                    Some(current) if Arc::ptr_eq(current, &ep) => ep,
+                    _ => match self.standing(&now, &delivery) {
+                        Standing::Ready(current) => current,
+                        Standing::Not(_) => return None,
+                    },
+                }
+            };
+            let started_at = OffsetDateTime::now_utc();
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-            let done = self.attempt(&delivery, ep, started_at).await;
+            let (outcome, latency) = self.attempt(&delivery, &ep, started_at).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
-            done
+            Some((ep, started_at, outcome, latency))
         })
         .await;
+        let Some((ep, started_at, outcome, latency)) = sent else {
+            // Deleted, disabled, paused or made invalid for it meanwhile: no request; the
+            // caller looks again and finishes it as the endpoint now stands.
+            drop(permit);
+            return Err(delivery);
+        };
+        let ep = &*ep;
         // The endpoint's slot is given back only once what the answer means (a pause, a lower
         // rate, the circuit) is in force: a delivery waiting for the slot must not start in
         // between (a request 0.5 ms after a 429 with Retry-After was seen in a test).
@@ -576,7 +632,7 @@ impl Ctx {
             next_attempt_at: next_at,
         };
         delivery.attempts = attempt_no;
-        self.finish(unit, Some(&delivery), Some(record), next).await
+        Ok(self.finish(unit, Some(&delivery), Some(record), next).await)
     }
 
     /// Reschedules a delivery the endpoint cannot take now, without counting an attempt. A

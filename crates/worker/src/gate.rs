@@ -25,7 +25,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -68,6 +68,20 @@ pub enum Heard {
     Silent,
 }
 
+/// What a delivery waiting in an endpoint's queue does when it leaves it.
+pub enum Turn {
+    /// Send it; the permit is the endpoint's in-flight slot.
+    Go(OwnedSemaphorePermit),
+    /// Reschedule it after `after`, not counting an attempt.
+    Defer {
+        reason: &'static str,
+        after: Duration,
+    },
+    /// The endpoint's config changed while it waited (deleted, disabled, paused, a new rate
+    /// or in-flight cap): look the endpoint up again and admit it afresh.
+    Again,
+}
+
 /// What to do with a delivery now.
 pub enum Admission {
     /// Send it; the permit is the endpoint's in-flight slot.
@@ -81,7 +95,7 @@ pub enum Admission {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Circuit {
     failures: u32,
     open_until: Option<Instant>,
@@ -135,6 +149,13 @@ struct Adaptive {
 /// One endpoint's admission state in this worker.
 pub struct Gate {
     settings: (Option<u32>, Option<u32>),
+    /// The URL it was made for: a gate made for another address carries no circuit over.
+    url: String,
+    /// Config revision its settings come from: an older one never replaces it.
+    revision: u64,
+    /// Bumped (with `evictions`) when the endpoint's config changed: waiters queued before
+    /// look it up again instead of being deferred.
+    readmits: AtomicU64,
     in_flight: Arc<Semaphore>,
     /// In-flight slots in all.
     cap: usize,
@@ -155,6 +176,7 @@ pub struct Gate {
 pub struct QueueGuard {
     queued: Arc<AtomicUsize>,
     epoch: u64,
+    readmit: u64,
 }
 
 impl Drop for QueueGuard {
@@ -165,13 +187,17 @@ impl Drop for QueueGuard {
 }
 
 impl Gate {
-    fn new(rate: Option<u32>, max_in_flight: Option<u32>, intake: usize) -> Self {
+    fn new(settings: &Settings<'_>, intake: usize) -> Self {
+        let (rate, max_in_flight) = (settings.rate, settings.max_in_flight);
         let cap = max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1);
         let limiter = rate
             .and_then(NonZeroU32::new)
             .map(|r| DefaultDirectRateLimiter::direct(Quota::per_second(r)));
         Self {
             settings: (rate, max_in_flight),
+            url: settings.url.to_owned(),
+            revision: settings.revision,
+            readmits: AtomicU64::new(0),
             in_flight: Arc::new(Semaphore::new(cap as usize)),
             cap: cap as usize,
             limiter,
@@ -183,6 +209,11 @@ impl Gate {
             evictions: watch::channel(0).0,
             circuit: Mutex::new(Circuit::default()),
         }
+    }
+
+    /// Whether this gate was made for `settings` (its rate, in-flight cap and URL).
+    fn serves(&self, settings: &Settings<'_>) -> bool {
+        self.settings == (settings.rate, settings.max_in_flight) && self.url == settings.url
     }
 
     /// Decides what happens to a delivery arriving now.
@@ -211,6 +242,7 @@ impl Gate {
                 Admission::Queue(QueueGuard {
                     queued: self.queued.clone(),
                     epoch: *self.evictions.borrow(),
+                    readmit: self.readmits.load(Ordering::Relaxed),
                 })
             } else {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -371,14 +403,33 @@ impl Gate {
             .is_some()
     }
 
-    /// Waits until the endpoint can take a queued delivery. `Err((reason, after))` when it
-    /// should be deferred instead: the endpoint lost trust while it waited (evicted), or its
-    /// circuit opened.
-    pub async fn wait_turn(
-        &self,
-        place: &QueueGuard,
-    ) -> Result<OwnedSemaphorePermit, (&'static str, Duration)> {
+    /// Waits until the endpoint can take a queued delivery. [`Turn::Defer`] when it should be
+    /// deferred instead: the endpoint lost trust or was paused by its receiver while it
+    /// waited (evicted), it stalled, or its circuit opened. [`Turn::Again`] when the
+    /// endpoint's config changed meanwhile ([`Gate::readmit`]).
+    pub async fn wait_turn(&self, place: &QueueGuard) -> Turn {
         let mut evictions = self.evictions.subscribe();
+        let evicted = async {
+            let _ = evictions.wait_for(|e| *e != place.epoch).await;
+        };
+        tokio::select! {
+            turn = self.take_turn() => turn,
+            () = evicted => {
+                if self.readmits.load(Ordering::Relaxed) != place.readmit {
+                    Turn::Again
+                } else if let Some(after) = self.paused_for() {
+                    Turn::Defer { reason: "retry_after", after }
+                } else if let Some(after) = self.cooling_for() {
+                    Turn::Defer { reason: "circuit_open", after }
+                } else {
+                    Turn::Defer { reason: "in_flight_cap", after: QUEUE_FULL_DELAY }
+                }
+            }
+        }
+    }
+
+    /// The queue's wait itself: an in-flight slot, then the rate's tokens.
+    async fn take_turn(&self) -> Turn {
         // A stalled endpoint does not keep its queue on the worker's intake: it is parked.
         let stall = async {
             loop {
@@ -390,10 +441,7 @@ impl Gate {
         };
         let permit = tokio::select! {
             p = self.in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = evictions.wait_for(|e| *e != place.epoch) => {
-                return Err(("in_flight_cap", QUEUE_FULL_DELAY));
-            }
-            () = stall => return Err(("stalled", STALL_AFTER)),
+            () = stall => return Turn::Defer { reason: "stalled", after: STALL_AFTER },
         };
         // The lowered rate may change while this waits (another 429 halves it, answers raise
         // it): each wake asks the limiter in force then, not the one in force when it began.
@@ -409,15 +457,28 @@ impl Gate {
             limiter.until_ready().await;
         }
         if let Some(after) = self.paused_for() {
-            return Err(("retry_after", after));
+            return Turn::Defer {
+                reason: "retry_after",
+                after,
+            };
         }
         match self.circuit_wait() {
-            Some(after) => Err(("circuit_open", after)),
+            Some(after) => Turn::Defer {
+                reason: "circuit_open",
+                after,
+            },
             None => {
                 self.started();
-                Ok(permit)
+                Turn::Go(permit)
             }
         }
+    }
+
+    /// The endpoint's config changed: every delivery waiting in its queue (for a slot or for
+    /// the rate) leaves it with [`Turn::Again`], to be looked up and admitted afresh.
+    pub fn readmit(&self) {
+        self.readmits.fetch_add(1, Ordering::Relaxed);
+        self.evictions.send_modify(|e| *e += 1);
     }
 
     /// Pauses the endpoint for `wait` (a receiver's `Retry-After`): no request starts before
@@ -470,6 +531,17 @@ impl Gate {
         None
     }
 
+    /// `Some(remaining)` while the circuit is open and cooling down (no probe is chosen).
+    fn cooling_for(&self) -> Option<Duration> {
+        let c = self.circuit.lock().expect("circuit lock");
+        let until = c.open_until?;
+        Some(
+            until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        )
+    }
+
     /// Feeds an attempt's outcome to the circuit, the trust and the stall watch. Returns
     /// whether the circuit opened or closed.
     pub fn record(&self, heard: Heard, latency: Duration) -> bool {
@@ -503,7 +575,14 @@ impl Gate {
             c.open_until = Some(Instant::now() + c.cooldown);
             c.probing = false;
         }
-        was_open != c.open_until.is_some()
+        let opened = !was_open && c.open_until.is_some();
+        drop(c);
+        if opened {
+            // What waits in the queue (for a slot, or for the rate's next token) is parked
+            // now, not one by one as each turn comes.
+            self.evictions.send_modify(|e| *e += 1);
+        }
+        was_open != self.is_open()
     }
 
     /// What to do with the deliveries parked while the circuit was open.
@@ -542,8 +621,32 @@ fn slowed_limiter(rate: u32) -> DefaultDirectRateLimiter {
     DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN))
 }
 
+/// The settings a gate is made for, from the endpoint's config at `revision`.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub rate: Option<u32>,
+    pub max_in_flight: Option<u32>,
+    pub url: &'a str,
+    /// The live snapshot's revision these come from.
+    pub revision: u64,
+}
+
+/// What the config says now of an endpoint this worker has a gate for ([`Gates::follow`]).
+pub enum Current<'a> {
+    /// Deleted (not in the snapshot).
+    Gone,
+    /// Disabled or paused: nothing may be sent to it.
+    Stopped,
+    /// Deliverable, with these settings.
+    Live(Settings<'a>),
+}
+
 /// Every endpoint's gate in this worker, created on first use and replaced when the
-/// endpoint's rate or in-flight settings change.
+/// endpoint's rate, in-flight cap or URL change.
+///
+/// Bound: one entry per endpoint this worker delivered to; past [`PRUNE_AT`] (or twice the
+/// entries in use after the last pruning) idle gates are dropped, and a deleted endpoint's
+/// gate is dropped at the next config change ([`Gates::follow`]).
 pub struct Gates {
     map: Mutex<HashMap<(String, String), Arc<Gate>>>,
     /// Size at which idle gates are next dropped; doubles when most gates are in use, so a
@@ -562,18 +665,19 @@ impl Gates {
         }
     }
 
-    pub fn get(
-        &self,
-        tenant: &str,
-        endpoint: &str,
-        rate: Option<u32>,
-        max_in_flight: Option<u32>,
-    ) -> Arc<Gate> {
+    /// The endpoint's gate for `settings`. A gate made from an older config revision with
+    /// other settings is replaced ([`Gates::replace`]); a newer one is kept, whatever the
+    /// caller read.
+    pub fn get(&self, tenant: &str, endpoint: &str, settings: Settings<'_>) -> Arc<Gate> {
         let mut map = self.map.lock().expect("gates lock");
         let key = (tenant.to_owned(), endpoint.to_owned());
         match map.get(&key) {
-            Some(g) if g.settings == (rate, max_in_flight) => g.clone(),
-            _ => {
+            Some(g) if g.serves(&settings) || g.revision >= settings.revision => g.clone(),
+            Some(old) => {
+                let old = old.clone();
+                self.replace(&mut map, key, &old, &settings)
+            }
+            None => {
                 if map.len() >= self.prune_at.load(Ordering::Relaxed) {
                     // Deleted or quiet endpoints; keep those in use and open circuits.
                     map.retain(|_, g| {
@@ -582,11 +686,74 @@ impl Gates {
                     self.prune_at
                         .store((map.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
                 }
-                let g = Arc::new(Gate::new(rate, max_in_flight, self.intake));
+                let g = Arc::new(Gate::new(&settings, self.intake));
                 map.insert(key, g.clone());
                 g
             }
         }
+    }
+
+    /// A new gate for new settings. At the same URL it keeps the circuit, the receiver's
+    /// pause and the trust (the same receiver); at another it starts afresh. The old gate's
+    /// waiters are sent round again, to the new one; its requests in flight finish.
+    fn replace(
+        &self,
+        map: &mut HashMap<(String, String), Arc<Gate>>,
+        key: (String, String),
+        old: &Gate,
+        settings: &Settings<'_>,
+    ) -> Arc<Gate> {
+        let g = Gate::new(settings, self.intake);
+        if old.url == settings.url {
+            *g.circuit.lock().expect("circuit lock") =
+                old.circuit.lock().expect("circuit lock").clone();
+            g.trusted
+                .store(old.trusted.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let g = Arc::new(g);
+        map.insert(key, g.clone());
+        old.readmit();
+        g
+    }
+
+    /// Brings the gates to the config: a deleted endpoint's gate is dropped, a disabled or
+    /// paused one's waiters are sent round again (to be dead-lettered or held at once rather
+    /// than at their turn), and one with new settings is replaced. Returns how many gates
+    /// changed (parked deliveries may now be released).
+    pub fn follow<'s>(&self, current: impl Fn(&str, &str) -> Current<'s>) -> usize {
+        let mut map = self.map.lock().expect("gates lock");
+        let mut changed = Vec::new();
+        let mut gone = Vec::new();
+        for (key, g) in map.iter() {
+            match current(&key.0, &key.1) {
+                Current::Gone => gone.push(key.clone()),
+                Current::Stopped => {
+                    if g.queued.load(Ordering::Relaxed) > 0 {
+                        g.readmit();
+                    }
+                }
+                Current::Live(settings) => {
+                    if !g.serves(&settings) && g.revision < settings.revision {
+                        changed.push((key.clone(), g.clone(), settings));
+                    }
+                }
+            }
+        }
+        let n = changed.len() + gone.len();
+        for key in gone {
+            if let Some(g) = map.remove(&key) {
+                g.readmit();
+            }
+        }
+        for (key, old, settings) in changed {
+            self.replace(&mut map, key, &old, &settings);
+        }
+        n
+    }
+
+    /// How many gates this worker keeps.
+    pub fn entries(&self) -> usize {
+        self.map.lock().expect("gates lock").len()
     }
 
     /// The gate of an endpoint, if this worker has one.
@@ -630,9 +797,18 @@ impl Gates {
 mod tests {
     use super::*;
 
+    fn at(rate: Option<u32>, max_in_flight: Option<u32>, revision: u64) -> Settings<'static> {
+        Settings {
+            rate,
+            max_in_flight,
+            url: "https://receiver.example/hook",
+            revision,
+        }
+    }
+
     #[test]
     fn a_receivers_pause_defers_everything_until_it_ends() {
-        let g = Gate::new(None, Some(1), 2048);
+        let g = Gate::new(&at(None, Some(1), 1), 2048);
         let busy = g.admit();
         assert!(matches!(busy, Admission::Go(_)));
         let waiting = g.admit();
@@ -650,10 +826,16 @@ mod tests {
             .build()
             .unwrap();
         let turn = rt.block_on(g.wait_turn(&place));
-        assert!(matches!(
-            turn,
-            Err(("in_flight_cap", _)) | Err(("retry_after", _))
-        ));
+        assert!(
+            matches!(
+                turn,
+                Turn::Defer {
+                    reason: "retry_after",
+                    ..
+                }
+            ),
+            "a receiver's pause defers what waited, for the pause"
+        );
         drop(place);
         drop(busy);
         match g.admit() {
@@ -677,7 +859,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let g = Gate::new(None, Some(2), 2048);
+        let g = Gate::new(&at(None, Some(2), 1), 2048);
         // It answered long ago, then was idle: a burst that fills its slots owes an answer
         // from its first request, not from that old answer.
         g.record(Heard::Healthy, Duration::from_millis(1));
@@ -697,7 +879,13 @@ mod tests {
         let started = Instant::now();
         let turn = rt.block_on(g.wait_turn(&place));
         assert!(
-            matches!(turn, Err(("stalled", _))),
+            matches!(
+                turn,
+                Turn::Defer {
+                    reason: "stalled",
+                    ..
+                }
+            ),
             "the queued one is parked"
         );
         assert!(started.elapsed() < STALL_AFTER + Duration::from_millis(500));
@@ -726,7 +914,7 @@ mod tests {
 
     #[test]
     fn a_429_is_no_failure_for_the_circuit() {
-        let g = Gate::new(None, None, 2048);
+        let g = Gate::new(&at(None, None, 1), 2048);
         for _ in 0..3 {
             g.record(Heard::Failed, Duration::ZERO);
         }
@@ -748,7 +936,7 @@ mod tests {
 
     #[test]
     fn in_flight_cap_then_queue_then_defer() {
-        let g = Gate::new(None, Some(2), 2048);
+        let g = Gate::new(&at(None, Some(2), 1), 2048);
         let a = g.admit();
         let b = g.admit();
         assert!(matches!(a, Admission::Go(_)));
@@ -770,7 +958,7 @@ mod tests {
 
     #[test]
     fn rate_limit_defers_past_the_burst() {
-        let g = Gate::new(Some(2), Some(100), 2048);
+        let g = Gate::new(&at(Some(2), Some(100), 1), 2048);
         let mut go = 0;
         let mut queued = Vec::new();
         for _ in 0..5 {
@@ -789,7 +977,7 @@ mod tests {
 
     #[test]
     fn circuit_opens_probes_and_closes() {
-        let g = Gate::new(None, None, 2048);
+        let g = Gate::new(&at(None, None, 1), 2048);
         for _ in 0..FAILURES_TO_OPEN - 1 {
             g.record(Heard::Silent, Duration::ZERO);
         }
@@ -825,7 +1013,7 @@ mod tests {
 
     #[tokio::test]
     async fn trust_widens_the_queue_and_losing_it_evicts() {
-        let g = Gate::new(None, Some(1), 2048);
+        let g = Gate::new(&at(None, Some(1), 1), 2048);
         let _busy = match g.admit() {
             Admission::Go(p) => p,
             _ => panic!("the first goes"),
@@ -848,11 +1036,16 @@ mod tests {
         let waiter = big.pop().unwrap();
         let g = Arc::new(g);
         let g2 = g.clone();
-        let waiting = tokio::spawn(async move { g2.wait_turn(&waiter).await.err() });
+        let waiting = tokio::spawn(async move {
+            match g2.wait_turn(&waiter).await {
+                Turn::Defer { reason, .. } => Some(reason),
+                _ => None,
+            }
+        });
         tokio::task::yield_now().await;
         g.record(Heard::Silent, Duration::from_secs(1));
         let evicted = waiting.await.unwrap();
-        assert_eq!(evicted.map(|(reason, _)| reason), Some("in_flight_cap"));
+        assert_eq!(evicted, Some("in_flight_cap"));
         // And a slow success does not earn trust back.
         g.record(Heard::Healthy, SLOW_ANSWER + Duration::from_millis(1));
         assert!(!g.trusted.load(Ordering::Relaxed));
@@ -861,7 +1054,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lifting_a_lowered_rate_releases_no_burst() {
         // Limited to 20/s, climbing back from 429s at 19/s, 10 deliveries queued behind it.
-        let g = Arc::new(Gate::new(Some(20), None, 2048));
+        let g = Arc::new(Gate::new(&at(Some(20), None, 1), 2048));
         {
             let mut a = g.adaptive.lock().unwrap();
             a.slowed = Some((19, Arc::new(slowed_limiter(19))));
@@ -878,7 +1071,7 @@ mod tests {
             waiters.push(tokio::spawn(async move {
                 let permit = g.wait_turn(&place).await;
                 done.lock().unwrap().push(Instant::now());
-                permit.is_ok()
+                matches!(permit, Turn::Go(_))
             }));
         }
         tokio::time::sleep(Duration::from_millis(120)).await;
@@ -908,14 +1101,14 @@ mod tests {
     #[test]
     fn idle_gates_are_pruned_but_open_circuits_kept() {
         let gates = Gates::new(2048);
-        let held = gates.get("t", "held", None, None);
-        let open = gates.get("t", "open", None, None);
+        let held = gates.get("t", "held", at(None, None, 1));
+        let open = gates.get("t", "open", at(None, None, 1));
         for _ in 0..FAILURES_TO_OPEN {
             open.record(Heard::Silent, Duration::ZERO);
         }
         drop(open);
         for i in 0..PRUNE_AT {
-            gates.get("t", &format!("idle{i}"), None, None);
+            gates.get("t", &format!("idle{i}"), at(None, None, 1));
         }
         let map = gates.map.lock().unwrap();
         assert!(
@@ -930,17 +1123,69 @@ mod tests {
     }
 
     #[test]
-    fn changed_settings_get_a_new_gate() {
+    fn changed_settings_get_a_new_gate_and_an_older_revision_never_replaces_it() {
         let gates = Gates::new(2048);
-        let a = gates.get("t", "e", None, Some(2));
-        assert!(Arc::ptr_eq(&a, &gates.get("t", "e", None, Some(2))));
-        assert!(!Arc::ptr_eq(&a, &gates.get("t", "e", Some(5), Some(2))));
+        let a = gates.get("t", "e", at(None, Some(2), 1));
+        assert!(Arc::ptr_eq(&a, &gates.get("t", "e", at(None, Some(2), 3))));
+        let b = gates.get("t", "e", at(Some(5), Some(2), 4));
+        assert!(!Arc::ptr_eq(&a, &b));
+        // A delivery that read the config before the change uses the new gate.
+        assert!(Arc::ptr_eq(&b, &gates.get("t", "e", at(None, Some(2), 3))));
+    }
+
+    #[tokio::test]
+    async fn a_config_change_sends_the_queue_round_again_to_the_new_gate() {
+        let gates = Gates::new(2048);
+        let old = gates.get("t", "e", at(Some(1), Some(1), 1));
+        let Admission::Go(busy) = old.admit() else {
+            panic!("the first goes");
+        };
+        let Admission::Queue(place) = old.admit() else {
+            panic!("the second waits");
+        };
+        let waiting = {
+            let old = old.clone();
+            tokio::spawn(async move { matches!(old.wait_turn(&place).await, Turn::Again) })
+        };
+        tokio::task::yield_now().await;
+        let faster = Settings {
+            rate: Some(50),
+            ..at(Some(1), Some(1), 2)
+        };
+        let changed = gates.follow(|_, _| Current::Live(faster));
+        assert_eq!(changed, 1);
+        assert!(waiting.await.unwrap(), "the waiter was sent round again");
+        let new = gates.peek("t", "e").unwrap();
+        assert!(!Arc::ptr_eq(&old, &new));
+        // A new rate at the same URL keeps the circuit (the same receiver).
+        for _ in 0..FAILURES_TO_OPEN {
+            new.record(Heard::Silent, Duration::ZERO);
+        }
+        let slower = Settings {
+            rate: Some(20),
+            ..at(Some(1), Some(1), 3)
+        };
+        assert_eq!(gates.follow(|_, _| Current::Live(slower)), 1);
+        assert!(gates.peek("t", "e").unwrap().is_open());
+        // At another URL the circuit starts closed.
+        let moved = Settings {
+            url: "https://elsewhere.example/hook",
+            ..at(Some(20), Some(1), 4)
+        };
+        assert_eq!(gates.follow(|_, _| Current::Live(moved)), 1);
+        assert!(!gates.peek("t", "e").unwrap().is_open());
+        // Nothing changed: nothing to do.
+        assert_eq!(gates.follow(|_, _| Current::Live(moved)), 0);
+        // Deleted: the gate goes.
+        assert_eq!(gates.follow(|_, _| Current::Gone), 1);
+        assert!(gates.peek("t", "e").is_none());
+        drop(busy);
     }
 
     #[test]
     fn repeated_429s_halve_the_rate_and_answers_without_them_bring_it_back() {
         // No configured limit: 30 requests in this second are the rate it was sent at.
-        let g = Gate::new(None, None, 2048);
+        let g = Gate::new(&at(None, None, 1), 2048);
         for _ in 0..30 {
             assert!(matches!(g.admit(), Admission::Go(_)));
         }
@@ -962,7 +1207,7 @@ mod tests {
         assert_eq!(g.slow_down(), Some(9));
 
         // A configured limit is the ceiling, and 429s bring it down from what was sent.
-        let g = Gate::new(Some(10), None, 2048);
+        let g = Gate::new(&at(Some(10), None, 1), 2048);
         for _ in 0..4 {
             assert!(matches!(g.admit(), Admission::Go(_)));
         }

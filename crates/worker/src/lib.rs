@@ -206,6 +206,15 @@ pub async fn run(
         },
         cancel.clone(),
     ));
+    // A config change reaches the deliveries waiting in this worker's queues at once: a
+    // deleted, disabled or paused endpoint's are finished or held, and new limits apply to
+    // the queue (gate.rs, `Gates::follow`).
+    let following = tokio::spawn(follow_config(
+        ctx.live.clone(),
+        ctx.gates.clone(),
+        ctx.wake_release.clone(),
+        cancel.clone(),
+    ));
     // Circuits and receivers' pauses end by time, not only at the next attempt: the gauges
     // follow every few seconds.
     let gauges = {
@@ -240,5 +249,39 @@ pub async fn run(
     let _ = releasing.await;
     let _ = rearming.await;
     let _ = gauges.await;
+    let _ = following.await;
     Ok(())
+}
+
+/// Brings the gates to every new config snapshot until `cancel` fires, and pokes the release
+/// loop when one changed (a new URL closes a circuit opened at the old one).
+async fn follow_config(
+    live: Arc<Live>,
+    gates: Arc<Gates>,
+    wake_release: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    let mut changes = live.changes();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let snapshot = live.load_full();
+        let changed = gates.follow(
+            |tenant, endpoint| match snapshot.endpoint(tenant, endpoint) {
+                None => gate::Current::Gone,
+                Some(ep) if ep.config.disabled || ep.config.paused => gate::Current::Stopped,
+                Some(ep) => gate::Current::Live(gate::Settings {
+                    rate: ep.config.rate_limit_per_sec,
+                    max_in_flight: ep.config.max_in_flight,
+                    url: &ep.config.url,
+                    revision: snapshot.revision,
+                }),
+            },
+        );
+        if changed > 0 {
+            wake_release.notify_one();
+        }
+    }
 }

@@ -143,11 +143,16 @@ async fn look(
         }
         // Held while paused and enabled. Disabled: the worker dead-letters what it held as
         // `endpoint_disabled`; not in the snapshot (deleted): as `endpoint_gone`.
-        let holding = live
-            .load()
-            .endpoint(t, e)
-            .is_some_and(|ep| ep.config.paused && !ep.config.disabled);
+        let (holding, stopped) = match live.load().endpoint(t, e) {
+            Some(ep) => (ep.config.paused && !ep.config.disabled, ep.config.disabled),
+            None => (false, true),
+        };
         if holding {
+            continue;
+        }
+        if stopped {
+            // Whatever its circuit says: they go without a request.
+            releasable.push((subject, None));
             continue;
         }
         // Parked while its circuit is open (in this worker: a fresh one has no gate, and
