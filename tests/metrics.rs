@@ -247,3 +247,74 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
     support::terminate(&mut router);
     support::terminate(&mut api);
 }
+
+/// Every long-lived structure of the worker stays within its stated bound however many
+/// deliveries pass (`gancho_retained_entries`): 100,000 deliveries, 1,000 events to 100
+/// endpoints of which 10 answer 500, with the worker and the router as separate processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_structures_stay_within_their_bounds() {
+    const EVENTS: usize = 1_000;
+    const ENDPOINTS: usize = 100;
+    const FAILING: usize = 10;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let ok = Receiver::https_tally(&env.ca).await;
+    let failing = Receiver::https(&env.ca, |_, _| Answer::status(500)).await;
+    env.endpoints_on_all("acme", (0..ENDPOINTS).map(|e| format!("ep{e:03}")), |id| {
+        let n: usize = id[2..].parse().unwrap();
+        if n < FAILING {
+            failing.url("/failing")
+        } else {
+            ok.url(&format!("/{id}"))
+        }
+    })
+    .await;
+    let m_worker = free_port();
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn_with(
+        &["worker"],
+        &[("GANCHO_METRICS_LISTEN", &format!("127.0.0.1:{m_worker}"))],
+    );
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..EVENTS).map(|i| (format!("evt-{i}"), br#"{"amount":1}"#.to_vec())),
+    )
+    .await;
+    let healthy = EVENTS * (ENDPOINTS - FAILING);
+    wait_until(
+        "every delivery to the healthy endpoints",
+        Duration::from_secs(300),
+        || std::future::ready(ok.distinct() >= healthy),
+    )
+    .await;
+    assert_eq!(ok.count(), healthy, "a healthy endpoint got a duplicate");
+    assert!(failing.count() > 0);
+    // The gauges are sampled every 5 s.
+    let entries = |page: &str, structure: &str| {
+        sum(
+            page,
+            "gancho_retained_entries",
+            &[&format!("structure=\"{structure}\"")],
+        )
+    };
+    wait_until("the worker's gauges", Duration::from_secs(15), || {
+        std::future::ready(entries(&scrape(m_worker), "gates") > 0.0)
+    })
+    .await;
+    let page = scrape(m_worker);
+    let gates = entries(&page, "gates") as usize;
+    let lines = entries(&page, "failure_lines") as usize;
+    let batches = entries(&page, "batches_done") as usize;
+    assert!(
+        gates <= ENDPOINTS,
+        "{gates} gates for {ENDPOINTS} endpoints"
+    );
+    assert!(
+        lines <= FAILING,
+        "{lines} failed-attempt lines remembered for {FAILING} failing endpoints"
+    );
+    assert_eq!(batches, 0, "no batch was handed back, none is remembered");
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}

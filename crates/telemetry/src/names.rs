@@ -3,6 +3,15 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
+/// Entries of a structure that lives as long as the process, by `structure`:
+/// gates (endpoints with admission state in this worker; idle ones pruned past 4,096 or twice
+/// those in use) | batches_done (batch messages handed back, at most 10,000) | failure_lines
+/// (endpoints with a failed-attempt log line lately, at most 100,000). Each has a stated bound
+/// beside its definition; a value that climbs with traffic is the next leak.
+pub const RETAINED_ENTRIES: &str = "gancho_retained_entries";
+/// The `structure` label values of [`RETAINED_ENTRIES`].
+pub const RETAINED_STRUCTURES: [&str; 3] = ["gates", "batches_done", "failure_lines"];
+
 /// Events the router received, once each. `path`: nats | http (HTTP ingest).
 pub const EVENTS_RECEIVED: &str = "gancho_events_received_total";
 /// Events the router consumed. `outcome`: routed | unmatched | invalid.
@@ -151,6 +160,10 @@ pub fn describe_all() {
     // a counter's first value, so without this the first dead letters after a restart would
     // never fire an alert.
     zero_dead_letters(crate::OTHER_TENANTS);
+    describe_gauge!(
+        RETAINED_ENTRIES,
+        "Entries of a long-lived structure of this process, by structure; each is bounded (see the metric's doc)."
+    );
     describe_gauge!(
         CIRCUITS_OPEN,
         "Endpoints whose circuit is open in this worker."

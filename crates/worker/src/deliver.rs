@@ -121,6 +121,11 @@ impl BatchesDone {
         map.remove(&seq).unwrap_or_default()
     }
 
+    /// Batch messages remembered now.
+    pub(crate) fn entries(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn keep(&self, seq: u64, done: std::collections::HashSet<String>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= Self::MAX {
@@ -137,6 +142,11 @@ pub(crate) struct FailureLines(
 );
 
 impl FailureLines {
+    /// Endpoints remembered now (at most 100,000: past it the memory starts over).
+    pub(crate) fn entries(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// `Some(lines left out since the last one)` when a line may be written now.
     fn allow(&self, tenant: &str, endpoint: &str) -> Option<u64> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());

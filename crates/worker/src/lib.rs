@@ -231,6 +231,15 @@ pub async fn run(
                     .set(ctx.gates.open_circuits() as f64);
                 metrics::gauge!(gancho_telemetry::names::ENDPOINTS_SLOWED)
                     .set(ctx.gates.slowed() as f64);
+                let [gates, batches, lines] = gancho_telemetry::names::RETAINED_STRUCTURES;
+                for (structure, n) in [
+                    (gates, ctx.gates.entries()),
+                    (batches, ctx.batches_done.entries()),
+                    (lines, ctx.failure_lines.entries()),
+                ] {
+                    metrics::gauge!(gancho_telemetry::names::RETAINED_ENTRIES, "structure" => structure)
+                        .set(n as f64);
+                }
             }
         })
     };
