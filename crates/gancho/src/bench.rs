@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Share of endpoints (0 to 0.9) that accept connections and never answer.
     #[arg(long, default_value_t = 0.0)]
     pub dead_share: f64,
+    /// Share of requests (0 to 0.5) the sink answers 500 at random, so deliveries are
+    /// retried (on the endpoints' schedule: the next attempt comes 5 s later).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_share: f64,
     /// Timeout of the dead endpoints, e.g. 5s.
     #[arg(long, default_value = "5s")]
     pub dead_timeout: String,
@@ -81,7 +85,7 @@ pub struct BenchArgs {
     /// process POSTs the same deliveries (payload, concurrency) over HTTP/2 and TLS to the
     /// sink and stores one attempt-sized record per delivery in JetStream, awaiting its
     /// PubAck. Reports each process's CPU per delivery and the rate they would allow.
-    #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes"])]
+    #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes", "fail_share"])]
     pub floor: bool,
 }
 
@@ -308,6 +312,9 @@ pub async fn run(
     if !(0.0..=0.9).contains(&args.dead_share) {
         bail!("--dead-share must be from 0 to 0.9");
     }
+    if !(0.0..=0.5).contains(&args.fail_share) {
+        bail!("--fail-share must be from 0 to 0.5");
+    }
     let dead_timeout = duration_arg("dead-timeout", &args.dead_timeout)?;
     let patience = duration_arg("timeout", &args.timeout)?;
     // A soak's deliveries take the whole run to be sent.
@@ -493,6 +500,7 @@ async fn bench(
     let sink_port = free_port()?;
     if args.target.is_none() {
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let fail_share = args.fail_share.to_string();
         let sink_args = [
             "sink",
             "--listen",
@@ -502,6 +510,8 @@ async fn bench(
             "--tls-key",
             &key,
             "--quiet",
+            "--fail-share",
+            &fail_share,
         ];
         procs.push(spawn("sink", &sink_args, &[])?);
     }
@@ -717,7 +727,9 @@ async fn bench(
                 dir.display()
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A soak asks less often: each answer sorts every latency the sink has seen.
+        let poll = if soak.is_some() { 2_000 } else { 100 };
+        tokio::time::sleep(Duration::from_millis(poll)).await;
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
@@ -779,7 +791,9 @@ async fn bench(
         "config_change_ms": config_change_ms,
         "rate_limit": args.rate_limit,
         "busiest_endpoint_per_s": last["busiest_endpoint_per_s"].as_f64(),
-        "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64()).map(|(r, d)| r - d),
+        "fail_share": args.fail_share,
+        "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64())
+            .map(|(r, d)| r - last["failed_on_purpose"].as_u64().unwrap_or(0) - d),
         "deferred": deferred,
         "failed_attempts": failed,
         "processes": processes,

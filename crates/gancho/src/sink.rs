@@ -39,6 +39,10 @@ pub struct SinkArgs {
     /// Status to answer with.
     #[arg(long, default_value_t = 200)]
     pub status: u16,
+    /// Share of requests (0 to 1), chosen at random, answered 500 instead (a receiver that
+    /// fails now and then, so deliveries are retried). They are not counted as delivered.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_share: f64,
     /// Print only the totals at exit, not a line per request. Any GET answers the totals
     /// so far as JSON, with end-to-end latencies (from the body's timestamp).
     #[arg(long)]
@@ -57,6 +61,8 @@ pub enum Verifier {
 #[derive(Default)]
 struct Counts {
     received: AtomicU64,
+    /// Answered 500 on purpose (`--fail-share`).
+    failed: AtomicU64,
     valid: AtomicU64,
     invalid: AtomicU64,
     /// What `GET` answers (for `gancho bench`): distinct webhooks and end-to-end latencies.
@@ -119,6 +125,7 @@ impl Counts {
         serde_json::json!({
             "busiest_endpoint_per_s": (busiest * 10.0).round() / 10.0,
             "received": self.received.load(Ordering::Relaxed),
+            "failed_on_purpose": self.failed.load(Ordering::Relaxed),
             "distinct": seen.ids.len(),
             "valid": self.valid.load(Ordering::Relaxed),
             "invalid": self.invalid.load(Ordering::Relaxed),
@@ -164,6 +171,7 @@ impl Counts {
 struct Sink {
     verifier: Verifier,
     status: StatusCode,
+    fail_share: f64,
     quiet: bool,
     counts: Counts,
 }
@@ -191,11 +199,14 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let status = StatusCode::from_u16(args.status)
         .map_err(|_| anyhow::anyhow!("--status {} is not an HTTP status", args.status))?;
+    if !(0.0..=1.0).contains(&args.fail_share) {
+        anyhow::bail!("--fail-share {} must be from 0 to 1", args.fail_share);
+    }
     let sink = tokio::spawn(serve(
         listener,
         tls,
         verifier,
-        status,
+        (status, args.fail_share),
         args.quiet,
         cancel.clone(),
     ));
@@ -232,13 +243,14 @@ fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     verifier: Verifier,
-    status: StatusCode,
+    (status, fail_share): (StatusCode, f64),
     quiet: bool,
     cancel: CancellationToken,
 ) -> impl std::future::Future<Output = Arc<Sink>> {
     let sink = Arc::new(Sink {
         verifier,
         status,
+        fail_share,
         quiet,
         counts: Counts::default(),
     });
@@ -285,7 +297,7 @@ pub async fn start_dev(
         listener,
         None,
         Verifier::Live(live),
-        StatusCode::OK,
+        (StatusCode::OK, 0.0),
         false,
         cancel,
     ));
@@ -353,8 +365,13 @@ impl Sink {
                 }
             }
         };
+        let fail = self.fail_share > 0.0 && rand::random::<f64>() < self.fail_share;
         self.counts.received.fetch_add(1, Ordering::Relaxed);
-        self.counts.note(parts.uri.path(), id, &body);
+        if fail {
+            self.counts.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counts.note(parts.uri.path(), id, &body);
+        }
         match verdict {
             "valid" => self.counts.valid.fetch_add(1, Ordering::Relaxed),
             "unchecked" => 0,
@@ -374,7 +391,11 @@ impl Sink {
             println!("{line}");
         }
         let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = self.status;
+        *resp.status_mut() = if fail {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            self.status
+        };
         resp
     }
 }
