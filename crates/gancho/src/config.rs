@@ -90,6 +90,16 @@ pub struct Flags {
     /// unrouted ones). Default: no limit of its own.
     #[arg(long, env = "GANCHO_EVENTS_MAX_BYTES", global = true)]
     pub events_max_bytes: Option<String>,
+    /// Memory a router may hold of messages, e.g. 512MiB (a quarter for events pulled, half
+    /// for delivery messages being published; the rest is the process's own). Past it the
+    /// router pulls and publishes less; it never drops anything. Default: 256MiB.
+    #[arg(long, env = "GANCHO_ROUTER_MEMORY", global = true)]
+    pub router_memory: Option<String>,
+    /// Memory a worker may hold of messages and request bodies, e.g. 512MiB (half for
+    /// messages pulled, a quarter for bodies being sent; the rest is the process's own). Past
+    /// it the worker pulls and sends less; it never drops anything. Default: 256MiB.
+    #[arg(long, env = "GANCHO_WORKER_MEMORY", global = true)]
+    pub worker_memory: Option<String>,
     /// Room for deliveries and retries, e.g. 10GiB. The router stops routing at 90% of it,
     /// leaving the rest to the workers' retries. Default: no limit of its own.
     #[arg(long, env = "GANCHO_DELIVERIES_MAX_BYTES", global = true)]
@@ -187,6 +197,8 @@ struct File {
     deliveries_max_bytes: Option<String>,
     attempts_max_bytes: Option<String>,
     dead_max_bytes: Option<String>,
+    router_memory: Option<String>,
+    worker_memory: Option<String>,
     shutdown_grace: Option<String>,
     disable_after: Option<String>,
     log_format: Option<String>,
@@ -226,6 +238,10 @@ pub struct Config {
     pub deliveries_max_bytes: Option<u64>,
     pub attempts_max_bytes: Option<u64>,
     pub dead_max_bytes: Option<u64>,
+    /// Bytes a router may hold of messages. Default 256 MiB.
+    pub router_memory: u64,
+    /// Bytes a worker may hold of messages and request bodies. Default 256 MiB.
+    pub worker_memory: u64,
     /// Drain time on SIGTERM. Default 15 s.
     pub shutdown_grace: std::time::Duration,
     /// Failing this long disables an endpoint. Default 5 days.
@@ -532,6 +548,10 @@ impl Config {
             file.attempts_max_bytes,
         )?;
         let dead_max_bytes = size("dead_max_bytes", &flags.dead_max_bytes, file.dead_max_bytes)?;
+        let router_memory = size("router_memory", &flags.router_memory, file.router_memory)?
+            .unwrap_or(gancho_router::DEFAULT_MEMORY);
+        let worker_memory = size("worker_memory", &flags.worker_memory, file.worker_memory)?
+            .unwrap_or(gancho_worker::DEFAULT_MEMORY);
         let grace = flags
             .shutdown_grace
             .clone()
@@ -673,6 +693,8 @@ impl Config {
             deliveries_max_bytes,
             attempts_max_bytes,
             dead_max_bytes,
+            router_memory,
+            worker_memory,
             shutdown_grace,
             disable_after,
             log_json,

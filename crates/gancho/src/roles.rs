@@ -222,6 +222,7 @@ pub async fn start(
             concurrency: config.router_concurrency,
             stall_after: config.stall_warning_after,
             deliveries_max_bytes: config.deliveries_max_bytes,
+            memory: config.router_memory,
             ..Default::default()
         };
         tasks.spawn(async move {
@@ -244,6 +245,7 @@ pub async fn start(
             stall_after: config.stall_warning_after,
             disable_after: config.disable_after,
             egress_proxy: config.egress_proxy.clone(),
+            memory: config.worker_memory,
             ..Default::default()
         };
         tasks.spawn(async move {

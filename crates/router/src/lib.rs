@@ -76,7 +76,15 @@ pub struct RouterConfig {
     /// Room for the deliveries stream: routing waits at 90% of it ([`room`]). `None`: no
     /// limit but the server's.
     pub deliveries_max_bytes: Option<u64>,
+    /// Bytes the router may hold of messages (`GANCHO_ROUTER_MEMORY`, default
+    /// [`DEFAULT_MEMORY`]): a quarter for the events it has pulled and not finished, half
+    /// for the delivery messages published and awaiting their PubAck; the last quarter is
+    /// left to the process itself (its code, its config snapshot, the client's buffers).
+    pub memory: u64,
 }
+
+/// The router's memory budget unless configured: 256 MiB.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
 impl Default for RouterConfig {
     fn default() -> Self {
@@ -85,6 +93,7 @@ impl Default for RouterConfig {
             partitions: gancho_core::subject::PARTITIONS,
             stall_after: gancho_store::consume::STALL_AFTER,
             deliveries_max_bytes: None,
+            memory: DEFAULT_MEMORY,
         }
     }
 }
@@ -134,6 +143,7 @@ pub async fn run(
         metric_label: "events",
         stall_after: config.stall_after,
         gate: Some(gate),
+        budget: Arc::new(gancho_store::budget::Budget::new(config.memory / 4)),
     };
     let ctx = Arc::new(route::Ctx {
         js: output,
@@ -141,6 +151,7 @@ pub async fn run(
         live,
         partitions: config.partitions.max(1),
         publish_slots: tokio::sync::Semaphore::new(PUBLISH_SLOTS),
+        publishing: gancho_store::budget::Budget::new(config.memory / 2),
         room,
     });
     gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {

@@ -24,6 +24,9 @@ pub(crate) struct Ctx {
     pub partitions: u32,
     /// The router's publish slots ([`crate::PUBLISH_SLOTS`]), shared by every event.
     pub publish_slots: Semaphore,
+    /// The bytes of the delivery messages being published (half of
+    /// [`crate::RouterConfig::memory`]): held from when a message is built until its PubAck.
+    pub publishing: gancho_store::budget::Budget,
     /// Room left in the deliveries stream ([`crate::room`]).
     pub room: Arc<crate::room::Room>,
 }
@@ -61,7 +64,12 @@ impl Invalid {
 }
 
 /// Decodes and checks an event read from `subject`.
-pub fn check_event(subjects: &Subjects, subject: &str, bytes: &[u8]) -> Result<Event, Invalid> {
+/// From `Bytes`, the event's payload is a view of the message, not a copy of it.
+pub fn check_event(
+    subjects: &Subjects,
+    subject: &str,
+    bytes: impl bytes::Buf,
+) -> Result<Event, Invalid> {
     let event = Event::decode(bytes).map_err(|e| Invalid::Undecodable(e.to_string()))?;
     let Some((tenant, ty)) = subjects.parse_event(subject) else {
         return Err(Invalid::SubjectMismatch(format!(
@@ -112,7 +120,7 @@ impl Ctx {
             .increment(1);
         }
         let subject = msg.subject.as_str();
-        let event = match check_event(&self.subjects, subject, &msg.payload) {
+        let event = match check_event(&self.subjects, subject, msg.payload.clone()) {
             Ok(ev) => ev,
             Err(invalid) => return self.dead_letter(&msg, invalid).await,
         };
@@ -243,6 +251,12 @@ impl Ctx {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        // Memory too, before the message is built: what is being published stays within its
+        // share of the budget (a large payload is copied into each partition's message). A
+        // slot waiting here holds no bytes, and the bytes held are each awaiting a PubAck, so
+        // they always come back.
+        let size = template.encoded_len() + endpoints.iter().map(|e| e.len() + 8).sum::<usize>();
+        let _bytes = self.publishing.hold(size).await;
         let count = endpoints.len() as u64;
         let target = self.subjects.delivery(partition);
         let mut headers = HeaderMap::new();
@@ -377,7 +391,7 @@ mod tests {
         let ev = check_event(
             &s,
             "gancho.events.acme.invoice.paid",
-            &event("acme", "invoice.paid", b"{}"),
+            &event("acme", "invoice.paid", b"{}")[..],
         )
         .unwrap();
         assert_eq!(ev.r#type, "invoice.paid");
@@ -388,17 +402,19 @@ mod tests {
         let s = Subjects::default();
         let subj = "gancho.events.acme.invoice.paid";
         assert!(matches!(
-            check_event(&s, subj, b"\xff\xfe garbage").unwrap_err(),
+            check_event(&s, subj, &b"\xff\xfe garbage"[..]).unwrap_err(),
             Invalid::Undecodable(_)
         ));
         assert_eq!(
-            check_event(&s, subj, &event("acme", "invoice.paid", b"nope")).unwrap_err(),
+            check_event(&s, subj, &event("acme", "invoice.paid", b"nope")[..][..]).unwrap_err(),
             Invalid::NotJson
         );
-        let err = check_event(&s, subj, &event("other", "invoice.paid", b"{}")).unwrap_err();
+        let err =
+            check_event(&s, subj, &event("other", "invoice.paid", b"{}")[..][..]).unwrap_err();
         assert_eq!(err.kind(), "subject_mismatch");
         assert!(err.reason().contains("\"other\""));
-        let err = check_event(&s, subj, &event("acme", "invoice.created", b"{}")).unwrap_err();
+        let err =
+            check_event(&s, subj, &event("acme", "invoice.created", b"{}")[..][..]).unwrap_err();
         assert_eq!(err.kind(), "subject_mismatch");
     }
 

@@ -128,6 +128,9 @@ pub struct Spec {
     /// When given, nothing is pulled while it reads `false` (the router waiting for room in
     /// the deliveries stream). Messages in hand finish as usual.
     pub gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The bytes of messages in hand: each pull asks the server for no more than it could
+    /// reserve, and each message keeps its share until it is finished.
+    pub budget: Arc<crate::budget::Budget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,9 +215,14 @@ where
                 Err(_) => break,
             }
         }
+        let mut reserved = tokio::select! {
+            _ = cancel.cancelled() => break 'pulls,
+            r = spec.budget.reserve(largest_message_kib(&js), crate::budget::PULL_MAX_KIB) => r,
+        };
         let batch = consumer
             .batch()
             .max_messages(slots.len())
+            .max_bytes(reserved.num_permits() * 1024)
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -250,6 +258,7 @@ where
             let permit = slots
                 .pop()
                 .expect("a pull never yields more than it asked for");
+            let bytes = crate::budget::take(&mut reserved, message_size(&msg));
             let handle = handle.clone();
             let ticket = tracker.start();
             let tracker = tracker.clone();
@@ -258,6 +267,7 @@ where
                     let handled = handle(msg).await;
                     tracker.finish(ticket, handled);
                     drop(permit);
+                    drop(bytes);
                 }
                 .instrument(tracing::info_span!("message", role = spec.role)),
             );
@@ -273,6 +283,20 @@ where
     watchdog.abort();
     info!(role = spec.role, "Stopped consuming.");
     Ok(())
+}
+
+/// The largest message the server may hand out, in KiB (its `max_payload`, 1 MiB unless
+/// configured): a pull never asks for fewer bytes, or the server could answer it with
+/// nothing but "message size exceeds max bytes" for ever.
+pub(crate) fn largest_message_kib(js: &jetstream::Context) -> u32 {
+    let max_payload = js.client().server_info().max_payload.max(1 << 20);
+    crate::budget::kib(max_payload + 64 * 1024)
+}
+
+/// What a message weighs against a budget: its payload, subject and (about) its headers,
+/// as the server counts it toward a pull's `max_bytes`.
+pub(crate) fn message_size(msg: &jetstream::Message) -> usize {
+    msg.payload.len() + msg.subject.len() + 256
 }
 
 /// On shutdown, gives back at once the messages of the current pull that arrived (or arrive

@@ -9,10 +9,12 @@
 //! - [`repo`]: create, read, update, delete, with optimistic concurrency on KV revisions.
 //! - [`live`]: [`Live`], the snapshot and the watch task that keeps it current.
 //! - [`consume`]: the concurrent, draining consume loop the router and the worker share.
+//! - [`budget`]: a role's memory budget in bytes, for pulls, publishes and request bodies.
 //! - [`full`]: telling "no room" answers apart and waiting them out.
 //! - [`jobs`]: recover, replay and redrive jobs, kept in their own bucket.
 //! - [`log`]: reading the attempt log and the dead letters newest first.
 
+pub mod budget;
 pub mod consume;
 pub mod crypt;
 pub mod full;

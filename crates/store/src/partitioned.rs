@@ -69,6 +69,9 @@ pub struct Spec {
     /// The `stream` label of the consumer metrics.
     pub metric_label: &'static str,
     pub stall_after: Duration,
+    /// The bytes of messages in hand, over every partition: each pull asks the server for no
+    /// more than it could reserve, and each message keeps its share until it is finished.
+    pub budget: Arc<crate::budget::Budget>,
 }
 
 /// Creates the partition consumers and consumes the partitions `owned` names until `cancel`
@@ -172,6 +175,7 @@ where
         deliveries: Arc::new(Semaphore::new(concurrency)),
         intake: concurrency,
         progress_every: spec.progress_every,
+        budget: spec.budget.clone(),
         tracker,
         handle: Arc::new(handle),
     });
@@ -277,6 +281,7 @@ struct Shared<Fut> {
     intake: usize,
     /// How often a message waiting for its delivery slots tells JetStream it is in hand.
     progress_every: Duration,
+    budget: Arc<crate::budget::Budget>,
     tracker: Arc<Tracker>,
     handle: Arc<Handler<Fut>>,
 }
@@ -379,11 +384,21 @@ where
                 Err(_) => break,
             }
         }
+        // Bytes too: what the partitions ask for at once stays within the budget and well
+        // under what nats-server lets wait for one client before it drops it as slow.
+        let mut reserved = tokio::select! {
+            _ = leave.cancelled() => break 'pulls,
+            r = shared.budget.reserve(
+                crate::consume::largest_message_kib(&shared.js),
+                crate::budget::PULL_MAX_KIB,
+            ) => r,
+        };
         let inbox = client.new_inbox();
         let sent = async {
             let sub = client.subscribe(inbox.clone()).await?;
             let mut request = serde_json::json!({
                 "batch": slots.len(),
+                "max_bytes": reserved.num_permits() * 1024,
                 "expires": PULL_EXPIRES.as_nanos() as u64,
                 "group": GROUP,
             });
@@ -457,6 +472,7 @@ where
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
+            let bytes = crate::budget::take(&mut reserved, crate::consume::message_size(&msg));
             let ticket = shared.tracker.start();
             let token = leave.clone();
             let shared = shared.clone();
@@ -474,6 +490,7 @@ where
                     shared.tracker.finish(ticket, handled);
                     drop(permit);
                     drop(held);
+                    drop(bytes);
                 }
                 .in_current_span(),
             );

@@ -91,6 +91,9 @@ pub(crate) struct Ctx {
     pub wake_release: Arc<tokio::sync::Notify>,
     /// The worker's HTTP request slots (its configured concurrency).
     pub requests: Semaphore,
+    /// The bytes of the request bodies being sent (a quarter of the worker's memory budget):
+    /// each attempt holds its body's size from before it is rendered until it is answered.
+    pub bodies: gancho_store::budget::Budget,
     /// Whether JetStream takes this worker's writes.
     pub pressure: Arc<gancho_store::full::Pressure>,
     /// Endpoints' failing-since marks, and disabling those failing too long.
@@ -493,6 +496,7 @@ impl Ctx {
                     },
                 }
             };
+            let _body = self.bodies.hold(delivery.payload.len() + 512).await;
             let started_at = OffsetDateTime::now_utc();
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
             let (outcome, latency) = self.attempt(&delivery, &ep, started_at).await;

@@ -84,7 +84,15 @@ pub struct WorkerConfig {
     pub disable_after: Duration,
     /// Every webhook leaves through this HTTP CONNECT proxy (`GANCHO_EGRESS_PROXY`).
     pub egress_proxy: Option<egress::EgressProxy>,
+    /// Bytes the worker may hold of messages and request bodies (`GANCHO_WORKER_MEMORY`,
+    /// default [`DEFAULT_MEMORY`]): half for the delivery messages it has pulled and not
+    /// finished, a quarter for the bodies of the requests being sent; the last quarter is
+    /// left to the process itself (its code, config snapshot, connections and TLS buffers).
+    pub memory: u64,
 }
+
+/// The worker's memory budget unless configured: 256 MiB.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -97,6 +105,7 @@ impl Default for WorkerConfig {
             stall_after: gancho_store::consume::STALL_AFTER,
             disable_after: Duration::from_secs(5 * 86_400),
             egress_proxy: None,
+            memory: DEFAULT_MEMORY,
         }
     }
 }
@@ -142,6 +151,7 @@ pub async fn run(
         max_batch: MAX_BATCH,
         metric_label: "deliveries",
         stall_after: config.stall_after,
+        budget: Arc::new(gancho_store::budget::Budget::new(config.memory / 2)),
     };
     // Who serves which partition: this worker's share of the live workers, kept up to date.
     let me = gancho_store::members::new_id();
@@ -180,6 +190,7 @@ pub async fn run(
         gates,
         wake_release,
         requests: tokio::sync::Semaphore::new(requests),
+        bodies: gancho_store::budget::Budget::new(config.memory / 4),
         pressure,
         health,
         failure_lines: Default::default(),
