@@ -26,9 +26,14 @@ pub struct BenchArgs {
     /// Endpoints of the benchmark tenant, each subscribed to every event.
     #[arg(long, default_value_t = 10)]
     pub endpoints: usize,
-    /// Events to send; each is delivered to every endpoint.
+    /// Events to send; each is delivered to every endpoint (or to `--fan-out` of them).
     #[arg(long, default_value_t = 10_000)]
     pub events: usize,
+    /// Endpoints each event goes to, when not all: the endpoints are dealt into groups of
+    /// this size, each subscribed to a type of its own, and the events take the types in
+    /// turn (so `--endpoints 100 --fan-out 1` spreads the events over 100 endpoints).
+    #[arg(long)]
+    pub fan_out: Option<usize>,
     /// Bytes of each event's JSON payload.
     #[arg(long, default_value_t = 1024)]
     pub payload_bytes: usize,
@@ -85,7 +90,7 @@ pub struct BenchArgs {
     /// process POSTs the same deliveries (payload, concurrency) over HTTP/2 and TLS to the
     /// sink and stores one attempt-sized record per delivery in JetStream, awaiting its
     /// PubAck. Reports each process's CPU per delivery and the rate they would allow.
-    #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes", "fail_share"])]
+    #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes", "fail_share", "fan_out"])]
     pub floor: bool,
 }
 
@@ -311,6 +316,11 @@ pub async fn run(
     }
     if !(0.0..=0.9).contains(&args.dead_share) {
         bail!("--dead-share must be from 0 to 0.9");
+    }
+    if let Some(f) = args.fan_out {
+        if f == 0 || f > args.endpoints || args.endpoints % f != 0 {
+            bail!("--fan-out must be from 1 to --endpoints and divide it");
+        }
     }
     if !(0.0..=0.5).contains(&args.fail_share) {
         bail!("--fail-share must be from 0 to 0.5");
@@ -566,6 +576,7 @@ async fn bench(
         .target
         .clone()
         .unwrap_or_else(|| format!("https://127.0.0.1:{sink_port}"));
+    let groups = args.fan_out.map_or(1, |f| args.endpoints / f.max(1));
     let bar = progress(quiet, args.endpoints as u64, "endpoints");
     let creates = (0..args.endpoints).map(|i| {
         let conn = &conn;
@@ -573,11 +584,14 @@ async fn bench(
         let is_dead = i < dead;
         let base = &base;
         let rate_limit = args.rate_limit;
+        let filter = json!([event_type(i, groups)]);
         async move {
             let body = if is_dead {
-                json!({"url": format!("https://127.0.0.1:{hole}/e{i}"), "timeout_ms": dead_timeout.as_millis() as u64})
+                json!({"url": format!("https://127.0.0.1:{hole}/e{i}"), "timeout_ms": dead_timeout.as_millis() as u64,
+                    "filter_types": filter})
             } else {
-                let mut body = json!({"url": format!("{}/e{i}", base.trim_end_matches('/'))});
+                let mut body = json!({"url": format!("{}/e{i}", base.trim_end_matches('/')),
+                    "filter_types": filter});
                 if let Some(limit) = rate_limit {
                     body["rate_limit_per_sec"] = json!(limit);
                 }
@@ -662,7 +676,17 @@ async fn bench(
     ));
 
     // Send.
-    let expected = (args.events * healthy) as u64;
+    // Each group's healthy endpoints get the events of its type (the dead ones come first).
+    let healthy_in = |g: usize| {
+        (g..args.endpoints)
+            .step_by(groups)
+            .filter(|&i| i >= dead)
+            .count()
+    };
+    let expected = (0..args.events)
+        .map(|i| healthy_in(i % groups) as u64)
+        .sum::<u64>();
+    let _ = healthy;
     let started = Instant::now();
     let sender = {
         let (via, events, rate, payload_bytes) =
@@ -672,7 +696,7 @@ async fn bench(
         tokio::spawn(async move {
             send(
                 &via,
-                events,
+                (events, groups),
                 rate,
                 payload_bytes,
                 &nats_url,
@@ -792,6 +816,7 @@ async fn bench(
         "rate_limit": args.rate_limit,
         "busiest_endpoint_per_s": last["busiest_endpoint_per_s"].as_f64(),
         "fail_share": args.fail_share,
+        "fan_out": args.fan_out.unwrap_or(args.endpoints),
         "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64())
             .map(|(r, d)| r - last["failed_on_purpose"].as_u64().unwrap_or(0) - d),
         "deferred": deferred,
@@ -801,6 +826,15 @@ async fn bench(
         "settings": settings(forwarded),
         "soak": soak.map(|warm_up| samples.report(warm_up)),
     }))
+}
+
+/// The event type of event (or endpoint) `i` when the endpoints are dealt into `groups`.
+fn event_type(i: usize, groups: usize) -> String {
+    if groups <= 1 {
+        "charge.paid".into()
+    } else {
+        format!("charge.g{}", i % groups)
+    }
 }
 
 /// Requests in flight in `--floor`: the worker's default concurrency.
@@ -1026,7 +1060,7 @@ fn progress(hidden: bool, total: u64, what: &str) -> indicatif::ProgressBar {
 #[allow(clippy::too_many_arguments)]
 async fn send(
     via: &str,
-    events: usize,
+    (events, groups): (usize, usize),
     rate: u64,
     payload_bytes: usize,
     nats_url: &str,
@@ -1049,7 +1083,6 @@ async fn send(
     });
     if via == "nats" {
         let js = jetstream::new(async_nats::connect(nats_url).await?);
-        let subject = format!("gancho.events.{TENANT}.charge.paid");
         let mut acks = Vec::with_capacity(1000);
         let mut n = 0;
         while n < events {
@@ -1059,10 +1092,12 @@ async fn send(
             let end = (n + per_tick.min(1000)).min(events);
             for i in n..end {
                 let now = time::OffsetDateTime::now_utc();
+                let ty = event_type(i, groups);
+                let subject = format!("gancho.events.{TENANT}.{ty}");
                 let ev = gancho_proto::Event {
                     id: format!("evt-{i}"),
                     tenant: TENANT.into(),
-                    r#type: "charge.paid".into(),
+                    r#type: ty,
                     occurred_at: Some(gancho_proto::timestamp(now)),
                     payload: payload(i).into_bytes().into(),
                     ..Default::default()
@@ -1070,7 +1105,7 @@ async fn send(
                 let publish = PublishMessage::build()
                     .payload(ev.encode_to_vec().into())
                     .message_id(ev.id.clone());
-                acks.push(js.send_publish(subject.clone(), publish).await?);
+                acks.push(js.send_publish(subject, publish).await?);
             }
             n = end;
             if acks.len() >= 1000 || n == events {
@@ -1092,7 +1127,7 @@ async fn send(
                 .format(&time::format_description::well_known::Rfc3339)?;
             let batch: Vec<Value> = (n..end)
                 .map(|i| {
-                    json!({"id": format!("evt-{i}"), "type": "charge.paid", "occurred_at": now,
+                    json!({"id": format!("evt-{i}"), "type": event_type(i, groups), "occurred_at": now,
                         "data": serde_json::from_str::<Value>(&payload(i)).unwrap_or(Value::Null)})
                 })
                 .collect();
@@ -1150,8 +1185,8 @@ fn print_floor(r: &Value) {
 fn print_report(r: &Value) {
     let f = num;
     println!(
-        "\n{} events x {} endpoints ({} dead) = {} deliveries to healthy endpoints; {} worker(s); via {}; {}",
-        r["events"], r["endpoints"], r["dead_endpoints"], r["deliveries"], r["workers"],
+        "\n{} events x {} endpoints ({} dead, fan-out {}) = {} deliveries to healthy endpoints; {} worker(s); via {}; {}",
+        r["events"], r["endpoints"], r["dead_endpoints"], r["fan_out"], r["deliveries"], r["workers"],
         r["via"].as_str().unwrap_or(""),
         if r["rate"] == 0 { "backlog".to_string() } else { format!("{} events/s", r["rate"]) }
     );

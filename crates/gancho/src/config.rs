@@ -95,8 +95,8 @@ pub struct Flags {
     /// router pulls and publishes less; it never drops anything. Default: 256MiB.
     #[arg(long, env = "GANCHO_ROUTER_MEMORY", global = true)]
     pub router_memory: Option<String>,
-    /// Memory a worker may hold of messages and request bodies, e.g. 512MiB (half for
-    /// messages pulled, a quarter for bodies being sent; the rest is the process's own). Past
+    /// Memory a worker may hold of messages and request bodies, e.g. 512MiB (40% for
+    /// messages pulled, 20% for bodies being sent; the rest is the process's own). Past
     /// it the worker pulls and sends less; it never drops anything. Default: 256MiB.
     #[arg(long, env = "GANCHO_WORKER_MEMORY", global = true)]
     pub worker_memory: Option<String>,

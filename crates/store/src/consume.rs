@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// While a stall lasts, its warning is repeated this often (once per stall would hide one that
 /// goes on for hours; once per check would flood the log).
@@ -250,7 +250,14 @@ where
             let msg = match next {
                 Some(Ok(msg)) => msg,
                 Some(Err(e)) => {
-                    warn!(role = spec.role, error = %e, "Consumer hiccup; pulling again.");
+                    // async-nats passes the server's statuses on only as text. A 409 ends a
+                    // pull as planned ("Message Size Exceeds MaxBytes": the next message would
+                    // pass the bytes the pull reserved; a leader change; ...): not a hiccup.
+                    if e.to_string().contains(": 409") {
+                        debug!(role = spec.role, error = %e, "Pull ended by the server.");
+                    } else {
+                        warn!(role = spec.role, error = %e, "Consumer hiccup; pulling again.");
+                    }
                     break;
                 }
                 None => break,

@@ -91,7 +91,7 @@ pub(crate) struct Ctx {
     pub wake_release: Arc<tokio::sync::Notify>,
     /// The worker's HTTP request slots (its configured concurrency).
     pub requests: Semaphore,
-    /// The bytes of the request bodies being sent (a quarter of the worker's memory budget):
+    /// The bytes of the request bodies being sent (a fifth of the worker's memory budget):
     /// each attempt holds its body's size from before it is rendered until it is answered.
     pub bodies: gancho_store::budget::Budget,
     /// Whether JetStream takes this worker's writes.
@@ -240,7 +240,8 @@ impl Ctx {
         if batch {
             return self.handle_batch(&msg, leaving).await;
         }
-        match Delivery::decode(&msg.payload[..]) {
+        // From `Bytes`: the payload is a view of the message, not a second copy of it.
+        match Delivery::decode(msg.payload.clone()) {
             Ok(delivery) => self.handle_delivery(whole, delivery, leaving).await,
             Err(e) => {
                 let reason = format!("delivery does not decode: {e}");
@@ -263,7 +264,7 @@ impl Ctx {
         leaving: tokio_util::sync::CancellationToken,
     ) -> Handled {
         let whole = Unit { msg, alone: true };
-        let batch = match DeliveryBatch::decode(&msg.payload[..]) {
+        let batch = match DeliveryBatch::decode(msg.payload.clone()) {
             Ok(DeliveryBatch {
                 template: Some(template),
                 endpoint_ids,
