@@ -5,19 +5,25 @@
 //! queued more than nats-server lets wait for one client (`max_pending`, 64 MiB), which
 //! closes the connection as a slow consumer: acks lost on it came back as duplicates.
 //!
-//! A [`Budget`] is a semaphore of KiB. Pulls reserve bytes before they ask and ask the
-//! server for at most that many (`max_bytes`); each message pulled keeps its share until it
-//! is finished, and the rest of the reservation goes back when the pull ends. Publishes
-//! and request bodies hold their size while in flight. Past the budget a role waits: it
+//! A [`Budget`] is a semaphore of KiB. A pull reserves bytes before it asks, and asks for
+//! as many messages as fit in them at the size its consumer's messages have had lately
+//! ([`Sizes`]); each message pulled keeps its share (topped up if it is larger than
+//! expected) until it is finished, and the rest of the reservation goes back when the pull
+//! ends. Publishes and request bodies hold their size while in flight.
+//!
+//! Not the pull's `max_bytes`: with it, nats-server 2.15.1 ends a pull on a replicated
+//! consumer with "409 Batch Completed" before the message it waits to replicate, the client
+//! stops listening, and the message comes back only after the ack wait, for ever (a 3-node
+//! cluster routed nothing). Past the budget a role waits: it
 //! pulls, publishes or sends less, never drops anything. A single message larger than the
 //! whole budget takes all of it (so the budget is exceeded by at most one message).
 
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The most one pull may ask for, in KiB (unless one message is larger: see
-/// [`Budget::reserve`]). A worker's 16 partitions pulling at once ask the server for at most
-/// 16 times this, well under nats-server's default per-client `max_pending` (64 MiB).
+/// The most one pull may reserve, in KiB (unless one message is larger). A worker's 16
+/// partitions pulling at once ask the server for about 16 times this at most, well under
+/// nats-server's default per-client `max_pending` (64 MiB).
 pub const PULL_MAX_KIB: u32 = 2 * 1024;
 
 /// A role's budget for one kind of holding, in KiB.
@@ -91,14 +97,58 @@ impl Budget {
         }
         held
     }
+
+    /// Holds what `held` lacks of `bytes` (a message larger than its pull expected), waiting
+    /// for it to be free.
+    pub async fn top_up(&self, held: &mut Held, bytes: usize) {
+        let want = kib(bytes).min(self.total_kib) as usize;
+        if held.num_permits() < want {
+            let more = self.hold((want - held.num_permits()) * 1024).await;
+            held.merge(more);
+        }
+    }
 }
 
-/// Splits a message of `bytes` off a pull's reservation. The server never hands out more
-/// than the pull asked for, so the reservation covers it; should it not, the message takes
-/// what is left (the budget is then exceeded by less than that message).
-pub fn take(reservation: &mut Held, bytes: usize) -> Option<Held> {
+/// Splits the share of a message of `bytes` off a pull's reservation: all of what it
+/// needs, or what is left ([`Budget::top_up`] holds the rest).
+pub fn take(reservation: &mut Held, bytes: usize) -> Held {
     let n = (kib(bytes) as usize).min(reservation.num_permits());
-    reservation.split(n)
+    reservation
+        .split(n)
+        .expect("never more than the reservation holds")
+}
+
+/// The size of the messages a consumer has been getting, in KiB: the largest lately. A
+/// larger message raises it at once; each smaller one lowers it by a sixty-fourth, so after
+/// a few hundred small messages a burst of large ones is forgotten. It starts at the largest
+/// message the server may hand out, so a first pull of large messages cannot overshoot the
+/// budget (a pull of small ones starts with a few and grows within a few hundred).
+#[derive(Debug)]
+pub struct Sizes(std::sync::atomic::AtomicU32);
+
+impl Sizes {
+    /// Sizes starting at `largest` bytes (the server's `max_payload`).
+    pub fn new(largest: usize) -> Self {
+        Self(std::sync::atomic::AtomicU32::new(kib(largest)))
+    }
+
+    pub fn kib(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+
+    pub fn saw(&self, bytes: usize) {
+        let k = kib(bytes);
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |old| Some(k.max(old.saturating_sub(old.div_ceil(64)))),
+        );
+    }
+
+    /// Messages of the recent size that fit in `reserved` KiB (at least 1).
+    pub fn fit(&self, reserved: usize) -> usize {
+        (reserved / self.kib() as usize).max(1)
+    }
 }
 
 #[cfg(test)]
@@ -110,7 +160,7 @@ mod tests {
         let budget = Budget::new(4 << 20);
         let mut pull = budget.reserve(1024, PULL_MAX_KIB).await;
         assert_eq!(pull.num_permits(), 2048);
-        let msg = take(&mut pull, 250_000).unwrap();
+        let msg = take(&mut pull, 250_000);
         assert_eq!(msg.num_permits(), 245);
         drop(pull);
         assert_eq!(budget.used_bytes(), 245 * 1024);
@@ -119,6 +169,36 @@ mod tests {
         assert_eq!(other.num_permits(), 4096 - 245);
         drop((msg, other));
         assert_eq!(budget.used_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_expected_is_topped_up() {
+        let budget = Budget::new(4 << 20);
+        let mut pull = budget.reserve(16, 16).await;
+        let mut msg = take(&mut pull, 250_000);
+        assert_eq!(msg.num_permits(), 16);
+        budget.top_up(&mut msg, 250_000).await;
+        assert_eq!(msg.num_permits(), 245);
+        drop((msg, pull));
+        assert_eq!(budget.used_bytes(), 0);
+    }
+
+    #[test]
+    fn sizes_follow_the_largest_lately() {
+        let sizes = Sizes::new(1 << 20);
+        assert_eq!(sizes.fit(2048), 2);
+        sizes.saw(250_000);
+        assert_eq!(sizes.kib(), 1008, "a smaller message lowers it a little");
+        for _ in 0..100 {
+            sizes.saw(250_000);
+        }
+        assert_eq!(sizes.kib(), 245);
+        assert_eq!(sizes.fit(2048), 8);
+        for _ in 0..400 {
+            sizes.saw(1_000);
+        }
+        assert!(sizes.kib() < 4, "{}", sizes.kib());
+        assert_eq!(sizes.fit(2048), 2048 / sizes.kib() as usize);
     }
 
     #[tokio::test]

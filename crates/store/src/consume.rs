@@ -178,6 +178,7 @@ where
 
     let handle = Arc::new(handle);
     let permits = Arc::new(Semaphore::new(concurrency));
+    let sizes = crate::budget::Sizes::new(js.client().server_info().max_payload);
     let tracker = Arc::new(Tracker::new());
     let watchdog = tokio::spawn(
         watch(
@@ -215,14 +216,17 @@ where
                 Err(_) => break,
             }
         }
+        // Bytes too: as many messages as fit in what the budget has free, at the size the
+        // events have had lately (budget.rs says why not the pull's max_bytes).
+        let per = sizes.kib();
         let mut reserved = tokio::select! {
             _ = cancel.cancelled() => break 'pulls,
-            r = spec.budget.reserve(largest_message_kib(&js), crate::budget::PULL_MAX_KIB) => r,
+            r = spec.budget.reserve(per, crate::budget::PULL_MAX_KIB.max(per)) => r,
         };
+        slots.truncate(sizes.fit(reserved.num_permits()));
         let batch = consumer
             .batch()
             .max_messages(slots.len())
-            .max_bytes(reserved.num_permits() * 1024)
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -265,12 +269,18 @@ where
             let permit = slots
                 .pop()
                 .expect("a pull never yields more than it asked for");
-            let bytes = crate::budget::take(&mut reserved, message_size(&msg));
+            let size = message_size(&msg);
+            sizes.saw(size);
+            let mut bytes = crate::budget::take(&mut reserved, size);
             let handle = handle.clone();
             let ticket = tracker.start();
             let tracker = tracker.clone();
+            let budget = spec.budget.clone();
+            let progress_every = spec.ack_wait / 3;
             tokio::spawn(
                 async move {
+                    // Larger than the pull expected: its share first, kept in hand meanwhile.
+                    with_progress(&msg, progress_every, budget.top_up(&mut bytes, size)).await;
                     let handled = handle(msg).await;
                     tracker.finish(ticket, handled);
                     drop(permit);
@@ -290,14 +300,6 @@ where
     watchdog.abort();
     info!(role = spec.role, "Stopped consuming.");
     Ok(())
-}
-
-/// The largest message the server may hand out, in KiB (its `max_payload`, 1 MiB unless
-/// configured): a pull never asks for fewer bytes, or the server could answer it with
-/// nothing but "message size exceeds max bytes" for ever.
-pub(crate) fn largest_message_kib(js: &jetstream::Context) -> u32 {
-    let max_payload = js.client().server_info().max_payload.max(1 << 20);
-    crate::budget::kib(max_payload + 64 * 1024)
 }
 
 /// What a message weighs against a budget: its payload, subject and (about) its headers,

@@ -369,6 +369,7 @@ where
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
     let mut last_got = 0usize;
+    let sizes = crate::budget::Sizes::new(client.server_info().max_payload);
     'pulls: loop {
         let first = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
@@ -384,21 +385,21 @@ where
                 Err(_) => break,
             }
         }
-        // Bytes too: what the partitions ask for at once stays within the budget and well
-        // under what nats-server lets wait for one client before it drops it as slow.
+        // Bytes too: as many messages as fit in what the budget has free, at the size the
+        // partition's messages have had lately, so what the partitions ask for at once stays
+        // within the budget and well under what nats-server lets wait for one client before
+        // it drops it as slow (budget.rs says why not the pull's max_bytes).
+        let per = sizes.kib();
         let mut reserved = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
-            r = shared.budget.reserve(
-                crate::consume::largest_message_kib(&shared.js),
-                crate::budget::PULL_MAX_KIB,
-            ) => r,
+            r = shared.budget.reserve(per, crate::budget::PULL_MAX_KIB.max(per)) => r,
         };
+        slots.truncate(sizes.fit(reserved.num_permits()));
         let inbox = client.new_inbox();
         let sent = async {
             let sub = client.subscribe(inbox.clone()).await?;
             let mut request = serde_json::json!({
                 "batch": slots.len(),
-                "max_bytes": reserved.num_permits() * 1024,
                 "expires": PULL_EXPIRES.as_nanos() as u64,
                 "group": GROUP,
             });
@@ -472,13 +473,29 @@ where
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
-            let bytes = crate::budget::take(&mut reserved, crate::consume::message_size(&msg));
+            let size = crate::consume::message_size(&msg);
+            sizes.saw(size);
+            let mut bytes = crate::budget::take(&mut reserved, size);
             let ticket = shared.tracker.start();
             let token = leave.clone();
             let shared = shared.clone();
             tasks.spawn(
                 async move {
-                    let Some(held) = delivery_slots(&shared, &msg, &token).await else {
+                    // Larger than the pull expected: its share of the budget first.
+                    let topped_up = tokio::select! {
+                        () = crate::consume::with_progress(
+                            &msg,
+                            shared.progress_every,
+                            shared.budget.top_up(&mut bytes, size),
+                        ) => true,
+                        _ = token.cancelled() => false,
+                    };
+                    let held = if topped_up {
+                        delivery_slots(&shared, &msg, &token).await
+                    } else {
+                        None
+                    };
+                    let Some(held) = held else {
                         // Given up while it waited: the partition's next owner gets it.
                         let _ = msg
                             .ack_with(jetstream::AckKind::Nak(Some(HAND_BACK_DELAY)))
