@@ -318,7 +318,7 @@ pub async fn run(
         bail!("--dead-share must be from 0 to 0.9");
     }
     if let Some(f) = args.fan_out {
-        if f == 0 || f > args.endpoints || args.endpoints % f != 0 {
+        if f == 0 || f > args.endpoints || !args.endpoints.is_multiple_of(f) {
             bail!("--fan-out must be from 1 to --endpoints and divide it");
         }
     }
