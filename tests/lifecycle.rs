@@ -441,6 +441,75 @@ async fn each_once(
     }
 }
 
+/// Moves the first endpoint to `/new` on `rx`, disables the second and deletes the third,
+/// one after the other; returns when the API answered each.
+async fn move_disable_delete(
+    api: &Api,
+    rx: &Receiver,
+    ids: [&str; 3],
+) -> (Instant, Instant, Instant) {
+    let [moved, disabled, deleted] = ids;
+    let new_url = rx.url("/new");
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{moved}"),
+        Some(json!({"url": new_url})),
+    )
+    .await;
+    let moved_at = Instant::now();
+    api.ok(
+        "PATCH",
+        &format!("/endpoints/{disabled}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    let disabled_at = Instant::now();
+    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
+        .await;
+    (moved_at, disabled_at, Instant::now())
+}
+
+/// An api, three endpoints (`moved.*`, `disabled.*`, `deleted.*`, with `extra`) whose old
+/// addresses (`/old-<name>` on one receiver) answer `status`, and the roles.
+struct Three {
+    env: support::Env,
+    api_process: std::process::Child,
+    api: Api,
+    rx: Receiver,
+    ids: [String; 3],
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+async fn three(status: u16, extra: Value) -> Three {
+    let env = support::Env::new().await;
+    let (api_process, api) = start(&env).await;
+    let rx = Receiver::https(&env.ca, move |_, r: &gancho_test_harness::Received| {
+        Answer::status(if r.path.starts_with("/old") {
+            status
+        } else {
+            200
+        })
+    })
+    .await;
+    let mut ids = Vec::new();
+    for name in ["moved", "disabled", "deleted"] {
+        let url = rx.url(&format!("/old-{name}"));
+        ids.push(
+            api.endpoint(&url, &format!("{name}.*"), extra.clone())
+                .await,
+        );
+    }
+    let cancel = env.run_roles(3).await;
+    Three {
+        env,
+        api_process,
+        api,
+        rx,
+        ids: ids.try_into().unwrap(),
+        cancel,
+    }
+}
+
 /// The busiest second of `arrivals`: how many fell within one second of each other.
 fn busiest_second(mut arrivals: Vec<Instant>) -> usize {
     arrivals.sort_unstable();
@@ -486,24 +555,8 @@ async fn a_change_reaches_deliveries_already_waiting_in_the_worker() {
     })
     .await;
 
-    let new_url = rx.url("/new");
-    api.ok(
-        "PATCH",
-        &format!("/endpoints/{moved}"),
-        Some(json!({"url": new_url})),
-    )
-    .await;
-    let moved_at = Instant::now();
-    api.ok(
-        "PATCH",
-        &format!("/endpoints/{disabled}"),
-        Some(json!({"disabled": true})),
-    )
-    .await;
-    let disabled_at = Instant::now();
-    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
-        .await;
-    let deleted_at = Instant::now();
+    let (moved_at, disabled_at, deleted_at) =
+        move_disable_delete(&api, &rx, [&moved, &disabled, &deleted]).await;
     api.ok(
         "PATCH",
         &format!("/endpoints/{faster}"),
@@ -586,25 +639,17 @@ async fn a_change_reaches_deliveries_already_waiting_in_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_deliveries_parked_behind_an_open_circuit() {
     const N: usize = 200;
-    let env = support::Env::new().await;
-    let (mut api_process, api) = start(&env).await;
     // The old addresses fail, so each endpoint's circuit opens after five and the rest
     // are parked; the new one answers.
-    let rx = Receiver::https(&env.ca, |_, r: &gancho_test_harness::Received| {
-        Answer::status(if r.path.starts_with("/old") { 500 } else { 200 })
-    })
-    .await;
     let two_tries = json!({"rate_limit_per_sec": 5, "retry_schedule": "0s,2s"});
-    let moved = api
-        .endpoint(&rx.url("/old-moved"), "moved.*", two_tries.clone())
-        .await;
-    let disabled = api
-        .endpoint(&rx.url("/old-disabled"), "disabled.*", two_tries.clone())
-        .await;
-    let deleted = api
-        .endpoint(&rx.url("/old-deleted"), "deleted.*", two_tries)
-        .await;
-    let cancel = env.run_roles(3).await;
+    let Three {
+        env,
+        mut api_process,
+        api,
+        rx,
+        ids: [moved, disabled, deleted],
+        cancel,
+    } = three(500, two_tries).await;
     for ty in ["moved", "disabled", "deleted"] {
         publish_type(&env, ty, N).await;
     }
@@ -617,62 +662,35 @@ async fn a_change_reaches_deliveries_parked_behind_an_open_circuit() {
     })
     .await;
 
-    let new_url = rx.url("/new");
-    api.ok(
-        "PATCH",
-        &format!("/endpoints/{moved}"),
-        Some(json!({"url": new_url})),
-    )
-    .await;
-    let moved_at = Instant::now();
-    api.ok(
-        "PATCH",
-        &format!("/endpoints/{disabled}"),
-        Some(json!({"disabled": true})),
-    )
-    .await;
-    let disabled_at = Instant::now();
-    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
-        .await;
-    let deleted_at = Instant::now();
+    let (moved_at, disabled_at, deleted_at) =
+        move_disable_delete(&api, &rx, [&moved, &disabled, &deleted]).await;
 
-    let failed = |path, at| Some((path, 2, at));
-    each_once(
-        &env,
-        &rx,
-        "moved",
-        N,
-        "/new",
-        &moved,
-        "none",
-        failed("/old-moved", moved_at),
-    )
-    .await;
-    quiet_after(&rx, "/old-moved", moved_at);
-    each_once(
-        &env,
-        &rx,
-        "disabled",
-        N,
-        "/old-disabled-never",
-        &disabled,
-        "endpoint_disabled",
-        failed("/old-disabled", disabled_at),
-    )
-    .await;
-    quiet_after(&rx, "/old-disabled", disabled_at);
-    each_once(
-        &env,
-        &rx,
-        "deleted",
-        N,
-        "/old-deleted-never",
-        &deleted,
-        "endpoint_gone",
-        failed("/old-deleted", deleted_at),
-    )
-    .await;
-    quiet_after(&rx, "/old-deleted", deleted_at);
+    // A delivery whose two attempts both failed before the change is `exhausted`.
+    for (name, delivered_on, id, kind, at) in [
+        ("moved", "/new", &moved, "none", moved_at),
+        (
+            "disabled",
+            "/never",
+            &disabled,
+            "endpoint_disabled",
+            disabled_at,
+        ),
+        ("deleted", "/never", &deleted, "endpoint_gone", deleted_at),
+    ] {
+        let old = format!("/old-{name}");
+        each_once(
+            &env,
+            &rx,
+            name,
+            N,
+            delivered_on,
+            id,
+            kind,
+            Some((&old, 2, at)),
+        )
+        .await;
+        quiet_after(&rx, &old, at);
+    }
     cancel.cancel();
     support::terminate(&mut api_process);
 }
@@ -680,25 +698,16 @@ async fn a_change_reaches_deliveries_parked_behind_an_open_circuit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_scheduled_retries() {
     const N: usize = 200;
-    let env = support::Env::new().await;
-    let (mut api_process, api) = start(&env).await;
     // A 400 fails the attempt without opening the circuit: every delivery waits for its
     // retry, 20 s later, as a scheduled message.
-    let rx = Receiver::https(&env.ca, |_, r: &gancho_test_harness::Received| {
-        Answer::status(if r.path.starts_with("/old") { 400 } else { 200 })
-    })
-    .await;
-    let retry_later = json!({"retry_schedule": "0s,20s"});
-    let moved = api
-        .endpoint(&rx.url("/old-moved"), "moved.*", retry_later.clone())
-        .await;
-    let disabled = api
-        .endpoint(&rx.url("/old-disabled"), "disabled.*", retry_later.clone())
-        .await;
-    let deleted = api
-        .endpoint(&rx.url("/old-deleted"), "deleted.*", retry_later)
-        .await;
-    let cancel = env.run_roles(3).await;
+    let Three {
+        env,
+        mut api_process,
+        api,
+        rx,
+        ids: [moved, disabled, deleted],
+        cancel,
+    } = three(400, json!({"retry_schedule": "0s,20s"})).await;
     for ty in ["moved", "disabled", "deleted"] {
         publish_type(&env, ty, N).await;
     }
@@ -711,24 +720,8 @@ async fn a_change_reaches_scheduled_retries() {
     })
     .await;
 
-    let new_url = rx.url("/new");
-    api.ok(
-        "PATCH",
-        &format!("/endpoints/{moved}"),
-        Some(json!({"url": new_url})),
-    )
-    .await;
-    let moved_at = Instant::now();
-    api.ok(
-        "PATCH",
-        &format!("/endpoints/{disabled}"),
-        Some(json!({"disabled": true})),
-    )
-    .await;
-    let disabled_at = Instant::now();
-    api.ok("DELETE", &format!("/endpoints/{deleted}"), None)
-        .await;
-    let deleted_at = Instant::now();
+    let (moved_at, disabled_at, deleted_at) =
+        move_disable_delete(&api, &rx, [&moved, &disabled, &deleted]).await;
 
     each_once(&env, &rx, "moved", N, "/new", &moved, "none", None).await;
     each_once(
