@@ -90,13 +90,13 @@ pub struct Flags {
     /// unrouted ones). Default: no limit of its own.
     #[arg(long, env = "GANCHO_EVENTS_MAX_BYTES", global = true)]
     pub events_max_bytes: Option<String>,
-    /// Memory a router may hold of messages, e.g. 512MiB (a quarter for events pulled, half
-    /// for delivery messages being published; the rest is the process's own). Past it the
+    /// Memory a router may use, e.g. 512MiB (an eighth for events pulled, a quarter for
+    /// delivery messages being published; the rest is the process's own). Past it the
     /// router pulls and publishes less; it never drops anything. Default: 256MiB.
     #[arg(long, env = "GANCHO_ROUTER_MEMORY", global = true)]
     pub router_memory: Option<String>,
-    /// Memory a worker may hold of messages and request bodies, e.g. 512MiB (40% for
-    /// messages pulled, 20% for bodies being sent; the rest is the process's own). Past
+    /// Memory a worker may use, e.g. 512MiB (a fifth for messages pulled, a tenth for
+    /// bodies being sent; the rest is the process's own). Past
     /// it the worker pulls and sends less; it never drops anything. Default: 256MiB.
     #[arg(long, env = "GANCHO_WORKER_MEMORY", global = true)]
     pub worker_memory: Option<String>,

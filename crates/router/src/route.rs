@@ -24,7 +24,7 @@ pub(crate) struct Ctx {
     pub partitions: u32,
     /// The router's publish slots ([`crate::PUBLISH_SLOTS`]), shared by every event.
     pub publish_slots: Semaphore,
-    /// The bytes of the delivery messages being published (half of
+    /// The bytes of the delivery messages being published (a quarter of
     /// [`crate::RouterConfig::memory`]): held from when a message is built until its PubAck.
     pub publishing: gancho_store::budget::Budget,
     /// Room left in the deliveries stream ([`crate::room`]).

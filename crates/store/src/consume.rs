@@ -280,7 +280,9 @@ where
             tokio::spawn(
                 async move {
                     // Larger than the pull expected: its share first, kept in hand meanwhile.
-                    with_progress(&msg, progress_every, budget.top_up(&mut bytes, size)).await;
+                    if bytes.num_permits() < crate::budget::kib(size) as usize {
+                        with_progress(&msg, progress_every, budget.top_up(&mut bytes, size)).await;
+                    }
                     let handled = handle(msg).await;
                     tracker.finish(ticket, handled);
                     drop(permit);

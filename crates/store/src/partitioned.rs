@@ -176,6 +176,7 @@ where
         intake: concurrency,
         progress_every: spec.progress_every,
         budget: spec.budget.clone(),
+        sizes: crate::budget::Sizes::new(js.client().server_info().max_payload),
         tracker,
         handle: Arc::new(handle),
     });
@@ -282,6 +283,8 @@ struct Shared<Fut> {
     /// How often a message waiting for its delivery slots tells JetStream it is in hand.
     progress_every: Duration,
     budget: Arc<crate::budget::Budget>,
+    /// The size of the messages lately, over every partition this worker serves.
+    sizes: crate::budget::Sizes,
     tracker: Arc<Tracker>,
     handle: Arc<Handler<Fut>>,
 }
@@ -369,7 +372,7 @@ where
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
     let mut last_got = 0usize;
-    let sizes = crate::budget::Sizes::new(client.server_info().max_payload);
+    let sizes = &shared.sizes;
     'pulls: loop {
         let first = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
@@ -482,14 +485,15 @@ where
             tasks.spawn(
                 async move {
                     // Larger than the pull expected: its share of the budget first.
-                    let topped_up = tokio::select! {
-                        () = crate::consume::with_progress(
-                            &msg,
-                            shared.progress_every,
-                            shared.budget.top_up(&mut bytes, size),
-                        ) => true,
-                        _ = token.cancelled() => false,
-                    };
+                    let topped_up = bytes.num_permits() >= crate::budget::kib(size) as usize
+                        || tokio::select! {
+                            () = crate::consume::with_progress(
+                                &msg,
+                                shared.progress_every,
+                                shared.budget.top_up(&mut bytes, size),
+                            ) => true,
+                            _ = token.cancelled() => false,
+                        };
                     let held = if topped_up {
                         delivery_slots(&shared, &msg, &token).await
                     } else {

@@ -91,7 +91,7 @@ pub(crate) struct Ctx {
     pub wake_release: Arc<tokio::sync::Notify>,
     /// The worker's HTTP request slots (its configured concurrency).
     pub requests: Semaphore,
-    /// The bytes of the request bodies being sent (a fifth of the worker's memory budget):
+    /// The bytes of the request bodies being sent (a tenth of the worker's memory budget):
     /// each attempt holds its body's size from before it is rendered until it is answered.
     pub bodies: gancho_store::budget::Budget,
     /// Whether JetStream takes this worker's writes.
