@@ -144,7 +144,7 @@ pub async fn run(
         metric_label: "events",
         stall_after: config.stall_after,
         gate: Some(gate),
-        budget: Arc::new(gancho_store::budget::Budget::new(config.memory / 8)),
+        budget: gancho_store::budget::Budget::new(config.memory / 8),
     };
     let ctx = Arc::new(route::Ctx {
         js: output,

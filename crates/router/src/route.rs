@@ -406,15 +406,13 @@ mod tests {
             Invalid::Undecodable(_)
         ));
         assert_eq!(
-            check_event(&s, subj, &event("acme", "invoice.paid", b"nope")[..][..]).unwrap_err(),
+            check_event(&s, subj, &event("acme", "invoice.paid", b"nope")[..]).unwrap_err(),
             Invalid::NotJson
         );
-        let err =
-            check_event(&s, subj, &event("other", "invoice.paid", b"{}")[..][..]).unwrap_err();
+        let err = check_event(&s, subj, &event("other", "invoice.paid", b"{}")[..]).unwrap_err();
         assert_eq!(err.kind(), "subject_mismatch");
         assert!(err.reason().contains("\"other\""));
-        let err =
-            check_event(&s, subj, &event("acme", "invoice.created", b"{}")[..][..]).unwrap_err();
+        let err = check_event(&s, subj, &event("acme", "invoice.created", b"{}")[..]).unwrap_err();
         assert_eq!(err.kind(), "subject_mismatch");
     }
 

@@ -5,18 +5,21 @@
 //! queued more than nats-server lets wait for one client (`max_pending`, 64 MiB), which
 //! closes the connection as a slow consumer: acks lost on it came back as duplicates.
 //!
-//! A [`Budget`] is a semaphore of KiB. A pull reserves bytes before it asks, and asks for
-//! as many messages as fit in them at the size its consumer's messages have had lately
-//! ([`Sizes`]); each message pulled keeps its share (topped up if it is larger than
+//! A [`Budget`] is a semaphore of KiB. Publishes and request bodies hold their size while in
+//! flight ([`Budget::hold`]). A consumer's [`Intake`] reserves bytes before each pull and
+//! asks for as many messages as fit in them at the size its messages have had lately
+//! ([`Sizes`]); each message pulled keeps its [`Share`] (topped up if it is larger than
 //! expected) until it is finished, and the rest of the reservation goes back when the pull
-//! ends. Publishes and request bodies hold their size while in flight.
+//! ends.
+//!
+//! Past the budget a role waits: it pulls, publishes or sends less, never drops anything. A
+//! single message larger than the whole budget takes all of it (so the budget is exceeded by
+//! at most one message).
 //!
 //! Not the pull's `max_bytes`: with it, nats-server 2.15.1 ends a pull on a replicated
 //! consumer with "409 Batch Completed" before the message it waits to replicate, the client
 //! stops listening, and the message comes back only after the ack wait, for ever (a 3-node
-//! cluster routed nothing). Past the budget a role waits: it
-//! pulls, publishes or sends less, never drops anything. A single message larger than the
-//! whole budget takes all of it (so the budget is exceeded by at most one message).
+//! cluster routed nothing).
 
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,7 +40,7 @@ pub struct Budget {
 pub type Held = OwnedSemaphorePermit;
 
 /// KiB to hold for `bytes` (at least 1).
-pub fn kib(bytes: usize) -> u32 {
+fn kib(bytes: usize) -> u32 {
     u32::try_from(bytes.div_ceil(1024))
         .unwrap_or(u32::MAX)
         .max(1)
@@ -47,17 +50,12 @@ impl Budget {
     /// A budget of `bytes` (at least 1 MiB).
     pub fn new(bytes: u64) -> Self {
         let total_kib = u32::try_from(bytes / 1024)
-            .unwrap_or(u32::MAX >> 3)
+            .unwrap_or(u32::MAX)
             .clamp(1024, Semaphore::MAX_PERMITS as u32);
         Self {
             sem: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
         }
-    }
-
-    /// The whole budget, in bytes.
-    pub fn total_bytes(&self) -> u64 {
-        u64::from(self.total_kib) * 1024
     }
 
     /// Bytes held now.
@@ -76,10 +74,9 @@ impl Budget {
             .expect("the semaphore is never closed")
     }
 
-    /// Reserves bytes for a pull: waits for `at_least` KiB (the largest message the server
-    /// may hand out, so a pull never asks for less than one message), then takes what else is
-    /// free up to `at_most`. Split each message's share off with [`take`].
-    pub async fn reserve(&self, at_least: u32, at_most: u32) -> Held {
+    /// Waits for `at_least` KiB (one message of the expected size, so a pull always asks for
+    /// at least one), then takes what else is free up to `at_most`.
+    async fn reserve(&self, at_least: u32, at_most: u32) -> Held {
         let at_least = at_least.clamp(1, self.total_kib);
         let mut held = self
             .sem
@@ -97,25 +94,73 @@ impl Budget {
         }
         held
     }
+}
 
-    /// Holds what `held` lacks of `bytes` (a message larger than its pull expected), waiting
-    /// for it to be free.
-    pub async fn top_up(&self, held: &mut Held, bytes: usize) {
-        let want = kib(bytes).min(self.total_kib) as usize;
-        if held.num_permits() < want {
-            let more = self.hold((want - held.num_permits()) * 1024).await;
-            held.merge(more);
+/// A consumer's intake in bytes: its share of the role's budget, and the size its messages
+/// have had lately.
+#[derive(Debug)]
+pub struct Intake {
+    budget: Budget,
+    sizes: Sizes,
+}
+
+/// A pulled message's share of its consumer's budget, held until it is finished.
+#[derive(Debug)]
+pub struct Share {
+    held: Held,
+    /// KiB the message weighs.
+    wants: usize,
+}
+
+impl Intake {
+    /// `largest`: the largest message the server may hand out (its `max_payload`), what
+    /// the first pull expects.
+    pub fn new(budget: Budget, largest: usize) -> Self {
+        Self {
+            budget,
+            sizes: Sizes::new(largest),
+        }
+    }
+
+    /// Reserves bytes for a pull (up to [`PULL_MAX_KIB`], at least one message of the
+    /// recent size) and says how many messages of that size fit in them.
+    pub async fn reserve(&self) -> (Held, usize) {
+        let per = self.sizes.kib();
+        let held = self.budget.reserve(per, PULL_MAX_KIB.max(per)).await;
+        let fit = self.sizes.fit(held.num_permits());
+        (held, fit)
+    }
+
+    /// Splits the share of a pulled message of `bytes` off its pull's reservation: all it
+    /// weighs, or what is left ([`Intake::complete`] holds the rest).
+    pub fn take(&self, reservation: &mut Held, bytes: usize) -> Share {
+        self.sizes.saw(bytes);
+        let wants = (kib(bytes) as usize).min(self.budget.total_kib as usize);
+        let n = wants.min(reservation.num_permits());
+        let held = reservation
+            .split(n)
+            .expect("never more than the reservation holds");
+        Share { held, wants }
+    }
+
+    /// Holds what `share` lacks (a message larger than its pull expected), waiting for it to
+    /// be free.
+    pub async fn complete(&self, share: &mut Share) {
+        if !share.is_whole() {
+            let more = self
+                .budget
+                .hold((share.wants - share.held.num_permits()) * 1024)
+                .await;
+            share.held.merge(more);
         }
     }
 }
 
-/// Splits the share of a message of `bytes` off a pull's reservation: all of what it
-/// needs, or what is left ([`Budget::top_up`] holds the rest).
-pub fn take(reservation: &mut Held, bytes: usize) -> Held {
-    let n = (kib(bytes) as usize).min(reservation.num_permits());
-    reservation
-        .split(n)
-        .expect("never more than the reservation holds")
+impl Share {
+    /// Whether it holds all its message weighs (nothing to wait for).
+    pub fn is_whole(&self) -> bool {
+        self.held.num_permits() >= self.wants
+    }
 }
 
 /// The size of the messages a consumer has been getting, in KiB: the largest lately. A
@@ -124,19 +169,19 @@ pub fn take(reservation: &mut Held, bytes: usize) -> Held {
 /// message the server may hand out, so a first pull of large messages cannot overshoot the
 /// budget (a pull of small ones starts with a few and grows within a few hundred).
 #[derive(Debug)]
-pub struct Sizes(std::sync::atomic::AtomicU32);
+struct Sizes(std::sync::atomic::AtomicU32);
 
 impl Sizes {
     /// Sizes starting at `largest` bytes (the server's `max_payload`).
-    pub fn new(largest: usize) -> Self {
+    fn new(largest: usize) -> Self {
         Self(std::sync::atomic::AtomicU32::new(kib(largest)))
     }
 
-    pub fn kib(&self) -> u32 {
+    fn kib(&self) -> u32 {
         self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
     }
 
-    pub fn saw(&self, bytes: usize) {
+    fn saw(&self, bytes: usize) {
         let k = kib(bytes);
         let _ = self.0.fetch_update(
             std::sync::atomic::Ordering::Relaxed,
@@ -146,7 +191,7 @@ impl Sizes {
     }
 
     /// Messages of the recent size that fit in `reserved` KiB (at least 1).
-    pub fn fit(&self, reserved: usize) -> usize {
+    fn fit(&self, reserved: usize) -> usize {
         (reserved / self.kib() as usize).max(1)
     }
 }
@@ -157,30 +202,36 @@ mod tests {
 
     #[tokio::test]
     async fn pulls_reserve_messages_keep_their_share_and_the_rest_goes_back() {
-        let budget = Budget::new(4 << 20);
-        let mut pull = budget.reserve(1024, PULL_MAX_KIB).await;
-        assert_eq!(pull.num_permits(), 2048);
-        let msg = take(&mut pull, 250_000);
-        assert_eq!(msg.num_permits(), 245);
+        let intake = Intake::new(Budget::new(4 << 20), 1 << 20);
+        let (mut pull, fit) = intake.reserve().await;
+        assert_eq!((pull.num_permits(), fit), (2048, 2));
+        let msg = intake.take(&mut pull, 250_000);
+        assert_eq!(msg.held.num_permits(), 245);
+        assert!(msg.is_whole());
         drop(pull);
-        assert_eq!(budget.used_bytes(), 245 * 1024);
+        assert_eq!(intake.budget.used_bytes(), 245 * 1024);
         // A second pull gets the rest, not more.
-        let other = budget.reserve(1024, 8192).await;
+        let other = intake.budget.reserve(1024, 8192).await;
         assert_eq!(other.num_permits(), 4096 - 245);
         drop((msg, other));
-        assert_eq!(budget.used_bytes(), 0);
+        assert_eq!(intake.budget.used_bytes(), 0);
     }
 
     #[tokio::test]
     async fn a_message_larger_than_expected_is_topped_up() {
-        let budget = Budget::new(4 << 20);
-        let mut pull = budget.reserve(16, 16).await;
-        let mut msg = take(&mut pull, 250_000);
-        assert_eq!(msg.num_permits(), 16);
-        budget.top_up(&mut msg, 250_000).await;
-        assert_eq!(msg.num_permits(), 245);
-        drop((msg, pull));
-        assert_eq!(budget.used_bytes(), 0);
+        let intake = Intake::new(Budget::new(4 << 20), 16 << 10);
+        let (pull, fit) = intake.reserve().await;
+        assert_eq!(fit, PULL_MAX_KIB as usize / 16);
+        drop(pull);
+        let mut reservation = intake.budget.reserve(16, 16).await;
+        let mut msg = intake.take(&mut reservation, 250_000);
+        assert_eq!(msg.held.num_permits(), 16);
+        assert!(!msg.is_whole());
+        intake.complete(&mut msg).await;
+        assert_eq!(msg.held.num_permits(), 245);
+        assert!(msg.is_whole());
+        drop((msg, reservation));
+        assert_eq!(intake.budget.used_bytes(), 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 /// While a stall lasts, its warning is repeated this often (once per stall would hide one that
 /// goes on for hours; once per check would flood the log).
@@ -128,9 +128,9 @@ pub struct Spec {
     /// When given, nothing is pulled while it reads `false` (the router waiting for room in
     /// the deliveries stream). Messages in hand finish as usual.
     pub gate: Option<tokio::sync::watch::Receiver<bool>>,
-    /// The bytes of messages in hand: each pull asks the server for no more than it could
-    /// reserve, and each message keeps its share until it is finished.
-    pub budget: Arc<crate::budget::Budget>,
+    /// The bytes of messages in hand: each pull asks for no more messages than fit in what
+    /// it could reserve, and each message keeps its share until it is finished.
+    pub budget: crate::budget::Budget,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,10 @@ where
 
     let handle = Arc::new(handle);
     let permits = Arc::new(Semaphore::new(concurrency));
-    let sizes = crate::budget::Sizes::new(js.client().server_info().max_payload);
+    let intake = Arc::new(crate::budget::Intake::new(
+        spec.budget,
+        js.client().server_info().max_payload,
+    ));
     let tracker = Arc::new(Tracker::new());
     let watchdog = tokio::spawn(
         watch(
@@ -218,12 +221,11 @@ where
         }
         // Bytes too: as many messages as fit in what the budget has free, at the size the
         // events have had lately (budget.rs says why not the pull's max_bytes).
-        let per = sizes.kib();
-        let mut reserved = tokio::select! {
+        let (mut reserved, fit) = tokio::select! {
             _ = cancel.cancelled() => break 'pulls,
-            r = spec.budget.reserve(per, crate::budget::PULL_MAX_KIB.max(per)) => r,
+            r = intake.reserve() => r,
         };
-        slots.truncate(sizes.fit(reserved.num_permits()));
+        slots.truncate(fit);
         let batch = consumer
             .batch()
             .max_messages(slots.len())
@@ -254,14 +256,7 @@ where
             let msg = match next {
                 Some(Ok(msg)) => msg,
                 Some(Err(e)) => {
-                    // async-nats passes the server's statuses on only as text. A 409 ends a
-                    // pull as planned ("Message Size Exceeds MaxBytes": the next message would
-                    // pass the bytes the pull reserved; a leader change; ...): not a hiccup.
-                    if e.to_string().contains(": 409") {
-                        debug!(role = spec.role, error = %e, "Pull ended by the server.");
-                    } else {
-                        warn!(role = spec.role, error = %e, "Consumer hiccup; pulling again.");
-                    }
+                    warn!(role = spec.role, error = %e, "Consumer hiccup; pulling again.");
                     break;
                 }
                 None => break,
@@ -269,24 +264,22 @@ where
             let permit = slots
                 .pop()
                 .expect("a pull never yields more than it asked for");
-            let size = message_size(&msg);
-            sizes.saw(size);
-            let mut bytes = crate::budget::take(&mut reserved, size);
+            let mut share = intake.take(&mut reserved, message_size(&msg));
             let handle = handle.clone();
             let ticket = tracker.start();
             let tracker = tracker.clone();
-            let budget = spec.budget.clone();
+            let intake = intake.clone();
             let progress_every = spec.ack_wait / 3;
             tokio::spawn(
                 async move {
                     // Larger than the pull expected: its share first, kept in hand meanwhile.
-                    if bytes.num_permits() < crate::budget::kib(size) as usize {
-                        with_progress(&msg, progress_every, budget.top_up(&mut bytes, size)).await;
+                    if !share.is_whole() {
+                        with_progress(&msg, progress_every, intake.complete(&mut share)).await;
                     }
                     let handled = handle(msg).await;
                     tracker.finish(ticket, handled);
                     drop(permit);
-                    drop(bytes);
+                    drop(share);
                 }
                 .instrument(tracing::info_span!("message", role = spec.role)),
             );
@@ -304,8 +297,7 @@ where
     Ok(())
 }
 
-/// What a message weighs against a budget: its payload, subject and (about) its headers,
-/// as the server counts it toward a pull's `max_bytes`.
+/// What a message weighs against a budget: its payload, subject and (about) its headers.
 pub(crate) fn message_size(msg: &jetstream::Message) -> usize {
     msg.payload.len() + msg.subject.len() + 256
 }

@@ -69,9 +69,10 @@ pub struct Spec {
     /// The `stream` label of the consumer metrics.
     pub metric_label: &'static str,
     pub stall_after: Duration,
-    /// The bytes of messages in hand, over every partition: each pull asks the server for no
-    /// more than it could reserve, and each message keeps its share until it is finished.
-    pub budget: Arc<crate::budget::Budget>,
+    /// The bytes of messages in hand, over every partition: each pull asks for no more
+    /// messages than fit in what it could reserve, and each message keeps its share until
+    /// it is finished.
+    pub budget: crate::budget::Budget,
 }
 
 /// Creates the partition consumers and consumes the partitions `owned` names until `cancel`
@@ -175,8 +176,7 @@ where
         deliveries: Arc::new(Semaphore::new(concurrency)),
         intake: concurrency,
         progress_every: spec.progress_every,
-        budget: spec.budget.clone(),
-        sizes: crate::budget::Sizes::new(js.client().server_info().max_payload),
+        bytes: crate::budget::Intake::new(spec.budget, js.client().server_info().max_payload),
         tracker,
         handle: Arc::new(handle),
     });
@@ -282,9 +282,9 @@ struct Shared<Fut> {
     intake: usize,
     /// How often a message waiting for its delivery slots tells JetStream it is in hand.
     progress_every: Duration,
-    budget: Arc<crate::budget::Budget>,
-    /// The size of the messages lately, over every partition this worker serves.
-    sizes: crate::budget::Sizes,
+    /// The bytes of messages in hand, and their size lately, over every partition this
+    /// worker serves.
+    bytes: crate::budget::Intake,
     tracker: Arc<Tracker>,
     handle: Arc<Handler<Fut>>,
 }
@@ -372,7 +372,6 @@ where
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
     let mut last_got = 0usize;
-    let sizes = &shared.sizes;
     'pulls: loop {
         let first = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
@@ -392,12 +391,11 @@ where
         // partition's messages have had lately, so what the partitions ask for at once stays
         // within the budget and well under what nats-server lets wait for one client before
         // it drops it as slow (budget.rs says why not the pull's max_bytes).
-        let per = sizes.kib();
-        let mut reserved = tokio::select! {
+        let (mut reserved, fit) = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
-            r = shared.budget.reserve(per, crate::budget::PULL_MAX_KIB.max(per)) => r,
+            r = shared.bytes.reserve() => r,
         };
-        slots.truncate(sizes.fit(reserved.num_permits()));
+        slots.truncate(fit);
         let inbox = client.new_inbox();
         let sent = async {
             let sub = client.subscribe(inbox.clone()).await?;
@@ -476,21 +474,21 @@ where
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
-            let size = crate::consume::message_size(&msg);
-            sizes.saw(size);
-            let mut bytes = crate::budget::take(&mut reserved, size);
+            let mut share = shared
+                .bytes
+                .take(&mut reserved, crate::consume::message_size(&msg));
             let ticket = shared.tracker.start();
             let token = leave.clone();
             let shared = shared.clone();
             tasks.spawn(
                 async move {
                     // Larger than the pull expected: its share of the budget first.
-                    let topped_up = bytes.num_permits() >= crate::budget::kib(size) as usize
+                    let topped_up = share.is_whole()
                         || tokio::select! {
                             () = crate::consume::with_progress(
                                 &msg,
                                 shared.progress_every,
-                                shared.budget.top_up(&mut bytes, size),
+                                shared.bytes.complete(&mut share),
                             ) => true,
                             _ = token.cancelled() => false,
                         };
@@ -511,7 +509,7 @@ where
                     shared.tracker.finish(ticket, handled);
                     drop(permit);
                     drop(held);
-                    drop(bytes);
+                    drop(share);
                 }
                 .in_current_span(),
             );

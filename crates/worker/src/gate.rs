@@ -575,14 +575,14 @@ impl Gate {
             c.open_until = Some(Instant::now() + c.cooldown);
             c.probing = false;
         }
-        let opened = !was_open && c.open_until.is_some();
+        let open = c.open_until.is_some();
         drop(c);
-        if opened {
+        if open && !was_open {
             // What waits in the queue (for a slot, or for the rate's next token) is parked
             // now, not one by one as each turn comes.
             self.evictions.send_modify(|e| *e += 1);
         }
-        was_open != self.is_open()
+        was_open != open
     }
 
     /// What to do with the deliveries parked while the circuit was open.

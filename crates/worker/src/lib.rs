@@ -154,7 +154,7 @@ pub async fn run(
         max_batch: MAX_BATCH,
         metric_label: "deliveries",
         stall_after: config.stall_after,
-        budget: Arc::new(gancho_store::budget::Budget::new(config.memory / 5)),
+        budget: gancho_store::budget::Budget::new(config.memory / 5),
     };
     // Who serves which partition: this worker's share of the live workers, kept up to date.
     let me = gancho_store::members::new_id();
