@@ -152,7 +152,8 @@ if count < 10:
 for title in ["Events in (per second)", "Deliveries out (2xx per second)",
               "End-to-end latency (event time to 2xx)", "Consumer lag (pending + ack pending)",
               "CPU by role (cores)", "Memory by role (RSS)", "Attempts by outcome",
-              "JetStream publish latency p99 by role"]:
+              "JetStream publish latency p99 by role",
+              "Who is waiting behind whom: each tenant's backlog and its wait at the router (p99)"]:
     if not any(query(e)["data"]["result"] for e in panels[title]):
         problems.append(f"panel {title!r} is empty")
 tenants = {r["metric"]["tenant"] for r in query(panels["Deliveries by tenant (GANCHO_METRICS_TENANTS; the rest are other)"][0])["data"]["result"]}

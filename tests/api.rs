@@ -104,6 +104,58 @@ async fn tenants_and_endpoints_crud() {
     let (s, _) = call("GET", &url("/v1/tenants/nobody"), admin, None).await;
     assert_eq!(s, 404);
 
+    // A tenant's weight: 1 by default, 1 to 100, changed by PATCH (admin only).
+    let (_, v) = call("GET", &url("/v1/tenants/acme"), admin, None).await;
+    assert_eq!(v["weight"], 1, "{v}");
+    let (s, v) = call(
+        "POST",
+        &url("/v1/tenants"),
+        admin,
+        Some(r#"{"id":"gold","weight":0}"#),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert!(err_msg(&v).contains("weight must be from 1 to 100"), "{v}");
+    let (s, v) = call(
+        "POST",
+        &url("/v1/tenants"),
+        admin,
+        Some(r#"{"id":"gold","weight":3}"#),
+    )
+    .await;
+    assert_eq!((s, v["weight"].as_u64()), (201, Some(3)), "{v}");
+    let (s, v) = call(
+        "PATCH",
+        &url("/v1/tenants/gold"),
+        admin,
+        Some(r#"{"weight":101}"#),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert!(err_msg(&v).contains("got 101"), "{v}");
+    let (s, v) = call(
+        "PATCH",
+        &url("/v1/tenants/gold"),
+        admin,
+        Some(r#"{"weight":5,"name":"Gold"}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["weight"].as_u64(), v["name"].as_str()),
+        (Some(5), Some("Gold"))
+    );
+    let (_, v) = call("GET", &url("/v1/tenants/gold"), admin, None).await;
+    assert_eq!(v["weight"], 5, "{v}");
+    let (s, _) = call(
+        "PATCH",
+        &url("/v1/tenants/nobody"),
+        admin,
+        Some(r#"{"weight":2}"#),
+    )
+    .await;
+    assert_eq!(s, 404);
+
     // Endpoints.
     let body = json!({
         "url": "https://hooks.example.com/gancho", "description": "billing",

@@ -115,6 +115,13 @@ async fn every_route_answers_each_caller_as_documented() {
             403,
         ),
         ("GET", "/v1/tenants/acme".into(), None, 200, 200),
+        (
+            "PATCH",
+            "/v1/tenants/acme".into(),
+            Some(json!({"weight": 100})),
+            403,
+            403,
+        ),
         ("DELETE", "/v1/tenants/acme".into(), None, 403, 403),
         ("GET", "/v1/tenants/acme/api-keys".into(), None, 403, 403),
         (

@@ -141,6 +141,7 @@ impl Env {
                 id: id.parse().unwrap(),
                 name: id.into(),
                 created_at: OffsetDateTime::now_utc(),
+                weight: 1,
             })
             .await
             .unwrap();
@@ -379,7 +380,11 @@ impl Env {
 
     /// The command [`Env::spawn_with`] runs, for tests that capture its output.
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gancho"));
+        // GANCHO_TEST_BIN runs the roles from another build (a release one, to measure as
+        // operators run them).
+        let bin = std::env::var("GANCHO_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gancho").to_owned());
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("GANCHO_NATS_URL", &self.nats_urls)
             .env("GANCHO_STREAM_REPLICAS", self.replicas.to_string())
@@ -482,20 +487,39 @@ impl Env {
         let subjects = &self.layout.subjects;
         let (mut pending, mut ack_pending) = (0, 0);
         for p in 0..gancho_core::subject::PARTITIONS {
-            let (a, b) = self
-                .consumer_state(&subjects.deliveries_stream(), &subjects.worker_consumer(p))
-                .await;
-            pending += a;
-            ack_pending += b;
+            for durable in [
+                subjects.worker_consumer(p),
+                subjects.worker_bulk_consumer(p),
+            ] {
+                let (a, b) = self
+                    .consumer_state(&subjects.deliveries_stream(), &durable)
+                    .await;
+                pending += a;
+                ack_pending += b;
+            }
         }
         (pending, ack_pending)
     }
 
-    /// (pending, ack pending) of the routers' consumer, asked again through a failover.
+    /// (pending, ack pending) of the routers' consumers (one per tenant), summed, asked
+    /// again through a failover.
     pub async fn router_consumer_state(&self) -> (u64, usize) {
         let subjects = &self.layout.subjects;
-        self.consumer_state(&subjects.events_stream(), &subjects.router_consumer())
-            .await
+        for _ in 0..150 {
+            let listed = async {
+                let stream = self.js.get_stream(subjects.events_stream()).await.ok()?;
+                gancho_store::by_tenant::consumers(&stream, subjects, &subjects.router_consumer())
+                    .await
+                    .ok()
+            };
+            if let Some(consumers) = listed.await {
+                return consumers.iter().fold((0, 0), |(p, a), (_, i)| {
+                    (p + i.num_pending, a + i.num_ack_pending)
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the routers' consumers did not answer for 30 s");
     }
 
     async fn consumer_state(&self, stream: &str, durable: &str) -> (u64, usize) {

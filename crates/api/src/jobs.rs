@@ -677,11 +677,12 @@ impl Runner {
             created_at: Some(timestamp(OffsetDateTime::now_utc())),
             ..d
         };
-        let subject = s.delivery(partition(
+        // The bulk lane: a job's copies take what the tenants' live deliveries leave free,
+        // and count toward their tenant's share there.
+        let subject = s.delivery_bulk(
+            partition(&delivery.tenant, &delivery.endpoint_id, PARTITIONS),
             &delivery.tenant,
-            &delivery.endpoint_id,
-            PARTITIONS,
-        ));
+        );
         let publish = PublishMessage::build()
             .payload(Bytes::from(delivery.encode_to_vec()))
             .message_id(format!("job:{}:{seq}", self.job.id));

@@ -107,7 +107,7 @@ pub struct ApiState {
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::get, tenants::delete))
+        .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::revoke))
         .routes(routes!(endpoints::create, endpoints::list))

@@ -1,4 +1,4 @@
-//! `POST/GET /v1/tenants`, `GET /v1/tenants/{tenant}`, `DELETE /v1/tenants/{tenant}`.
+//! `POST/GET /v1/tenants`, `GET/PATCH/DELETE /v1/tenants/{tenant}`.
 
 use crate::error::{ApiError, Json, Path, Query};
 use crate::page::{page, Page, PageQuery};
@@ -19,6 +19,9 @@ pub struct TenantView {
     name: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    /// Its share of the routers' and workers' capacity against other tenants with work
+    /// waiting (1 to 100); a tenant alone gets all of it whatever its weight.
+    weight: u32,
 }
 
 impl From<Tenant> for TenantView {
@@ -27,7 +30,20 @@ impl From<Tenant> for TenantView {
             id: t.id.as_str().to_owned(),
             name: t.name,
             created_at: t.created_at,
+            weight: t.weight,
         }
+    }
+}
+
+/// Checks a weight from a request.
+fn check_weight(weight: u32) -> Result<u32, ApiError> {
+    if (1..=gancho_store::model::MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(ApiError::invalid(format!(
+            "weight must be from 1 to {}, got {weight}",
+            gancho_store::model::MAX_WEIGHT
+        )))
     }
 }
 
@@ -41,6 +57,24 @@ pub struct CreateTenant {
     #[serde(default)]
     #[schema(example = "Acme Pagamentos")]
     name: String,
+    /// Its share against other tenants with work waiting, 1 to 100 (default 1): a tenant of
+    /// weight 3 gets about three times what one of weight 1 gets while both have a backlog.
+    #[serde(default)]
+    #[schema(example = 1, minimum = 1, maximum = 100)]
+    weight: Option<u32>,
+}
+
+/// What a PATCH changes; what is left out stays.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    /// A display name, up to 256 characters.
+    #[serde(default)]
+    name: Option<String>,
+    /// 1 to 100.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
+    weight: Option<u32>,
 }
 
 /// Create a tenant.
@@ -58,7 +92,9 @@ pub async fn create(
     if body.name.len() > 256 {
         return Err(ApiError::invalid("name is longer than 256 characters"));
     }
+    let weight = check_weight(body.weight.unwrap_or(1))?;
     let tenant = Tenant {
+        weight,
         name: if body.name.is_empty() {
             id.to_string()
         } else {
@@ -104,6 +140,40 @@ pub async fn get(
         .await?
         .map(|t| axum::Json(t.into()))
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant:?} not found")))
+}
+
+/// Change a tenant's name or weight.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", operation_id = "update_tenant",
+    params(("tenant" = String, Path, description = "The tenant id.")),
+    request_body = UpdateTenant,
+    responses((status = 200, description = "The tenant as it is now.", body = TenantView)))]
+pub async fn update(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+    Json(body): Json<UpdateTenant>,
+) -> Result<axum::Json<TenantView>, ApiError> {
+    check_path(&tenant)?;
+    if body
+        .name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.len() > 256)
+    {
+        return Err(ApiError::invalid("name must be 1 to 256 characters"));
+    }
+    let weight = body.weight.map(check_weight).transpose()?;
+    let updated = state
+        .store
+        .update_tenant(&tenant, |t| {
+            if let Some(name) = &body.name {
+                t.name = name.clone();
+            }
+            if let Some(w) = weight {
+                t.weight = w;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(axum::Json(updated.into()))
 }
 
 /// Delete a tenant.

@@ -69,6 +69,20 @@ impl Subjects {
     pub fn router_consumer(&self) -> String {
         format!("{}_router", self.prefix)
     }
+    /// The durable consumer of one tenant's events (`gancho_router_t_<tenant>`, filter
+    /// [`Subjects::tenant_events`]), shared by every router.
+    pub fn router_tenant_consumer(&self, tenant: &str) -> String {
+        format!("{}{tenant}", self.router_tenant_prefix())
+    }
+    /// What every tenant's router consumer's name starts with.
+    pub fn router_tenant_prefix(&self) -> String {
+        format!("{}_router_t_", self.prefix)
+    }
+    /// The durable consumer of one partition's bulk lane (`gancho_worker_p<partition>_bulk`,
+    /// filter [`Subjects::bulk_wildcard`]), pinned with the partition's own.
+    pub fn worker_bulk_consumer(&self, partition: u32) -> String {
+        format!("{}_worker_p{partition}_bulk", self.prefix)
+    }
     /// The durable consumer the workers shared on the whole deliveries stream before the
     /// deliveries were consumed by partition; removed at start-up when found.
     pub fn legacy_worker_consumer(&self) -> String {
@@ -95,6 +109,10 @@ impl Subjects {
     pub fn events_wildcard(&self) -> String {
         format!("{}.events.>", self.prefix)
     }
+    /// `gancho.events.<tenant>.>`: every event of one tenant.
+    pub fn tenant_events(&self, tenant: &str) -> String {
+        format!("{}.events.{tenant}.>", self.prefix)
+    }
     /// Splits an event subject into (tenant, type); `None` when it is not one.
     pub fn parse_event<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = subject
@@ -110,6 +128,23 @@ impl Subjects {
     }
     pub fn deliveries_wildcard(&self) -> String {
         format!("{}.deliveries.>", self.prefix)
+    }
+    /// `gancho.deliveries.<partition>.<tenant>`: the partition's bulk lane, for the
+    /// deliveries of a tenant with a backlog. Its partition's owner serves it with what the
+    /// partition's own deliveries leave free.
+    pub fn delivery_bulk(&self, partition: u32, tenant: &str) -> String {
+        format!("{}.deliveries.{partition}.{tenant}", self.prefix)
+    }
+    /// Every bulk delivery of one partition.
+    pub fn bulk_wildcard(&self, partition: u32) -> String {
+        format!("{}.deliveries.{partition}.>", self.prefix)
+    }
+    /// Whether a delivery message's subject is a bulk lane's.
+    pub fn is_bulk(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".deliveries."))
+            .is_some_and(|rest| rest.contains('.'))
     }
     /// `gancho.retry.<delivery id>`: holds a scheduled retry until it fires.
     pub fn retry(&self, delivery_id: &str) -> String {

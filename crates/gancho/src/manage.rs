@@ -40,6 +40,19 @@ enum TenantsCmd {
         id: String,
         #[arg(long, default_value = "")]
         name: String,
+        /// Its share against other tenants with a backlog, 1 to 100 (a tenant alone gets
+        /// all the capacity whatever its weight).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Change a tenant's name or weight. Example: gancho tenants update acme --weight 3
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// 1 to 100.
+        #[arg(long)]
+        weight: Option<u32>,
     },
     /// List tenants, a page at a time. Example: gancho tenants list --limit 50
     List(PageArgs),
@@ -986,19 +999,33 @@ impl PageArgs {
 pub async fn tenants(a: Tenants) -> anyhow::Result<()> {
     let c = &a.conn;
     match a.cmd {
-        TenantsCmd::Create { id, name } => {
+        TenantsCmd::Create { id, name, weight } => {
             let v = call(
                 c,
                 "POST",
                 "/v1/tenants",
-                Some(json!({"id": id, "name": name})),
+                Some(json!({"id": id, "name": name, "weight": weight})),
             )
             .await?;
             show(c, &v);
         }
+        TenantsCmd::Update { id, name, weight } => {
+            let mut body = serde_json::Map::new();
+            if let Some(name) = name {
+                body.insert("name".into(), json!(name));
+            }
+            if let Some(weight) = weight {
+                body.insert("weight".into(), json!(weight));
+            }
+            if body.is_empty() {
+                anyhow::bail!("nothing to change: give --name or --weight");
+            }
+            let path = format!("/v1/tenants/{id}");
+            show(c, &call(c, "PATCH", &path, Some(body.into())).await?);
+        }
         TenantsCmd::List(p) => {
             let v = call(c, "GET", &format!("/v1/tenants{}", p.query()), None).await?;
-            table(c, &v, &["id", "name", "created_at"]);
+            table(c, &v, &["id", "name", "weight", "created_at"]);
         }
         TenantsCmd::Get { id } => show(
             c,

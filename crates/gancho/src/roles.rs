@@ -353,20 +353,18 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
         .set(1.0);
     gancho_telemetry::record_process();
     let mut watched = Vec::new();
-    if roles.router {
-        watched.push((
-            "events",
-            subjects.events_stream(),
-            vec![subjects.router_consumer()],
-        ));
-    }
     if roles.worker {
         watched.push((
             "deliveries",
             subjects.deliveries_stream(),
             (0..gancho_core::subject::PARTITIONS)
-                .map(|p| subjects.worker_consumer(p))
-                .collect(),
+                .flat_map(|p| {
+                    [
+                        subjects.worker_consumer(p),
+                        subjects.worker_bulk_consumer(p),
+                    ]
+                })
+                .collect::<Vec<_>>(),
         ));
     }
     let config_stream = format!("KV_{}", subjects.config_bucket());
@@ -386,6 +384,9 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
         metrics::gauge!(names::CONFIG_SNAPSHOT_REVISION).set(live.load().revision as f64);
         gancho_telemetry::record_process();
         usage(&layout, roles.worker).await;
+        if roles.router {
+            tenant_backlogs(&layout).await;
+        }
         for (label, stream, consumers) in &watched {
             // Summed over the consumers (the worker's partitions).
             let info = async {
@@ -406,6 +407,45 @@ async fn stats(layout: Layout, live: Arc<Live>, roles: Roles, cancel: Cancellati
                 metrics::gauge!(names::CONSUMER_ACK_PENDING, "stream" => *label)
                     .set(ack_pending as f64);
             }
+        }
+    }
+}
+
+/// The routers' consumers (one per tenant): the events lag, summed, and each tenant's
+/// backlog (the tenants without a label of their own summed as `other`). A tenant whose
+/// consumer is gone is set to 0 once, not left at its last value.
+async fn tenant_backlogs(layout: &Layout) {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let subjects = &layout.subjects;
+    let Ok(stream) = layout.js.get_stream(subjects.events_stream()).await else {
+        return;
+    };
+    let Ok(consumers) =
+        gancho_store::by_tenant::consumers(&stream, subjects, &subjects.router_consumer()).await
+    else {
+        return;
+    };
+    let (mut pending, mut ack_pending) = (0u64, 0u64);
+    let mut by_label: std::collections::HashMap<&'static str, u64> = Default::default();
+    for (tenant, info) in &consumers {
+        pending += info.num_pending;
+        ack_pending += info.num_ack_pending as u64;
+        if !tenant.is_empty() {
+            *by_label
+                .entry(gancho_telemetry::tenant_label(tenant))
+                .or_default() += info.num_pending + info.num_ack_pending as u64;
+        }
+    }
+    metrics::gauge!(names::CONSUMER_PENDING, "stream" => "events").set(pending as f64);
+    metrics::gauge!(names::CONSUMER_ACK_PENDING, "stream" => "events").set(ack_pending as f64);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    for label in seen.iter() {
+        by_label.entry(label).or_default();
+    }
+    for (label, n) in by_label {
+        metrics::gauge!(names::TENANT_BACKLOG, "tenant" => label).set(n as f64);
+        if !seen.contains(&label) {
+            seen.push(label);
         }
     }
 }

@@ -23,6 +23,7 @@
 //! connections, and its output context ([`output_context`]) is its own, so neither its
 //! consumer nor another role in the same process is starved by its publishing.
 
+mod pace;
 pub mod room;
 mod route;
 mod trim;
@@ -31,7 +32,7 @@ pub use gancho_core::subject::partition;
 pub use route::{check_event, Invalid};
 
 use async_nats::jetstream;
-use gancho_store::consume::{ConsumeError, Handled, Spec};
+use gancho_store::consume::{ConsumeError, Handled};
 use gancho_store::{Layout, Live};
 use gancho_telemetry::names;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 /// Events handed out and not yet acked across every router; fixed in the consumer's config.
 const MAX_ACK_PENDING: i64 = 20_000;
 /// Most events one pull asks for.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 64;
 /// Delay before a nak'd event is redelivered (its fan-out failed to publish).
 const NAK_DELAY: Duration = Duration::from_secs(1);
 /// Delivery publishes in flight in one router, over every event: enough to keep JetStream
@@ -55,6 +56,19 @@ pub const PUBLISH_SLOTS: usize = 4096;
 /// Delivery messages of one event in flight at once, so that one event with a fan-out of
 /// 10,000 takes turns with the others instead of queueing hundreds of waiters.
 pub const FAN_OUT_WINDOW: usize = 256;
+/// Delivery publishes in flight in one router for tenants with a backlog (their deliveries
+/// go to the bulk lanes): JetStream stores a stream's writes in the order they come, so a
+/// deep queue of one tenant's publishes would stand in front of every other tenant's. 512
+/// in flight keep the server busy (a PubAck is about a millisecond) and keep that queue
+/// under about 10 ms.
+pub const BULK_PUBLISH_SLOTS: usize = 512;
+/// A tenant with more events than this waiting in its consumer has a backlog: its
+/// deliveries go to the bulk lanes (for [`BULK_FOR`] after the last time it had one),
+/// where they take what other tenants' deliveries leave free.
+pub const BULK_AFTER: u64 = 1000;
+/// How long a tenant's deliveries keep going to the bulk lanes after its backlog was last
+/// seen: the tail of a burst does not come back in front of other tenants.
+pub const BULK_FOR: Duration = Duration::from_secs(10);
 /// Most deliveries of one event in one message (the endpoints of one partition): enough to
 /// share a JetStream write among many, few enough that a worker's message in hand stays small.
 pub const BATCH_MAX: usize = 16;
@@ -127,16 +141,18 @@ pub async fn run(
     );
     trim::spawn(
         output.clone(),
-        subjects.events_stream(),
-        subjects.router_consumer(),
+        subjects.clone(),
+        live.clone(),
         room.clone(),
         cancel.clone(),
     );
-    let spec = Spec {
+    let backlogs = Arc::new(route::Backlogs::default());
+    let pace = Arc::new(pace::Pace::default());
+    let spec = gancho_store::by_tenant::Spec {
         role: "router",
         stream: subjects.events_stream(),
-        durable: subjects.router_consumer(),
-        filter: subjects.events_wildcard(),
+        subjects: subjects.clone(),
+        legacy: Some(subjects.router_consumer()),
         ack_wait: ACK_WAIT,
         max_ack_pending: MAX_ACK_PENDING,
         concurrency: config.concurrency.clamp(1, MAX_CONCURRENCY),
@@ -145,21 +161,63 @@ pub async fn run(
         stall_after: config.stall_after,
         gate: Some(gate),
         budget: gancho_store::budget::Budget::new(config.memory / 8),
+        gate_for: Some({
+            let pace = pace.clone();
+            Arc::new(move |tenant: &str| pace.gate(tenant))
+        }),
     };
     let ctx = Arc::new(route::Ctx {
         js: output,
         subjects,
-        live,
+        live: live.clone(),
         partitions: config.partitions.max(1),
         publish_slots: tokio::sync::Semaphore::new(PUBLISH_SLOTS),
+        bulk_slots: tokio::sync::Semaphore::new(BULK_PUBLISH_SLOTS),
         publishing: gancho_store::budget::Budget::new(config.memory / 4),
         room,
+        backlogs: backlogs.clone(),
+        pace: pace.clone(),
     });
-    gancho_store::consume::run(jetstream::new(input), spec, cancel, move |msg| {
+    tokio::spawn(pace::run(
+        pace,
+        ctx.js.clone(),
+        ctx.subjects.clone(),
+        live.clone(),
+        backlogs,
+        cancel.clone(),
+    ));
+    let tenants = follow_tenants(live, cancel.clone());
+    gancho_store::by_tenant::run(jetstream::new(input), spec, tenants, cancel, move |msg| {
         let ctx = ctx.clone();
         async move { ctx.handle(msg).await }
     })
     .await
+}
+
+/// The tenants of the config, sent again whenever a snapshot changes them.
+fn follow_tenants(
+    live: Arc<Live>,
+    cancel: CancellationToken,
+) -> tokio::sync::watch::Receiver<
+    Arc<std::collections::BTreeMap<String, gancho_store::live::TenantSettings>>,
+> {
+    let mut changes = live.changes();
+    let (tx, rx) = tokio::sync::watch::channel(live.load().accounts.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let now = live.load().accounts.clone();
+            tx.send_if_modified(|was| {
+                let changed = !Arc::ptr_eq(was, &now);
+                *was = now;
+                changed
+            });
+        }
+    });
+    rx
 }
 
 pub(crate) async fn nak(msg: &jetstream::Message) -> Handled {

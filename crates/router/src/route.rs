@@ -12,10 +12,12 @@ use gancho_proto::{DeadLetter, Delivery, DeliveryBatch, Event, Message as _};
 use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
 use gancho_telemetry::names;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub(crate) struct Ctx {
     pub js: jetstream::Context,
@@ -24,11 +26,91 @@ pub(crate) struct Ctx {
     pub partitions: u32,
     /// The router's publish slots ([`crate::PUBLISH_SLOTS`]), shared by every event.
     pub publish_slots: Semaphore,
+    /// Held (before a publish slot) by the deliveries going to the bulk lanes
+    /// ([`crate::BULK_PUBLISH_SLOTS`]).
+    pub bulk_slots: Semaphore,
     /// The bytes of the delivery messages being published (a quarter of
     /// [`crate::RouterConfig::memory`]): held from when a message is built until its PubAck.
     pub publishing: gancho_store::budget::Budget,
     /// Room left in the deliveries stream ([`crate::room`]).
     pub room: Arc<crate::room::Room>,
+    /// Which tenants have a backlog lately.
+    pub backlogs: Arc<Backlogs>,
+    /// What the tenants with a backlog have in the bulk lanes ([`crate::pace`]).
+    pub pace: Arc<crate::pace::Pace>,
+}
+
+/// The tenants whose deliveries go to the bulk lanes: each until [`crate::BULK_FOR`] after
+/// its consumer last had more than [`crate::BULK_AFTER`] events waiting.
+#[derive(Default)]
+pub(crate) struct Backlogs {
+    /// Tenant -> (bulk until, when its backlog was last logged).
+    state: std::sync::Mutex<HashMap<String, (Instant, Instant)>>,
+}
+
+/// A tenant going to the bulk lanes is logged at most this often.
+const BACKLOG_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl Backlogs {
+    /// Whether `tenant`'s deliveries go to the bulk lanes, now that its consumer has
+    /// `pending` events waiting behind the one in hand.
+    pub(crate) fn bulk(&self, tenant: &str, pending: u64) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if pending <= crate::BULK_AFTER {
+            return state.get(tenant).is_some_and(|(until, _)| *until > now);
+        }
+        let until = now + crate::BULK_FOR;
+        match state.get_mut(tenant) {
+            Some((was, logged)) => {
+                if *was <= now && now.duration_since(*logged) >= BACKLOG_LOG_EVERY {
+                    *logged = now;
+                    log_backlog(tenant, pending);
+                }
+                *was = until;
+            }
+            None => {
+                if state.len() >= 1024 {
+                    state.retain(|_, (until, logged)| {
+                        *until > now || now.duration_since(*logged) < BACKLOG_LOG_EVERY
+                    });
+                }
+                state.insert(tenant.to_owned(), (until, now));
+                log_backlog(tenant, pending);
+            }
+        }
+        true
+    }
+}
+
+impl Backlogs {
+    /// Whether `tenant`'s deliveries go to the bulk lanes now.
+    pub(crate) fn is_bulk(&self, tenant: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .get(tenant)
+            .is_some_and(|(until, _)| *until > Instant::now())
+    }
+
+    /// Keeps `tenant`'s backlog status while it is held back (it routes nothing meanwhile,
+    /// so nothing else would).
+    pub(crate) fn keep(&self, tenant: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((until, _)) = state.get_mut(tenant) {
+            let now = Instant::now();
+            if *until > now {
+                *until = (*until).max(now + crate::BULK_FOR);
+            }
+        }
+    }
+}
+
+fn log_backlog(tenant: &str, pending: u64) {
+    info!(
+        tenant,
+        pending,
+        "A tenant has a backlog: its deliveries go to the bulk lanes, taking what other tenants' leave free, until it has caught up."
+    );
 }
 
 /// Why an event cannot be delivered. `kind()` is the metric label and the dead letter's kind.
@@ -131,10 +213,17 @@ impl Ctx {
         {
             return self.dead_letter(&msg, Invalid::Schema(reason)).await;
         }
-        let published = msg
+        let (published, pending) = msg
             .info()
-            .map(|i| i.published)
-            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+            .map(|i| (i.published, i.pending))
+            .unwrap_or_else(|_| (OffsetDateTime::now_utc(), 0));
+        let label = gancho_telemetry::tenant_label(&event.tenant);
+        metrics::histogram!(names::TENANT_WAIT, "tenant" => label).record(
+            (OffsetDateTime::now_utc() - published)
+                .as_seconds_f64()
+                .max(0.0),
+        );
+        let bulk = self.backlogs.bulk(&event.tenant, pending);
         let occurred_at = event
             .occurred_at
             .or_else(|| Some(gancho_proto::timestamp(published)));
@@ -202,7 +291,7 @@ impl Ctx {
                     .map(|&i| list[i].config.id.as_str())
                     .collect();
                 let paused = members.len() == 1 && list[members[0]].config.paused;
-                self.publish_deliveries(&template, partition, ids, paused)
+                self.publish_deliveries(&template, partition, ids, paused, bulk)
             })
             .buffer_unordered(FAN_OUT_WINDOW)
             .try_fold(0u64, |n, k| std::future::ready(Ok(n + k)));
@@ -227,9 +316,10 @@ impl Ctx {
         }
         let outcome = if created == 0 { "unmatched" } else { "routed" };
         metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome).increment(1);
-        metrics::counter!(names::ROUTER_DELIVERIES_CREATED,
-            "tenant" => gancho_telemetry::tenant_label(&event.tenant))
-        .increment(created);
+        metrics::counter!(names::ROUTER_DELIVERIES_CREATED, "tenant" => label).increment(created);
+        if bulk {
+            metrics::counter!(names::ROUTER_BULK, "tenant" => label).increment(created);
+        }
         debug!(event = %event.id, deliveries = created, "Event routed.");
         Handled::Done
     }
@@ -238,14 +328,26 @@ impl Ctx {
     /// `endpoints` (all of `partition`), holding a publish slot from before the message exists
     /// until its PubAck is in; returns how many deliveries it stored. One endpoint gets a
     /// `Delivery`, several a `DeliveryBatch`. A paused endpoint's delivery goes straight to
-    /// its held subject, remembering the partition it belongs to.
+    /// its held subject, remembering the partition (or bulk lane) it belongs to.
     async fn publish_deliveries(
         &self,
         template: &Delivery,
         partition: u32,
         endpoints: Vec<&str>,
         paused: bool,
+        bulk: bool,
     ) -> Result<u64, async_nats::jetstream::context::PublishError> {
+        // A tenant with a backlog has few publishes in flight: the stream stores writes in
+        // the order they come, and its queue would stand in front of everyone's.
+        let _bulk = match bulk {
+            true => Some(
+                self.bulk_slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            false => None,
+        };
         let _slot = self
             .publish_slots
             .acquire()
@@ -258,7 +360,10 @@ impl Ctx {
         let size = template.encoded_len() + endpoints.iter().map(|e| e.len() + 8).sum::<usize>();
         let _bytes = self.publishing.hold(size).await;
         let count = endpoints.len() as u64;
-        let target = self.subjects.delivery(partition);
+        let target = match bulk {
+            true => self.subjects.delivery_bulk(partition, &template.tenant),
+            false => self.subjects.delivery(partition),
+        };
         let mut headers = HeaderMap::new();
         // The message id makes a fan-out redone after a crash a no-op: the same event and
         // snapshot give the same messages. A batch's id names its first endpoint and its size,
@@ -307,6 +412,9 @@ impl Ctx {
         match stored {
             Ok(_) => {
                 self.room.stored();
+                if bulk {
+                    self.pace.published(&template.tenant);
+                }
                 Ok(count)
             }
             Err(e) => Err(e),

@@ -2,13 +2,15 @@
 //! refuses new events when full (`discard: new`), so that no event is ever dropped before it
 //! is routed. Events the router has already routed are only kept for replay; when the stream
 //! passes [`TRIM_AT`] of its limit, the router purges the older half of the routed events
-//! (those at or below its consumer's ack floor), again every second while it stays there:
+//! (those at or below every tenant consumer's ack floor), again every second while it stays there:
 //! the replay window shrinks before a producer is refused. The same happens, whatever the
 //! stream's limit, while JetStream refuses the router's deliveries for lack of room (the
 //! server's store is full): routed events are the room that can be given back at once.
 
 use crate::room::Room;
 use async_nats::jetstream;
+use gancho_core::Subjects;
+use gancho_store::Live;
 use gancho_telemetry::names;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +24,15 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) fn spawn(
     js: jetstream::Context,
-    stream: String,
-    consumer: String,
+    subjects: Subjects,
+    live: Arc<Live>,
     room: Arc<Room>,
     cancel: CancellationToken,
 ) {
     tokio::spawn(async move {
         loop {
             let pressed = room.pressure.refusing();
-            if let Err(e) = look(&js, &stream, &consumer, pressed).await {
+            if let Err(e) = look(&js, &subjects, &live, pressed).await {
                 tracing::debug!(error = %e, "Cannot look at the events stream's room.");
             }
             tokio::select! {
@@ -43,11 +45,11 @@ pub(crate) fn spawn(
 
 async fn look(
     js: &jetstream::Context,
-    stream: &str,
-    consumer: &str,
+    subjects: &Subjects,
+    live: &Live,
     pressed: bool,
 ) -> Result<(), async_nats::Error> {
-    let mut s = js.get_stream(stream).await?;
+    let mut s = js.get_stream(subjects.events_stream()).await?;
     let info = s.info().await?;
     let (bytes, max) = (info.state.bytes, info.config.max_bytes);
     metrics::gauge!(names::STREAM_BYTES, "stream" => "events").set(bytes as f64);
@@ -57,8 +59,18 @@ async fn look(
         return Ok(());
     }
     let first = info.state.first_sequence;
-    let mut c: jetstream::consumer::PullConsumer = s.get_consumer(consumer).await?;
-    let floor = c.info().await?.ack_floor.stream_sequence;
+    let last = info.state.last_sequence;
+    let consumers =
+        gancho_store::by_tenant::consumers(&s, subjects, &subjects.router_consumer()).await?;
+    // A tenant whose consumer is not set up yet has events nobody has routed: wait for it.
+    let tenants = live.load().accounts.clone();
+    if tenants
+        .keys()
+        .any(|t| !consumers.iter().any(|(c, _)| c == t))
+    {
+        return Ok(());
+    }
+    let floor = gancho_store::by_tenant::routed_floor(&consumers, last);
     // Everything at or below the ack floor is routed; keep the rest.
     if floor < first {
         if near_full {

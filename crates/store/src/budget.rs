@@ -29,8 +29,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// nats-server's default per-client `max_pending` (64 MiB).
 pub const PULL_MAX_KIB: u32 = 2 * 1024;
 
-/// A role's budget for one kind of holding, in KiB.
-#[derive(Debug)]
+/// A role's budget for one kind of holding, in KiB. Clones share it.
+#[derive(Debug, Clone)]
 pub struct Budget {
     sem: Arc<Semaphore>,
     total_kib: u32,
@@ -122,11 +122,31 @@ impl Intake {
         }
     }
 
+    /// Like [`Intake::new`], expecting messages of `bytes` at first: for a consumer whose
+    /// first pull asks for one message (a tenant's, of which a router may have thousands
+    /// waiting), so that the waiting pulls do not each hold the largest possible message.
+    pub fn expecting(budget: Budget, bytes: usize) -> Self {
+        Self {
+            budget,
+            sizes: Sizes::new(bytes),
+        }
+    }
+
     /// Reserves bytes for a pull (up to [`PULL_MAX_KIB`], at least one message of the
     /// recent size) and says how many messages of that size fit in them.
     pub async fn reserve(&self) -> (Held, usize) {
+        self.reserve_for(usize::MAX).await
+    }
+
+    /// Like [`Intake::reserve`], for a pull of at most `messages`: no more is reserved than
+    /// they need at the recent size.
+    pub async fn reserve_for(&self, messages: usize) -> (Held, usize) {
         let per = self.sizes.kib();
-        let held = self.budget.reserve(per, PULL_MAX_KIB.max(per)).await;
+        let wanted = u32::try_from(messages.saturating_mul(per as usize)).unwrap_or(u32::MAX);
+        let held = self
+            .budget
+            .reserve(per, PULL_MAX_KIB.max(per).min(wanted.max(per)))
+            .await;
         let fit = self.sizes.fit(held.num_permits());
         (held, fit)
     }

@@ -15,6 +15,7 @@
 //! - [`log`]: reading the attempt log and the dead letters newest first.
 
 pub mod budget;
+pub mod by_tenant;
 pub mod consume;
 pub mod crypt;
 pub mod full;

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use gancho_core::{Key, RetrySchedule, Signer, Subscription};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,8 +192,20 @@ pub struct Snapshot {
     pub tenants: HashMap<String, Arc<TenantEndpoints>>,
     /// Tenant -> event type -> its compiled schema (event types with a schema only).
     pub schemas: HashMap<String, HashMap<String, Schema>>,
+    /// Every tenant in the config (with or without endpoints), by id: what the router
+    /// consumes and each tenant's weight.
+    pub accounts: Arc<BTreeMap<String, TenantSettings>>,
     /// KV revision this snapshot reflects.
     pub revision: u64,
+}
+
+/// What the router and the workers need of a tenant's own document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Its share against other tenants with work waiting ([`crate::Tenant::weight`]).
+    pub weight: u32,
+    /// When it was created, as the API's clock said.
+    pub created_at: OffsetDateTime,
 }
 
 impl Snapshot {
@@ -242,6 +254,7 @@ impl Snapshot {
         entries: &HashMap<String, HashMap<String, Arc<LiveEndpoint>>>,
         dirty: &HashMap<String, HashSet<String>>,
         schemas: &HashMap<String, (String, String, Schema)>,
+        accounts: Arc<BTreeMap<String, TenantSettings>>,
         revision: u64,
     ) -> Self {
         let mut tenants = previous.clone();
@@ -269,6 +282,7 @@ impl Snapshot {
         Self {
             tenants,
             schemas: by_tenant,
+            accounts,
             revision,
         }
     }
@@ -360,6 +374,8 @@ struct NextSnapshot {
     pending: bool,
     /// When each change waiting for the next snapshot was written to the config bucket.
     written_at: Vec<OffsetDateTime>,
+    /// The tenants' own documents, shared with the snapshots until one changes.
+    accounts: Arc<BTreeMap<String, TenantSettings>>,
 }
 
 impl Default for NextSnapshot {
@@ -371,6 +387,7 @@ impl Default for NextSnapshot {
             hold: Duration::ZERO,
             pending: false,
             written_at: Vec::new(),
+            accounts: Arc::default(),
         }
     }
 }
@@ -389,7 +406,14 @@ impl NextSnapshot {
         revision: u64,
     ) -> usize {
         let started = tokio::time::Instant::now();
-        let snapshot = Snapshot::build(&self.tenants, entries, &self.dirty, schemas, revision);
+        let snapshot = Snapshot::build(
+            &self.tenants,
+            entries,
+            &self.dirty,
+            schemas,
+            self.accounts.clone(),
+            revision,
+        );
         let endpoints = snapshot.tenants.values().map(|t| t.list.len()).sum();
         self.tenants = snapshot.tenants.clone();
         self.dirty.clear();
@@ -515,6 +539,28 @@ impl WatchTask {
                 if eps.is_empty() {
                     entries.remove(tenant);
                 }
+            }
+            if let Some(tenant) = entry.key.strip_prefix("tenants.") {
+                let settings = match entry.operation {
+                    kv::Operation::Put => {
+                        match serde_json::from_slice::<crate::Tenant>(&entry.value) {
+                            Ok(t) => Some(TenantSettings {
+                                weight: t.weight.clamp(1, crate::model::MAX_WEIGHT),
+                                created_at: t.created_at,
+                            }),
+                            Err(e) => {
+                                warn!(key = %entry.key, error = %e, "Ignoring a tenant that does not parse.");
+                                None
+                            }
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => None,
+                };
+                let accounts = Arc::make_mut(&mut next_snapshot.accounts);
+                match settings {
+                    Some(s) => accounts.insert(tenant.to_owned(), s),
+                    None => accounts.remove(tenant),
+                };
             }
             if entry.key.starts_with("event_types.") {
                 schemas.remove(&entry.key);

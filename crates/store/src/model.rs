@@ -18,6 +18,18 @@ pub struct Tenant {
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The tenant's share of the router's and the workers' capacity against other tenants
+    /// with work waiting, 1 to [`MAX_WEIGHT`] (documents without it: 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// The largest tenant weight: a tenant of weight 100 beside one of weight 1 still leaves
+/// the other about 1% of the capacity, not nothing.
+pub const MAX_WEIGHT: u32 = 100;
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// A secret that still signs after a rotation, until `expires_at`.

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use gancho_telemetry::names;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -39,11 +40,34 @@ pub const PIN_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long one pull waits for messages (well under [`PIN_TIMEOUT`], so a worker with free
 /// intake keeps its pin).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// A pull that waits longer than this asks the server for heartbeats every
+/// [`IDLE_HEARTBEAT`], and is sent again when three are missed: a pull the server forgot (its
+/// consumer's leader moved) is not waited out.
+const IDLE_HEARTBEAT_AFTER: Duration = Duration::from_secs(10);
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// An intake slot for one message, and its slot of a capped lane's share.
+type Slot = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
 /// Pause before pulling again after a pull request failed (no JetStream leader, say).
 const PULL_RETRY: Duration = Duration::from_secs(1);
 /// A message handed back while a partition is being given up comes back after this, by
 /// which time the partition is normally unpinned and the new owner gets it.
 pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+/// The part of a worker's intake (messages, deliveries) the bulk lanes may hold, in
+/// quarters: the rest is always free for deliveries of tenants without a backlog.
+pub const BULK_SHARE: (usize, usize) = (3, 4);
+
+/// How long a lane without a pin listens to its open pull when it stops, to hand back what
+/// was already sent to it.
+const UNPINNED_HAND_BACK_WAIT: Duration = Duration::from_millis(100);
+
+/// Most messages one pull of a bulk lane asks for.
+pub const BULK_MAX_BATCH: usize = 16;
+
+/// `n` times [`BULK_SHARE`], at least 1.
+pub fn bulk_share(n: usize) -> usize {
+    (n * BULK_SHARE.0 / BULK_SHARE.1).max(1)
+}
 
 /// What the partitioned consumers consume and how.
 pub struct Spec {
@@ -52,6 +76,11 @@ pub struct Spec {
     pub stream: String,
     /// `(durable name, filter subject)` of each partition, by partition number.
     pub partitions: Vec<(String, String)>,
+    /// `(durable name, filter subject)` of each partition's bulk lane, by partition number
+    /// (none, or one per partition): the deliveries of tenants with a backlog, served by the
+    /// partition's owner with what the partition's own deliveries leave free, up to
+    /// [`BULK_SHARE`] of the intake.
+    pub bulk: Vec<(String, String)>,
     /// A consumer over every partition from an older version; removed when found (its filter
     /// overlaps the partitions', which a work-queue stream refuses).
     pub legacy: Option<String>,
@@ -116,7 +145,7 @@ where
             info!(consumer = %legacy, "Removed the consumer of an older version; the deliveries are consumed by partition now.");
         }
     }
-    for (durable, filter) in &spec.partitions {
+    for (durable, filter) in spec.partitions.iter().chain(&spec.bulk) {
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
             description: Some(format!("gancho {}s, partition {filter}", spec.role)),
@@ -165,29 +194,38 @@ where
         )
         .instrument(tracing::info_span!("watchdog", role = spec.role)),
     );
+    let lanes = spec.partitions.len() + spec.bulk.len();
     let shared = Arc::new(Shared {
         js: js.clone(),
         stream,
         role: spec.role,
         max_batch: spec.max_batch.max(1),
-        // One slot more per partition: the pull an idle partition keeps waiting holds one,
-        // and should not take it from the busy ones.
-        permits: Arc::new(Semaphore::new(concurrency + spec.partitions.len())),
+        // One slot more per lane: the pull an idle lane keeps waiting holds one, and should
+        // not take it from the busy ones.
+        permits: Arc::new(Semaphore::new(concurrency + lanes)),
         deliveries: Arc::new(Semaphore::new(concurrency)),
         intake: concurrency,
         progress_every: spec.progress_every,
-        bytes: crate::budget::Intake::new(spec.budget, js.client().server_info().max_payload),
         tracker,
         handle: Arc::new(handle),
+        gate: None,
     });
-    let mut serving: HashMap<u32, (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    let bytes = Arc::new(crate::budget::Intake::new(
+        spec.budget,
+        js.client().server_info().max_payload,
+    ));
+    let bulk_cap = Cap {
+        messages: Arc::new(Semaphore::new(bulk_share(concurrency) + spec.bulk.len())),
+        deliveries: Arc::new(Semaphore::new(bulk_share(concurrency))),
+    };
+    let mut serving: HashMap<(u32, bool), (CancellationToken, JoinHandle<()>)> = HashMap::new();
     let mut leaving: Vec<JoinHandle<()>> = Vec::new();
     loop {
         let want = owned.borrow_and_update().clone();
-        let gone: Vec<u32> = serving
+        let gone: Vec<(u32, bool)> = serving
             .keys()
             .copied()
-            .filter(|p| !want.contains(p))
+            .filter(|(p, _)| !want.contains(p))
             .collect();
         for p in gone {
             let (token, task) = serving.remove(&p).expect("listed above");
@@ -195,25 +233,36 @@ where
             leaving.push(task);
         }
         for &p in &want {
-            let Some((durable, _)) = spec.partitions.get(p as usize) else {
-                continue;
-            };
-            if serving.contains_key(&p) {
-                continue;
+            for bulk in [false, true] {
+                let lanes = if bulk { &spec.bulk } else { &spec.partitions };
+                let Some((durable, _)) = lanes.get(p as usize) else {
+                    continue;
+                };
+                if serving.contains_key(&(p, bulk)) {
+                    continue;
+                }
+                let token = cancel.child_token();
+                let lane = Lane {
+                    durable: durable.clone(),
+                    pinned: true,
+                    expires: PULL_EXPIRES,
+                    cap: bulk.then(|| bulk_cap.clone()),
+                    weight: Arc::new(AtomicU32::new(1)),
+                    gate: None,
+                    bytes: bytes.clone(),
+                };
+                let task = tokio::spawn(serve(shared.clone(), lane, token.clone()).instrument(
+                    tracing::info_span!("partition", role = spec.role, partition = p, bulk),
+                ));
+                serving.insert((p, bulk), (token, task));
             }
-            let token = cancel.child_token();
-            let task = tokio::spawn(
-                serve(shared.clone(), durable.clone(), token.clone()).instrument(
-                    tracing::info_span!("partition", role = spec.role, partition = p),
-                ),
-            );
-            serving.insert(p, (token, task));
         }
         leaving.retain(|t| !t.is_finished());
-        let mut list: Vec<u32> = serving.keys().copied().collect();
+        let mut list: Vec<u32> = serving.keys().map(|(p, _)| *p).collect();
         list.sort_unstable();
+        list.dedup();
         debug!(partitions = ?list, "Serving partitions.");
-        metrics::gauge!(names::WORKER_PARTITIONS).set(serving.len() as f64);
+        metrics::gauge!(names::WORKER_PARTITIONS).set(list.len() as f64);
         tokio::select! {
             _ = cancel.cancelled() => break,
             changed = owned.changed() => if changed.is_err() {
@@ -266,27 +315,54 @@ async fn wait_or_fail(
 
 type Handler<Fut> = dyn Fn(jetstream::Message, CancellationToken) -> Fut + Send + Sync;
 
-struct Shared<Fut> {
-    js: jetstream::Context,
-    stream: jetstream::stream::Stream,
-    role: &'static str,
-    max_batch: usize,
+/// One consumer that [`serve`] pulls from: a partition or its bulk lane (pinned to one
+/// worker), or a tenant's events (any router).
+pub(crate) struct Lane {
+    pub durable: String,
+    /// Pulls in the priority group [`GROUP`], pinned to one client at a time.
+    pub pinned: bool,
+    /// How long one pull waits for messages.
+    pub expires: Duration,
+    /// A lane of bulk work also holds these, so what it takes of the intake stays within
+    /// their size.
+    pub cap: Option<Cap>,
+    /// Its share against the others: each turn at the intake takes this many slots.
+    pub weight: Arc<AtomicU32>,
+    /// Its own gate: it pulls only while this reads `true` (besides the shared one).
+    pub gate: Option<watch::Receiver<bool>>,
+    /// The bytes of its messages in hand, and their size lately (shared by lanes that
+    /// share a budget and an estimate).
+    pub bytes: Arc<crate::budget::Intake>,
+}
+
+/// A bound on what some lanes take of the intake, within it.
+#[derive(Clone)]
+pub(crate) struct Cap {
+    pub messages: Arc<Semaphore>,
+    pub deliveries: Arc<Semaphore>,
+}
+
+pub(crate) struct Shared<Fut> {
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: jetstream::stream::Stream,
+    pub(crate) role: &'static str,
+    pub(crate) max_batch: usize,
     /// The worker's intake slots for messages, shared by its partitions: each pull asks for
     /// as many messages as it holds slots.
-    permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
     /// The worker's intake slots for deliveries: a message is handled once it holds one per
     /// delivery it carries (a batch carries several), so the deliveries being worked on stay
     /// within the intake whatever the batches carry.
-    deliveries: Arc<Semaphore>,
+    pub(crate) deliveries: Arc<Semaphore>,
     /// The intake, in deliveries (no message waits for more).
-    intake: usize,
+    pub(crate) intake: usize,
     /// How often a message waiting for its delivery slots tells JetStream it is in hand.
-    progress_every: Duration,
-    /// The bytes of messages in hand, and their size lately, over every partition this
-    /// worker serves.
-    bytes: crate::budget::Intake,
-    tracker: Arc<Tracker>,
-    handle: Arc<Handler<Fut>>,
+    pub(crate) progress_every: Duration,
+    pub(crate) tracker: Arc<Tracker>,
+    pub(crate) handle: Arc<Handler<Fut>>,
+    /// When given, nothing is pulled while it reads `false` (the router waiting for room in
+    /// the deliveries stream).
+    pub(crate) gate: Option<watch::Receiver<bool>>,
 }
 
 /// What a reply to a pull is.
@@ -306,17 +382,33 @@ enum Reply {
 /// first.
 async fn delivery_slots<Fut>(
     shared: &Shared<Fut>,
+    cap: Option<&Cap>,
     msg: &jetstream::Message,
     leave: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
+) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
     let n = weight(msg).min(shared.intake) as u32;
+    if let Some(cap) = cap {
+        let n = n.min(bulk_share(shared.intake) as u32);
+        let wait = async {
+            let capped = cap.deliveries.clone().acquire_many_owned(n).await;
+            let held = shared.deliveries.clone().acquire_many_owned(n).await;
+            (
+                held.expect("the semaphore is never closed"),
+                Some(capped.expect("the semaphore is never closed")),
+            )
+        };
+        return tokio::select! {
+            held = crate::consume::with_progress(msg, shared.progress_every, wait) => Some(held),
+            _ = leave.cancelled() => None,
+        };
+    }
     if let Ok(held) = shared.deliveries.clone().try_acquire_many_owned(n) {
-        return Some(held);
+        return Some((held, None));
     }
     let wait = shared.deliveries.clone().acquire_many_owned(n);
     tokio::select! {
         held = crate::consume::with_progress(msg, shared.progress_every, wait) => {
-            Some(held.expect("the semaphore is never closed"))
+            Some((held.expect("the semaphore is never closed"), None))
         }
         _ = leave.cancelled() => None,
     }
@@ -357,11 +449,12 @@ fn note_pin(pin: &mut Option<String>, msg: &async_nats::Message) {
     }
 }
 
-/// Serves one partition until `leave` fires, then gives it up cleanly.
-async fn serve<Fut>(shared: Arc<Shared<Fut>>, durable: String, leave: CancellationToken)
+/// Serves one lane until `leave` fires, then gives it up cleanly.
+pub(crate) async fn serve<Fut>(shared: Arc<Shared<Fut>>, lane: Lane, leave: CancellationToken)
 where
     Fut: Future<Output = Handled> + Send + 'static,
 {
+    let durable = lane.durable.clone();
     let client = shared.js.client();
     let next_subject = format!(
         "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
@@ -372,28 +465,70 @@ where
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
     let mut last_got = 0usize;
+    let mut gates: Vec<watch::Receiver<bool>> =
+        shared.gate.iter().chain(&lane.gate).cloned().collect();
     'pulls: loop {
+        for gate in &mut gates {
+            while !*gate.borrow_and_update() {
+                tokio::select! {
+                    _ = leave.cancelled() => break 'pulls,
+                    changed = gate.changed() => if changed.is_err() { break },
+                }
+            }
+        }
+        // An idle lane holds one slot while its pull waits; a busy one asks for twice what
+        // its last pull brought, so the lanes share the intake by load. Each turn at the
+        // intake (first come, first served) takes the lane's weight in slots at once.
+        let most = match lane.cap {
+            // Bulk work comes in small pulls: each message pulled is a task, and a pull of
+            // 128 lands 128 tasks in front of whatever a tenant without a backlog needs next
+            // (a quarter of a second of stalls in a debug build, seen in tests/fairness.rs).
+            Some(_) => shared.max_batch.min(BULK_MAX_BATCH),
+            None => shared.max_batch,
+        };
+        let ask = (last_got * 2).clamp(1, most);
+        let turn = (lane.weight.load(Ordering::Relaxed).max(1) as usize).min(ask);
+        let capped = match &lane.cap {
+            Some(cap) => tokio::select! {
+                _ = leave.cancelled() => break 'pulls,
+                p = cap.messages.clone().acquire_many_owned(turn as u32) => {
+                    Some(p.expect("the semaphore is never closed"))
+                }
+            },
+            None => None,
+        };
         let first = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
-            p = shared.permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = shared.permits.clone().acquire_many_owned(turn as u32) => p.expect("the semaphore is never closed"),
         };
-        // An idle partition holds one slot while its pull waits; a busy one asks for twice
-        // what its last pull brought, so the worker's partitions share its intake by load.
-        let ask = (last_got * 2).clamp(1, shared.max_batch);
-        let mut slots: Vec<OwnedSemaphorePermit> = vec![first];
+        let mut slots: Vec<Slot> = Vec::with_capacity(ask);
+        let mut first = first;
+        let mut capped = capped;
+        while first.num_permits() > 1 {
+            let cap = capped.as_mut().and_then(|c| c.split(1));
+            slots.push((first.split(1).expect("more than one"), cap));
+        }
+        slots.push((first, capped));
         while slots.len() < ask {
+            let cap = match &lane.cap {
+                Some(cap) => match cap.messages.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+                None => None,
+            };
             match shared.permits.clone().try_acquire_owned() {
-                Ok(p) => slots.push(p),
+                Ok(p) => slots.push((p, cap)),
                 Err(_) => break,
             }
         }
         // Bytes too: as many messages as fit in what the budget has free, at the size the
-        // partition's messages have had lately, so what the partitions ask for at once stays
-        // within the budget and well under what nats-server lets wait for one client before
-        // it drops it as slow (budget.rs says why not the pull's max_bytes).
+        // lane's messages have had lately, so what the lanes ask for at once stays within
+        // the budget and well under what nats-server lets wait for one client before it
+        // drops it as slow (budget.rs says why not the pull's max_bytes).
         let (mut reserved, fit) = tokio::select! {
             _ = leave.cancelled() => break 'pulls,
-            r = shared.bytes.reserve() => r,
+            r = lane.bytes.reserve_for(slots.len()) => r,
         };
         slots.truncate(fit);
         let inbox = client.new_inbox();
@@ -401,11 +536,16 @@ where
             let sub = client.subscribe(inbox.clone()).await?;
             let mut request = serde_json::json!({
                 "batch": slots.len(),
-                "expires": PULL_EXPIRES.as_nanos() as u64,
-                "group": GROUP,
+                "expires": lane.expires.as_nanos() as u64,
             });
-            if let Some(id) = &pin {
-                request["id"] = serde_json::Value::String(id.clone());
+            if lane.pinned {
+                request["group"] = serde_json::Value::String(GROUP.to_owned());
+                if let Some(id) = &pin {
+                    request["id"] = serde_json::Value::String(id.clone());
+                }
+            }
+            if lane.expires > IDLE_HEARTBEAT_AFTER {
+                request["idle_heartbeat"] = serde_json::json!(IDLE_HEARTBEAT.as_nanos() as u64);
             }
             client
                 .publish_with_reply(
@@ -419,7 +559,7 @@ where
         let mut sub = match sent.await {
             Ok(sub) => sub,
             Err(e) => {
-                warn!(role = shared.role, error = %e, "Cannot pull from the partition; trying again in a second.");
+                warn!(role = shared.role, error = %e, consumer = %durable, "Cannot pull; trying again in a second.");
                 drop(slots);
                 tokio::select! {
                     _ = leave.cancelled() => break 'pulls,
@@ -428,17 +568,23 @@ where
             }
         };
         // A pull ends with a status, when it is full, or (if its end got lost) a little after
-        // its expiry.
-        let deadline = Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+        // its expiry, or when a long one misses its heartbeats (its consumer's leader moved).
+        let deadline = Instant::now() + lane.expires + Duration::from_secs(2);
+        let silence = if lane.expires > IDLE_HEARTBEAT_AFTER {
+            IDLE_HEARTBEAT * 3
+        } else {
+            lane.expires + Duration::from_secs(2)
+        };
         let asked = slots.len();
         last_got = 0;
         loop {
+            let until = deadline.min(Instant::now() + silence);
             let next = tokio::select! {
                 _ = leave.cancelled() => {
                     open_pull = Some((sub, deadline));
                     break 'pulls;
                 }
-                next = tokio::time::timeout_at(deadline, sub.next()) => next,
+                next = tokio::time::timeout_at(until, sub.next()) => next,
             };
             let Ok(Some(msg)) = next else { break };
             match classify(&msg) {
@@ -455,7 +601,8 @@ where
                         role = shared.role,
                         code,
                         description,
-                        "The partition refused a pull; trying again in a second."
+                        consumer = %durable,
+                        "A pull was refused; trying again in a second."
                     );
                     tokio::select! {
                         _ = leave.cancelled() => break 'pulls,
@@ -469,17 +616,19 @@ where
                 context: shared.js.clone(),
             };
             last_got += 1;
-            let Some(permit) = slots.pop() else {
+            let Some((permit, capped)) = slots.pop() else {
                 // More than asked for: never expected; give it back rather than overfill.
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
             };
-            let mut share = shared
+            let mut share = lane
                 .bytes
                 .take(&mut reserved, crate::consume::message_size(&msg));
             let ticket = shared.tracker.start();
             let token = leave.clone();
             let shared = shared.clone();
+            let bytes = lane.bytes.clone();
+            let cap = lane.cap.clone();
             tasks.spawn(
                 async move {
                     // Larger than the pull expected: its share of the budget first.
@@ -488,12 +637,12 @@ where
                             () = crate::consume::with_progress(
                                 &msg,
                                 shared.progress_every,
-                                shared.bytes.complete(&mut share),
+                                bytes.complete(&mut share),
                             ) => true,
                             _ = token.cancelled() => false,
                         };
                     let held = if topped_up {
-                        delivery_slots(&shared, &msg, &token).await
+                        delivery_slots(&shared, cap.as_ref(), &msg, &token).await
                     } else {
                         None
                     };
@@ -507,7 +656,7 @@ where
                     };
                     let handled = (shared.handle)(msg, token).await;
                     shared.tracker.finish(ticket, handled);
-                    drop(permit);
+                    drop((permit, capped));
                     drop(held);
                     drop(share);
                 }
@@ -526,6 +675,12 @@ where
     let drain = async {
         let Some((mut sub, deadline)) = open_pull else {
             return (0usize, pin);
+        };
+        // A pinned lane listens until its pull ends, for the message that names its pin; any
+        // other only for what is already on its way (its pull may wait 30 s).
+        let deadline = match lane.pinned {
+            true => deadline,
+            false => deadline.min(Instant::now() + UNPINNED_HAND_BACK_WAIT),
         };
         let mut handed = 0usize;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
@@ -559,7 +714,9 @@ where
             handed, "Handed back messages pulled but not started."
         );
     }
-    let Some(pin) = pin else { return };
+    let Some(pin) = pin.filter(|_| lane.pinned) else {
+        return;
+    };
     // Only our own pin: if it already moved on (this worker was slow to pull), unpinning would
     // take the partition from its new owner.
     let mut consumer: consumer::PullConsumer = match shared.stream.get_consumer(&durable).await {

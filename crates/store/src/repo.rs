@@ -132,6 +132,29 @@ impl ConfigStore {
         Ok(self.read(&Subjects::tenant_key(id)).await?.map(|(t, _)| t))
     }
 
+    /// Changes a tenant (compare-and-set, tried again when another writer got there first).
+    pub async fn update_tenant<F>(&self, id: &str, mut change: F) -> Result<Tenant, StoreError>
+    where
+        F: FnMut(&mut Tenant) -> Result<(), StoreError>,
+    {
+        let key = Subjects::tenant_key(id);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut tenant, revision)) = self.read::<Tenant>(&key).await? else {
+                return Err(StoreError::NotFound(format!("tenant {id:?}")));
+            };
+            change(&mut tenant)?;
+            let bytes = serde_json::to_vec(&tenant).map_err(backend)?;
+            match self.kv.update(&key, bytes.into(), revision).await {
+                Ok(_) => return Ok(tenant),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "tenant {id:?} (changed by others {CAS_ATTEMPTS} times while this change was applied; try again)"
+        )))
+    }
+
     /// Deletes a tenant and every endpoint it owns.
     pub async fn delete_tenant(&self, id: &str) -> Result<(), StoreError> {
         if self.get_tenant(id).await?.is_none() {

@@ -37,6 +37,7 @@ async fn snapshot_follows_the_bucket_across_a_server_restart() {
             id: "acme".parse().unwrap(),
             name: "Acme".into(),
             created_at: OffsetDateTime::now_utc(),
+            weight: 1,
         })
         .await
         .unwrap();

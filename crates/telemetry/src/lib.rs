@@ -76,6 +76,9 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(Matcher::Full(names::DELIVERY_E2E.into()), E2E_BUCKETS)
                 })
                 .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(names::TENANT_WAIT.into()), E2E_BUCKETS)
+                })
+                .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(names::JETSTREAM_PUBLISH.into()),
                         PUBLISH_BUCKETS,

@@ -22,6 +22,16 @@ pub const ROUTER_EVENTS_INVALID: &str = "gancho_router_events_invalid_total";
 pub const ROUTER_DELIVERIES_CREATED: &str = "gancho_router_deliveries_created_total";
 /// Events whose fan-out failed to publish and will be redelivered.
 pub const ROUTER_PUBLISH_FAILURES: &str = "gancho_router_publish_failures_total";
+/// Tenants whose events this router consumes (one events consumer each).
+pub const ROUTER_TENANTS: &str = "gancho_router_tenants";
+/// Events of a tenant not yet routed (its events consumer's pending and unacked), by `tenant`
+/// (the listed tenants, the rest summed as `other`).
+pub const TENANT_BACKLOG: &str = "gancho_tenant_backlog_events";
+/// How long an event waited between being stored and being routed, by `tenant`: what a
+/// tenant's webhooks wait behind its own backlog (and, were sharing unfair, behind others').
+pub const TENANT_WAIT: &str = "gancho_tenant_wait_seconds";
+/// Deliveries routed to the bulk lanes (their tenant had a backlog), by `tenant`.
+pub const ROUTER_BULK: &str = "gancho_router_bulk_deliveries_total";
 
 /// Attempts by `outcome`: success | http_error | timeout | connect_error | tls_error |
 /// request_error | blocked | proxy_error; and `class` of the answer: 1xx | 2xx | 3xx | 4xx | 5xx | none.
@@ -192,6 +202,23 @@ pub fn describe_all() {
     describe_counter!(
         ROUTER_DELIVERIES_CREATED,
         "Deliveries created, one per matching endpoint."
+    );
+    describe_gauge!(
+        ROUTER_TENANTS,
+        "Tenants whose events this router consumes, one events consumer each."
+    );
+    describe_gauge!(
+        TENANT_BACKLOG,
+        "Events of a tenant not yet routed, by tenant (the unlisted summed as other)."
+    );
+    describe_histogram!(
+        TENANT_WAIT,
+        Unit::Seconds,
+        "Time from an event being stored to its routing, by tenant."
+    );
+    describe_counter!(
+        ROUTER_BULK,
+        "Deliveries routed to the bulk lanes because their tenant had a backlog, by tenant."
     );
     describe_counter!(
         ROUTER_PUBLISH_FAILURES,

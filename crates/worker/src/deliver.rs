@@ -91,6 +91,9 @@ pub(crate) struct Ctx {
     pub wake_release: Arc<tokio::sync::Notify>,
     /// The worker's HTTP request slots (its configured concurrency).
     pub requests: Semaphore,
+    /// Held (before a request slot) by the deliveries of the bulk lanes, so that they never
+    /// take every request slot from the tenants without a backlog.
+    pub bulk_requests: Semaphore,
     /// The bytes of the request bodies being sent (a tenth of the worker's memory budget):
     /// each attempt holds its body's size from before it is rendered until it is answered.
     pub bodies: gancho_store::budget::Budget,
@@ -360,7 +363,7 @@ impl Ctx {
                     revision,
                 },
             );
-            let permit = match gate.admit() {
+            let permit = match gate.admit_from(self.subjects.is_bulk(&unit.msg.subject)) {
                 Admission::Go(permit) => permit,
                 Admission::Defer { reason, after } => {
                     return self.defer(unit, delivery, &ep, reason, after).await
@@ -479,7 +482,17 @@ impl Ctx {
         // Keep the delivery ours while a slow endpoint takes its time.
         // Waiting for one of the worker's request slots counts as work in hand too: a busy
         // worker may keep a delivery waiting for longer than the ack wait.
+        let bulk = self.subjects.is_bulk(&unit.msg.subject);
         let sent = keep_while(unit, async {
+            let _bulk = match bulk {
+                true => Some(
+                    self.bulk_requests
+                        .acquire()
+                        .await
+                        .expect("the semaphore is never closed"),
+                ),
+                false => None,
+            };
             let _request = self
                 .requests
                 .acquire()

@@ -218,6 +218,15 @@ impl Gate {
 
     /// Decides what happens to a delivery arriving now.
     pub fn admit(&self) -> Admission {
+        self.admit_from(false)
+    }
+
+    /// [`Gate::admit`] for a delivery of a bulk lane (`bulk`) or not. A bulk delivery may
+    /// queue up to the whole intake even at an endpoint not trusted yet: the routers pace the
+    /// bulk lanes and the worker caps what they hold, so a backlog meeting a fresh worker
+    /// waits in the queue instead of going round JetStream as deferrals (a second of those
+    /// at a worker's start cost a quiet tenant a tenth of a second in tests/fairness.rs).
+    pub fn admit_from(&self, bulk: bool) -> Admission {
         if let Some(after) = self.paused_for() {
             return Admission::Defer {
                 reason: "retry_after",
@@ -230,7 +239,7 @@ impl Gate {
                 after,
             };
         }
-        let bound = if self.trusted.load(Ordering::Relaxed) {
+        let bound = if bulk || self.trusted.load(Ordering::Relaxed) {
             self.large_bound
         } else {
             self.small_bound

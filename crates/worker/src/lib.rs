@@ -146,6 +146,9 @@ pub async fn run(
         partitions: (0..partitions)
             .map(|p| (subjects.worker_consumer(p), subjects.delivery(p)))
             .collect(),
+        bulk: (0..partitions)
+            .map(|p| (subjects.worker_bulk_consumer(p), subjects.bulk_wildcard(p)))
+            .collect(),
         legacy: Some(subjects.legacy_worker_consumer()),
         ack_wait: ACK_WAIT,
         progress_every: PROGRESS_EVERY,
@@ -193,6 +196,7 @@ pub async fn run(
         gates,
         wake_release,
         requests: tokio::sync::Semaphore::new(requests),
+        bulk_requests: tokio::sync::Semaphore::new(gancho_store::partitioned::bulk_share(requests)),
         bodies: gancho_store::budget::Budget::new(config.memory / 10),
         pressure,
         health,
