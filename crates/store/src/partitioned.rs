@@ -46,8 +46,13 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 const IDLE_HEARTBEAT_AFTER: Duration = Duration::from_secs(10);
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// An intake slot for one message, and its slot of a capped lane's share.
-type Slot = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+/// An intake slot for one message, its slot of a capped lane's share, and of its lane's own
+/// bound.
+type Slot = (
+    OwnedSemaphorePermit,
+    Option<OwnedSemaphorePermit>,
+    Option<OwnedSemaphorePermit>,
+);
 /// Pause before pulling again after a pull request failed (no JetStream leader, say).
 const PULL_RETRY: Duration = Duration::from_secs(1);
 /// A message handed back while a partition is being given up comes back after this, by
@@ -249,6 +254,7 @@ where
                     cap: bulk.then(|| bulk_cap.clone()),
                     weight: Arc::new(AtomicU32::new(1)),
                     gate: None,
+                    most_in_hand: None,
                     bytes: bytes.clone(),
                 };
                 let task = tokio::spawn(serve(shared.clone(), lane, token.clone()).instrument(
@@ -330,6 +336,10 @@ pub(crate) struct Lane {
     pub weight: Arc<AtomicU32>,
     /// Its own gate: it pulls only while this reads `true` (besides the shared one).
     pub gate: Option<watch::Receiver<bool>>,
+    /// Messages of this lane in hand at once, at most (none: the intake is the bound). Each
+    /// message in hand is a task, and a few hundred of one tenant's at once stand in front
+    /// of another tenant's next one on the runtime's queue.
+    pub most_in_hand: Option<Arc<Semaphore>>,
     /// The bytes of its messages in hand, and their size lately (shared by lanes that
     /// share a budget and an estimate).
     pub bytes: Arc<crate::budget::Intake>,
@@ -488,6 +498,15 @@ where
         };
         let ask = (last_got * 2).clamp(1, most);
         let turn = (lane.weight.load(Ordering::Relaxed).max(1) as usize).min(ask);
+        let own = match &lane.most_in_hand {
+            Some(sem) => tokio::select! {
+                _ = leave.cancelled() => break 'pulls,
+                p = sem.clone().acquire_many_owned(turn as u32) => {
+                    Some(p.expect("the semaphore is never closed"))
+                }
+            },
+            None => None,
+        };
         let capped = match &lane.cap {
             Some(cap) => tokio::select! {
                 _ = leave.cancelled() => break 'pulls,
@@ -504,12 +523,21 @@ where
         let mut slots: Vec<Slot> = Vec::with_capacity(ask);
         let mut first = first;
         let mut capped = capped;
+        let mut own = own;
         while first.num_permits() > 1 {
             let cap = capped.as_mut().and_then(|c| c.split(1));
-            slots.push((first.split(1).expect("more than one"), cap));
+            let mine = own.as_mut().and_then(|c| c.split(1));
+            slots.push((first.split(1).expect("more than one"), cap, mine));
         }
-        slots.push((first, capped));
+        slots.push((first, capped, own));
         while slots.len() < ask {
+            let own = match &lane.most_in_hand {
+                Some(sem) => match sem.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+                None => None,
+            };
             let cap = match &lane.cap {
                 Some(cap) => match cap.messages.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
@@ -518,7 +546,7 @@ where
                 None => None,
             };
             match shared.permits.clone().try_acquire_owned() {
-                Ok(p) => slots.push((p, cap)),
+                Ok(p) => slots.push((p, cap, own)),
                 Err(_) => break,
             }
         }
@@ -616,7 +644,7 @@ where
                 context: shared.js.clone(),
             };
             last_got += 1;
-            let Some((permit, capped)) = slots.pop() else {
+            let Some((permit, capped, own)) = slots.pop() else {
                 // More than asked for: never expected; give it back rather than overfill.
                 let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                 continue;
@@ -656,7 +684,7 @@ where
                     };
                     let handled = (shared.handle)(msg, token).await;
                     shared.tracker.finish(ticket, handled);
-                    drop((permit, capped));
+                    drop((permit, capped, own));
                     drop(held);
                     drop(share);
                 }

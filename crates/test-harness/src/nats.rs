@@ -135,6 +135,11 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, so every
     /// PubAck and every pull waits. [`NatsServer::resume`] (or drop) lets it go on.
     pub fn pause(&self) {
