@@ -247,6 +247,19 @@ fn p50(mut v: Vec<Duration>) -> Duration {
 /// roles start again, quiet publishing meanwhile. Checks quiet's p99 against its p99 alone,
 /// and that every delivery arrived once.
 async fn loud_beside_quiet(backlog: usize, quiet_tenants: usize) {
+    loud_beside_quiet_via(backlog, quiet_tenants, Via::Nats).await;
+}
+
+/// How loud's backlog comes in.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Published on NATS by a platform service.
+    Nats,
+    /// Posted to HTTP batch ingest, 1,000 events a request.
+    Http,
+}
+
+async fn loud_beside_quiet_via(backlog: usize, quiet_tenants: usize, via: Via) {
     // FAIRNESS_BACKLOG sets loud's backlog (for measuring, as BENCHMARKS.md does).
     let backlog = std::env::var("FAIRNESS_BACKLOG")
         .ok()
@@ -292,21 +305,53 @@ async fn loud_beside_quiet(backlog: usize, quiet_tenants: usize) {
     roles.stop();
 
     // Loud's backlog waits when the roles start; quiet publishes while it drains.
-    env.publish_many(
-        "loud",
-        "settlement.closed",
-        (0..backlog).map(|i| (format!("loud-{i}"), br#"{"batch":1}"#.to_vec())),
-    )
-    .await;
+    match via {
+        Via::Nats => {
+            env.publish_many(
+                "loud",
+                "settlement.closed",
+                (0..backlog).map(|i| (format!("loud-{i}"), br#"{"batch":1}"#.to_vec())),
+            )
+            .await
+        }
+        Via::Http => {
+            const TOKEN: &str = "fairness-admin-token-0123456789";
+            let (mut api, base) = env.spawn_api(TOKEN).await;
+            for first in (0..backlog).step_by(1000) {
+                let events: Vec<serde_json::Value> = (first..backlog.min(first + 1000))
+                    .map(|i| {
+                        serde_json::json!({"id": format!("loud-{i}"), "type": "settlement.closed",
+                            "data": {"batch": 1}})
+                    })
+                    .collect();
+                let body = serde_json::json!({ "events": events }).to_string();
+                let url = format!("{base}/v1/tenants/loud/events/batch");
+                let (status, v) = support::http("POST", &url, Some(TOKEN), Some(&body)).await;
+                assert_eq!(status, 200, "{v}");
+                let accepted = v["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["status"] == "accepted")
+                    .count();
+                assert_eq!(
+                    accepted,
+                    events.len(),
+                    "every event of the batch accepted: {v}"
+                );
+            }
+            support::kill9(&mut api);
+        }
+    }
     let expected = backlog * LOUD_ENDPOINTS;
     let started = Instant::now();
     let roles = Roles::start(&env);
     // Quiet publishes from the roles' start, as a tenant at 50 events/s does; what is
-    // measured starts a second in (the roles' own start, new connections, is not what this
-    // checks), while most of loud's backlog is still there: in the routers' events (one
+    // measured starts two seconds in (the roles' own start, new connections, is not what
+    // this checks), while most of loud's backlog is still there: in the routers' events (one
     // consumer for every tenant would hand quiet's events out behind all of loud's) and in
     // the workers' queues.
-    publish_quietly(&env, &quiet, "again-", QUIET_RATE as usize, || false).await;
+    publish_quietly(&env, &quiet, "again-", 2 * QUIET_RATE as usize, || false).await;
     // Quiet publishes until loud is 90% done (looked at every half second).
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watching = {
@@ -413,6 +458,12 @@ async fn a_quiet_tenant_does_not_wait_behind_another_tenants_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_quiet_tenants_do_not_wait_behind_another_tenants_backlog() {
     loud_beside_quiet(3_000, 3).await;
+}
+
+/// The same with loud's backlog posted to HTTP batch ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tenant_does_not_wait_behind_a_backlog_posted_over_http() {
+    loud_beside_quiet_via(3_000, 1, Via::Http).await;
 }
 
 /// A backlog of 15,000 events x 4 endpoints (a minute at loud's receivers' rate:
