@@ -145,7 +145,6 @@ where
         progress_every: spec.ack_wait / 3,
         tracker,
         handle: Arc::new(move |msg, _leaving| handle(msg)),
-        gate: spec.gate.clone(),
     });
     let template = Template {
         subjects: spec.subjects.clone(),
@@ -221,7 +220,12 @@ where
                 expires: PULL_EXPIRES,
                 cap: None,
                 weight: weight.clone(),
-                gate: spec.gate_for.as_ref().map(|g| g(&tenant)),
+                gates: spec
+                    .gate
+                    .iter()
+                    .cloned()
+                    .chain(spec.gate_for.as_ref().map(|g| g(&tenant)))
+                    .collect(),
                 most_in_hand: Some(Arc::new(Semaphore::new(MOST_IN_HAND))),
                 bytes: Arc::new(crate::budget::Intake::expecting(
                     spec.budget.clone(),
@@ -295,8 +299,7 @@ impl Template {
         settings: &TenantSettings,
         start: Option<u64>,
     ) -> Result<(), String> {
-        let spec = self;
-        let name = spec.subjects.router_tenant_consumer(tenant);
+        let name = self.subjects.router_tenant_consumer(tenant);
         if stream
             .get_consumer::<consumer::pull::Config>(&name)
             .await
@@ -312,12 +315,12 @@ impl Template {
         };
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
-            description: Some(format!("gancho {}s, tenant {tenant}", spec.role)),
-            filter_subject: spec.subjects.tenant_events(tenant),
+            description: Some(format!("gancho {}s, tenant {tenant}", self.role)),
+            filter_subject: self.subjects.tenant_events(tenant),
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: spec.ack_wait,
-            max_ack_pending: spec.max_ack_pending,
+            ack_wait: self.ack_wait,
+            max_ack_pending: self.max_ack_pending,
             ..Default::default()
         };
         match stream.create_consumer(config).await {

@@ -213,7 +213,6 @@ where
         progress_every: spec.progress_every,
         tracker,
         handle: Arc::new(handle),
-        gate: None,
     });
     let bytes = Arc::new(crate::budget::Intake::new(
         spec.budget,
@@ -253,7 +252,7 @@ where
                     expires: PULL_EXPIRES,
                     cap: bulk.then(|| bulk_cap.clone()),
                     weight: Arc::new(AtomicU32::new(1)),
-                    gate: None,
+                    gates: Vec::new(),
                     most_in_hand: None,
                     bytes: bytes.clone(),
                 };
@@ -334,8 +333,9 @@ pub(crate) struct Lane {
     pub cap: Option<Cap>,
     /// Its share against the others: each turn at the intake takes this many slots.
     pub weight: Arc<AtomicU32>,
-    /// Its own gate: it pulls only while this reads `true` (besides the shared one).
-    pub gate: Option<watch::Receiver<bool>>,
+    /// It pulls only while each of these reads `true` (a router: room in the deliveries
+    /// stream, and the tenant's share of the bulk lanes).
+    pub gates: Vec<watch::Receiver<bool>>,
     /// Messages of this lane in hand at once, at most (none: the intake is the bound). Each
     /// message in hand is a task, and a few hundred of one tenant's at once stand in front
     /// of another tenant's next one on the runtime's queue.
@@ -370,9 +370,6 @@ pub(crate) struct Shared<Fut> {
     pub(crate) progress_every: Duration,
     pub(crate) tracker: Arc<Tracker>,
     pub(crate) handle: Arc<Handler<Fut>>,
-    /// When given, nothing is pulled while it reads `false` (the router waiting for room in
-    /// the deliveries stream).
-    pub(crate) gate: Option<watch::Receiver<bool>>,
 }
 
 /// What a reply to a pull is.
@@ -475,8 +472,7 @@ where
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
     let mut last_got = 0usize;
-    let mut gates: Vec<watch::Receiver<bool>> =
-        shared.gate.iter().chain(&lane.gate).cloned().collect();
+    let mut gates = lane.gates.clone();
     'pulls: loop {
         for gate in &mut gates {
             while !*gate.borrow_and_update() {
