@@ -55,11 +55,11 @@ impl Backlogs {
     /// Whether `tenant`'s deliveries go to the bulk lanes, now that its consumer has
     /// `pending` events waiting behind the one in hand.
     pub(crate) fn bulk(&self, tenant: &str, pending: u64) -> bool {
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if pending <= crate::BULK_AFTER {
-            return state.get(tenant).is_some_and(|(until, _)| *until > now);
+            return self.is_bulk(tenant);
         }
+        let now = Instant::now();
+        let mut state = self.lock();
         let until = now + crate::BULK_FOR;
         match state.get_mut(tenant) {
             Some((was, logged)) => {
@@ -81,13 +81,10 @@ impl Backlogs {
         }
         true
     }
-}
 
-impl Backlogs {
     /// Whether `tenant`'s deliveries go to the bulk lanes now.
     pub(crate) fn is_bulk(&self, tenant: &str) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state
+        self.lock()
             .get(tenant)
             .is_some_and(|(until, _)| *until > Instant::now())
     }
@@ -95,13 +92,17 @@ impl Backlogs {
     /// Keeps `tenant`'s backlog status while it is held back (it routes nothing meanwhile,
     /// so nothing else would).
     pub(crate) fn keep(&self, tenant: &str) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((until, _)) = state.get_mut(tenant) {
+        if let Some((until, _)) = self.lock().get_mut(tenant) {
             let now = Instant::now();
             if *until > now {
                 *until = (*until).max(now + crate::BULK_FOR);
             }
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Instant)>> {
+        // Nothing panics while holding it; recover the data if something ever did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
