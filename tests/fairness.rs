@@ -521,3 +521,95 @@ async fn a_thousand_idle_tenants_cost_a_consumer_and_a_waiting_pull_each() {
     );
     roles.stop();
 }
+
+/// Weights: tenants `gold` (weight 3) and `basic` (weight 1) each have a backlog of the same
+/// size to 4 endpoints whose receivers answer at once, so gancho, not the receivers, sets the
+/// pace. While both are backlogged, gold gets three times basic's deliveries (within 20%);
+/// once gold is done, basic gets everything (no fixed quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_of_weight_three_gets_three_times_the_share() {
+    let backlog: usize = std::env::var("FAIRNESS_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000);
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let env = support::Env::new().await;
+    let mut sinks = Vec::new();
+    for (tenant, weight) in [("gold", 3), ("basic", 1)] {
+        env.tenant_weighing(tenant, weight).await;
+        let sink = Sink::start(&env);
+        env.endpoints_on_all(
+            tenant,
+            (0..LOUD_ENDPOINTS).map(|e| format!("ep{e}")),
+            |id| sink.url(id),
+        )
+        .await;
+        env.publish_many(
+            tenant,
+            "settlement.closed",
+            (0..backlog).map(|i| (format!("{tenant}-{i}"), br#"{"batch":1}"#.to_vec())),
+        )
+        .await;
+        sinks.push(sink);
+    }
+    let expected = (backlog * LOUD_ENDPOINTS) as u64;
+    let roles = Roles::start(&env);
+    // Samples every 250 ms of (gold, basic) deliveries, until basic is done.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (gold, basic) = (sinks[0].counts().await.1, sinks[1].counts().await.1);
+        samples.push((gold, basic));
+        if basic >= expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both backlogs drain in 5 minutes: {samples:?}"
+        );
+    }
+    // The share is measured while both have a backlog: from when both have 5% of theirs
+    // delivered to when gold has 80% of its.
+    let from = samples
+        .iter()
+        .position(|&(g, b)| g >= expected / 20 && b >= expected / 20)
+        .unwrap();
+    let to = samples
+        .iter()
+        .position(|&(g, _)| g >= expected * 4 / 5)
+        .unwrap();
+    let (g, b) = (
+        samples[to].0 - samples[from].0,
+        samples[to].1 - samples[from].1,
+    );
+    let ratio = g as f64 / b.max(1) as f64;
+    eprintln!(
+        "weights 3:1, {backlog} events x {LOUD_ENDPOINTS} each: over {:.1} s both backlogged, gold {g} and basic {b} deliveries ({ratio:.2}:1)",
+        (to - from) as f64 / 4.0
+    );
+    assert!(
+        to > from,
+        "gold and basic were backlogged at once: {samples:?}"
+    );
+    assert!(
+        (2.4..=3.6).contains(&ratio),
+        "gold (weight 3) got {ratio:.2} times basic's deliveries while both were backlogged; 3 within 20% is the share"
+    );
+    // No fixed quota: once gold is done, basic drains faster than its share did.
+    let basic_after = samples[to..]
+        .windows(2)
+        .skip_while(|w| w[0].0 < expected)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or(0);
+    eprintln!("basic alone: at most {basic_after} deliveries a sample");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for sink in &sinks {
+        let (received, distinct) = sink.counts().await;
+        assert_eq!(distinct, expected, "every delivery arrives");
+        assert_eq!(received, distinct, "no delivery arrives twice");
+    }
+    roles.stop();
+}

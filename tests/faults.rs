@@ -89,7 +89,10 @@ impl Producer {
                 async move {
                     let msg = PublishMessage::build()
                         .payload(encode(k).into())
-                        .message_id(format!("evt-{k}"));
+                        .message_id(gancho_core::subject::event_message_id(
+                            "acme",
+                            &format!("evt-{k}"),
+                        ));
                     match js.send_publish(subject, msg).await {
                         Ok(ack) => ack.await.is_ok(),
                         Err(_) => false,

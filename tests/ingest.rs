@@ -67,7 +67,7 @@ async fn events_sent_over_http_are_delivered_like_nats_ones() {
     env.publish_raw(
         &env.layout.subjects.event("acme", "charge.paid"),
         ev.encode_to_vec(),
-        "evt-nats",
+        "acme:evt-nats",
     )
     .await;
     let body = format!(
@@ -302,6 +302,72 @@ async fn events_sent_over_http_are_delivered_like_nats_ones() {
         std::future::ready(rx.count() == 7)
     })
     .await;
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+    support::terminate(&mut api);
+}
+
+/// Event ids and endpoint ids are unique only within a tenant: two tenants sending `evt-1`
+/// to an endpoint each calls `primary`, within the duplicate window, over HTTP and over NATS,
+/// both get every webhook, while the same id again in one tenant is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_may_use_the_same_event_and_endpoint_ids() {
+    let env = support::Env::new().await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let (acme, globex) = (
+        Receiver::https_sequence(&env.ca, &[200]).await,
+        Receiver::https_sequence(&env.ca, &[200]).await,
+    );
+    for (tenant, rx) in [("acme", &acme), ("globex", &globex)] {
+        env.tenant(tenant).await;
+        env.endpoint(tenant, "primary", &rx.url("/hook"), &[], &[], None)
+            .await;
+    }
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    for tenant in ["acme", "globex"] {
+        let (s, v) = post(
+            &base,
+            &format!("/v1/tenants/{tenant}/events"),
+            TOKEN,
+            json!({"id": "evt-1", "type": "charge.paid", "data": {"tenant": tenant}}),
+        )
+        .await;
+        assert_eq!((s, &v), (202, &json!({"id": "evt-1", "duplicate": false})));
+        env.publish(tenant, "charge.paid", "evt-2", br#"{}"#, &[])
+            .await;
+    }
+    let (s, v) = post(
+        &base,
+        "/v1/tenants/globex/events",
+        TOKEN,
+        json!({"id": "evt-1", "type": "charge.paid", "data": {"tenant": "globex"}}),
+    )
+    .await;
+    assert_eq!((s, &v), (202, &json!({"id": "evt-1", "duplicate": true})));
+    wait_until("both tenants' webhooks", Duration::from_secs(20), || {
+        std::future::ready(acme.count() == 2 && globex.count() == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (tenant, rx) in [("acme", &acme), ("globex", &globex)] {
+        let mut ids: Vec<String> = rx
+            .received()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["evt-1", "evt-2"], "{tenant}'s receiver");
+        let first = rx
+            .received()
+            .into_iter()
+            .find(|r| r.header("webhook-id") == Some("evt-1"))
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&first.body).contains(tenant),
+            "{tenant} got its own evt-1"
+        );
+    }
     support::terminate(&mut worker);
     support::terminate(&mut router);
     support::terminate(&mut api);

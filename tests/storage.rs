@@ -415,9 +415,10 @@ async fn full_server_store(max_file_store: &str) {
                         };
                         let bytes: bytes::Bytes = ev.encode_to_vec().into();
                         loop {
-                            let publish = PublishMessage::build()
-                                .payload(bytes.clone())
-                                .message_id(ev.id.clone());
+                            let publish =
+                                PublishMessage::build().payload(bytes.clone()).message_id(
+                                    gancho_core::subject::event_message_id(&ev.tenant, &ev.id),
+                                );
                             let acked =
                                 async { js.send_publish(subject.clone(), publish).await?.await }
                                     .await;

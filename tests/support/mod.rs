@@ -136,12 +136,17 @@ impl Env {
     }
 
     pub async fn tenant(&self, id: &str) {
+        self.tenant_weighing(id, 1).await;
+    }
+
+    /// Stores a tenant with a `weight` (its share while several tenants have a backlog).
+    pub async fn tenant_weighing(&self, id: &str, weight: u32) {
         self.store
             .create_tenant(&Tenant {
                 id: id.parse().unwrap(),
                 name: id.into(),
                 created_at: OffsetDateTime::now_utc(),
-                weight: 1,
+                weight,
             })
             .await
             .unwrap();
@@ -217,7 +222,7 @@ impl Env {
             };
             let publish = PublishMessage::build()
                 .payload(ev.encode_to_vec().into())
-                .message_id(id);
+                .message_id(gancho_core::subject::event_message_id(tenant, &id));
             acks.push(
                 self.js
                     .send_publish(subject.clone(), publish)
@@ -261,7 +266,7 @@ impl Env {
                 };
                 let publish = PublishMessage::build()
                     .payload(ev.encode_to_vec().into())
-                    .message_id(format!("evt-{i}"));
+                    .message_id(gancho_core::subject::event_message_id(&tenant, &ev.id));
                 acks.push(js.send_publish(subject.clone(), publish).await.unwrap());
                 if acks.len() == every {
                     for ack in acks.drain(..) {
@@ -423,7 +428,7 @@ impl Env {
         self.publish_raw(
             &self.layout.subjects.event(tenant, ty),
             ev.encode_to_vec(),
-            id,
+            &gancho_core::subject::event_message_id(tenant, id),
         )
         .await;
     }

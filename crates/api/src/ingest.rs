@@ -1,6 +1,6 @@
 //! HTTP ingest: `POST /v1/tenants/{tenant}/events` (one event) and `.../events/batch` (up to
 //! 1,000). Each event becomes the same protobuf `Event`, on the same subject, with the same
-//! `Nats-Msg-Id` (its id) as a NATS producer would publish, and is answered only after
+//! `Nats-Msg-Id` (`<tenant>:<id>`) as a NATS producer would publish, and is answered only after
 //! JetStream acknowledged it: 202 means durable. The same id again within the stream's
 //! duplicate window is answered `duplicate: true` and delivered once. When JetStream does
 //! not answer in time the outcome is unknown (the publish may still land): 503, naming the
@@ -180,6 +180,7 @@ fn build(
 /// Sends one publish; its PubAck is awaited by the caller.
 async fn send(
     state: &ApiState,
+    tenant: &str,
     id: &str,
     subject: String,
     bytes: Vec<u8>,
@@ -190,7 +191,7 @@ async fn send(
     let publish = PublishMessage::build()
         .payload(bytes.into())
         .headers(headers)
-        .message_id(id);
+        .message_id(gancho_core::subject::event_message_id(tenant, id));
     state
         .layout
         .js
@@ -316,7 +317,7 @@ pub async fn send_one(
     let t = tenant_id(&t)?;
     let (id, subject, bytes) = build(&state, t.as_str(), ev)?;
     tenant_exists(&state, &t, &id).await?;
-    let ack = send(&state, &id, subject, bytes)
+    let ack = send(&state, t.as_str(), &id, subject, bytes)
         .await
         .map_err(|e| unknown(&id, &e))?;
     let duplicate = acked(ack).await.map_err(|e| unknown(&id, &e))?;
@@ -363,7 +364,7 @@ pub async fn send_batch(
                 });
             }
             Ok((id, subject, bytes)) => {
-                let ack = send(&state, &id, subject, bytes).await;
+                let ack = send(&state, t.as_str(), &id, subject, bytes).await;
                 pending.push((results.len(), ack));
                 results.push(ItemResult {
                     id: Some(id),

@@ -120,7 +120,12 @@ pub async fn send(
     let subject = subjects.delivery(partition(tenant.as_str(), id.as_str(), PARTITIONS));
     let publish = PublishMessage::build()
         .payload(Bytes::from(delivery.encode_to_vec()))
-        .message_id(format!("{event_id}:{}", id.as_str()));
+        .message_id(gancho_core::subject::delivery_message_id(
+            tenant.as_str(),
+            &event_id,
+            id.as_str(),
+            None,
+        ));
     let js = &state.layout.js;
     async { js.send_publish(subject, publish).await?.await }
         .await

@@ -313,6 +313,30 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The `Nats-Msg-Id` of an event: `<tenant>:<event id>`. JetStream de-duplicates by message
+/// id over the whole events stream, and event ids are only unique within a tenant: two
+/// tenants' producers may both send `evt-1`. Tenant ids never hold a `:`, so the two parts
+/// cannot run together.
+pub fn event_message_id(tenant: &str, event_id: &str) -> String {
+    format!("{tenant}:{event_id}")
+}
+
+/// The `Nats-Msg-Id` of one event's delivery to one endpoint (`<tenant>:<event>:<endpoint>`),
+/// or, with `batch` = the batch's size, of a batch starting at that endpoint
+/// (`<tenant>:<event>:<endpoint>+<n>`). Endpoint ids may be chosen by the tenant, so the
+/// tenant is part of the id here too.
+pub fn delivery_message_id(
+    tenant: &str,
+    event_id: &str,
+    endpoint_id: &str,
+    batch: Option<usize>,
+) -> String {
+    match batch {
+        None => format!("{tenant}:{event_id}:{endpoint_id}"),
+        Some(n) => format!("{tenant}:{event_id}:{endpoint_id}+{n}"),
+    }
+}
+
 /// A subject-token-safe id for (event, endpoint): 32 hex characters of SHA-256.
 pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -358,6 +382,23 @@ impl Default for Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_are_per_tenant() {
+        assert_ne!(
+            event_message_id("a", "evt-1"),
+            event_message_id("b", "evt-1")
+        );
+        assert_eq!(event_message_id("acme", "evt-1"), "acme:evt-1");
+        assert_ne!(
+            delivery_message_id("a", "evt-1", "primary", None),
+            delivery_message_id("b", "evt-1", "primary", None)
+        );
+        assert_eq!(
+            delivery_message_id("acme", "e", "ep_1", Some(3)),
+            "acme:e:ep_1+3"
+        );
+    }
 
     #[test]
     fn delivery_ids_are_stable_and_subject_safe() {

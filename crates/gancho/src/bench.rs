@@ -1104,7 +1104,7 @@ async fn send(
                 };
                 let publish = PublishMessage::build()
                     .payload(ev.encode_to_vec().into())
-                    .message_id(ev.id.clone());
+                    .message_id(gancho_core::subject::event_message_id(TENANT, &ev.id));
                 acks.push(js.send_publish(subject, publish).await?);
             }
             n = end;

@@ -65,7 +65,7 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
             subject.clone(),
             PublishMessage::build()
                 .payload(Bytes::from(event.encode_to_vec()))
-                .message_id(id.as_str()),
+                .message_id(gancho_core::subject::event_message_id(&args.tenant, &id)),
         )
         .await
         .context("cannot publish")?

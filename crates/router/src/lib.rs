@@ -1,9 +1,10 @@
-//! The router role. It consumes `GANCHO_EVENTS` through the durable consumer every router
-//! shares, checks each event (decodes, JSON payload, tenant and type agree with the subject),
+//! The router role. It consumes `GANCHO_EVENTS` through each tenant's durable consumer, which
+//! every router shares, checks each event (decodes, JSON payload, tenant and type agree with the subject),
 //! matches it against the live subscription table, and publishes its deliveries to the
 //! matching enabled endpoints to `GANCHO_DELIVERIES`: one message per partition, a `Delivery`
-//! (`Nats-Msg-Id: <event id>:<endpoint id>`) when one endpoint of the partition matches, a
-//! `DeliveryBatch` of up to [`BATCH_MAX`] (`Nats-Msg-Id: <event id>:<first endpoint id>+<n>`)
+//! (`Nats-Msg-Id: <tenant>:<event id>:<endpoint id>`) when one endpoint of the partition matches, a
+//! `DeliveryBatch` of up to [`BATCH_MAX`] (`Nats-Msg-Id:
+//! <tenant>:<event id>:<first endpoint id>+<n>`)
 //! when several do.
 //!
 //! The event is acked only after JetStream acked every one of its deliveries; on any publish

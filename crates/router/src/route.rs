@@ -375,10 +375,20 @@ impl Ctx {
                 endpoint_id: endpoint_id.to_owned(),
                 ..template.clone()
             };
-            let id = format!("{}:{}", template.event_id, endpoint_id);
+            let id = gancho_core::subject::delivery_message_id(
+                &template.tenant,
+                &template.event_id,
+                endpoint_id,
+                None,
+            );
             (Bytes::from(delivery.encode_to_vec()), id)
         } else {
-            let id = format!("{}:{}+{}", template.event_id, endpoints[0], endpoints.len());
+            let id = gancho_core::subject::delivery_message_id(
+                &template.tenant,
+                &template.event_id,
+                endpoints[0],
+                Some(endpoints.len()),
+            );
             headers.insert(
                 gancho_core::subject::BATCH_HEADER,
                 endpoints.len().to_string().as_str(),

@@ -1041,7 +1041,9 @@ impl Ctx {
             .payload(Bytes::from(dead.encode_to_vec()))
             .headers(headers);
         if !id.is_empty() {
-            publish = publish.message_id(format!("dead:{id}"));
+            // Delivery ids hash the event and endpoint ids, which are only unique within a
+            // tenant.
+            publish = publish.message_id(format!("dead:{tenant}:{id}"));
         }
         (self.subjects.dead(tenant, endpoint, kind, event), publish)
     }
