@@ -745,6 +745,13 @@ async fn bench(
         }
         if started.elapsed() > patience {
             bar.abandon();
+            // A soak that ran out of patience still measured memory: print what it saw.
+            if let Some(warm_up) = soak {
+                eprintln!(
+                    "memory over the run (it timed out, the series still holds): {}",
+                    serde_json::to_string_pretty(&samples.report(warm_up))?
+                );
+            }
             bail!(
                 "{} of {expected} deliveries after {patience:?}; logs in {}",
                 bar.position(),
