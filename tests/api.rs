@@ -251,6 +251,10 @@ async fn tenants_and_endpoints_crud() {
             json!({"url": "https://h.example.com", "retry_schedule": "0s,5x"}),
             "\"5x\"",
         ),
+        (
+            json!({"url": "https://h.example.com", "retry_schedule": ["0s", "5x"]}),
+            "\"5x\"",
+        ),
     ];
     for (body, want) in cases {
         let (s, v) = call(
@@ -379,6 +383,12 @@ async fn patch_changes_every_field_and_refuses_bad_values() {
             "retry_schedule",
             json!("0s,5s,1h"),
         ),
+        // A JSON list of delays, as a JSON API takes a list.
+        (
+            json!({"retry_schedule": ["0s", "30s", "2h"]}),
+            "retry_schedule",
+            json!("0s,30s,2h"),
+        ),
         (json!({"disabled": true}), "disabled", json!(true)),
         (json!({"disabled": false}), "disabled", json!(false)),
         (json!({"paused": true}), "paused", json!(true)),
@@ -400,6 +410,15 @@ async fn patch_changes_every_field_and_refuses_bad_values() {
                 assert_eq!(read.get(k), Some(v), "{patch} changed {k}");
             }
         }
+    }
+    // OpenAPI describes the list (a string is still taken).
+    let (_, spec) = call("GET", &format!("{}/openapi.json", api.base), None, None).await;
+    for schema in ["CreateEndpoint", "PatchEndpoint"] {
+        let field = &spec["components"]["schemas"][schema]["properties"]["retry_schedule"];
+        assert!(
+            field.to_string().contains("\"array\""),
+            "{schema}.retry_schedule is a list in OpenAPI: {field}"
+        );
     }
     // A retry schedule reset to null is left out of the answer (the default applies).
     let (s, v) = call("PATCH", &ep, admin, Some(r#"{"retry_schedule":null}"#)).await;
@@ -429,6 +448,13 @@ async fn patch_changes_every_field_and_refuses_bad_values() {
             "connection",
         ),
         (json!({"retry_schedule": "0s,soon"}), 422, "retry_schedule"),
+        (json!({"retry_schedule": ["0s", "soon"]}), 422, "\"soon\""),
+        (json!({"retry_schedule": [5, 10]}), 400, "list of delays"),
+        (
+            json!({"retry_schedule": ["0s,5s"]}),
+            400,
+            "one delay per item",
+        ),
         (json!({"disabled": "yes"}), 400, "disabled"),
         (json!({"paused": null}), 400, "paused"),
         (json!({"secret": "whsec_abc"}), 422, "secret/rotate"),

@@ -68,6 +68,14 @@ async fn bad_input_gets_a_clear_answer_and_loses_nothing() {
         ),
         ("https://[::ffff:127.0.0.1]/hook", "private address"),
         ("https://localhost/hook", "private address"),
+        // Refused at create as the worker would refuse every delivery: what a resolver reads
+        // as loopback or this host, though not spelt 127.0.0.1.
+        ("https://127.1/hook", "private address"),
+        ("https://2130706433/hook", "private address"),
+        ("https://0x7f.0.0.1/hook", "private address"),
+        ("https://0177.0.0.1/hook", "private address"),
+        ("https://0/hook", "private address"),
+        ("https://LOCALHOST./hook", "private address"),
         ("http://hooks.example.com/hook", "is not https"),
         (
             "https://ops:hunter22@hooks.example.com/hook",

@@ -413,8 +413,10 @@ pub struct CreateEndpoint {
     /// or hop-by-hop headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
-    /// Retry delays, e.g. `0s,5s,5m,30m` (default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h).
-    retry_schedule: Option<String>,
+    /// Retry delays, e.g. `["0s", "5s", "5m", "30m"]` (or the same as one string,
+    /// `"0s,5s,5m,30m"`; default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h).
+    #[schema(value_type = Option<Vec<String>>, example = json!(["0s", "5s", "5m", "30m"]))]
+    retry_schedule: Option<ScheduleIn>,
     /// `hmac` (default) or `ed25519`.
     signing: Option<Signing>,
     /// A `whsec_` secret (or, with `ed25519`, a `whsk_` signing key) to use instead of a
@@ -433,6 +435,43 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
+}
+
+/// A retry schedule as the API takes it: a JSON array of delays (`["0s", "5s", "5m"]`) or the
+/// same as one comma-separated string (`"0s,5s,5m"`), kept as that string.
+#[derive(Debug, Clone)]
+pub struct ScheduleIn(String);
+
+impl std::ops::Deref for ScheduleIn {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ScheduleIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            List(Vec<String>),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Text(s)) => Ok(Self(s)),
+            Ok(Either::List(delays)) => {
+                if let Some(bad) = delays.iter().find(|d| d.contains(',')) {
+                    return Err(serde::de::Error::custom(format!(
+                        "retry_schedule: {bad:?} is one delay per item, e.g. [\"0s\", \"5s\", \"5m\"]"
+                    )));
+                }
+                Ok(Self(delays.join(",")))
+            }
+            Err(_) => Err(serde::de::Error::custom(
+                "retry_schedule must be a list of delays, e.g. [\"0s\", \"5s\", \"5m\"], or the same as one string, \"0s,5s,5m\"",
+            )),
+        }
+    }
 }
 
 /// A field that may be left out but not set to null: `null` is an error naming the field,
@@ -492,9 +531,10 @@ pub struct PatchEndpoint {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     headers: Option<BTreeMap<String, String>>,
-    /// null: the default schedule.
+    /// A list of delays (or one comma-separated string); null: the default schedule.
     #[serde(default, deserialize_with = "nullable")]
-    retry_schedule: Option<Option<String>>,
+    #[schema(value_type = Option<Vec<String>>)]
+    retry_schedule: Option<Option<ScheduleIn>>,
     /// false re-enables an endpoint, also one disabled after a 410.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
@@ -701,7 +741,7 @@ pub async fn create(
         client_key: body.client_key,
         ca: body.ca,
         headers: body.headers,
-        retry_schedule: body.retry_schedule,
+        retry_schedule: body.retry_schedule.map(|s| s.0),
         secret,
         previous_secrets: Vec::new(),
         created_at: now,
@@ -968,7 +1008,7 @@ pub async fn update(
                 ep.headers = v.clone();
             }
             if let Some(v) = &body.retry_schedule {
-                ep.retry_schedule = v.clone();
+                ep.retry_schedule = v.as_ref().map(|s| s.0.clone());
             }
             if let Some(v) = body.disabled {
                 ep.disabled = v;

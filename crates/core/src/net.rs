@@ -49,26 +49,33 @@ pub fn check_endpoint_url(url: &str, allow_http: bool, allow_private: bool) -> R
         }
         _ => return Err(format!("url {url:?} must start with https://")),
     }
-    let host = uri
-        .host()
+    uri.host()
         .filter(|h| !h.is_empty())
         .ok_or_else(|| format!("url {url:?} has no host"))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if !allow_private {
-        let private = match bare.parse::<IpAddr>() {
-            Ok(ip) => !is_public(ip),
-            Err(_) => {
-                bare.eq_ignore_ascii_case("localhost")
-                    || bare.to_ascii_lowercase().ends_with(".localhost")
-            }
-        };
-        if private {
-            return Err(format!(
-                "endpoint url {url:?} points at a private address; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true for development"
-            ));
-        }
+    if !allow_private && private_host(url) {
+        return Err(format!(
+            "endpoint url {url:?} points at a private address; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true for development"
+        ));
     }
     Ok(())
+}
+
+/// Whether `url`'s host names a private address as a resolver would read it: IPv4 in any
+/// form `inet_aton` takes (`127.1`, `2130706433`, `0x7f.0.0.1`, `0177.0.0.1`, `0`, which the
+/// WHATWG URL parser reads the same way), IPv6, or `localhost` and its subdomains, with or
+/// without the final dot. A name is not resolved here: what it points at can change, so the
+/// worker checks every resolved address again.
+fn private_host(url: &str) -> bool {
+    match url::Url::parse(url).ok().as_ref().and_then(url::Url::host) {
+        Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !is_public(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => {
+            let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        // http::Uri took it and the URL parser does not: not a host a request could reach.
+        None => false,
+    }
 }
 
 /// `url` with anything between `://` and an `@` before the path replaced by `***`, so an
@@ -162,6 +169,15 @@ mod tests {
             ("https://[::1]/x", "private address"),
             ("https://169.254.169.254/latest", "private address"),
             ("https://api.localhost/x", "private address"),
+            // What a resolver reads as loopback or "this host" though it is not spelt so.
+            ("https://127.1/x", "private address"),
+            ("https://2130706433/x", "private address"),
+            ("https://0x7f.0.0.1/x", "private address"),
+            ("https://0177.0.0.1/x", "private address"),
+            ("https://0/x", "private address"),
+            ("https://LOCALHOST./x", "private address"),
+            ("https://api.localhost./x", "private address"),
+            ("https://0xa9fea9fe/latest", "private address"),
             (
                 "https://user:hunter22@hooks.example.com/x",
                 "user name or password",
@@ -184,6 +200,10 @@ mod tests {
         assert!(check_endpoint_url("http://127.0.0.1:8080/x", true, true).is_ok());
         assert!(ok("https://hooks.example.com:8443/x").is_ok());
         assert!(ok("https://pagamentos.xn--aa-4iaz.com.br/x").is_ok());
+        // Numbers that are names, not addresses, stay names.
+        assert!(ok("https://1.2.3.4.example.com/x").is_ok());
+        assert!(ok("https://0x7f.example.com/x").is_ok());
+        assert!(ok("https://8.8.8.8/x").is_ok());
         assert_eq!(redact_userinfo("https://u:p@h/x@y"), "https://***@h/x@y");
         assert_eq!(redact_userinfo("https://h/x@y"), "https://h/x@y");
     }
