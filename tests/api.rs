@@ -478,3 +478,58 @@ async fn patch_changes_every_field_and_refuses_bad_values() {
     .await;
     assert_eq!(s, 404);
 }
+
+/// 100 PATCHes of one endpoint at once, half changing its description and half its timeout:
+/// every one applies, each on top of the others (the API tries its compare-and-set again
+/// instead of answering 409), and the endpoint ends with one of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_one_endpoint_all_apply() {
+    let env = support::Env::new().await;
+    let api = start(&env).await;
+    let admin = Some(TOKEN);
+    let (s, _) = call(
+        "POST",
+        &format!("{}/v1/tenants", api.base),
+        admin,
+        Some(r#"{"id":"acme"}"#),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, created) = call(
+        "POST",
+        &format!("{}/v1/tenants/acme/endpoints", api.base),
+        admin,
+        Some(r#"{"url":"https://hooks.example.com/a","description":"before","timeout_ms":500}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let ep = format!(
+        "{}/v1/tenants/acme/endpoints/{}",
+        api.base,
+        created["id"].as_str().unwrap()
+    );
+    let answers = futures::future::join_all((0..100).map(|i| {
+        let body = match i % 2 {
+            0 => json!({ "description": format!("d{i}") }),
+            _ => json!({ "timeout_ms": 1000 + i }),
+        }
+        .to_string();
+        let ep = ep.clone();
+        async move { call("PATCH", &ep, admin, Some(&body)).await }
+    }))
+    .await;
+    let refused: Vec<&(u16, Value)> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 100 concurrent PATCHes refused, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let (_, read) = call("GET", &ep, admin, None).await;
+    let description = read["description"].as_str().unwrap();
+    let timeout = read["timeout_ms"].as_u64().unwrap();
+    assert!(
+        description.starts_with('d') && (1001..1100).contains(&timeout),
+        "the endpoint holds one of the new descriptions and one of the new timeouts: {read}"
+    );
+}

@@ -4,7 +4,8 @@
 //! stops everything, the child nats-server included.
 //!
 //! Uses the dev ports the README documents (NATS 4222, demo receiver 8099); both are outside
-//! the kernel's ephemeral range, so no other test can hold them by chance.
+//! the kernel's ephemeral range, so no other test can hold them by chance. A second test
+//! holds 4222 and checks that dev then takes a free port.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -15,8 +16,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// One dev at a time: the other test holds port 4222.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_the_readme_demo() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let api_port = gancho_test_harness::nats::free_port();
     let metrics_port = gancho_test_harness::nats::free_port();
@@ -174,4 +179,88 @@ async fn dev_runs_the_readme_demo() {
         std::net::TcpStream::connect("127.0.0.1:4222").is_err()
     });
     assert!(nats_gone, "the child nats-server stopped with gancho dev");
+}
+
+/// With port 4222 taken (another NATS, or another `gancho dev`), dev's nats-server takes a
+/// free port and says which; `gancho publish` run from the same directory finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_takes_a_free_port_when_4222_is_taken() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Held for the whole test (if something else already holds it, so much the better).
+    let _held = std::net::TcpListener::bind("127.0.0.1:4222");
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = gancho_test_harness::nats::free_port();
+    let metrics_port = gancho_test_harness::nats::free_port();
+    let demo_port = gancho_test_harness::nats::free_port();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .args(["dev", "--demo-listen", &format!("127.0.0.1:{demo_port}")])
+        .current_dir(dir.path())
+        .env_remove("GANCHO_NATS_URL")
+        .env_remove("GANCHO_ADMIN_TOKEN")
+        .env(
+            "GANCHO_NATS_SERVER",
+            gancho_test_harness::nats_server_binary(),
+        )
+        .env("GANCHO_API_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("GANCHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(dev.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut nats = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if let Some(url) = line.trim().strip_prefix("NATS") {
+            nats = Some(url.trim().to_owned());
+        }
+        if line.contains("demo receiver") {
+            break;
+        }
+    }
+    let nats = nats.expect("gancho dev printed where its NATS is");
+    assert!(
+        nats.starts_with("nats://127.0.0.1:") && !nats.ends_with(":4222"),
+        "dev's NATS is on another port: {nats}"
+    );
+    let token = std::fs::read_to_string(dir.path().join(".gancho/admin-token")).unwrap();
+    let (s, v) = support::http(
+        "POST",
+        &format!("http://127.0.0.1:{api_port}/v1/tenants"),
+        Some(token.trim()),
+        Some(r#"{"id":"acme"}"#),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let out = Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .args(["publish", "--tenant", "acme", "--type", "invoice.paid"])
+        .args(["--data", r#"{"amount":1}"#])
+        .current_dir(dir.path())
+        .env_remove("GANCHO_NATS_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gancho publish found dev's NATS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dev.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "gancho dev did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

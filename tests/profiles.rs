@@ -259,6 +259,16 @@ async fn openfinance_br_templated_path_202_only_three_attempts() {
             (202, "success".to_string())
         ]
     );
+    // The attempt log names the URL requested, the payment's path included: what a support
+    // team quotes when asked "which URL did you call?".
+    for a in env.attempts("acme", "ofb").await {
+        assert_eq!(
+            a.url,
+            rx.url("/base/open-banking/webhook/v1/payments/v3/pix/payments/pay-123"),
+            "attempt {}",
+            a.attempt
+        );
+    }
 
     // Without paymentId: dead-lettered at once as invalid, no request.
     publish("evt-ofb-2", None).await;

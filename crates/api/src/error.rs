@@ -76,6 +76,7 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::Busy(m) => ApiError::new(StatusCode::CONFLICT, "busy", m),
             StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::Corrupt { key, reason } => {
                 tracing::error!(%key, %reason, "Config document does not parse.");

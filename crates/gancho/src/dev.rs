@@ -12,7 +12,10 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 const DATA_DIR: &str = ".gancho";
+/// NATS's own port, taken when free; otherwise dev's nats-server takes any free port.
 const DEV_NATS_PORT: u16 = 4222;
+/// Where dev writes its nats-server's URL, for `gancho publish` run from the same directory.
+pub(crate) const NATS_URL_FILE: &str = ".gancho/nats-url";
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -30,8 +33,12 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
     let nats_url = match config.nats_url.clone() {
         Some(url) => url,
         None => {
-            _nats = Some(start_nats(&data).await?);
-            format!("nats://127.0.0.1:{DEV_NATS_PORT}")
+            let (child, port) = start_nats(&data).await?;
+            _nats = Some(child);
+            let url = format!("nats://127.0.0.1:{port}");
+            std::fs::write(NATS_URL_FILE, format!("{url}\n"))
+                .with_context(|| format!("cannot write {NATS_URL_FILE}"))?;
+            url
         }
     };
     let token = match config.admin_token.clone() {
@@ -76,7 +83,11 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
          \n  Try it: the three steps under \"Try it\" in README.md.\n",
         metrics = running.metrics_addr,
     );
-    running.wait().await
+    let done = running.wait().await;
+    if _nats.is_some() {
+        let _ = std::fs::remove_file(NATS_URL_FILE);
+    }
+    done
 }
 
 /// The admin token of this data directory: created once, then reused so the README's
@@ -143,12 +154,25 @@ pub(crate) fn nats_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-async fn start_nats(data: &Path) -> anyhow::Result<Child> {
+/// Starts dev's nats-server on port 4222 when it is free, else on a free port (a second
+/// `gancho dev`, or another NATS on this machine, holds 4222), and says which.
+async fn start_nats(data: &Path) -> anyhow::Result<(Child, u16)> {
     let addr: SocketAddr = ([127, 0, 0, 1], DEV_NATS_PORT).into();
-    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-        bail!("port {DEV_NATS_PORT} is already in use; stop what runs there, or set GANCHO_NATS_URL to use that NATS server");
-    }
-    spawn_nats(data, DEV_NATS_PORT).await
+    let port = match std::net::TcpListener::bind(addr) {
+        Ok(_) => DEV_NATS_PORT,
+        _ => {
+            let free = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .context("cannot find a free port for nats-server")?
+                .port();
+            println!(
+                "Port {DEV_NATS_PORT} is taken; this gancho dev's nats-server listens on {free} \
+                 (`gancho publish` run from this directory finds it in {NATS_URL_FILE})."
+            );
+            free
+        }
+    };
+    Ok((spawn_nats(data, port).await?, port))
 }
 
 /// Starts `nats-server -js` on 127.0.0.1:`port` with its store and log under `data`, and

@@ -8,8 +8,18 @@ use clap::Args;
 use gancho_proto::{Event, Message as _};
 use std::collections::HashMap;
 
-/// Where `gancho dev` serves NATS; `publish` uses it when no URL is configured.
+/// Where `gancho dev` serves NATS when port 4222 is free; `publish` uses it when no URL is
+/// configured and no dev of this directory wrote another (`.gancho/nats-url`).
 pub const DEV_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The NATS of the `gancho dev` started in this directory, or the default dev URL.
+fn dev_nats_url() -> String {
+    std::fs::read_to_string(crate::dev::NATS_URL_FILE)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEV_NATS_URL.to_owned())
+}
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
@@ -56,8 +66,8 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         attributes,
         channels: args.channels,
     };
-    let url = config.nats_url.as_deref().unwrap_or(DEV_NATS_URL);
-    let client = crate::roles::connect(url, "gancho-publish".into()).await?;
+    let url = config.nats_url.clone().unwrap_or_else(dev_nats_url);
+    let client = crate::roles::connect(&url, "gancho-publish".into()).await?;
     let js = jetstream::new(client);
     let subject = config.subjects.event(&args.tenant, &args.event_type);
     let ack = js

@@ -10,8 +10,40 @@ use gancho_core::Subjects;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// How many times a compare-and-set update is retried when someone else wrote first.
-const CAS_ATTEMPTS: usize = 5;
+/// How long a compare-and-set update keeps trying while others write the same document
+/// first. Concurrent changes (two fields of one endpoint, say) are independent, so each is
+/// applied in turn on top of the others rather than refused: 100 PATCHes of one endpoint at
+/// once all apply. Only a document changed faster than this for this long answers busy.
+const CAS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The pause between compare-and-set attempts: random, up to 1 ms doubled at each attempt
+/// (at most 64 ms), so writers that collided spread out instead of colliding again.
+struct Contention {
+    attempt: u32,
+    until: std::time::Instant,
+}
+
+impl Contention {
+    fn new() -> Self {
+        Self {
+            attempt: 0,
+            until: std::time::Instant::now() + CAS_PATIENCE,
+        }
+    }
+
+    /// Waits before the next attempt; false once [`CAS_PATIENCE`] is spent.
+    async fn again(&mut self) -> bool {
+        use rand::Rng;
+        if std::time::Instant::now() >= self.until {
+            return false;
+        }
+        let most_us = 1000u64 << self.attempt.min(6);
+        self.attempt += 1;
+        let pause = rand::rng().random_range(0..=most_us);
+        tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+        true
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,6 +51,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// Others kept changing the document for [`CAS_PATIENCE`] while this change was applied.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Invalid(String),
     /// A stored document that does not parse (written by hand or by another version).
@@ -33,11 +68,19 @@ impl StoreError {
         match self {
             StoreError::NotFound(_) => "not_found",
             StoreError::Conflict(_) => "conflict",
+            StoreError::Busy(_) => "busy",
             StoreError::Invalid(_) => "invalid",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Backend(_) => "backend",
         }
     }
+}
+
+fn busy(what: &str) -> StoreError {
+    StoreError::Busy(format!(
+        "{what} was changed by others all through the {} s this change waited for its turn; retry",
+        CAS_PATIENCE.as_secs()
+    ))
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -138,7 +181,8 @@ impl ConfigStore {
         F: FnMut(&mut Tenant) -> Result<(), StoreError>,
     {
         let key = Subjects::tenant_key(id);
-        for _ in 0..CAS_ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let Some((mut tenant, revision)) = self.read::<Tenant>(&key).await? else {
                 return Err(StoreError::NotFound(format!("tenant {id:?}")));
             };
@@ -146,13 +190,14 @@ impl ConfigStore {
             let bytes = serde_json::to_vec(&tenant).map_err(backend)?;
             match self.kv.update(&key, bytes.into(), revision).await {
                 Ok(_) => return Ok(tenant),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if !contention.again().await {
+                        return Err(busy(&format!("tenant {id:?}")));
+                    }
+                }
                 Err(e) => return Err(backend(e)),
             }
         }
-        Err(StoreError::Conflict(format!(
-            "tenant {id:?} (changed by others {CAS_ATTEMPTS} times while this change was applied; try again)"
-        )))
     }
 
     /// Deletes a tenant and every endpoint it owns.
@@ -412,7 +457,8 @@ impl ConfigStore {
     where
         F: FnMut(&mut Endpoint) -> Result<(), StoreError>,
     {
-        for _ in 0..CAS_ATTEMPTS {
+        let mut contention = Contention::new();
+        loop {
             let Some((mut ep, revision)) = self.read_endpoint(key).await? else {
                 return Ok(None);
             };
@@ -423,13 +469,14 @@ impl ConfigStore {
             let bytes = self.sealed(key, &ep)?;
             match self.kv.update(key, bytes.into(), revision).await {
                 Ok(_) => return Ok(Some(ep)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    if !contention.again().await {
+                        return Err(busy(what));
+                    }
+                }
                 Err(e) => return Err(backend(e)),
             }
         }
-        Err(StoreError::Conflict(format!(
-            "{what} is being changed concurrently; retry"
-        )))
     }
 
     /// Finishes a key rotation, or a move from a clear-text store: every endpoint whose

@@ -656,7 +656,8 @@ impl Ctx {
             error: outcome.error.clone(),
             response_body: outcome.body.clone(),
             response_headers: outcome.headers.iter().cloned().collect(),
-            url: loggable_url(&ep.uri),
+            // The URL requested (a templated profile's path filled in), query left out.
+            url: loggable_url(&crate::profile::request_url(ep, &delivery)),
             next_attempt_at: next_at,
         };
         delivery.attempts = attempt_no;

@@ -71,6 +71,30 @@ fn fill(template: &str, delivery: &Delivery) -> Result<String, String> {
     Ok(out)
 }
 
+/// The endpoint's URL with the path template filled from the event (`openfinance-br`).
+fn templated(ep: &LiveEndpoint, delivery: &Delivery) -> Result<http::Uri, String> {
+    let path = fill(template(ep), delivery)?;
+    let base = ep.uri.to_string();
+    format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| "the templated URL does not parse".to_owned())
+}
+
+/// The URL a delivery's request goes to, for the attempt log: the endpoint's, or for
+/// `openfinance-br` the endpoint's with the payment's path filled in.
+pub(crate) fn request_url<'a>(
+    ep: &'a LiveEndpoint,
+    delivery: &Delivery,
+) -> std::borrow::Cow<'a, http::Uri> {
+    match ep.config.profile {
+        Profile::OpenfinanceBr => match templated(ep, delivery) {
+            Ok(uri) => std::borrow::Cow::Owned(uri),
+            Err(_) => std::borrow::Cow::Borrowed(&ep.uri),
+        },
+        Profile::Standard | Profile::Token => std::borrow::Cow::Borrowed(&ep.uri),
+    }
+}
+
 /// A random (version 4) UUID.
 fn uuid_v4() -> String {
     let mut b: [u8; 16] = rand::random();
@@ -93,11 +117,7 @@ fn openfinance(
     now: OffsetDateTime,
     user_agent: &str,
 ) -> Result<http::Request<Full<Bytes>>, Refused> {
-    let path = fill(template(ep), delivery).map_err(Refused::Build)?;
-    let base = ep.uri.to_string();
-    let uri: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
-        .parse()
-        .map_err(|_| Refused::Build("the templated URL does not parse".into()))?;
+    let uri = templated(ep, delivery).map_err(Refused::Build)?;
     let at = delivery
         .occurred_at
         .as_ref()
