@@ -14,6 +14,11 @@ use std::time::Duration;
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
+/// A version 1 certificate and its key (`openssl x509 -req` without extensions), as people
+/// make them by hand.
+const V1_CERT: &str = include_str!("fixtures/v1-client-cert.pem");
+const V1_KEY: &str = include_str!("fixtures/v1-client-key.pem");
+
 async fn create(base: &str, body: Value) -> (u16, Value) {
     support::http(
         "POST",
@@ -41,6 +46,12 @@ async fn only_the_endpoint_with_a_client_certificate_gets_through() {
             "client_key must be a PEM private key",
         ),
         (json!({"ca": "not pem"}), "ca must be PEM certificates"),
+        // A version 1 certificate and its own key: they do go together, but it cannot be
+        // presented, and the answer says why (not that the key does not match).
+        (
+            json!({"client_cert": V1_CERT, "client_key": V1_KEY}),
+            "X.509 version 1 certificate",
+        ),
     ] {
         let mut b = json!({"url": rx.url("/x")});
         b.as_object_mut()
@@ -78,6 +89,17 @@ async fn only_the_endpoint_with_a_client_certificate_gets_through() {
     .await;
     assert_eq!(s, 201);
 
+    // An endpoint stored with a version 1 certificate before the API refused them: its
+    // attempts say what is wrong with it.
+    env.endpoint("acme", "v1-cert", &rx.url("/d"), &["pay.d"], &[], None)
+        .await;
+    env.change("acme", "v1-cert", |ep| {
+        ep.client_cert = Some(V1_CERT.into());
+        ep.client_key = Some(V1_KEY.into());
+        ep.retry_schedule = Some("0s".into());
+    })
+    .await;
+
     let mut router = env.spawn("router");
     let mut worker = env
         .command(&["worker"], &[])
@@ -93,15 +115,20 @@ async fn only_the_endpoint_with_a_client_certificate_gets_through() {
     // Same host and port, warm pool: the endpoint without a certificate must still fail.
     env.publish("acme", "pay.b", "evt-mtls-2", b"{}", &[]).await;
     env.publish("acme", "pay.c", "evt-mtls-3", b"{}", &[]).await;
-    wait_until(
-        "both failures recorded",
-        Duration::from_secs(20),
-        || async {
-            !env.attempts("acme", "without-cert").await.is_empty()
-                && !env.attempts("acme", "no-ca").await.is_empty()
-        },
-    )
+    env.publish("acme", "pay.d", "evt-mtls-5", b"{}", &[]).await;
+    wait_until("the failures recorded", Duration::from_secs(20), || async {
+        !env.attempts("acme", "without-cert").await.is_empty()
+            && !env.attempts("acme", "no-ca").await.is_empty()
+            && !env.attempts("acme", "v1-cert").await.is_empty()
+    })
     .await;
+    let v1 = &env.attempts("acme", "v1-cert").await[0];
+    assert_eq!(v1.outcome, "tls_error", "{v1:?}");
+    assert!(
+        v1.error.contains("X.509 version 1") && !v1.error.contains("do not go together"),
+        "{}",
+        v1.error
+    );
     let failed = &env.attempts("acme", "without-cert").await[0];
     assert_eq!(failed.outcome, "tls_error", "{failed:?}");
     assert!(

@@ -297,6 +297,12 @@ fn check_tls(ep: &Endpoint) -> Result<(), ApiError> {
     match (&ep.client_cert, &ep.client_key) {
         (Some(cert), Some(key)) => {
             check_pem_certs("client_cert", cert)?;
+            let first = rustls_pemfile::certs(&mut cert.as_bytes())
+                .next()
+                .and_then(Result::ok);
+            if let Some(problem) = first.and_then(|c| gancho_core::tls::client_cert_problem(&c)) {
+                return Err(ApiError::invalid(problem));
+            }
             let parsed = (key.len() <= MAX_PEM)
                 .then(|| {
                     rustls_pemfile::private_key(&mut key.as_bytes())

@@ -11,6 +11,7 @@
 //!   verification (Standard Webhooks `v1` and `v1a`).
 //! - [`webhook`]: the JSON body a receiver gets.
 //! - [`retry`]: retry schedules such as `0s,5s,5m,30m,2h,5h,10h,10h`.
+//! - [`tls`]: what is wrong with an endpoint's client certificate.
 
 pub mod id;
 pub mod matching;
@@ -18,6 +19,7 @@ pub mod net;
 pub mod retry;
 pub mod signature;
 pub mod subject;
+pub mod tls;
 pub mod webhook;
 
 pub use id::{EndpointId, EventType, IdError, TenantId};

@@ -320,6 +320,14 @@ impl Client {
                     .ok_or_else(|| {
                         SendError::Tls("the endpoint's client_key does not parse".into())
                     })?;
+                // A certificate that cannot be presented at all is said as such, not as a
+                // key that does not match it.
+                if let Some(problem) = chain
+                    .first()
+                    .and_then(|c| gancho_core::tls::client_cert_problem(c))
+                {
+                    return Err(SendError::Tls(format!("the endpoint's {problem}")));
+                }
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     SendError::Tls(format!(
                         "the endpoint's client certificate and key do not go together: {e}"
