@@ -16,18 +16,18 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// One dev at a time: the other test holds port 4222.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_runs_the_readme_demo() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let api_port = gancho_test_harness::nats::free_port();
-    let metrics_port = gancho_test_harness::nats::free_port();
+/// `gancho dev` in `dir`, finding NATS by itself, with its API and metrics on the given
+/// ports, and its stdout line by line.
+fn spawn_dev(
+    dir: &std::path::Path,
+    args: &[&str],
+    api_port: u16,
+    metrics_port: u16,
+) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut dev = Command::new(env!("CARGO_BIN_EXE_gancho"))
         .arg("dev")
-        .current_dir(dir.path())
+        .args(args)
+        .current_dir(dir)
         .env_remove("GANCHO_NATS_URL")
         .env_remove("GANCHO_ADMIN_TOKEN")
         .env(
@@ -40,16 +40,26 @@ async fn dev_runs_the_readme_demo() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = std::io::BufReader::new(dev.stdout.take().unwrap());
     let (tx, lines) = mpsc::channel::<String>();
-    let stdout = dev.stdout.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in stdout.lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
+    (dev, lines)
+}
+
+/// One dev at a time: the other test holds port 4222.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_readme_demo() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = gancho_test_harness::nats::free_port();
+    let metrics_port = gancho_test_harness::nats::free_port();
+    let (mut dev, lines) = spawn_dev(dir.path(), &[], api_port, metrics_port);
     let wait_line = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -192,28 +202,13 @@ async fn dev_takes_a_free_port_when_4222_is_taken() {
     let api_port = gancho_test_harness::nats::free_port();
     let metrics_port = gancho_test_harness::nats::free_port();
     let demo_port = gancho_test_harness::nats::free_port();
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_gancho"))
-        .args(["dev", "--demo-listen", &format!("127.0.0.1:{demo_port}")])
-        .current_dir(dir.path())
-        .env_remove("GANCHO_NATS_URL")
-        .env_remove("GANCHO_ADMIN_TOKEN")
-        .env(
-            "GANCHO_NATS_SERVER",
-            gancho_test_harness::nats_server_binary(),
-        )
-        .env("GANCHO_API_LISTEN", format!("127.0.0.1:{api_port}"))
-        .env("GANCHO_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(dev.stdout.take().unwrap());
-    let (tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let demo = format!("127.0.0.1:{demo_port}");
+    let (mut dev, lines) = spawn_dev(
+        dir.path(),
+        &["--demo-listen", &demo],
+        api_port,
+        metrics_port,
+    );
     let mut nats = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
