@@ -50,6 +50,26 @@ fn spawn_dev(
     (dev, lines)
 }
 
+/// Ctrl-C to `dev`; its exit status, within 20 s.
+fn interrupt(dev: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = dev.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gancho dev did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One dev at a time: the other test holds port 4222.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -167,22 +187,7 @@ async fn dev_runs_the_readme_demo() {
     assert_eq!((s, v["duplicate"].as_bool()), (202, Some(true)), "{v}");
 
     // Ctrl-C: dev drains, exits 0, and its nats-server goes with it.
-    let status = Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = dev.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gancho dev did not stop on Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = interrupt(&mut dev);
     assert!(exit.success(), "gancho dev exits 0 on Ctrl-C, got {exit}");
     let nats_gone = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
@@ -245,17 +250,5 @@ async fn dev_takes_a_free_port_when_4222_is_taken() {
         "gancho publish found dev's NATS: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while dev.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "gancho dev did not stop on Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    interrupt(&mut dev);
 }
