@@ -497,6 +497,43 @@ fn bench_floor_measures_without_gancho() {
     bench_refuses(&["--floor", "--rate", "10"], "cannot be used with");
 }
 
+/// `gancho bench --compare OLD`: alternating rounds of two builds' roles (here the same
+/// binary twice, as a build of another commit is not at hand), each process's CPU per delivery
+/// over the sink's per round and as medians with the change.
+#[test]
+fn bench_compares_two_builds_in_alternating_rounds() {
+    let exe = env!("CARGO_BIN_EXE_gancho");
+    let r = bench_json(&[
+        "--compare",
+        exe,
+        "--rounds",
+        "2",
+        "--endpoints",
+        "2",
+        "--events",
+        "100",
+    ]);
+    let runs = r["rounds"].as_array().unwrap();
+    let order: Vec<&str> = runs.iter().map(|x| x["build"].as_str().unwrap()).collect();
+    assert_eq!(order, ["old", "new", "new", "old"], "{r}");
+    assert!(runs.iter().all(|x| x["duplicates"] == 0), "{r}");
+    let worker = r["medians"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["what"] == "worker-1 CPU / sink CPU")
+        .unwrap_or_else(|| panic!("no worker row: {r}"));
+    for build in ["old", "new"] {
+        assert!(worker[build].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(worker["change"].is_number(), "{r}");
+    bench_refuses(
+        &["--compare", "/nonexistent/gancho"],
+        "--compare: no binary at /nonexistent/gancho",
+    );
+    bench_refuses(&["--compare", exe, "--floor"], "cannot be used with");
+}
+
 /// `gancho bench` on a small run: every process of its own, two workers, a dead endpoint;
 /// the report counts exactly the healthy deliveries, none twice, with latencies and the usage
 /// of every process.

@@ -92,6 +92,16 @@ pub struct BenchArgs {
     /// PubAck. Reports each process's CPU per delivery and the rate they would allow.
     #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes", "fail_share", "fan_out"])]
     pub floor: bool,
+    /// Compare this build with another: run the same scenario with the api, router and
+    /// workers of OLD_BINARY and of this binary in alternating rounds (the sink and
+    /// nats-server are the same for both), and print each process's CPU per delivery as a
+    /// ratio to the sink's, per round and as medians, with the change from OLD_BINARY. A
+    /// machine's speed drifts within minutes; ratios taken in the same rounds do not.
+    #[arg(long, value_name = "OLD_BINARY", conflicts_with_all = ["floor", "soak", "target"])]
+    pub compare: Option<PathBuf>,
+    /// Rounds of `--compare`: each runs both builds, in turns that alternate which goes first.
+    #[arg(long, default_value_t = 3, requires = "compare")]
+    pub rounds: usize,
 }
 
 const TENANT: &str = "bench";
@@ -336,23 +346,17 @@ pub async fn run(
         bail!("--dead-share leaves no healthy endpoint to measure");
     }
 
-    let dir = std::env::temp_dir().join(format!("gancho-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(
-        &args,
-        &forwarded,
-        &dir,
-        Shape {
-            dead,
-            healthy,
-            dead_timeout,
-            patience,
-            soak,
-        },
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let report = result?;
+    let shape = Shape {
+        dead,
+        healthy,
+        dead_timeout,
+        patience,
+        soak,
+    };
+    if let Some(old) = &args.compare {
+        return compare(&args, &forwarded, old, shape).await;
+    }
+    let report = bench_in_dir(&args, &forwarded, &std::env::current_exe()?, shape).await?;
     if args.json {
         println!("{report}");
     } else if args.floor {
@@ -363,10 +367,203 @@ pub async fn run(
     Ok(())
 }
 
+/// One run in a directory of its own, removed after it.
+async fn bench_in_dir(
+    args: &BenchArgs,
+    forwarded: &[(String, std::ffi::OsString)],
+    roles: &Path,
+    shape: Shape,
+) -> anyhow::Result<Value> {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gancho-bench-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(args, forwarded, &dir, roles, shape).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `--compare OLD_BINARY`: alternating rounds of the two builds' roles on one scenario; each
+/// process's CPU per delivery over the sink's, per round and as medians.
+async fn compare(
+    args: &BenchArgs,
+    forwarded: &[(String, std::ffi::OsString)],
+    old: &Path,
+    shape: Shape,
+) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let old = std::fs::canonicalize(old)
+        .with_context(|| format!("--compare: no binary at {}", old.display()))?;
+    let new = std::env::current_exe()?;
+    let builds = [("old", old.as_path()), ("new", new.as_path())];
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        // The build that goes first alternates, so neither always meets a warmer machine.
+        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (build, exe) = builds[i];
+            if !args.json {
+                eprintln!(
+                    "round {round} of {}: {build} ({})",
+                    args.rounds,
+                    exe.display()
+                );
+            }
+            let report = bench_in_dir(args, forwarded, exe, shape).await?;
+            runs.push(json!({
+                "round": round,
+                "build": build,
+                "deliveries_per_s": report["deliveries_per_s"],
+                "duplicates": report["duplicates"],
+                "cpu_over_sink": cpu_over_sink(&report),
+            }));
+        }
+    }
+    let summary = compare_summary(&runs);
+    let report = json!({
+        "old": old.display().to_string(),
+        "new": new.display().to_string(),
+        "rounds": runs,
+        "medians": summary,
+        "settings": settings(forwarded),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_compare(&report);
+    }
+    Ok(())
+}
+
+/// Each process's CPU after set-up over the sink's, by name (the sink's own is 1). With the
+/// same deliveries in both, it is the process's CPU per delivery in units of the sink's.
+fn cpu_over_sink(report: &Value) -> serde_json::Map<String, Value> {
+    let used =
+        |p: &Value| p["cpu_s"].as_f64().unwrap_or(0.0) - p["setup_cpu_s"].as_f64().unwrap_or(0.0);
+    let procs = report["processes"].as_array().cloned().unwrap_or_default();
+    let sink = procs
+        .iter()
+        .find(|p| p["name"] == "sink")
+        .map(used)
+        .unwrap_or(0.0);
+    procs
+        .iter()
+        .filter(|p| p["name"] != "sink" && sink > 0.0)
+        .map(|p| {
+            let name = p["name"].as_str().unwrap_or("?").to_owned();
+            (name, json!((used(p) / sink * 1000.0).round() / 1000.0))
+        })
+        .collect()
+}
+
+/// The medians of each build's rounds: deliveries per second and each process's CPU over
+/// the sink's, with the new build's change from the old as a share.
+fn compare_summary(runs: &[Value]) -> Value {
+    fn median(mut v: Vec<f64>) -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        Some(if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        })
+    }
+    let of = |build: &str, f: &dyn Fn(&Value) -> Option<f64>| {
+        median(
+            runs.iter()
+                .filter(|r| r["build"] == build)
+                .filter_map(f)
+                .collect(),
+        )
+    };
+    let mut names: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r["cpu_over_sink"].as_object())
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let change = |old: Option<f64>, new: Option<f64>| match (old, new) {
+        (Some(o), Some(n)) if o > 0.0 => Some(((n / o - 1.0) * 1000.0).round() / 1000.0),
+        _ => None,
+    };
+    let mut rows = vec![{
+        let f = |r: &Value| r["deliveries_per_s"].as_f64();
+        let (old, new) = (of("old", &f), of("new", &f));
+        json!({"what": "deliveries/s", "old": old, "new": new, "change": change(old, new)})
+    }];
+    for name in names {
+        let f = |r: &Value| r["cpu_over_sink"][name.as_str()].as_f64();
+        let (old, new) = (of("old", &f), of("new", &f));
+        rows.push(
+            json!({"what": format!("{name} CPU / sink CPU"), "old": old, "new": new,
+            "change": change(old, new)}),
+        );
+    }
+    Value::Array(rows)
+}
+
+fn print_compare(r: &Value) {
+    println!(
+        "old: {}\nnew: {}",
+        r["old"].as_str().unwrap_or("?"),
+        r["new"].as_str().unwrap_or("?")
+    );
+    println!("  round  build  deliveries/s  duplicates  CPU per delivery over the sink's");
+    for run in r["rounds"].as_array().into_iter().flatten() {
+        let cpu = run["cpu_over_sink"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {}", ratio(v)))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            })
+            .unwrap_or_default();
+        println!(
+            "  {:>5}  {:<5}  {:>12}  {:>10}  {cpu}",
+            num(&run["round"]),
+            run["build"].as_str().unwrap_or("?"),
+            num(&run["deliveries_per_s"]),
+            num(&run["duplicates"]),
+        );
+    }
+    println!("  medians                         old        new     change");
+    for row in r["medians"].as_array().into_iter().flatten() {
+        let change = row["change"]
+            .as_f64()
+            .map_or("-".to_owned(), |c| format!("{:+.1}%", c * 100.0));
+        let what = row["what"].as_str().unwrap_or("?");
+        let show = |v: &Value| {
+            if what == "deliveries/s" {
+                num(v)
+            } else {
+                ratio(v)
+            }
+        };
+        println!(
+            "  {what:<28} {:>8}   {:>8}   {change:>7}",
+            show(&row["old"]),
+            show(&row["new"]),
+        );
+    }
+}
+
+/// A ratio to two decimals, or `-`.
+fn ratio(v: &Value) -> String {
+    v.as_f64().map_or("-".to_owned(), |r| format!("{r:.2}"))
+}
+
 /// How often a `--soak` run samples each process's resident memory.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// What `run` made of the arguments.
+#[derive(Clone, Copy)]
 struct Shape {
     dead: usize,
     healthy: usize,
@@ -447,6 +644,7 @@ async fn bench(
     args: &BenchArgs,
     forwarded: &[(String, std::ffi::OsString)],
     dir: &Path,
+    roles: &Path,
     shape: Shape,
 ) -> anyhow::Result<Value> {
     let Shape {
@@ -479,32 +677,36 @@ async fn bench(
             .collect()
     };
     let encryption_key = gancho_store::Keyring::generate();
-    let spawn = |name: &str, args: &[&str], envs: &[(&str, String)]| -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(&exe);
-        cmd.args(args)
-            .envs(forwarded.iter().map(|(k, v)| (k, v)))
-            .env("GANCHO_NATS_URL", &nats_url)
-            .env_remove("GANCHO_SUBJECT_PREFIX")
-            .env("GANCHO_ADMIN_TOKEN", &token)
-            .env("GANCHO_ENCRYPTION_KEY", &encryption_key)
-            .env("GANCHO_EXTRA_CA_FILE", &ca)
-            .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
-            .kill_on_drop(true);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-        })
-    };
+    // The sink is always this binary's, so two builds' roles are measured against one sink.
+    let spawn_from =
+        |exe: &Path, name: &str, args: &[&str], envs: &[(&str, String)]| -> anyhow::Result<Proc> {
+            let mut cmd = Command::new(exe);
+            cmd.args(args)
+                .envs(forwarded.iter().map(|(k, v)| (k, v)))
+                .env("GANCHO_NATS_URL", &nats_url)
+                .env_remove("GANCHO_SUBJECT_PREFIX")
+                .env("GANCHO_ADMIN_TOKEN", &token)
+                .env("GANCHO_ENCRYPTION_KEY", &encryption_key)
+                .env("GANCHO_EXTRA_CA_FILE", &ca)
+                .env("GANCHO_ALLOW_PRIVATE_ENDPOINTS", "true")
+                .env("RUST_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+                .kill_on_drop(true);
+            for (k, v) in envs {
+                cmd.env(k, v);
+            }
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            Ok(Proc {
+                name: name.to_owned(),
+                child,
+            })
+        };
+    let spawn =
+        |name: &str, args: &[&str], envs: &[(&str, String)]| spawn_from(roles, name, args, envs);
     let listen = |port: u16| format!("127.0.0.1:{port}");
 
     let sink_port = free_port()?;
@@ -523,7 +725,7 @@ async fn bench(
             "--fail-share",
             &fail_share,
         ];
-        procs.push(spawn("sink", &sink_args, &[])?);
+        procs.push(spawn_from(&exe, "sink", &sink_args, &[])?);
     }
     if args.floor {
         return floor(args, &nats_url, sink_port, &ca, &procs).await;
