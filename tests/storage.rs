@@ -268,14 +268,41 @@ async fn streams_are_brought_to_the_configured_settings_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
-    const N: usize = 1_000;
+    let (bytes, max, records, _) = full_attempt_log(("GANCHO_ATTEMPTS_MAX_BYTES", "1MiB")).await;
+    assert_eq!(max, LIMIT as i64);
+    assert!(bytes <= LIMIT, "{bytes}");
+    assert!(
+        (records as usize) < FULL_LOG_EVENTS,
+        "the oldest records made room: {records} kept of {FULL_LOG_EVENTS}"
+    );
+}
+
+/// The record limit is what bounds nats-server's memory for the log: it keeps an index entry
+/// per distinct subject, and each attempt's subject names its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_log_keeps_at_most_its_record_limit_and_so_its_subjects() {
+    let (_, _, records, subjects) = full_attempt_log(("GANCHO_ATTEMPTS_MAX_RECORDS", "300")).await;
+    assert!(records <= 300, "{records} records kept, 300 allowed");
+    assert!(
+        (200..=300).contains(&subjects),
+        "nats-server indexes {subjects} subjects for the 300 newest attempts"
+    );
+}
+
+const FULL_LOG_EVENTS: usize = 1_000;
+
+/// Delivers [`FULL_LOG_EVENTS`] events to one endpoint with the attempt log limited by
+/// `limit`: every event arrives once, and the worker says the log is at its limit. Returns
+/// the attempt log's bytes, byte limit, records and distinct subjects.
+async fn full_attempt_log(limit: (&str, &str)) -> (u64, i64, u64, u64) {
+    const N: usize = FULL_LOG_EVENTS;
     let env = support::Env::new().await;
     env.tenant("acme").await;
     // 2 KB answers: each attempt record keeps the first 4 KiB of the body.
     let rx = Receiver::https(&env.ca, |_, _| Answer::status(200).body(&"r".repeat(2_000))).await;
     env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], None)
         .await;
-    let limits = [("GANCHO_ATTEMPTS_MAX_BYTES", "1MiB")];
+    let limits = [limit];
     let mut router = env.spawn_with(&["router"], &limits);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut worker = env
@@ -295,13 +322,12 @@ async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
         std::future::ready(rx.distinct() == N)
     })
     .await;
-    let (bytes, max, messages) = stream_state(&env, env.layout.subjects.attempts_stream()).await;
-    assert_eq!(max, LIMIT as i64);
-    assert!(bytes <= LIMIT, "{bytes}");
-    assert!(
-        (messages as usize) < N,
-        "the oldest records made room: {messages} kept of {N}"
-    );
+    let mut stream = env
+        .js
+        .get_stream(env.layout.subjects.attempts_stream())
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
     assert_eq!(rx.count(), N, "no attempt repeated for want of room");
     // Not silently: the worker says the log is full (it looks every few seconds).
     wait_until(
@@ -309,12 +335,18 @@ async fn a_full_attempt_log_drops_its_oldest_records_and_delivery_goes_on() {
         Duration::from_secs(15),
         || {
             let text = std::fs::read_to_string(log.path()).unwrap();
-            std::future::ready(text.contains("A log is at its size limit"))
+            std::future::ready(text.contains("A log is at its size or record limit"))
         },
     )
     .await;
     support::terminate(&mut worker);
     support::terminate(&mut router);
+    (
+        info.state.bytes,
+        info.config.max_bytes,
+        info.state.messages,
+        info.state.subjects_count,
+    )
 }
 
 /// The server's own store fills up (`max_file_store`) under load, with one endpoint failing:

@@ -112,6 +112,15 @@ pub struct Flags {
     /// they age out after 30 days.
     #[arg(long, env = "GANCHO_DEAD_MAX_BYTES", global = true)]
     pub dead_max_bytes: Option<String>,
+    /// Records the attempt log keeps; past it the oldest go. nats-server holds about 100
+    /// bytes of memory per record for the log's index (a record's subject names its event),
+    /// so this bounds that memory. Default: 5000000 (about 0.5 GiB of nats-server's heap).
+    #[arg(long, env = "GANCHO_ATTEMPTS_MAX_RECORDS", global = true)]
+    pub attempts_max_records: Option<String>,
+    /// Dead letters kept; past it the oldest go (about 100 bytes of nats-server's memory
+    /// each, as for the attempt log). Default: 1000000.
+    #[arg(long, env = "GANCHO_DEAD_MAX_RECORDS", global = true)]
+    pub dead_max_records: Option<String>,
     /// How long a role may take on SIGTERM to finish or hand back what it holds, e.g. 30s
     /// (1s to 10m). Set the orchestrator's termination grace above it. Default: 15s.
     #[arg(long, env = "GANCHO_SHUTDOWN_GRACE", global = true)]
@@ -197,6 +206,8 @@ struct File {
     deliveries_max_bytes: Option<String>,
     attempts_max_bytes: Option<String>,
     dead_max_bytes: Option<String>,
+    attempts_max_records: Option<u64>,
+    dead_max_records: Option<u64>,
     router_memory: Option<String>,
     worker_memory: Option<String>,
     shutdown_grace: Option<String>,
@@ -238,6 +249,10 @@ pub struct Config {
     pub deliveries_max_bytes: Option<u64>,
     pub attempts_max_bytes: Option<u64>,
     pub dead_max_bytes: Option<u64>,
+    /// Records the attempt log keeps (they bound nats-server's memory for its index).
+    pub attempts_max_records: u64,
+    /// Dead letters kept.
+    pub dead_max_records: u64,
     /// Bytes a router may hold of messages. Default 256 MiB.
     pub router_memory: u64,
     /// Bytes a worker may hold of messages and request bodies. Default 256 MiB.
@@ -328,6 +343,9 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// The most records a log may be set to keep (about 1 TB of nats-server's memory).
+const MAX_RECORDS: usize = 10_000_000_000;
+
 fn parse_count(key: &str, v: &str, max: usize) -> Result<usize, ConfigError> {
     match v.trim().parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
@@ -392,6 +410,8 @@ impl Config {
             deliveries_max_bytes: self.deliveries_max_bytes,
             attempts_max_bytes: self.attempts_max_bytes,
             dead_max_bytes: self.dead_max_bytes,
+            attempts_max_records: Some(self.attempts_max_records),
+            dead_max_records: Some(self.dead_max_records),
         }
     }
 
@@ -548,6 +568,24 @@ impl Config {
             file.attempts_max_bytes,
         )?;
         let dead_max_bytes = size("dead_max_bytes", &flags.dead_max_bytes, file.dead_max_bytes)?;
+        let records = |key, flag: &Option<String>, file: Option<u64>, default: u64| {
+            let v = flag
+                .clone()
+                .unwrap_or_else(|| file.unwrap_or(default).to_string());
+            parse_count(key, &v, MAX_RECORDS).map(|n| n as u64)
+        };
+        let attempts_max_records = records(
+            "attempts_max_records",
+            &flags.attempts_max_records,
+            file.attempts_max_records,
+            gancho_store::streams::DEFAULT_ATTEMPTS_MAX_RECORDS,
+        )?;
+        let dead_max_records = records(
+            "dead_max_records",
+            &flags.dead_max_records,
+            file.dead_max_records,
+            gancho_store::streams::DEFAULT_DEAD_MAX_RECORDS,
+        )?;
         let router_memory = size("router_memory", &flags.router_memory, file.router_memory)?
             .unwrap_or(gancho_router::DEFAULT_MEMORY);
         let worker_memory = size("worker_memory", &flags.worker_memory, file.worker_memory)?
@@ -693,6 +731,8 @@ impl Config {
             deliveries_max_bytes,
             attempts_max_bytes,
             dead_max_bytes,
+            attempts_max_records,
+            dead_max_records,
             router_memory,
             worker_memory,
             shutdown_grace,
@@ -725,6 +765,8 @@ mod tests {
         assert_eq!(c.stream_replicas, 1);
         assert!(!c.allow_http_endpoints);
         assert!(c.nats_url.is_none());
+        assert_eq!(c.attempts_max_records, 5_000_000);
+        assert_eq!(c.dead_max_records, 1_000_000);
     }
 
     #[test]
@@ -791,6 +833,13 @@ mod tests {
                     ..Default::default()
                 },
                 "invalid router_concurrency \"20001\": expected a whole number from 1 to 20000",
+            ),
+            (
+                Flags {
+                    attempts_max_records: Some("5M".into()),
+                    ..Default::default()
+                },
+                "invalid attempts_max_records \"5M\": expected a whole number from 1 to 10000000000",
             ),
             (
                 Flags {

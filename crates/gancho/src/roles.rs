@@ -471,19 +471,29 @@ async fn usage(layout: &Layout, worker: bool) {
         };
         metrics::gauge!(names::STREAM_BYTES, "stream" => label).set(info.state.bytes as f64);
         metrics::gauge!(names::STREAM_MESSAGES, "stream" => label).set(info.state.messages as f64);
+        metrics::gauge!(names::STREAM_SUBJECTS, "stream" => label)
+            .set(info.state.subjects_count as f64);
         if label != "deliveries" {
             metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => label)
                 .set(info.config.max_bytes as f64);
         }
-        let max = info.config.max_bytes;
-        let at_limit = max > 0 && info.state.bytes as f64 >= LOG_AT_LIMIT * max as f64;
+        let (max, max_records) = (info.config.max_bytes, info.config.max_messages);
+        metrics::gauge!(names::STREAM_MAX_MESSAGES, "stream" => label).set(if max_records > 0 {
+            max_records as f64
+        } else {
+            -1.0
+        });
+        let near = |have: u64, max: i64| max > 0 && have as f64 >= LOG_AT_LIMIT * max as f64;
+        let at_limit = near(info.state.bytes, max) || near(info.state.messages, max_records);
         if worker && at_limit && matches!(label, "attempts" | "dead") && log_full_due(label) {
             warn!(
                 stream = %name,
                 bytes = info.state.bytes,
                 max_bytes = max,
+                records = info.state.messages,
+                max_records,
                 oldest = %info.state.first_timestamp,
-                "A log is at its size limit: its oldest records are dropped as new ones come (delivery goes on). Raise its limit to keep more."
+                "A log is at its size or record limit: its oldest records are dropped as new ones come (delivery goes on). Raise its limit to keep more."
             );
         }
     }

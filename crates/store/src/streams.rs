@@ -91,7 +91,21 @@ pub struct StreamSettings {
     pub attempts_max_bytes: Option<u64>,
     /// Size limit of the dead letters; past it the oldest go.
     pub dead_max_bytes: Option<u64>,
+    /// Records kept in the attempt log; past it the oldest go. nats-server keeps an index
+    /// entry in memory for each distinct subject of a stream, and an attempt's subject names
+    /// its event, so this is what bounds nats-server's memory for the log (see
+    /// [`DEFAULT_ATTEMPTS_MAX_RECORDS`]).
+    pub attempts_max_records: Option<u64>,
+    /// Dead letters kept; past it the oldest go (their subjects name their event too).
+    pub dead_max_records: Option<u64>,
 }
+
+/// Records the attempt log keeps by default: about 0.5 GiB of nats-server's heap for their
+/// subjects' index (about 105 bytes a distinct subject, measured in RELIABILITY.md, "Memory
+/// over time"), and 1.2 GiB of disk at 250 bytes a record.
+pub const DEFAULT_ATTEMPTS_MAX_RECORDS: u64 = 5_000_000;
+/// Dead letters kept by default: about 0.1 GiB of nats-server's heap for their index.
+pub const DEFAULT_DEAD_MAX_RECORDS: u64 = 1_000_000;
 
 impl Default for StreamSettings {
     fn default() -> Self {
@@ -102,12 +116,15 @@ impl Default for StreamSettings {
             deliveries_max_bytes: None,
             attempts_max_bytes: None,
             dead_max_bytes: None,
+            attempts_max_records: Some(DEFAULT_ATTEMPTS_MAX_RECORDS),
+            dead_max_records: Some(DEFAULT_DEAD_MAX_RECORDS),
         }
     }
 }
 
-fn limit(bytes: Option<u64>) -> i64 {
-    bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX))
+/// A stream limit (bytes or records); `None` is none (-1).
+fn limit(n: Option<u64>) -> i64 {
+    n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// Creates the four streams and the config bucket if missing, with default settings.
@@ -178,6 +195,7 @@ pub async fn ensure_with(
             subjects: vec![subjects.attempts_wildcard()],
             max_age: LOG_MAX_AGE,
             max_bytes: limit(settings.attempts_max_bytes),
+            max_messages: limit(settings.attempts_max_records),
             discard: stream::DiscardPolicy::Old,
             // The delivery log is read with direct gets (crate::log).
             allow_direct: true,
@@ -189,6 +207,7 @@ pub async fn ensure_with(
             subjects: vec![subjects.dead_wildcard()],
             max_age: LOG_MAX_AGE,
             max_bytes: limit(settings.dead_max_bytes),
+            max_messages: limit(settings.dead_max_records),
             discard: stream::DiscardPolicy::Old,
             allow_direct: true,
             num_replicas: replicas,
@@ -303,6 +322,13 @@ fn reconcile(
     if have.max_bytes != want.max_bytes {
         info!(stream = %name, from = have.max_bytes, to = want.max_bytes, "Changing the stream's byte limit.");
         updated.max_bytes = want.max_bytes;
+        changed = true;
+    }
+    // A stream created without a record limit reads -1 (0 is what the client sends).
+    let records = |n: i64| if n > 0 { n } else { -1 };
+    if records(have.max_messages) != records(want.max_messages) {
+        info!(stream = %name, from = have.max_messages, to = want.max_messages, "Changing the stream's record limit.");
+        updated.max_messages = records(want.max_messages);
         changed = true;
     }
     if have.max_age != want.max_age {

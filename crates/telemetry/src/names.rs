@@ -98,6 +98,12 @@ pub const STREAM_BYTES: &str = "gancho_stream_bytes";
 /// A stream's byte limit (-1: none of its own; for deliveries, the router's room).
 /// `stream`: events | deliveries | attempts | dead.
 pub const STREAM_MAX_BYTES: &str = "gancho_stream_max_bytes";
+/// A stream's record limit (-1: none). `stream`: events | deliveries | attempts | dead.
+pub const STREAM_MAX_MESSAGES: &str = "gancho_stream_max_messages";
+/// Distinct subjects in a stream: nats-server holds an index entry in memory for each (about
+/// 100 bytes). An attempt's or a dead letter's subject names its event, so for the logs it
+/// follows their records. `stream`: events | deliveries | attempts | dead.
+pub const STREAM_SUBJECTS: &str = "gancho_stream_subjects";
 /// Routed events purged from a near-full events stream (the replay window shrank).
 pub const EVENTS_TRIMMED: &str = "gancho_router_events_trimmed_total";
 /// Deliveries set aside for a paused endpoint (`gancho.held.<tenant>.<endpoint>`), by the
@@ -269,6 +275,14 @@ pub fn describe_all() {
     );
     metrics::describe_gauge!(STREAM_BYTES, "Bytes in a stream, by stream.");
     describe_gauge!(STREAM_MESSAGES, "Messages in a stream, by stream.");
+    describe_gauge!(
+        STREAM_MAX_MESSAGES,
+        "A stream's record limit (-1: none), by stream."
+    );
+    describe_gauge!(
+        STREAM_SUBJECTS,
+        "Distinct subjects in a stream (nats-server keeps an index entry in memory for each), by stream."
+    );
     describe_gauge!(
         STORAGE_FULL,
         "1 while JetStream refuses this role's writes for lack of room."
