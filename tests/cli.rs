@@ -418,6 +418,67 @@ async fn the_cli_manages_tenants_keys_and_endpoints() {
     }
 }
 
+/// Each command's help lists the options it reads: the client commands none of the roles'
+/// settings, `publish` only where NATS is, and `bench` the roles' settings under a heading of
+/// their own (it passes them to the processes it starts).
+#[test]
+fn each_command_shows_the_options_it_reads() {
+    let help = |args: &[&str]| {
+        let out = gancho().args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let role_settings = [
+        "--nats-url",
+        "--encryption-key",
+        "--subject-prefix",
+        "--worker-concurrency",
+    ];
+    for client in [
+        &["endpoints"][..],
+        &["endpoints", "create"],
+        &["tenants", "list"],
+        &["attempts"],
+        &["dead-letters"],
+        &["jobs"],
+        &["events"],
+        &["keygen"],
+        &["openapi"],
+        &["sink"],
+    ] {
+        let text = help(client);
+        for flag in role_settings {
+            assert!(
+                !text.contains(flag),
+                "`gancho {}` lists {flag}:\n{text}",
+                client.join(" ")
+            );
+        }
+    }
+    let publish = help(&["publish"]);
+    assert!(
+        publish.contains("--nats-url") && publish.contains("--subject-prefix"),
+        "{publish}"
+    );
+    assert!(!publish.contains("--encryption-key"), "{publish}");
+    for role in ["router", "worker", "api", "dev"] {
+        let text = help(&[role]);
+        for flag in role_settings {
+            assert!(text.contains(flag), "`gancho {role}` lacks {flag}:\n{text}");
+        }
+    }
+    let bench = help(&["bench"]);
+    let heading = bench
+        .find("Settings of the roles it starts:")
+        .unwrap_or_else(|| panic!("{bench}"));
+    assert!(bench[..heading].contains("--endpoints"), "{bench}");
+    assert!(bench[heading..].contains("--worker-concurrency"), "{bench}");
+    assert!(
+        !bench[..heading].contains("--worker-concurrency"),
+        "{bench}"
+    );
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     let env = support::Env::new().await;

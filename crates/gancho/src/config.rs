@@ -12,146 +12,127 @@ use std::path::PathBuf;
 /// is what the house style asks for).
 pub const EXIT_CONFIG: i32 = 64;
 
-/// Flags and environment variables shared by every role.
+/// Flags and environment variables of the roles (and of `dev`, `bench` for the roles it
+/// starts, and `secrets re-encrypt`); the client commands read none of them.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Flags {
     /// TOML config file; every key optional.
-    #[arg(long, env = "GANCHO_CONFIG", global = true)]
+    #[arg(long, env = "GANCHO_CONFIG")]
     pub config: Option<PathBuf>,
     /// NATS server URL(s), comma-separated. `gancho dev` starts its own when unset.
-    #[arg(long, env = "GANCHO_NATS_URL", global = true)]
+    #[arg(long, env = "GANCHO_NATS_URL")]
     pub nats_url: Option<String>,
     /// Prefix of every subject, stream and bucket name. Default: gancho.
-    #[arg(long, env = "GANCHO_SUBJECT_PREFIX", global = true)]
+    #[arg(long, env = "GANCHO_SUBJECT_PREFIX")]
     pub subject_prefix: Option<String>,
     /// Bearer token for admin API calls.
-    #[arg(
-        long,
-        env = "GANCHO_ADMIN_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "GANCHO_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Key sealing endpoint secrets in the config bucket (base64 of 32 bytes; `gancho
     /// keygen` prints one). Needed by api and worker.
-    #[arg(
-        long,
-        env = "GANCHO_ENCRYPTION_KEY",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "GANCHO_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
     /// During a key rotation: the previous key, still accepted for opening secrets until
     /// `gancho secrets re-encrypt` has run.
-    #[arg(
-        long,
-        env = "GANCHO_ENCRYPTION_OLD_KEY",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "GANCHO_ENCRYPTION_OLD_KEY", hide_env_values = true)]
     pub encryption_old_key: Option<String>,
     /// Config service address. Default: 127.0.0.1:8080.
-    #[arg(long, env = "GANCHO_API_LISTEN", global = true)]
+    #[arg(long, env = "GANCHO_API_LISTEN")]
     pub api_listen: Option<String>,
     /// Prometheus /metrics address. Default: 127.0.0.1:9090.
-    #[arg(long, env = "GANCHO_METRICS_LISTEN", global = true)]
+    #[arg(long, env = "GANCHO_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Accept http:// endpoint URLs (true/false). Default: false.
-    #[arg(long, env = "GANCHO_ALLOW_HTTP_ENDPOINTS", global = true)]
+    #[arg(long, env = "GANCHO_ALLOW_HTTP_ENDPOINTS")]
     pub allow_http_endpoints: Option<String>,
     /// Deliver to loopback and private addresses (true/false). Default: false.
-    #[arg(long, env = "GANCHO_ALLOW_PRIVATE_ENDPOINTS", global = true)]
+    #[arg(long, env = "GANCHO_ALLOW_PRIVATE_ENDPOINTS")]
     pub allow_private_endpoints: Option<String>,
     /// PEM bundle trusted in addition to the webpki roots.
-    #[arg(long, env = "GANCHO_EXTRA_CA_FILE", global = true)]
+    #[arg(long, env = "GANCHO_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
     /// Default delays before each attempt. Default: 0s,5s,5m,30m,2h,5h,10h,10h.
-    #[arg(long, env = "GANCHO_RETRY_SCHEDULE", global = true)]
+    #[arg(long, env = "GANCHO_RETRY_SCHEDULE")]
     pub retry_schedule: Option<String>,
     /// Replicas of every stream and bucket. Default: 1.
-    #[arg(long, env = "GANCHO_STREAM_REPLICAS", global = true)]
+    #[arg(long, env = "GANCHO_STREAM_REPLICAS")]
     pub stream_replicas: Option<String>,
     /// HTTP requests in flight per worker. Default: 512.
-    #[arg(long, env = "GANCHO_WORKER_CONCURRENCY", global = true)]
+    #[arg(long, env = "GANCHO_WORKER_CONCURRENCY")]
     pub worker_concurrency: Option<String>,
     /// Events routed at once per router, 1 to 20000. Default: 1024.
-    #[arg(long, env = "GANCHO_ROUTER_CONCURRENCY", global = true)]
+    #[arg(long, env = "GANCHO_ROUTER_CONCURRENCY")]
     pub router_concurrency: Option<String>,
     /// Warn (and count a stall) when a router or worker finishes nothing for this long while
     /// it holds work, e.g. 30s. Default: 30s.
-    #[arg(long, env = "GANCHO_STALL_WARNING_AFTER", global = true)]
+    #[arg(long, env = "GANCHO_STALL_WARNING_AFTER")]
     pub stall_warning_after: Option<String>,
     /// How long an event id is remembered: the same id again within it is stored (and
     /// delivered) once, e.g. 2m, 1h (1s to 7d). Applied to an existing stream at start-up.
     /// Default: 2m.
-    #[arg(long, env = "GANCHO_DUPLICATE_WINDOW", global = true)]
+    #[arg(long, env = "GANCHO_DUPLICATE_WINDOW")]
     pub duplicate_window: Option<String>,
     /// Room for events, e.g. 50GiB (the stream refuses new events when full, never drops
     /// unrouted ones). Default: no limit of its own.
-    #[arg(long, env = "GANCHO_EVENTS_MAX_BYTES", global = true)]
+    #[arg(long, env = "GANCHO_EVENTS_MAX_BYTES")]
     pub events_max_bytes: Option<String>,
     /// Memory a router may use, e.g. 512MiB (an eighth for events pulled, a quarter for
     /// delivery messages being published; the rest is the process's own). Past it the
     /// router pulls and publishes less; it never drops anything. Default: 256MiB.
-    #[arg(long, env = "GANCHO_ROUTER_MEMORY", global = true)]
+    #[arg(long, env = "GANCHO_ROUTER_MEMORY")]
     pub router_memory: Option<String>,
     /// Memory a worker may use, e.g. 512MiB (a fifth for messages pulled, a tenth for
     /// bodies being sent; the rest is the process's own). Past
     /// it the worker pulls and sends less; it never drops anything. Default: 256MiB.
-    #[arg(long, env = "GANCHO_WORKER_MEMORY", global = true)]
+    #[arg(long, env = "GANCHO_WORKER_MEMORY")]
     pub worker_memory: Option<String>,
     /// Room for deliveries and retries, e.g. 10GiB. The router stops routing at 90% of it,
     /// leaving the rest to the workers' retries. Default: no limit of its own.
-    #[arg(long, env = "GANCHO_DELIVERIES_MAX_BYTES", global = true)]
+    #[arg(long, env = "GANCHO_DELIVERIES_MAX_BYTES")]
     pub deliveries_max_bytes: Option<String>,
     /// Size limit of the attempt log, e.g. 20GiB; past it the oldest records go (it is a
     /// log: delivery never waits on it). Default: none; records age out after 30 days.
-    #[arg(long, env = "GANCHO_ATTEMPTS_MAX_BYTES", global = true)]
+    #[arg(long, env = "GANCHO_ATTEMPTS_MAX_BYTES")]
     pub attempts_max_bytes: Option<String>,
     /// Size limit of the dead letters, e.g. 5GiB; past it the oldest go. Default: none;
     /// they age out after 30 days.
-    #[arg(long, env = "GANCHO_DEAD_MAX_BYTES", global = true)]
+    #[arg(long, env = "GANCHO_DEAD_MAX_BYTES")]
     pub dead_max_bytes: Option<String>,
     /// Records the attempt log keeps; past it the oldest go. nats-server holds about 100
     /// bytes of memory per record for the log's index (a record's subject names its event),
     /// so this bounds that memory. Default: 5000000 (about 0.5 GiB of nats-server's heap).
-    #[arg(long, env = "GANCHO_ATTEMPTS_MAX_RECORDS", global = true)]
+    #[arg(long, env = "GANCHO_ATTEMPTS_MAX_RECORDS")]
     pub attempts_max_records: Option<String>,
     /// Dead letters kept; past it the oldest go (about 100 bytes of nats-server's memory
     /// each, as for the attempt log). Default: 1000000.
-    #[arg(long, env = "GANCHO_DEAD_MAX_RECORDS", global = true)]
+    #[arg(long, env = "GANCHO_DEAD_MAX_RECORDS")]
     pub dead_max_records: Option<String>,
     /// How long a role may take on SIGTERM to finish or hand back what it holds, e.g. 30s
     /// (1s to 10m). Set the orchestrator's termination grace above it. Default: 15s.
-    #[arg(long, env = "GANCHO_SHUTDOWN_GRACE", global = true)]
+    #[arg(long, env = "GANCHO_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
     /// An endpoint whose every attempt failed for this long is disabled, and a
     /// gancho.endpoint.disabled event is sent (1s to 90d). Default: 5d.
-    #[arg(long, env = "GANCHO_DISABLE_AFTER", global = true)]
+    #[arg(long, env = "GANCHO_DISABLE_AFTER")]
     pub disable_after: Option<String>,
     /// Log lines as `text` (default) or `json` (one object per line).
-    #[arg(long, env = "GANCHO_LOG_FORMAT", global = true)]
+    #[arg(long, env = "GANCHO_LOG_FORMAT")]
     pub log_format: Option<String>,
     /// Tenants whose metrics get a `tenant` label of their own, comma-separated (at most
     /// 100); every other tenant counts as `other`, so series stay bounded. Default: none.
-    #[arg(long, env = "GANCHO_METRICS_TENANTS", global = true)]
+    #[arg(long, env = "GANCHO_METRICS_TENANTS")]
     pub metrics_tenants: Option<String>,
     /// Send every webhook through this HTTP CONNECT proxy, http://[user:password@]host:port,
     /// so receivers see the proxy's fixed addresses. Default: none (direct).
-    #[arg(
-        long,
-        env = "GANCHO_EGRESS_PROXY",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "GANCHO_EGRESS_PROXY", hide_env_values = true)]
     pub egress_proxy: Option<String>,
     /// true: CONNECT by host name (for proxies that filter by name; the proxy must then
     /// refuse private addresses). Default false: CONNECT to an address the worker checked.
-    #[arg(long, env = "GANCHO_EGRESS_PROXY_BY_NAME", global = true)]
+    #[arg(long, env = "GANCHO_EGRESS_PROXY_BY_NAME")]
     pub egress_proxy_by_name: Option<String>,
     /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
     /// before DNS; the private-address rule still applies. Default: none.
-    #[arg(long, env = "GANCHO_RESOLVE", global = true)]
+    #[arg(long, env = "GANCHO_RESOLVE")]
     pub resolve: Option<String>,
 }
 
@@ -217,6 +198,28 @@ struct File {
     egress_proxy: Option<String>,
     egress_proxy_by_name: Option<bool>,
     resolve: Option<String>,
+}
+
+/// What `gancho publish` reads: where NATS is and the subject prefix.
+#[derive(Args, Debug, Default, Clone)]
+pub struct NatsFlags {
+    /// NATS server URL(s), comma-separated. Default: the server `gancho dev` started here,
+    /// else nats://127.0.0.1:4222.
+    #[arg(long, env = "GANCHO_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Prefix of every subject, stream and bucket name. Default: gancho.
+    #[arg(long, env = "GANCHO_SUBJECT_PREFIX")]
+    pub subject_prefix: Option<String>,
+}
+
+impl From<NatsFlags> for Flags {
+    fn from(n: NatsFlags) -> Self {
+        Flags {
+            nats_url: n.nats_url,
+            subject_prefix: n.subject_prefix,
+            ..Default::default()
+        }
+    }
 }
 
 /// The validated configuration.

@@ -27,31 +27,52 @@ use tokio_util::sync::CancellationToken;
     propagate_version = true
 )]
 struct Cli {
-    #[command(flatten)]
-    flags: Flags,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A command that runs roles: every setting of [`Flags`].
+#[derive(clap::Args)]
+struct RoleArgs {
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Every role in one process, with its own nats-server (data under ./.gancho/) unless
     /// GANCHO_NATS_URL is set, and a demo receiver.
-    Dev(dev::DevArgs),
+    Dev {
+        #[command(flatten)]
+        args: dev::DevArgs,
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// The router role: events in, one delivery per matching endpoint out.
-    Router,
+    Router(RoleArgs),
     /// The worker role: deliveries in, signed HTTPS webhooks out.
-    Worker,
+    Worker(RoleArgs),
     /// The config service (REST API).
-    Api,
+    Api(RoleArgs),
     /// Publish one event, as a platform service would.
-    Publish(publish::PublishArgs),
+    Publish {
+        #[command(flatten)]
+        args: publish::PublishArgs,
+        #[command(flatten)]
+        nats: config::NatsFlags,
+    },
     /// Run a receiver that verifies signatures and prints each webhook.
     Sink(sink::SinkArgs),
     /// Measure gancho as operators run it: its own nats-server, a sink, the api, the router
     /// and N workers as separate processes; ingest and delivery rates, end-to-end latency,
     /// CPU and memory per process. Example: gancho bench --endpoints 100 --events 10000 --dead-share 0.2
-    Bench(bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        /// The roles' settings, given to the processes it starts.
+        #[command(flatten, next_help_heading = "Settings of the roles it starts")]
+        flags: Flags,
+    },
     /// Manage tenants through the API (admin token).
     Tenants(manage::Tenants),
     /// Manage a tenant's API keys through the API (admin token).
@@ -89,13 +110,28 @@ enum SecretsCmd {
     /// config bucket. Afterwards GANCHO_ENCRYPTION_OLD_KEY can be removed.
     /// Example: GANCHO_ENCRYPTION_KEY=<new> GANCHO_ENCRYPTION_OLD_KEY=<old> gancho secrets re-encrypt
     #[command(name = "re-encrypt")]
-    ReEncrypt,
+    ReEncrypt(RoleArgs),
+}
+
+impl Command {
+    /// The settings this command reads; the client commands read none.
+    fn flags(&self) -> Flags {
+        match self {
+            Command::Dev { flags, .. } | Command::Bench { flags, .. } => flags.clone(),
+            Command::Router(r)
+            | Command::Worker(r)
+            | Command::Api(r)
+            | Command::Secrets(SecretsCmd::ReEncrypt(r)) => r.flags.clone(),
+            Command::Publish { nats, .. } => nats.clone().into(),
+            _ => Flags::default(),
+        }
+    }
 }
 
 fn main() {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let config = match Config::load(&cli.flags) {
+    let config = match Config::load(&cli.command.flags()) {
         Ok(c) => c,
         Err(e) => exit_config(&e),
     };
@@ -116,31 +152,36 @@ fn main() {
             }
         };
         match cli.command {
-            Command::Dev(args) => dev::run(config, args).await,
-            Command::Router => {
+            Command::Dev { args, .. } => dev::run(config, args).await,
+            Command::Router(_) => {
                 role(Roles {
                     router: true,
                     ..Default::default()
                 })
                 .await
             }
-            Command::Worker => {
+            Command::Worker(_) => {
                 role(Roles {
                     worker: true,
                     ..Default::default()
                 })
                 .await
             }
-            Command::Api => {
+            Command::Api(_) => {
                 role(Roles {
                     api: true,
                     ..Default::default()
                 })
                 .await
             }
-            Command::Publish(args) => publish::run(&config, args).await,
+            Command::Publish { args, .. } => publish::run(&config, args).await,
             Command::Sink(args) => sink::run(args).await,
-            Command::Bench(args) => bench::run(args, bench::forwarded(&matches)?).await,
+            Command::Bench { args, .. } => {
+                let matches = matches
+                    .subcommand_matches("bench")
+                    .expect("the bench command was parsed");
+                bench::run(args, bench::forwarded(matches)?).await
+            }
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
             Command::Endpoints(args) => manage::endpoints(*args).await,
@@ -154,7 +195,7 @@ fn main() {
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;
                 Ok(())
             }
-            Command::Secrets(SecretsCmd::ReEncrypt) => roles::reencrypt(&config).await,
+            Command::Secrets(SecretsCmd::ReEncrypt(_)) => roles::reencrypt(&config).await,
             Command::Openapi => {
                 use std::io::Write;
                 let spec = gancho_api::openapi().to_pretty_json()?;
