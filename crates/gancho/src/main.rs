@@ -39,6 +39,10 @@ struct RoleArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; the roles' settings are inline for clap's derive"
+)]
 enum Command {
     /// Every role in one process, with its own nats-server (data under ./.gancho/) unless
     /// GANCHO_NATS_URL is set, and a demo receiver.
