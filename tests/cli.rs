@@ -595,6 +595,53 @@ fn bench_compares_two_builds_in_alternating_rounds() {
     bench_refuses(&["--compare", exe, "--floor"], "cannot be used with");
 }
 
+/// `gancho bench --nats-url` runs on an existing server (here a 3-node cluster, streams with 3
+/// replicas) under a subject prefix of its own, reports the replication, and deletes its
+/// streams and buckets afterwards, leaving what was there before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_on_an_existing_cluster_and_cleans_up() {
+    use futures::TryStreamExt as _;
+    let cluster = gancho_test_harness::nats::NatsCluster::start();
+    let client = cluster.connect().await;
+    cluster.wait_for_jetstream(&client).await;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "THEIRS".into(),
+        subjects: vec!["theirs.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let url = cluster.urls();
+    let r = bench_json(&[
+        "--nats-url",
+        &url,
+        "--stream-replicas",
+        "3",
+        "--endpoints",
+        "2",
+        "--events",
+        "100",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r["deliveries"], 200, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["cluster"]["replicas"], 3, "{r}");
+    assert_eq!(
+        r["cluster"]["peers"].as_array().map(Vec::len),
+        Some(2),
+        "{r}"
+    );
+    assert!(
+        !process_names(&r).contains(&"nats-server".to_owned()),
+        "no nats-server of its own: {r}"
+    );
+    let streams: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    assert_eq!(streams, ["THEIRS"], "only what was there before is left");
+    bench_refuses(&["--nats-url", &url, "--floor"], "leave out --nats-url");
+}
+
 /// `gancho bench` on a small run: every process of its own, two workers, a dead endpoint;
 /// the report counts exactly the healthy deliveries, none twice, with latencies and the usage
 /// of every process.
@@ -639,8 +686,8 @@ fn bench_reports_a_small_run() {
         .all(|p| p["peak_rss_mib"].as_f64().unwrap() > 0.0));
     // Bad arguments say what to fix.
     bench_refuses(
-        &["--nats-url", "nats://127.0.0.1:4222"],
-        "sets --nats-url itself",
+        &["--subject-prefix", "mine"],
+        "sets --subject-prefix itself",
     );
     bench_refuses(
         &["--dead-share", "1.5"],

@@ -246,10 +246,10 @@ fn duration_arg(name: &str, v: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} {v:?}: expected a duration like 5s or 10m"))
 }
 
-/// Shared flags `gancho bench` sets for its processes itself (its own publisher uses the
-/// default subject prefix).
-const SET_BY_BENCH: [&str; 9] = [
-    "GANCHO_NATS_URL",
+/// Shared flags `gancho bench` sets for its processes itself. `--nats-url` is not one of them:
+/// given on bench's command line, it names an existing server or cluster to run on
+/// ([`Cluster`]).
+const SET_BY_BENCH: [&str; 8] = [
     "GANCHO_SUBJECT_PREFIX",
     "GANCHO_ADMIN_TOKEN",
     "GANCHO_ENCRYPTION_KEY",
@@ -307,8 +307,15 @@ fn settings(forwarded: &[(String, std::ffi::OsString)]) -> Value {
 
 pub async fn run(
     mut args: BenchArgs,
-    forwarded: Vec<(String, std::ffi::OsString)>,
+    mut forwarded: Vec<(String, std::ffi::OsString)>,
 ) -> anyhow::Result<()> {
+    let cluster = forwarded
+        .iter()
+        .position(|(k, _)| k == "GANCHO_NATS_URL")
+        .map(|i| forwarded.remove(i).1.to_string_lossy().into_owned());
+    if cluster.is_some() && args.floor {
+        bail!("--floor runs on a nats-server of its own; leave out --nats-url");
+    }
     let soak = match &args.soak {
         Some(d) => {
             let run = duration_arg("soak", d)?;
@@ -352,6 +359,7 @@ pub async fn run(
         dead_timeout,
         patience,
         soak,
+        cluster,
     };
     if let Some(old) = &args.compare {
         return compare(&args, &forwarded, old, shape).await;
@@ -378,8 +386,20 @@ async fn bench_in_dir(
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("gancho-bench-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = bench(args, forwarded, &dir, roles, shape).await;
+    let cluster = shape.cluster.clone().map(Cluster::new).transpose()?;
+    let result = bench(args, forwarded, &dir, roles, shape, cluster.as_ref()).await;
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(cluster) = &cluster {
+        // The roles were killed when the run ended; give them a moment to be gone.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.clean_up().await.with_context(|| {
+            format!(
+                "cleaning up after the run on {}: remove the streams and buckets named {}_* by hand",
+                cluster.url,
+                cluster.subjects.prefix()
+            )
+        })?;
+    }
     result
 }
 
@@ -411,7 +431,7 @@ async fn compare(
                     exe.display()
                 );
             }
-            let report = bench_in_dir(args, forwarded, exe, shape).await?;
+            let report = bench_in_dir(args, forwarded, exe, shape.clone()).await?;
             runs.push(json!({
                 "round": round,
                 "build": build,
@@ -563,7 +583,7 @@ fn ratio(v: &Value) -> String {
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// What `run` made of the arguments.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Shape {
     dead: usize,
     healthy: usize,
@@ -571,6 +591,73 @@ struct Shape {
     patience: Duration,
     /// `--soak`: its warm-up.
     soak: Option<Duration>,
+    /// `--nats-url`: run on this server or cluster instead of a nats-server of its own.
+    cluster: Option<String>,
+}
+
+/// A run on an existing server or cluster (`--nats-url`): its streams and buckets carry a
+/// subject prefix of their own, deleted after the run, so nothing of the cluster's own
+/// gancho (or of another run) is touched.
+struct Cluster {
+    url: String,
+    subjects: gancho_core::Subjects,
+}
+
+impl Cluster {
+    fn new(url: String) -> anyhow::Result<Self> {
+        let suffix: u32 = rand::random();
+        let subjects = gancho_core::Subjects::new(&format!("bench-{suffix:08x}"))
+            .map_err(|e| anyhow::anyhow!("a bench subject prefix: {e}"))?;
+        Ok(Self { url, subjects })
+    }
+
+    /// How the deliveries stream is replicated: replicas, leader and peers.
+    async fn replication(&self) -> anyhow::Result<Value> {
+        let client = crate::roles::connect(&self.url, "gancho-bench".into()).await?;
+        let version = client.server_info().version;
+        let js = jetstream::new(client);
+        let info = js
+            .get_stream(self.subjects.deliveries_stream())
+            .await?
+            .info()
+            .await?
+            .clone();
+        let cluster = info.cluster.as_ref();
+        Ok(json!({
+            "url": self.url,
+            "version": version,
+            "replicas": info.config.num_replicas,
+            "cluster": cluster.and_then(|c| c.name.clone()),
+            "leader": cluster.and_then(|c| c.leader.clone()),
+            "peers": cluster.map(|c| c.replicas.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
+        }))
+    }
+
+    /// Deletes the run's streams and buckets (the roles are stopped by then).
+    async fn clean_up(&self) -> anyhow::Result<()> {
+        let js = jetstream::new(crate::roles::connect(&self.url, "gancho-bench".into()).await?);
+        let s = &self.subjects;
+        for stream in [
+            s.events_stream(),
+            s.deliveries_stream(),
+            s.attempts_stream(),
+            s.dead_stream(),
+        ] {
+            if let Err(e) = js.delete_stream(&stream).await {
+                if !e.to_string().contains("not found") {
+                    bail!("deleting stream {stream}: {e}");
+                }
+            }
+        }
+        for bucket in [s.config_bucket(), s.jobs_bucket(), s.workers_bucket()] {
+            if let Err(e) = js.delete_key_value(&bucket).await {
+                if !e.to_string().contains("not found") {
+                    bail!("deleting bucket {bucket}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Each process's resident memory, sampled every [`SAMPLE_EVERY`] of a `--soak` run.
@@ -646,6 +733,7 @@ async fn bench(
     dir: &Path,
     roles: &Path,
     shape: Shape,
+    cluster: Option<&Cluster>,
 ) -> anyhow::Result<Value> {
     let Shape {
         dead,
@@ -653,6 +741,7 @@ async fn bench(
         dead_timeout,
         patience,
         soak,
+        cluster: _,
     } = shape;
     let quiet = args.json;
     let say = |m: &str| {
@@ -661,13 +750,19 @@ async fn bench(
         }
     };
     let exe = std::env::current_exe()?;
-    let nats_port = free_port()?;
-    let nats = crate::dev::spawn_nats(dir, nats_port).await?;
-    let mut procs = vec![Proc {
-        name: "nats-server".into(),
-        child: nats,
-    }];
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let mut procs = Vec::new();
+    let nats_url = match cluster {
+        Some(c) => c.url.clone(),
+        None => {
+            let nats_port = free_port()?;
+            procs.push(Proc {
+                name: "nats-server".into(),
+                child: crate::dev::spawn_nats(dir, nats_port).await?,
+            });
+            format!("nats://127.0.0.1:{nats_port}")
+        }
+    };
+    let prefix = cluster.map_or("gancho", |c| c.subjects.prefix()).to_owned();
     let (ca, cert, key) = tls_files(dir)?;
     let token: String = {
         use rand::Rng;
@@ -684,7 +779,7 @@ async fn bench(
             cmd.args(args)
                 .envs(forwarded.iter().map(|(k, v)| (k, v)))
                 .env("GANCHO_NATS_URL", &nats_url)
-                .env_remove("GANCHO_SUBJECT_PREFIX")
+                .env("GANCHO_SUBJECT_PREFIX", &prefix)
                 .env("GANCHO_ADMIN_TOKEN", &token)
                 .env("GANCHO_ENCRYPTION_KEY", &encryption_key)
                 .env("GANCHO_EXTRA_CA_FILE", &ca)
@@ -895,13 +990,14 @@ async fn bench(
             (args.via.clone(), args.events, args.rate, args.payload_bytes);
         let (nats_url, api_url, token) = (nats_url.clone(), api_url.clone(), token.clone());
         let client = client.clone();
+        let prefix = prefix.clone();
         tokio::spawn(async move {
             send(
                 &via,
                 (events, groups),
                 rate,
                 payload_bytes,
-                &nats_url,
+                (&nats_url, &prefix),
                 &api_url,
                 &token,
                 &client,
@@ -991,6 +1087,10 @@ async fn bench(
                 "setup_cpu_s": (setup * 100.0).round() / 100.0})
         })
         .collect();
+    let cluster = match cluster {
+        Some(c) => Some(c.replication().await?),
+        None => None,
+    };
     let nats_version = std::process::Command::new(crate::dev::nats_binary())
         .arg("--version")
         .output()
@@ -1031,7 +1131,8 @@ async fn bench(
         "deferred": deferred,
         "failed_attempts": failed,
         "processes": processes,
-        "nats_server": nats_version,
+        "nats_server": cluster.as_ref().map_or(Value::from(nats_version), |c| c["version"].clone()),
+        "cluster": cluster,
         "settings": settings(forwarded),
         "soak": soak.map(|warm_up| samples.report(warm_up)),
     }))
@@ -1272,7 +1373,7 @@ async fn send(
     (events, groups): (usize, usize),
     rate: u64,
     payload_bytes: usize,
-    nats_url: &str,
+    (nats_url, prefix): (&str, &str),
     api_url: &str,
     token: &str,
     client: &HttpClient,
@@ -1291,7 +1392,7 @@ async fn send(
         Duration::from_secs_f64(per_tick as f64 / rate as f64)
     });
     if via == "nats" {
-        let js = jetstream::new(async_nats::connect(nats_url).await?);
+        let js = jetstream::new(crate::roles::connect(nats_url, "gancho-bench".into()).await?);
         let mut acks = Vec::with_capacity(1000);
         let mut n = 0;
         while n < events {
@@ -1302,7 +1403,7 @@ async fn send(
             for i in n..end {
                 let now = time::OffsetDateTime::now_utc();
                 let ty = event_type(i, groups);
-                let subject = format!("gancho.events.{TENANT}.{ty}");
+                let subject = format!("{prefix}.events.{TENANT}.{ty}");
                 let ev = gancho_proto::Event {
                     id: format!("evt-{i}"),
                     tenant: TENANT.into(),
@@ -1491,5 +1592,24 @@ fn print_report(r: &Value) {
             );
         }
     }
-    println!("  {}", r["nats_server"].as_str().unwrap_or(""));
+    let c = &r["cluster"];
+    if c.is_object() {
+        let peers: Vec<&str> = c["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .collect();
+        println!(
+            "  on {} (nats-server {}): streams with {} replica(s); cluster {}, leader {}{}; its CPU and memory are not measured",
+            c["url"].as_str().unwrap_or("?"),
+            c["version"].as_str().unwrap_or("?"),
+            f(&c["replicas"]),
+            c["cluster"].as_str().unwrap_or("none"),
+            c["leader"].as_str().unwrap_or("-"),
+            if peers.is_empty() { String::new() } else { format!(", peers {}", peers.join(", ")) },
+        );
+    } else {
+        println!("  {}", r["nats_server"].as_str().unwrap_or(""));
+    }
 }
