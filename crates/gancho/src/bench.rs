@@ -509,7 +509,8 @@ fn compare_summary(runs: &[Value]) -> Value {
     names.sort();
     names.dedup();
     let change = |old: Option<f64>, new: Option<f64>| match (old, new) {
-        (Some(o), Some(n)) if o > 0.0 => Some(((n / o - 1.0) * 1000.0).round() / 1000.0),
+        // A process that hardly ran (the api, with events over NATS) has no change to speak of.
+        (Some(o), Some(n)) if o >= 0.01 => Some(((n / o - 1.0) * 1000.0).round() / 1000.0),
         _ => None,
     };
     let mut rows = vec![{
