@@ -634,27 +634,30 @@ impl Cluster {
         }))
     }
 
-    /// Deletes the run's streams and buckets (the roles are stopped by then).
+    /// Deletes the run's streams and buckets (the roles are stopped by then); one the run
+    /// never made is no error.
     async fn clean_up(&self) -> anyhow::Result<()> {
+        use jetstream::context::DeleteStreamErrorKind;
+        use jetstream::ErrorCode;
         let js = jetstream::new(crate::roles::connect(&self.url, "gancho-bench".into()).await?);
         let s = &self.subjects;
-        for stream in [
+        // A bucket is the stream KV_<bucket>.
+        let buckets = [s.config_bucket(), s.jobs_bucket(), s.workers_bucket()];
+        let streams = [
             s.events_stream(),
             s.deliveries_stream(),
             s.attempts_stream(),
             s.dead_stream(),
-        ] {
-            if let Err(e) = js.delete_stream(&stream).await {
-                if !e.to_string().contains("not found") {
-                    bail!("deleting stream {stream}: {e}");
-                }
-            }
-        }
-        for bucket in [s.config_bucket(), s.jobs_bucket(), s.workers_bucket()] {
-            if let Err(e) = js.delete_key_value(&bucket).await {
-                if !e.to_string().contains("not found") {
-                    bail!("deleting bucket {bucket}: {e}");
-                }
+        ]
+        .into_iter()
+        .chain(buckets.iter().map(|b| format!("KV_{b}")));
+        for stream in streams {
+            match js.delete_stream(&stream).await {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), DeleteStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {}
+                Err(e) => bail!("deleting stream {stream}: {e}"),
             }
         }
         Ok(())
@@ -1092,11 +1095,16 @@ async fn bench(
         Some(c) => Some(c.replication().await?),
         None => None,
     };
-    let nats_version = std::process::Command::new(crate::dev::nats_binary())
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    // The server's own version; the local binary's only when the run started it.
+    let nats_version = match &cluster {
+        Some(c) => c["version"].clone(),
+        None => std::process::Command::new(crate::dev::nats_binary())
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+            .into(),
+    };
     Ok(json!({
         "events": args.events,
         "endpoints": args.endpoints,
@@ -1132,7 +1140,7 @@ async fn bench(
         "deferred": deferred,
         "failed_attempts": failed,
         "processes": processes,
-        "nats_server": cluster.as_ref().map_or(Value::from(nats_version), |c| c["version"].clone()),
+        "nats_server": nats_version,
         "cluster": cluster,
         "settings": settings(forwarded),
         "soak": soak.map(|warm_up| samples.report(warm_up)),

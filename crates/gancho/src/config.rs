@@ -187,8 +187,8 @@ struct File {
     deliveries_max_bytes: Option<String>,
     attempts_max_bytes: Option<String>,
     dead_max_bytes: Option<String>,
-    attempts_max_records: Option<u64>,
-    dead_max_records: Option<u64>,
+    attempts_max_records: Option<usize>,
+    dead_max_records: Option<usize>,
     router_memory: Option<String>,
     worker_memory: Option<String>,
     shutdown_grace: Option<String>,
@@ -571,24 +571,20 @@ impl Config {
             file.attempts_max_bytes,
         )?;
         let dead_max_bytes = size("dead_max_bytes", &flags.dead_max_bytes, file.dead_max_bytes)?;
-        let records = |key, flag: &Option<String>, file: Option<u64>, default: u64| {
-            let v = flag
-                .clone()
-                .unwrap_or_else(|| file.unwrap_or(default).to_string());
-            parse_count(key, &v, MAX_RECORDS).map(|n| n as u64)
-        };
-        let attempts_max_records = records(
+        let attempts_max_records = count(
             "attempts_max_records",
             &flags.attempts_max_records,
             file.attempts_max_records,
-            gancho_store::streams::DEFAULT_ATTEMPTS_MAX_RECORDS,
-        )?;
-        let dead_max_records = records(
+            gancho_store::streams::DEFAULT_ATTEMPTS_MAX_RECORDS as usize,
+            MAX_RECORDS,
+        )? as u64;
+        let dead_max_records = count(
             "dead_max_records",
             &flags.dead_max_records,
             file.dead_max_records,
-            gancho_store::streams::DEFAULT_DEAD_MAX_RECORDS,
-        )?;
+            gancho_store::streams::DEFAULT_DEAD_MAX_RECORDS as usize,
+            MAX_RECORDS,
+        )? as u64;
         let router_memory = size("router_memory", &flags.router_memory, file.router_memory)?
             .unwrap_or(gancho_router::DEFAULT_MEMORY);
         let worker_memory = size("worker_memory", &flags.worker_memory, file.worker_memory)?
