@@ -278,6 +278,76 @@ async fn an_open_circuit_parks_its_deliveries_until_a_probe_gets_through() {
     cancel.cancel();
 }
 
+/// A dead endpoint's parked deliveries do not wait for its circuit to close: once older than
+/// its retry schedule plus `GANCHO_DEFER_GRACE` they are dead-lettered as `exhausted`, each
+/// once, without a request, while the endpoint stays dead (before, they stayed parked until
+/// a probe got through or the endpoint was disabled days later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_deliveries_outlive_their_patience_into_dead_letters_while_the_endpoint_stays_dead()
+{
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(503)).await;
+    env.endpoint("acme", "dead", &rx.url("/hook"), &[], &[], None)
+        .await;
+    // Patience: a retry schedule of 1 s in all, then 3 s of grace.
+    env.change("acme", "dead", |ep| {
+        ep.max_in_flight = Some(1);
+        ep.retry_schedule = Some("0s,1s".into());
+    })
+    .await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn_with(&["worker"], &[("GANCHO_DEFER_GRACE", "3s")]);
+    for n in 0..60 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    // Five failures open the circuit; the rest are parked.
+    wait_until(
+        "the deliveries to be parked",
+        Duration::from_secs(30),
+        || async { held(&env).await >= 40 },
+    )
+    .await;
+    // A sweep every 10 s: each parked delivery goes within a sweep of turning 4 s old. Before,
+    // one went out per probe (cool-downs of 5, 10, 20 s...): a handful in this time.
+    wait_until(
+        "every delivery dead-lettered",
+        Duration::from_secs(45),
+        || async { env.dead_letters().await.len() >= 60 },
+    )
+    .await;
+    let dead = env.dead_letters().await;
+    let events: std::collections::HashSet<String> = dead
+        .iter()
+        .filter_map(|d| d.delivery.as_ref().map(|d| d.event_id.clone()))
+        .collect();
+    assert_eq!(dead.len(), 60, "each delivery dead-lettered once");
+    assert_eq!(events.len(), 60, "every event's delivery dead-lettered");
+    assert!(
+        dead.iter().all(|d| d.kind == "exhausted"),
+        "{:?}",
+        dead.iter().map(|d| &d.kind).collect::<Vec<_>>()
+    );
+    let swept = dead
+        .iter()
+        .filter(|d| d.reason.contains("(parked)") && d.reason.contains("plus 3s"))
+        .count();
+    assert!(
+        swept >= 40,
+        "{swept} dead-lettered from where they were parked: {:?}",
+        dead.first().map(|d| &d.reason)
+    );
+    assert_eq!(held(&env).await, 0, "nothing left parked");
+    assert!(
+        rx.count() < 20,
+        "the swept deliveries spent no request ({} requests)",
+        rx.count()
+    );
+    support::kill9(&mut worker);
+    support::kill9(&mut router);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_endpoint_is_parked_long_before_its_requests_time_out() {
     use std::sync::atomic::{AtomicBool, Ordering};

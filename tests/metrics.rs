@@ -318,3 +318,77 @@ async fn long_lived_structures_stay_within_their_bounds() {
     support::terminate(&mut worker);
     support::terminate(&mut router);
 }
+
+/// A receiver answers 429 with `Retry-After: 2` while 199 deliveries wait for it (one request
+/// at a time, the first answered after a second): nothing reaches it before the pause ends,
+/// every delivery arrives once, and each delivery that waited is deferred at most once
+/// (`gancho_delivery_deferred_total`), instead of going round JetStream again and again
+/// before the pause ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_pause_defers_each_waiting_delivery_at_most_once() {
+    const EVENTS: usize = 200;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https(&env.ca, |n, _| {
+        if n == 0 {
+            Answer::status(429)
+                .header("retry-after", "2")
+                .after(Duration::from_secs(1))
+        } else {
+            Answer::status(200)
+        }
+    })
+    .await;
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], None)
+        .await;
+    env.change("acme", "ep1", |ep| ep.max_in_flight = Some(1))
+        .await;
+    let m_worker = free_port();
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn_with(
+        &["worker"],
+        &[("GANCHO_METRICS_LISTEN", &format!("127.0.0.1:{m_worker}"))],
+    );
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..EVENTS).map(|i| (format!("evt-{i}"), b"{}".to_vec())),
+    )
+    .await;
+    // The first delivery's retry included: one 429, then every delivery once.
+    wait_until("every delivery", Duration::from_secs(60), || {
+        std::future::ready(rx.distinct() == EVENTS && rx.count() > EVENTS)
+    })
+    .await;
+    let got = rx.received();
+    // The 429 was answered a second after its request arrived; the pause runs 2 s from then.
+    let paused_until = got[0].at + Duration::from_millis(2_950);
+    let early = got[1..].iter().filter(|r| r.at < paused_until).count();
+    assert_eq!(
+        early, 0,
+        "{early} requests reached the endpoint during its pause"
+    );
+    assert_eq!(rx.count(), EVENTS + 1, "one 429, then every delivery once");
+    // The counters are written before the acks; give the scrape a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let page = scrape(m_worker);
+    let deferred = sum(&page, "gancho_delivery_deferred_total", &[]) as usize;
+    let by_reason: Vec<String> = page
+        .lines()
+        .filter(|l| l.starts_with("gancho_delivery_deferred_total"))
+        .map(str::to_owned)
+        .collect();
+    println!(
+        "deferrals: {deferred} for {} waiting: {by_reason:?}",
+        EVENTS - 1
+    );
+    // Each delivery that waited was parked (the queue full: 4 may wait for the one slot) or
+    // deferred to the end of the pause, once: before, 674 deferrals for these 199.
+    let waited = EVENTS - 1;
+    assert!(
+        deferred <= waited,
+        "{deferred} deferrals for {waited} deliveries that waited: {by_reason:?}"
+    );
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}

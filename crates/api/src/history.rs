@@ -24,16 +24,7 @@ pub const OUTCOMES: &[&str] = &[
     "blocked",
 ];
 /// Kinds a dead letter can have (the `kind` filter).
-pub const DEAD_KINDS: &[&str] = &[
-    "undecodable",
-    "not_json",
-    "subject_mismatch",
-    "invalid",
-    "schema",
-    "exhausted",
-    "endpoint_gone",
-    "endpoint_disabled",
-];
+pub const DEAD_KINDS: &[&str] = &gancho_core::policy::DeadKind::NAMES;
 /// Records one event may have in each log; more are not shown.
 const PER_EVENT_MAX: usize = 1_000;
 

@@ -40,8 +40,6 @@ pub const MAX_PACE: u32 = 10_000;
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// How long a claim on a job holds without being renewed.
 const LEASE: Duration = Duration::from_secs(15);
-/// Dead-letter kinds `recover` redelivers: the delivery failed, the endpoint still exists.
-const RECOVERABLE: &[&str] = &["exhausted", "endpoint_disabled"];
 
 /// A job as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -620,7 +618,8 @@ impl Runner {
         match dead.delivery {
             Some(d) => {
                 if self.job.kind == JobKind::Recover {
-                    if !RECOVERABLE.contains(&dead.kind.as_str()) {
+                    let kind = gancho_core::policy::DeadKind::parse(&dead.kind);
+                    if !kind.is_some_and(gancho_core::policy::DeadKind::recoverable) {
                         return Ok(Step::Skipped);
                     }
                     if self.delivered_since(&d, r.time).await? {

@@ -10,12 +10,16 @@
 //! - [`signature`]: `whsec_` secrets and `whsk_`/`whpk_` ed25519 keys, signing and
 //!   verification (Standard Webhooks `v1` and `v1a`).
 //! - [`webhook`]: the JSON body a receiver gets.
-//! - [`retry`]: retry schedules such as `0s,5s,5m,30m,2h,5h,10h,10h`.
+//! - [`retry`]: retry schedules such as `0s,5s,5m,30m,2h,5h,10h,10h`, and what an attempt's
+//!   answer means ([`retry::judge`]).
+//! - [`policy`]: what becomes of a delivery its endpoint cannot take now (parked, deferred
+//!   until when, or given up on).
 //! - [`tls`]: what is wrong with an endpoint's client certificate.
 
 pub mod id;
 pub mod matching;
 pub mod net;
+pub mod policy;
 pub mod retry;
 pub mod signature;
 pub mod subject;

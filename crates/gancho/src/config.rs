@@ -115,6 +115,11 @@ pub struct Flags {
     /// gancho.endpoint.disabled event is sent (1s to 90d). Default: 5d.
     #[arg(long, env = "GANCHO_DISABLE_AFTER")]
     pub disable_after: Option<String>,
+    /// A delivery its endpoint could not take (deferred, or parked while its circuit is
+    /// open or it is stalled) is dead-lettered as `exhausted` once it is older than its
+    /// endpoint's whole retry schedule plus this (1s to 30d). Default: 1h.
+    #[arg(long, env = "GANCHO_DEFER_GRACE")]
+    pub defer_grace: Option<String>,
     /// Log lines as `text` (default) or `json` (one object per line).
     #[arg(long, env = "GANCHO_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -193,6 +198,7 @@ struct File {
     worker_memory: Option<String>,
     shutdown_grace: Option<String>,
     disable_after: Option<String>,
+    defer_grace: Option<String>,
     log_format: Option<String>,
     metrics_tenants: Option<String>,
     egress_proxy: Option<String>,
@@ -264,6 +270,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Failing this long disables an endpoint. Default 5 days.
     pub disable_after: std::time::Duration,
+    /// How long past its retry schedule an undeliverable delivery is kept. Default 1 hour.
+    pub defer_grace: std::time::Duration,
     /// One JSON object per log line instead of text.
     pub log_json: bool,
     /// Tenants labelled by name in metrics; the rest are `other`.
@@ -390,6 +398,22 @@ fn parse_size(key: &str, v: &str) -> Result<u64, ConfigError> {
             v,
             "expected a size of at least 1MiB, like 512MiB or 10GB",
         )),
+    }
+}
+
+/// A duration like `15s` or `5d` from `value` (else `default`), within `seconds` (from, to).
+fn duration(
+    key: &str,
+    value: Option<String>,
+    default: &str,
+    (from, to): (u64, u64),
+    expected: &str,
+) -> Result<std::time::Duration, ConfigError> {
+    let v = value.unwrap_or_else(|| default.into());
+    let range = std::time::Duration::from_secs(from)..=std::time::Duration::from_secs(to);
+    match humantime::parse_duration(v.trim()) {
+        Ok(d) if range.contains(&d) => Ok(d),
+        _ => Err(bad(key, &v, expected)),
     }
 }
 
@@ -589,46 +613,27 @@ impl Config {
             .unwrap_or(gancho_router::DEFAULT_MEMORY);
         let worker_memory = size("worker_memory", &flags.worker_memory, file.worker_memory)?
             .unwrap_or(gancho_worker::DEFAULT_MEMORY);
-        let grace = flags
-            .shutdown_grace
-            .clone()
-            .or(file.shutdown_grace)
-            .unwrap_or_else(|| "15s".into());
-        let shutdown_grace = match humantime::parse_duration(grace.trim()) {
-            Ok(d)
-                if d >= std::time::Duration::from_secs(1)
-                    && d <= std::time::Duration::from_secs(600) =>
-            {
-                d
-            }
-            _ => {
-                return Err(bad(
-                    "shutdown_grace",
-                    &grace,
-                    "expected a duration from 1s to 10m, like 15s or 1m",
-                ))
-            }
-        };
-        let after = flags
-            .disable_after
-            .clone()
-            .or(file.disable_after)
-            .unwrap_or_else(|| "5d".into());
-        let disable_after = match humantime::parse_duration(after.trim()) {
-            Ok(d)
-                if d >= std::time::Duration::from_secs(1)
-                    && d <= std::time::Duration::from_secs(90 * 86_400) =>
-            {
-                d
-            }
-            _ => {
-                return Err(bad(
-                    "disable_after",
-                    &after,
-                    "expected a duration from 1s to 90d, like 5d or 12h",
-                ))
-            }
-        };
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            flags.shutdown_grace.clone().or(file.shutdown_grace),
+            "15s",
+            (1, 600),
+            "expected a duration from 1s to 10m, like 15s or 1m",
+        )?;
+        let disable_after = duration(
+            "disable_after",
+            flags.disable_after.clone().or(file.disable_after),
+            "5d",
+            (1, 90 * 86_400),
+            "expected a duration from 1s to 90d, like 5d or 12h",
+        )?;
+        let defer_grace = duration(
+            "defer_grace",
+            flags.defer_grace.clone().or(file.defer_grace),
+            "1h",
+            (1, 30 * 86_400),
+            "expected a duration from 1s to 30d, like 1h or 90m",
+        )?;
         let log_json = match flags
             .log_format
             .clone()
@@ -736,6 +741,7 @@ impl Config {
             worker_memory,
             shutdown_grace,
             disable_after,
+            defer_grace,
             log_json,
             metrics_tenants,
             egress_proxy,
@@ -766,6 +772,9 @@ mod tests {
         assert!(c.nats_url.is_none());
         assert_eq!(c.attempts_max_records, 5_000_000);
         assert_eq!(c.dead_max_records, 1_000_000);
+        assert_eq!(c.defer_grace, gancho_worker::DEFAULT_DEFER_GRACE);
+        assert_eq!(c.disable_after, std::time::Duration::from_secs(5 * 86_400));
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(15));
     }
 
     #[test]
@@ -839,6 +848,20 @@ mod tests {
                     ..Default::default()
                 },
                 "invalid attempts_max_records \"5M\": expected a whole number from 1 to 10000000000",
+            ),
+            (
+                Flags {
+                    defer_grace: Some("31d".into()),
+                    ..Default::default()
+                },
+                "invalid defer_grace \"31d\": expected a duration from 1s to 30d, like 1h or 90m",
+            ),
+            (
+                Flags {
+                    disable_after: Some("0s".into()),
+                    ..Default::default()
+                },
+                "invalid disable_after \"0s\": expected a duration from 1s to 90d",
             ),
             (
                 Flags {

@@ -244,6 +244,7 @@ pub async fn start(
             extra_ca_file: config.extra_ca_file.clone(),
             stall_after: config.stall_warning_after,
             disable_after: config.disable_after,
+            defer_grace: config.defer_grace,
             egress_proxy: config.egress_proxy.clone(),
             memory: config.worker_memory,
             ..Default::default()

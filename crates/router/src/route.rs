@@ -127,13 +127,15 @@ pub enum Invalid {
 
 impl Invalid {
     pub fn kind(&self) -> &'static str {
+        use gancho_core::policy::DeadKind;
         match self {
-            Invalid::Undecodable(_) => "undecodable",
-            Invalid::NotJson => "not_json",
-            Invalid::SubjectMismatch(_) => "subject_mismatch",
-            Invalid::Invalid(_) => "invalid",
-            Invalid::Schema(_) => "schema",
+            Invalid::Undecodable(_) => DeadKind::Undecodable,
+            Invalid::NotJson => DeadKind::NotJson,
+            Invalid::SubjectMismatch(_) => DeadKind::SubjectMismatch,
+            Invalid::Invalid(_) => DeadKind::Invalid,
+            Invalid::Schema(_) => DeadKind::Schema,
         }
+        .as_str()
     }
 
     pub fn reason(&self) -> String {

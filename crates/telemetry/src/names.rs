@@ -44,9 +44,10 @@ pub const DELIVERY_E2E: &str = "gancho_delivery_end_to_end_seconds";
 pub const DELIVERY_IN_FLIGHT: &str = "gancho_delivery_in_flight_requests";
 /// Retries scheduled after a failed attempt.
 pub const DELIVERY_RETRIES_SCHEDULED: &str = "gancho_delivery_retries_scheduled_total";
-/// Deliveries deferred without an attempt. `reason`: rate_limited | in_flight_cap |
-/// circuit_open | stalled (parked: no answer for 1 s with every slot taken) | retry_after (the
-/// receiver asked for a pause).
+/// Deliveries deferred without an attempt. `reason` (`gancho_core::policy::Wait`):
+/// rate_limited | retry_after (the receiver asked for a pause), rescheduled; in_flight_cap
+/// (the endpoint's queue full) | circuit_open | stalled (no answer for 1 s with every slot
+/// taken), parked.
 pub const DELIVERY_DEFERRED: &str = "gancho_delivery_deferred_total";
 /// Deliveries given up on. `reason`: exhausted | endpoint_gone | endpoint_disabled | undecodable |
 /// invalid.
@@ -149,24 +150,13 @@ pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
 /// Creates the dead-letter counters of `tenant` (a listed tenant or `other`) at 0.
 pub(crate) fn zero_dead_letters(tenant: &'static str) {
-    for reason in [
-        "exhausted",
-        "endpoint_gone",
-        "endpoint_disabled",
-        "undecodable",
-        "invalid",
-    ] {
-        metrics::counter!(DELIVERY_DEAD_LETTERED, "reason" => reason, "tenant" => tenant)
+    use gancho_core::policy::DeadKind;
+    for kind in DeadKind::OF_DELIVERIES {
+        metrics::counter!(DELIVERY_DEAD_LETTERED, "reason" => kind.as_str(), "tenant" => tenant)
             .increment(0);
     }
-    for reason in [
-        "undecodable",
-        "not_json",
-        "subject_mismatch",
-        "invalid",
-        "schema",
-    ] {
-        metrics::counter!(ROUTER_EVENTS_INVALID, "reason" => reason, "tenant" => tenant)
+    for kind in DeadKind::OF_EVENTS {
+        metrics::counter!(ROUTER_EVENTS_INVALID, "reason" => kind.as_str(), "tenant" => tenant)
             .increment(0);
     }
 }

@@ -7,7 +7,7 @@ use crate::http::{self, SendError};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use gancho_core::retry::jitter;
+use gancho_core::policy::{self, DeadKind, Wait, Waiting};
 use gancho_core::Subjects;
 use gancho_proto::{
     timestamp, to_datetime, Attempt, DeadLetter, Delivery, DeliveryBatch, Message as _,
@@ -30,12 +30,16 @@ const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 const FULL_PATIENCE: Duration = Duration::from_secs(2);
 /// Delay before a delivery handed back for lack of room is tried again.
 const FULL_NAK_DELAY: Duration = Duration::from_secs(10);
-/// How much longer than its retry schedule a delivery may keep being deferred.
-const DEFER_GRACE: Duration = Duration::from_secs(3600);
-/// First wait of a delivery deferred for a full queue or an open circuit; it doubles with
-/// each further deferral up to [`MAX_DEFER_BACKOFF`].
-const DEFER_BACKOFF_START: Duration = Duration::from_millis(500);
-const MAX_DEFER_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long ago the router made `delivery`, when it says.
+fn age(delivery: &Delivery) -> Option<Duration> {
+    let created = delivery.created_at.as_ref().and_then(to_datetime)?;
+    Some(
+        (OffsetDateTime::now_utc() - created)
+            .try_into()
+            .unwrap_or_default(),
+    )
+}
 
 /// Keeps `msg` ours while `fut` runs (see [`consume::with_progress`]).
 fn with_progress<'a, F: std::future::Future + 'a>(
@@ -85,6 +89,8 @@ pub(crate) struct Ctx {
     pub store: ConfigStore,
     pub client: http::Client,
     pub jitter: f64,
+    /// How much longer than its retry schedule a delivery may keep being deferred or parked.
+    pub defer_grace: Duration,
     pub user_agent: String,
     pub gates: Arc<Gates>,
     /// Pokes the release loop: a delivery was parked, or a circuit closed.
@@ -187,7 +193,7 @@ enum Next {
         delay: Duration,
     },
     Dead {
-        kind: &'static str,
+        kind: DeadKind,
         reason: String,
     },
     Disable {
@@ -195,6 +201,14 @@ enum Next {
     },
     /// Set aside on the endpoint's held subject until it is resumed (no attempt).
     Hold,
+}
+
+/// The operational event an outcome sends.
+enum Notice {
+    /// `gancho.delivery.exhausted`, with why.
+    Exhausted(String),
+    /// `gancho.endpoint.disabled` after a 410 Gone, with why.
+    Gone(String),
 }
 
 /// Whether a delivery may be sent to its endpoint as the config stands.
@@ -249,7 +263,7 @@ impl Ctx {
             Err(e) => {
                 let reason = format!("delivery does not decode: {e}");
                 let next = Next::Dead {
-                    kind: "undecodable",
+                    kind: DeadKind::Undecodable,
                     reason,
                 };
                 self.finish(whole, None, None, next).await
@@ -279,7 +293,7 @@ impl Ctx {
             Ok(b) => b,
             Err(reason) => {
                 let next = Next::Dead {
-                    kind: "undecodable",
+                    kind: DeadKind::Undecodable,
                     reason,
                 };
                 return self.finish(whole, None, None, next).await;
@@ -366,7 +380,7 @@ impl Ctx {
             let permit = match gate.admit_from(self.subjects.is_bulk(&unit.msg.subject)) {
                 Admission::Go(permit) => permit,
                 Admission::Defer { reason, after } => {
-                    return self.defer(unit, delivery, &ep, reason, after).await
+                    return self.defer(unit, delivery, &ep, &gate, reason, after).await
                 }
                 Admission::Queue(place) => {
                     // Waits holding only its intake slot; the worker's request slots and this
@@ -383,7 +397,7 @@ impl Ctx {
                     match turn {
                         Turn::Go(permit) => permit,
                         Turn::Defer { reason, after } => {
-                            return self.defer(unit, delivery, &ep, reason, after).await
+                            return self.defer(unit, delivery, &ep, &gate, reason, after).await
                         }
                         Turn::Again => continue,
                     }
@@ -418,7 +432,7 @@ impl Ctx {
                     .unwrap_or_default()
             );
             return Standing::Not(Refusal::Finish(Next::Dead {
-                kind: "endpoint_disabled",
+                kind: DeadKind::EndpointDisabled,
                 reason,
             }));
         }
@@ -427,7 +441,7 @@ impl Ctx {
         }
         if let Err(reason) = crate::profile::check(ep, delivery) {
             return Standing::Not(Refusal::Finish(Next::Dead {
-                kind: "invalid",
+                kind: DeadKind::Invalid,
                 reason,
             }));
         }
@@ -452,7 +466,7 @@ impl Ctx {
                 Ok(None) => {
                     let reason = "the endpoint was deleted before delivery".to_string();
                     let next = Next::Dead {
-                        kind: "endpoint_gone",
+                        kind: DeadKind::EndpointGone,
                         reason,
                     };
                     self.finish(unit, Some(delivery), None, next).await
@@ -586,10 +600,14 @@ impl Ctx {
             }
         }
         drop(permit);
+        if gate.drained() {
+            // Its queue emptied while deliveries parked for lack of room in it wait.
+            self.wake_release.notify_one();
+        }
         // A failing egress proxy is not the endpoint's failure: it opens circuits (so
         // deliveries wait without spending attempts) but never counts toward disabling.
         if outcome.label != "proxy_error" {
-            self.health.note(ep, outcome.label == "success");
+            self.health.note(ep, gate, outcome.label == "success");
         }
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label,
             "class" => gancho_core::subject::status_class(outcome.status),
@@ -611,7 +629,7 @@ impl Ctx {
             },
             gancho_core::retry::Next::Retry(delay) => Next::Retry { delay },
             gancho_core::retry::Next::GiveUp => Next::Dead {
-                kind: "exhausted",
+                kind: DeadKind::Exhausted,
                 reason: format!(
                     "gave up after {attempt_no} attempts; last: {}",
                     describe(&outcome)
@@ -664,62 +682,94 @@ impl Ctx {
         Ok(self.finish(unit, Some(&delivery), Some(record), next).await)
     }
 
-    /// Reschedules a delivery the endpoint cannot take now, without counting an attempt. A
-    /// delivery older than its whole retry schedule is dead-lettered instead, so an endpoint
-    /// whose circuit never closes does not keep deliveries alive forever.
+    /// Reschedules or parks a delivery the endpoint cannot take now, without counting an
+    /// attempt, or dead-letters it when it outlived its patience; [`policy::refused`] decides.
     async fn defer(
         &self,
         unit: Unit<'_>,
         mut delivery: Delivery,
         ep: &LiveEndpoint,
-        reason: &'static str,
+        gate: &Gate,
+        reason: Wait,
         after: Duration,
     ) -> Handled {
-        metrics::counter!(names::DELIVERY_DEFERRED, "reason" => reason,
+        metrics::counter!(names::DELIVERY_DEFERRED, "reason" => reason.as_str(),
             "tenant" => gancho_telemetry::tenant_label(&delivery.tenant))
         .increment(1);
-        let patience: Duration = ep.schedule.delays().iter().sum();
-        let created = delivery.created_at.as_ref().and_then(to_datetime);
-        if let Some(created) = created {
-            if OffsetDateTime::now_utc() - created > patience + DEFER_GRACE {
-                let reason = format!(
-                    "the endpoint could not take it ({reason}) for longer than its retry schedule"
-                );
-                let next = Next::Dead {
-                    kind: "exhausted",
-                    reason,
-                };
-                return self.finish(unit, Some(&delivery), None, next).await;
+        let refused = policy::Refused {
+            wait: reason,
+            after,
+            age: age(&delivery),
+            patience: ep.schedule.delays().iter().sum(),
+            grace: self.defer_grace,
+            paused_for: gate.paused_for(),
+        };
+        match policy::refused(&refused, rand::random::<f64>()) {
+            Waiting::GiveUp => {
+                let next = self.outlived_dead_letter(reason.as_str());
+                self.finish(unit, Some(&delivery), None, next).await
+            }
+            Waiting::Park => {
+                // Parked once, unread, until the endpoint answers again or its circuit closes
+                // (or one is let out as its probe): a dead endpoint's deliveries do not go
+                // round JetStream while its requests time out or its circuit cools down.
+                debug!(endpoint = %ep.config.id, %reason, "Delivery parked.");
+                if reason == Wait::InFlightCap {
+                    gate.overflowed();
+                }
+                self.wake_release.notify_one();
+                self.finish(unit, Some(&delivery), None, Next::Hold).await
+            }
+            Waiting::Defer(delay) => {
+                delivery.deferrals += 1;
+                debug!(endpoint = %ep.config.id, %reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");
+                self.finish(unit, Some(&delivery), None, Next::Defer { delay })
+                    .await
             }
         }
-        // A full queue or an open circuit says little about when the endpoint will take a
-        // delivery: each further deferral of the same delivery waits twice as long (from
-        // 500 ms up to MAX_DEFER_BACKOFF, or the circuit's cool-down if longer). Otherwise an
-        // endpoint that stops answering sends thousands of deliveries round JetStream every
-        // second while its probe times out, and they all come back at once when the cool-down
-        // ends; that churn is what a dead endpoint cost the healthy ones (BENCHMARKS.md).
-        // The rate limit and a receiver's Retry-After come with their exact wait.
-        let after = if matches!(reason, "in_flight_cap" | "circuit_open") {
-            let grown = DEFER_BACKOFF_START
-                .saturating_mul(1 << delivery.deferrals.min(8))
-                .min(MAX_DEFER_BACKOFF);
-            after.max(grown)
-        } else {
-            after
-        };
-        if matches!(reason, "circuit_open" | "stalled") {
-            // Parked once, unread, until the endpoint answers again or its circuit closes (or
-            // one is let out as its probe): a dead endpoint's deliveries do not go round
-            // JetStream while its requests time out or its circuit cools down.
-            debug!(endpoint = %ep.config.id, reason, "Delivery parked.");
-            self.wake_release.notify_one();
-            return self.finish(unit, Some(&delivery), None, Next::Hold).await;
+    }
+
+    /// Whether `delivery` is older than its endpoint's whole retry schedule plus the grace:
+    /// past that, one the endpoint cannot take is dead-lettered instead of waiting on.
+    fn outlived(&self, delivery: &Delivery, ep: &LiveEndpoint) -> bool {
+        let patience = ep.schedule.delays().iter().sum();
+        policy::outlived(age(delivery), patience, self.defer_grace)
+    }
+
+    fn outlived_dead_letter(&self, reason: &str) -> Next {
+        Next::Dead {
+            kind: DeadKind::Exhausted,
+            reason: format!(
+                "the endpoint could not take it ({reason}) for longer than its retry schedule plus {}",
+                humantime::format_duration(self.defer_grace)
+            ),
         }
-        delivery.deferrals += 1;
-        let delay = jitter(after, 0.2, rand::random::<f64>());
-        debug!(endpoint = %ep.config.id, reason, delay_ms = delay.as_millis() as u64, "Delivery deferred.");
-        self.finish(unit, Some(&delivery), None, Next::Defer { delay })
-            .await
+    }
+
+    /// The release loop's sweep of a parked delivery (`msg`, on its held subject): one that
+    /// outlived its patience is dead-lettered from where it is, as [`Ctx::defer`] does with
+    /// one that comes back, so a dead endpoint's parked deliveries do not wait for its
+    /// circuit to close. Returns `None` when it is young enough to stay parked (or its
+    /// endpoint is gone, which the release of its subject deals with).
+    pub(crate) fn sweepable(&self, msg: &jetstream::Message) -> Option<Delivery> {
+        let delivery = Delivery::decode(msg.payload.clone()).ok()?;
+        let snapshot = self.live.load();
+        let ep = snapshot.endpoint(&delivery.tenant, &delivery.endpoint_id)?;
+        self.outlived(&delivery, ep).then_some(delivery)
+    }
+
+    /// Dead-letters a parked delivery [`Ctx::sweepable`] found outlived, and acks it.
+    pub(crate) async fn expire_parked(
+        &self,
+        msg: jetstream::Message,
+        delivery: Delivery,
+    ) -> Handled {
+        let unit = Unit {
+            msg: &msg,
+            alone: true,
+        };
+        let next = self.outlived_dead_letter("parked");
+        self.finish(unit, Some(&delivery), None, next).await
     }
 
     /// Sends the webhook once, built by its profile.
@@ -799,9 +849,12 @@ impl Ctx {
             );
             writes.push((subject, publish));
         }
-        let next_kind = match &next {
-            Next::Dead { kind, reason } => Some((*kind, reason.clone())),
-            Next::Disable { reason } => Some(("gone", reason.clone())),
+        let notice = match &next {
+            Next::Dead {
+                kind: DeadKind::Exhausted,
+                reason,
+            } => Some(Notice::Exhausted(reason.clone())),
+            Next::Disable { reason } => Some(Notice::Gone(reason.clone())),
             _ => None,
         };
         let side = match next {
@@ -835,11 +888,11 @@ impl Ctx {
                 }
                 metrics::counter!(names::ENDPOINTS_DISABLED, "reason" => "gone").increment(1);
                 warn!(endpoint = %delivery.endpoint_id, "Endpoint answered 410 Gone; disabled it.");
-                Some(self.dead_publish(unit, Some(delivery), "endpoint_gone", reason))
+                Some(self.dead_publish(unit, Some(delivery), DeadKind::EndpointGone, reason))
             }
         };
         writes.extend(side);
-        if let Some(op) = self.operational(delivery, &next_kind) {
+        if let Some(op) = self.operational(delivery, notice) {
             writes.push(op);
         }
         if let Err(e) = keep_while(unit, self.store_all(writes)).await {
@@ -923,19 +976,19 @@ impl Ctx {
     fn operational(
         &self,
         delivery: Option<&Delivery>,
-        next: &Option<(&'static str, String)>,
+        notice: Option<Notice>,
     ) -> Option<(String, PublishMessage)> {
         use crate::operational::{event, DISABLED, EXHAUSTED};
         let d = delivery?;
         if d.r#type.starts_with(gancho_core::matching::RESERVED_PREFIX) {
             return None;
         }
-        let (kind, reason) = next.as_ref()?;
+        let notice = notice?;
         let at = OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        match *kind {
-            "exhausted" => Some(event(
+        match notice {
+            Notice::Exhausted(reason) => Some(event(
                 &self.subjects,
                 &d.tenant,
                 EXHAUSTED,
@@ -946,7 +999,7 @@ impl Ctx {
                     "attempts": d.attempts, "reason": reason, "at": at,
                 }),
             )),
-            "gone" => Some(event(
+            Notice::Gone(reason) => Some(event(
                 &self.subjects,
                 &d.tenant,
                 DISABLED,
@@ -956,7 +1009,6 @@ impl Ctx {
                     "endpoint_id": d.endpoint_id, "reason": reason, "disabled_at": at,
                 }),
             )),
-            _ => None,
         }
     }
 
@@ -1008,7 +1060,7 @@ impl Ctx {
         &self,
         unit: Unit<'_>,
         delivery: Option<&Delivery>,
-        kind: &'static str,
+        kind: DeadKind,
         reason: String,
     ) -> (String, PublishMessage) {
         let (tenant, endpoint, id, event) = match delivery {
@@ -1025,19 +1077,19 @@ impl Ctx {
                 None,
             ),
         };
-        metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind,
+        metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind.as_str(),
             "tenant" => gancho_telemetry::tenant_label(tenant))
         .increment(1);
         let dead = DeadLetter {
             reason,
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             subject: unit.msg.subject.to_string(),
             original: unit.bytes(delivery),
             at: Some(timestamp(OffsetDateTime::now_utc())),
             delivery: delivery.cloned(),
         };
         let mut headers = HeaderMap::new();
-        headers.insert("Gancho-Dead-Reason", kind);
+        headers.insert("Gancho-Dead-Reason", kind.as_str());
         let mut publish = PublishMessage::build()
             .payload(Bytes::from(dead.encode_to_vec()))
             .headers(headers);
@@ -1046,7 +1098,10 @@ impl Ctx {
             // tenant.
             publish = publish.message_id(format!("dead:{tenant}:{id}"));
         }
-        (self.subjects.dead(tenant, endpoint, kind, event), publish)
+        (
+            self.subjects.dead(tenant, endpoint, kind.as_str(), event),
+            publish,
+        )
     }
 
     /// Hands the delivery back because its outcome could not be stored. A delivery of a

@@ -20,12 +20,13 @@
 //! success closes the circuit, failure re-opens it with a doubled cool-down (up to
 //! [`MAX_COOLDOWN`]). State is per worker process.
 
+use gancho_core::policy::Wait;
 use gancho_telemetry::names;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -42,7 +43,8 @@ pub const FAILURES_TO_OPEN: u32 = 5;
 const FIRST_COOLDOWN: Duration = Duration::from_secs(5);
 /// Longest cool-down.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(300);
-/// How long a delivery deferred for a full queue waits before it is tried again.
+/// How long a rate-limited delivery that finds its endpoint's queue full waits at least
+/// before it is tried again (one that finds the queue full for a free slot is parked).
 const QUEUE_FULL_DELAY: Duration = Duration::from_millis(500);
 /// Gates kept before idle ones are dropped. An idle gate (nobody holds it, circuit closed)
 /// carries nothing worth keeping: a new one starts untrusted, which is safe.
@@ -73,10 +75,7 @@ pub enum Turn {
     /// Send it; the permit is the endpoint's in-flight slot.
     Go(OwnedSemaphorePermit),
     /// Reschedule it after `after`, not counting an attempt.
-    Defer {
-        reason: &'static str,
-        after: Duration,
-    },
+    Defer { reason: Wait, after: Duration },
     /// The endpoint's config changed while it waited (deleted, disabled, paused, a new rate
     /// or in-flight cap): look the endpoint up again and admit it afresh.
     Again,
@@ -89,10 +88,7 @@ pub enum Admission {
     /// Wait in the endpoint's queue ([`Gate::wait_turn`]); the guard keeps its place counted.
     Queue(QueueGuard),
     /// Reschedule it after `after`, not counting an attempt.
-    Defer {
-        reason: &'static str,
-        after: Duration,
-    },
+    Defer { reason: Wait, after: Duration },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -110,11 +106,13 @@ struct Circuit {
     owes_since: Option<Instant>,
 }
 
-/// What to do with an endpoint's parked deliveries (set aside while its circuit is open).
+/// What to do with an endpoint's parked deliveries (set aside while its circuit is open, it
+/// is stalled, or its queue in this worker is full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parked {
-    /// The circuit is closed: release them all.
-    Release,
+    /// The circuit is closed and nothing holds them: release as many as its queue has room
+    /// for (what comes back beyond that would only be parked again).
+    Release(usize),
     /// The cool-down is over and no probe is under way: release one, to be the probe.
     Probe,
     /// Cooling down, or a probe is under way: leave them.
@@ -167,6 +165,12 @@ pub struct Gate {
     /// Queue bound while trusted: the worker's whole intake.
     large_bound: usize,
     trusted: AtomicBool,
+    /// Deliveries were parked because its queue was full ([`Gate::overflowed`]): the release
+    /// loop is poked when the queue empties, not only at its next look.
+    overflow: AtomicBool,
+    /// When (unix milliseconds) the endpoint's current run of failed attempts began; 0 after
+    /// a success. What `failing_since` is written from ([`crate::operational::Health`]).
+    failing_from: AtomicI64,
     /// Bumped when the endpoint loses trust; waiters queued before the bump are evicted.
     evictions: watch::Sender<u64>,
     circuit: Mutex<Circuit>,
@@ -206,9 +210,38 @@ impl Gate {
             small_bound: (cap as usize * QUEUE_PER_SLOT).min(intake / 4).max(1),
             large_bound: intake,
             trusted: AtomicBool::new(false),
+            overflow: AtomicBool::new(false),
+            failing_from: AtomicI64::new(0),
             evictions: watch::channel(0).0,
             circuit: Mutex::new(Circuit::default()),
         }
+    }
+
+    /// Notes an attempt that counts toward the endpoint's health: after a failure, returns
+    /// since when (unix milliseconds) every attempt failed, `now_ms` starting a new run.
+    pub fn failing_from(&self, success: bool, now_ms: i64) -> Option<i64> {
+        if success {
+            self.failing_from.store(0, Ordering::Relaxed);
+            return None;
+        }
+        match self
+            .failing_from
+            .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => Some(now_ms),
+            Err(from) => Some(from),
+        }
+    }
+
+    /// A delivery was parked because the queue was full.
+    pub fn overflowed(&self) {
+        self.overflow.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the queue is empty while deliveries parked for lack of room in it wait: true
+    /// once per overflow, so the caller pokes the release loop once.
+    pub fn drained(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) == 0 && self.overflow.swap(false, Ordering::Relaxed)
     }
 
     /// Whether this gate was made for `settings` (its rate, in-flight cap and URL).
@@ -229,13 +262,13 @@ impl Gate {
     pub fn admit_from(&self, bulk: bool) -> Admission {
         if let Some(after) = self.paused_for() {
             return Admission::Defer {
-                reason: "retry_after",
+                reason: Wait::RetryAfter,
                 after,
             };
         }
         if let Some(after) = self.circuit_wait() {
             return Admission::Defer {
-                reason: "circuit_open",
+                reason: Wait::CircuitOpen,
                 after,
             };
         }
@@ -244,7 +277,7 @@ impl Gate {
         } else {
             self.small_bound
         };
-        let queue_or_defer = |reason: &'static str, after: Duration| {
+        let queue_or_defer = |reason: Wait, after: Duration| {
             let queued = self.queued.fetch_add(1, Ordering::Relaxed);
             if queued < bound {
                 metrics::gauge!(names::DELIVERIES_QUEUED).increment(1.0);
@@ -260,20 +293,20 @@ impl Gate {
         };
         if self.stalled() {
             return Admission::Defer {
-                reason: "stalled",
+                reason: Wait::Stalled,
                 after: STALL_AFTER,
             };
         }
         // Deliveries already waiting go first: a newcomer does not overtake the queue.
         if self.queued.load(Ordering::Relaxed) > 0 {
-            return queue_or_defer("in_flight_cap", QUEUE_FULL_DELAY);
+            return queue_or_defer(Wait::InFlightCap, QUEUE_FULL_DELAY);
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return queue_or_defer("in_flight_cap", QUEUE_FULL_DELAY);
+            return queue_or_defer(Wait::InFlightCap, QUEUE_FULL_DELAY);
         };
         if let Some(wait) = self.rate_wait() {
             drop(permit);
-            return queue_or_defer("rate_limited", wait.max(QUEUE_FULL_DELAY));
+            return queue_or_defer(Wait::RateLimited, wait.max(QUEUE_FULL_DELAY));
         }
         self.started();
         Admission::Go(permit)
@@ -427,11 +460,11 @@ impl Gate {
                 if self.readmits.load(Ordering::Relaxed) != place.readmit {
                     Turn::Again
                 } else if let Some(after) = self.paused_for() {
-                    Turn::Defer { reason: "retry_after", after }
+                    Turn::Defer { reason: Wait::RetryAfter, after }
                 } else if let Some(after) = self.cooling_for() {
-                    Turn::Defer { reason: "circuit_open", after }
+                    Turn::Defer { reason: Wait::CircuitOpen, after }
                 } else {
-                    Turn::Defer { reason: "in_flight_cap", after: QUEUE_FULL_DELAY }
+                    Turn::Defer { reason: Wait::InFlightCap, after: QUEUE_FULL_DELAY }
                 }
             }
         }
@@ -450,7 +483,7 @@ impl Gate {
         };
         let permit = tokio::select! {
             p = self.in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = stall => return Turn::Defer { reason: "stalled", after: STALL_AFTER },
+            () = stall => return Turn::Defer { reason: Wait::Stalled, after: STALL_AFTER },
         };
         // The lowered rate may change while this waits (another 429 halves it, answers raise
         // it): each wake asks the limiter in force then, not the one in force when it began.
@@ -467,13 +500,13 @@ impl Gate {
         }
         if let Some(after) = self.paused_for() {
             return Turn::Defer {
-                reason: "retry_after",
+                reason: Wait::RetryAfter,
                 after,
             };
         }
         match self.circuit_wait() {
             Some(after) => Turn::Defer {
-                reason: "circuit_open",
+                reason: Wait::CircuitOpen,
                 after,
             },
             None => {
@@ -506,7 +539,7 @@ impl Gate {
     }
 
     /// `Some(remaining)` while a receiver's pause lasts.
-    fn paused_for(&self) -> Option<Duration> {
+    pub fn paused_for(&self) -> Option<Duration> {
         let mut c = self.circuit.lock().expect("circuit lock");
         let until = c.paused_until?;
         let now = Instant::now();
@@ -594,14 +627,24 @@ impl Gate {
         was_open != open
     }
 
-    /// What to do with the deliveries parked while the circuit was open.
+    /// What to do with the deliveries parked for this endpoint: kept while it is stalled or
+    /// its receiver's pause lasts, one let out as the probe of an open circuit, and as many as
+    /// its queue has room for otherwise.
     pub fn parked(&self) -> Parked {
-        if self.stalled() {
+        if self.stalled() || self.paused_for().is_some() {
             return Parked::Keep;
         }
         let mut c = self.circuit.lock().expect("circuit lock");
         let Some(until) = c.open_until else {
-            return Parked::Release;
+            let bound = if self.trusted.load(Ordering::Relaxed) {
+                self.large_bound
+            } else {
+                self.small_bound
+            };
+            return match bound.saturating_sub(self.queued.load(Ordering::Relaxed)) {
+                0 => Parked::Keep,
+                room => Parked::Release(room),
+            };
         };
         let now = Instant::now();
         if now < until
@@ -839,7 +882,7 @@ mod tests {
             matches!(
                 turn,
                 Turn::Defer {
-                    reason: "retry_after",
+                    reason: Wait::RetryAfter,
                     ..
                 }
             ),
@@ -849,7 +892,7 @@ mod tests {
         drop(busy);
         match g.admit() {
             Admission::Defer { reason, after } => {
-                assert_eq!(reason, "retry_after");
+                assert_eq!(reason, Wait::RetryAfter);
                 assert!(after <= Duration::from_millis(300));
             }
             _ => panic!("paused endpoints defer"),
@@ -891,7 +934,7 @@ mod tests {
             matches!(
                 turn,
                 Turn::Defer {
-                    reason: "stalled",
+                    reason: Wait::Stalled,
                     ..
                 }
             ),
@@ -903,7 +946,7 @@ mod tests {
         assert!(matches!(
             g.admit(),
             Admission::Defer {
-                reason: "stalled",
+                reason: Wait::Stalled,
                 ..
             }
         ));
@@ -912,7 +955,7 @@ mod tests {
         g.record(Heard::Failed, Duration::from_millis(1200));
         assert!(!g.stalled());
         assert!(matches!(g.admit(), Admission::Queue(_)));
-        assert_eq!(g.parked(), Parked::Release);
+        assert!(matches!(g.parked(), Parked::Release(n) if n > 0));
         // A timeout is no answer.
         std::thread::sleep(STALL_AFTER + Duration::from_millis(50));
         g.record(Heard::Silent, Duration::from_secs(5));
@@ -956,12 +999,36 @@ mod tests {
         assert!(matches!(
             g.admit(),
             Admission::Defer {
-                reason: "in_flight_cap",
+                reason: Wait::InFlightCap,
                 ..
             }
         ));
+        // The one refused is parked; its queue full, none are let out yet.
+        g.overflowed();
+        assert_eq!(g.parked(), Parked::Keep);
+        assert!(!g.drained(), "the queue is not empty");
         drop(queued);
+        // The queue emptied: the release loop is poked once, and lets out as many as the
+        // queue has room for (untrusted: 4 per slot).
+        assert!(g.drained());
+        assert!(!g.drained(), "once per overflow");
+        assert_eq!(g.parked(), Parked::Release(8));
+        // Trusted after a quick success: room for the worker's whole intake.
+        g.record(Heard::Healthy, Duration::from_millis(5));
+        assert_eq!(g.parked(), Parked::Release(2048));
+        // While the receiver's pause lasts, none.
+        g.pause(Duration::from_secs(5));
+        assert_eq!(g.parked(), Parked::Keep);
         drop(a);
+    }
+
+    #[test]
+    fn after_a_pause_the_parked_go_out_and_the_queue_admits() {
+        let g = Gate::new(&at(None, Some(2), 1), 2048);
+        g.pause(Duration::from_millis(50));
+        assert_eq!(g.parked(), Parked::Keep);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(g.parked(), Parked::Release(8));
         assert!(matches!(g.admit(), Admission::Go(_)));
     }
 
@@ -995,7 +1062,7 @@ mod tests {
         assert!(g.is_open());
         match g.admit() {
             Admission::Defer { reason, after } => {
-                assert_eq!(reason, "circuit_open");
+                assert_eq!(reason, Wait::CircuitOpen);
                 assert!(after <= FIRST_COOLDOWN);
             }
             _ => panic!("an open circuit defers"),
@@ -1006,7 +1073,7 @@ mod tests {
         assert!(matches!(
             g.admit(),
             Admission::Defer {
-                reason: "circuit_open",
+                reason: Wait::CircuitOpen,
                 ..
             }
         ));
@@ -1054,7 +1121,7 @@ mod tests {
         tokio::task::yield_now().await;
         g.record(Heard::Silent, Duration::from_secs(1));
         let evicted = waiting.await.unwrap();
-        assert_eq!(evicted, Some("in_flight_cap"));
+        assert_eq!(evicted, Some(Wait::InFlightCap));
         // And a slow success does not earn trust back.
         g.record(Heard::Healthy, SLOW_ANSWER + Duration::from_millis(1));
         assert!(!g.trusted.load(Ordering::Relaxed));

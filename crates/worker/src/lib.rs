@@ -82,6 +82,9 @@ pub struct WorkerConfig {
     pub stall_after: Duration,
     /// An endpoint failing for this long is disabled (`GANCHO_DISABLE_AFTER`).
     pub disable_after: Duration,
+    /// A delivery its endpoint could not take is dead-lettered as `exhausted` once older than
+    /// the endpoint's whole retry schedule plus this (`GANCHO_DEFER_GRACE`).
+    pub defer_grace: Duration,
     /// Every webhook leaves through this HTTP CONNECT proxy (`GANCHO_EGRESS_PROXY`).
     pub egress_proxy: Option<egress::EgressProxy>,
     /// Bytes the worker may hold of messages and request bodies (`GANCHO_WORKER_MEMORY`,
@@ -93,6 +96,10 @@ pub struct WorkerConfig {
     /// 77 and 38 MiB counted.
     pub memory: u64,
 }
+
+/// How much longer than its retry schedule a delivery may wait for its endpoint unless
+/// configured: an hour.
+pub const DEFAULT_DEFER_GRACE: Duration = Duration::from_secs(3600);
 
 /// The worker's memory budget unless configured: 256 MiB.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
@@ -107,6 +114,7 @@ impl Default for WorkerConfig {
             jitter: 0.1,
             stall_after: gancho_store::consume::STALL_AFTER,
             disable_after: Duration::from_secs(5 * 86_400),
+            defer_grace: DEFAULT_DEFER_GRACE,
             egress_proxy: None,
             memory: DEFAULT_MEMORY,
         }
@@ -192,6 +200,7 @@ pub async fn run(
         store: ConfigStore::new(&layout),
         client,
         jitter: config.jitter,
+        defer_grace: config.defer_grace,
         user_agent: format!("gancho/{}", env!("CARGO_PKG_VERSION")),
         gates,
         wake_release,
@@ -204,23 +213,13 @@ pub async fn run(
         batches_done: Default::default(),
     });
     // Held deliveries go back to their partitions; when the store has no room for that copy,
-    // they are delivered from where they are (release.rs).
-    let deliver_held: release::Deliver = {
-        let (ctx, cancel) = (ctx.clone(), cancel.clone());
-        Arc::new(move |msg| {
-            let (ctx, leaving) = (ctx.clone(), cancel.child_token());
-            Box::pin(async move { ctx.handle(msg, leaving).await })
-        })
-    };
+    // they are delivered from where they are, and those parked past their patience are
+    // dead-lettered where they are (release.rs).
     let releasing = tokio::spawn(release::run(
-        ctx.js.clone(),
-        ctx.subjects.clone(),
         ctx.live.clone(),
         release::Parking {
-            gates: ctx.gates.clone(),
+            ctx: ctx.clone(),
             owned: owned.clone(),
-            wake: ctx.wake_release.clone(),
-            deliver: deliver_held,
         },
         cancel.clone(),
     ));

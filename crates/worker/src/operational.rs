@@ -52,8 +52,17 @@ pub(crate) fn event(
     (subjects.event(tenant, event_type), publish)
 }
 
+/// How long every attempt to an endpoint must have failed before it is marked failing (or a
+/// quarter of `GANCHO_DISABLE_AFTER` if that is shorter). Marked at the first failure, an
+/// endpoint that fails one request in ten flipped between failing and recovered on every
+/// failure: in the fan-out 100 soak (RELIABILITY.md), about 470 config writes a second, each
+/// rebuilding every role's snapshot, and 78 `gancho.endpoint.recovered` events a second.
+pub const FAILING_AFTER: Duration = Duration::from_secs(60);
+
 /// Keeps each endpoint's `failing_since` (one write per change, not per attempt) and
-/// disables an endpoint that failed for `disable_after`.
+/// disables an endpoint that failed for `disable_after`. An endpoint is marked failing once
+/// its attempts have all failed for [`FAILING_AFTER`], with the time that run of failures
+/// began (kept by its gate).
 pub(crate) struct Health {
     pub store: ConfigStore,
     pub js: async_nats::jetstream::Context,
@@ -66,7 +75,8 @@ pub(crate) struct Health {
 /// What an attempt says about its endpoint's health.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Change {
-    Failing,
+    /// Every attempt failed since then.
+    Failing(OffsetDateTime),
     Disable,
     Recovered,
 }
@@ -87,14 +97,26 @@ impl Health {
         }
     }
 
-    /// Notes an attempt's outcome for its endpoint (as the worker's snapshot has it); writes
-    /// only when the endpoint starts failing, has failed long enough, or recovers.
-    pub fn note(&self, ep: &LiveEndpoint, success: bool) {
+    /// Notes an attempt's outcome for its endpoint (as the worker's snapshot has it, and its
+    /// gate, which keeps since when its attempts failed); writes only when the endpoint has
+    /// failed for [`FAILING_AFTER`], has failed long enough to be disabled, or recovers.
+    pub fn note(&self, ep: &LiveEndpoint, gate: &crate::gate::Gate, success: bool) {
         let now = OffsetDateTime::now_utc();
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let from = gate.failing_from(success, now_ms);
         let change = match (success, ep.config.failing_since) {
             (true, Some(_)) => Change::Recovered,
             (true, None) => return,
-            (false, None) => Change::Failing,
+            (false, None) => {
+                let from = from.unwrap_or(now_ms);
+                let marks = FAILING_AFTER.min(self.disable_after / 4);
+                if now_ms - from < marks.as_millis() as i64 {
+                    return;
+                }
+                let from = OffsetDateTime::from_unix_timestamp_nanos(i128::from(from) * 1_000_000)
+                    .unwrap_or(now);
+                Change::Failing(from)
+            }
             (false, Some(since)) if !ep.config.disabled && now - since >= self.disable_after => {
                 Change::Disable
             }
@@ -144,7 +166,7 @@ async fn apply(
     let result = store
         .update_endpoint(tenant, id, |ep| {
             let applies = match change {
-                Change::Failing => ep.failing_since.is_none(),
+                Change::Failing(_) => ep.failing_since.is_none(),
                 Change::Recovered => ep.failing_since.is_some(),
                 Change::Disable => {
                     !ep.disabled && ep.failing_since.is_some_and(|s| now - s >= after)
@@ -155,7 +177,7 @@ async fn apply(
             }
             before = ep.failing_since;
             match change {
-                Change::Failing => ep.failing_since = Some(now),
+                Change::Failing(from) => ep.failing_since = Some(from),
                 Change::Recovered => ep.failing_since = None,
                 Change::Disable => {
                     ep.disabled = true;
@@ -176,7 +198,7 @@ async fn apply(
     };
     let since = before.map(rfc3339);
     let (ty, id_, data) = match change {
-        Change::Failing => return Ok(()),
+        Change::Failing(_) => return Ok(()),
         Change::Recovered => {
             info!(endpoint = %id, "Endpoint recovered.");
             (

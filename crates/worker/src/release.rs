@@ -1,7 +1,7 @@
 //! Held deliveries: a paused endpoint's, and those parked while an endpoint's circuit is
-//! open. A paused endpoint's deliveries wait on `gancho.held.<tenant>.<endpoint>`
-//! in the deliveries stream, where no consumer reads them: they take no ack-pending slot
-//! and spend no attempt. Every worker looks at the held subjects whenever its config
+//! open, it is stalled, or its queue in this worker is full. A paused endpoint's deliveries
+//! wait on `gancho.held.<tenant>.<endpoint>` in the deliveries stream, where no consumer
+//! reads them: they take no ack-pending slot and spend no attempt. Every worker looks at the held subjects whenever its config
 //! snapshot changes and every [`LOOK_EVERY`]; a subject whose endpoint is no longer paused
 //! (resumed, disabled or deleted) is released: each message goes back to the partition
 //! subject it came from (its `Gancho-Target` header) and is acked only after that publish is
@@ -9,20 +9,31 @@
 //! `endpoint_disabled` or `endpoint_gone`.
 //!
 //! Only the worker serving the endpoint's partition releases its subject, since it alone
-//! knows the endpoint's circuit: while the circuit is open the parked deliveries stay; when
-//! its cool-down is over one is released to be the probe (another at most every 10 s while
-//! none comes back); when it closes, all of them go.
+//! knows the endpoint's gate: while the circuit is open, the endpoint is stalled or its
+//! receiver's pause lasts, the parked deliveries stay; when a cool-down is over one is
+//! released to be the probe (another at most every 10 s while none comes back); otherwise as
+//! many go as the endpoint's queue has room for, the rest as it drains (looked at every
+//! second while some wait).
 //!
 //! Workers releasing the same subject share one durable consumer named after it, and the
 //! republish carries `Nats-Msg-Id: release:<held sequence>`, so two workers, or a release
 //! redone after a crash, never make two deliveries of one held message.
+//!
+//! Parked deliveries are kept no longer than a deferred one would be: every [`SWEEP_EVERY`]
+//! the worker reads each parked subject it keeps from its oldest message and dead-letters,
+//! as `exhausted`, those older than their endpoint's whole retry schedule plus
+//! `GANCHO_DEFER_GRACE`, up to the first younger one. Without it an endpoint dead for days
+//! kept every delivery it was sent (let out one probe at a time) until it was disabled:
+//! storage that grew for days, and with `GANCHO_DELIVERIES_MAX_BYTES` set, a router that
+//! stopped routing for every tenant once they filled its room.
 //!
 //! A full store (the server's `max_file_store`) refuses the copy. Held deliveries and
 //! unrouted events can fill it alone, and then nothing would ever free room: so a held
 //! message whose copy is refused for lack of room is delivered from where it is, by the
 //! worker's usual handler, and acked once its outcome is stored, which frees its room.
 
-use crate::gate::{Gates, Parked};
+use crate::deliver::Ctx;
+use crate::gate::Parked;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream};
 use futures::TryStreamExt;
 use gancho_core::subject::TARGET_HEADER;
@@ -52,39 +63,37 @@ const LOOK_SPACING: Duration = Duration::from_millis(250);
 /// end (to let one out as the probe).
 const LOOK_WHILE_PARKED: Duration = Duration::from_secs(1);
 
-/// The worker's delivery handler, for held messages the store has no room to copy.
-pub(crate) type Deliver =
-    Arc<dyn Fn(jetstream::Message) -> futures::future::BoxFuture<'static, Handled> + Send + Sync>;
+/// How often the parked subjects are swept of deliveries that outlived their patience.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// What the release loop needs from the worker.
 pub(crate) struct Parking {
-    pub gates: Arc<Gates>,
+    /// The worker's delivery context: its gates, its handler (for held messages the store
+    /// has no room to copy), its dead letters, and `wake_release`, poked when a delivery is
+    /// parked or a circuit closes.
+    pub ctx: Arc<Ctx>,
     /// The partitions this worker serves: it alone releases their endpoints' subjects.
     pub owned: watch::Receiver<Vec<u32>>,
-    /// Poked when a delivery is parked or a circuit closes.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// Delivers a held message in place (its copy refused for lack of room).
-    pub deliver: Deliver,
 }
 
-pub(crate) async fn run(
-    js: jetstream::Context,
-    subjects: Subjects,
-    live: Arc<Live>,
-    parking: Parking,
-    cancel: CancellationToken,
-) {
+pub(crate) async fn run(live: Arc<Live>, parking: Parking, cancel: CancellationToken) {
+    let (js, subjects) = (&parking.ctx.js, &parking.ctx.subjects);
     let mut changes = live.changes();
     let mut parked = false;
+    let mut swept = tokio::time::Instant::now();
     // A busy server can time out a look now and then; only a run of failures is news.
     let mut failures = 0u32;
     loop {
         // A release cut short by shutdown is redone by the next worker: every held message
         // is acked only after its republish is stored, under a message id.
+        let sweep = swept.elapsed() >= SWEEP_EVERY;
         let looked = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = look(&js, &subjects, &live, &parking) => r,
+            r = look(js, subjects, &live, &parking, sweep, &cancel) => r,
         };
+        if sweep {
+            swept = tokio::time::Instant::now();
+        }
         match looked {
             Ok(waiting) => {
                 failures = 0;
@@ -103,7 +112,7 @@ pub(crate) async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changes.changed() => {}
-            _ = parking.wake.notified() => {}
+            _ = parking.ctx.wake_release.notified() => {}
             _ = tokio::time::sleep(if parked { LOOK_WHILE_PARKED } else { LOOK_EVERY }) => {}
         }
         // Every parked delivery pokes the loop: a thousand a second must not become a
@@ -116,18 +125,23 @@ pub(crate) async fn run(
 }
 
 /// Counts what is held and releases the subjects of this worker's partitions whose endpoint
-/// is not paused: all of a subject, or one delivery to probe an open circuit whose cool-down
-/// is over, or none while it cools down. Returns whether some wait for a cool-down.
+/// is not paused: all of a subject, as many as the endpoint's queue has room for, one to
+/// probe an open circuit whose cool-down is over, or none while it cools down, stalls or is
+/// paused by its receiver. With `sweep`, the subjects whose endpoint's gate keeps some are
+/// first swept of those that outlived their patience. Returns whether some wait on the gate.
 async fn look(
     js: &jetstream::Context,
     subjects: &Subjects,
     live: &Live,
     parking: &Parking,
+    sweep: bool,
+    cancel: &CancellationToken,
 ) -> Result<bool, async_nats::Error> {
     let stream = js.get_stream(subjects.deliveries_stream()).await?;
     let mut held = stream.info_with_subjects(subjects.held_wildcard()).await?;
     let mut total = 0usize;
     let mut releasable = Vec::new();
+    let mut kept = Vec::new();
     let mut waiting = false;
     let owned = parking.owned.borrow().clone();
     while let Some((subject, count)) = held.try_next().await? {
@@ -155,20 +169,48 @@ async fn look(
             releasable.push((subject, None));
             continue;
         }
-        // Parked while its circuit is open (in this worker: a fresh one has no gate, and
+        // Parked by the endpoint's gate in this worker (a fresh worker has none, and
         // releases them all).
-        match parking.gates.peek(t, e).map(|g| g.parked()) {
-            None | Some(Parked::Release) => releasable.push((subject, None)),
+        let gate = parking.ctx.gates.peek(t, e);
+        match gate.as_ref().map(|g| g.parked()) {
+            None => releasable.push((subject, None)),
+            Some(Parked::Release(room)) if room >= count => releasable.push((subject, None)),
+            Some(Parked::Release(room)) => {
+                // Its queue takes only so many now: the rest go as it drains (which pokes
+                // this loop), or at the next look.
+                if let Some(g) = &gate {
+                    g.overflowed();
+                }
+                waiting = true;
+                kept.push(subject.clone());
+                releasable.push((subject, Some(room)));
+            }
             Some(Parked::Probe) => {
                 waiting = true;
+                kept.push(subject.clone());
                 releasable.push((subject, Some(1)));
             }
-            Some(Parked::Keep) => waiting = true,
+            Some(Parked::Keep) => {
+                waiting = true;
+                kept.push(subject);
+            }
         }
     }
     metrics::gauge!(names::DELIVERIES_HELD_NOW).set(total as f64);
+    if sweep {
+        for subject in kept {
+            let n = sweep_outlived(&stream, subjects, &subject, &parking.ctx, cancel).await?;
+            if n > 0 {
+                info!(
+                    subject,
+                    deliveries = n,
+                    "Dead-lettered parked deliveries older than their retry schedule plus the grace."
+                );
+            }
+        }
+    }
     for (subject, limit) in releasable {
-        let n = release(js, &stream, subjects, &subject, limit, &parking.deliver).await?;
+        let n = release(js, &stream, subjects, &subject, limit, &parking.ctx, cancel).await?;
         if n > 0 && limit.is_none() {
             info!(subject, deliveries = n, "Released held deliveries.");
         }
@@ -176,17 +218,14 @@ async fn look(
     Ok(waiting)
 }
 
-/// Moves every message on `held` back to its partition subject.
-async fn release(
-    js: &jetstream::Context,
+/// The durable consumer that reads `held` (shared by every worker releasing it).
+async fn reader(
     stream: &Stream,
     subjects: &Subjects,
     held: &str,
-    limit: Option<usize>,
-    deliver: &Deliver,
-) -> Result<u64, async_nats::Error> {
+) -> Result<consumer::PullConsumer, async_nats::Error> {
     let name = subjects.release_consumer(held);
-    let consumer: consumer::PullConsumer = stream
+    let consumer = stream
         .get_or_create_consumer(
             &name,
             consumer::pull::Config {
@@ -200,6 +239,72 @@ async fn release(
             },
         )
         .await?;
+    Ok(consumer)
+}
+
+/// Dead-letters the messages on `held`, oldest first, that outlived their patience, up to
+/// the first that did not; that one and those after it are handed back at once (a nak
+/// without delay). Returns how many were dead-lettered.
+async fn sweep_outlived(
+    stream: &Stream,
+    subjects: &Subjects,
+    held: &str,
+    ctx: &Ctx,
+    cancel: &CancellationToken,
+) -> Result<u64, async_nats::Error> {
+    let consumer = reader(stream, subjects, held).await?;
+    let mut expired = 0u64;
+    while !cancel.is_cancelled() {
+        let msgs: Vec<jetstream::Message> = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .messages()
+            .await?
+            .try_collect()
+            .await?;
+        if msgs.is_empty() {
+            break;
+        }
+        let mut outlived = Vec::new();
+        let mut young = Vec::new();
+        for m in msgs {
+            match young.is_empty().then(|| ctx.sweepable(&m)).flatten() {
+                Some(delivery) => outlived.push((m, delivery)),
+                None => young.push(m),
+            }
+        }
+        let back = young
+            .iter()
+            .map(|m| m.ack_with(jetstream::AckKind::Nak(None)));
+        let gone = outlived.into_iter().map(|(m, d)| ctx.expire_parked(m, d));
+        let (back, gone) = futures::join!(
+            futures::future::join_all(back),
+            futures::future::join_all(gone)
+        );
+        let done = gone.iter().filter(|h| matches!(h, Handled::Done)).count();
+        expired += done as u64;
+        if let Some(Err(e)) = back.into_iter().find(Result::is_err) {
+            return Err(e);
+        }
+        if !young.is_empty() || done < gone.len() {
+            // The rest are younger; or an outcome could not be stored: next sweep.
+            break;
+        }
+    }
+    Ok(expired)
+}
+
+/// Moves every message on `held` back to its partition subject.
+async fn release(
+    js: &jetstream::Context,
+    stream: &Stream,
+    subjects: &Subjects,
+    held: &str,
+    limit: Option<usize>,
+    ctx: &Ctx,
+    cancel: &CancellationToken,
+) -> Result<u64, async_nats::Error> {
+    let consumer = reader(stream, subjects, held).await?;
     let wildcard = subjects.deliveries_wildcard();
     let deliveries_prefix = wildcard.trim_end_matches('>');
     let mut released = 0u64;
@@ -238,7 +343,10 @@ async fn release(
                 }
                 Err(e) if gancho_store::full::is_full(&e.to_string()) => {
                     // No room for the copy: delivered from here, acked after its outcome.
-                    Ok(matches!(deliver(m).await, Handled::Done))
+                    Ok(matches!(
+                        ctx.handle(m, cancel.child_token()).await,
+                        Handled::Done
+                    ))
                 }
                 Err(e) => Err(async_nats::Error::from(e)),
             }
