@@ -240,11 +240,12 @@ async fn an_open_circuit_parks_its_deliveries_until_a_probe_gets_through() {
         env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
             .await;
     }
-    // Five failures open the circuit; what comes after is parked once, not retried.
+    // Five failures open the circuit; what comes after is parked once, not retried (what
+    // finds the one slot and its queue of 4 taken is parked from the start).
     wait_until(
-        "the deliveries to be parked",
+        "the circuit to open and the deliveries to be parked",
         Duration::from_secs(30),
-        || async { held(&env).await >= 50 },
+        || async { rx.count() >= 5 && held(&env).await >= 50 },
     )
     .await;
     let tried = rx.count();
