@@ -136,3 +136,61 @@ async fn tenants_hear_about_exhausted_deliveries_disabled_and_recovered_endpoint
     support::terminate(&mut worker);
     support::terminate(&mut router);
 }
+
+/// A tenant none of whose endpoints listens for operational events gets none stored: a dead
+/// endpoint's deliveries given up on at its traffic's rate would otherwise each become an
+/// event in the events stream, routed for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_listening_means_no_operational_events() {
+    let env = support::Env::new().await;
+    env.tenant("quiet").await;
+    let rx = Receiver::https(&env.ca, |_, r| match r.path.as_str() {
+        "/dying" => Answer::status(503),
+        _ => Answer::status(200),
+    })
+    .await;
+    env.endpoint(
+        "quiet",
+        "dying",
+        &rx.url("/dying"),
+        &["charge.*"],
+        &[],
+        Some("0s"),
+    )
+    .await;
+    // Listens to everything but gancho's own events (`>` never matches them).
+    env.endpoint("quiet", "all", &rx.url("/all"), &[">"], &[], None)
+        .await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    env.publish_many(
+        "quiet",
+        "charge.paid",
+        (0..5).map(|i| (format!("evt-{i}"), b"{}".to_vec())),
+    )
+    .await;
+    wait_until(
+        "every delivery given up on",
+        Duration::from_secs(30),
+        || async { env.dead_letters().await.len() == 5 },
+    )
+    .await;
+    // The router has routed what the worker published by now, if anything.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let subjects = &env.layout.subjects;
+    let ops = env
+        .read_stream(
+            &subjects.events_stream(),
+            &subjects.event("quiet", "gancho."),
+        )
+        .await;
+    assert!(ops.is_empty(), "{} operational events stored", ops.len());
+    assert!(
+        rx.received()
+            .iter()
+            .all(|r| r.path != "/all" || !String::from_utf8_lossy(&r.body).contains("gancho.")),
+        "an operational event was delivered"
+    );
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}

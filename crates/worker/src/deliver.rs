@@ -972,18 +972,28 @@ impl Ctx {
     }
 
     /// The operational event an outcome calls for: a delivery given up on, or an endpoint
-    /// disabled by a 410 (not for gancho's own events, which would only beget more).
+    /// disabled by a 410 (not for gancho's own events, which would only beget more). Only
+    /// when another endpoint of the tenant subscribes to it: a dead endpoint's deliveries
+    /// given up on at its traffic's rate (thousands a second) would otherwise each become an
+    /// event stored and routed for nobody.
     fn operational(
         &self,
         delivery: Option<&Delivery>,
         notice: Option<Notice>,
     ) -> Option<(String, PublishMessage)> {
-        use crate::operational::{event, DISABLED, EXHAUSTED};
+        use crate::operational::{event, listened, DISABLED, EXHAUSTED};
         let d = delivery?;
         if d.r#type.starts_with(gancho_core::matching::RESERVED_PREFIX) {
             return None;
         }
         let notice = notice?;
+        let ty = match notice {
+            Notice::Exhausted(_) => EXHAUSTED,
+            Notice::Gone(_) => DISABLED,
+        };
+        if !listened(&self.live.load(), &d.tenant, ty, &d.endpoint_id) {
+            return None;
+        }
         let at = OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();

@@ -52,6 +52,24 @@ pub(crate) fn event(
     (subjects.event(tenant, event_type), publish)
 }
 
+/// Whether an endpoint of `tenant` other than `about` subscribes to operational events of
+/// `event_type` (the one they are about never gets them).
+pub(crate) fn listened(
+    snapshot: &gancho_store::Snapshot,
+    tenant: &str,
+    event_type: &str,
+    about: &str,
+) -> bool {
+    let mut found = Vec::new();
+    snapshot.matching::<&str>(tenant, event_type, &[], &mut found);
+    let endpoints = snapshot.endpoints(tenant);
+    found.iter().any(|&i| {
+        endpoints
+            .get(i as usize)
+            .is_some_and(|ep| ep.config.id.as_str() != about)
+    })
+}
+
 /// How long every attempt to an endpoint must have failed before it is marked failing (or a
 /// quarter of `GANCHO_DISABLE_AFTER` if that is shorter). Marked at the first failure, an
 /// endpoint that fails one request in ten flipped between failing and recovered on every
