@@ -457,8 +457,7 @@ async fn full_server_store(max_file_store: &str) {
                             match acked {
                                 Ok(_) => break,
                                 Err(e) => {
-                                    let e = e.to_string();
-                                    assert!(gancho_store::full::is_full(&e), "{e}");
+                                    assert!(gancho_store::refusal::is_full(&e), "{e:?}");
                                     refusals.fetch_add(1, Ordering::Relaxed);
                                     tokio::time::sleep(Duration::from_millis(200)).await;
                                 }

@@ -184,7 +184,7 @@ async fn send(
     id: &str,
     subject: String,
     bytes: Vec<u8>,
-) -> Result<PublishAckFuture, String> {
+) -> Result<PublishAckFuture, Unstored> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(gancho_core::subject::INGEST_HEADER, "http");
     // Headers first: `headers` replaces the whole map, Nats-Msg-Id included.
@@ -197,35 +197,44 @@ async fn send(
         .js
         .send_publish(subject, publish)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(Unstored::Publish)
 }
 
 /// Waits for a PubAck: Ok(duplicate) or the reason it is unknown.
-async fn acked(ack: PublishAckFuture) -> Result<bool, String> {
+async fn acked(ack: PublishAckFuture) -> Result<bool, Unstored> {
     match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
         Ok(Ok(ack)) => {
             PRESSURE.stored();
             Ok(ack.duplicate)
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("JetStream did not answer in time".into()),
+        Ok(Err(e)) => Err(Unstored::Publish(e)),
+        Err(_) => Err(Unstored::NoAnswer),
     }
+}
+
+/// Why an event has no PubAck.
+#[derive(Debug, thiserror::Error)]
+enum Unstored {
+    #[error("{0}")]
+    Publish(async_nats::jetstream::context::PublishError),
+    #[error("JetStream did not answer in time")]
+    NoAnswer,
 }
 
 /// Whether JetStream takes ingest's writes (the `gancho_storage_full` gauge of the api).
 static PRESSURE: Pressure = Pressure::new("api");
 
-/// Whether a publish error says JetStream has no room (the stream's limit, or the server's),
-/// noting the refusal.
-fn is_full(why: &str) -> bool {
-    let full = gancho_store::full::is_full(why);
+/// Whether JetStream refused the event for lack of room (the stream's limit, or the
+/// server's), noting the refusal: then it is surely not stored.
+fn is_full(why: &Unstored) -> bool {
+    let full = matches!(why, Unstored::Publish(e) if gancho_store::refusal::is_full(e));
     if full {
-        PRESSURE.refused(why);
+        PRESSURE.refused(&why.to_string());
     }
     full
 }
 
-fn unknown(id: &str, why: &str) -> ApiError {
+fn unknown(id: &str, why: &Unstored) -> ApiError {
     if is_full(why) {
         return ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,

@@ -707,7 +707,9 @@ impl Runner {
         match stream.delete_message(seq).await {
             Ok(_) => Ok(()),
             // Gone already (a takeover did it, or it aged out).
-            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) if gancho_store::refusal::of(&e) == gancho_store::refusal::Refusal::NotFound => {
+                Ok(())
+            }
             Err(e) => Err(Failure::Retry(e.to_string())),
         }
     }

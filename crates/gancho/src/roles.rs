@@ -78,10 +78,8 @@ const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Whether a stream set-up error is JetStream not answering (a leader election, a node
 /// restarting) rather than a refusal.
-fn is_transient(error: &str) -> bool {
-    error.contains("timed out")
-        || error.contains("no responders")
-        || error.contains("temporarily unavailable")
+fn is_transient(error: &gancho_store::streams::LayoutError) -> bool {
+    gancho_store::refusal::of(error) == gancho_store::refusal::Refusal::Unavailable
 }
 
 /// How long a client may take to send a request's head (slowloris clients are cut off).
@@ -185,7 +183,7 @@ pub async fn start(
         .await
         {
             Ok(layout) => break layout,
-            Err(e) if is_transient(&e.to_string()) && std::time::Instant::now() < deadline => {
+            Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
                 warn!(error = %e, "JetStream is not answering yet; setting up the streams again.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -301,10 +301,9 @@ impl Ctx {
         let created = match with_progress(&msg, PROGRESS_EVERY, fan_out).await {
             Ok(created) => created,
             Err(e) => {
-                let why = e.to_string();
-                if gancho_store::full::is_full(&why) {
+                if gancho_store::refusal::is_full(&e) {
                     // Logged once by the room's pressure, not once per event.
-                    let pause = self.room.refused(&why);
+                    let pause = self.room.refused(&e.to_string());
                     return crate::nak_after(&msg, pause).await;
                 }
                 warn!(event = %event.id, error = %e, "A delivery was not stored; the event will be routed again.");

@@ -234,14 +234,14 @@ impl Keyring {
                 // A full store refuses the first write of an installation: wait for room (or
                 // for another process to write it) as the running roles do, rather than stop
                 // a role whose work is what frees room.
-                Err(e) if crate::full::is_full(&e) => {
+                Err(e) if crate::refusal::is_full(e.as_ref()) => {
                     if !waiting {
                         tracing::warn!("JetStream has no room to write the key-check record; waiting for room.");
                         waiting = true;
                     }
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(format!("cannot write the key-check record: {e}")),
             }
         };
         let stored = String::from_utf8_lossy(&entry.value).into_owned();
@@ -261,14 +261,9 @@ impl Keyring {
     }
 
     /// (Re)writes the key-check record with the current key.
-    pub async fn write_check(&self, bucket: &kv::Store) -> Result<(), String> {
-        let sealed = self
-            .seal(KEY_CHECK, KEY_CHECK_PLAIN)
-            .map_err(|e| e.to_string())?;
-        bucket
-            .put(KEY_CHECK, sealed.into_bytes().into())
-            .await
-            .map_err(|e| format!("cannot write the key-check record: {e}"))?;
+    pub async fn write_check(&self, bucket: &kv::Store) -> Result<(), async_nats::Error> {
+        let sealed = self.seal(KEY_CHECK, KEY_CHECK_PLAIN)?;
+        bucket.put(KEY_CHECK, sealed.into_bytes().into()).await?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! JetStream out of room. A stream at its own limit with `discard: new` ("maximum bytes
 //! exceeded") and a server or account at its storage limit ("insufficient resources", with a
 //! full disk or `max_file_store` reached) both refuse writes; none of them drops a stored
-//! message. Each role keeps one [`Pressure`]: it turns refusals into a wait (the callers back
+//! message. Which errors say so is told by [`crate::refusal::Refusal`]. Each role keeps one [`Pressure`]: it turns refusals into a wait (the callers back
 //! off and try again), one log line when refusals start and one when writes are taken again,
 //! the `gancho_storage_full` gauge and the time spent waiting.
 
@@ -10,20 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
-
-/// Whether a JetStream error says there is no room: a stream's own limit or the server's.
-pub fn is_full(why: &str) -> bool {
-    let w = why.to_ascii_lowercase();
-    [
-        "maximum bytes",
-        "maximum messages",
-        "insufficient resources",
-        "resources exceeded",
-        "insufficient storage",
-    ]
-    .iter()
-    .any(|s| w.contains(s))
-}
 
 /// Refusals are over once writes are taken and none was refused for this long: near full,
 /// small writes pass while larger ones are refused, and one wait should be one wait.
@@ -112,16 +98,6 @@ impl Pressure {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn full_answers_are_recognised() {
-        assert!(is_full(
-            "publish failed: insufficient resources (code 503, error code 10023)"
-        ));
-        assert!(is_full("maximum bytes exceeded"));
-        assert!(!is_full("timed out: didn't receive ack in time"));
-        assert!(!is_full("wrong last sequence: 2"));
-    }
 
     #[test]
     fn a_wait_starts_at_a_refusal_and_ends_at_the_next_write() {

@@ -507,7 +507,7 @@ impl ConfigStore {
         self.keyring
             .write_check(&self.kv)
             .await
-            .map_err(StoreError::Backend)?;
+            .map_err(|e| StoreError::Backend(format!("cannot write the key-check record: {e}")))?;
         let mut subjects = Vec::new();
         for prefix in ["endpoints.>", crate::crypt::KEY_CHECK] {
             let mut info = self

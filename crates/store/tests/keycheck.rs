@@ -29,7 +29,11 @@ async fn a_first_start_on_a_full_store_waits_for_room_to_write_the_key_check() {
     for _ in 0..64 {
         let stored = async { js.publish("filler", chunk.clone()).await?.await }.await;
         if let Err(e) = stored {
-            assert!(gancho_store::full::is_full(&e.to_string()), "{e}");
+            assert_eq!(
+                gancho_store::refusal::Refusal::of(&e),
+                gancho_store::refusal::Refusal::Full,
+                "{e:?}"
+            );
             refused = true;
             break;
         }

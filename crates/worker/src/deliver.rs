@@ -13,6 +13,7 @@ use gancho_proto::{
     timestamp, to_datetime, Attempt, DeadLetter, Delivery, DeliveryBatch, Message as _,
 };
 use gancho_store::consume::{self, Handled};
+use gancho_store::refusal;
 use gancho_store::{ConfigStore, Live, LiveEndpoint, Snapshot};
 use gancho_telemetry::names;
 use std::future::IntoFuture;
@@ -884,7 +885,7 @@ impl Ctx {
                     })
                     .await
                 {
-                    return self.nak(unit, &e.to_string()).await;
+                    return self.nak(unit, &e).await;
                 }
                 metrics::counter!(names::ENDPOINTS_DISABLED, "reason" => "gone").increment(1);
                 warn!(endpoint = %delivery.endpoint_id, "Endpoint answered 410 Gone; disabled it.");
@@ -915,37 +916,36 @@ impl Ctx {
     /// scheduled retry replaces the schedule on its subject, and an attempt record sent twice
     /// is the same record twice.
     ///
-    /// When JetStream has no room ([`gancho_store::full`]) an attempt record is left out
+    /// When JetStream has no room ([`refusal::Refusal::Full`]) an attempt record is left out
     /// (counted, and the delivery goes on: a full log must not stop delivery), and the other
     /// writes get [`FULL_PATIENCE`] before the delivery is handed back for [`FULL_NAK_DELAY`]:
     /// the deliveries that succeed meanwhile are what frees room.
-    async fn store_all(&self, mut pending: Vec<(String, PublishMessage)>) -> Result<(), String> {
+    async fn store_all(
+        &self,
+        mut pending: Vec<(String, PublishMessage)>,
+    ) -> Result<(), jetstream::context::PublishError> {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
             let sends = pending.into_iter().map(|(subject, publish)| async move {
                 let sent = Instant::now();
                 let result = match self.js.send_publish(subject.clone(), publish.clone()).await {
-                    Ok(ack) => ack
-                        .into_future()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(ack) => ack.into_future().await.map(|_| ()),
+                    Err(e) => Err(e),
                 };
                 metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "worker")
                     .record(sent.elapsed().as_secs_f64());
                 result.map_err(|e| (subject, publish, e))
             });
-            let mut last_error = String::new();
+            let mut last_error = None;
             let mut full = false;
             pending = Vec::new();
             for result in futures::future::join_all(sends).await {
                 match result {
                     Ok(()) => self.pressure.stored(),
                     Err((subject, publish, e)) => {
-                        if gancho_store::full::is_full(&e) {
-                            self.pressure.refused(&e);
+                        if refusal::is_full(&e) {
+                            self.pressure.refused(&e.to_string());
                             full = true;
                             if self.subjects.is_attempt(&subject) {
                                 metrics::counter!(names::ATTEMPTS_UNRECORDED).increment(1);
@@ -953,14 +953,16 @@ impl Ctx {
                                 continue;
                             }
                         }
-                        last_error = e;
+                        last_error = Some(e);
                         pending.push((subject, publish));
                     }
                 }
             }
-            if pending.is_empty() {
+            // A write is pending again exactly when it failed (attempt records refused for
+            // lack of room are left out instead).
+            let Some(last_error) = last_error else {
                 return Ok(());
-            }
+            };
             let patience = if full { FULL_PATIENCE } else { WRITE_PATIENCE };
             if start.elapsed() + backoff > patience {
                 return Err(last_error);
@@ -1116,13 +1118,17 @@ impl Ctx {
 
     /// Hands the delivery back because its outcome could not be stored. A delivery of a
     /// batch leaves that to the batch, which hands back the whole message.
-    async fn nak(&self, unit: Unit<'_>, why: &str) -> Handled {
-        let delay = if gancho_store::full::is_full(why) {
+    async fn nak(
+        &self,
+        unit: Unit<'_>,
+        why: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> Handled {
+        let delay = if refusal::is_full(why) {
             // Logged once by the pressure gauge, not once per delivery.
             FULL_NAK_DELAY
         } else {
             warn!(
-                reason = why,
+                reason = %why,
                 "Handing a delivery back; it will be attempted again."
             );
             NAK_DELAY

@@ -39,6 +39,7 @@ use futures::TryStreamExt;
 use gancho_core::subject::TARGET_HEADER;
 use gancho_core::Subjects;
 use gancho_store::consume::Handled;
+use gancho_store::refusal;
 use gancho_store::Live;
 use gancho_telemetry::names;
 use std::future::IntoFuture;
@@ -341,7 +342,7 @@ async fn release(
                     m.ack().await?;
                     Ok(true)
                 }
-                Err(e) if gancho_store::full::is_full(&e.to_string()) => {
+                Err(e) if refusal::is_full(&e) => {
                     // No room for the copy: delivered from here, acked after its outcome.
                     Ok(matches!(
                         ctx.handle(m, cancel.child_token()).await,
