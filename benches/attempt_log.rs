@@ -5,7 +5,10 @@
 //! and `GET events/{id}` for events spread over the log. Prints the medians and the RSS of
 //! nats-server and the api before and after. Run with `cargo bench -p gancho --bench
 //! attempt_log` (part of `make bench`); results go to BENCHMARKS.md with the machine.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 #[path = "../tests/support/mod.rs"]

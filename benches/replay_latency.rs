@@ -5,7 +5,10 @@
 //! 200 (the default pace) and at 2,000 a second. Prints the live events' end-to-end latency (publish to arrival) p50 and
 //! p99 in both runs. Run with `cargo bench -p gancho --bench replay_latency` (part of `make
 //! bench`); results go to BENCHMARKS.md with the machine.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 #[path = "../tests/support/mod.rs"]

@@ -1,6 +1,9 @@
 //! The config service over real HTTP: admin auth, tenants and endpoints CRUD, and errors that
 //! say what to fix. The API runs as the built `gancho api` binary.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -2,7 +2,10 @@
 //! route of who gets what (admin, a key of the tenant with and without the scope, a key of
 //! another tenant, no token, a bad token), a revoked key refused by a second api process
 //! within 5 s, and pages that return each item once while items are inserted.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -3,7 +3,10 @@
 //! status and what its message says to fix; around them, events accepted before and after are
 //! both delivered, so nothing already accepted was lost. Malformed, non-JSON and mismatched
 //! events over NATS are rows of `invalid_events.rs`; bad config values of `cli.rs`.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

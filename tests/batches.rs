@@ -3,7 +3,10 @@
 //! a failing one is retried on its own schedule with an attempt record per attempt, a paused
 //! one holds its deliveries until it is resumed, and a batch that cannot be read is
 //! dead-lettered with its reason.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

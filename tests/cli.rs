@@ -1,6 +1,9 @@
 //! The binary's command line: invalid configuration stops start-up with one line naming the
 //! key (exit 64), and `gancho publish` + `gancho sink` work against a real server.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -6,7 +6,10 @@
 //! Uses the dev ports the README documents (NATS 4222, demo receiver 8099); both are outside
 //! the kernel's ephemeral range, so no other test can hold them by chance. A second test
 //! holds 4222 and checks that dev then takes a free port.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

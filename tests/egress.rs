@@ -3,7 +3,10 @@
 //! it; a proxy that is down gives `proxy_error` attempts and delivery resumes when it is back;
 //! the SSRF guard still checks the target (the proxy's own loopback address is exempt), and
 //! by name the check is the proxy's.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

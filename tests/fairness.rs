@@ -11,7 +11,10 @@
 //! loud's, not how two processes share two cores. Backlogs that take all the CPU (loud's
 //! receivers answering at once, release builds) are measured by `gancho bench` in
 //! BENCHMARKS.md, where the cores, not the queues, set quiet's tail.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

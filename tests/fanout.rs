@@ -7,7 +7,10 @@
 //! Before the fix, the first of these hung after ~27,000 deliveries: every routing task held
 //! PubAcks it was not awaiting while it waited for a publish permit that only those PubAcks
 //! could free.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

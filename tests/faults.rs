@@ -11,7 +11,10 @@
 //! there are no more than the workers' ack-pending count sampled just before each fault plus
 //! a worker's concurrency (none at all where only the router or the api dies). Each row also
 //! lands in `target/tmp/fault-table/`, which `make test-faults` prints.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -2,7 +2,10 @@
 //! processes share the partitions (each served by one of them at a time), so a receiver sees
 //! the rate limit, the in-flight cap and its own `Retry-After` honoured as if one worker
 //! delivered; and a killed worker's partitions move to the others with nothing lost.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -3,7 +3,10 @@
 //! a while, then 200: its log shows each attempt with its status, newest first, filters
 //! work and pages never overlap. One event's page shows every attempt of every delivery. Dead
 //! letters of each kind are listed with their reasons.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -2,7 +2,10 @@
 //! exactly like one published over NATS; the same id is delivered once; a batch reports each
 //! item; JetStream not answering is a 503 naming the id, and the retry is delivered once;
 //! only `publish` keys (and the admin) may send.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

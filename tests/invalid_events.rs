@@ -1,6 +1,9 @@
 //! Events that cannot be delivered go to the dead-letter stream with their reason; the router
 //! keeps going and delivers the events after them.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

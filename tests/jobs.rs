@@ -1,6 +1,9 @@
 //! Fixing it alone: recover, replay and redrive as jobs, against a real nats-server, router,
 //! worker and api, and real HTTPS receivers counting each webhook by `webhook-id`.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -5,7 +5,10 @@
 //! re-enabled with a PATCH; a changed URL, a disabled or deleted endpoint and a new rate
 //! limit reach the deliveries already waiting for it (in the worker's queue, parked behind
 //! an open circuit, or scheduled as retries).
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -1,7 +1,10 @@
 //! What the roles export, read as Prometheus reads it: api, router and worker run as
 //! separate processes; after a pipeline run their counters equal what the receiver saw,
 //! every gancho metric has HELP and TYPE, and many tenants and endpoints add no series.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

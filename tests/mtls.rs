@@ -3,7 +3,10 @@
 //! The endpoint with a certificate is delivered to; another endpoint on the same host without
 //! one gets `tls_error` naming the cause, never the first one's pooled connection; the key is
 //! never in the config bucket in clear nor in an API answer.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

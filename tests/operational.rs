@@ -2,7 +2,10 @@
 //! that a delivery was given up on, that an endpoint failing for too long (3 s here) was
 //! disabled, and that a failing endpoint recovered; the endpoint they are about never gets
 //! them, nor does one subscribed to everything (`>`).
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -2,7 +2,10 @@
 //! arrives in the configured header or query parameter, next to a valid signature; it is
 //! never in an API answer, the attempt log or the config bucket in clear; a PATCH switches
 //! it; bad settings are refused with what to fix.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

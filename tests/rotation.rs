@@ -1,6 +1,9 @@
 //! Secret rotation through the API: during the grace both signatures are sent and each
 //! verifies; from the expiry on only the new one, at that moment, not at the next snapshot.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -1,7 +1,10 @@
 //! 3 tenants x 10 endpoints with different filters, 1,000 events: each endpoint receives
 //! exactly the events that match it, signed with its own secret, and nothing of another
 //! tenant's.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -2,7 +2,10 @@
 //! stream), a wrong key stops a role at start-up with one line, delivery goes on through a
 //! key rotation, and `gancho secrets re-encrypt` finishes it (also from a clear-text store),
 //! after which the old key can go.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -2,7 +2,10 @@
 //! public keys the API shows, and an independent implementation (Python's `cryptography`,
 //! `scripts/verify-v1a.py`) verifies every delivery; during a rotation both signatures
 //! verify, each with its key; an `hmac` endpoint rotated to `ed25519` carries both kinds.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -4,7 +4,10 @@
 //! stream) while the workers keep retrying; once the endpoint recovers every event arrives
 //! and nothing is dead-lettered. A full events stream refuses new events over HTTP with 507
 //! and loses none it accepted.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod support;

@@ -580,8 +580,12 @@ pub(crate) fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
 }
 
 fn check_url(state: &ApiState, url: &str) -> Result<(), ApiError> {
-    gancho_core::net::check_endpoint_url(url, state.allow_http, state.allow_private)
-        .map_err(ApiError::invalid)
+    gancho_core::net::AddressPolicy {
+        allow_http: state.allow_http,
+        allow_private: state.allow_private,
+    }
+    .check_url(url)
+    .map_err(ApiError::invalid)
 }
 
 fn check_filters(filters: &[String]) -> Result<(), ApiError> {
@@ -915,6 +919,10 @@ async fn set_paused_route(
     params(("tenant" = String, Path, description = "The tenant id."), ("id" = String, Path, description = "The endpoint id.")),
     request_body = PatchEndpoint,
     responses((status = 200, description = "The endpoint as changed.", body = EndpointView)))]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one check per field a PATCH may change, in the order of the endpoint's fields"
+)]
 pub async fn update(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,

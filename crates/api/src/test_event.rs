@@ -50,6 +50,10 @@ pub struct TestOut {
     responses(
         (status = 200, description = "Sent; the first attempt's outcome.", body = TestOut),
         (status = 202, description = "Sent; the attempt had not ended in time.", body = TestOut)))]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a test event read top to bottom: build, sign, send, record, answer"
+)]
 pub async fn send(
     State(state): State<ApiState>,
     Path((tenant, id)): Path<(String, String)>,

@@ -4,10 +4,79 @@
 //! CGNAT, multicast, broadcast, reserved and documentation ranges, and their IPv6
 //! counterparts, IPv4 addresses embedded in IPv6 included.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Longest endpoint URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
+
+/// What the operator allows of endpoint addresses (`GANCHO_ALLOW_HTTP_ENDPOINTS`,
+/// `GANCHO_ALLOW_PRIVATE_ENDPOINTS`): the one policy the api checks URLs by when they are
+/// stored and the worker checks every request's target and every resolved address by before
+/// it connects (directly or through a proxy), so a name that resolves elsewhere later is
+/// caught where it is used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    pub allow_http: bool,
+    pub allow_private: bool,
+}
+
+impl AddressPolicy {
+    /// An endpoint URL as the API stores it: [`check_endpoint_url`].
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        check_endpoint_url(url, self.allow_http, self.allow_private)
+    }
+
+    /// Whether a webhook may be sent to `ip`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow_private || is_public(ip)
+    }
+
+    /// A request's target before it is sent: its scheme, and its host when that is an IP
+    /// literal (a name is checked when it is resolved, by [`AddressPolicy::allowed`]).
+    pub fn check_target(&self, uri: &http::Uri) -> Result<(), String> {
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if self.allow_http => {}
+            _ => {
+                return Err(
+                    "endpoint url is not https; set GANCHO_ALLOW_HTTP_ENDPOINTS=true to allow http"
+                        .into(),
+                )
+            }
+        }
+        let host = uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) if !self.allows(ip) => Err(format!(
+                "endpoint address {ip} is private; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true to allow it"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The addresses `host` resolved to that a webhook may be sent to, or why there are none.
+    pub fn allowed(
+        &self,
+        host: &str,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let mut found = 0;
+        let allowed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .inspect(|_| found += 1)
+            .filter(|a| self.allows(a.ip()))
+            .collect();
+        if found == 0 {
+            return Err(format!("{host} resolves to no address"));
+        }
+        if allowed.is_empty() {
+            return Err(format!(
+                "{host} resolves only to private addresses; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true to allow them"
+            ));
+        }
+        Ok(allowed)
+    }
+}
 
 /// Checks an endpoint URL as the API stores it: `https://` (or `http://` when allowed), a
 /// host, no user info (a credential in the URL would be echoed and logged), not a private
@@ -252,5 +321,45 @@ mod tests {
         ] {
             assert!(public(ip), "{ip} is public");
         }
+    }
+
+    #[test]
+    fn the_address_policy_checks_targets_and_resolved_addresses_alike() {
+        let strict = AddressPolicy::default();
+        let open = AddressPolicy {
+            allow_http: true,
+            allow_private: true,
+        };
+        let uri = |u: &str| u.parse::<http::Uri>().unwrap();
+        assert!(strict
+            .check_target(&uri("https://hooks.example.com/x"))
+            .is_ok());
+        assert!(strict.check_target(&uri("https://93.184.215.14/x")).is_ok());
+        let http = strict
+            .check_target(&uri("http://hooks.example.com/x"))
+            .unwrap_err();
+        assert!(http.contains("GANCHO_ALLOW_HTTP_ENDPOINTS"), "{http}");
+        let private = strict
+            .check_target(&uri("https://[::1]:8443/x"))
+            .unwrap_err();
+        assert!(private.contains("::1") && private.contains("GANCHO_ALLOW_PRIVATE_ENDPOINTS"));
+        assert!(open.check_target(&uri("http://127.0.0.1:8080/x")).is_ok());
+
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mixed = [addr("10.0.0.5:443"), addr("93.184.215.14:443")];
+        assert_eq!(
+            strict.allowed("hooks.example.com", mixed).unwrap(),
+            vec![addr("93.184.215.14:443")],
+            "only the public address is connected to"
+        );
+        let rebound = strict
+            .allowed("rebind.example.com", [addr("169.254.169.254:80")])
+            .unwrap_err();
+        assert!(rebound.contains("rebind.example.com resolves only to private addresses"));
+        assert_eq!(open.allowed("x", [addr("127.0.0.1:80")]).unwrap().len(), 1);
+        assert!(strict
+            .allowed("nothing.example.com", [])
+            .unwrap_err()
+            .contains("no address"));
     }
 }

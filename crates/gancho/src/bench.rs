@@ -731,6 +731,10 @@ impl Samples {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one run in order: start the processes, set up, send, wait, measure, clean up; each step a call"
+)]
 async fn bench(
     args: &BenchArgs,
     forwarded: &[(String, std::ffi::OsString)],
@@ -1166,6 +1170,10 @@ const FLOOR_RECORD_BYTES: usize = 300;
 /// `webhook-id`) and, once answered, one record stored in JetStream with its PubAck awaited,
 /// as the worker's attempt record. Left out: the delivery message itself (its publish,
 /// consume and ack; `make bench-jetstream` measures that), signing, the gate, retries.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the floor's run in order (its own server, sink and client, then the sends and the measure), each step a call"
+)]
 async fn floor(
     args: &BenchArgs,
     nats_url: &str,
@@ -1501,6 +1509,10 @@ fn print_floor(r: &Value) {
     );
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one printed line per figure of the report, in the order they are read"
+)]
 fn print_report(r: &Value) {
     let f = num;
     println!(

@@ -443,6 +443,10 @@ impl Config {
     }
 
     /// Merges the layers and validates every value.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "every setting read and validated in one place, one statement each"
+    )]
     pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
         let file: File = match &flags.config {
             Some(path) => {
@@ -798,6 +802,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one case per key: a bad value and the line it must give"
+    )]
     fn errors_name_the_key_on_one_line() {
         let cases: Vec<(Flags, &str)> = vec![
             (

@@ -132,6 +132,7 @@ impl Command {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one match arm per command")]
 fn main() {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

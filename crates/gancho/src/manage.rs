@@ -235,6 +235,10 @@ pub async fn event_types(a: EventTypes) -> anyhow::Result<()> {
 /// Events per batch request when sending a file.
 const SEND_BATCH: usize = 500;
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one match arm per `gancho events` subcommand, each a request and its print"
+)]
 pub async fn events(a: Events) -> anyhow::Result<()> {
     let c = &a.conn;
     let (tenant, event_type, data, id, file) = match a.cmd {
@@ -688,6 +692,10 @@ const JOB_COLUMNS: &[&str] = &[
     "created_at",
 ];
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one match arm per `gancho jobs` subcommand, each a request and its print"
+)]
 pub async fn jobs(a: Jobs) -> anyhow::Result<()> {
     let c = &a.conn;
     let (tenant, path, body, job) = match a.cmd {
@@ -1090,6 +1098,10 @@ pub async fn api_keys(a: ApiKeys) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one match arm per `gancho endpoints` subcommand, each a request and its print"
+)]
 pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
     let c = &a.conn;
     match a.cmd {

@@ -143,6 +143,10 @@ pub struct Running {
 }
 
 /// Starts `roles` against `nats_url`. They run until `cancel` fires.
+#[allow(
+    clippy::too_many_lines,
+    reason = "starts each role in turn with what it shares with the others (connection, streams, live config, metrics)"
+)]
 pub async fn start(
     config: &Config,
     nats_url: &str,
@@ -234,7 +238,7 @@ pub async fn start(
         // is awaited by the delivery that made it.
         let js = jetstream::new(connect(nats_url, "gancho-worker-out".into()).await?);
         let (layout, live, cancel) = (layout.clone(), live.clone(), cancel.clone());
-        gancho_worker::http::pin_names(config.resolve.clone());
+        gancho_worker::resolve::pin_names(config.resolve.clone());
         let cfg = gancho_worker::WorkerConfig {
             concurrency: config.worker_concurrency,
             allow_http: config.allow_http_endpoints,

@@ -188,6 +188,10 @@ pub fn check_event(
 pub const OPERATIONAL_ENDPOINT: &str = "endpoint_id";
 
 impl Ctx {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "an event's routing read top to bottom: decode, check, match, fan out, ack; to be split with the apply stage"
+    )]
     pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
         // Counted once per event, not again when it comes back after a nak.
         if msg.info().is_ok_and(|i| i.delivered == 1) {
@@ -331,6 +335,10 @@ impl Ctx {
     /// until its PubAck is in; returns how many deliveries it stored. One endpoint gets a
     /// `Delivery`, several a `DeliveryBatch`. A paused endpoint's delivery goes straight to
     /// its held subject, remembering the partition (or bulk lane) it belongs to.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "building, publishing and awaiting a partition's deliveries share the publish slot held across them"
+    )]
     async fn publish_deliveries(
         &self,
         template: &Delivery,

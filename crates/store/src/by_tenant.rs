@@ -91,6 +91,10 @@ struct Serving {
 
 /// Consumes every tenant in `tenants` (kept current by the config watch) until `cancel`
 /// fires, calling `handle` for each event on its own task.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the consumer set-up and its select loop share the tenants' state"
+)]
 pub async fn run<F, Fut>(
     js: jetstream::Context,
     spec: Spec,

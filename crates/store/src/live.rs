@@ -459,6 +459,10 @@ impl WatchTask {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per kind of config key the watch applies to the snapshot"
+    )]
     async fn watch_once(
         &self,
         ready: &mut Option<tokio::sync::oneshot::Sender<()>>,

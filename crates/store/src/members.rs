@@ -81,6 +81,10 @@ impl View {
 /// Keeps `me` alive in `bucket` and publishes the partitions it should serve on `owned` (at
 /// every heartbeat and whenever a worker joins or leaves, when it changed) until `cancel`
 /// fires; then deletes its key so the others take over at once.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the heartbeat and the watch of the members share one select loop and its state"
+)]
 pub async fn run(
     bucket: kv::Store,
     me: String,

@@ -113,6 +113,10 @@ pub struct Spec {
 /// fires; `owned` may change at any time. `handle` gets each message with a token that fires
 /// when its partition is given up (or the worker stops): a message still waiting for its
 /// turn should then be handed back ([`HAND_BACK_DELAY`]) instead of started.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the consumer set-up and its select loop share the partitions' state"
+)]
 pub async fn run<F, Fut>(
     js: jetstream::Context,
     spec: Spec,
@@ -457,6 +461,10 @@ fn note_pin(pin: &mut Option<String>, msg: &async_nats::Message) {
 }
 
 /// Serves one lane until `leave` fires, then gives it up cleanly.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one lane's pull loop: budget, pull, hand out, hand back; its state is local to it"
+)]
 pub(crate) async fn serve<Fut>(shared: Arc<Shared<Fut>>, lane: Lane, leave: CancellationToken)
 where
     Fut: Future<Output = Handled> + Send + 'static,

@@ -157,6 +157,10 @@ pub async fn ensure(
 /// the router, which stops routing at 90% of `deliveries_max_bytes`, and beyond that by the
 /// server's own limits, which refuse writes rather than drop messages. A limit found on it
 /// (set by hand) is removed, with a log line.
+#[allow(
+    clippy::too_many_lines,
+    reason = "every stream's configuration in one place, as DESIGN.md lists them"
+)]
 pub async fn ensure_with(
     js: jetstream::Context,
     subjects: Subjects,

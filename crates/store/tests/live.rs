@@ -1,6 +1,9 @@
 //! The live snapshot follows the KV bucket: creates, updates, deletes, a bad document, and a
 //! nats-server restart in between.
-
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use async_nats::jetstream;

@@ -485,6 +485,10 @@ impl Ctx {
     }
 
     /// Sends one attempt while holding the endpoint's in-flight slot, then records it.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "an attempt's steps share the endpoint's slot and the gate's turn; to be split by stage (issue 28's apply)"
+    )]
     async fn attempt_and_finish(
         &self,
         unit: Unit<'_>,

@@ -14,12 +14,12 @@
 //! reports as its own attempt outcome (`proxy_error`).
 
 use base64::Engine as _;
-use gancho_core::net::is_public;
+use gancho_core::net::AddressPolicy;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -115,9 +115,9 @@ pub struct ProxyError(pub String);
 /// The connector under TLS: direct through the guarded resolver, or a tunnel.
 #[derive(Clone)]
 pub struct Egress {
-    pub(crate) direct: HttpConnector<crate::http::GuardedResolver>,
+    pub(crate) direct: HttpConnector<crate::resolve::GuardedResolver>,
     pub(crate) proxy: Option<Arc<EgressProxy>>,
-    pub(crate) allow_private: bool,
+    pub(crate) policy: AddressPolicy,
     pub(crate) connect_timeout: Duration,
 }
 
@@ -143,9 +143,9 @@ impl tower_service::Service<http::Uri> for Egress {
                 Box::pin(async move { fut.await.map_err(Into::into) })
             }
             Some(proxy) => {
-                let (allow_private, wait) = (self.allow_private, self.connect_timeout);
+                let (policy, wait) = (self.policy, self.connect_timeout);
                 Box::pin(async move {
-                    let stream = tunnel(&proxy, &uri, allow_private, wait).await?;
+                    let stream = tunnel(&proxy, &uri, policy, wait).await?;
                     Ok(TokioIo::new(stream))
                 })
             }
@@ -154,10 +154,14 @@ impl tower_service::Service<http::Uri> for Egress {
 }
 
 /// Opens a tunnel to the endpoint of `uri` through `proxy`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "a CONNECT through a proxy read top to bottom: connect, authenticate, read the answer"
+)]
 async fn tunnel(
     proxy: &EgressProxy,
     uri: &http::Uri,
-    allow_private: bool,
+    policy: AddressPolicy,
     wait: Duration,
 ) -> Result<TcpStream, BoxError> {
     let host = uri
@@ -180,20 +184,8 @@ async fn tunnel(
     } else {
         // The same check as a direct connection: the address the proxy is sent to is one
         // the worker resolved and allowed.
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => crate::http::lookup(host, port).await?,
-        };
-        let allowed = addrs
-            .iter()
-            .find(|a| allow_private || is_public(a.ip()))
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{host} resolves only to private addresses; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true to allow them"),
-                )
-            })?;
-        allowed.to_string()
+        let addrs = crate::resolve::resolve(policy, host, port).await?;
+        addrs[0].to_string()
     };
     let unreachable =
         |e: String| ProxyError(format!("cannot reach the egress proxy {}: {e}", proxy.addr));

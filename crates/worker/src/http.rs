@@ -2,26 +2,22 @@
 //! rustls with the webpki roots plus an optional extra CA bundle, TLS 1.2 and 1.3. Redirects
 //! are never followed (hyper does not follow them; a 3xx is a failed attempt).
 //!
-//! SSRF guard: unless private endpoints are allowed, the client resolves names itself and
-//! keeps only public addresses ([`gancho_core::net::is_public`]), then connects to an address
-//! it checked, so a DNS answer cannot point a webhook at the metadata service. URLs with an IP
-//! literal skip the resolver, so [`Client::check_target`] checks those before each request.
+//! SSRF guard: the client resolves names itself and connects only to addresses the operator's
+//! [`AddressPolicy`] allows ([`crate::resolve`]), so a DNS answer cannot point a webhook at
+//! the metadata service. URLs with an IP literal skip the resolver, so
+//! [`Client::check_target`] checks those before each request.
 
 use crate::egress::{Egress, EgressProxy, ProxyError};
+use crate::resolve::{resolve, GuardedResolver};
 use bytes::Bytes;
-use gancho_core::net::is_public;
+use gancho_core::net::AddressPolicy;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Most response-body bytes kept in the attempt log.
@@ -39,61 +35,6 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 pub enum ClientError {
     #[error("cannot read GANCHO_EXTRA_CA_FILE {path}: {reason}")]
     ExtraCa { path: String, reason: String },
-}
-
-/// Host names pinned to addresses (`GANCHO_RESOLVE`), answered before the system resolver.
-/// The private-address rule applies to them like to any other answer.
-static PINNED: std::sync::OnceLock<HashMap<String, Vec<IpAddr>>> = std::sync::OnceLock::new();
-
-/// Pins host names (lower case) to addresses for this process, once, before the first request.
-pub fn pin_names(pins: HashMap<String, Vec<IpAddr>>) {
-    let _ = PINNED.set(pins);
-}
-
-/// The addresses of `host`: pinned ones, else the system resolver's.
-pub(crate) async fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    if let Some(ips) = PINNED.get().and_then(|p| p.get(&host.to_ascii_lowercase())) {
-        return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
-    }
-    Ok(tokio::net::lookup_host((host, port)).await?.collect())
-}
-
-/// Resolves with the system resolver, keeping only addresses the policy allows.
-#[derive(Clone)]
-pub(crate) struct GuardedResolver {
-    allow_private: bool,
-}
-
-type ResolveFuture =
-    Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
-
-impl tower_service::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = io::Error;
-    type Future = ResolveFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = lookup(&host, 0)
-                .await?
-                .into_iter()
-                .filter(|a| allow_private || is_public(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{host} resolves only to private addresses; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true to allow them"),
-                ));
-            }
-            Ok(addrs.into_iter())
-        })
-    }
 }
 
 type Inner = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<Egress>, Full<Bytes>>;
@@ -178,10 +119,9 @@ impl Identity<'_> {
 pub struct Client {
     /// For endpoints without TLS settings of their own.
     inner: Pool,
-    allow_private: bool,
+    policy: AddressPolicy,
     /// Every connection goes through it when set.
     proxy: Option<Arc<EgressProxy>>,
-    allow_http: bool,
     /// The webpki roots plus GANCHO_EXTRA_CA_FILE.
     roots: Arc<rustls::RootCertStore>,
     /// One client (so one connection pool) per distinct [`Identity`]: two endpoints on one
@@ -205,23 +145,22 @@ fn tls_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVer
 /// A pooled client over `tls`, with the SSRF guard, direct or through the egress proxy.
 fn pooled(
     tls: rustls::ClientConfig,
-    allow_http: bool,
-    allow_private: bool,
+    policy: AddressPolicy,
     proxy: Option<Arc<EgressProxy>>,
 ) -> Pool {
     let config = Arc::new(tls.clone());
-    let mut direct = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+    let mut direct = HttpConnector::new_with_resolver(GuardedResolver { policy });
     direct.enforce_http(false);
     direct.set_nodelay(true);
     direct.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let http = Egress {
         direct,
         proxy,
-        allow_private,
+        policy,
         connect_timeout: CONNECT_TIMEOUT,
     };
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-    let https = if allow_http {
+    let https = if policy.allow_http {
         builder
             .https_or_http()
             .enable_http1()
@@ -246,8 +185,7 @@ fn pooled(
 
 impl Client {
     pub fn new(
-        allow_http: bool,
-        allow_private: bool,
+        policy: AddressPolicy,
         extra_ca: Option<&Path>,
         proxy: Option<EgressProxy>,
     ) -> Result<Self, ClientError> {
@@ -275,10 +213,9 @@ impl Client {
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         Ok(Self {
-            inner: pooled(tls, allow_http, allow_private, proxy.clone()),
-            allow_private,
+            inner: pooled(tls, policy, proxy.clone()),
+            policy,
             proxy,
-            allow_http,
             roots: Arc::new(roots),
             identities: Default::default(),
         })
@@ -336,7 +273,7 @@ impl Client {
             }
             _ => builder.with_no_client_auth(),
         };
-        let client = pooled(tls, self.allow_http, self.allow_private, self.proxy.clone());
+        let client = pooled(tls, self.policy, self.proxy.clone());
         let mut identities = self.lock_identities();
         if identities.len() >= MAX_IDENTITIES {
             identities.clear();
@@ -364,22 +301,7 @@ impl Client {
         }
         let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(443);
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => lookup(host, port)
-                .await
-                .ok()?
-                .into_iter()
-                .filter(|a| self.allow_private || is_public(a.ip()))
-                .collect(),
-        };
-        if addrs
-            .iter()
-            .any(|a| !self.allow_private && !is_public(a.ip()))
-            || addrs.is_empty()
-        {
-            return None;
-        }
+        let addrs = resolve(self.policy, host, port).await.ok()?;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addrs[..]))
             .await
             .ok()?
@@ -407,28 +329,7 @@ impl Client {
     /// Refuses a URL the operator has not allowed: plain HTTP, or an IP literal that is not
     /// public. Host names are checked at resolution time.
     pub fn check_target(&self, uri: &http::Uri) -> Result<(), SendError> {
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if self.allow_http => {}
-            _ => {
-                return Err(SendError::Blocked(
-                    "endpoint url is not https; set GANCHO_ALLOW_HTTP_ENDPOINTS=true to allow http"
-                        .into(),
-                ))
-            }
-        }
-        if !self.allow_private {
-            let host = uri.host().unwrap_or_default();
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = host.parse::<IpAddr>() {
-                if !is_public(ip) {
-                    return Err(SendError::Blocked(format!(
-                        "endpoint address {ip} is private; set GANCHO_ALLOW_PRIVATE_ENDPOINTS=true to allow it"
-                    )));
-                }
-            }
-        }
-        Ok(())
+        self.policy.check_target(uri).map_err(SendError::Blocked)
     }
 
     /// Sends `req` and reads at most [`MAX_RESPONSE_BODY`] bytes of the answer, all within
@@ -568,7 +469,15 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = format!("https://localhost:{port}/hook");
-        let c = Client::new(false, false, None, None).unwrap();
+        let c = Client::new(
+            AddressPolicy {
+                allow_http: false,
+                allow_private: false,
+            },
+            None,
+            None,
+        )
+        .unwrap();
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -583,7 +492,15 @@ mod tests {
             err.message()
         );
         // With private endpoints allowed, the same URL gets as far as the TLS handshake.
-        let open = Client::new(false, true, None, None).unwrap();
+        let open = Client::new(
+            AddressPolicy {
+                allow_http: false,
+                allow_private: true,
+            },
+            None,
+            None,
+        )
+        .unwrap();
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -596,7 +513,15 @@ mod tests {
 
     #[test]
     fn guard_refuses_private_literals_and_plain_http() {
-        let c = Client::new(false, false, None, None).unwrap();
+        let c = Client::new(
+            AddressPolicy {
+                allow_http: false,
+                allow_private: false,
+            },
+            None,
+            None,
+        )
+        .unwrap();
         let err = c
             .check_target(&"https://10.0.0.5/hook".parse().unwrap())
             .unwrap_err();
@@ -612,7 +537,15 @@ mod tests {
         assert!(c
             .check_target(&"https://hooks.example.com/".parse().unwrap())
             .is_ok());
-        let open = Client::new(true, true, None, None).unwrap();
+        let open = Client::new(
+            AddressPolicy {
+                allow_http: true,
+                allow_private: true,
+            },
+            None,
+            None,
+        )
+        .unwrap();
         assert!(open
             .check_target(&"http://127.0.0.1:9/".parse().unwrap())
             .is_ok());

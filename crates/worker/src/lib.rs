@@ -39,6 +39,7 @@ mod operational;
 mod profile;
 mod rearm;
 mod release;
+pub mod resolve;
 
 use async_nats::jetstream;
 use gancho_store::consume::ConsumeError;
@@ -130,6 +131,10 @@ pub enum WorkerError {
 }
 
 /// Runs the worker until `cancel` fires, then waits for the deliveries in flight.
+#[allow(
+    clippy::too_many_lines,
+    reason = "starts the worker's tasks in order with what they share"
+)]
 pub async fn run(
     input: async_nats::Client,
     output: jetstream::Context,
@@ -139,8 +144,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let client = http::Client::new(
-        config.allow_http,
-        config.allow_private,
+        gancho_core::net::AddressPolicy {
+            allow_http: config.allow_http,
+            allow_private: config.allow_private,
+        },
         config.extra_ca_file.as_deref(),
         config.egress_proxy.clone(),
     )?;
