@@ -20,7 +20,7 @@ KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := event filter signature url retry
 
-.PHONY: help setup run build test test-faults test-api test-alerts test-deploy test-manifests test-slow lint fmt bench bench-jetstream fuzz clean
+.PHONY: help setup run build test py-cryptography test-faults test-api test-alerts test-deploy test-manifests test-slow lint fmt bench bench-jetstream fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,8 @@ test-manifests: $(KUBERNETES_VALIDATE) $(KEDA_SCHEMA) ## The Kubernetes manifest
 	    && promtool check config $$d/prometheus.yml; rc=$$?; rm -rf $$d; exit $$rc
 	python3 -c 'import json, sys; [json.load(open(f)) for f in sys.argv[1:]]' deploy/grafana/gancho.json
 	@echo "test-manifests: kubernetes manifests, ScaledObject, compose file and its Prometheus config are valid"
+
+py-cryptography: $(PY_CRYPTOGRAPHY) ## Python's cryptography package in .tools/venv, which tests/signing_v1a.rs verifies signatures with (that test runs this itself).
 
 $(PY_CRYPTOGRAPHY): $(SCHEMATHESIS)
 	$(TOOLS)/venv/bin/pip install --quiet cryptography==$(CRYPTOGRAPHY_VERSION)

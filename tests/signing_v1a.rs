@@ -21,12 +21,25 @@ const TOKEN: &str = "test-admin-token-0123456789";
 /// Runs `scripts/verify-v1a.py` on `requests` with `keys`; panics with its output on failure.
 fn verify_independently(requests: &[Received], keys: &[&str]) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Installed the way `make test` does (a venv under .tools/), once per run; a no-op when
+    // it is there already.
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let out = std::process::Command::new("make")
+            .arg("-C")
+            .arg(&root)
+            .arg("--no-print-directory")
+            .arg("py-cryptography")
+            .output()
+            .expect("run make (it installs Python's cryptography package into .tools/venv)");
+        assert!(
+            out.status.success(),
+            "make py-cryptography failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
     let python = root.join(".tools/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make test` (it installs the cryptography package there)",
-        python.display()
-    );
     let list: Vec<Value> = requests
         .iter()
         .map(|r| {

@@ -31,7 +31,26 @@ pub struct Env {
     pub key: String,
     pub store: ConfigStore,
     pub js: jetstream::Context,
+    /// The roles [`Env::spawn_with`] started, killed when the test ends however it ends: a
+    /// failed assertion must not leave them running (and holding the test's output open).
+    spawned: std::sync::Mutex<Vec<u32>>,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let spawned = std::mem::take(&mut *self.spawned.lock().unwrap_or_else(|e| e.into_inner()));
+        for pid in spawned {
+            // Still ours: the pid names a gancho process (not one that took a reaped pid).
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("gancho"));
+            if ours {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
 }
 
 impl Env {
@@ -63,6 +82,7 @@ impl Env {
             key,
             store,
             js,
+            spawned: Default::default(),
             _dir: dir,
         }
     }
@@ -106,6 +126,7 @@ impl Env {
             key,
             store,
             js,
+            spawned: Default::default(),
             _dir: dir,
         }
     }
@@ -375,12 +396,18 @@ impl Env {
     /// Starts `gancho <args>` against this server with extra environment variables (which
     /// override the defaults set here).
     pub fn spawn_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Child {
-        self.command(args, envs)
+        let child = self
+            .command(args, envs)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start the gancho binary")
+            .expect("start the gancho binary");
+        self.spawned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        child
     }
 
     /// The command [`Env::spawn_with`] runs, for tests that capture its output.

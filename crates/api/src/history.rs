@@ -14,15 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Outcomes an attempt can have (the `outcome` filter).
-pub const OUTCOMES: &[&str] = &[
-    "success",
-    "http_error",
-    "timeout",
-    "connect_error",
-    "tls_error",
-    "request_error",
-    "blocked",
-];
+pub const OUTCOMES: &[&str] = &gancho_core::policy::AttemptOutcome::NAMES;
 /// Kinds a dead letter can have (the `kind` filter).
 pub const DEAD_KINDS: &[&str] = &gancho_core::policy::DeadKind::NAMES;
 /// Records one event may have in each log; more are not shown.

@@ -99,50 +99,29 @@ pub struct BatchResult {
     results: Vec<ItemResult>,
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "id must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
-        ))
-    }
-}
-
 /// Checks one event and builds what is published: (id, subject, protobuf bytes).
 fn build(
     state: &ApiState,
     tenant: &str,
     ev: EventIn,
 ) -> Result<(String, String, Vec<u8>), ApiError> {
-    let id = match ev.id {
-        Some(id) => {
-            check_id(&id)?;
-            id
-        }
-        None => gancho_store::model::random_id("evt_", 26),
-    };
-    gancho_core::id::validate_event_type(&ev.r#type)
-        .map_err(|e| ApiError::invalid(format!("type: {e}")))?;
-    if ev
-        .r#type
-        .starts_with(gancho_core::matching::RESERVED_PREFIX)
-    {
-        return Err(ApiError::invalid(format!(
-            "type: {:?} is reserved for gancho's own events (types starting with {:?})",
-            ev.r#type,
-            gancho_core::matching::RESERVED_PREFIX
-        )));
-    }
+    let id = ev
+        .id
+        .unwrap_or_else(|| gancho_store::model::random_id("evt_", 26));
     let data = ev.data.get().trim_start();
-    if !(data.starts_with('{') || data.starts_with('[')) {
-        return Err(ApiError::invalid("data must be a JSON object or array"));
-    }
+    gancho_core::event::check(
+        gancho_core::event::Source::Http,
+        &id,
+        tenant,
+        &ev.r#type,
+        data.as_bytes(),
+    )
+    .map_err(|broken| {
+        ApiError::invalid(match broken.field {
+            gancho_core::event::Field::Type => format!("type: {}", broken.why),
+            _ => broken.why,
+        })
+    })?;
     // The catalog's schema for this type, if it has one (compiled once per config change).
     state
         .live

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`id`]: tenant, endpoint and event-type validation.
+//! - [`event`]: the rules an event keeps to be accepted, over HTTP and over NATS.
 //! - [`subject`]: subject, stream and bucket names derived from one prefix.
 //! - [`matching`]: endpoint filters (NATS wildcard semantics on dotted event types) and channels.
 //! - [`net`]: which addresses the SSRF guard lets a webhook reach.
@@ -16,6 +17,7 @@
 //!   until when, or given up on).
 //! - [`tls`]: what is wrong with an endpoint's client certificate.
 
+pub mod event;
 pub mod id;
 pub mod matching;
 pub mod net;

@@ -65,6 +65,69 @@ impl std::fmt::Display for Wait {
     }
 }
 
+/// How an attempt ended: an attempt record's `outcome` (a token of its subject), the
+/// `outcome` label of the attempt metrics and the API's `outcome` filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// An answer the endpoint's profile counts as delivered (a 2xx; 202 for `openfinance-br`).
+    Success,
+    /// Any other HTTP answer.
+    HttpError,
+    /// No answer within the endpoint's timeout.
+    Timeout,
+    /// The connection could not be made (refused, unreachable, DNS).
+    ConnectError,
+    /// The TLS handshake failed (certificate, protocol).
+    TlsError,
+    /// The request failed after connecting (reset, garbage, a body too large).
+    RequestError,
+    /// The operator's address policy refused the target: nothing was sent.
+    Blocked,
+    /// The egress proxy could not be reached or refused the tunnel: nothing reached the
+    /// endpoint, so it does not count against the endpoint's health.
+    ProxyError,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 8] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::HttpError,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::ConnectError,
+        AttemptOutcome::TlsError,
+        AttemptOutcome::RequestError,
+        AttemptOutcome::Blocked,
+        AttemptOutcome::ProxyError,
+    ];
+    /// Every outcome's name, in the order of [`AttemptOutcome::ALL`].
+    pub const NAMES: [&'static str; 8] = {
+        let mut names = [""; 8];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = AttemptOutcome::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::HttpError => "http_error",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::ConnectError => "connect_error",
+            AttemptOutcome::TlsError => "tls_error",
+            AttemptOutcome::RequestError => "request_error",
+            AttemptOutcome::Blocked => "blocked",
+            AttemptOutcome::ProxyError => "proxy_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttemptOutcome> {
+        AttemptOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
 /// Why an event or a delivery was given up on: a dead letter's `kind`, the last token of its
 /// subject, the `reason` of the dead-letter counters and the API's `kind` filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1161,7 +1161,7 @@ fn event_type(i: usize, groups: usize) -> String {
 }
 
 /// Requests in flight in `--floor`: the worker's default concurrency.
-const FLOOR_CONCURRENCY: usize = 512;
+const FLOOR_CONCURRENCY: usize = gancho_worker::DEFAULT_CONCURRENCY;
 /// Bytes of each `--floor` record: about what an attempt record of a 200 takes.
 const FLOOR_RECORD_BYTES: usize = 300;
 

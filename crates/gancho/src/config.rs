@@ -532,14 +532,14 @@ impl Config {
             "worker_concurrency",
             &flags.worker_concurrency,
             file.worker_concurrency,
-            512,
+            gancho_worker::DEFAULT_CONCURRENCY,
             100_000,
         )?;
         let router_concurrency = count(
             "router_concurrency",
             &flags.router_concurrency,
             file.router_concurrency,
-            1024,
+            gancho_router::DEFAULT_CONCURRENCY,
             gancho_router::MAX_CONCURRENCY,
         )?;
         let stall = flags

@@ -382,7 +382,8 @@ enum AttemptsCmd {
         /// A status class (2xx, 3xx, 4xx, 5xx), a code (503), or none (no answer).
         #[arg(long)]
         status: Option<String>,
-        /// success, http_error, timeout, connect_error, tls_error, request_error or blocked.
+        /// success, http_error, timeout, connect_error, tls_error, request_error, blocked or
+        /// proxy_error.
         #[arg(long)]
         outcome: Option<String>,
         /// Only attempts at or after this time (RFC 3339).

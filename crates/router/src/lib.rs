@@ -76,6 +76,9 @@ pub const BATCH_MAX: usize = 16;
 /// How often an event whose fan-out is still publishing tells JetStream it is being worked
 /// on (a fan-out of 10,000 behind other events can outlast [`ACK_WAIT`]).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// Events a router handles at once unless configured (`GANCHO_ROUTER_CONCURRENCY`).
+pub const DEFAULT_CONCURRENCY: usize = 1024;
+
 /// The largest useful concurrency: the consumer never hands out more events than this.
 pub const MAX_CONCURRENCY: usize = MAX_ACK_PENDING as usize;
 
@@ -105,7 +108,7 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
-            concurrency: 1024,
+            concurrency: DEFAULT_CONCURRENCY,
             partitions: gancho_core::subject::PARTITIONS,
             stall_after: gancho_store::consume::STALL_AFTER,
             deliveries_max_bytes: None,
@@ -227,7 +230,7 @@ pub(crate) async fn nak(msg: &jetstream::Message) -> Handled {
 
 /// Hands an event back, to come again after `delay`.
 pub(crate) async fn nak_after(msg: &jetstream::Message, delay: Duration) -> Handled {
-    if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await {
+    if let Err(e) = gancho_store::writes::hand_back(msg, Some(delay)).await {
         error!(error = %e, "Cannot nak an event; it will be redelivered after the ack wait.");
     }
     metrics::counter!(names::ROUTER_PUBLISH_FAILURES).increment(1);

@@ -5,10 +5,9 @@ use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use gancho_core::id::{validate_event_type, validate_tenant};
-use gancho_core::webhook::is_json;
+use gancho_core::id::validate_tenant;
 use gancho_core::Subjects;
-use gancho_proto::{DeadLetter, Delivery, DeliveryBatch, Event, Message as _};
+use gancho_proto::{Delivery, DeliveryBatch, Event, Message as _};
 use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
 use gancho_telemetry::names;
@@ -167,20 +166,18 @@ pub fn check_event(
             event.tenant, event.r#type
         )));
     }
-    if event.id.is_empty()
-        || event.id.len() > 255
-        || !event.id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(Invalid::Invalid(
-            "event id must be 1 to 255 visible ASCII characters (it becomes the webhook-id header)"
-                .into(),
-        ));
-    }
-    validate_tenant(&event.tenant).map_err(|e| Invalid::Invalid(e.to_string()))?;
-    validate_event_type(&event.r#type).map_err(|e| Invalid::Invalid(e.to_string()))?;
-    if !is_json(&event.payload) {
-        return Err(Invalid::NotJson);
-    }
+    use gancho_core::event::{check, Field, Source};
+    check(
+        Source::Nats,
+        &event.id,
+        &event.tenant,
+        &event.r#type,
+        &event.payload,
+    )
+    .map_err(|broken| match broken.field {
+        Field::Data => Invalid::NotJson,
+        _ => Invalid::Invalid(broken.why),
+    })?;
     Ok(event)
 }
 
@@ -450,30 +447,24 @@ impl Ctx {
             .filter(|t| validate_tenant(t).is_ok())
             .unwrap_or(gancho_core::subject::UNKNOWN_TENANT_TOKEN);
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let dead = DeadLetter {
-            reason: invalid.reason(),
-            kind: invalid.kind().into(),
-            subject: msg.subject.to_string(),
-            original: msg.payload.clone(),
-            at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
-            delivery: None,
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert("Gancho-Dead-Reason", invalid.kind());
-        let publish = Publish::build()
-            .payload(Bytes::from(dead.encode_to_vec()))
-            .headers(headers)
-            .message_id(format!("event-seq:{seq}"));
         // The event's id when it decodes at all, so the event can be looked up by it.
         let event_id = Event::decode(&msg.payload[..])
             .ok()
             .map(|e| e.id)
             .filter(|id| !id.is_empty());
-        let subject = self.subjects.dead(
-            tenant,
-            gancho_core::subject::DEAD_EVENT_TOKEN,
-            invalid.kind(),
-            event_id.as_deref(),
+        let (subject, publish) = gancho_store::writes::dead_letter(
+            &self.subjects,
+            gancho_store::writes::Dead {
+                tenant,
+                endpoint: gancho_core::subject::DEAD_EVENT_TOKEN,
+                kind: invalid.kind(),
+                event_id: event_id.as_deref(),
+                reason: invalid.reason(),
+                subject: msg.subject.to_string(),
+                original: msg.payload.clone(),
+                delivery: None,
+                message_id: Some(format!("event-seq:{seq}")),
+            },
         );
         let stored = match self.js.send_publish(subject, publish).await {
             Ok(ack) => ack.await.is_ok(),

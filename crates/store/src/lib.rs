@@ -28,6 +28,7 @@ pub mod partitioned;
 pub mod refusal;
 pub mod repo;
 pub mod streams;
+pub mod writes;
 
 pub use crypt::Keyring;
 pub use live::{Live, LiveEndpoint, Snapshot};

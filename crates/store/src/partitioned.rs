@@ -17,6 +17,7 @@
 //! the worker has free intake slots, shared by every partition it serves.
 
 use crate::consume::{ConsumeError, Handled, Tracker};
+use crate::writes::hand_back;
 use async_nats::jetstream::{self, consumer};
 use async_nats::StatusCode;
 use futures::StreamExt;
@@ -650,7 +651,7 @@ where
             last_got += 1;
             let Some((permit, capped, own)) = slots.pop() else {
                 // More than asked for: never expected; give it back rather than overfill.
-                let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                let _ = hand_back(&msg, None).await;
                 continue;
             };
             let mut share = lane
@@ -680,9 +681,7 @@ where
                     };
                     let Some(held) = held else {
                         // Given up while it waited: the partition's next owner gets it.
-                        let _ = msg
-                            .ack_with(jetstream::AckKind::Nak(Some(HAND_BACK_DELAY)))
-                            .await;
+                        let _ = hand_back(&msg, Some(HAND_BACK_DELAY)).await;
                         shared.tracker.finish(ticket, Handled::HandedBack);
                         return;
                     };
@@ -725,11 +724,7 @@ where
                         message: msg,
                         context: shared.js.clone(),
                     };
-                    if msg
-                        .ack_with(jetstream::AckKind::Nak(Some(HAND_BACK_DELAY)))
-                        .await
-                        .is_ok()
-                    {
+                    if hand_back(&msg, Some(HAND_BACK_DELAY)).await.is_ok() {
                         handed += 1;
                     }
                 }

@@ -7,13 +7,12 @@ use crate::http::{self, SendError};
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use gancho_core::policy::{self, DeadKind, Wait, Waiting};
+use gancho_core::policy::{self, AttemptOutcome, DeadKind, Wait, Waiting};
 use gancho_core::Subjects;
-use gancho_proto::{
-    timestamp, to_datetime, Attempt, DeadLetter, Delivery, DeliveryBatch, Message as _,
-};
+use gancho_proto::{timestamp, to_datetime, Attempt, Delivery, DeliveryBatch, Message as _};
 use gancho_store::consume::{self, Handled};
 use gancho_store::refusal;
+use gancho_store::writes;
 use gancho_store::{ConfigStore, Live, LiveEndpoint, Snapshot};
 use gancho_telemetry::names;
 use std::future::IntoFuture;
@@ -231,7 +230,7 @@ enum Refusal {
 
 struct Outcome {
     status: u16,
-    label: &'static str,
+    label: AttemptOutcome,
     error: String,
     body: Bytes,
     headers: Vec<(String, String)>,
@@ -344,7 +343,7 @@ impl Ctx {
             NAK_DELAY
         };
         metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
-        let _ = msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
+        let _ = writes::hand_back(msg, Some(delay)).await;
         Handled::HandedBack
     }
 
@@ -549,7 +548,7 @@ impl Ctx {
         // between (a request 0.5 ms after a 429 with Retry-After was seen in a test).
         let verdict = gancho_core::retry::judge(
             gancho_core::retry::Answer {
-                delivered: outcome.label == "success",
+                delivered: outcome.label == AttemptOutcome::Success,
                 status: outcome.status,
                 retry_after: outcome.retry_after,
             },
@@ -611,14 +610,15 @@ impl Ctx {
         }
         // A failing egress proxy is not the endpoint's failure: it opens circuits (so
         // deliveries wait without spending attempts) but never counts toward disabling.
-        if outcome.label != "proxy_error" {
-            self.health.note(ep, gate, outcome.label == "success");
+        if outcome.label != AttemptOutcome::ProxyError {
+            self.health
+                .note(ep, gate, outcome.label == AttemptOutcome::Success);
         }
-        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label,
+        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => outcome.label.as_str(),
             "class" => gancho_core::subject::status_class(outcome.status),
             "tenant" => gancho_telemetry::tenant_label(&delivery.tenant))
         .increment(1);
-        metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label)
+        metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => outcome.label.as_str())
             .record(latency.as_secs_f64());
 
         let next = match verdict.next {
@@ -656,7 +656,7 @@ impl Ctx {
             warn!(
                 tenant = %delivery.tenant, endpoint = %ep.config.id, event = %delivery.event_id,
                 attempt = attempt_no, status = outcome.status, latency_ms = latency.as_millis() as u64,
-                outcome = outcome.label, error = %outcome.error, retry_in_ms, suppressed,
+                outcome = outcome.label.as_str(), error = %outcome.error, retry_in_ms, suppressed,
                 "{}",
                 if retry_in_ms.is_some() { "Delivery failed; retry scheduled." } else { "Delivery failed for good." }
             );
@@ -675,7 +675,7 @@ impl Ctx {
             at: Some(timestamp(started_at)),
             status: outcome.status as u32,
             latency_us: latency.as_micros() as u64,
-            outcome: outcome.label.into(),
+            outcome: outcome.label.as_str().into(),
             error: outcome.error.clone(),
             response_body: outcome.body.clone(),
             response_headers: outcome.headers.iter().cloned().collect(),
@@ -803,9 +803,9 @@ impl Ctx {
             Ok(resp) => Outcome {
                 status: resp.status,
                 label: if crate::profile::is_success(ep.config.profile, resp.status) {
-                    "success"
+                    AttemptOutcome::Success
                 } else {
-                    "http_error"
+                    AttemptOutcome::HttpError
                 },
                 error: String::new(),
                 body: resp.body,
@@ -1096,27 +1096,21 @@ impl Ctx {
         metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => kind.as_str(),
             "tenant" => gancho_telemetry::tenant_label(tenant))
         .increment(1);
-        let dead = DeadLetter {
-            reason,
-            kind: kind.as_str().into(),
-            subject: unit.msg.subject.to_string(),
-            original: unit.bytes(delivery),
-            at: Some(timestamp(OffsetDateTime::now_utc())),
-            delivery: delivery.cloned(),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert("Gancho-Dead-Reason", kind.as_str());
-        let mut publish = PublishMessage::build()
-            .payload(Bytes::from(dead.encode_to_vec()))
-            .headers(headers);
-        if !id.is_empty() {
-            // Delivery ids hash the event and endpoint ids, which are only unique within a
-            // tenant.
-            publish = publish.message_id(format!("dead:{tenant}:{id}"));
-        }
-        (
-            self.subjects.dead(tenant, endpoint, kind.as_str(), event),
-            publish,
+        gancho_store::writes::dead_letter(
+            &self.subjects,
+            gancho_store::writes::Dead {
+                tenant,
+                endpoint,
+                kind: kind.as_str(),
+                event_id: event,
+                reason,
+                subject: unit.msg.subject.to_string(),
+                original: unit.bytes(delivery),
+                delivery: delivery.cloned(),
+                // Delivery ids hash the event and endpoint ids, which are only unique within
+                // a tenant.
+                message_id: (!id.is_empty()).then(|| format!("dead:{tenant}:{id}")),
+            },
         )
     }
 
@@ -1139,10 +1133,7 @@ impl Ctx {
         };
         if unit.alone {
             metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
-            let _ = unit
-                .msg
-                .ack_with(jetstream::AckKind::Nak(Some(delay)))
-                .await;
+            let _ = writes::hand_back(unit.msg, Some(delay)).await;
         }
         Handled::HandedBack
     }
@@ -1165,10 +1156,7 @@ impl Ctx {
         }
         metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
         if unit.alone {
-            let _ = unit
-                .msg
-                .ack_with(jetstream::AckKind::Nak(Some(delay)))
-                .await;
+            let _ = writes::hand_back(unit.msg, Some(delay)).await;
             return Handled::HandedBack;
         }
         Box::pin(self.finish(unit, Some(delivery), None, Next::Defer { delay })).await
@@ -1179,7 +1167,7 @@ fn describe(o: &Outcome) -> String {
     if o.status != 0 {
         format!("HTTP {}", o.status)
     } else {
-        format!("{} ({})", o.label, o.error)
+        format!("{} ({})", o.label.as_str(), o.error)
     }
 }
 

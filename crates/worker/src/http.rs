@@ -11,6 +11,7 @@ use crate::egress::{Egress, EgressProxy, ProxyError};
 use crate::resolve::{resolve, GuardedResolver};
 use bytes::Bytes;
 use gancho_core::net::AddressPolicy;
+use gancho_core::policy::AttemptOutcome;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -61,14 +62,14 @@ pub enum SendError {
 }
 
 impl SendError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> AttemptOutcome {
         match self {
-            SendError::Timeout => "timeout",
-            SendError::Blocked(_) => "blocked",
-            SendError::Connect(_) => "connect_error",
-            SendError::Tls(_) => "tls_error",
-            SendError::Request(_) => "request_error",
-            SendError::Proxy(_) => "proxy_error",
+            SendError::Timeout => AttemptOutcome::Timeout,
+            SendError::Blocked(_) => AttemptOutcome::Blocked,
+            SendError::Connect(_) => AttemptOutcome::ConnectError,
+            SendError::Tls(_) => AttemptOutcome::TlsError,
+            SendError::Request(_) => AttemptOutcome::RequestError,
+            SendError::Proxy(_) => AttemptOutcome::ProxyError,
         }
     }
 
@@ -485,7 +486,7 @@ mod tests {
             .send(req, Duration::from_secs(5), Identity::default())
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), "blocked", "{}", err.message());
+        assert_eq!(err.kind(), AttemptOutcome::Blocked, "{}", err.message());
         assert!(
             err.message().contains("GANCHO_ALLOW_PRIVATE_ENDPOINTS"),
             "{}",
@@ -508,7 +509,7 @@ mod tests {
             .send(req, Duration::from_secs(2), Identity::default())
             .await
             .unwrap_err();
-        assert_ne!(err.kind(), "blocked");
+        assert_ne!(err.kind(), AttemptOutcome::Blocked);
     }
 
     #[test]

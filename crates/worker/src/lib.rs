@@ -102,13 +102,16 @@ pub struct WorkerConfig {
 /// configured: an hour.
 pub const DEFAULT_DEFER_GRACE: Duration = Duration::from_secs(3600);
 
+/// Requests a worker has in flight unless configured (`GANCHO_WORKER_CONCURRENCY`).
+pub const DEFAULT_CONCURRENCY: usize = 512;
+
 /// The worker's memory budget unless configured: 256 MiB.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 512,
+            concurrency: DEFAULT_CONCURRENCY,
             allow_http: false,
             allow_private: false,
             extra_ca_file: None,

@@ -276,7 +276,7 @@ async fn sweep_outlived(
         }
         let back = young
             .iter()
-            .map(|m| m.ack_with(jetstream::AckKind::Nak(None)));
+            .map(|m| gancho_store::writes::hand_back(m, None));
         let gone = outlived.into_iter().map(|(m, d)| ctx.expire_parked(m, d));
         let (back, gone) = futures::join!(
             futures::future::join_all(back),

@@ -1,0 +1,70 @@
+//! The JetStream writes the router and the worker both make, written once: a dead letter,
+//! and handing a message back to come again later (a nak with a delay). Nothing here buffers:
+//! the caller awaits each write's PubAck before it acks the message the write is about, as
+//! everywhere else, and keeps its own log line and metrics.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use gancho_core::Subjects;
+use gancho_proto::{DeadLetter, Delivery, Message as _};
+use std::time::Duration;
+
+/// The header a dead letter carries its kind in, so a reader can filter without decoding.
+pub const DEAD_REASON_HEADER: &str = "Gancho-Dead-Reason";
+
+/// What a dead letter is about, as its writer knows it.
+pub struct Dead<'a> {
+    pub tenant: &'a str,
+    /// The endpoint, or [`gancho_core::subject::DEAD_EVENT_TOKEN`] for an event that was
+    /// never routed.
+    pub endpoint: &'a str,
+    /// A [`gancho_core::policy::DeadKind`]'s name.
+    pub kind: &'a str,
+    /// The event's id, when known: the dead letter's subject names it, so it is found by it.
+    pub event_id: Option<&'a str>,
+    /// Why, for a person.
+    pub reason: String,
+    /// The subject the message was read from.
+    pub subject: String,
+    /// The message as it was read (a delivery, or an event that could not be routed).
+    pub original: Bytes,
+    /// The delivery, when the message decoded as one.
+    pub delivery: Option<Delivery>,
+    /// `Nats-Msg-Id`, so a dead letter written again (a retry, a redelivery) is stored once.
+    pub message_id: Option<String>,
+}
+
+/// The subject and message of a dead letter in `GANCHO_DEAD`.
+pub fn dead_letter(subjects: &Subjects, dead: Dead<'_>) -> (String, PublishMessage) {
+    let record = DeadLetter {
+        reason: dead.reason,
+        kind: dead.kind.into(),
+        subject: dead.subject,
+        original: dead.original,
+        at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
+        delivery: dead.delivery,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(DEAD_REASON_HEADER, dead.kind);
+    let mut publish = PublishMessage::build()
+        .payload(Bytes::from(record.encode_to_vec()))
+        .headers(headers);
+    if let Some(id) = dead.message_id {
+        publish = publish.message_id(id);
+    }
+    (
+        subjects.dead(dead.tenant, dead.endpoint, dead.kind, dead.event_id),
+        publish,
+    )
+}
+
+/// Hands `msg` back to JetStream, to be delivered again after `delay` (none: at once).
+/// An error means the server may not have heard it: the message then comes back after its
+/// ack wait instead.
+pub async fn hand_back(
+    msg: &jetstream::Message,
+    delay: Option<Duration>,
+) -> Result<(), async_nats::Error> {
+    msg.ack_with(jetstream::AckKind::Nak(delay)).await
+}
