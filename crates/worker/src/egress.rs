@@ -154,10 +154,6 @@ impl tower_service::Service<http::Uri> for Egress {
 }
 
 /// Opens a tunnel to the endpoint of `uri` through `proxy`.
-#[allow(
-    clippy::too_many_lines,
-    reason = "a CONNECT through a proxy read top to bottom: connect, authenticate, read the answer"
-)]
 async fn tunnel(
     proxy: &EgressProxy,
     uri: &http::Uri,

@@ -470,15 +470,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = format!("https://localhost:{port}/hook");
-        let c = Client::new(
-            AddressPolicy {
-                allow_http: false,
-                allow_private: false,
-            },
-            None,
-            None,
-        )
-        .unwrap();
+        let c = Client::new(AddressPolicy::default(), None, None).unwrap();
         let req = http::Request::post(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -514,15 +506,7 @@ mod tests {
 
     #[test]
     fn guard_refuses_private_literals_and_plain_http() {
-        let c = Client::new(
-            AddressPolicy {
-                allow_http: false,
-                allow_private: false,
-            },
-            None,
-            None,
-        )
-        .unwrap();
+        let c = Client::new(AddressPolicy::default(), None, None).unwrap();
         let err = c
             .check_target(&"https://10.0.0.5/hook".parse().unwrap())
             .unwrap_err();
