@@ -86,8 +86,8 @@ impl From<StoreError> for ApiError {
                     format!("the stored document {key} does not parse; fix or delete it"),
                 )
             }
-            StoreError::Backend(m) => {
-                tracing::error!(error = %m, "Config store error.");
+            e @ StoreError::Backend { .. } => {
+                tracing::error!(error = %e, "Config store error.");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",

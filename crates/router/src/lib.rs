@@ -24,6 +24,7 @@
 //! connections, and its output context ([`output_context`]) is its own, so neither its
 //! consumer nor another role in the same process is starved by its publishing.
 
+mod backlog;
 mod pace;
 pub mod room;
 mod route;
@@ -150,7 +151,7 @@ pub async fn run(
         room.clone(),
         cancel.clone(),
     );
-    let backlogs = Arc::new(route::Backlogs::default());
+    let backlogs = Arc::new(backlog::Backlogs::default());
     let pace = Arc::new(pace::Pace::default());
     let spec = gancho_store::by_tenant::Spec {
         role: "router",

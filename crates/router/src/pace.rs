@@ -11,7 +11,7 @@
 //! subject, one request); what this router publishes in between is added to it, and a
 //! tenant that reaches its share stops pulling until the next look shows room.
 
-use crate::route::Backlogs;
+use crate::backlog::Backlogs;
 use async_nats::jetstream;
 use futures::TryStreamExt;
 use gancho_core::Subjects;

@@ -3,6 +3,7 @@
 //! compare-and-set on the record's revision, so a cancel, a second api process taking over an
 //! abandoned job, and progress never overwrite each other.
 
+use crate::repo::backend;
 use crate::StoreError;
 use async_nats::jetstream::kv;
 use futures::TryStreamExt as _;
@@ -70,10 +71,6 @@ pub struct Job {
     pub owner: Option<String>,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub lease_until: Option<OffsetDateTime>,
-}
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 fn key(tenant: &str, id: &str) -> String {

@@ -59,8 +59,14 @@ pub enum StoreError {
     /// A stored document that does not parse (written by hand or by another version).
     #[error("config key {key} holds a document that does not parse: {reason}")]
     Corrupt { key: String, reason: String },
-    #[error("config store unavailable: {0}")]
-    Backend(String),
+    /// The store did not answer or refused: `source` says why (a `refusal::of` it tells a
+    /// full store from an unavailable one).
+    #[error("config store unavailable: {what}")]
+    Backend {
+        what: String,
+        #[source]
+        source: BackendError,
+    },
 }
 
 impl StoreError {
@@ -71,7 +77,7 @@ impl StoreError {
             StoreError::Busy(_) => "busy",
             StoreError::Invalid(_) => "invalid",
             StoreError::Corrupt { .. } => "corrupt",
-            StoreError::Backend(_) => "backend",
+            StoreError::Backend { .. } => "backend",
         }
     }
 }
@@ -83,8 +89,16 @@ fn busy(what: &str) -> StoreError {
     ))
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// What a backend error keeps of its cause.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A backend error with its cause kept as the source.
+pub(crate) fn backend(e: impl Into<BackendError>) -> StoreError {
+    let source = e.into();
+    StoreError::Backend {
+        what: source.to_string(),
+        source,
+    }
 }
 
 #[derive(Clone)]
@@ -507,7 +521,10 @@ impl ConfigStore {
         self.keyring
             .write_check(&self.kv)
             .await
-            .map_err(|e| StoreError::Backend(format!("cannot write the key-check record: {e}")))?;
+            .map_err(|e| StoreError::Backend {
+                what: format!("cannot write the key-check record: {e}"),
+                source: e,
+            })?;
         let mut subjects = Vec::new();
         for prefix in ["endpoints.>", crate::crypt::KEY_CHECK] {
             let mut info = self

@@ -68,3 +68,21 @@ pub async fn hand_back(
 ) -> Result<(), async_nats::Error> {
     msg.ack_with(jetstream::AckKind::Nak(delay)).await
 }
+
+/// Publishes one write and waits for its PubAck, timing it on
+/// `gancho_jetstream_publish_seconds{role}`.
+pub async fn store(
+    js: &jetstream::Context,
+    role: &'static str,
+    subject: String,
+    publish: PublishMessage,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    let sent = std::time::Instant::now();
+    let stored = match js.send_publish(subject, publish).await {
+        Ok(ack) => std::future::IntoFuture::into_future(ack).await,
+        Err(e) => Err(e),
+    };
+    metrics::histogram!(gancho_telemetry::names::JETSTREAM_PUBLISH, "role" => role)
+        .record(sent.elapsed().as_secs_f64());
+    stored
+}

@@ -33,6 +33,7 @@
 
 mod deliver;
 pub mod egress;
+mod emit;
 pub mod gate;
 pub mod http;
 mod operational;
@@ -235,7 +236,7 @@ pub async fn run(
     ));
     // A config change reaches the deliveries waiting in this worker's queues at once: a
     // deleted, disabled or paused endpoint's are finished or held, and new limits apply to
-    // the queue (gate.rs, `Gates::follow`).
+    // the queue (gate/mod.rs, `Gates::follow`).
     let following = tokio::spawn(follow_config(
         ctx.live.clone(),
         ctx.gates.clone(),
@@ -252,12 +253,7 @@ pub async fn run(
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
-                metrics::gauge!(gancho_telemetry::names::ENDPOINTS_PAUSED)
-                    .set(ctx.gates.paused() as f64);
-                metrics::gauge!(gancho_telemetry::names::CIRCUITS_OPEN)
-                    .set(ctx.gates.open_circuits() as f64);
-                metrics::gauge!(gancho_telemetry::names::ENDPOINTS_SLOWED)
-                    .set(ctx.gates.slowed() as f64);
+                emit::Emit::emit(emit::GatesCounted::of(&ctx.gates));
                 let [gates, batches, lines] = gancho_telemetry::names::RETAINED_STRUCTURES;
                 for (structure, n) in [
                     (gates, ctx.gates.entries()),

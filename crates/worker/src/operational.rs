@@ -232,8 +232,10 @@ async fn apply(
             )
         }
         Change::Disable => {
-            warn!(endpoint = %id, "Endpoint failing for too long; disabled it.");
-            metrics::counter!(names::ENDPOINTS_DISABLED, "reason" => "failing").increment(1);
+            crate::emit::Emit::emit(crate::emit::EndpointDisabled {
+                endpoint: id,
+                why: crate::emit::Disabled::Failing,
+            });
             (
                 DISABLED,
                 format!("disabled:{id}:{}", now.unix_timestamp()),

@@ -1,0 +1,283 @@
+//! The intake stage: a delivery message (alone or a batch) is decoded, its endpoint looked
+//! up as the config stands, and the endpoint's gate admits it, queues it or refuses it for
+//! now; admitted, it goes to the attempt stage.
+
+use super::outcome::Next;
+use super::{keep_while, with_progress, Ctx, Unit, FULL_NAK_DELAY, NAK_DELAY};
+use crate::emit::{self, Emit as _};
+use crate::gate::{Admission, Turn};
+use async_nats::jetstream;
+use gancho_core::policy::DeadKind;
+use gancho_proto::{Delivery, DeliveryBatch, Message as _};
+use gancho_store::consume::Handled;
+use gancho_store::{writes, LiveEndpoint, Snapshot};
+use std::sync::Arc;
+use tracing::warn;
+
+/// Whether a delivery may be sent to its endpoint as the config stands.
+pub(super) enum Standing {
+    Ready(Arc<LiveEndpoint>),
+    Not(Refusal),
+}
+
+/// Why it may not.
+pub(super) enum Refusal {
+    /// Finished without an attempt: dead-lettered (disabled, invalid for its profile) or
+    /// held (paused).
+    Finish(Next),
+    /// Not in this worker's snapshot: deleted, or too new for it.
+    Unknown,
+    /// This worker cannot open the endpoint's secrets.
+    NoSecrets,
+}
+
+impl Ctx {
+    /// Handles one delivery. `leaving` fires when its partition moves to another worker (or
+    /// this one stops): if it is still waiting for its endpoint's turn, it is handed back for
+    /// the partition's next owner instead of sent.
+    pub(crate) async fn handle(
+        &self,
+        msg: jetstream::Message,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
+        let whole = Unit {
+            msg: &msg,
+            alone: true,
+        };
+        let batch = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(gancho_core::subject::BATCH_HEADER).is_some());
+        if batch {
+            return self.handle_batch(&msg, leaving).await;
+        }
+        // From `Bytes`: the payload is a view of the message, not a second copy of it.
+        match Delivery::decode(msg.payload.clone()) {
+            Ok(delivery) => self.handle_delivery(whole, delivery, leaving).await,
+            Err(e) => {
+                let reason = format!("delivery does not decode: {e}");
+                let next = Next::Dead {
+                    kind: DeadKind::Undecodable,
+                    reason,
+                };
+                self.finish(whole, None, None, next).await
+            }
+        }
+    }
+
+    /// Sends each delivery of a batch message as if it were alone, at once, and acks the
+    /// message when every outcome is stored. When one cannot be stored, the message is handed
+    /// back whole, and this worker remembers which outcomes are stored so that it sends only
+    /// the others when the message comes back ([`BatchesDone`]).
+    async fn handle_batch(
+        &self,
+        msg: &jetstream::Message,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
+        let whole = Unit { msg, alone: true };
+        let batch = match DeliveryBatch::decode(msg.payload.clone()) {
+            Ok(DeliveryBatch {
+                template: Some(template),
+                endpoint_ids,
+            }) if !endpoint_ids.is_empty() => Ok((template, endpoint_ids)),
+            Ok(_) => Err("a delivery batch without deliveries".to_string()),
+            Err(e) => Err(format!("delivery batch does not decode: {e}")),
+        };
+        let (template, endpoint_ids) = match batch {
+            Ok(b) => b,
+            Err(reason) => {
+                let next = Next::Dead {
+                    kind: DeadKind::Undecodable,
+                    reason,
+                };
+                return self.finish(whole, None, None, next).await;
+            }
+        };
+        let unit = Unit { msg, alone: false };
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut done = if msg.info().is_ok_and(|i| i.delivered > 1) {
+            self.batches_done.take(seq)
+        } else {
+            Default::default()
+        };
+        let each = endpoint_ids
+            .into_iter()
+            .filter(|endpoint_id| !done.contains(endpoint_id))
+            .map(|endpoint_id| async {
+                let delivery = Delivery {
+                    id: gancho_core::subject::delivery_id(&template.event_id, &endpoint_id),
+                    endpoint_id: endpoint_id.clone(),
+                    ..template.clone()
+                };
+                let handled = Box::pin(self.handle_delivery(unit, delivery, leaving.clone())).await;
+                (endpoint_id, handled)
+            });
+        // The message stays ours while any of its deliveries is in hand, whatever each
+        // one is waiting for.
+        let handled = with_progress(msg, futures::future::join_all(each)).await;
+        let mut all_done = true;
+        for (endpoint_id, handled) in handled {
+            match handled {
+                Handled::Done => {
+                    done.insert(endpoint_id);
+                }
+                Handled::HandedBack => all_done = false,
+            }
+        }
+        if all_done {
+            if let Err(e) = msg.ack().await {
+                warn!(error = %e, "Cannot ack deliveries whose outcomes are stored; they may be attempted again.");
+            }
+            return Handled::Done;
+        }
+        self.batches_done.keep(seq, done);
+        let delay = if self.pressure.refusing() {
+            FULL_NAK_DELAY
+        } else {
+            NAK_DELAY
+        };
+        emit::HandedBack {
+            why: None,
+            counted: true,
+        }
+        .emit();
+        let _ = writes::hand_back(msg, Some(delay)).await;
+        Handled::HandedBack
+    }
+
+    /// One delivery, from its endpoint's config to its stored outcome. The endpoint is
+    /// looked up when the delivery arrives, again whenever its config changes while the
+    /// delivery waits in the endpoint's queue ([`Turn::Again`]), and once more when its
+    /// request starts ([`Ctx::attempt_and_finish`]): a change the worker's snapshot has is
+    /// in force for every request that starts after it, and a deleted, disabled or paused
+    /// endpoint gets nothing more.
+    async fn handle_delivery(
+        &self,
+        unit: Unit<'_>,
+        mut delivery: Delivery,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
+        loop {
+            let snapshot = self.live.load_full();
+            let ep = match self.standing(&snapshot, &delivery) {
+                Standing::Ready(ep) => ep,
+                Standing::Not(why) => return self.refuse(unit, &delivery, why).await,
+            };
+            let revision = snapshot.revision;
+            drop(snapshot);
+            let gate = self.gates.get(
+                &delivery.tenant,
+                &delivery.endpoint_id,
+                crate::gate::Settings {
+                    rate: ep.config.rate_limit_per_sec,
+                    max_in_flight: ep.config.max_in_flight,
+                    url: &ep.config.url,
+                    revision,
+                },
+            );
+            let permit = match gate.admit_from(self.subjects.is_bulk(&unit.msg.subject)) {
+                Admission::Go(permit) => permit,
+                Admission::Defer { reason, after } => {
+                    return self.defer(unit, delivery, &ep, &gate, reason, after).await
+                }
+                Admission::Queue(place) => {
+                    // Waits holding only its intake slot; the worker's request slots and this
+                    // endpoint's in-flight slots go to deliveries that can be sent now.
+                    let turn = tokio::select! {
+                        turn = keep_while(unit, gate.wait_turn(&place)) => turn,
+                        _ = leaving.cancelled() => {
+                            drop(place);
+                            let delay = gancho_store::partitioned::HAND_BACK_DELAY;
+                            return self.hand_back(unit, &delivery, "", delay).await;
+                        }
+                    };
+                    drop(place);
+                    match turn {
+                        Turn::Go(permit) => permit,
+                        Turn::Defer { reason, after } => {
+                            return self.defer(unit, delivery, &ep, &gate, reason, after).await
+                        }
+                        Turn::Again => continue,
+                    }
+                }
+            };
+            match self
+                .attempt_and_finish(unit, delivery, ep, &gate, permit)
+                .await
+            {
+                Ok(handled) => return handled,
+                // The endpoint changed between its turn and its request: look again.
+                Err(again) => delivery = again,
+            }
+        }
+    }
+
+    /// Whether `delivery` may be sent to its endpoint as `snapshot` has it.
+    pub(super) fn standing(&self, snapshot: &Snapshot, delivery: &Delivery) -> Standing {
+        let Some(ep) = snapshot.endpoint(&delivery.tenant, &delivery.endpoint_id) else {
+            return Standing::Not(Refusal::Unknown);
+        };
+        if ep.signer.is_none() {
+            return Standing::Not(Refusal::NoSecrets);
+        }
+        if ep.config.disabled {
+            let reason = format!(
+                "the endpoint is disabled{}",
+                ep.config
+                    .disabled_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            return Standing::Not(Refusal::Finish(Next::Dead {
+                kind: DeadKind::EndpointDisabled,
+                reason,
+            }));
+        }
+        if ep.config.paused {
+            return Standing::Not(Refusal::Finish(Next::Hold));
+        }
+        if let Err(reason) = crate::profile::check(ep, delivery) {
+            return Standing::Not(Refusal::Finish(Next::Dead {
+                kind: DeadKind::Invalid,
+                reason,
+            }));
+        }
+        Standing::Ready(ep.clone())
+    }
+
+    /// Finishes a delivery its endpoint cannot take as it stands ([`Ctx::standing`]).
+    async fn refuse(&self, unit: Unit<'_>, delivery: &Delivery, why: Refusal) -> Handled {
+        match why {
+            Refusal::Finish(next) => self.finish(unit, Some(delivery), None, next).await,
+            Refusal::NoSecrets => {
+                let why = "this worker cannot open endpoint secrets: set GANCHO_ENCRYPTION_KEY";
+                self.hand_back(unit, delivery, why, NAK_DELAY).await
+            }
+            // Not in this worker's snapshot. Either it was deleted, or it was created a
+            // moment ago and the router's snapshot saw it first: the store decides.
+            Refusal::Unknown => match self
+                .store
+                .get_endpoint(&delivery.tenant, &delivery.endpoint_id)
+                .await
+            {
+                Ok(None) => {
+                    let reason = "the endpoint was deleted before delivery".to_string();
+                    let next = Next::Dead {
+                        kind: DeadKind::EndpointGone,
+                        reason,
+                    };
+                    self.finish(unit, Some(delivery), None, next).await
+                }
+                Ok(Some(_)) => {
+                    let why = "the endpoint is not in this worker's config snapshot yet";
+                    self.hand_back(unit, delivery, why, NAK_DELAY).await
+                }
+                Err(e) => {
+                    self.hand_back(unit, delivery, &e.to_string(), NAK_DELAY)
+                        .await
+                }
+            },
+        }
+    }
+}

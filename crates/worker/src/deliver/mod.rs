@@ -1,0 +1,182 @@
+//! One delivery, from message to ack, in three stages: intake (the message, its endpoint as
+//! the config stands, the endpoint's gate: [`intake`]), the attempt (the request and what its
+//! answer means for the endpoint: [`attempt`]) and the outcome (the writes it needs, then the
+//! ack: [`outcome`]). What happens is said through [`crate::emit`]; the message is acked only
+//! after every write its outcome needs is acknowledged by JetStream.
+
+mod attempt;
+mod intake;
+mod outcome;
+
+use crate::gate::Gates;
+use crate::http;
+use async_nats::jetstream;
+use bytes::Bytes;
+use gancho_core::Subjects;
+use gancho_proto::{to_datetime, Delivery, Message as _};
+use gancho_store::consume;
+use gancho_store::{ConfigStore, Live};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+/// Delay before a delivery whose outcome could not be recorded is tried again.
+const NAK_DELAY: Duration = Duration::from_secs(1);
+/// How long the worker keeps re-sending an outcome's writes before handing the delivery back.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+/// How long the worker keeps re-sending writes JetStream refuses for lack of room.
+const FULL_PATIENCE: Duration = Duration::from_secs(2);
+/// Delay before a delivery handed back for lack of room is tried again.
+const FULL_NAK_DELAY: Duration = Duration::from_secs(10);
+
+/// How long ago the router made `delivery`, when it says.
+fn age(delivery: &Delivery) -> Option<Duration> {
+    let created = delivery.created_at.as_ref().and_then(to_datetime)?;
+    Some(
+        (OffsetDateTime::now_utc() - created)
+            .try_into()
+            .unwrap_or_default(),
+    )
+}
+
+/// Keeps `msg` ours while `fut` runs (see [`consume::with_progress`]).
+fn with_progress<'a, F: std::future::Future + 'a>(
+    msg: &'a jetstream::Message,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> + 'a {
+    consume::with_progress(msg, crate::PROGRESS_EVERY, fut)
+}
+
+/// Keeps a delivery's message ours while `fut` runs. A batch member's message is already
+/// kept by its batch for as long as any member is in hand, so a member adds no timer of
+/// its own: at fan-out 100 that was two timers and their progress acks per delivery.
+fn keep_while<'a, F: std::future::Future + 'a>(
+    unit: Unit<'a>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> + 'a {
+    if unit.alone {
+        futures::future::Either::Left(with_progress(unit.msg, fut))
+    } else {
+        futures::future::Either::Right(fut)
+    }
+}
+
+/// Where a delivery came from: a message of its own, or a batch message (the deliveries of
+/// one event to several endpoints of a partition), which is acked once every delivery's
+/// outcome is stored.
+#[derive(Clone, Copy)]
+struct Unit<'a> {
+    msg: &'a jetstream::Message,
+    alone: bool,
+}
+
+impl Unit<'_> {
+    /// The delivery's own bytes, as a hold or a dead letter keeps them.
+    fn bytes(&self, delivery: Option<&Delivery>) -> Bytes {
+        match delivery {
+            Some(d) if !self.alone => Bytes::from(d.encode_to_vec()),
+            _ => self.msg.payload.clone(),
+        }
+    }
+}
+
+pub(crate) struct Ctx {
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub live: Arc<Live>,
+    pub store: ConfigStore,
+    pub client: http::Client,
+    pub jitter: f64,
+    /// How much longer than its retry schedule a delivery may keep being deferred or parked.
+    pub defer_grace: Duration,
+    pub user_agent: String,
+    pub gates: Arc<Gates>,
+    /// Pokes the release loop: a delivery was parked, or a circuit closed.
+    pub wake_release: Arc<tokio::sync::Notify>,
+    /// The worker's HTTP request slots (its configured concurrency).
+    pub requests: Semaphore,
+    /// Held (before a request slot) by the deliveries of the bulk lanes, so that they never
+    /// take every request slot from the tenants without a backlog.
+    pub bulk_requests: Semaphore,
+    /// The bytes of the request bodies being sent (a tenth of the worker's memory budget):
+    /// each attempt holds its body's size from before it is rendered until it is answered.
+    pub bodies: gancho_store::budget::Budget,
+    /// Whether JetStream takes this worker's writes.
+    pub pressure: Arc<gancho_store::full::Pressure>,
+    /// Endpoints' failing-since marks, and disabling those failing too long.
+    pub health: crate::operational::Health,
+    /// How often a failed attempt may be logged, per endpoint.
+    pub failure_lines: FailureLines,
+    /// The deliveries of batch messages handed back whose outcomes are stored already.
+    pub batches_done: BatchesDone,
+}
+
+/// For each batch message this worker handed back (some delivery's outcome could not be
+/// stored), the endpoints whose outcomes were: when the message comes back to this worker,
+/// those are not sent again. A partition is served by one worker, so it normally comes back
+/// here; after a crash or a move the new worker sends them again (with their `webhook-id`).
+#[derive(Default)]
+pub(crate) struct BatchesDone(
+    std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<String>>>,
+);
+
+impl BatchesDone {
+    /// Most batch messages remembered; past it the memory is dropped (duplicates, never a
+    /// loss).
+    const MAX: usize = 10_000;
+
+    /// What was done of the message at stream sequence `seq`, forgotten here.
+    fn take(&self, seq: u64) -> std::collections::HashSet<String> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&seq).unwrap_or_default()
+    }
+
+    /// Batch messages remembered now.
+    pub(crate) fn entries(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn keep(&self, seq: u64, done: std::collections::HashSet<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(seq, done);
+    }
+}
+
+/// At most one failed-attempt line a second per endpoint.
+#[derive(Default)]
+pub(crate) struct FailureLines(
+    std::sync::Mutex<std::collections::HashMap<(String, String), (Instant, u64)>>,
+);
+
+impl FailureLines {
+    /// Endpoints remembered now (at most 100,000: past it the memory starts over).
+    pub(crate) fn entries(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    fn allow(&self, tenant: &str, endpoint: &str) -> Option<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        let now = Instant::now();
+        let key = (tenant.to_owned(), endpoint.to_owned());
+        let Some(entry) = map.get_mut(&key) else {
+            map.insert(key, (now, 0));
+            return Some(0);
+        };
+        if now.duration_since(entry.0) >= Duration::from_secs(1) {
+            let left_out = entry.1;
+            *entry = (now, 0);
+            Some(left_out)
+        } else {
+            entry.1 += 1;
+            None
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! What happens to deliveries and endpoints in this worker, as internal events: each is a
+//! struct whose [`Emit::emit`] writes its log line and its metrics, so each metric of the
+//! delivery path is set in one place and a log line and its counter cannot drift apart.
+//! The delivery path decides and applies; it says what happened only through these.
+
+use crate::gate::{Flip, RateChange};
+use gancho_core::policy::{AttemptOutcome, DeadKind, Wait};
+use gancho_telemetry::{names, tenant_label};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// An internal event: its log line and metrics.
+pub(crate) trait Emit {
+    fn emit(self);
+}
+
+/// What became of a delivery after an attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum After {
+    Delivered {
+        /// From the event's `occurred_at` to now.
+        end_to_end: Option<Duration>,
+    },
+    /// Tried again after this long.
+    Retry(Duration),
+    /// Given up on, or its endpoint disabled (a 410).
+    Final,
+}
+
+/// An attempt finished (any outcome).
+pub(crate) struct AttemptFinished<'a> {
+    pub tenant: &'a str,
+    pub endpoint: &'a str,
+    pub event: &'a str,
+    pub attempt: u32,
+    pub status: u16,
+    pub latency: Duration,
+    pub outcome: AttemptOutcome,
+    pub error: &'a str,
+    pub after: After,
+    /// For a failed attempt, whether its line is written: `Some(lines left out since the
+    /// last one)` (at most one a second per endpoint, so a dead endpoint cannot flood the
+    /// log), `None` to leave it out.
+    pub line: Option<u64>,
+}
+
+impl Emit for AttemptFinished<'_> {
+    fn emit(self) {
+        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => self.outcome.as_str(),
+            "class" => gancho_core::subject::status_class(self.status),
+            "tenant" => tenant_label(self.tenant))
+        .increment(1);
+        metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => self.outcome.as_str())
+            .record(self.latency.as_secs_f64());
+        let retry_in_ms = match self.after {
+            After::Delivered { end_to_end } => {
+                if let Some(e2e) = end_to_end {
+                    metrics::histogram!(names::DELIVERY_E2E).record(e2e.as_secs_f64());
+                }
+                debug!(endpoint = %self.endpoint, attempt = self.attempt, "Delivered.");
+                return;
+            }
+            After::Retry(delay) => Some(delay.as_millis() as u64),
+            After::Final => None,
+        };
+        let Some(suppressed) = self.line else {
+            return;
+        };
+        warn!(
+            tenant = %self.tenant, endpoint = %self.endpoint, event = %self.event,
+            attempt = self.attempt, status = self.status, latency_ms = self.latency.as_millis() as u64,
+            outcome = self.outcome.as_str(), error = %self.error, retry_in_ms, suppressed,
+            "{}",
+            if retry_in_ms.is_some() { "Delivery failed; retry scheduled." } else { "Delivery failed for good." }
+        );
+    }
+}
+
+/// This worker's endpoints paused by their receiver, slowed by 429s, and with an open
+/// circuit: after a change, and every few seconds (pauses and cool-downs end by time).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GatesCounted {
+    pub paused: usize,
+    pub slowed: usize,
+    pub open: usize,
+}
+
+impl GatesCounted {
+    pub(crate) fn of(gates: &crate::gate::Gates) -> Self {
+        Self {
+            paused: gates.paused(),
+            slowed: gates.slowed(),
+            open: gates.open_circuits(),
+        }
+    }
+}
+
+impl Emit for GatesCounted {
+    fn emit(self) {
+        metrics::gauge!(names::ENDPOINTS_PAUSED).set(self.paused as f64);
+        metrics::gauge!(names::ENDPOINTS_SLOWED).set(self.slowed as f64);
+        metrics::gauge!(names::CIRCUITS_OPEN).set(self.open as f64);
+    }
+}
+
+/// An answer changed its endpoint's gate ([`crate::gate::Gate::apply`]), leaving this
+/// worker's gates as `counted`.
+pub(crate) struct GateChanged<'a> {
+    pub endpoint: &'a str,
+    pub status: u16,
+    pub applied: crate::gate::Applied,
+    pub counted: GatesCounted,
+}
+
+impl Emit for GateChanged<'_> {
+    fn emit(self) {
+        let endpoint = self.endpoint;
+        self.counted.emit();
+        if let Some(pause) = self.applied.paused {
+            info!(%endpoint, pause_ms = pause.as_millis() as u64, status = self.status,
+                "The endpoint asked for a pause (Retry-After); its deliveries wait.");
+        }
+        match self.applied.rate {
+            Some(RateChange::Lowered(rate)) => {
+                info!(%endpoint, rate_per_sec = rate, "The endpoint answered 429; its rate is lowered.");
+            }
+            Some(RateChange::Raised(rate)) => {
+                debug!(%endpoint, rate_per_sec = rate, "The endpoint's rate goes up a step.");
+            }
+            Some(RateChange::Restored) => {
+                info!(%endpoint, "The endpoint takes its usual rate again.");
+            }
+            None => {}
+        }
+        if let Some(flip) = self.applied.circuit {
+            match flip {
+                Flip::Opened => {
+                    warn!(%endpoint, "Endpoint keeps failing; circuit opened, deliveries parked.");
+                }
+                Flip::Closed => info!(%endpoint, "Endpoint answers again; circuit closed."),
+            }
+        }
+    }
+}
+
+/// The gate refused a delivery for now: rescheduled after `delay`, or parked (`None`).
+pub(crate) struct Deferred<'a> {
+    pub tenant: &'a str,
+    pub endpoint: &'a str,
+    pub reason: Wait,
+    pub delay: Option<Duration>,
+}
+
+impl Emit for Deferred<'_> {
+    fn emit(self) {
+        metrics::counter!(names::DELIVERY_DEFERRED, "reason" => self.reason.as_str(),
+            "tenant" => tenant_label(self.tenant))
+        .increment(1);
+        match self.delay {
+            Some(delay) => {
+                debug!(endpoint = %self.endpoint, reason = %self.reason,
+                    delay_ms = delay.as_millis() as u64, "Delivery deferred.");
+            }
+            None => debug!(endpoint = %self.endpoint, reason = %self.reason, "Delivery parked."),
+        }
+    }
+}
+
+/// A delivery was set aside on its endpoint's held subject (paused, or parked).
+pub(crate) struct Held;
+
+impl Emit for Held {
+    fn emit(self) {
+        metrics::counter!(names::DELIVERY_HELD).increment(1);
+    }
+}
+
+/// A failed attempt's retry was scheduled.
+pub(crate) struct RetryScheduled;
+
+impl Emit for RetryScheduled {
+    fn emit(self) {
+        metrics::counter!(names::DELIVERY_RETRIES_SCHEDULED).increment(1);
+    }
+}
+
+/// A delivery (or a message that did not decode as one) was dead-lettered.
+pub(crate) struct DeadLettered<'a> {
+    pub tenant: &'a str,
+    pub kind: DeadKind,
+}
+
+impl Emit for DeadLettered<'_> {
+    fn emit(self) {
+        metrics::counter!(names::DELIVERY_DEAD_LETTERED, "reason" => self.kind.as_str(),
+            "tenant" => tenant_label(self.tenant))
+        .increment(1);
+    }
+}
+
+/// A delivery was handed back to JetStream to come again: this worker could not work on it
+/// now (`why`), or could not store its outcome. `why` is `None` when the reason is said
+/// elsewhere (a full store, logged once by its pressure gauge) or is routine (a partition
+/// moving away).
+pub(crate) struct HandedBack<'a> {
+    pub why: Option<&'a dyn std::fmt::Display>,
+    /// Counted: false for a batch member, whose batch is counted when it is handed back.
+    pub counted: bool,
+}
+
+impl Emit for HandedBack<'_> {
+    fn emit(self) {
+        if self.counted {
+            metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
+        }
+        if let Some(why) = self.why {
+            warn!(reason = %why, "Handing a delivery back; it will be attempted again.");
+        }
+    }
+}
+
+/// Why the worker disabled an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Disabled {
+    /// It answered 410 Gone.
+    Gone,
+    /// Every attempt failed for longer than `GANCHO_DISABLE_AFTER`.
+    Failing,
+}
+
+/// The worker disabled an endpoint.
+pub(crate) struct EndpointDisabled<'a> {
+    pub endpoint: &'a str,
+    pub why: Disabled,
+}
+
+impl Emit for EndpointDisabled<'_> {
+    fn emit(self) {
+        let (reason, line) = match self.why {
+            Disabled::Gone => ("gone", "Endpoint answered 410 Gone; disabled it."),
+            Disabled::Failing => ("failing", "Endpoint failing for too long; disabled it."),
+        };
+        metrics::counter!(names::ENDPOINTS_DISABLED, "reason" => reason).increment(1);
+        warn!(endpoint = %self.endpoint, "{line}");
+    }
+}
