@@ -284,6 +284,18 @@ async fn a_batch_handed_back_sends_only_what_was_not_done() {
     let dead = env.dead_letters().await;
     assert!(dead.iter().all(|d| d.kind == "exhausted"), "{dead:?}");
     assert_eq!(dead.len(), 3);
+    // Each keeps its delivery, payload and all, once: not its bytes a second time.
+    for d in &dead {
+        let delivery = d
+            .delivery
+            .as_ref()
+            .expect("a dead delivery keeps its delivery");
+        assert!(!delivery.payload.is_empty());
+        assert!(
+            d.original.is_empty(),
+            "the payload is stored once, not twice"
+        );
+    }
     // The failing endpoint was asked again (its outcome was not stored): the warm-up, then
     // each event at least twice. The healthy one got the warm-up and each event once.
     let asked = bad.count();

@@ -27,7 +27,10 @@ pub struct Dead<'a> {
     pub reason: String,
     /// The subject the message was read from.
     pub subject: String,
-    /// The message as it was read (a delivery, or an event that could not be routed).
+    /// The message as it was read (an event that could not be routed, or bytes that did not
+    /// decode as a delivery). Not stored when `delivery` is set: it would be the same
+    /// delivery's bytes a second time (a dead endpoint's swept deliveries wrote every
+    /// payload twice).
     pub original: Bytes,
     /// The delivery, when the message decoded as one.
     pub delivery: Option<Delivery>,
@@ -41,7 +44,11 @@ pub fn dead_letter(subjects: &Subjects, dead: Dead<'_>) -> (String, PublishMessa
         reason: dead.reason,
         kind: dead.kind.into(),
         subject: dead.subject,
-        original: dead.original,
+        original: if dead.delivery.is_some() {
+            Bytes::new()
+        } else {
+            dead.original
+        },
         at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
         delivery: dead.delivery,
     };

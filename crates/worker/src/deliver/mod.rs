@@ -72,11 +72,13 @@ struct Unit<'a> {
 }
 
 impl Unit<'_> {
-    /// The delivery's own bytes, as a hold or a dead letter keeps them.
-    fn bytes(&self, delivery: Option<&Delivery>) -> Bytes {
-        match delivery {
-            Some(d) if !self.alone => Bytes::from(d.encode_to_vec()),
-            _ => self.msg.payload.clone(),
+    /// The delivery's own bytes, as a hold keeps them: its message's, unless it came in a
+    /// batch.
+    fn bytes(&self, delivery: &Delivery) -> Bytes {
+        if self.alone {
+            self.msg.payload.clone()
+        } else {
+            Bytes::from(delivery.encode_to_vec())
         }
     }
 }

@@ -381,7 +381,7 @@ impl Ctx {
         let mut headers = HeaderMap::new();
         headers.insert(gancho_core::subject::TARGET_HEADER, msg.subject.as_str());
         let publish = PublishMessage::build()
-            .payload(unit.bytes(Some(delivery)))
+            .payload(unit.bytes(delivery))
             .headers(headers)
             .message_id(format!("hold:{}:{seq}", delivery.id));
         (
@@ -421,7 +421,11 @@ impl Ctx {
                 event_id: event,
                 reason,
                 subject: unit.msg.subject.to_string(),
-                original: unit.bytes(delivery),
+                // Kept only when the message did not decode: the delivery says the rest.
+                original: match delivery {
+                    Some(_) => Bytes::new(),
+                    None => unit.msg.payload.clone(),
+                },
                 delivery: delivery.cloned(),
                 // Delivery ids hash the event and endpoint ids, which are only unique within
                 // a tenant.
