@@ -3,7 +3,8 @@
 //! row of the fault table in RELIABILITY.md: SIGKILL of the router, of a worker, of the api
 //! during HTTP ingest; nats-server SIGKILLed and restarted on its store; a three-node cluster
 //! losing a node, getting it back, then losing the deliveries stream's leader; the leader lost
-//! in the middle of a fan-out; receivers that reset mid-response, answer garbage, stall, send
+//! in the middle of a fan-out; partitions (the leader cut off from the other nodes, a worker
+//! cut off from its server, each for 30 s and healed); receivers that reset mid-response, answer garbage, stall, send
 //! 100 MB or trickle their headers.
 //!
 //! Each row counts the events accepted, the deliveries expected, delivered, lost (must be 0)
@@ -158,6 +159,14 @@ async fn duplicate_allowance(env: &Env) -> usize {
         .max()
         .unwrap_or(1);
     env.worker_consumer_state().await.1 * per_message + CONCURRENCY
+}
+
+/// What a partition may cause to be sent again: what the workers hold unacked just before
+/// it (as [`duplicate_allowance`]) plus a worker's whole intake, four deliveries per request
+/// slot. Cut off, a worker's outcome writes and acks wait for the whole cut, longer than
+/// its patience for writes and than the ack wait, so anything it holds may come back.
+async fn partition_allowance(env: &Env) -> usize {
+    duplicate_allowance(env).await - CONCURRENCY + 4 * CONCURRENCY
 }
 
 /// One line of the fault table.
@@ -668,6 +677,128 @@ async fn cluster_attempts_leader_frozen_then_killed() {
     );
     support::kill9(&mut router);
     support::kill9(&mut worker);
+    row.check();
+}
+
+/// How long a partition lasts.
+const PARTITION: Duration = Duration::from_secs(30);
+
+/// A partition, not a crash: the deliveries stream's leader is cut off from the other two
+/// nodes for 30 s (its routes go through relays that stop moving bytes and close nothing),
+/// then healed. Its clients stay connected to it and get no answers from JetStream; the
+/// other two elect a leader among themselves and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn cluster_leader_cut_off_then_healed() {
+    let (env, routes) = Env::with_cuttable_cluster().await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let paths = endpoints(&env, &rx, ENDPOINTS).await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let started = Instant::now();
+    let producer = Producer::start(&env, EVENTS);
+    producer.reached(EVENTS * 3 / 10).await;
+    let deliveries = env.layout.subjects.deliveries_stream();
+    let leader = env.stream_leader(&deliveries).await;
+    let cut: usize = leader.trim_start_matches('n').parse().unwrap();
+    let allowed = partition_allowance(&env).await;
+    routes.cut_off(cut);
+    let cut_at = Instant::now();
+    // The other two go on without it: one of them leads the stream within the partition.
+    let others: Vec<_> = (0..3).filter(|i| *i != cut).collect();
+    let client = async_nats::connect(env.node_url(others[0])).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let elected = tokio::time::timeout(PARTITION, async {
+        loop {
+            if let Ok(mut s) = js.get_stream(&deliveries).await {
+                if let Ok(info) = s.info().await {
+                    let now = info
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.leader.clone())
+                        .unwrap_or_default();
+                    if !now.is_empty() && now != leader {
+                        return now;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(PARTITION.saturating_sub(cut_at.elapsed())).await;
+    routes.heal(cut);
+    let accepted = producer.finish().await;
+    let row = Row::count(
+        "R3 cluster: the deliveries leader cut off from the others 30 s (a partition), then healed",
+        &env,
+        &[&rx],
+        &paths,
+        accepted,
+        allowed,
+        started,
+    )
+    .await;
+    support::kill9(&mut router);
+    support::kill9(&mut worker);
+    let elected = elected.expect("the two nodes left elected no leader during the partition");
+    eprintln!("{leader} cut off; {elected} led the deliveries stream meanwhile");
+    row.check();
+}
+
+/// A worker cut off from its server for 30 s: its connection goes through a relay that stops
+/// moving bytes and closes nothing, as a partition between the worker and nats-server. The
+/// worker notices by its pings (DESIGN.md: within 15 s), reconnects once the relay is healed,
+/// and what it held unacked comes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn worker_cut_off_from_its_server_then_healed() {
+    let env = Env::new().await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let paths = endpoints(&env, &rx, ENDPOINTS).await;
+    let relay = gancho_test_harness::Relay::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        env.nats.port(),
+    )))
+    .await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn_with(
+        &["worker"],
+        &[("GANCHO_NATS_URL", &format!("nats://{}", relay.addr()))],
+    );
+    let started = Instant::now();
+    let producer = Producer::start(&env, EVENTS);
+    delivered(&rx, ENDPOINTS * EVENTS * 3 / 10).await;
+    let allowed = partition_allowance(&env).await;
+    relay.cut();
+    let during = rx.distinct();
+    tokio::time::sleep(PARTITION).await;
+    // Cut off, the worker finished what it had in hand and took nothing new: what the
+    // router went on writing waits for it.
+    let cut_off = rx.distinct() - during;
+    let waiting = env.deliveries_left().await;
+    relay.heal();
+    let accepted = producer.finish().await;
+    let row = Row::count(
+        "a worker cut off from nats-server 30 s (a partition), then healed",
+        &env,
+        &[&rx],
+        &paths,
+        accepted,
+        allowed,
+        started,
+    )
+    .await;
+    support::kill9(&mut router);
+    support::kill9(&mut worker);
+    assert!(
+        cut_off <= allowed,
+        "{cut_off} deliveries arrived while the worker was cut off: more than it held ({allowed})"
+    );
+    assert!(
+        waiting > 0,
+        "nothing waited for the worker at the end of the cut: it was not cut off"
+    );
     row.check();
 }
 

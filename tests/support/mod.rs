@@ -90,7 +90,17 @@ impl Env {
     /// The same on a three-node cluster, with every stream and bucket at R3. The test's own
     /// client knows every node, so it fails over like the roles do.
     pub async fn with_cluster() -> Self {
-        let mut cluster = gancho_test_harness::NatsCluster::start();
+        Self::on_cluster(gancho_test_harness::NatsCluster::start()).await
+    }
+
+    /// The same on a cluster whose routes can be cut ([`gancho_test_harness::Routes`]): a
+    /// node cut off from the others keeps running and keeps its clients.
+    pub async fn with_cuttable_cluster() -> (Self, gancho_test_harness::Routes) {
+        let (cluster, routes) = gancho_test_harness::NatsCluster::start_cuttable().await;
+        (Self::on_cluster(cluster).await, routes)
+    }
+
+    async fn on_cluster(mut cluster: gancho_test_harness::NatsCluster) -> Self {
         let client = cluster.connect().await;
         cluster.wait_for_jetstream(&client).await;
         let js = jetstream::new(client);
@@ -128,6 +138,15 @@ impl Env {
             js,
             spawned: Default::default(),
             _dir: dir,
+        }
+    }
+
+    /// The client URL of node `n<i>` alone.
+    pub fn node_url(&self, i: usize) -> String {
+        if i == 0 {
+            self.nats.url()
+        } else {
+            self.peers[i - 1].url()
         }
     }
 

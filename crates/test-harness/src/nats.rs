@@ -2,6 +2,7 @@
 //! directory: dropping it kills the process and deletes the directory, so a failing test
 //! never leaves a server behind.
 
+use crate::partition::Relay;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -189,26 +190,65 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
+        Self::start_nodes(&route_ports, |_| Some(routes.clone()), &[])
+    }
+
+    /// Three nodes whose routes go through relays ([`Routes`]), so that a node can be cut off
+    /// from the others while it runs. Node i solicits each other node j through a relay of
+    /// its own for (i, j) (JetStream in a cluster wants every node to solicit routes), and
+    /// every node advertises a cluster address where nothing listens (port 1), so no node
+    /// learns another's real address from gossip and routes around a cut.
+    pub async fn start_cuttable() -> (Self, Routes) {
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut relays = Vec::new();
+        for i in 0..3 {
+            for (j, port) in route_ports.iter().enumerate().filter(|(j, _)| *j != i) {
+                let target = SocketAddr::from(([127, 0, 0, 1], *port));
+                relays.push(((i, j), Relay::start(target).await));
+            }
+        }
+        let routes_of = |i: usize| {
+            let urls: Vec<String> = relays
+                .iter()
+                .filter(|((a, _), _)| *a == i)
+                .map(|(_, relay)| format!("nats://{}", relay.addr()))
+                .collect();
+            (!urls.is_empty()).then(|| urls.join(","))
+        };
+        let advertise = ["--cluster_advertise".to_string(), "127.0.0.1:1".into()];
+        let cluster = Self::start_nodes(&route_ports, routes_of, &advertise);
+        (cluster, Routes { relays })
+    }
+
+    /// Starts node i on cluster port `route_ports[i]`, soliciting `routes_of(i)`.
+    fn start_nodes(
+        route_ports: &[u16],
+        routes_of: impl Fn(usize) -> Option<String>,
+        extra: &[String],
+    ) -> Self {
         let cluster_name = format!("gancho-test-{}", route_ports[0]);
         let mut nodes = Vec::new();
         for (i, rp) in route_ports.iter().enumerate() {
             let dir = tempfile::tempdir().expect("create a store directory for nats-server");
             let store = dir.path().join("store");
+            let mut extra_args = vec![
+                "--server_name".into(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                cluster_name.clone(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{rp}"),
+            ];
+            if let Some(routes) = routes_of(i) {
+                extra_args.extend(["--routes".into(), routes]);
+            }
+            extra_args.extend(extra.iter().cloned());
             let mut node = NatsServer {
                 child: None,
                 port: 0,
                 store,
                 _dir: Some(dir),
-                extra_args: vec![
-                    "--server_name".into(),
-                    format!("n{i}"),
-                    "--cluster_name".into(),
-                    cluster_name.clone(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{rp}"),
-                    "--routes".into(),
-                    routes.clone(),
-                ],
+                extra_args,
             };
             node.spawn();
             nodes.push(node);
@@ -250,6 +290,33 @@ impl NatsCluster {
                 "the test cluster's JetStream did not come up within {START_TIMEOUT:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The routes of a cluster started by [`NatsCluster::start_cuttable`]: each node reaches each
+/// other through a [`Relay`], so a node can be cut off from the other two, and healed, while
+/// it runs and its clients stay connected to it.
+pub struct Routes {
+    relays: Vec<((usize, usize), Relay)>,
+}
+
+impl Routes {
+    /// Cuts node `n<i>` off from the others: nothing moves on its routes, nothing is closed.
+    pub fn cut_off(&self, i: usize) {
+        for ((a, b), relay) in &self.relays {
+            if *a == i || *b == i {
+                relay.cut();
+            }
+        }
+    }
+
+    /// Lets node `n<i>`'s routes carry traffic again.
+    pub fn heal(&self, i: usize) {
+        for ((a, b), relay) in &self.relays {
+            if *a == i || *b == i {
+                relay.heal();
+            }
         }
     }
 }
