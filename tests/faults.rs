@@ -4,7 +4,8 @@
 //! during HTTP ingest; nats-server SIGKILLed and restarted on its store; a three-node cluster
 //! losing a node, getting it back, then losing the deliveries stream's leader; the leader lost
 //! in the middle of a fan-out; partitions (the leader cut off from the other nodes, a worker
-//! cut off from its server, each for 30 s and healed); receivers that reset mid-response, answer garbage, stall, send
+//! cut off from its server, each for 30 s and healed); two nodes of three stopped for 30 s
+//! (no quorum); receivers that reset mid-response, answer garbage, stall, send
 //! 100 MB or trickle their headers.
 //!
 //! Each row counts the events accepted, the deliveries expected, delivered, lost (must be 0)
@@ -68,6 +69,8 @@ async fn endpoints(env: &Env, rx: &Receiver, endpoints: usize) -> Vec<String> {
 /// that may not lose an event does through a failover).
 struct Producer {
     accepted: Arc<AtomicUsize>,
+    /// Publishes JetStream refused or did not acknowledge (each sent again).
+    refused: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,7 +79,9 @@ impl Producer {
         let js = env.js.clone();
         let subject = env.layout.subjects.event("acme", "charge.paid");
         let accepted = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
+        let refusals = refused.clone();
         let task = tokio::spawn(async move {
             let encode = |i: usize| {
                 Event {
@@ -117,6 +122,7 @@ impl Producer {
                         .filter_map(|(k, ok)| (!ok).then_some(k))
                         .collect();
                     if !left.is_empty() {
+                        refusals.fetch_add(left.len(), Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -125,7 +131,11 @@ impl Producer {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Self { accepted, task }
+        Self {
+            accepted,
+            refused,
+            task,
+        }
     }
 
     async fn reached(&self, n: usize) {
@@ -161,10 +171,11 @@ async fn duplicate_allowance(env: &Env) -> usize {
     env.worker_consumer_state().await.1 * per_message + CONCURRENCY
 }
 
-/// What a partition may cause to be sent again: what the workers hold unacked just before
-/// it (as [`duplicate_allowance`]) plus a worker's whole intake, four deliveries per request
-/// slot. Cut off, a worker's outcome writes and acks wait for the whole cut, longer than
-/// its patience for writes and than the ack wait, so anything it holds may come back.
+/// What a partition or a lost quorum may cause to be sent again: what the workers hold
+/// unacked just before it (as [`duplicate_allowance`]) plus a worker's whole intake, four
+/// deliveries per request slot. Cut off, a worker's outcome writes and acks wait for the
+/// whole outage, longer than its patience for writes and than the ack wait, so anything it
+/// holds may come back.
 async fn partition_allowance(env: &Env) -> usize {
     duplicate_allowance(env).await - CONCURRENCY + 4 * CONCURRENCY
 }
@@ -799,6 +810,100 @@ async fn worker_cut_off_from_its_server_then_healed() {
         waiting > 0,
         "nothing waited for the worker at the end of the cut: it was not cut off"
     );
+    row.check();
+}
+
+/// Two nodes of three stopped for 30 s: the cluster has no quorum, so JetStream stores
+/// nothing. HTTP ingest answers 503 saying to send again with the same id, NATS producers get
+/// errors (never a PubAck for what was not stored), and the roles wait and go on when the
+/// nodes come back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn cluster_quorum_lost_then_back() {
+    let mut env = Env::with_cluster().await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let paths = endpoints(&env, &rx, ENDPOINTS).await;
+    let listen = format!("127.0.0.1:{}", gancho_test_harness::nats::free_port());
+    let mut api = api_on(&env, &listen).await;
+    let (status, key) = support::http(
+        "POST",
+        &format!("http://{listen}/v1/tenants/acme/api-keys"),
+        Some(TOKEN),
+        Some(r#"{"name": "billing", "scopes": ["publish"]}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let started = Instant::now();
+    // Over NATS, evt-0 to evt-1799 as in the other rows; over HTTP, evt-1800 to evt-1999 one
+    // at a time, ten a second, each sent again with its id until it gets a 202.
+    let over_nats = EVENTS - 200;
+    let producer = Producer::start(&env, over_nats);
+    let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sender = {
+        let refusals = refusals.clone();
+        let url = format!("http://{listen}/v1/tenants/acme/events");
+        tokio::spawn(async move {
+            for n in over_nats..EVENTS {
+                let body = serde_json::json!({"id": format!("evt-{n}"), "type": "charge.paid", "data": payload(n)})
+                    .to_string();
+                loop {
+                    match support::try_http("POST", &url, Some(&key), Some(&body)).await {
+                        Ok((202, _)) => break,
+                        Ok((503, v)) => refusals.lock().unwrap().push(v.to_string()),
+                        Ok((status, v)) => panic!("evt-{n}: {status} {v}"),
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    producer.reached(over_nats * 3 / 10).await;
+    let allowed = partition_allowance(&env).await;
+    let refused_before = producer.refused.load(Ordering::Relaxed);
+    env.node("n1").kill();
+    env.node("n2").kill();
+    tokio::time::sleep(PARTITION).await;
+    let refused = producer.refused.load(Ordering::Relaxed) - refused_before;
+    let answered_503 = refusals.lock().unwrap().len();
+    println!(
+        "no quorum for 30 s: {refused} NATS publishes refused, {answered_503} HTTP answers 503"
+    );
+    env.node("n1").restart();
+    env.node("n2").restart();
+    sender.await.unwrap();
+    let accepted = producer.finish().await + EVENTS - over_nats;
+    let row = Row::count(
+        "R3 cluster: two nodes of three stopped 30 s (no quorum), then back",
+        &env,
+        &[&rx],
+        &paths,
+        accepted,
+        allowed,
+        started,
+    )
+    .await;
+    support::kill9(&mut api);
+    support::kill9(&mut router);
+    support::kill9(&mut worker);
+    assert!(
+        refused > 0,
+        "no NATS publish was refused while the cluster had no quorum"
+    );
+    assert!(
+        answered_503 > 0,
+        "HTTP ingest never answered 503 while the cluster had no quorum"
+    );
+    for said in refusals.lock().unwrap().iter() {
+        assert!(
+            said.contains("send it again with the same id") || said.contains("retry"),
+            "a 503 that does not say what to do: {said}"
+        );
+    }
     row.check();
 }
 

@@ -295,6 +295,7 @@ async fn tenant_exists(state: &ApiState, t: &TenantId, id: &str) -> Result<(), A
     request_body = EventIn,
     responses(
         (status = 202, description = "Stored (or stored before, `duplicate`); it will be delivered.", body = Accepted),
+        (status = 503, description = "JetStream did not answer (an election, a cluster without its quorum): the event may or may not be stored; send it again with the same id, which is safe.", body = crate::error::ErrorBody),
         (status = 507, description = "Not stored: the event store is full; send it again later with the same id.", body = crate::error::ErrorBody),
     ))]
 pub async fn send_one(

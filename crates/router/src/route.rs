@@ -232,7 +232,11 @@ impl Ctx {
                     let pause = self.room.refused(&e.to_string());
                     return crate::nak_after(&msg, pause).await;
                 }
-                warn!(event = %event.id, error = %e, "A delivery was not stored; the event will be routed again.");
+                // Every event in hand fails at once when the store stops taking writes.
+                static LINES: gancho_telemetry::EverySecond = gancho_telemetry::EverySecond::new();
+                if let Some(suppressed) = LINES.allow() {
+                    warn!(event = %event.id, error = %e, suppressed, "A delivery was not stored; the event will be routed again.");
+                }
                 return crate::nak(&msg).await;
             }
         };

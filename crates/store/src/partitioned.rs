@@ -481,6 +481,9 @@ where
     let mut pin: Option<String> = None;
     let mut open_pull: Option<(async_nats::Subscriber, Instant)> = None;
     let mut last_got = 0usize;
+    // Since when pulls are refused (JetStream without a leader for the consumer, a cluster
+    // without its quorum): logged when it starts and when it ends, not once a second.
+    let mut refused_since: Option<Instant> = None;
     let mut gates = lane.gates.clone();
     'pulls: loop {
         for gate in &mut gates {
@@ -630,18 +633,29 @@ where
                     break;
                 }
                 Reply::Refused(code, description) => {
-                    warn!(
-                        role = shared.role,
-                        code,
-                        description,
-                        consumer = %durable,
-                        "A pull was refused; trying again in a second."
-                    );
+                    if refused_since.is_none() {
+                        refused_since = Some(Instant::now());
+                        warn!(
+                            role = shared.role,
+                            code,
+                            description,
+                            consumer = %durable,
+                            "Pulls are refused; trying again every second."
+                        );
+                    }
                     tokio::select! {
                         _ = leave.cancelled() => break 'pulls,
                         _ = tokio::time::sleep(PULL_RETRY) => break,
                     }
                 }
+            }
+            if let Some(since) = refused_since.take() {
+                info!(
+                    role = shared.role,
+                    consumer = %durable,
+                    refused_for_secs = since.elapsed().as_secs(),
+                    "Pulls are answered again."
+                );
             }
             note_pin(&mut pin, &msg);
             let msg = jetstream::Message {

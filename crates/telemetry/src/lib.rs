@@ -36,6 +36,37 @@ const CONFIG_LAG_BUCKETS: &[f64] = &[
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static TENANTS: OnceLock<Vec<&'static str>> = OnceLock::new();
 
+/// A log line that can be written for every message in hand at once (a store that stops
+/// taking writes fails them all): at most one a second, saying how many were left out.
+pub struct EverySecond(std::sync::Mutex<(u64, u64)>);
+
+impl EverySecond {
+    pub const fn new() -> Self {
+        Self(std::sync::Mutex::new((u64::MAX, 0)))
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        static START: std::sync::LazyLock<std::time::Instant> =
+            std::sync::LazyLock::new(std::time::Instant::now);
+        let second = START.elapsed().as_secs();
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 == second {
+            state.1 += 1;
+            return None;
+        }
+        let left_out = state.1;
+        *state = (second, 0);
+        Some(left_out)
+    }
+}
+
+impl Default for EverySecond {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The `tenant` label value for `tenant`: its id when the operator listed it
 /// (`GANCHO_METRICS_TENANTS`), otherwise `other`. Series stay bounded by the list.
 pub fn tenant_label(tenant: &str) -> &'static str {

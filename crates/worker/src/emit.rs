@@ -214,10 +214,17 @@ impl Emit for HandedBack<'_> {
             metrics::counter!(names::DELIVERY_REQUEUED).increment(1);
         }
         if let Some(why) = self.why {
-            warn!(reason = %why, "Handing a delivery back; it will be attempted again.");
+            // A store that stops taking writes hands back everything in hand: one line a
+            // second says so, with how many were left out.
+            if let Some(suppressed) = HANDED_BACK_LINES.allow() {
+                warn!(reason = %why, suppressed, "Handing a delivery back; it will be attempted again.");
+            }
         }
     }
 }
+
+/// A store that stops taking writes hands back everything in hand: one line a second says so.
+static HANDED_BACK_LINES: gancho_telemetry::EverySecond = gancho_telemetry::EverySecond::new();
 
 /// Why the worker disabled an endpoint.
 #[derive(Debug, Clone, Copy)]
