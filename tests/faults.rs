@@ -5,7 +5,7 @@
 //! losing a node, getting it back, then losing the deliveries stream's leader; the leader lost
 //! in the middle of a fan-out; partitions (the leader cut off from the other nodes, a worker
 //! cut off from its server, each for 30 s and healed); two nodes of three stopped for 30 s
-//! (no quorum); receivers that reset mid-response, answer garbage, stall, send
+//! (no quorum); workers from one to four and back under load; receivers that reset mid-response, answer garbage, stall, send
 //! 100 MB or trickle their headers.
 //!
 //! Each row counts the events accepted, the deliveries expected, delivered, lost (must be 0)
@@ -904,6 +904,95 @@ async fn cluster_quorum_lost_then_back() {
             "a 503 that does not say what to do: {said}"
         );
     }
+    row.check();
+}
+
+/// Workers joining and leaving under load, as an autoscaler adds and removes them: from one
+/// to four, one every 5 s, then back to one, each stopped with SIGTERM (it drains and hands
+/// its partitions on). Besides the five endpoints of the other rows, one limited to 50
+/// requests a second gets every event too: a partition moving starts its limiter afresh in
+/// the worker that takes it, so it may get one burst more per move, never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn workers_join_and_leave_under_load() {
+    const RATE: usize = 50;
+    let env = Env::new().await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let limited_rx =
+        Receiver::https(&env.ca, |_, _| gancho_test_harness::Answer::status(200)).await;
+    let mut paths = endpoints(&env, &rx, ENDPOINTS).await;
+    env.endpoints_on_all("acme", vec!["limited".to_string()], |_| {
+        limited_rx.url("/limited")
+    })
+    .await;
+    env.change("acme", "limited", |ep| {
+        ep.retry_schedule = Some(SCHEDULE.into());
+        ep.filter_types = vec!["charge.*".into()];
+        ep.rate_limit_per_sec = Some(RATE as u32);
+    })
+    .await;
+    paths.push("/limited".into());
+    let mut router = env.spawn("router");
+    let mut workers = vec![env.spawn("worker")];
+    let started = Instant::now();
+    let producer = Producer::start(&env, EVENTS);
+    let mut allowed = 0;
+    let mut moves = 0;
+    for step in 0..6 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        allowed += duplicate_allowance(&env).await;
+        if step < 3 {
+            workers.push(env.spawn("worker"));
+        } else {
+            let mut leaving = workers.pop().unwrap();
+            assert!(
+                support::terminate(&mut leaving),
+                "a worker did not drain on SIGTERM"
+            );
+        }
+        moves += 1;
+    }
+    let accepted = producer.finish().await;
+    let row = Row::count(
+        "workers from 1 to 4 and back to 1, one every 5 s (SIGTERM to leave)",
+        &env,
+        &[&rx, &limited_rx],
+        &paths,
+        accepted,
+        allowed,
+        started,
+    )
+    .await;
+    support::kill9(&mut router);
+    for w in &mut workers {
+        support::kill9(w);
+    }
+    // The limited endpoint, counted where it receives: 50 a second, plus its burst (50) once,
+    // plus one burst per move.
+    let at: Vec<Instant> = limited_rx.received().iter().map(|r| r.at).collect();
+    let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
+    let most = (RATE as f64 * span) as usize + RATE + moves * RATE + 1;
+    let busiest = at
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            at[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    println!(
+        "limited to {RATE}/s: {} requests in {span:.1} s ({:.1}/s), at most {most} allowed; the busiest second {busiest}",
+        at.len(),
+        at.len() as f64 / span
+    );
+    assert!(
+        at.len() <= most,
+        "{} requests to an endpoint limited to {RATE}/s in {span:.1} s ({moves} moves): more than {most}",
+        at.len()
+    );
     row.check();
 }
 
