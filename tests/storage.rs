@@ -355,10 +355,9 @@ async fn full_attempt_log(limit: (&str, &str)) -> (u64, i64, u64, u64) {
 /// The server's own store fills up (`max_file_store`) under load, with one endpoint failing:
 /// producers are refused, the router and the worker wait instead of dropping or doubling
 /// anything, and once the failing endpoint recovers every event accepted reaches both
-/// endpoints. Scheduled retries that JetStream could not fire while full are re-armed.
+/// endpoints. Scheduled retries that JetStream could not fire while full are re-armed. The
+/// worker's consumers are paused until the store is full, so it fills on any machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fills its store only when the roles lag the producer: passes alone and in parallel, \
-            but saw no refusal in 120 s inside `make test` three times; run with make test-slow"]
 async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
     full_server_store("8MB").await;
 }
@@ -367,7 +366,6 @@ async fn a_full_server_store_makes_every_role_wait_and_loses_nothing() {
 /// the copy that would release a parked delivery is refused, so it is delivered from where it
 /// is (before, nothing was delivered again: no copy could be stored and no event trimmed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fills its store only when the roles lag the producer; run with make test-slow"]
 async fn parked_deliveries_in_a_full_store_are_delivered_in_place() {
     full_server_store("5MB").await;
 }
@@ -378,6 +376,8 @@ async fn full_server_store(max_file_store: &str) {
     use std::collections::HashSet;
     use std::sync::Mutex;
     const N: usize = 2_500;
+    /// Events sent before the producer starts, enough to open the failing endpoint's circuit.
+    const PARKED_FIRST: usize = 20;
     let nats = gancho_test_harness::NatsServer::start_with_config(&format!(
         "jetstream {{ max_file_store: {max_file_store} }}"
     ));
@@ -420,6 +420,32 @@ async fn full_server_store(max_file_store: &str) {
         std::future::ready(!delivered.lock().unwrap().is_empty())
     })
     .await;
+
+    // The store fills whatever this machine's speed: once some of the failing endpoint's
+    // deliveries are parked (its circuit opened), the worker's consumers are paused, so the
+    // deliveries the router writes stay, and the events behind them, until JetStream refuses
+    // the producer.
+    for i in 0..PARKED_FIRST {
+        env.publish("acme", "charge.paid", &format!("first-{i}"), b"{}", &[])
+            .await;
+    }
+    let deliveries = env.layout.subjects.deliveries_stream();
+    let held = env.layout.subjects.held_wildcard();
+    wait_until("deliveries parked", Duration::from_secs(60), || async {
+        let Ok(stream) = env.js.get_stream(&deliveries).await else {
+            return false;
+        };
+        let Ok(mut by_subject) = stream.info_with_subjects(&held).await else {
+            return false;
+        };
+        matches!(
+            futures::TryStreamExt::try_next(&mut by_subject).await,
+            Ok(Some(_))
+        )
+    })
+    .await;
+    let paused = pause_workers(&env, true).await;
+    assert!(paused > 0, "no worker consumer to pause");
 
     // A producer that, refused for lack of room, waits and sends the same event again.
     let refusals = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -481,6 +507,7 @@ async fn full_server_store(max_file_store: &str) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(router.try_wait().unwrap().is_none(), "the router runs");
     assert!(worker.try_wait().unwrap().is_none(), "the worker runs");
+    pause_workers(&env, false).await;
     failing.store(false, Ordering::Relaxed);
     tokio::time::timeout(Duration::from_secs(240), producer)
         .await
@@ -489,7 +516,7 @@ async fn full_server_store(max_file_store: &str) {
     wait_until(
         "every event delivered to both endpoints",
         Duration::from_secs(240),
-        || std::future::ready(delivered.lock().unwrap().len() == 2 * N + 2),
+        || std::future::ready(delivered.lock().unwrap().len() == 2 * (N + 1 + PARKED_FIRST)),
     )
     .await;
     let dead = env.dead_letters().await;
@@ -501,4 +528,34 @@ async fn full_server_store(max_file_store: &str) {
     );
     support::terminate(&mut worker);
     support::terminate(&mut router);
+}
+
+/// Pauses (`true`, for ten minutes) or resumes every consumer of the workers on the deliveries
+/// stream (JetStream's consumer pause): paused, a consumer hands nothing out. Returns how
+/// many it changed.
+async fn pause_workers(env: &support::Env, pause: bool) -> usize {
+    let subjects = &env.layout.subjects;
+    let stream = env
+        .js
+        .get_stream(subjects.deliveries_stream())
+        .await
+        .unwrap();
+    let until = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let mut changed = 0;
+    for p in 0..gancho_core::subject::PARTITIONS {
+        for name in [
+            subjects.worker_consumer(p),
+            subjects.worker_bulk_consumer(p),
+        ] {
+            let done = if pause {
+                stream.pause_consumer(&name, until).await
+            } else {
+                stream.resume_consumer(&name).await
+            };
+            if done.is_ok() {
+                changed += 1;
+            }
+        }
+    }
+    changed
 }
