@@ -1,7 +1,7 @@
 //! Storage limits without loss, with real nats-server streams a few MB small. A deliveries
 //! stream at its room (GANCHO_DELIVERIES_MAX_BYTES) behind a dead endpoint makes the router
-//! wait (events stay in their
-//! stream) while the workers keep retrying; once the endpoint recovers every event arrives
+//! wait (events stay in their stream, and its stall watch says they wait for room) while the
+//! workers keep retrying; once the endpoint recovers every event arrives
 //! and nothing is dead-lettered. A full events stream refuses new events over HTTP with 507
 //! and loses none it accepted.
 #![allow(
@@ -49,7 +49,22 @@ async fn a_full_deliveries_stream_waits_and_loses_nothing() {
     env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some(&schedule))
         .await;
     let limits = [("GANCHO_DELIVERIES_MAX_BYTES", "1MiB")];
-    let mut router = env.spawn_with(&["router"], &limits);
+    // The router's log, with its stall warning after 1 s: waiting for room is no stall.
+    let router_log = tempfile::NamedTempFile::new().unwrap();
+    let mut router = env
+        .command(
+            &["router"],
+            &[
+                limits[0],
+                ("GANCHO_STALL_WARNING_AFTER", "1s"),
+                ("RUST_LOG", "info"),
+            ],
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(router_log.reopen().unwrap())
+        .spawn()
+        .unwrap();
     let mut worker = env.spawn_with(&["worker"], &limits);
     let deliveries = env.layout.subjects.deliveries_stream();
 
@@ -95,6 +110,24 @@ async fn a_full_deliveries_stream_waits_and_loses_nothing() {
     assert!(
         rx.count() > 0,
         "the workers keep attempting while the stream is full"
+    );
+    // Its events wait for room, and it says so, without calling it a stall.
+    wait_until(
+        "the router to say its events wait for room",
+        Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(router_log.path()).unwrap();
+            std::future::ready(text.contains("they wait for room in the store (not a stall)"))
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(router_log.path()).unwrap();
+    assert!(
+        !text.contains("is JetStream answering?"),
+        "waiting for room was called a stall: {}",
+        text.lines()
+            .find(|l| l.contains("is JetStream answering?"))
+            .unwrap_or_default()
     );
 
     // The endpoint recovers: everything arrives, nothing is dead-lettered.

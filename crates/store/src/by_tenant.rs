@@ -134,6 +134,7 @@ where
             spec.role,
             spec.metric_label,
             spec.stall_after,
+            spec.gate.clone(),
         )
         .instrument(tracing::info_span!("watchdog", role = spec.role)),
     );

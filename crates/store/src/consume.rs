@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// While a stall lasts, its warning is repeated this often (once per stall would hide one that
 /// goes on for hours; once per check would flood the log).
@@ -178,16 +178,21 @@ impl Tracker {
 }
 
 /// Samples the tracker until aborted: gauges every check, a warning and a count per stall.
+/// `room` (the router's gate, read `false` while it waits for room in the store) tells a
+/// wait for storage from a stall: messages that do not finish while it is closed are said
+/// once to be waiting for room, and not counted as a stall.
 pub(crate) async fn watch(
     tracker: Arc<Tracker>,
     role: &'static str,
     label: &'static str,
     stall_after: Duration,
+    room: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
     let every = (stall_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned: Option<Instant> = None;
+    let mut said_waiting = false;
     loop {
         tick.tick().await;
         let sample = tracker.sample();
@@ -195,6 +200,21 @@ pub(crate) async fn watch(
             .set(sample.oldest.as_secs_f64());
         metrics::gauge!(names::CONSUMER_IN_HAND, "stream" => label).set(sample.in_hand as f64);
         let stalled = sample.in_hand > 0 && sample.without_progress >= stall_after;
+        let waiting_for_room = room.as_ref().is_some_and(|open| !*open.borrow());
+        if stalled && waiting_for_room && warned.is_none() {
+            if !said_waiting {
+                info!(
+                    role,
+                    in_hand = sample.in_hand,
+                    without_progress_secs = sample.without_progress.as_secs(),
+                    "No message finished for {}s: they wait for room in the store (not a stall).",
+                    sample.without_progress.as_secs(),
+                );
+                said_waiting = true;
+            }
+            continue;
+        }
+        said_waiting &= stalled;
         let first = warned.is_none();
         let due = warned.is_none_or(|at| at.elapsed() >= STALL_REPEAT);
         match (stalled, warned) {

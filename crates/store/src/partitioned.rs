@@ -201,6 +201,7 @@ where
             spec.role,
             spec.metric_label,
             spec.stall_after,
+            None,
         )
         .instrument(tracing::info_span!("watchdog", role = spec.role)),
     );
