@@ -46,7 +46,7 @@ test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) ## Run the whole test suite again
 
 FAULT_TABLE := target/tmp/fault-table
 
-test-faults: setup ## The fault suite (tests/faults.rs): roles killed, nats-server restarted, cluster nodes and leaders lost, misbehaving receivers, under load; prints the table of RELIABILITY.md.
+test-faults: setup ## The fault suite (tests/faults.rs): roles killed, nats-server restarted, cluster nodes and leaders lost, partitions, a lost quorum, workers joining and leaving, misbehaving receivers, under load; prints the table of RELIABILITY.md.
 	rm -rf $(FAULT_TABLE)
 	$(CARGO) test -p gancho --test faults -- --ignored
 	@echo "| fault | events accepted | deliveries expected | delivered | dead-lettered | lost | duplicates | drained in |"
