@@ -403,14 +403,11 @@ async fn api_on(env: &Env, listen: &str) -> Child {
     child
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fault suite: make test-faults"]
-async fn api_sigkill_during_http_ingest() {
-    let env = Env::new().await;
-    let rx = Receiver::https_tally(&env.ca).await;
-    let paths = endpoints(&env, &rx, ENDPOINTS).await;
+/// `gancho api` on a port of its own, and an API key of `acme` that may publish: the api,
+/// the address it listens on, and the key.
+async fn api_with_publish_key(env: &Env) -> (Child, String, String) {
     let listen = format!("127.0.0.1:{}", gancho_test_harness::nats::free_port());
-    let mut api = api_on(&env, &listen).await;
+    let api = api_on(env, &listen).await;
     let (status, key) = support::http(
         "POST",
         &format!("http://{listen}/v1/tenants/acme/api-keys"),
@@ -420,6 +417,16 @@ async fn api_sigkill_during_http_ingest() {
     .await;
     assert_eq!(status, 201, "{key}");
     let key = key["key"].as_str().unwrap().to_owned();
+    (api, listen, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn api_sigkill_during_http_ingest() {
+    let env = Env::new().await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let paths = endpoints(&env, &rx, ENDPOINTS).await;
+    let (mut api, listen, key) = api_with_publish_key(&env).await;
     let mut router = env.spawn("router");
     let mut worker = env.spawn("worker");
     let started = Instant::now();
@@ -823,17 +830,7 @@ async fn cluster_quorum_lost_then_back() {
     let mut env = Env::with_cluster().await;
     let rx = Receiver::https_tally(&env.ca).await;
     let paths = endpoints(&env, &rx, ENDPOINTS).await;
-    let listen = format!("127.0.0.1:{}", gancho_test_harness::nats::free_port());
-    let mut api = api_on(&env, &listen).await;
-    let (status, key) = support::http(
-        "POST",
-        &format!("http://{listen}/v1/tenants/acme/api-keys"),
-        Some(TOKEN),
-        Some(r#"{"name": "billing", "scopes": ["publish"]}"#),
-    )
-    .await;
-    assert_eq!(status, 201, "{key}");
-    let key = key["key"].as_str().unwrap().to_owned();
+    let (mut api, listen, key) = api_with_publish_key(&env).await;
     let mut router = env.spawn("router");
     let mut worker = env.spawn("worker");
     let started = Instant::now();

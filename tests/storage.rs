@@ -51,20 +51,15 @@ async fn a_full_deliveries_stream_waits_and_loses_nothing() {
     let limits = [("GANCHO_DELIVERIES_MAX_BYTES", "1MiB")];
     // The router's log, with its stall warning after 1 s: waiting for room is no stall.
     let router_log = tempfile::NamedTempFile::new().unwrap();
-    let mut router = env
-        .command(
-            &["router"],
-            &[
-                limits[0],
-                ("GANCHO_STALL_WARNING_AFTER", "1s"),
-                ("RUST_LOG", "info"),
-            ],
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(router_log.reopen().unwrap())
-        .spawn()
-        .unwrap();
+    let mut router = env.spawn_logging(
+        &["router"],
+        &[
+            limits[0],
+            ("GANCHO_STALL_WARNING_AFTER", "1s"),
+            ("RUST_LOG", "info"),
+        ],
+        router_log.as_file(),
+    );
     let mut worker = env.spawn_with(&["worker"], &limits);
     let deliveries = env.layout.subjects.deliveries_stream();
 
@@ -341,13 +336,7 @@ async fn full_attempt_log(limit: (&str, &str)) -> (u64, i64, u64, u64) {
     let limits = [limit];
     let mut router = env.spawn_with(&["router"], &limits);
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut worker = env
-        .command(&["worker"], &limits)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
+    let mut worker = env.spawn_logging(&["worker"], &limits, log.as_file());
     env.publish_many(
         "acme",
         "charge.paid",

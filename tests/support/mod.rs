@@ -429,6 +429,28 @@ impl Env {
         child
     }
 
+    /// [`Env::spawn_with`] with the role's log (stderr) written to `log`, for tests that read
+    /// what it says; killed when the test ends like the others.
+    pub fn spawn_logging(
+        &self,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: &std::fs::File,
+    ) -> Child {
+        let child = self
+            .command(args, envs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().expect("a second handle on the log file"))
+            .spawn()
+            .expect("start the gancho binary");
+        self.spawned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        child
+    }
+
     /// The command [`Env::spawn_with`] runs, for tests that capture its output.
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         // GANCHO_TEST_BIN runs the roles from another build (a release one, to measure as

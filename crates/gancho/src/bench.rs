@@ -375,7 +375,8 @@ pub async fn run(
     Ok(())
 }
 
-/// One run in a directory of its own, removed after it.
+/// One run in a directory of its own, removed after it unless the run failed (its error
+/// names the directory: the roles' logs and nats-server's store stay there to look into).
 async fn bench_in_dir(
     args: &BenchArgs,
     forwarded: &[(String, std::ffi::OsString)],
@@ -388,7 +389,9 @@ async fn bench_in_dir(
     std::fs::create_dir_all(&dir)?;
     let cluster = shape.cluster.clone().map(Cluster::new).transpose()?;
     let result = bench(args, forwarded, &dir, roles, shape, cluster.as_ref()).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if let Some(cluster) = &cluster {
         // The roles were killed when the run ended; give them a moment to be gone.
         tokio::time::sleep(Duration::from_millis(500)).await;
