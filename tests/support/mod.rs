@@ -415,18 +415,7 @@ impl Env {
     /// Starts `gancho <args>` against this server with extra environment variables (which
     /// override the defaults set here).
     pub fn spawn_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Child {
-        let child = self
-            .command(args, envs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the gancho binary");
-        self.spawned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child.id());
-        child
+        self.spawn_kept(args, envs, Stdio::inherit())
     }
 
     /// [`Env::spawn_with`] with the role's log (stderr) written to `log`, for tests that read
@@ -437,11 +426,18 @@ impl Env {
         envs: &[(&str, &str)],
         log: &std::fs::File,
     ) -> Child {
+        let log = log.try_clone().expect("a second handle on the log file");
+        self.spawn_kept(args, envs, log.into())
+    }
+
+    /// Starts the role with its stderr to `stderr`, and keeps its pid to kill when the test
+    /// ends ([`Env`]'s drop).
+    fn spawn_kept(&self, args: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> Child {
         let child = self
             .command(args, envs)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log.try_clone().expect("a second handle on the log file"))
+            .stderr(stderr)
             .spawn()
             .expect("start the gancho binary");
         self.spawned
