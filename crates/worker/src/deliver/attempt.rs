@@ -79,7 +79,7 @@ impl Ctx {
             gate,
             &ep,
             outcome.status,
-            verdict_answer(&verdict, &outcome, latency),
+            Answered::from_verdict(&verdict, outcome.status, latency),
         );
         drop(permit);
         if gate.drained() {
@@ -207,15 +207,6 @@ impl Ctx {
             self.wake_release.notify_one();
         }
     }
-}
-
-/// The answer as the gate takes it.
-fn verdict_answer(
-    verdict: &gancho_core::retry::Verdict,
-    outcome: &Outcome,
-    latency: Duration,
-) -> Answered {
-    Answered::from_verdict(verdict, outcome.status, latency)
 }
 
 /// What follows an attempt, from its judged answer.
