@@ -536,7 +536,11 @@ async fn nats_server_sigkill_and_restart() {
 /// is current again after a node came back.
 async fn replicas_current(env: &Env) {
     let subjects = &env.layout.subjects;
-    for stream in [subjects.deliveries_stream(), subjects.events_stream()] {
+    for stream in [
+        subjects.deliveries_stream(),
+        subjects.held_stream(),
+        subjects.events_stream(),
+    ] {
         for _ in 0..150 {
             let current = async {
                 let mut s = env.js.get_stream(&stream).await.ok()?;

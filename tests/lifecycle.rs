@@ -2,7 +2,7 @@
 //! deliveries (no attempts, nothing in the worker's ack-pending window) and resume delivers
 //! each held one exactly once; disabling a paused endpoint dead-letters what it held as
 //! `endpoint_disabled`, deleting one as `endpoint_gone`; an endpoint disabled by a 410 is
-//! re-enabled with a PATCH; a changed URL, a disabled or deleted endpoint and a new rate
+//! re-enabled with a PATCH; what an older version held is released the same way; a changed URL, a disabled or deleted endpoint and a new rate
 //! limit reach the deliveries already waiting for it (in the worker's queue, parked behind
 //! an open circuit, or scheduled as retries).
 #![allow(
@@ -231,6 +231,103 @@ async fn pause_holds_and_resume_delivers_each_held_event_once() {
         3,
         "{retried:?}"
     );
+    assert!(env.dead_letters().await.is_empty());
+    cancel.cancel();
+    support::terminate(&mut api_process);
+}
+
+/// Held deliveries wait in the held stream, not among the deliveries that are sent at once;
+/// those an older version held on `gancho.held.<tenant>.<endpoint>` in the deliveries stream
+/// are counted by the API and released once each on resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_by_an_older_version_are_counted_and_released_once() {
+    use futures::TryStreamExt;
+    const N: usize = 100;
+    let env = support::Env::new().await;
+    let (mut api_process, api) = start(&env).await;
+    let rx = Receiver::https_sequence(&env.ca, &[200]).await;
+    let id = api.endpoint(&rx.url("/old"), "charge.*", json!({})).await;
+    let cancel = env.run_roles(1).await;
+    api.ok("POST", &format!("/endpoints/{id}/pause"), None)
+        .await;
+    let _markers = api.sync(&env, 1).await;
+    publish_n(&env, "evt-old", N).await;
+    wait_until("every event held", Duration::from_secs(20), || async {
+        api.held(&id).await == N as u64
+    })
+    .await;
+    cancel.cancel();
+
+    let subjects = &env.layout.subjects;
+    let messages = |name: String| {
+        let js = env.js.clone();
+        async move {
+            let mut s = js.get_stream(name).await.unwrap();
+            s.info().await.unwrap().state.messages
+        }
+    };
+    assert_eq!(messages(subjects.held_stream()).await, N as u64);
+    assert_eq!(
+        env.stored_on(&subjects.legacy_held_wildcard()).await,
+        0,
+        "held deliveries lie among the deliveries"
+    );
+
+    // Where an older version held them: the same messages on the legacy subject, in the
+    // deliveries stream.
+    let held = env.js.get_stream(subjects.held_stream()).await.unwrap();
+    let mover = held
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let msgs: Vec<_> = mover
+        .fetch()
+        .max_messages(N)
+        .messages()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(msgs.len(), N);
+    for m in msgs {
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(m.payload.clone())
+            .headers(m.headers.clone().unwrap());
+        env.js
+            .send_publish(subjects.legacy_held("acme", &id), publish)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        m.ack().await.unwrap();
+    }
+    drop(mover);
+    wait_until(
+        "the held stream emptied",
+        Duration::from_secs(10),
+        || async { messages(subjects.held_stream()).await == 0 },
+    )
+    .await;
+    assert_eq!(api.held(&id).await, N as u64, "the legacy ones are counted");
+
+    let cancel = env.run_roles(2).await;
+    api.ok("POST", &format!("/endpoints/{id}/resume"), None)
+        .await;
+    wait_until(
+        "every held event delivered",
+        Duration::from_secs(30),
+        || std::future::ready(rx.count() >= N),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.count(), N, "a held event was delivered twice");
+    assert_eq!(rx.distinct(), N);
+    assert_eq!(api.held(&id).await, 0);
+    assert_eq!(env.stored_on(&subjects.legacy_held_wildcard()).await, 0);
     assert!(env.dead_letters().await.is_empty());
     cancel.cancel();
     support::terminate(&mut api_process);

@@ -608,16 +608,17 @@ impl Env {
         panic!("the consumer {durable} did not answer for 30 s");
     }
 
-    /// Messages left in the deliveries stream (deliveries not yet done, scheduled retries).
-    /// Asked again through a failover.
+    /// Messages left in the deliveries and held streams (deliveries not yet done, scheduled
+    /// retries, held and parked deliveries). Asked again through a failover.
     pub async fn deliveries_left(&self) -> u64 {
+        let subjects = &self.layout.subjects;
         let ask = || async {
-            let mut s = self
-                .js
-                .get_stream(self.layout.subjects.deliveries_stream())
-                .await
-                .ok()?;
-            s.info().await.ok().map(|i| i.state.messages)
+            let mut left = 0;
+            for name in [subjects.deliveries_stream(), subjects.held_stream()] {
+                let mut s = self.js.get_stream(name).await.ok()?;
+                left += s.info().await.ok()?.state.messages;
+            }
+            Some(left)
         };
         for _ in 0..150 {
             if let Some(n) = ask().await {
@@ -628,23 +629,23 @@ impl Env {
         panic!("the deliveries stream did not answer for 30 s");
     }
 
-    /// Messages stored in the deliveries stream on subjects matching `filter`.
+    /// Messages stored in the deliveries and held streams on subjects matching `filter`.
     pub async fn stored_on(&self, filter: &str) -> usize {
         use futures::TryStreamExt;
-        let stream = self
-            .js
-            .get_stream(self.layout.subjects.deliveries_stream())
-            .await
-            .unwrap();
-        let mut info = stream.info_with_subjects(filter).await.unwrap();
+        let subjects = &self.layout.subjects;
         let mut total = 0;
-        while let Some((_, n)) = info.try_next().await.unwrap() {
-            total += n;
+        for name in [subjects.deliveries_stream(), subjects.held_stream()] {
+            let stream = self.js.get_stream(name).await.unwrap();
+            let mut info = stream.info_with_subjects(filter).await.unwrap();
+            while let Some((_, n)) = info.try_next().await.unwrap() {
+                total += n;
+            }
         }
         total
     }
 
-    /// Waits until the deliveries stream is empty: every delivery done, no retry pending.
+    /// Waits until the deliveries and held streams are empty: every delivery done, no retry
+    /// pending, nothing held.
     pub async fn wait_drained(&self, patience: Duration) {
         gancho_test_harness::wait_until("the deliveries stream to drain", patience, || async {
             self.deliveries_left().await == 0

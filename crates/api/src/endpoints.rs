@@ -839,23 +839,33 @@ async fn held(state: &ApiState, tenant: &str, id: &str) -> Result<u64, ApiError>
             format!("cannot count held deliveries: {e}; retry shortly"),
         )
     };
-    let stream = state
-        .layout
-        .js
-        .get_stream(subjects.deliveries_stream())
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let mut counts = stream
-        .info_with_subjects(subjects.held(tenant, id))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    // The held stream, and where an older version held them.
+    let places = [
+        (subjects.held_stream(), subjects.held(tenant, id)),
+        (
+            subjects.deliveries_stream(),
+            subjects.legacy_held(tenant, id),
+        ),
+    ];
     let mut total = 0u64;
-    while let Some((_, n)) = counts
-        .try_next()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-    {
-        total += n as u64;
+    for (stream, subject) in places {
+        let stream = state
+            .layout
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut counts = stream
+            .info_with_subjects(subject)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        while let Some((_, n)) = counts
+            .try_next()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+        {
+            total += n as u64;
+        }
     }
     Ok(total)
 }

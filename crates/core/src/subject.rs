@@ -56,6 +56,13 @@ impl Subjects {
     pub fn dead_stream(&self) -> String {
         format!("{}_DEAD", self.upper)
     }
+    /// Deliveries that wait without a consumer: a paused endpoint's, and those parked by an
+    /// endpoint's gate. A stream of their own, so that a dead endpoint's pile does not lie
+    /// between the deliveries that are sent and removed at once (which left the deliveries
+    /// stream's blocks mostly holes, loaded and compacted over and over by nats-server).
+    pub fn held_stream(&self) -> String {
+        format!("{}_HELD", self.upper)
+    }
     pub fn config_bucket(&self) -> String {
         format!("{}_config", self.prefix.replace('-', "_"))
     }
@@ -154,19 +161,31 @@ impl Subjects {
         format!("{}.retry.>", self.prefix)
     }
 
-    /// `gancho.held.<tenant>.<endpoint>`: a paused endpoint's deliveries, waiting for resume.
-    /// No consumer reads it until the endpoint is resumed, disabled or deleted.
+    /// `gancho.hold.<tenant>.<endpoint>` (in the held stream): a paused endpoint's deliveries,
+    /// and those parked by its gate. No consumer reads it until they are released.
     pub fn held(&self, tenant: &str, endpoint: &str) -> String {
-        format!("{}.held.{tenant}.{endpoint}", self.prefix)
+        format!("{}.hold.{tenant}.{endpoint}", self.prefix)
     }
     pub fn held_wildcard(&self) -> String {
+        format!("{}.hold.>", self.prefix)
+    }
+    /// `gancho.held.<tenant>.<endpoint>`: where held deliveries waited before they had a
+    /// stream of their own, in the deliveries stream. Still released (and still written by
+    /// roles of an older version during a rolling upgrade); nothing of this version writes
+    /// there.
+    pub fn legacy_held(&self, tenant: &str, endpoint: &str) -> String {
+        format!("{}.held.{tenant}.{endpoint}", self.prefix)
+    }
+    pub fn legacy_held_wildcard(&self) -> String {
         format!("{}.held.>", self.prefix)
     }
-    /// Splits a held subject into (tenant, endpoint); `None` when it is not one.
+    /// Splits a held subject, of either kind, into (tenant, endpoint); `None` when it is not
+    /// one.
     pub fn parse_held<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = subject
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".held.")?;
+        let rest = subject.strip_prefix(self.prefix.as_str())?;
+        let rest = rest
+            .strip_prefix(".hold.")
+            .or_else(|| rest.strip_prefix(".held."))?;
         let (tenant, endpoint) = rest.split_once('.')?;
         (!endpoint.contains('.')).then_some((tenant, endpoint))
     }
@@ -422,9 +441,13 @@ mod tests {
         );
         assert_eq!(s.delivery(3), "gancho.deliveries.3");
         assert_eq!(s.retry("abc"), "gancho.retry.abc");
-        assert_eq!(s.held("acme", "ep1"), "gancho.held.acme.ep1");
+        assert_eq!(s.held("acme", "ep1"), "gancho.hold.acme.ep1");
+        assert_eq!(s.legacy_held("acme", "ep1"), "gancho.held.acme.ep1");
+        assert_eq!(s.parse_held("gancho.hold.acme.ep1"), Some(("acme", "ep1")));
         assert_eq!(s.parse_held("gancho.held.acme.ep1"), Some(("acme", "ep1")));
         assert_eq!(s.parse_held("gancho.held.acme"), None);
+        assert_eq!(s.parse_held("gancho.hold.acme.ep1.x"), None);
+        assert_eq!(s.held_stream(), "GANCHO_HELD");
         assert_eq!(s.parse_held("gancho.retry.acme.ep1"), None);
         assert_ne!(
             s.release_consumer("gancho.held.a_b.c"),

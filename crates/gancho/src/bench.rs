@@ -649,6 +649,7 @@ impl Cluster {
         let streams = [
             s.events_stream(),
             s.deliveries_stream(),
+            s.held_stream(),
             s.attempts_stream(),
             s.dead_stream(),
         ]
@@ -1061,8 +1062,20 @@ async fn bench(
                     serde_json::to_string_pretty(&samples.report(warm_up))?
                 );
             }
+            // What did not arrive is lost only if gancho did not give up on it: say what it
+            // gave up on, by kind.
+            let given_up = match dead_letters_of(&nats_url, &prefix, &ids[dead..]).await {
+                Ok(kinds) if kinds.is_empty() => "none".to_owned(),
+                Ok(kinds) => kinds
+                    .iter()
+                    .map(|(kind, n)| format!("{n} {kind}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(e) => format!("unknown ({e})"),
+            };
             bail!(
-                "{} of {expected} deliveries after {patience:?}; logs in {}",
+                "{} of {expected} deliveries after {patience:?}; dead letters of the healthy \
+                 endpoints: {given_up}; logs in {}",
                 bar.position(),
                 dir.display()
             );
@@ -1152,6 +1165,31 @@ async fn bench(
         "settings": settings(forwarded),
         "soak": soak.map(|warm_up| samples.report(warm_up)),
     }))
+}
+
+/// How many dead letters `endpoints` (of the bench's tenant) have, by kind: what gancho gave
+/// up on, as against what it lost.
+async fn dead_letters_of(
+    nats_url: &str,
+    prefix: &str,
+    endpoints: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let subjects = gancho_core::Subjects::new(prefix)
+        .map_err(|e| anyhow::anyhow!("a bench subject prefix: {e}"))?;
+    let js = jetstream::new(crate::roles::connect(nats_url, "gancho-bench".into()).await?);
+    let stream = js.get_stream(subjects.dead_stream()).await?;
+    let mut kinds = std::collections::BTreeMap::new();
+    for endpoint in endpoints {
+        // One subject per dead letter: a healthy endpoint has few.
+        let filter = subjects.dead_filter(TENANT, Some(endpoint), None);
+        let mut listed = stream.info_with_subjects(filter).await?;
+        while let Some((subject, n)) = futures::TryStreamExt::try_next(&mut listed).await? {
+            if let Some((_, _, kind)) = subjects.parse_dead(&subject) {
+                *kinds.entry(kind.to_owned()).or_default() += n;
+            }
+        }
+    }
+    Ok(kinds)
 }
 
 /// The event type of event (or endpoint) `i` when the endpoints are dealt into `groups`.

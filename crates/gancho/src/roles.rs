@@ -478,6 +478,7 @@ async fn usage(layout: &Layout, worker: bool) {
     let streams = [
         ("events", subjects.events_stream()),
         ("deliveries", subjects.deliveries_stream()),
+        ("held", subjects.held_stream()),
         ("attempts", subjects.attempts_stream()),
         ("dead", subjects.dead_stream()),
     ];

@@ -140,7 +140,7 @@ pub async fn run(
     let subjects = layout.subjects.clone();
     let (room, gate) = room::watch(
         output.clone(),
-        subjects.deliveries_stream(),
+        [subjects.deliveries_stream(), subjects.held_stream()],
         config.deliveries_max_bytes,
         cancel.clone(),
     );

@@ -1,6 +1,8 @@
-//! Room in the deliveries stream. The stream has no byte limit of its own (JetStream refuses
+//! Room for deliveries: the deliveries stream and the held stream together (a paused or
+//! dead endpoint's pile takes room as it did when it lay in the deliveries stream). The
+//! streams have no byte limit of their own (JetStream refuses
 //! `discard: new` with message schedules, and `discard: old` would delete deliveries never
-//! sent), so its room is the operator's `GANCHO_DELIVERIES_MAX_BYTES`, kept here: every
+//! sent), so their room is the operator's `GANCHO_DELIVERIES_MAX_BYTES`, kept here: every
 //! delivery the router publishes first reserves its size, and none is published past
 //! [`HIGH_WATER`] of the room; the router then stops pulling events until the stream, as
 //! read every [`LOOK_EVERY`], is below [`RESUME`]. The workers' retries, deferrals and holds
@@ -149,7 +151,7 @@ impl Room {
         if self.open.swap(false, Ordering::Relaxed) {
             warn!(
                 max_bytes = self.max,
-                "The deliveries stream is at its high-water mark; routing waits for room (events stay in their stream)."
+                "Deliveries (sent or held) are at the high-water mark of their room; routing waits for room (events stay in their stream)."
             );
             metrics::gauge!(names::ROUTER_WAITING_FOR_ROOM).set(1.0);
             self.gate.send_replace(false);
@@ -169,12 +171,12 @@ impl Room {
     }
 }
 
-/// Watches the deliveries stream against `max_bytes` until `cancel` (without a limit there
-/// is nothing to watch). The receiver reads `true` while the router may pull events. A
-/// failed look keeps the last answer.
+/// Watches the bytes of `streams` (deliveries and held) together against `max_bytes` until
+/// `cancel` (without a limit there is nothing to watch). The receiver reads `true` while the
+/// router may pull events. A failed look keeps the last answer.
 pub(crate) fn watch(
     js: jetstream::Context,
-    stream: String,
+    streams: [String; 2],
     max_bytes: Option<u64>,
     cancel: CancellationToken,
 ) -> (Arc<Room>, watch::Receiver<bool>) {
@@ -193,37 +195,41 @@ pub(crate) fn watch(
         let room = watcher;
         let mut waiting_since: Option<Instant> = None;
         loop {
-            if let Ok(mut s) = js.get_stream(&stream).await {
-                if let Ok(info) = s.info().await {
-                    let bytes = info.state.bytes;
-                    metrics::gauge!(names::STREAM_BYTES, "stream" => "deliveries")
-                        .set(bytes as f64);
-                    room.observed.store(bytes, Ordering::Relaxed);
-                    room.reserved
-                        .store(room.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
-                    let was_open = room.open.load(Ordering::Relaxed);
-                    let open = has_room(bytes, room.max, was_open);
-                    if was_open && !open {
-                        room.close();
-                    }
-                    if !open && waiting_since.is_none() {
-                        waiting_since = Some(Instant::now());
-                    }
-                    if !was_open && open {
-                        let waited = waiting_since
-                            .take()
-                            .map(|t| t.elapsed())
-                            .unwrap_or_default();
-                        info!(
-                            bytes,
-                            max_bytes = room.max,
-                            waited_s = waited.as_secs_f64(),
-                            "Room in the deliveries stream again; routing resumes."
-                        );
-                        room.open.store(true, Ordering::Relaxed);
-                        metrics::gauge!(names::ROUTER_WAITING_FOR_ROOM).set(0.0);
-                        room.update_gate();
-                    }
+            let mut read = Some(0u64);
+            for stream in &streams {
+                let bytes = match js.get_stream(stream).await {
+                    Ok(mut s) => s.info().await.ok().map(|info| info.state.bytes),
+                    Err(_) => None,
+                };
+                read = read.zip(bytes).map(|(a, b)| a + b);
+            }
+            if let Some(bytes) = read {
+                metrics::gauge!(names::DELIVERIES_ROOM_USED).set(bytes as f64);
+                room.observed.store(bytes, Ordering::Relaxed);
+                room.reserved
+                    .store(room.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+                let was_open = room.open.load(Ordering::Relaxed);
+                let open = has_room(bytes, room.max, was_open);
+                if was_open && !open {
+                    room.close();
+                }
+                if !open && waiting_since.is_none() {
+                    waiting_since = Some(Instant::now());
+                }
+                if !was_open && open {
+                    let waited = waiting_since
+                        .take()
+                        .map(|t| t.elapsed())
+                        .unwrap_or_default();
+                    info!(
+                        bytes,
+                        max_bytes = room.max,
+                        waited_s = waited.as_secs_f64(),
+                        "Room for deliveries again; routing resumes."
+                    );
+                    room.open.store(true, Ordering::Relaxed);
+                    metrics::gauge!(names::ROUTER_WAITING_FOR_ROOM).set(0.0);
+                    room.update_gate();
                 }
             }
             tokio::select! {

@@ -77,8 +77,8 @@ pub struct Endpoint {
         with = "time::serde::rfc3339::option"
     )]
     pub failing_since: Option<OffsetDateTime>,
-    /// While paused, deliveries are held (on `gancho.held.<tenant>.<endpoint>`) and sent on
-    /// resume, without attempts.
+    /// While paused, deliveries are held (on `gancho.hold.<tenant>.<endpoint>`, in the held
+    /// stream) and sent on resume, without attempts.
     #[serde(default)]
     pub paused: bool,
     #[serde(

@@ -185,12 +185,26 @@ pub async fn ensure_with(
             subjects: vec![
                 subjects.deliveries_wildcard(),
                 subjects.retry_wildcard(),
-                subjects.held_wildcard(),
+                // Where held deliveries waited before the held stream: kept so that an older
+                // role in a rolling upgrade can still write there (they are still released).
+                subjects.legacy_held_wildcard(),
             ],
             retention: stream::RetentionPolicy::WorkQueue,
             max_bytes: -1,
             duplicate_window: DUPLICATE_WINDOW,
             allow_message_schedules: true,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // Held and parked deliveries: no consumer reads them until they are released, each
+        // subject (one endpoint) through a consumer of its own. No byte limit of its own:
+        // they count against the deliveries' room (`GANCHO_DELIVERIES_MAX_BYTES`).
+        stream::Config {
+            name: subjects.held_stream(),
+            subjects: vec![subjects.held_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_bytes: -1,
+            duplicate_window: DUPLICATE_WINDOW,
             num_replicas: replicas,
             ..Default::default()
         },

@@ -92,14 +92,20 @@ pub const JETSTREAM_STORAGE: &str = "gancho_jetstream_storage_bytes";
 /// JetStream's storage limit for gancho's account (the server's `max_file_store` unless the
 /// account has its own).
 pub const JETSTREAM_STORAGE_LIMIT: &str = "gancho_jetstream_storage_limit_bytes";
-/// Messages in a stream, as of the last look. `stream`: events | deliveries | attempts | dead.
+/// Messages in a stream, as of the last look. `stream`: events | deliveries | held | attempts |
+/// dead.
 pub const STREAM_MESSAGES: &str = "gancho_stream_messages";
-/// Bytes in a stream, as of the last look. `stream`: events | deliveries | attempts | dead.
+/// Bytes in a stream, as of the last look. `stream`: events | deliveries | held | attempts |
+/// dead.
 pub const STREAM_BYTES: &str = "gancho_stream_bytes";
+/// Bytes of deliveries against the router's room (`GANCHO_DELIVERIES_MAX_BYTES`, shown as
+/// `gancho_stream_max_bytes{stream="deliveries"}`): the deliveries and held streams together,
+/// as the router last read them. Set only by a router with a room.
+pub const DELIVERIES_ROOM_USED: &str = "gancho_deliveries_room_used_bytes";
 /// A stream's byte limit (-1: none of its own; for deliveries, the router's room).
-/// `stream`: events | deliveries | attempts | dead.
+/// `stream`: events | deliveries | held | attempts | dead.
 pub const STREAM_MAX_BYTES: &str = "gancho_stream_max_bytes";
-/// A stream's record limit (-1: none). `stream`: events | deliveries | attempts | dead.
+/// A stream's record limit (-1: none). `stream`: events | deliveries | held | attempts | dead.
 pub const STREAM_MAX_MESSAGES: &str = "gancho_stream_max_messages";
 /// Distinct subjects in a stream: nats-server holds an index entry in memory for each (about
 /// 100 bytes). An attempt's or a dead letter's subject names its event, so for the logs it
@@ -107,8 +113,8 @@ pub const STREAM_MAX_MESSAGES: &str = "gancho_stream_max_messages";
 pub const STREAM_SUBJECTS: &str = "gancho_stream_subjects";
 /// Routed events purged from a near-full events stream (the replay window shrank).
 pub const EVENTS_TRIMMED: &str = "gancho_router_events_trimmed_total";
-/// Deliveries set aside for a paused endpoint (`gancho.held.<tenant>.<endpoint>`), by the
-/// worker or the router.
+/// Deliveries set aside for a paused endpoint (`gancho.hold.<tenant>.<endpoint>`, in the held
+/// stream), by the worker or the router.
 pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
 /// Held deliveries moved back for delivery after their endpoint was resumed, disabled or
 /// deleted.
@@ -268,6 +274,10 @@ pub fn describe_all() {
         "Milliseconds spent waiting for storage room, by role."
     );
     metrics::describe_gauge!(STREAM_BYTES, "Bytes in a stream, by stream.");
+    describe_gauge!(
+        DELIVERIES_ROOM_USED,
+        "Bytes of deliveries (the deliveries and held streams) against the router's room."
+    );
     describe_gauge!(STREAM_MESSAGES, "Messages in a stream, by stream.");
     describe_gauge!(
         STREAM_MAX_MESSAGES,

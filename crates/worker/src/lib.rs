@@ -10,8 +10,9 @@
 //!   `Retry-After` on 429/503 is honoured up to an hour.
 //! - failure on the last attempt: written to `GANCHO_DEAD` with the reason, then acked.
 //! - 410 Gone: the endpoint is disabled in the config and the delivery dead-lettered.
-//! - paused endpoint: set aside on `gancho.held.<tenant>.<endpoint>` and acked, no attempt;
-//!   released back to its partition when the endpoint is resumed, disabled or deleted.
+//! - paused endpoint: set aside on `gancho.hold.<tenant>.<endpoint>` (the held stream) and
+//!   acked, no attempt; released back to its partition when the endpoint is resumed, disabled
+//!   or deleted.
 //!
 //! Writes that fail (a JetStream leader election) are re-sent for up to 30 s; only then is the
 //! delivery nak'd and attempted again: at least once, never lost. Attempts are counted by

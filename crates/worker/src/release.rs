@@ -1,12 +1,19 @@
 //! Held deliveries: a paused endpoint's, and those parked while an endpoint's circuit is
-//! open, it is stalled, or its queue in this worker is full. A paused endpoint's deliveries
-//! wait on `gancho.held.<tenant>.<endpoint>` in the deliveries stream, where no consumer
-//! reads them: they take no ack-pending slot and spend no attempt. Every worker looks at the held subjects whenever its config
+//! open, it is stalled, or its queue in this worker is full. They wait on
+//! `gancho.hold.<tenant>.<endpoint>` in the held stream, where no consumer reads them: they
+//! take no ack-pending slot and spend no attempt. Every worker looks at the held subjects whenever its config
 //! snapshot changes and every [`LOOK_EVERY`]; a subject whose endpoint is no longer paused
 //! (resumed, disabled or deleted) is released: each message goes back to the partition
 //! subject it came from (its `Gancho-Target` header) and is acked only after that publish is
 //! stored, so the worker's usual rules apply to it: delivered, or dead-lettered as
 //! `endpoint_disabled` or `endpoint_gone`.
+//!
+//! The held stream is apart from the deliveries stream so that a dead endpoint's pile does
+//! not lie between the deliveries that are sent and removed within seconds: there, it left
+//! the deliveries stream's blocks mostly holes, which nats-server loaded and compacted over
+//! and over (a gigabyte of its heap after half an hour at fan-out 100 with a fifth of the
+//! endpoints dead). Deliveries held by an older version, on `gancho.held.<tenant>.<endpoint>`
+//! in the deliveries stream, are looked at and released the same way.
 //!
 //! Only the worker serving the endpoint's partition releases its subject, since it alone
 //! knows the endpoint's gate: while the circuit is open, the endpoint is stalled or its
@@ -16,8 +23,8 @@
 //! second while some wait).
 //!
 //! Workers releasing the same subject share one durable consumer named after it, and the
-//! republish carries `Nats-Msg-Id: release:<held sequence>`, so two workers, or a release
-//! redone after a crash, never make two deliveries of one held message.
+//! republish carries `Nats-Msg-Id: release:<held stream>:<held sequence>`, so two workers,
+//! or a release redone after a crash, never make two deliveries of one held message.
 //!
 //! Parked deliveries are kept no longer than a deferred one would be: every [`SWEEP_EVERY`]
 //! the worker reads each parked subject it keeps from its oldest message and dead-letters,
@@ -125,11 +132,39 @@ pub(crate) async fn run(live: Arc<Live>, parking: Parking, cancel: CancellationT
     }
 }
 
+/// Where held deliveries wait: the held stream, and the deliveries stream's subjects of an
+/// older version.
+#[derive(Clone, Copy)]
+enum Place {
+    Held,
+    Legacy,
+}
+
+impl Place {
+    fn stream(self, subjects: &Subjects) -> String {
+        match self {
+            Place::Held => subjects.held_stream(),
+            Place::Legacy => subjects.deliveries_stream(),
+        }
+    }
+    fn wildcard(self, subjects: &Subjects) -> String {
+        match self {
+            Place::Held => subjects.held_wildcard(),
+            Place::Legacy => subjects.legacy_held_wildcard(),
+        }
+    }
+    /// The message id of a released copy of held message `seq`: what an older version
+    /// writes for its own subjects, so a release it shares with one makes no duplicate.
+    fn release_id(self, seq: u64) -> String {
+        match self {
+            Place::Held => format!("release:held:{seq}"),
+            Place::Legacy => format!("release:{seq}"),
+        }
+    }
+}
+
 /// Counts what is held and releases the subjects of this worker's partitions whose endpoint
-/// is not paused: all of a subject, as many as the endpoint's queue has room for, one to
-/// probe an open circuit whose cool-down is over, or none while it cools down, stalls or is
-/// paused by its receiver. With `sweep`, the subjects whose endpoint's gate keeps some are
-/// first swept of those that outlived their patience. Returns whether some wait on the gate.
+/// is not paused, in both places. Returns whether some wait on the gate.
 async fn look(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -138,8 +173,34 @@ async fn look(
     sweep: bool,
     cancel: &CancellationToken,
 ) -> Result<bool, async_nats::Error> {
-    let stream = js.get_stream(subjects.deliveries_stream()).await?;
-    let mut held = stream.info_with_subjects(subjects.held_wildcard()).await?;
+    let mut total = 0;
+    let mut waiting = false;
+    for place in [Place::Held, Place::Legacy] {
+        let (held, waits) = look_in(place, js, subjects, live, parking, sweep, cancel).await?;
+        total += held;
+        waiting |= waits;
+    }
+    metrics::gauge!(names::DELIVERIES_HELD_NOW).set(total as f64);
+    Ok(waiting)
+}
+
+/// Counts what is held in `place` and releases the subjects of this worker's partitions
+/// whose endpoint is not paused: all of a subject, as many as the endpoint's queue has room
+/// for, one to probe an open circuit whose cool-down is over, or none while it cools down,
+/// stalls or is paused by its receiver. With `sweep`, the subjects whose endpoint's gate
+/// keeps some are first swept of those that outlived their patience. Returns how many are
+/// held there and whether some wait on the gate.
+async fn look_in(
+    place: Place,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    live: &Live,
+    parking: &Parking,
+    sweep: bool,
+    cancel: &CancellationToken,
+) -> Result<(usize, bool), async_nats::Error> {
+    let stream = js.get_stream(place.stream(subjects)).await?;
+    let mut held = stream.info_with_subjects(place.wildcard(subjects)).await?;
     let mut total = 0usize;
     let mut releasable = Vec::new();
     let mut kept = Vec::new();
@@ -197,26 +258,26 @@ async fn look(
             }
         }
     }
-    metrics::gauge!(names::DELIVERIES_HELD_NOW).set(total as f64);
     if sweep {
-        for subject in kept {
-            let n = sweep_outlived(&stream, subjects, &subject, &parking.ctx, cancel).await?;
-            if n > 0 {
-                info!(
-                    subject,
-                    deliveries = n,
-                    "Dead-lettered parked deliveries older than their retry schedule plus the grace."
-                );
-            }
-        }
+        sweep_kept(&stream, subjects, kept, &parking.ctx, cancel).await?;
     }
     for (subject, limit) in releasable {
-        let n = release(js, &stream, subjects, &subject, limit, &parking.ctx, cancel).await?;
+        let n = release(
+            place,
+            js,
+            &stream,
+            subjects,
+            &subject,
+            limit,
+            &parking.ctx,
+            cancel,
+        )
+        .await?;
         if n > 0 && limit.is_none() {
             info!(subject, deliveries = n, "Released held deliveries.");
         }
     }
-    Ok(waiting)
+    Ok((total, waiting))
 }
 
 /// The durable consumer that reads `held` (shared by every worker releasing it).
@@ -241,6 +302,27 @@ async fn reader(
         )
         .await?;
     Ok(consumer)
+}
+
+/// Sweeps each subject of `kept` of the deliveries that outlived their patience.
+async fn sweep_kept(
+    stream: &Stream,
+    subjects: &Subjects,
+    kept: Vec<String>,
+    ctx: &Ctx,
+    cancel: &CancellationToken,
+) -> Result<(), async_nats::Error> {
+    for subject in kept {
+        let n = sweep_outlived(stream, subjects, &subject, ctx, cancel).await?;
+        if n > 0 {
+            info!(
+                subject,
+                deliveries = n,
+                "Dead-lettered parked deliveries older than their retry schedule plus the grace."
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Dead-letters the messages on `held`, oldest first, that outlived their patience, up to
@@ -295,8 +377,13 @@ async fn sweep_outlived(
     Ok(expired)
 }
 
-/// Moves every message on `held` back to its partition subject.
+/// Moves every message on `held` (in `place`) back to its partition subject.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the place, its stream and subject, the limit, and the worker's context and token"
+)]
 async fn release(
+    place: Place,
     js: &jetstream::Context,
     stream: &Stream,
     subjects: &Subjects,
@@ -335,7 +422,7 @@ async fn release(
             let seq = m.info().map(|i| i.stream_sequence)?;
             let publish = PublishMessage::build()
                 .payload(m.payload.clone())
-                .message_id(format!("release:{seq}"));
+                .message_id(place.release_id(seq));
             let copied = async { js.send_publish(target, publish).await?.into_future().await };
             match copied.await {
                 Ok(_) => {

@@ -377,13 +377,25 @@ impl Ctx {
     fn hold_publish(&self, unit: Unit<'_>, delivery: &Delivery) -> (String, PublishMessage) {
         emit::Held.emit();
         let msg = unit.msg;
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        // The message's stream and sequence: a held message delivered in place (no room for
+        // a copy) may be held again, and the held stream counts its own sequences.
+        let (stream, seq) = msg
+            .info()
+            .map(|i| (i.stream, i.stream_sequence))
+            .unwrap_or(("", 0));
+        // A held message (delivered in place) goes back where it was going, not to its
+        // held subject.
+        let target = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(gancho_core::subject::TARGET_HEADER))
+            .map_or(msg.subject.as_str(), |t| t.as_str());
         let mut headers = HeaderMap::new();
-        headers.insert(gancho_core::subject::TARGET_HEADER, msg.subject.as_str());
+        headers.insert(gancho_core::subject::TARGET_HEADER, target);
         let publish = PublishMessage::build()
             .payload(unit.bytes(delivery))
             .headers(headers)
-            .message_id(format!("hold:{}:{seq}", delivery.id));
+            .message_id(format!("hold:{}:{stream}:{seq}", delivery.id));
         (
             self.subjects.held(&delivery.tenant, &delivery.endpoint_id),
             publish,
