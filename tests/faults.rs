@@ -5,7 +5,8 @@
 //! losing a node, getting it back, then losing the deliveries stream's leader; the leader lost
 //! in the middle of a fan-out; partitions (the leader cut off from the other nodes, a worker
 //! cut off from its server, each for 30 s and healed); two nodes of three stopped for 30 s
-//! (no quorum); workers from one to four and back under load; receivers that reset mid-response, answer garbage, stall, send
+//! (no quorum); workers from one to four and back under load; a rolling upgrade from the
+//! previous release; receivers that reset mid-response, answer garbage, stall, send
 //! 100 MB or trickle their headers.
 //!
 //! Each row counts the events accepted, the deliveries expected, delivered, lost (must be 0)
@@ -76,6 +77,12 @@ struct Producer {
 
 impl Producer {
     fn start(env: &Env, n: usize) -> Self {
+        Self::start_with(env, n, &[])
+    }
+
+    /// [`Producer::start`] with `extra` appended to every encoded event: a field of a later
+    /// version, which this one does not know.
+    fn start_with(env: &Env, n: usize, extra: &'static [u8]) -> Self {
         let js = env.js.clone();
         let subject = env.layout.subjects.event("acme", "charge.paid");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -84,14 +91,16 @@ impl Producer {
         let refusals = refused.clone();
         let task = tokio::spawn(async move {
             let encode = |i: usize| {
-                Event {
+                let mut bytes = Event {
                     id: format!("evt-{i}"),
                     tenant: "acme".into(),
                     r#type: "charge.paid".into(),
                     payload: payload(i).to_string().into_bytes().into(),
                     ..Default::default()
                 }
-                .encode_to_vec()
+                .encode_to_vec();
+                bytes.extend_from_slice(extra);
+                bytes
             };
             let publish = |k: usize| {
                 let (js, subject) = (js.clone(), subject.clone());
@@ -994,6 +1003,115 @@ async fn workers_join_and_leave_under_load() {
         "{} requests to an endpoint limited to {RATE}/s in {span:.1} s ({moves} moves): more than {most}",
         at.len()
     );
+    row.check();
+}
+
+/// Field 111 of an event, a varint 1: what a later version might add.
+const UNKNOWN_FIELD: &[u8] = &[0xF8, 0x06, 0x01];
+
+/// A rolling upgrade under load, as an orchestrator does it: the previous release's router
+/// and two workers (`GANCHO_PREVIOUS_BIN`, built by `make previous-release` from the tag
+/// `v0.1.0`) replaced by this build's one at a time (the router, then the workers), every
+/// 3 s, each new one started before
+/// the old one gets SIGTERM. One more endpoint is paused from the start, so both versions
+/// hold its deliveries (where each holds them), and it is resumed once every role is new:
+/// each held delivery arrives once. Every stored endpoint carries config fields of a later
+/// version, and every event a protobuf field of one: the previous release ignores both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: make test-faults"]
+async fn rolling_upgrade_under_load() {
+    const EVENTS_UPGRADE: usize = 6_000;
+    let env = Env::new().await;
+    let rx = Receiver::https_tally(&env.ca).await;
+    let mut paths = endpoints(&env, &rx, ENDPOINTS).await;
+    env.endpoints_on_all("acme", vec!["paused".to_string()], |_| rx.url("/paused"))
+        .await;
+    env.change("acme", "paused", |ep| {
+        ep.retry_schedule = Some(SCHEDULE.into());
+        ep.filter_types = vec!["charge.*".into()];
+        ep.paused = true;
+    })
+    .await;
+    paths.push("/paused".into());
+    // Config fields a later version adds, in every endpoint's record.
+    for id in (0..ENDPOINTS)
+        .map(|i| format!("e{i}"))
+        .chain(["paused".into()])
+    {
+        let key = gancho_core::Subjects::endpoint_key("acme", &id);
+        let stored = env.layout.config.get(&key).await.unwrap().unwrap();
+        let mut record: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        record["ordering"] = "key".into();
+        record["ordering_key"] = "/n".into();
+        env.layout
+            .config
+            .put(&key, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .unwrap();
+    }
+
+    let mut router = env.spawn_previous("router");
+    let mut workers = vec![env.spawn_previous("worker"), env.spawn_previous("worker")];
+    let started = Instant::now();
+    let producer = Producer::start_with(&env, EVENTS_UPGRADE, UNKNOWN_FIELD);
+    let mut allowed = 0;
+    // The router first, so both versions route (and hold) a share of the events.
+    let order = [None, Some(0), Some(1)];
+    for which in order {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        allowed += duplicate_allowance(&env).await;
+        let (old, role) = match which {
+            Some(i) => (&mut workers[i], "worker"),
+            None => (&mut router, "router"),
+        };
+        let mut new = env.spawn(role);
+        std::mem::swap(old, &mut new);
+        assert!(
+            support::terminate(&mut new),
+            "the previous release's {role} did not stop on SIGTERM"
+        );
+    }
+    let accepted = producer.finish().await;
+    // Every event held for the paused endpoint, wherever each version holds them; none sent.
+    async fn held(env: &Env) -> (usize, usize) {
+        let subjects = &env.layout.subjects;
+        (
+            env.stored_on(&subjects.held("acme", "paused")).await,
+            env.stored_on(&subjects.legacy_held("acme", "paused")).await,
+        )
+    }
+    wait_until("every event held", Duration::from_secs(120), || async {
+        let (new, old) = held(&env).await;
+        new + old >= accepted
+    })
+    .await;
+    let (new, old) = held(&env).await;
+    println!("held for the paused endpoint: {old} by the previous release, {new} by this one");
+    assert_eq!(
+        new + old,
+        accepted,
+        "held deliveries of the paused endpoint"
+    );
+    assert!(
+        !rx.tally().keys().any(|(path, _)| path == "/paused"),
+        "the paused endpoint got a request"
+    );
+    env.change("acme", "paused", |ep| ep.paused = false).await;
+    let row = Row::count(
+        "rolling upgrade: the router and 2 workers of v0.1.0 replaced one by one, every 3 s (SIGTERM)",
+        &env,
+        &[&rx],
+        &paths,
+        accepted,
+        allowed,
+        started,
+    )
+    .await;
+    assert!(env.dead_letters().await.is_empty(), "nothing dead-lettered");
+    support::kill9(&mut router);
+    for w in &mut workers {
+        support::kill9(w);
+    }
     row.check();
 }
 

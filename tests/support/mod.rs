@@ -433,8 +433,12 @@ impl Env {
     /// Starts the role with its stderr to `stderr`, and keeps its pid to kill when the test
     /// ends ([`Env`]'s drop).
     fn spawn_kept(&self, args: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> Child {
-        let child = self
-            .command(args, envs)
+        self.keep(self.command(args, envs), stderr)
+    }
+
+    /// Starts `cmd` and registers it to be killed when the test ends.
+    fn keep(&self, mut cmd: Command, stderr: Stdio) -> Child {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -447,12 +451,30 @@ impl Env {
         child
     }
 
+    /// Starts `gancho <role>` of the previous release (`GANCHO_PREVIOUS_BIN`, which `make
+    /// previous-release` builds from the tag `v0.1.0`), for a rolling upgrade; killed when
+    /// the test ends like the others. Without it the test fails and says how to build it.
+    pub fn spawn_previous(&self, role: &str) -> Child {
+        let bin = std::env::var("GANCHO_PREVIOUS_BIN").unwrap_or_default();
+        assert!(
+            !bin.is_empty() && std::path::Path::new(&bin).is_file(),
+            "GANCHO_PREVIOUS_BIN ({bin:?}) is not the previous release's binary: `make \
+             previous-release` builds it from the tag v0.1.0 (make test-faults does it first)"
+        );
+        self.keep(self.command_of(&bin, &[role], &[]), Stdio::inherit())
+    }
+
     /// The command [`Env::spawn_with`] runs, for tests that capture its output.
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         // GANCHO_TEST_BIN runs the roles from another build (a release one, to measure as
         // operators run them).
         let bin = std::env::var("GANCHO_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gancho").to_owned());
+        self.command_of(&bin, args, envs)
+    }
+
+    /// `bin <args>` against this server, with the roles' usual environment.
+    fn command_of(&self, bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("GANCHO_NATS_URL", &self.nats_urls)

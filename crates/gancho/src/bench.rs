@@ -9,6 +9,8 @@
 //! change takes to reach every role. `--json` prints one JSON object. `--floor` measures the
 //! floor under all that instead: the same deliveries from a bare client, with no gancho role.
 
+mod soak;
+
 use crate::manage::{call, Conn};
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -16,6 +18,7 @@ use bytes::Bytes;
 use gancho_proto::Message as _;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
+use soak::{Fault, Faults, Samples, SAMPLE_EVERY};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -83,6 +86,15 @@ pub struct BenchArgs {
     /// The part of a `--soak` run left out of the slope, e.g. 5m.
     #[arg(long, default_value = "5m", requires = "soak")]
     pub warm_up: String,
+    /// In a `--soak` run, a fault this often, e.g. 3m: a worker SIGKILLed and started again,
+    /// the router the same, nats-server SIGKILLed and started again on its store, the sink
+    /// answering 503 for 30 s, in turn. The run then fails unless, after the warm-up, no
+    /// role's memory or open descriptors grew by more than 10% (the median of the last five
+    /// minutes against the first five's) and what waits in the deliveries and held streams
+    /// was back under one second of traffic after every fault (and, as always, every
+    /// delivery arrived).
+    #[arg(long, requires = "soak")]
+    pub faults: Option<String>,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -353,12 +365,21 @@ pub async fn run(
         bail!("--dead-share leaves no healthy endpoint to measure");
     }
 
+    let faults = args
+        .faults
+        .as_deref()
+        .map(|f| duration_arg("faults", f))
+        .transpose()?;
+    if faults.is_some() && cluster.is_some() {
+        bail!("--faults restarts nats-server, so it runs on a nats-server of its own; leave out --nats-url");
+    }
     let shape = Shape {
         dead,
         healthy,
         dead_timeout,
         patience,
         soak,
+        faults,
         cluster,
     };
     if let Some(old) = &args.compare {
@@ -371,6 +392,20 @@ pub async fn run(
         print_floor(&report);
     } else {
         print_report(&report);
+    }
+    soak_verdict(&report)
+}
+
+/// An error when a `--soak` run with `--faults` failed its checks.
+fn soak_verdict(report: &Value) -> anyhow::Result<()> {
+    let failed: Vec<&str> = report["soak"]["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !failed.is_empty() {
+        bail!("the soak failed: {}", failed.join("; "));
     }
     Ok(())
 }
@@ -583,9 +618,6 @@ fn ratio(v: &Value) -> String {
     v.as_f64().map_or("-".to_owned(), |r| format!("{r:.2}"))
 }
 
-/// How often a `--soak` run samples each process's resident memory.
-const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-
 /// What `run` made of the arguments.
 #[derive(Clone)]
 struct Shape {
@@ -595,6 +627,8 @@ struct Shape {
     patience: Duration,
     /// `--soak`: its warm-up.
     soak: Option<Duration>,
+    /// `--faults`: how often.
+    faults: Option<Duration>,
     /// `--nats-url`: run on this server or cluster instead of a nats-server of its own.
     cluster: Option<String>,
 }
@@ -668,73 +702,6 @@ impl Cluster {
     }
 }
 
-/// Each process's resident memory, sampled every [`SAMPLE_EVERY`] of a `--soak` run.
-struct Samples {
-    names: Vec<String>,
-    pids: Vec<Option<u32>>,
-    series: Vec<Vec<f64>>,
-    next: Instant,
-}
-
-impl Samples {
-    fn new(procs: &[Proc]) -> Self {
-        Self {
-            names: procs.iter().map(|p| p.name.clone()).collect(),
-            pids: procs.iter().map(|p| p.child.id()).collect(),
-            series: vec![Vec::new(); procs.len()],
-            next: Instant::now(),
-        }
-    }
-
-    fn sample_if_due(&mut self) {
-        if Instant::now() < self.next {
-            return;
-        }
-        self.next += SAMPLE_EVERY;
-        for (pid, series) in self.pids.iter().zip(&mut self.series) {
-            let rss = pid
-                .and_then(|pid| gancho_telemetry::process_usage(&pid.to_string()))
-                .map_or(0.0, |u| u.rss_bytes / (1024.0 * 1024.0));
-            series.push((rss * 10.0).round() / 10.0);
-        }
-    }
-
-    /// Per process: the series (MiB), and the least-squares slope (MiB a minute) and the
-    /// change from first to last of the samples after `warm_up`.
-    fn report(&self, warm_up: Duration) -> Value {
-        let skip = (warm_up.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()).ceil() as usize;
-        let mut out = serde_json::Map::new();
-        for (name, series) in self.names.iter().zip(&self.series) {
-            let after: Vec<f64> = series.iter().skip(skip).copied().collect();
-            let n = after.len() as f64;
-            let minutes = SAMPLE_EVERY.as_secs_f64() / 60.0;
-            let slope = if after.len() >= 2 {
-                let mean_x = (n - 1.0) / 2.0;
-                let mean_y = after.iter().sum::<f64>() / n;
-                let (mut num, mut den) = (0.0, 0.0);
-                for (i, y) in after.iter().enumerate() {
-                    num += (i as f64 - mean_x) * (y - mean_y);
-                    den += (i as f64 - mean_x).powi(2);
-                }
-                num / den / minutes
-            } else {
-                0.0
-            };
-            let change_pct = match (after.first(), after.last()) {
-                (Some(a), Some(b)) if *a > 0.0 => (b - a) / a * 100.0,
-                _ => 0.0,
-            };
-            out.insert(
-                name.clone(),
-                json!({"rss_mib_every_10s": series,
-                    "slope_mib_per_min": (slope * 100.0).round() / 100.0,
-                    "change_after_warm_up_pct": (change_pct * 10.0).round() / 10.0}),
-            );
-        }
-        json!({"warm_up_s": warm_up.as_secs(), "processes": out})
-    }
-}
-
 #[allow(
     clippy::too_many_lines,
     reason = "one run in order: start the processes, set up, send, wait, measure, clean up; each step a call"
@@ -753,6 +720,7 @@ async fn bench(
         dead_timeout,
         patience,
         soak,
+        faults,
         cluster: _,
     } = shape;
     let quiet = args.json;
@@ -763,10 +731,10 @@ async fn bench(
     };
     let exe = std::env::current_exe()?;
     let mut procs = Vec::new();
+    let nats_port = free_port()?;
     let nats_url = match cluster {
         Some(c) => c.url.clone(),
         None => {
-            let nats_port = free_port()?;
             procs.push(Proc {
                 name: "nats-server".into(),
                 child: crate::dev::spawn_nats(dir, nats_port).await?,
@@ -799,7 +767,13 @@ async fn bench(
                 .env("RUST_LOG", "error")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+                // Appended to: a role started again by `--faults` keeps its log.
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join(format!("{name}.log")))?,
+                )
                 .kill_on_drop(true);
             for (k, v) in envs {
                 cmd.env(k, v);
@@ -912,10 +886,8 @@ async fn bench(
         }
     });
     use futures::StreamExt as _;
-    let created: Vec<_> = futures::stream::iter(creates)
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    // In order: the first `dead` ids are the dead endpoints'.
+    let created: Vec<_> = futures::stream::iter(creates).buffered(16).collect().await;
     bar.finish_and_clear();
     let mut ids = Vec::new();
     for c in created {
@@ -1021,10 +993,58 @@ async fn bench(
     let bar = progress(quiet, expected, "deliveries");
     let mut sent_for = None;
     let mut last = Value::Null;
-    let mut samples = Samples::new(&procs);
+    let mut samples = Samples::new(
+        &procs
+            .iter()
+            .map(|p| (p.name.clone(), p.child.id()))
+            .collect::<Vec<_>>(),
+    );
+    let mut faults = faults.map(|every| Faults::new(every, args.rate));
+    let watch = match &faults {
+        Some(_) => Some(jetstream::new(
+            crate::roles::connect(&nats_url, "gancho-bench".into()).await?,
+        )),
+        None => None,
+    };
     loop {
         if soak.is_some() {
             samples.sample_if_due();
+        }
+        if let (Some(f), Some(js)) = (faults.as_mut(), watch.as_ref()) {
+            if let Some(fault) = f.due(started.elapsed()) {
+                say(&format!("fault at {:.0?}: {fault:?}", started.elapsed()));
+                let (name, again) = match fault {
+                    Fault::WorkerKill => ("worker-1", Restart::Role(&["worker"], metrics_ports[0])),
+                    Fault::RouterKill => ("router", Restart::Role(&["router"], router_metrics)),
+                    Fault::NatsRestart => ("nats-server", Restart::Nats),
+                    Fault::ReceiverOutage => ("sink", Restart::Outage),
+                };
+                let pid = match again {
+                    Restart::Outage => {
+                        outage(&client, sink_port).await?;
+                        None
+                    }
+                    again => {
+                        let Some(p) = procs.iter_mut().find(|p| p.name == name) else {
+                            bail!("no process {name} to stop");
+                        };
+                        p.child.kill().await?;
+                        p.child = match again {
+                            Restart::Role(role, port) => {
+                                spawn(name, role, &[("GANCHO_METRICS_LISTEN", listen(port))])?.child
+                            }
+                            _ => crate::dev::spawn_nats(dir, nats_port).await?,
+                        };
+                        Some(p.child.id())
+                    }
+                };
+                if let Some(pid) = pid {
+                    samples.restarted(name, pid);
+                }
+            }
+            if let Some(waiting) = waiting(js, &prefix).await {
+                f.observe(started.elapsed(), waiting);
+            }
         }
         if sent_for.is_none() && sender.is_finished() {
             sent_for = Some(started.elapsed());
@@ -1059,7 +1079,7 @@ async fn bench(
             if let Some(warm_up) = soak {
                 eprintln!(
                     "memory over the run (it timed out, the series still holds): {}",
-                    serde_json::to_string_pretty(&samples.report(warm_up))?
+                    serde_json::to_string_pretty(&soak_report(&samples, faults.as_ref(), warm_up))?
                 );
             }
             // What did not arrive is lost only if gancho did not give up on it: say what it
@@ -1163,8 +1183,64 @@ async fn bench(
         "nats_server": nats_version,
         "cluster": cluster,
         "settings": settings(forwarded),
-        "soak": soak.map(|warm_up| samples.report(warm_up)),
+        "soak": soak.map(|warm_up| soak_report(&samples, faults.as_ref(), warm_up)),
     }))
+}
+
+/// How a process stopped by `--faults` comes back.
+#[derive(Clone, Copy)]
+enum Restart {
+    /// `gancho <args>` with its metrics on this port.
+    Role(&'static [&'static str], u16),
+    /// nats-server on its store and port.
+    Nats,
+    /// Not stopped: the sink answers 503 for [`soak::OUTAGE`].
+    Outage,
+}
+
+/// Asks the sink to answer 503 for [`soak::OUTAGE`].
+async fn outage(client: &HttpClient, sink_port: u16) -> anyhow::Result<()> {
+    let url = format!(
+        "https://127.0.0.1:{sink_port}/_outage?secs={}",
+        soak::OUTAGE.as_secs()
+    );
+    let req = http::Request::post(&url).body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .context("the sink did not answer the outage request in 5 s")??;
+    if !resp.status().is_success() {
+        bail!("the sink refused the outage: {}", resp.status());
+    }
+    Ok(())
+}
+
+/// Messages in the deliveries and held streams (what waits to be delivered), or `None`
+/// when JetStream does not answer (nats-server restarting).
+async fn waiting(js: &jetstream::Context, prefix: &str) -> Option<u64> {
+    let subjects = gancho_core::Subjects::new(prefix).ok()?;
+    let mut total = 0;
+    for name in [subjects.deliveries_stream(), subjects.held_stream()] {
+        let mut stream = js.get_stream(name).await.ok()?;
+        total += stream.info().await.ok()?.state.messages;
+    }
+    Some(total)
+}
+
+/// The soak's part of the report: the samples, the faults, and what failed (with
+/// `--faults`: growth after the warm-up, faults not recovered from).
+fn soak_report(samples: &Samples, faults: Option<&Faults>, warm_up: Duration) -> Value {
+    let mut report = samples.report(warm_up);
+    if let Some(f) = faults {
+        let mut failed = samples.grown(warm_up);
+        failed.extend(
+            f.not_back()
+                .into_iter()
+                .map(|w| format!("the deliveries were not back to empty after the {w}")),
+        );
+        report["faults"] = f.report();
+        report["failed"] = json!(failed);
+    }
+    report
 }
 
 /// How many dead letters `endpoints` (of the bench's tenant) have, by kind: what gancho gave
@@ -1652,6 +1728,17 @@ fn print_report(r: &Value) {
                 f(&p["change_after_warm_up_pct"]),
                 series.join(" ")
             );
+        }
+        for fault in soak["faults"]["faults"].as_array().into_iter().flatten() {
+            println!(
+                "  fault at {} s: {}; back to empty after {} s",
+                f(&fault["at_s"]),
+                fault["fault"].as_str().unwrap_or(""),
+                f(&fault["back_to_empty_s"])
+            );
+        }
+        for failed in soak["failed"].as_array().into_iter().flatten() {
+            println!("  FAILED: {}", failed.as_str().unwrap_or(""));
         }
     }
     let c = &r["cluster"];

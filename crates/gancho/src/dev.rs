@@ -179,7 +179,10 @@ async fn start_nats(data: &Path) -> anyhow::Result<(Child, u16)> {
 /// waits until it listens. The child is killed when dropped.
 pub(crate) async fn spawn_nats(data: &Path, port: u16) -> anyhow::Result<Child> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let log = std::fs::File::create(data.join("nats-server.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("nats-server.log"))?;
     let bin = nats_binary();
     let mut child = Command::new(&bin)
         .args(["-js", "-a", "127.0.0.1", "-p"])

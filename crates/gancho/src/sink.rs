@@ -174,6 +174,9 @@ struct Sink {
     fail_share: f64,
     quiet: bool,
     counts: Counts,
+    /// Until when every webhook is answered 503 (`POST /_outage?secs=N`, for `gancho bench
+    /// --faults`): a receiver down for a while, its counts kept.
+    down_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
@@ -253,6 +256,7 @@ fn serve(
         fail_share,
         quiet,
         counts: Counts::default(),
+        down_until: std::sync::Mutex::new(None),
     });
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     async move {
@@ -318,6 +322,9 @@ impl Sink {
             );
             return resp;
         }
+        if req.uri().path() == "/_outage" {
+            return self.outage(req.uri().query().unwrap_or(""));
+        }
         let (parts, body) = req.into_parts();
         let body = body
             .collect()
@@ -369,7 +376,12 @@ impl Sink {
                 }
             }
         };
-        let fail = self.fail_share > 0.0 && rand::random::<f64>() < self.fail_share;
+        let down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| std::time::Instant::now() < until);
+        let fail = down || (self.fail_share > 0.0 && rand::random::<f64>() < self.fail_share);
         self.counts.received.fetch_add(1, Ordering::Relaxed);
         if fail {
             self.counts.failed.fetch_add(1, Ordering::Relaxed);
@@ -395,11 +407,33 @@ impl Sink {
             println!("{line}");
         }
         let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = if fail {
+        *resp.status_mut() = if down {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else if fail {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {
             self.status
         };
+        resp
+    }
+
+    /// `POST /_outage?secs=N`: every webhook for the next N seconds (at most an hour) is
+    /// answered 503 and counted as failed on purpose.
+    fn outage(&self, query: &str) -> Response<Full<Bytes>> {
+        let secs = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("secs="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s <= 3600);
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        match secs {
+            Some(secs) => {
+                *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(secs));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            }
+            None => *resp.status_mut() = StatusCode::BAD_REQUEST,
+        }
         resp
     }
 }
