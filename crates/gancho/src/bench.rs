@@ -1520,73 +1520,128 @@ async fn send(
     } else {
         (rate as usize / 100).max(1)
     };
-    let mut tick = tokio::time::interval(if rate == 0 {
+    let tick = tokio::time::interval(if rate == 0 {
         Duration::from_millis(1)
     } else {
         Duration::from_secs_f64(per_tick as f64 / rate as f64)
     });
+    let paced = (tick, rate > 0, per_tick);
     if via == "nats" {
-        let js = jetstream::new(crate::roles::connect(nats_url, "gancho-bench".into()).await?);
-        let mut acks = Vec::with_capacity(1000);
-        let mut n = 0;
-        while n < events {
-            if rate > 0 {
-                tick.tick().await;
-            }
-            let end = (n + per_tick.min(1000)).min(events);
-            for i in n..end {
-                let now = time::OffsetDateTime::now_utc();
-                let ty = event_type(i, groups);
-                let subject = format!("{prefix}.events.{TENANT}.{ty}");
-                let ev = gancho_proto::Event {
-                    id: format!("evt-{i}"),
-                    tenant: TENANT.into(),
-                    r#type: ty,
-                    occurred_at: Some(gancho_proto::timestamp(now)),
-                    payload: payload(i).into_bytes().into(),
-                    ..Default::default()
+        send_nats(events, groups, paced, &payload, nats_url, prefix).await
+    } else {
+        send_http(events, groups, paced, &payload, api_url, token, client).await
+    }
+}
+
+/// [`send`] over NATS: each event published under its id, sent again until acknowledged.
+async fn send_nats(
+    events: usize,
+    groups: usize,
+    (mut tick, paced, per_tick): (tokio::time::Interval, bool, usize),
+    payload: &impl Fn(usize) -> String,
+    nats_url: &str,
+    prefix: &str,
+) -> anyhow::Result<usize> {
+    let js = jetstream::new(crate::roles::connect(nats_url, "gancho-bench".into()).await?);
+    // Event `i` as a publish under its id: sent again, it is stored once.
+    let event = |i: usize| {
+        let ty = event_type(i, groups);
+        let subject = format!("{prefix}.events.{TENANT}.{ty}");
+        let ev = gancho_proto::Event {
+            id: format!("evt-{i}"),
+            tenant: TENANT.into(),
+            r#type: ty,
+            occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
+            payload: payload(i).into_bytes().into(),
+            ..Default::default()
+        };
+        let publish = PublishMessage::build()
+            .payload(ev.encode_to_vec().into())
+            .message_id(gancho_core::subject::event_message_id(TENANT, &ev.id));
+        (subject, publish)
+    };
+    let mut acks = Vec::with_capacity(1000);
+    let mut n = 0;
+    while n < events {
+        if paced {
+            tick.tick().await;
+        }
+        let end = (n + per_tick.min(1000)).min(events);
+        for i in n..end {
+            let (subject, publish) = event(i);
+            acks.push((i, js.send_publish(subject, publish).await));
+        }
+        n = end;
+        if acks.len() >= 1000 || n == events {
+            // As a producer that may not lose an event does (a nats-server restarted by
+            // `--faults`): what JetStream did not acknowledge is sent again under its id
+            // until it is.
+            let mut again = Vec::new();
+            for (i, ack) in acks.drain(..) {
+                let stored = match ack {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
                 };
-                let publish = PublishMessage::build()
-                    .payload(ev.encode_to_vec().into())
-                    .message_id(gancho_core::subject::event_message_id(TENANT, &ev.id));
-                acks.push(js.send_publish(subject, publish).await?);
-            }
-            n = end;
-            if acks.len() >= 1000 || n == events {
-                for ack in acks.drain(..) {
-                    ack.await?;
+                if !stored {
+                    again.push(i);
                 }
             }
-        }
-        Ok(events)
-    } else {
-        let url = format!("{api_url}/v1/tenants/{TENANT}/events/batch");
-        let mut n = 0;
-        while n < events {
-            if rate > 0 {
-                tick.tick().await;
+            while !again.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut left = Vec::new();
+                for i in again {
+                    let (subject, publish) = event(i);
+                    let stored = match js.send_publish(subject, publish).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !stored {
+                        left.push(i);
+                    }
+                }
+                again = left;
             }
-            let end = (n + per_tick.min(500)).min(events);
-            let now = time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)?;
-            let batch: Vec<Value> = (n..end)
-                .map(|i| {
-                    json!({"id": format!("evt-{i}"), "type": event_type(i, groups), "occurred_at": now,
-                        "data": serde_json::from_str::<Value>(&payload(i)).unwrap_or(Value::Null)})
-                })
-                .collect();
-            let req = http::Request::post(&url)
-                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(json!({"events": batch}).to_string())))?;
-            let resp = client.request(req).await?;
-            if !resp.status().is_success() {
-                bail!("HTTP ingest answered {}", resp.status());
-            }
-            n = end;
         }
-        Ok(events)
     }
+    Ok(events)
+}
+
+/// [`send`] over HTTP ingest, in batches.
+async fn send_http(
+    events: usize,
+    groups: usize,
+    (mut tick, paced, per_tick): (tokio::time::Interval, bool, usize),
+    payload: &impl Fn(usize) -> String,
+    api_url: &str,
+    token: &str,
+    client: &HttpClient,
+) -> anyhow::Result<usize> {
+    let url = format!("{api_url}/v1/tenants/{TENANT}/events/batch");
+    let mut n = 0;
+    while n < events {
+        if paced {
+            tick.tick().await;
+        }
+        let end = (n + per_tick.min(500)).min(events);
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)?;
+        let batch: Vec<Value> = (n..end)
+            .map(|i| {
+                json!({"id": format!("evt-{i}"), "type": event_type(i, groups), "occurred_at": now,
+                    "data": serde_json::from_str::<Value>(&payload(i)).unwrap_or(Value::Null)})
+            })
+            .collect();
+        let req = http::Request::post(&url)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json!({"events": batch}).to_string())))?;
+        let resp = client.request(req).await?;
+        if !resp.status().is_success() {
+            bail!("HTTP ingest answered {}", resp.status());
+        }
+        n = end;
+    }
+    Ok(events)
 }
 
 /// A report number: whole ones without decimals, others with two; `-` when absent.
