@@ -51,16 +51,18 @@ FAULT_TABLE := target/tmp/fault-table
 # in this tree's target the tag's crates and these would be taken for one another), kept in
 # .tools/ like the other tools.
 PREVIOUS_RELEASE := v0.1.0
+# The commit the tag names, for a clone that came without tags.
+PREVIOUS_COMMIT := dd3f926075d69d955f613d495660f1024e3a88a9
 PREVIOUS_DIR := $(TOOLS)/previous/$(PREVIOUS_RELEASE)
 export GANCHO_PREVIOUS_BIN := $(PREVIOUS_DIR)/gancho
 
 previous-release: $(GANCHO_PREVIOUS_BIN) ## Build the previous release (the tag v0.1.0) into .tools/previous/, for the rolling-upgrade row of test-faults.
 
 $(GANCHO_PREVIOUS_BIN):
-	@git rev-parse -q --verify '$(PREVIOUS_RELEASE)^{commit}' >/dev/null || { \
-	    echo "make previous-release: the tag $(PREVIOUS_RELEASE) is not in this clone (a shallow clone, or one without tags, leaves it out: git fetch --tags --unshallow)" >&2; exit 1; }
-	rm -rf $(PREVIOUS_DIR) && mkdir -p $(PREVIOUS_DIR)/src
-	git archive $(PREVIOUS_RELEASE) | tar -x -C $(PREVIOUS_DIR)/src
+	@rev=$$(git rev-parse -q --verify '$(PREVIOUS_RELEASE)^{commit}' || git rev-parse -q --verify '$(PREVIOUS_COMMIT)^{commit}') || { \
+	    echo "make previous-release: neither the tag $(PREVIOUS_RELEASE) nor its commit $(PREVIOUS_COMMIT) is in this clone (a shallow clone leaves them out: git fetch --tags --unshallow)" >&2; exit 1; }; \
+	rm -rf $(PREVIOUS_DIR) && mkdir -p $(PREVIOUS_DIR)/src && \
+	git archive $$rev | tar -x -C $(PREVIOUS_DIR)/src
 	cd $(PREVIOUS_DIR)/src && CARGO_TARGET_DIR=$(PREVIOUS_DIR)/target $(CARGO) build -p gancho --bin gancho
 	cp $(PREVIOUS_DIR)/target/debug/gancho $@
 
