@@ -637,8 +637,15 @@ impl Env {
         let ask = || async {
             let mut left = 0;
             for name in [subjects.deliveries_stream(), subjects.held_stream()] {
-                let mut s = self.js.get_stream(name).await.ok()?;
-                left += s.info().await.ok()?.state.messages;
+                // `get_stream` reads the stream's info.
+                left += self
+                    .js
+                    .get_stream(name)
+                    .await
+                    .ok()?
+                    .cached_info()
+                    .state
+                    .messages;
             }
             Some(left)
         };

@@ -1220,8 +1220,8 @@ async fn waiting(js: &jetstream::Context, prefix: &str) -> Option<u64> {
     let subjects = gancho_core::Subjects::new(prefix).ok()?;
     let mut total = 0;
     for name in [subjects.deliveries_stream(), subjects.held_stream()] {
-        let mut stream = js.get_stream(name).await.ok()?;
-        total += stream.info().await.ok()?.state.messages;
+        // `get_stream` reads the stream's info.
+        total += js.get_stream(name).await.ok()?.cached_info().state.messages;
     }
     Some(total)
 }

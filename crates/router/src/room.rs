@@ -197,10 +197,12 @@ pub(crate) fn watch(
         loop {
             let mut read = Some(0u64);
             for stream in &streams {
-                let bytes = match js.get_stream(stream).await {
-                    Ok(mut s) => s.info().await.ok().map(|info| info.state.bytes),
-                    Err(_) => None,
-                };
+                // `get_stream` reads the stream's info: one request, not two.
+                let bytes = js
+                    .get_stream(stream)
+                    .await
+                    .ok()
+                    .map(|s| s.cached_info().state.bytes);
                 read = read.zip(bytes).map(|(a, b)| a + b);
             }
             if let Some(bytes) = read {
