@@ -11,8 +11,9 @@
 //!
 //! Beyond that room, JetStream itself may refuse a delivery: the server's store is full
 //! (`max_file_store`, a full disk). The router then stops pulling events for a while (1 s,
-//! doubling up to 30 s while refusals go on), hands the event back, and tries again; routed
-//! events are trimmed meanwhile ([`crate::trim`]) so the store can take deliveries again.
+//! doubling up to 30 s while refusals go on, 2 s while the events stream is capped), hands
+//! the event back, and tries again; routed events are trimmed meanwhile ([`crate::trim`]) so
+//! the store can take deliveries again.
 
 use async_nats::jetstream;
 use gancho_telemetry::names;
@@ -33,6 +34,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 const FULL_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// The longest pause while refusals go on.
 pub const FULL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest pause while the events stream is capped ([`crate::trim`]): producers no longer
+/// take the room deliveries free, so it is the router's to use at once.
+pub const CAPPED_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Whether the router may route now, given the stream's usage and whether it could before.
 pub fn has_room(bytes: u64, max_bytes: i64, had_room: bool) -> bool {
@@ -62,11 +66,14 @@ pub(crate) struct Room {
     pub(crate) pressure: gancho_store::full::Pressure,
     /// While JetStream refuses writes: the pause in pulling, and when it ends.
     backoff: Mutex<(Duration, Option<Instant>)>,
+    /// Whether the events stream is capped because the server's store is full.
+    capped: AtomicBool,
 }
 
 impl Room {
     /// An open room of `max` bytes (0 or less: no limit) that drives `gate`.
     fn new(max: i64, gate: watch::Sender<bool>) -> Self {
+        metrics::gauge!(names::EVENTS_CAPPED).set(0.0);
         Self {
             max,
             observed: AtomicU64::new(0),
@@ -76,6 +83,7 @@ impl Room {
             gate,
             pressure: gancho_store::full::Pressure::new("router"),
             backoff: Mutex::new((Duration::ZERO, None)),
+            capped: AtomicBool::new(false),
         }
     }
 
@@ -114,7 +122,12 @@ impl Room {
         if backoff.1.is_some_and(|until| until > now) {
             return backoff.0;
         }
-        let pause = (backoff.0 * 2).clamp(FULL_BACKOFF_MIN, FULL_BACKOFF_MAX);
+        let longest = if self.capped.load(Ordering::Relaxed) {
+            CAPPED_BACKOFF_MAX
+        } else {
+            FULL_BACKOFF_MAX
+        };
+        let pause = (backoff.0 * 2).clamp(FULL_BACKOFF_MIN, longest);
         *backoff = (pause, Some(now + pause));
         drop(backoff);
         self.gate.send_replace(false);
@@ -124,6 +137,13 @@ impl Room {
             room.update_gate();
         });
         pause
+    }
+
+    /// Whether the events stream is capped ([`crate::trim`]): pauses are then short.
+    pub(crate) fn set_capped(&self, capped: bool) {
+        if self.capped.swap(capped, Ordering::Relaxed) != capped {
+            metrics::gauge!(names::EVENTS_CAPPED).set(if capped { 1.0 } else { 0.0 });
+        }
     }
 
     /// A delivery was stored: refusals, if any, are over.

@@ -84,6 +84,14 @@ impl Pressure {
         );
     }
 
+    /// When the last refusal came, while refusals go on (none since writes were taken again).
+    pub fn last_refusal(&self) -> Option<Instant> {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|(_, last)| last)
+    }
+
     /// Whether the last write was refused for lack of room.
     pub fn refusing(&self) -> bool {
         self.refusing.load(Ordering::Relaxed)

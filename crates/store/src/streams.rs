@@ -122,6 +122,12 @@ impl Default for StreamSettings {
     }
 }
 
+/// Stream metadata the router sets on the events stream while the server's store is full
+/// (`crates/router/src/trim.rs`): its record limit is then the count it held, and the value
+/// is the record limit to put back. Start-up leaves such a record limit alone; a router
+/// lifts it once its writes are taken again.
+pub const FULL_STORE_CAP: &str = "gancho_full_store_cap";
+
 /// A stream limit (bytes or records); `None` is none (-1).
 fn limit(n: Option<u64>) -> i64 {
     n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
@@ -344,7 +350,9 @@ fn reconcile(
     }
     // A stream created without a record limit reads -1 (0 is what the client sends).
     let records = |n: i64| if n > 0 { n } else { -1 };
-    if records(have.max_messages) != records(want.max_messages) {
+    // A record limit set by a router while the server's store is full stays until it lifts it.
+    let capped = have.metadata.contains_key(FULL_STORE_CAP);
+    if !capped && records(have.max_messages) != records(want.max_messages) {
         info!(stream = %name, from = have.max_messages, to = want.max_messages, "Changing the stream's record limit.");
         updated.max_messages = records(want.max_messages);
         changed = true;
@@ -370,4 +378,35 @@ fn reconcile(
         changed = true;
     }
     Ok(changed.then_some(updated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(max_messages: i64) -> stream::Config {
+        stream::Config {
+            name: "GANCHO_EVENTS".into(),
+            subjects: vec!["gancho.events.>".into()],
+            max_messages,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_limit_set_by_hand_is_put_back_but_a_full_stores_cap_stays() {
+        let want = events(-1);
+        let by_hand = events(500);
+        let fixed = reconcile(&by_hand, &want).unwrap().expect("a change");
+        assert_eq!(fixed.max_messages, -1);
+        let mut capped = events(500);
+        capped
+            .metadata
+            .insert(FULL_STORE_CAP.to_owned(), "-1".to_owned());
+        assert!(
+            reconcile(&capped, &want).unwrap().is_none(),
+            "the router lifts its cap, not start-up"
+        );
+    }
 }

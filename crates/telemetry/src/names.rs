@@ -67,6 +67,9 @@ pub const ENDPOINTS_PAUSED: &str = "gancho_delivery_endpoints_paused";
 pub const ENDPOINTS_DISABLED: &str = "gancho_delivery_endpoints_disabled_total";
 /// 1 while the router waits for room in the deliveries stream (at its high-water mark).
 pub const ROUTER_WAITING_FOR_ROOM: &str = "gancho_router_waiting_for_room";
+/// 1 while the events stream is capped at the count it holds because the server's store is
+/// full (the room freed by deliveries goes to routing; producers are refused meanwhile).
+pub const EVENTS_CAPPED: &str = "gancho_router_events_capped";
 /// Milliseconds a role spent waiting for storage room. `role`: router | worker | api.
 pub const STORAGE_WAIT: &str = "gancho_storage_wait_milliseconds_total";
 /// 1 while JetStream refuses this role's writes for lack of room (a stream at its limit, or
@@ -113,6 +116,8 @@ pub const STREAM_MAX_MESSAGES: &str = "gancho_stream_max_messages";
 pub const STREAM_SUBJECTS: &str = "gancho_stream_subjects";
 /// Routed events purged from a near-full events stream (the replay window shrank).
 pub const EVENTS_TRIMMED: &str = "gancho_router_events_trimmed_total";
+/// Attempt records purged by a router whose full store held nothing else it could free.
+pub const ATTEMPTS_SHED: &str = "gancho_router_attempts_shed_total";
 /// Deliveries set aside for a paused endpoint (`gancho.hold.<tenant>.<endpoint>`, in the held
 /// stream), by the worker or the router.
 pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
@@ -269,6 +274,10 @@ pub fn describe_all() {
         ROUTER_WAITING_FOR_ROOM,
         "1 while the router waits for room in the deliveries stream."
     );
+    metrics::describe_gauge!(
+        EVENTS_CAPPED,
+        "1 while a full server store caps the events stream at the count it holds."
+    );
     describe_counter!(
         STORAGE_WAIT,
         "Milliseconds spent waiting for storage room, by role."
@@ -325,6 +334,10 @@ pub fn describe_all() {
     describe_counter!(
         EVENTS_TRIMMED,
         "Routed events purged from a near-full events stream (the replay window shrank)."
+    );
+    describe_counter!(
+        ATTEMPTS_SHED,
+        "Oldest attempt records purged to make room when a full store held nothing else to free."
     );
     metrics::describe_gauge!(
         STREAM_MAX_BYTES,
