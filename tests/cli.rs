@@ -547,15 +547,20 @@ fn process_names(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// `gancho bench --floor`: the sink gets every request once (a record whose PubAck failed
-/// would fail the run), and the report splits the CPU between the client, nats-server and
-/// the sink. 2,000 deliveries: with 200, the three processes' CPU could all stay under the
+/// `gancho bench --floor`: each event is stored once and read back, each delivery message
+/// gancho would write for it (one per partition of its endpoints) is stored and read back,
+/// the sink gets every request once (a record whose PubAck failed would fail the run), and
+/// the report splits the CPU between the client, nats-server and the sink. 2,000 deliveries: with 200, the three processes' CPU could all stay under the
 /// kernel's 10 ms accounting tick, and a run measured as costing nothing has no ceiling.
 #[test]
 fn bench_floor_measures_without_gancho() {
     let r = bench_json(&["--floor", "--endpoints", "4", "--events", "500"]);
     assert_eq!(r["deliveries"], 2000, "{r}");
     assert_eq!(r["received"], 2000, "{r}");
+    assert_eq!(r["events_stored"], 500, "{r}");
+    let per_event = r["delivery_messages_per_event"].as_u64().unwrap();
+    assert!((1..=4).contains(&per_event), "{r}");
+    assert_eq!(r["delivery_messages_stored"], 500 * per_event, "{r}");
     assert_eq!(process_names(&r), ["client", "nats-server", "sink"], "{r}");
     assert!(r["ceiling_per_s"].as_f64().unwrap() > 0.0, "{r}");
     // It measures the floor alone: a flag that only means something to gancho's run is refused.

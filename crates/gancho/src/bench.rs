@@ -9,6 +9,7 @@
 //! change takes to reach every role. `--json` prints one JSON object. `--floor` measures the
 //! floor under all that instead: the same deliveries from a bare client, with no gancho role.
 
+mod floor;
 mod soak;
 
 use crate::manage::{call, Conn};
@@ -99,9 +100,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Measure the floor under gancho instead of gancho: no api, router or worker; this
-    /// process POSTs the same deliveries (payload, concurrency) over HTTP/2 and TLS to the
-    /// sink and stores one attempt-sized record per delivery in JetStream, awaiting its
-    /// PubAck. Reports each process's CPU per delivery and the rate they would allow.
+    /// process stores each event in JetStream under its id and reads it back, stores and
+    /// reads back the delivery messages gancho would write for it (one per partition of its
+    /// endpoints), POSTs the same deliveries (payload, concurrency) over HTTP/2 and TLS to
+    /// the sink and stores one attempt-sized record per delivery, awaiting every PubAck.
+    /// Reports each process's CPU per delivery and the rate they would allow.
     #[arg(long, conflicts_with_all = ["target", "dead_share", "rate", "config_changes", "fail_share", "fan_out"])]
     pub floor: bool,
     /// Compare this build with another: run the same scenario with the api, router and
@@ -809,7 +812,7 @@ async fn bench(
         procs.push(spawn_from(&exe, "sink", &sink_args, &[])?);
     }
     if args.floor {
-        return floor(args, &nats_url, sink_port, &ca, &procs).await;
+        return floor::run(args, &nats_url, sink_port, &ca, &procs).await;
     }
     let api_port = free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
@@ -1277,135 +1280,6 @@ fn event_type(i: usize, groups: usize) -> String {
     }
 }
 
-/// Requests in flight in `--floor`: the worker's default concurrency.
-const FLOOR_CONCURRENCY: usize = gancho_worker::DEFAULT_CONCURRENCY;
-/// Bytes of each `--floor` record: about what an attempt record of a 200 takes.
-const FLOOR_RECORD_BYTES: usize = 300;
-
-/// `--floor`: what the deliveries cost with nothing of gancho in the way. Each is one
-/// HTTP/2 POST over TLS to the sink (the same JSON shape and size as a webhook, with a
-/// `webhook-id`) and, once answered, one record stored in JetStream with its PubAck awaited,
-/// as the worker's attempt record. Left out: the delivery message itself (its publish,
-/// consume and ack; `make bench-jetstream` measures that), signing, the gate, retries.
-#[allow(
-    clippy::too_many_lines,
-    reason = "the floor's run in order (its own server, sink and client, then the sends and the measure), each step a call"
-)]
-async fn floor(
-    args: &BenchArgs,
-    nats_url: &str,
-    sink_port: u16,
-    ca: &Path,
-    procs: &[Proc],
-) -> anyhow::Result<Value> {
-    use futures::StreamExt as _;
-    let quiet = args.json;
-    let client = http_client(ca, true)?;
-    let stats = format!("https://127.0.0.1:{sink_port}/stats");
-    let ready = Instant::now();
-    while get_json(&client, &stats).await.is_none() {
-        if ready.elapsed() > Duration::from_secs(30) {
-            bail!("the sink did not answer in 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let js = jetstream::new(async_nats::connect(nats_url).await?);
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: "FLOOR".into(),
-        subjects: vec!["floor.>".into()],
-        ..Default::default()
-    })
-    .await?;
-    let deliveries = args.events * args.endpoints;
-    let pad = "x".repeat(args.payload_bytes);
-    let record = Bytes::from(vec![b'r'; FLOOR_RECORD_BYTES]);
-    let say = |m: &str| {
-        if !quiet {
-            eprintln!("{m}");
-        }
-    };
-    say(&format!(
-        "gancho bench --floor: {deliveries} deliveries ({} events x {} endpoints), {FLOOR_CONCURRENCY} in flight",
-        args.events, args.endpoints
-    ));
-    let self_pid = std::process::id().to_string();
-    let own_cpu = || gancho_telemetry::process_usage(&self_pid).map_or(0.0, |u| u.cpu_seconds);
-    let before: Vec<f64> = procs.iter().map(|p| p.usage().1).collect();
-    let own_before = own_cpu();
-    let bar = progress(quiet, deliveries as u64, "deliveries");
-    let started = Instant::now();
-    let one = |i: usize| {
-        let (client, js, bar) = (&client, &js, &bar);
-        let endpoint = i % args.endpoints;
-        let timestamp = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let body = format!(
-            r#"{{"type":"bench.floor","timestamp":"{timestamp}","data":{{"pad":"{pad}"}}}}"#
-        );
-        let record = record.clone();
-        async move {
-            let req = http::Request::post(format!("https://127.0.0.1:{sink_port}/e{endpoint}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header("webhook-id", format!("floor_{i}"))
-                .header("webhook-timestamp", timestamp)
-                .body(Full::new(Bytes::from(body)))?;
-            let resp = client.request(req).await?;
-            let status = resp.status();
-            resp.into_body().collect().await?;
-            if !status.is_success() {
-                bail!("the sink answered {status}");
-            }
-            js.publish(format!("floor.{endpoint}.2xx.success.{i}"), record)
-                .await?
-                .await?;
-            bar.inc(1);
-            anyhow::Ok(())
-        }
-    };
-    let mut results = futures::stream::iter(0..deliveries)
-        .map(one)
-        .buffer_unordered(FLOOR_CONCURRENCY);
-    while let Some(r) = results.next().await {
-        r?;
-    }
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    let own = own_cpu() - own_before;
-    let per = |cpu: f64| (cpu / deliveries as f64 * 1e7).round() / 10.0;
-    let mut processes = vec![
-        json!({"name": "client", "cpu_s": (own * 100.0).round() / 100.0,
-        "cpu_us_per_delivery": per(own)}),
-    ];
-    let mut total = own;
-    for (p, before) in procs.iter().zip(before) {
-        let (rss, cpu) = p.usage();
-        total += cpu - before;
-        processes.push(
-            json!({"name": p.name, "peak_rss_mib": (rss * 10.0).round() / 10.0,
-            "cpu_s": ((cpu - before) * 100.0).round() / 100.0,
-            "cpu_us_per_delivery": per(cpu - before)}),
-        );
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let last = get_json(&client, &stats).await.unwrap_or_default();
-    Ok(json!({
-        "floor": true,
-        "events": args.events,
-        "endpoints": args.endpoints,
-        "payload_bytes": args.payload_bytes,
-        "record_bytes": FLOOR_RECORD_BYTES,
-        "deliveries": deliveries,
-        "received": last["distinct"].as_u64(),
-        "deliveries_per_s": (deliveries as f64 / elapsed.as_secs_f64()).round(),
-        "cpu_us_per_delivery": per(total),
-        "cores": cores,
-        // What the machine's cores would allow if they did nothing else.
-        "ceiling_per_s": (cores as f64 / (total / deliveries as f64)).round(),
-        "processes": processes,
-    }))
-}
-
 /// Changes `n` endpoints one at a time and measures how long each change took to reach every
 /// role, from its write to the config bucket to the role's snapshot having it (the sum of the
 /// role's `gancho_config_change_lag_seconds` grows by exactly that); returns p50/p99/max in ms
@@ -1656,13 +1530,15 @@ fn num(v: &Value) -> String {
 fn print_floor(r: &Value) {
     let f = num;
     println!(
-        "\nfloor: {} deliveries ({} events x {} endpoints, {} B payloads, {} B records) at {}/s",
+        "\nfloor: {} deliveries ({} events x {} endpoints, {} delivery messages per event, {} B payloads, {} B records) at {}/s ({} MB/s of payload)",
         r["deliveries"],
         r["events"],
         r["endpoints"],
+        r["delivery_messages_per_event"],
         r["payload_bytes"],
         r["record_bytes"],
-        f(&r["deliveries_per_s"])
+        f(&r["deliveries_per_s"]),
+        f(&r["mb_per_s"])
     );
     println!("{:<14} {:>8} {:>14}", "process", "CPU s", "us/delivery");
     for p in r["processes"].as_array().into_iter().flatten() {
