@@ -1232,9 +1232,10 @@ async fn waiting(js: &jetstream::Context, prefix: &str) -> Option<u64> {
 /// The soak's part of the report: the samples, the faults, and what failed (with
 /// `--faults`: growth after the warm-up, faults not recovered from).
 fn soak_report(samples: &Samples, faults: Option<&Faults>, warm_up: Duration) -> Value {
-    let mut report = samples.report(warm_up);
+    let cycle = faults.map(Faults::cycle);
+    let mut report = samples.report(warm_up, cycle);
     if let Some(f) = faults {
-        let mut failed = samples.grown(warm_up);
+        let mut failed = samples.grown(warm_up, cycle);
         failed.extend(
             f.not_back()
                 .into_iter()

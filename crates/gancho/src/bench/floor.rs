@@ -215,6 +215,30 @@ async fn produce(nats_url: String, events: usize, payload_bytes: usize) -> anyho
     result.await?
 }
 
+/// A durable pull consumer `name` on `stream`, acked one message at a time, with at most
+/// `pending` messages unacked.
+async fn reader(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    pending: usize,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let consumer = js
+        .get_stream(stream)
+        .await?
+        .get_or_create_consumer(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: i64::try_from(pending).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(consumer)
+}
+
 /// Reads the events back and, for each, publishes its delivery messages (awaiting their
 /// PubAcks) before acking it.
 async fn route(
@@ -223,18 +247,7 @@ async fn route(
     messages: &[Vec<usize>],
     payload_bytes: usize,
 ) -> anyhow::Result<()> {
-    let stream = js.get_stream("FLOOR_EVENTS").await?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "floor_router",
-            consumer::pull::Config {
-                durable_name: Some("floor_router".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                max_ack_pending: ROUTING as i64,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let consumer = reader(js, "FLOOR_EVENTS", "floor_router", ROUTING).await?;
     let payload = Bytes::from(vec![b'd'; payload_bytes]);
     let messages: Arc<[String]> = messages
         .iter()
@@ -282,18 +295,7 @@ async fn deliver(
     payload_bytes: usize,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let stream = js.get_stream("FLOOR_DELIVERIES").await?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "floor_worker",
-            consumer::pull::Config {
-                durable_name: Some("floor_worker".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                max_ack_pending: CONCURRENCY as i64,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let consumer = reader(js, "FLOOR_DELIVERIES", "floor_worker", CONCURRENCY).await?;
     let pad = "x".repeat(payload_bytes);
     let record = Bytes::from(vec![b'r'; RECORD_BYTES]);
     let requests = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));

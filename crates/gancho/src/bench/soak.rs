@@ -67,7 +67,8 @@ impl Samples {
     /// Per process: the series, the least-squares slope of memory (MiB a minute) and its
     /// change from first to last after `warm_up`, and the growth of memory and descriptors
     /// (the median of the last five minutes against the first five's after the warm-up).
-    pub(super) fn report(&self, warm_up: Duration) -> Value {
+    pub(super) fn report(&self, warm_up: Duration, cycle: Option<Duration>) -> Value {
+        let cycle = cycle_samples(cycle);
         let skip = (warm_up.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()).ceil() as usize;
         let mut out = serde_json::Map::new();
         for (i, name) in self.names.iter().enumerate() {
@@ -83,8 +84,8 @@ impl Samples {
                     "fds_every_10s": self.fds[i],
                     "slope_mib_per_min": (slope(&after) * 100.0).round() / 100.0,
                     "change_after_warm_up_pct": (change_pct * 10.0).round() / 10.0,
-                    "rss_growth_pct": growth(&after).map(|g| (g * 1000.0).round() / 10.0),
-                    "fds_growth_pct": growth(&fds_after).map(|g| (g * 1000.0).round() / 10.0)}),
+                    "rss_growth_pct": growth(&after, cycle).map(|g| (g * 1000.0).round() / 10.0),
+                    "fds_growth_pct": growth(&fds_after, cycle).map(|g| (g * 1000.0).round() / 10.0)}),
             );
         }
         json!({"warm_up_s": warm_up.as_secs(), "processes": out})
@@ -92,7 +93,8 @@ impl Samples {
 
     /// The roles (not nats-server or the sink) whose memory or descriptors grew by more than
     /// [`MOST_GROWTH`] after `warm_up`.
-    pub(super) fn grown(&self, warm_up: Duration) -> Vec<String> {
+    pub(super) fn grown(&self, warm_up: Duration, cycle: Option<Duration>) -> Vec<String> {
+        let cycle = cycle_samples(cycle);
         let skip = (warm_up.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()).ceil() as usize;
         let mut out = Vec::new();
         for (i, name) in self.names.iter().enumerate() {
@@ -101,13 +103,18 @@ impl Samples {
             }
             for (what, series) in [("memory", &self.rss[i]), ("descriptors", &self.fds[i])] {
                 let after: Vec<f64> = series.iter().skip(skip).copied().collect();
-                if let Some(g) = growth(&after).filter(|g| *g > MOST_GROWTH) {
+                if let Some(g) = growth(&after, cycle).filter(|g| *g > MOST_GROWTH) {
                     out.push(format!("{name}'s {what} grew {:.1}%", g * 100.0));
                 }
             }
         }
         out
     }
+}
+
+/// A fault cycle's length in samples.
+fn cycle_samples(cycle: Option<Duration>) -> Option<usize> {
+    cycle.map(|c| (c.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()).round() as usize)
 }
 
 /// The least-squares slope of `series` (one sample every [`SAMPLE_EVERY`]), per minute.
@@ -126,20 +133,27 @@ fn slope(series: &[f64]) -> f64 {
     num / den / (SAMPLE_EVERY.as_secs_f64() / 60.0)
 }
 
-/// The median of the last [`WINDOW`] of `series` over the first's, less one; `None` when the
-/// series is shorter than two windows.
-fn growth(series: &[f64]) -> Option<f64> {
+/// The median of the last [`WINDOW`] of `series` over the first's, less one. With faults
+/// (`cycle`: samples from one fault to the next of the same kind), the last window is the
+/// last that starts a whole number of cycles after the first, so both see the same faults at
+/// the same distance: a role's memory follows the backlog a fault leaves (and a killed role
+/// starts again small), so windows at different places in the cycle compare a backlog with
+/// none. `None` when the series is shorter than two windows, or than a cycle and a window.
+fn growth(series: &[f64], cycle: Option<usize>) -> Option<f64> {
     let w = (WINDOW.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()) as usize;
-    if series.len() < 2 * w {
-        return None;
-    }
+    let last = match cycle.filter(|c| *c > 0) {
+        Some(c) if series.len() >= c + w => (series.len() - w) / c * c,
+        Some(_) => return None,
+        None if series.len() >= 2 * w => series.len() - w,
+        None => return None,
+    };
     let median = |s: &[f64]| {
         let mut v = s.to_vec();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let first = median(&series[..w]);
-    (first > 0.0).then(|| median(&series[series.len() - w..]) / first - 1.0)
+    (first > 0.0).then(|| median(&series[last..last + w]) / first - 1.0)
 }
 
 /// A fault of `--faults`, in the order they come.
@@ -228,6 +242,11 @@ impl Faults {
         }
     }
 
+    /// From one fault to the next of the same kind.
+    pub(super) fn cycle(&self) -> Duration {
+        self.every * Fault::ALL.len() as u32
+    }
+
     /// Every fault, with when it came and how long until the deliveries were back to empty.
     pub(super) fn report(&self) -> Value {
         let rows: Vec<Value> = self
@@ -285,10 +304,37 @@ mod tests {
     #[test]
     fn growth_compares_the_last_five_minutes_with_the_first() {
         let flat: Vec<f64> = (0..90).map(|i| 50.0 + f64::from(i % 3)).collect();
-        assert!(growth(&flat).unwrap().abs() < 0.05);
+        assert!(growth(&flat, None).unwrap().abs() < 0.05);
         let rising: Vec<f64> = (0..90).map(|i| 50.0 + f64::from(i)).collect();
-        assert!(growth(&rising).unwrap() > 0.5);
-        assert_eq!(growth(&flat[..50]), None);
+        assert!(growth(&rising, None).unwrap() > 0.5);
+        assert_eq!(growth(&flat[..50], None), None);
         assert!((slope(&rising) - 6.0).abs() < 1e-9, "{}", slope(&rising));
+    }
+
+    #[test]
+    fn with_faults_growth_compares_the_same_place_in_the_cycle() {
+        // A role that holds a backlog for 5 minutes after every fault of one kind (a cycle
+        // of 12 minutes, 72 samples), and is otherwise flat: no growth.
+        let backlog = |i: usize| {
+            if (i % 72) >= 36 && (i % 72) < 66 {
+                80.0
+            } else {
+                40.0
+            }
+        };
+        let series: Vec<f64> = (0..354).map(backlog).collect();
+        assert!(
+            growth(&series, None).unwrap() > 0.5,
+            "ends in a backlog: the plain windows see growth"
+        );
+        assert!(growth(&series, Some(72)).unwrap().abs() < 1e-9);
+        // Growth through the cycles is still growth.
+        let creeping: Vec<f64> = (0..354).map(|i| backlog(i) + 0.1 * i as f64).collect();
+        assert!(growth(&creeping, Some(72)).unwrap() > 0.5);
+        assert_eq!(
+            growth(&series[..80], Some(72)),
+            None,
+            "shorter than a cycle and a window"
+        );
     }
 }
