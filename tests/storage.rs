@@ -410,8 +410,6 @@ async fn parked_deliveries_in_a_full_store_are_delivered_in_place() {
 /// producer, sending again every 200 ms, took the room each delivery freed, until the store
 /// held nothing but events whose deliveries had no room.
 async fn full_server_store(max_file_store: &str, events: usize, pad: usize) {
-    use async_nats::jetstream::message::PublishMessage;
-    use gancho_proto::{Event, Message as _};
     use std::collections::HashSet;
     use std::sync::Mutex;
     let n = events;
@@ -503,22 +501,9 @@ async fn full_server_store(max_file_store: &str, events: usize, pad: usize) {
                 .map(|i| {
                     let (js, subject, refusals, payload) = (&js, &subject, &refusals, &payload);
                     async move {
-                        let ev = Event {
-                            id: format!("evt-{i}"),
-                            tenant: "acme".into(),
-                            r#type: "charge.paid".into(),
-                            occurred_at: Some(gancho_proto::timestamp(
-                                time::OffsetDateTime::now_utc(),
-                            )),
-                            payload: payload.clone().into(),
-                            ..Default::default()
-                        };
-                        let bytes: bytes::Bytes = ev.encode_to_vec().into();
+                        let id = format!("evt-{i}");
                         loop {
-                            let publish =
-                                PublishMessage::build().payload(bytes.clone()).message_id(
-                                    gancho_core::subject::event_message_id(&ev.tenant, &ev.id),
-                                );
+                            let publish = acme_charge(&id, payload);
                             let acked =
                                 async { js.send_publish(subject.clone(), publish).await?.await }
                                     .await;
@@ -591,7 +576,6 @@ async fn full_server_store(max_file_store: &str, events: usize, pad: usize) {
 /// event is delivered once (before, it waited for an operator to free space).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_back_to_a_store_full_of_unrouted_events_routes_them_all() {
-    use async_nats::jetstream::message::PublishMessage;
     const EARLIER: usize = 400;
     let nats =
         gancho_test_harness::NatsServer::start_with_config("jetstream { max_file_store: 3MB }");
@@ -627,17 +611,7 @@ async fn a_router_back_to_a_store_full_of_unrouted_events_routes_them_all() {
     let payload = json!({"pad": "x".repeat(3000)}).to_string();
     let mut accepted = 0usize;
     loop {
-        let ev = gancho_proto::Event {
-            id: format!("evt-{accepted}"),
-            tenant: "acme".into(),
-            r#type: "charge.paid".into(),
-            occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
-            payload: payload.clone().into_bytes().into(),
-            ..Default::default()
-        };
-        let publish = PublishMessage::build()
-            .payload(gancho_proto::Message::encode_to_vec(&ev).into())
-            .message_id(gancho_core::subject::event_message_id(&ev.tenant, &ev.id));
+        let publish = acme_charge(&format!("evt-{accepted}"), payload.as_bytes());
         match async { env.js.send_publish(subject.clone(), publish).await?.await }.await {
             Ok(_) => accepted += 1,
             Err(e) => {
@@ -667,6 +641,23 @@ async fn a_router_back_to_a_store_full_of_unrouted_events_routes_them_all() {
     eprintln!("{accepted} events filled the store while the router was down");
     support::terminate(&mut worker);
     support::terminate(&mut router);
+}
+
+/// A `charge.paid` event `id` of tenant acme, stamped now, as a publish under its message id
+/// (sent again, it is stored once).
+fn acme_charge(id: &str, payload: &[u8]) -> async_nats::jetstream::message::PublishMessage {
+    use gancho_proto::Message as _;
+    let ev = gancho_proto::Event {
+        id: id.to_owned(),
+        tenant: "acme".into(),
+        r#type: "charge.paid".into(),
+        occurred_at: Some(gancho_proto::timestamp(time::OffsetDateTime::now_utc())),
+        payload: bytes::Bytes::copy_from_slice(payload),
+        ..Default::default()
+    };
+    async_nats::jetstream::message::PublishMessage::build()
+        .payload(ev.encode_to_vec().into())
+        .message_id(gancho_core::subject::event_message_id(&ev.tenant, &ev.id))
 }
 
 /// Pauses (`true`, for ten minutes) or resumes every consumer of the workers on the deliveries

@@ -75,15 +75,11 @@ pub(crate) fn spawn(
             // A router that backs off retries within FULL_BACKOFF_MAX: pressed until then.
             let pressed = last_refusal.is_some_and(|t| t.elapsed() < PRESSED_FOR);
             let lift = match last_refusal {
-                None => clear_since.elapsed() >= LIFT_AFTER,
+                None if clear_since.elapsed() >= LIFT_AFTER => Lift::Now,
                 // No write since the last refusal: lifting is safe only once nothing waits
                 // to be routed (an idle router writes nothing).
-                Some(t) => t.elapsed() >= LIFT_AFTER,
-            };
-            let lift = match (lift, last_refusal.is_some()) {
-                (false, _) => Lift::No,
-                (true, false) => Lift::Now,
-                (true, true) => Lift::OnceRouted,
+                Some(t) if t.elapsed() >= LIFT_AFTER => Lift::OnceRouted,
+                _ => Lift::No,
             };
             // A fresh refusal caps; an old one keeps trimming but caps no more, so a cap lifted
             // once everything is routed is not put back by the refusal before it.
@@ -161,7 +157,8 @@ async fn look(
     let at_cap = capped
         && info.config.max_messages > 0
         && (info.state.messages as f64) >= TRIM_AT * info.config.max_messages as f64;
-    let near_full = at_cap || (max > 0 && (bytes as f64) >= TRIM_AT * max as f64);
+    let bytes_near_full = max > 0 && (bytes as f64) >= TRIM_AT * max as f64;
+    let near_full = at_cap || bytes_near_full;
     let lifting = capped && lift != Lift::No;
     if !near_full && !pressed && !lifting {
         return Ok(false);
@@ -188,7 +185,7 @@ async fn look(
     }
     // Everything at or below the ack floor is routed; keep the rest.
     if floor < first {
-        if max > 0 && (bytes as f64) >= TRIM_AT * max as f64 {
+        if bytes_near_full {
             warn!(bytes, max_bytes = max, "The events stream is near full and holds no routed events to trim; producers will be refused until the router catches up.");
         }
         return Ok(pressed);
