@@ -30,7 +30,12 @@ impl Drop for Api {
 }
 
 async fn start(env: &support::Env) -> Api {
-    let (child, base) = env.spawn_api(TOKEN).await;
+    let (child, base) = env
+        .spawn_api_with(
+            TOKEN,
+            &[("GANCHO_PORTAL_PUBLIC_URL", "https://hooks.example.com")],
+        )
+        .await;
     Api { base, child }
 }
 
@@ -99,6 +104,7 @@ async fn every_route_answers_each_caller_as_documented() {
     let other_id = other["id"].as_str().unwrap().to_owned();
     let manage = api.key("acme", &["manage"]).await;
     let publish = api.key("acme", &["publish"]).await;
+    let read = api.key("acme", &["read"]).await;
     let victim = api.key("globex", &["manage"]).await;
     let victim_id = {
         let v = api.admin("GET", "/v1/tenants/globex/api-keys", None).await;
@@ -106,7 +112,9 @@ async fn every_route_answers_each_caller_as_documented() {
     };
 
     // (method, path, body, status with: manage key of acme, publish key of acme)
-    // Another tenant's key, no token and a bad token are the same for every row.
+    // A read key of acme gets what the manage key gets on a GET of a tenant route, and 403
+    // on everything else. Another tenant's key, no token and a bad token are the same for
+    // every row.
     let ep_body = json!({"url": "https://hooks.example.com/new"});
     let rows: Vec<(&str, String, Option<Value>, u16, u16)> = vec![
         ("GET", "/v1/tenants".into(), None, 403, 403),
@@ -139,6 +147,22 @@ async fn every_route_answers_each_caller_as_documented() {
             format!("/v1/tenants/acme/api-keys/{victim_id}"),
             None,
             403,
+            403,
+        ),
+        // Portal links: a manage key may mint and end them (a portal session may not:
+        // tests/portal.rs).
+        (
+            "POST",
+            "/v1/tenants/acme/portal-sessions".into(),
+            Some(json!({"scope": "read", "ttl": "15m"})),
+            201,
+            403,
+        ),
+        (
+            "DELETE",
+            "/v1/tenants/acme/portal-sessions/ps_none".into(),
+            None,
+            404,
             403,
         ),
         ("GET", "/v1/tenants/acme/endpoints".into(), None, 200, 403),
@@ -295,9 +319,16 @@ async fn every_route_answers_each_caller_as_documented() {
         ),
     ];
     for (method, path, body, want_manage, want_publish) in &rows {
+        let tenant_route = *want_manage != 403 || *want_publish != 403;
+        let want_read = if *method == "GET" && tenant_route {
+            *want_manage
+        } else {
+            403
+        };
         for (who, token, want) in [
             ("manage key", manage.as_str(), *want_manage),
             ("publish key", publish.as_str(), *want_publish),
+            ("read key", read.as_str(), want_read),
         ] {
             let (status, v) = api.call(method, path, Some(token), body.clone()).await;
             assert_eq!(status, want, "{who}: {method} {path}: {v}");
@@ -308,8 +339,7 @@ async fn every_route_answers_each_caller_as_documented() {
         // A key of another tenant: 404 on tenant routes (no existence leak), 403 on admin
         // routes.
         let (status, v) = api.call(method, path, Some(&victim), body.clone()).await;
-        let admin_only = *want_manage == 403 && *want_publish == 403;
-        let want = if admin_only { 403 } else { 404 };
+        let want = if tenant_route { 404 } else { 403 };
         assert_eq!(status, want, "other tenant's key: {method} {path}: {v}");
         for (who, token) in [
             ("no token", None),
@@ -336,17 +366,25 @@ async fn every_route_answers_each_caller_as_documented() {
         }
     }
 
-    // The error names the missing scope.
+    // The error names the missing scope: either of two for reading, `manage` for the rest.
     let (_, v) = api
         .call("GET", "/v1/tenants/acme/endpoints", Some(&publish), None)
         .await;
+    let said = v["error"]["message"].as_str().unwrap();
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"manage\""),
+        said.contains("\"read\"") && said.contains("\"manage\""),
         "{v}"
     );
+    let (_, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/endpoints",
+            Some(&read),
+            Some(ep_body.clone()),
+        )
+        .await;
+    let said = v["error"]["message"].as_str().unwrap();
+    assert!(said.contains("lacks the \"manage\" scope"), "{v}");
     // Another tenant's endpoint looks the same as a missing one.
     let (s1, v1) = api
         .call(
@@ -405,12 +443,14 @@ async fn every_route_answers_each_caller_as_documented() {
     // Listing shows the prefix, scopes and last use, never the key or its hash.
     let v = api.admin("GET", "/v1/tenants/acme/api-keys", None).await;
     let keys = v["data"].as_array().unwrap();
-    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.len(), 3);
     for k in keys {
         assert!(k.get("key").is_none() && k.get("hash").is_none(), "{k}");
         let prefix = k["prefix"].as_str().unwrap();
         assert!(
-            manage.starts_with(prefix) || publish.starts_with(prefix),
+            [&manage, &publish, &read]
+                .iter()
+                .any(|key| key.starts_with(prefix)),
             "{k}"
         );
     }

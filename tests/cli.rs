@@ -26,6 +26,11 @@ fn bad_config_exits_64_with_one_line() {
         ("GANCHO_API_LISTEN", "localhost", "invalid api_listen"),
         ("GANCHO_SUBJECT_PREFIX", "a.b", "invalid subject_prefix"),
         ("GANCHO_DUPLICATE_WINDOW", "0s", "invalid duplicate_window"),
+        (
+            "GANCHO_PORTAL_PUBLIC_URL",
+            "hooks.example.com",
+            "invalid portal_public_url \"hooks.example.com\"",
+        ),
         ("GANCHO_SHUTDOWN_GRACE", "forever", "invalid shutdown_grace"),
         (
             "GANCHO_LOG_FORMAT",

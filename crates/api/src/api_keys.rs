@@ -17,8 +17,9 @@ pub struct CreateKey {
     /// 1 to 128 characters, to tell keys apart.
     #[schema(example = "billing-service", min_length = 1, max_length = 128)]
     name: String,
-    /// `manage` (endpoints, event types, delivery log, recovery) and/or `publish` (sending
-    /// events for the tenant).
+    /// `manage` (endpoints, event types, delivery log, recovery), `read` (reading what
+    /// `manage` reaches, changing and sending nothing) and/or `publish` (sending events for
+    /// the tenant).
     #[schema(value_type = Vec<ScopeName>, min_items = 1, example = json!(["manage"]))]
     scopes: Vec<String>,
 }
@@ -32,6 +33,7 @@ pub struct CreateKey {
 enum ScopeName {
     Manage,
     Publish,
+    Read,
 }
 
 /// An API key as the API shows it: never its hash; `key` only in the answer to create.
@@ -49,9 +51,8 @@ pub struct KeyView {
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     last_used_at: Option<OffsetDateTime>,
-    /// The key itself: only in the answer to create.
-    /// The key itself (`gk_` and 40 characters): shown once, stored only as a hash.
-    /// The key itself (`gk_` and 40 characters): shown once, stored only as a hash.
+    /// The key itself (`gk_` and 40 characters): only in the answer to create, stored only
+    /// as a hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
 }
@@ -90,14 +91,14 @@ pub async fn create(
     }
     if body.scopes.is_empty() {
         return Err(ApiError::invalid(
-            "scopes must name at least one of \"manage\" and \"publish\"",
+            "scopes must name at least one of \"manage\", \"read\" and \"publish\"",
         ));
     }
     let mut scopes = Vec::new();
     for s in &body.scopes {
         let scope = Scope::parse(s).ok_or_else(|| {
             ApiError::invalid(format!(
-                "unknown scope {s:?} in scopes; the scopes are \"manage\" and \"publish\""
+                "unknown scope {s:?} in scopes; the scopes are \"manage\", \"read\" and \"publish\""
             ))
         })?;
         if !scopes.contains(&scope) {

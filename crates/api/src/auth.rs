@@ -1,9 +1,10 @@
 //! Who is calling, and may they. Every `/v1` request carries `Authorization: Bearer <token>`:
 //! the admin token (compared in constant time) may do anything on any tenant; a tenant's API
 //! key (`gk_...`, looked up by its SHA-256) reaches only its own tenant and only the routes
-//! its scopes allow. The answer to a key on another tenant's resource is 404, as if it did
-//! not exist; on an admin route 403; on a route that needs a scope it lacks, 403 naming the
-//! scope; no token or an unknown or revoked one, 401. Tokens are never logged.
+//! its scopes allow (`manage` includes `read`). The answer to a key on another tenant's
+//! resource is 404, as if it did not exist; on an admin route 403; on a route that needs a
+//! scope it lacks, 403 naming the scope; no token or an unknown or revoked one, 401. Tokens
+//! are never logged.
 //!
 //! What each route needs is one table, [`need`]. Lookups are cached per process for
 //! [`CACHE_TTL`], so a revoked key stops working on every api process within that time.
@@ -14,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use gancho_store::model::api_key_hash;
-use gancho_store::{ConfigStore, Scope};
+use gancho_store::Scope;
 use http::Method;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +39,12 @@ pub enum Principal {
         id: String,
         scopes: Vec<Scope>,
     },
+    /// A portal session (`gps_...`), started from a link: `read` or `manage` on its tenant.
+    Session {
+        tenant: String,
+        id: String,
+        scope: Scope,
+    },
 }
 
 /// What a route needs.
@@ -45,28 +52,37 @@ pub enum Principal {
 pub enum Need {
     /// The admin token.
     Admin,
-    /// The admin token, or a key of the tenant in the path with this scope (`None`: any key
-    /// of that tenant).
+    /// The admin token, or a key or portal session of the tenant in the path with this scope
+    /// (`None`: any key or session of that tenant).
     Tenant(Option<Scope>),
+    /// The admin token, or an API key (not a portal session) of the tenant with this scope:
+    /// a session may not make or end sessions.
+    TenantKey(Scope),
 }
 
 /// The access table: what `method` on the route `path` (as declared, `{tenant}` and all)
 /// needs. A route missing here needs the admin token.
 pub fn need(method: &Method, path: &str) -> Need {
     let path = path.strip_prefix("/v1").unwrap_or(path);
+    let read_or_manage = if method == Method::GET {
+        Scope::Read
+    } else {
+        Scope::Manage
+    };
     match path {
         "/tenants/{tenant}" if method == Method::GET => Need::Tenant(None),
+        p if p.starts_with("/tenants/{tenant}/portal-sessions") => Need::TenantKey(Scope::Manage),
+        // Reading needs `read` (which `manage` includes); every other method (writes, test
+        // events, recover, replay, redrive, cancelling a job) needs `manage`.
         p if p.starts_with("/tenants/{tenant}/endpoints")
             || p.starts_with("/tenants/{tenant}/event-types")
             || p.starts_with("/tenants/{tenant}/dead-letters")
             || p.starts_with("/tenants/{tenant}/jobs") =>
         {
-            Need::Tenant(Some(Scope::Manage))
+            Need::Tenant(Some(read_or_manage))
         }
         // The delivery log of one event.
-        "/tenants/{tenant}/events/{id}" if method == Method::GET => {
-            Need::Tenant(Some(Scope::Manage))
-        }
+        "/tenants/{tenant}/events/{id}" if method == Method::GET => Need::Tenant(Some(Scope::Read)),
         // Sending events: a `manage` key may not forge events to its own receivers.
         "/tenants/{tenant}/events" | "/tenants/{tenant}/events/batch" if method == Method::POST => {
             Need::Tenant(Some(Scope::Publish))
@@ -83,9 +99,11 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
+    /// The principal of an API key (`gk_...`) or a portal session (`gps_...`), `None` for an
+    /// unknown, revoked, ended or expired one; from the cache when looked up lately.
     async fn lookup(
         &self,
-        store: &ConfigStore,
+        state: &ApiState,
         presented: &str,
     ) -> Result<Option<Principal>, ApiError> {
         let hash = api_key_hash(presented);
@@ -94,11 +112,29 @@ impl KeyCache {
                 return Ok(p.clone());
             }
         }
-        let found = store.find_api_key(&hash).await?.map(|k| Principal::Key {
-            tenant: k.tenant.as_str().to_owned(),
-            id: k.id,
-            scopes: k.scopes,
-        });
+        let found = if presented.starts_with("gk_") {
+            state
+                .store
+                .find_api_key(&hash)
+                .await?
+                .map(|k| Principal::Key {
+                    tenant: k.tenant.as_str().to_owned(),
+                    id: k.id,
+                    scopes: k.scopes,
+                })
+        } else if presented.starts_with("gps_") {
+            state
+                .portal
+                .find(presented)
+                .await?
+                .map(|s| Principal::Session {
+                    tenant: s.tenant,
+                    id: s.id,
+                    scope: s.scope,
+                })
+        } else {
+            None
+        };
         let mut entries = self.lock_entries();
         if entries.len() >= CACHE_MAX {
             entries.clear();
@@ -154,13 +190,15 @@ pub async fn authorize(
     let principal = if is_admin {
         Principal::Admin
     } else {
-        let found = if presented.starts_with("gk_") {
-            state.keys.lookup(&state.store, presented).await?
-        } else {
-            None
-        };
+        let found = state.keys.lookup(&state, presented).await?;
         found.ok_or_else(|| {
-            ApiError::unauthorized("the bearer token is not valid: unknown or revoked API key")
+            if presented.starts_with("gps_") {
+                ApiError::unauthorized(
+                    "the portal session has ended or expired; open a new portal link",
+                )
+            } else {
+                ApiError::unauthorized("the bearer token is not valid: unknown or revoked API key")
+            }
         })?
     };
     let route = req
@@ -200,34 +238,43 @@ fn path_tenant(path: &str) -> Option<&str> {
 
 /// Applies a route's need to a caller.
 pub fn check(principal: &Principal, need: Need, tenant: Option<&str>) -> Result<(), ApiError> {
-    let Principal::Key {
-        tenant: own,
-        scopes,
-        ..
-    } = principal
-    else {
-        return Ok(());
-    };
-    match need {
-        Need::Admin => Err(ApiError::forbidden(
-            "this route needs the admin token; an API key cannot use it",
-        )),
-        Need::Tenant(scope) => {
-            if tenant != Some(own.as_str()) {
-                // As if it did not exist: a key must not learn what other tenants hold.
-                return Err(ApiError::not_found(format!(
-                    "tenant {:?} not found",
-                    tenant.unwrap_or_default()
-                )));
-            }
-            match scope {
-                Some(s) if !scopes.contains(&s) => Err(ApiError::forbidden(format!(
-                    "this API key lacks the \"{}\" scope this route needs; ask the admin for a key with it",
-                    s.as_str()
-                ))),
-                _ => Ok(()),
-            }
+    let (own, scopes, who) = match principal {
+        Principal::Admin => return Ok(()),
+        Principal::Key { tenant, scopes, .. } => (tenant, scopes.as_slice(), "API key"),
+        Principal::Session { tenant, scope, .. } => {
+            (tenant, std::slice::from_ref(scope), "portal session")
         }
+    };
+    let scope = match need {
+        Need::Admin => {
+            return Err(ApiError::forbidden(format!(
+                "this route needs the admin token; an {who} cannot use it"
+            )))
+        }
+        Need::TenantKey(_) if matches!(principal, Principal::Session { .. }) => {
+            return Err(ApiError::forbidden(
+                "a portal session cannot start or end portal sessions; an API key with the \"manage\" scope or the admin token can",
+            ))
+        }
+        Need::TenantKey(scope) => Some(scope),
+        Need::Tenant(scope) => scope,
+    };
+    if tenant != Some(own.as_str()) {
+        // As if it did not exist: a key must not learn what other tenants hold.
+        return Err(ApiError::not_found(format!(
+            "tenant {:?} not found",
+            tenant.unwrap_or_default()
+        )));
+    }
+    match scope {
+        Some(Scope::Read) if !Scope::Read.granted_by(scopes) => Err(ApiError::forbidden(format!(
+            "this {who} has neither the \"read\" nor the \"manage\" scope this route needs; ask the admin for a key with one",
+        ))),
+        Some(s) if !s.granted_by(scopes) => Err(ApiError::forbidden(format!(
+            "this {who} lacks the \"{}\" scope this route needs; ask the admin for a key with it",
+            s.as_str()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -256,5 +303,41 @@ mod tests {
             need(&Method::POST, "/tenants/{tenant}/api-keys"),
             Need::Admin
         );
+        assert_eq!(
+            need(&Method::GET, "/v1/tenants/{tenant}/endpoints/{id}/attempts"),
+            Need::Tenant(Some(Scope::Read))
+        );
+        assert_eq!(
+            need(&Method::POST, "/v1/tenants/{tenant}/endpoints/{id}/test"),
+            Need::Tenant(Some(Scope::Manage))
+        );
+        assert_eq!(
+            need(&Method::DELETE, "/v1/tenants/{tenant}/jobs/{id}"),
+            Need::Tenant(Some(Scope::Manage))
+        );
+        assert_eq!(
+            need(&Method::GET, "/v1/tenants/{tenant}/events/{id}"),
+            Need::Tenant(Some(Scope::Read))
+        );
+    }
+
+    #[test]
+    fn manage_includes_read_and_nothing_else_includes_anything() {
+        let key = |scopes: &[Scope]| Principal::Key {
+            tenant: "acme".into(),
+            id: "key_1".into(),
+            scopes: scopes.to_vec(),
+        };
+        let read = Need::Tenant(Some(Scope::Read));
+        let manage = Need::Tenant(Some(Scope::Manage));
+        let publish = Need::Tenant(Some(Scope::Publish));
+        let acme = Some("acme");
+        assert!(check(&key(&[Scope::Read]), read, acme).is_ok());
+        assert!(check(&key(&[Scope::Manage]), read, acme).is_ok());
+        assert!(check(&key(&[Scope::Publish]), read, acme).is_err());
+        assert!(check(&key(&[Scope::Read]), manage, acme).is_err());
+        assert!(check(&key(&[Scope::Read]), publish, acme).is_err());
+        assert!(check(&key(&[Scope::Manage]), publish, acme).is_err());
+        assert!(check(&key(&[Scope::Read]), read, Some("globex")).is_err());
     }
 }

@@ -9,6 +9,7 @@
 //! - [`auth`]: who is calling and what each route needs.
 //! - [`page`]: the one pagination shape of every list.
 //! - [`openapi`]: the OpenAPI document: security and error answers from the access table.
+//! - [`portal`]: portal links and sessions.
 //! - `tenants`, `api_keys`, `endpoints`, `event_types`, `ingest`: the handlers.
 
 mod api_keys;
@@ -21,6 +22,7 @@ mod ingest;
 pub mod jobs;
 pub mod openapi;
 pub mod page;
+pub mod portal;
 mod tenants;
 mod test_event;
 
@@ -100,6 +102,11 @@ pub struct ApiState {
     pub layout: gancho_store::Layout,
     /// Tenants seen to exist lately, so ingest does not read the store for every event.
     pub known_tenants: Arc<ingest::KnownTenants>,
+    /// Portal links and sessions.
+    pub portal: gancho_store::portal::PortalStore,
+    /// Where people reach the portal (no trailing slash): links are built from it alone.
+    /// `None`: this api mints no links.
+    pub portal_public_url: Option<Arc<str>>,
 }
 
 /// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each
@@ -110,6 +117,8 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::revoke))
+        .routes(routes!(portal::mint))
+        .routes(routes!(portal::end))
         .routes(routes!(endpoints::create, endpoints::list))
         .routes(routes!(
             endpoints::get,
@@ -172,9 +181,15 @@ pub fn router(state: ApiState) -> Router {
             auth::authorize,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state.clone());
+    // The portal page trades its link's token for a session here: no bearer token yet.
+    let portal = Router::new()
+        .route("/portal/session", axum::routing::post(portal::start))
+        .layer(axum::extract::DefaultBodyLimit::max(1024))
         .with_state(state);
     Router::new()
         .merge(v1)
+        .merge(portal)
         .route(
             "/openapi.json",
             get(move || {

@@ -67,8 +67,16 @@ fn document(op: &mut Operation, method: &Method, path: &str) {
     let who = match need(method, path) {
         Need::Admin => "Needs the admin token.".to_owned(),
         Need::Tenant(None) => "The admin token, or any API key of the tenant.".to_owned(),
+        Need::Tenant(Some(gancho_store::Scope::Read)) => {
+            "The admin token, or an API key of the tenant with the `read` or the `manage` scope."
+                .to_owned()
+        }
         Need::Tenant(Some(scope)) => format!(
             "The admin token, or an API key of the tenant with the `{}` scope.",
+            scope.as_str()
+        ),
+        Need::TenantKey(scope) => format!(
+            "The admin token, or an API key of the tenant with the `{}` scope (not a portal session).",
             scope.as_str()
         ),
     };
@@ -94,6 +102,10 @@ fn document(op: &mut Operation, method: &Method, path: &str) {
         Need::Tenant(Some(_)) => {
             errors.push(("403", "An API key without the scope this route needs."))
         }
+        Need::TenantKey(_) => errors.push((
+            "403",
+            "An API key without the scope this route needs, or a portal session.",
+        )),
         Need::Tenant(None) => {}
     }
     if path.contains('{') {

@@ -101,6 +101,11 @@ impl Subjects {
     pub fn worker_consumer(&self, partition: u32) -> String {
         format!("{}_worker_p{partition}", self.prefix)
     }
+    /// Portal links and sessions (`crate`-level docs of `gancho_store::portal`), apart from
+    /// the config so a session started or ended wakes no router or worker.
+    pub fn portal_bucket(&self) -> String {
+        format!("{}_portal", self.prefix.replace('-', "_"))
+    }
     /// Live workers (`<worker id>` keys, refreshed every few seconds, expiring with their
     /// worker): who owns which partition is computed from it.
     pub fn workers_bucket(&self) -> String {

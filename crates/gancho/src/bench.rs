@@ -682,7 +682,12 @@ impl Cluster {
         let js = jetstream::new(crate::roles::connect(&self.url, "gancho-bench".into()).await?);
         let s = &self.subjects;
         // A bucket is the stream KV_<bucket>.
-        let buckets = [s.config_bucket(), s.jobs_bucket(), s.workers_bucket()];
+        let buckets = [
+            s.config_bucket(),
+            s.jobs_bucket(),
+            s.workers_bucket(),
+            s.portal_bucket(),
+        ];
         let streams = [
             s.events_stream(),
             s.deliveries_stream(),

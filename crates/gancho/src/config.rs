@@ -135,10 +135,33 @@ pub struct Flags {
     /// refuse private addresses). Default false: CONNECT to an address the worker checked.
     #[arg(long, env = "GANCHO_EGRESS_PROXY_BY_NAME")]
     pub egress_proxy_by_name: Option<String>,
+    /// Where people reach the api's portal, e.g. https://hooks.example.com: portal links are
+    /// built from it (never from a request's Host header), so the api mints none without it.
+    /// `gancho dev` sets it. Default: none.
+    #[arg(long, env = "GANCHO_PORTAL_PUBLIC_URL")]
+    pub portal_public_url: Option<String>,
     /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
     /// before DNS; the private-address rule still applies. Default: none.
     #[arg(long, env = "GANCHO_RESOLVE")]
     pub resolve: Option<String>,
+}
+
+/// `portal_public_url`: an absolute http(s) URL with no query or fragment; a trailing slash
+/// is dropped.
+fn parse_public_url(v: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError(format!(
+            "invalid portal_public_url {v:?}: {why}, e.g. https://hooks.example.com"
+        ))
+    };
+    let url = url::Url::parse(v.trim()).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("it must be an http:// or https:// URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("it must have no query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// `name=ip,name=ip`: each name (lower-cased) with its addresses, in order.
@@ -203,6 +226,7 @@ struct File {
     metrics_tenants: Option<String>,
     egress_proxy: Option<String>,
     egress_proxy_by_name: Option<bool>,
+    portal_public_url: Option<String>,
     resolve: Option<String>,
 }
 
@@ -280,6 +304,8 @@ pub struct Config {
     pub egress_proxy: Option<gancho_worker::egress::EgressProxy>,
     /// Host names pinned to addresses (lower case).
     pub resolve: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+    /// Where the portal is reached (scheme, host, port and any path, no trailing slash).
+    pub portal_public_url: Option<String>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -676,6 +702,12 @@ impl Config {
             None => None,
         };
         let resolve = parse_resolve(flags.resolve.clone().or(file.resolve).as_deref())?;
+        let portal_public_url = flags
+            .portal_public_url
+            .clone()
+            .or(file.portal_public_url)
+            .map(|v| parse_public_url(&v))
+            .transpose()?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -750,6 +782,7 @@ impl Config {
             metrics_tenants,
             egress_proxy,
             resolve,
+            portal_public_url,
         })
     }
 
@@ -898,6 +931,20 @@ mod tests {
                     ..Default::default()
                 },
                 "invalid egress_proxy: it must be http://",
+            ),
+            (
+                Flags {
+                    portal_public_url: Some("hooks.example.com".into()),
+                    ..Default::default()
+                },
+                "invalid portal_public_url \"hooks.example.com\"",
+            ),
+            (
+                Flags {
+                    portal_public_url: Some("https://hooks.example.com/?x=1".into()),
+                    ..Default::default()
+                },
+                "invalid portal_public_url \"https://hooks.example.com/?x=1\": it must have no query or fragment",
             ),
             (
                 Flags {

@@ -54,6 +54,9 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
     }
     config.allow_http_endpoints = true;
     config.allow_private_endpoints = true;
+    if config.portal_public_url.is_none() {
+        config.portal_public_url = Some(format!("http://{}", config.api_listen));
+    }
 
     let cancel = CancellationToken::new();
     let all = Roles {

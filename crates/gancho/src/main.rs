@@ -82,6 +82,9 @@ enum Command {
     /// Manage a tenant's API keys through the API (admin token).
     #[command(name = "api-keys")]
     ApiKeys(manage::ApiKeys),
+    /// Portal links: a page where a tenant's people manage endpoints and read the delivery
+    /// log (the admin token or a key with the manage scope).
+    Portal(manage::Portal),
     /// Manage a tenant's endpoints through the API.
     Endpoints(Box<manage::Endpoints>),
     /// Send events over HTTP (a key with the publish scope); see what happened to one.
@@ -189,6 +192,7 @@ fn main() {
             }
             Command::Tenants(args) => manage::tenants(args).await,
             Command::ApiKeys(args) => manage::api_keys(args).await,
+            Command::Portal(args) => manage::portal(args).await,
             Command::Endpoints(args) => manage::endpoints(*args).await,
             Command::Events(args) => manage::events(args).await,
             Command::EventTypes(args) => manage::event_types(args).await,

@@ -1,4 +1,4 @@
-//! `gancho tenants|api-keys|endpoints|events|attempts|dead-letters|jobs ...`: the config API from a shell. Aligned tables for
+//! `gancho tenants|api-keys|portal|endpoints|events|attempts|dead-letters|jobs ...`: the config API from a shell. Aligned tables for
 //! people, `--json` for scripts; an API error prints the API's message and exits 1.
 
 use anyhow::{bail, Context as _};
@@ -63,6 +63,80 @@ enum TenantsCmd {
 }
 
 #[derive(Args, Debug)]
+pub struct Portal {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: PortalCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum PortalCmd {
+    /// Mint a one-time portal link for a tenant; its URL is the last line printed. It must be
+    /// opened within 10 minutes, once.
+    /// Example: gancho portal link --tenant acme --read-only --ttl 15m
+    Link {
+        #[arg(long)]
+        tenant: String,
+        /// A session that can look at everything and change or send nothing.
+        #[arg(long)]
+        read_only: bool,
+        /// How long the session lasts once the link is opened, 1m to 24h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// End a portal session (or a link not opened yet) by its id.
+    /// Example: gancho portal end --tenant acme ps_abc
+    End {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+pub async fn portal(p: Portal) -> anyhow::Result<()> {
+    let c = &p.conn;
+    match p.cmd {
+        PortalCmd::Link {
+            tenant,
+            read_only,
+            ttl,
+        } => {
+            let scope = if read_only { "read" } else { "manage" };
+            let body = json!({"scope": scope, "ttl": ttl});
+            let v = call(
+                c,
+                "POST",
+                &format!("/v1/tenants/{tenant}/portal-sessions"),
+                Some(body),
+            )
+            .await?;
+            if c.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "A {scope} session of tenant {tenant} for {ttl}, id {}; open the link by {} (once):",
+                    cell(&v["id"]),
+                    cell(&v["expires_at"])
+                );
+                println!("{}", cell(&v["url"]));
+            }
+        }
+        PortalCmd::End { tenant, id } => {
+            call(
+                c,
+                "DELETE",
+                &format!("/v1/tenants/{tenant}/portal-sessions/{id}"),
+                None,
+            )
+            .await?;
+            done(c, &format!("Ended portal session {id}."));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
 pub struct ApiKeys {
     #[command(flatten)]
     conn: Conn,
@@ -79,7 +153,8 @@ enum ApiKeysCmd {
         tenant: String,
         #[arg(long)]
         name: String,
-        /// manage, publish, or both (comma-separated).
+        /// Comma-separated: manage (the tenant's endpoints, event types, delivery log and
+        /// recovery), read (only reading those: for support people), publish (sending events).
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },

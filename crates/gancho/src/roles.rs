@@ -289,6 +289,8 @@ pub async fn start(
             live: live.clone(),
             layout: layout.clone(),
             known_tenants: Default::default(),
+            portal: gancho_store::portal::PortalStore::new(layout.portal.clone()),
+            portal_public_url: config.portal_public_url.as_deref().map(Into::into),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));

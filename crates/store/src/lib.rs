@@ -25,6 +25,7 @@ pub mod log;
 pub mod members;
 pub mod model;
 pub mod partitioned;
+pub mod portal;
 pub mod refusal;
 pub mod repo;
 pub mod streams;

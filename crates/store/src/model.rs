@@ -330,24 +330,34 @@ pub struct EventType {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// The tenant's endpoints, event types, delivery log and recovery.
+    /// The tenant's endpoints, event types, delivery log and recovery: reading them, changing
+    /// them, and everything that sends (test events, recover, replay, redrive).
     Manage,
     /// Sending events for the tenant (HTTP ingest).
     Publish,
+    /// Reading what `manage` reaches, and nothing else: for support people who answer "why
+    /// didn't my webhook arrive?" and must not change or send anything.
+    Read,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 2] = [Scope::Manage, Scope::Publish];
+    pub const ALL: [Scope; 3] = [Scope::Manage, Scope::Publish, Scope::Read];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Scope::Manage => "manage",
             Scope::Publish => "publish",
+            Scope::Read => "read",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+
+    /// Whether a credential with `scopes` may do what needs `self`: `manage` includes `read`.
+    pub fn granted_by(self, scopes: &[Scope]) -> bool {
+        scopes.contains(&self) || (self == Scope::Read && scopes.contains(&Scope::Manage))
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Layout {
     pub jobs: kv::Store,
     /// Live workers ([`crate::members`]).
     pub workers: kv::Store,
+    /// Portal links and sessions ([`crate::portal`]).
+    pub portal: kv::Store,
     /// None by default ([`Layout::with_keyring`]): enough for the router.
     pub keyring: std::sync::Arc<crate::Keyring>,
 }
@@ -298,12 +300,20 @@ pub async fn ensure_with(
     }
     let jobs = small_bucket(&js, subjects.jobs_bucket(), JOBS_MAX_AGE, replicas).await?;
     let workers = small_bucket(&js, subjects.workers_bucket(), MEMBER_TTL, replicas).await?;
+    let portal = small_bucket(
+        &js,
+        subjects.portal_bucket(),
+        crate::portal::BUCKET_MAX_AGE,
+        replicas,
+    )
+    .await?;
     Ok(Layout {
         subjects,
         js,
         config,
         jobs,
         workers,
+        portal,
         keyring: Default::default(),
     })
 }

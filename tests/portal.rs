@@ -1,0 +1,491 @@
+//! Portal links and sessions over real HTTP, with `gancho api` as the built binary: a link
+//! starts one session, once, within 10 minutes; the session reaches its own tenant with its
+//! scope and nothing else; ending it, its expiry and deleting its tenant stop it on the api
+//! within 5 s; two api processes given the same link at once start one session; `gancho
+//! portal link` prints a link that works.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
+)]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::http;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+const PUBLIC: &str = "https://hooks.example.com/base";
+
+struct Api {
+    base: String,
+    child: std::process::Child,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        support::kill9(&mut self.child);
+    }
+}
+
+impl Api {
+    async fn start(env: &support::Env, public_url: Option<&str>) -> Self {
+        let envs: Vec<(&str, &str)> = public_url
+            .map(|u| ("GANCHO_PORTAL_PUBLIC_URL", u))
+            .into_iter()
+            .collect();
+        let (child, base) = env.spawn_api_with(TOKEN, &envs).await;
+        Self { base, child }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        http(
+            method,
+            &format!("{}{path}", self.base),
+            Some(token),
+            body.as_deref(),
+        )
+        .await
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, TOKEN, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// Mints a link for `tenant` with the admin token: (session id, link token).
+    async fn mint(&self, tenant: &str, scope: &str) -> (String, String) {
+        let v = self
+            .admin(
+                "POST",
+                &format!("/v1/tenants/{tenant}/portal-sessions"),
+                Some(json!({"scope": scope, "ttl": "15m"})),
+            )
+            .await;
+        let url = v["url"].as_str().unwrap();
+        let token = url
+            .strip_prefix(&format!("{PUBLIC}/portal/#t="))
+            .unwrap_or_else(|| {
+                panic!("a link under {PUBLIC}/portal/ with its token in the fragment: {url}")
+            });
+        (v["id"].as_str().unwrap().to_owned(), token.to_owned())
+    }
+
+    /// What the portal page does with a link's token.
+    async fn open(&self, token: &str) -> (u16, Value) {
+        let body = json!({"token": token}).to_string();
+        http(
+            "POST",
+            &format!("{}/portal/session", self.base),
+            None,
+            Some(&body),
+        )
+        .await
+    }
+
+    async fn session(&self, tenant: &str, scope: &str) -> String {
+        let (_, token) = self.mint(tenant, scope).await;
+        let (status, v) = self.open(&token).await;
+        assert_eq!(status, 201, "{v}");
+        v["session"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits up to 5 s for `session` to be refused with 401 on `path`, saying why.
+    async fn refused_within_5_s(&self, session: &str, path: &str, why: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, v) = self.call("GET", path, session, None).await;
+            if status == 401 {
+                let said = v["error"]["message"].as_str().unwrap();
+                assert!(said.contains("ended or expired"), "{why}: {v}");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{why}: the session was still taken after 5 s ({status} {v})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Rewrites a field of a session's record in the portal bucket, as time would.
+async fn age(env: &support::Env, tenant: &str, id: &str, field: &str) {
+    let kv = env
+        .js
+        .get_key_value(env.layout.subjects.portal_bucket())
+        .await
+        .unwrap();
+    let key = format!("sessions.{tenant}.{id}");
+    let mut record: Value = serde_json::from_slice(&kv.get(&key).await.unwrap().unwrap()).unwrap();
+    record[field] = json!("2020-01-01T00:00:00Z");
+    kv.put(&key, serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_starts_one_session_that_reaches_its_tenant_with_its_scope() {
+    let env = support::Env::new().await;
+    let api = Api::start(&env, Some(PUBLIC)).await;
+    let mut ids = Vec::new();
+    for t in ["acme", "globex"] {
+        api.admin("POST", "/v1/tenants", Some(json!({"id": t})))
+            .await;
+        let ep = api
+            .admin(
+                "POST",
+                &format!("/v1/tenants/{t}/endpoints"),
+                Some(json!({"url": format!("https://hooks.example.com/{t}")})),
+            )
+            .await;
+        ids.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    let (acme_ep, globex_ep) = (&ids[0], &ids[1]);
+
+    // Minted: the token is in the fragment, the link must be opened within 10 minutes.
+    let v = api
+        .admin(
+            "POST",
+            "/v1/tenants/acme/portal-sessions",
+            Some(json!({"scope": "read"})),
+        )
+        .await;
+    assert!(v["id"].as_str().unwrap().starts_with("ps_"), "{v}");
+    assert_eq!(
+        (v["scope"].as_str(), v["ttl_secs"].as_u64()),
+        (Some("read"), Some(3600)),
+        "{v}"
+    );
+    let expires = time::OffsetDateTime::parse(
+        v["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::minutes(9) && left <= time::Duration::minutes(10),
+        "{v}"
+    );
+    let token = v["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&format!("{PUBLIC}/portal/#t="))
+        .unwrap()
+        .to_owned();
+
+    // Opened: a session; opened again: refused, saying so.
+    let (status, started) = api.open(&token).await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(
+        (started["scope"].as_str(), started["tenant"].as_str()),
+        (Some("read"), Some("acme"))
+    );
+    let read = started["session"].as_str().unwrap().to_owned();
+    assert!(read.starts_with("gps_"), "{started}");
+    let (status, v) = api.open(&token).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("link_used")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("new one"),
+        "{v}"
+    );
+    let (status, v) = api.open("gpl_nosuchlink").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("link_unknown")),
+        "{v}"
+    );
+
+    // A read session looks and changes nothing.
+    for path in [
+        "/v1/tenants/acme".to_owned(),
+        "/v1/tenants/acme/endpoints".to_owned(),
+        format!("/v1/tenants/acme/endpoints/{acme_ep}"),
+        format!("/v1/tenants/acme/endpoints/{acme_ep}/attempts"),
+        "/v1/tenants/acme/dead-letters".to_owned(),
+        "/v1/tenants/acme/jobs".to_owned(),
+        "/v1/tenants/acme/event-types".to_owned(),
+    ] {
+        let (status, v) = api.call("GET", &path, &read, None).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+    }
+    let writes = [
+        (
+            "POST",
+            "/v1/tenants/acme/endpoints".to_owned(),
+            Some(json!({"url": "https://hooks.example.com/x"})),
+        ),
+        (
+            "PATCH",
+            format!("/v1/tenants/acme/endpoints/{acme_ep}"),
+            Some(json!({"description": "x"})),
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{acme_ep}/pause"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{acme_ep}/test"),
+            Some(json!({"type": "charge.paid"})),
+        ),
+        (
+            "POST",
+            format!("/v1/tenants/acme/endpoints/{acme_ep}/recover"),
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+        ),
+        (
+            "DELETE",
+            format!("/v1/tenants/acme/endpoints/{acme_ep}"),
+            None,
+        ),
+    ];
+    for (method, path, body) in &writes {
+        let (status, v) = api.call(method, path, &read, body.clone()).await;
+        assert_eq!(status, 403, "{method} {path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("portal session lacks the \"manage\" scope"),
+            "{v}"
+        );
+    }
+    // Nothing outside its tenant, no admin route, no sessions or keys of its own making.
+    let (status, v) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/globex/endpoints/{globex_ep}"),
+            &read,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = api.call("GET", "/v1/tenants", &read, None).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/api-keys",
+            &read,
+            Some(json!({"name": "x", "scopes": ["manage"]})),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+
+    // A manage session changes things, but starts no session either.
+    let manage = api.session("acme", "manage").await;
+    let (status, v) = api
+        .call(
+            "PATCH",
+            &format!("/v1/tenants/acme/endpoints/{acme_ep}"),
+            &manage,
+            Some(json!({"description": "changed in the portal"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/portal-sessions",
+            &manage,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start or end portal sessions"),
+        "{v}"
+    );
+
+    // Bad requests say what to fix.
+    for (body, want) in [
+        (json!({"scope": "admin"}), "use \"manage\" or \"read\""),
+        (json!({"ttl": "30s"}), "from 1m to 24h"),
+        (json!({"ttl": "soon"}), "not a duration"),
+    ] {
+        let (status, v) = api
+            .call(
+                "POST",
+                "/v1/tenants/acme/portal-sessions",
+                TOKEN,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{v}"
+        );
+    }
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/nosuch/portal-sessions",
+            TOKEN,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404, "{v}");
+
+    // A link not opened within 10 minutes starts nothing.
+    let (id, token) = api.mint("acme", "read").await;
+    age(&env, "acme", &id, "link_expires_at").await;
+    let (status, v) = api.open(&token).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("link_expired")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 10 minutes"),
+        "{v}"
+    );
+
+    // Ended by DELETE: refused within 5 s; it is gone for a second DELETE.
+    let endpoints = "/v1/tenants/acme/endpoints";
+    let (id, token) = api.mint("acme", "read").await;
+    let (_, started) = api.open(&token).await;
+    let session = started["session"].as_str().unwrap().to_owned();
+    assert_eq!(api.call("GET", endpoints, &session, None).await.0, 200);
+    let end = format!("/v1/tenants/acme/portal-sessions/{id}");
+    assert_eq!(api.call("DELETE", &end, TOKEN, None).await.0, 204);
+    api.refused_within_5_s(&session, endpoints, "ended by DELETE")
+        .await;
+    let (status, v) = api.call("DELETE", &end, TOKEN, None).await;
+    assert_eq!(status, 404, "{v}");
+    // A link ended before it was opened starts nothing.
+    let (id, token) = api.mint("acme", "read").await;
+    let end = format!("/v1/tenants/acme/portal-sessions/{id}");
+    assert_eq!(api.call("DELETE", &end, TOKEN, None).await.0, 204);
+    let (status, v) = api.open(&token).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("link_unknown")),
+        "{v}"
+    );
+    // Past its ttl.
+    let (id, token) = api.mint("acme", "read").await;
+    let (_, started) = api.open(&token).await;
+    let session = started["session"].as_str().unwrap().to_owned();
+    assert_eq!(api.call("GET", endpoints, &session, None).await.0, 200);
+    age(&env, "acme", &id, "expires_at").await;
+    api.refused_within_5_s(&session, endpoints, "expired").await;
+    // With its tenant.
+    let session = api.session("globex", "manage").await;
+    let globex = "/v1/tenants/globex/endpoints";
+    assert_eq!(api.call("GET", globex, &session, None).await.0, 200);
+    api.admin("DELETE", "/v1/tenants/globex", None).await;
+    api.refused_within_5_s(&session, globex, "tenant deleted")
+        .await;
+    // The sessions not ended still work.
+    assert_eq!(api.call("GET", endpoints, &read, None).await.0, 200);
+    assert_eq!(api.call("GET", endpoints, &manage, None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_without_a_public_url_mints_no_link_and_says_why() {
+    let env = support::Env::new().await;
+    let api = Api::start(&env, None).await;
+    api.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/portal-sessions",
+            TOKEN,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GANCHO_PORTAL_PUBLIC_URL"),
+        "{v}"
+    );
+}
+
+/// Two api processes given the same links at the same moment: each link starts exactly one
+/// session, and the other process answers that it was used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_given_the_same_link_at_once_start_one_session() {
+    let env = support::Env::new().await;
+    let a = Api::start(&env, Some(PUBLIC)).await;
+    let b = Api::start(&env, Some(PUBLIC)).await;
+    a.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    for _ in 0..20 {
+        let (_, token) = a.mint("acme", "read").await;
+        let ((sa, va), (sb, vb)) = tokio::join!(a.open(&token), b.open(&token));
+        let mut statuses = [sa, sb];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 401], "{va} {vb}");
+        let refused = if sa == 401 { &va } else { &vb };
+        assert_eq!(
+            refused["error"]["code"].as_str(),
+            Some("link_used"),
+            "{refused}"
+        );
+    }
+}
+
+/// `gancho portal link` prints the link alone on its last line, and it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_a_link_that_opens() {
+    let env = support::Env::new().await;
+    let api = Api::start(&env, Some(PUBLIC)).await;
+    api.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .args([
+            "portal",
+            "link",
+            "--tenant",
+            "acme",
+            "--read-only",
+            "--ttl",
+            "15m",
+        ])
+        .env("GANCHO_API_URL", &api.base)
+        .env("GANCHO_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = stdout.lines().last().unwrap();
+    let token = url
+        .strip_prefix(&format!("{PUBLIC}/portal/#t="))
+        .unwrap_or_else(|| panic!("the last line is the link: {stdout}"));
+    let (status, v) = api.open(token).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["scope"].as_str(), Some("read"), "{v}");
+}
