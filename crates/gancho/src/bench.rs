@@ -1007,7 +1007,9 @@ async fn bench(
             .map(|p| (p.name.clone(), p.child.id()))
             .collect::<Vec<_>>(),
     );
-    let mut faults = faults.map(|every| Faults::new(every, args.rate));
+    // A soak sends `rate` events a second for its whole run.
+    let run = Duration::from_secs_f64(args.events as f64 / args.rate.max(1) as f64);
+    let mut faults = faults.map(|every| Faults::new(every, args.rate, run));
     let watch = match &faults {
         Some(_) => Some(jetstream::new(
             crate::roles::connect(&nats_url, "gancho-bench".into()).await?,

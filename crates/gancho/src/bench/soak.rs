@@ -194,15 +194,20 @@ struct Injected {
 /// in the deliveries and held streams was back under one second of traffic.
 pub(super) struct Faults {
     every: Duration,
+    /// How long the load lasts: no fault comes later than one interval before its end, so
+    /// each is under load and its way back is seen (the hour's twentieth fault, due as the
+    /// sending ended, was never seen back to empty).
+    run: Duration,
     /// Messages in the deliveries and held streams that count as empty under load.
     empty_below: u64,
     done: Vec<Injected>,
 }
 
 impl Faults {
-    pub(super) fn new(every: Duration, rate: u64) -> Self {
+    pub(super) fn new(every: Duration, rate: u64, run: Duration) -> Self {
         Self {
             every,
+            run,
             empty_below: rate.max(100),
             done: Vec::new(),
         }
@@ -212,7 +217,7 @@ impl Faults {
     /// done.
     pub(super) fn due(&mut self, elapsed: Duration) -> Option<Fault> {
         let next = self.every * (self.done.len() as u32 + 1);
-        if elapsed < next {
+        if elapsed < next || next + self.every > self.run {
             return None;
         }
         let fault = Fault::ALL[self.done.len() % Fault::ALL.len()];
@@ -277,7 +282,7 @@ mod tests {
 
     #[test]
     fn faults_come_in_turn_and_count_the_way_back() {
-        let mut f = Faults::new(Duration::from_secs(180), 1000);
+        let mut f = Faults::new(Duration::from_secs(180), 1000, Duration::from_secs(3600));
         assert_eq!(f.due(Duration::from_secs(179)), None);
         assert_eq!(f.due(Duration::from_secs(180)), Some(Fault::WorkerKill));
         assert_eq!(f.due(Duration::from_secs(200)), None);
@@ -298,6 +303,12 @@ mod tests {
             .map(|f| f["back_to_empty_s"].clone())
             .collect();
         assert_eq!(back, [json!(20), Value::Null, json!(5), json!(40)]);
+        // The last fault comes one interval before the load ends, not as it ends.
+        let mut hour = Faults::new(Duration::from_secs(180), 1000, Duration::from_secs(3600));
+        let due: Vec<u64> = (1..=4000)
+            .filter_map(|s| hour.due(Duration::from_secs(s)).map(|_| s))
+            .collect();
+        assert_eq!((due.len(), due.last()), (19, Some(&3420)));
         assert_eq!(f.not_back(), ["router SIGKILL, started again at 360 s"]);
     }
 
