@@ -6,6 +6,8 @@ NATS_SERVER := $(TOOLS)/bin/nats-server
 SCHEMATHESIS_VERSION := 4.32.5
 SCHEMATHESIS := $(TOOLS)/venv/bin/schemathesis
 CARGO ?= cargo
+# Headless Chromium and its WebDriver, for the portal's browser tests (tests/portal_browser.rs).
+CHROMEDRIVER := /usr/bin/chromedriver
 export GANCHO_NATS_SERVER := $(NATS_SERVER)
 export PATH := $(TOOLS)/bin:$(PATH)
 
@@ -36,13 +38,16 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) ## Run the whole test suite against real nats-server processes, then test-faults, test-api, test-alerts, test-deploy and test-manifests.
+test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) ## Run the whole test suite against real nats-server processes, then test-faults, test-api, test-alerts, test-deploy and test-manifests.
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-api
 	$(MAKE) --no-print-directory test-alerts
 	$(MAKE) --no-print-directory test-deploy
 	$(MAKE) --no-print-directory test-manifests
+
+$(CHROMEDRIVER):
+	apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver
 
 FAULT_TABLE := target/tmp/fault-table
 

@@ -95,8 +95,27 @@ async fn dev_runs_the_readme_demo() {
         }
     };
     wait_line("the banner", &|l| l.contains("gancho dev is running"));
+    let portal_prefix = format!("http://127.0.0.1:{api_port}/portal/#t=");
+    let portal = wait_line("the portal link", &|l| l.contains(&portal_prefix));
     let api_export = format!("export GANCHO_API_URL=http://127.0.0.1:{api_port} ");
     wait_line("the CLI exports", &|l| l.contains(&api_export));
+    // The printed link opens a session of the demo tenant (what the page does with it).
+    let link_token = portal
+        .split(&portal_prefix)
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let (s, v) = support::http(
+        "POST",
+        &format!("http://127.0.0.1:{api_port}/portal/session"),
+        None,
+        Some(&serde_json::json!({"token": link_token}).to_string()),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["tenant"].as_str(), Some("demo"), "{v}");
     let token = std::fs::read_to_string(dir.path().join(".gancho/admin-token")).unwrap();
     let token = token.trim();
     assert!(token.len() >= 16);

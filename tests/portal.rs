@@ -489,3 +489,221 @@ async fn the_cli_prints_a_link_that_opens() {
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["scope"].as_str(), Some("read"), "{v}");
 }
+
+/// A GET as a browser makes it: (status, headers with lower-case names, body).
+async fn get_raw(base: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// The page and its files come from the binary with the portal's headers: a policy that
+/// allows this origin only, no inline script or style, Trusted Types, framing only by the
+/// configured sites; every answer of the api says nosniff; the page names no other origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_comes_from_the_binary_with_its_security_headers() {
+    let env = support::Env::new().await;
+    let (mut child, base) = env
+        .spawn_api_with(
+            TOKEN,
+            &[
+                ("GANCHO_PORTAL_PUBLIC_URL", PUBLIC),
+                (
+                    "GANCHO_PORTAL_FRAME_ANCESTORS",
+                    "http://localhost:8123 'self'",
+                ),
+            ],
+        )
+        .await;
+    let (status, headers, html) = get_raw(&base, "/portal/").await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type").starts_with("text/html"),
+        "{headers:?}"
+    );
+    let csp = header(&headers, "content-security-policy");
+    for want in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors http://localhost:8123 'self'",
+        "require-trusted-types-for 'script'",
+    ] {
+        assert!(csp.contains(want), "{want} in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&headers, "referrer-policy"), "no-referrer");
+    // Every file the page loads is served here, with the same policy; nothing from elsewhere.
+    let mut loaded = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let value = part.split('"').next().unwrap();
+            assert!(
+                !value.contains("//"),
+                "the page loads {value} from elsewhere"
+            );
+            if !value.starts_with('#') {
+                loaded.push(value.to_owned());
+            }
+        }
+    }
+    assert!(loaded.len() >= 3, "{loaded:?}");
+    for file in &loaded {
+        let (status, headers, body) = get_raw(&base, &format!("/portal/{file}")).await;
+        assert_eq!(status, 200, "{file}");
+        assert!(!body.is_empty(), "{file}");
+        assert_eq!(header(&headers, "content-security-policy"), csp, "{file}");
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{file}"
+        );
+    }
+    let (_, headers, js) = get_raw(&base, "/portal/app.js").await;
+    assert!(header(&headers, "content-type").starts_with("text/javascript"));
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!js.contains(sink), "app.js uses {sink}");
+    }
+    // /portal goes to /portal/, relative to where it was asked (a proxy's path is kept).
+    let (status, headers, _) = get_raw(&base, "/portal").await;
+    assert_eq!((status, header(&headers, "location")), (308, "portal/"));
+    // Every other answer says nosniff too.
+    for path in ["/v1/tenants", "/nothing-here", "/openapi.json"] {
+        let (_, headers, _) = get_raw(&base, path).await;
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
+    }
+    support::kill9(&mut child);
+    // By default no site may frame it.
+    let api = Api::start(&env, Some(PUBLIC)).await;
+    let (_, headers, _) = get_raw(&api.base, "/portal/").await;
+    assert!(
+        header(&headers, "content-security-policy").contains("frame-ancestors 'none';"),
+        "{headers:?}"
+    );
+}
+
+/// The endpoint list's search (`?q=`, what the portal's search box sends): a part of the URL
+/// or of the description, in any case, a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_list_finds_endpoints_by_url_or_description() {
+    let env = support::Env::new().await;
+    let api = Api::start(&env, Some(PUBLIC)).await;
+    api.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    for (url, description) in [
+        ("https://pay.example.com/a", "charges"),
+        ("https://erp.example.com/b", "ERP sync"),
+        ("https://pay.example.com/c", "refunds"),
+        ("https://other.example.com/d", "PAYOUTS"),
+    ] {
+        api.admin(
+            "POST",
+            "/v1/tenants/acme/endpoints",
+            Some(json!({"url": url, "description": description})),
+        )
+        .await;
+    }
+    let urls = |v: &Value| {
+        let mut urls: Vec<String> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["url"].as_str().unwrap().to_owned())
+            .collect();
+        urls.sort();
+        urls
+    };
+    let v = api
+        .admin("GET", "/v1/tenants/acme/endpoints?q=Pay", None)
+        .await;
+    assert_eq!(
+        urls(&v),
+        [
+            "https://other.example.com/d",
+            "https://pay.example.com/a",
+            "https://pay.example.com/c"
+        ],
+        "by URL and by description, in any case"
+    );
+    let v = api
+        .admin("GET", "/v1/tenants/acme/endpoints?q=erp%20SYNC", None)
+        .await;
+    assert_eq!(urls(&v), ["https://erp.example.com/b"]);
+    let v = api
+        .admin("GET", "/v1/tenants/acme/endpoints?q=nothing", None)
+        .await;
+    assert!(urls(&v).is_empty() && v["next"].is_null(), "{v}");
+    // A page at a time: the cursor keeps to the search.
+    let first = api
+        .admin("GET", "/v1/tenants/acme/endpoints?q=pay&limit=2", None)
+        .await;
+    let cursor = first["next"].as_str().expect("a second page").to_owned();
+    let second = api
+        .admin(
+            "GET",
+            &format!("/v1/tenants/acme/endpoints?q=pay&limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert!(second["next"].is_null(), "{second}");
+    let mut both = [urls(&first), urls(&second)].concat();
+    both.sort();
+    assert_eq!(both.len(), 3, "{first} {second}");
+    // Too long a search says what it takes.
+    let (status, v) = api
+        .call(
+            "GET",
+            &format!("/v1/tenants/acme/endpoints?q={}", "x".repeat(201)),
+            TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 200"),
+        "{v}"
+    );
+}

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod browser;
+
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use gancho_core::{RetrySchedule, Subjects};
@@ -329,6 +331,24 @@ impl Env {
         self.spawn_api_with(admin_token, &[]).await
     }
 
+    /// [`Env::spawn_api`] whose portal links point at itself (`GANCHO_PORTAL_PUBLIC_URL` is
+    /// its own address), with more environment variables.
+    pub async fn spawn_portal_api(
+        &self,
+        admin_token: &str,
+        envs: &[(&str, &str)],
+    ) -> (Child, String) {
+        let port = gancho_test_harness::nats::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let public = format!("http://{listen}");
+        let mut all = vec![
+            ("GANCHO_API_LISTEN", listen.as_str()),
+            ("GANCHO_PORTAL_PUBLIC_URL", public.as_str()),
+        ];
+        all.extend_from_slice(envs);
+        self.spawn_api_on(admin_token, &listen, &all).await
+    }
+
     /// [`Env::spawn_api`] with more environment variables.
     pub async fn spawn_api_with(
         &self,
@@ -337,10 +357,18 @@ impl Env {
     ) -> (Child, String) {
         let port = gancho_test_harness::nats::free_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut all = vec![
-            ("GANCHO_ADMIN_TOKEN", admin_token),
-            ("GANCHO_API_LISTEN", listen.as_str()),
-        ];
+        let mut all = vec![("GANCHO_API_LISTEN", listen.as_str())];
+        all.extend_from_slice(envs);
+        self.spawn_api_on(admin_token, &listen, &all).await
+    }
+
+    async fn spawn_api_on(
+        &self,
+        admin_token: &str,
+        listen: &str,
+        envs: &[(&str, &str)],
+    ) -> (Child, String) {
+        let mut all = vec![("GANCHO_ADMIN_TOKEN", admin_token)];
         all.extend_from_slice(envs);
         let child = self.spawn_with(&["api"], &all);
         let base = format!("http://{listen}");

@@ -766,16 +766,43 @@ pub async fn create(
     ))
 }
 
-/// List a tenant's endpoints, by id.
+/// `?q=`: a search of the endpoint list.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Search {
+    /// Only endpoints whose URL or description contains this, in any case (at most 200
+    /// characters).
+    q: Option<String>,
+}
+
+/// Longest `?q=` taken.
+const SEARCH_MAX_CHARS: usize = 200;
+
+/// List a tenant's endpoints, by id; `q` keeps those whose URL or description contains it.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/endpoints", tag = "endpoints", operation_id = "list_endpoints",
-    params(("tenant" = String, Path, description = "The tenant id."), PageQuery),
+    params(("tenant" = String, Path, description = "The tenant id."), PageQuery, Search),
     responses((status = 200, description = "A page of endpoints (no secrets).", body = Page<EndpointView>)))]
 pub async fn list(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
     Query(query): Query<PageQuery>,
+    Query(search): Query<Search>,
 ) -> Result<axum::Json<Page<EndpointView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
+    let needle = search
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_lowercase);
+    if needle
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > SEARCH_MAX_CHARS)
+    {
+        return Err(ApiError::bad_request(format!(
+            "q must be at most {SEARCH_MAX_CHARS} characters: a part of an endpoint's URL or description"
+        )));
+    }
     crate::require_tenant(&state, &tenant).await?;
     // From the live snapshot, caught up to every write made before this request: reading
     // each endpoint document from the bucket took 1.9 s for 10,000 endpoints.
@@ -797,13 +824,25 @@ pub async fn list(
     let start = after
         .as_deref()
         .map_or(0, |a| list.partition_point(|ep| ep.config.id.as_str() <= a));
-    let rest = &list[start..];
-    let data: Vec<EndpointView> = rest
+    let found = |ep: &gancho_store::LiveEndpoint| {
+        needle.as_deref().is_none_or(|q| {
+            ep.config.url.to_lowercase().contains(q)
+                || ep.config.description.to_lowercase().contains(q)
+        })
+    };
+    // One more than the page, to know whether another follows.
+    let mut rest: Vec<_> = list[start..]
         .iter()
-        .take(limit)
+        .filter(|ep| found(ep.as_ref()))
+        .take(limit + 1)
+        .collect();
+    let more = rest.len() > limit;
+    rest.truncate(limit);
+    let data: Vec<EndpointView> = rest
+        .into_iter()
         .map(|ep| EndpointView::from(ep.config.clone(), false))
         .collect();
-    let next = (rest.len() > limit)
+    let next = more
         .then(|| data.last().map(|e| crate::page::cursor(e.id.as_str())))
         .flatten();
     Ok(axum::Json(Page { data, next }))

@@ -107,6 +107,8 @@ pub struct ApiState {
     /// Where people reach the portal (no trailing slash): links are built from it alone.
     /// `None`: this api mints no links.
     pub portal_public_url: Option<Arc<str>>,
+    /// Who may frame the portal: the CSP `frame-ancestors` sources (`'none'` by default).
+    pub portal_frame_ancestors: Arc<str>,
 }
 
 /// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each
@@ -182,14 +184,9 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
-    // The portal page trades its link's token for a session here: no bearer token yet.
-    let portal = Router::new()
-        .route("/portal/session", axum::routing::post(portal::start))
-        .layer(axum::extract::DefaultBodyLimit::max(1024))
-        .with_state(state);
     Router::new()
         .merge(v1)
-        .merge(portal)
+        .merge(portal::routes(state))
         .route(
             "/openapi.json",
             get(move || {
@@ -203,4 +200,14 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .fallback(|| async { error::ApiError::not_found("no such route; the API lives under /v1") })
+        // No answer is ever read as another type than it says.
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    http::header::X_CONTENT_TYPE_OPTIONS,
+                    http::HeaderValue::from_static("nosniff"),
+                );
+                response
+            },
+        ))
 }

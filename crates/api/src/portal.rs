@@ -193,6 +193,90 @@ pub(crate) async fn end_all(state: &ApiState, tenant: &str) -> Result<(), ApiErr
     Ok(state.portal.end_all(tenant).await?)
 }
 
+/// The portal page's files, built into the binary: the page loads nothing from elsewhere.
+const FILES: [(&str, &str, &str); 4] = [
+    (
+        "/portal/",
+        "text/html; charset=utf-8",
+        include_str!("../portal/index.html"),
+    ),
+    (
+        "/portal/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../portal/app.js"),
+    ),
+    (
+        "/portal/app.css",
+        "text/css; charset=utf-8",
+        include_str!("../portal/app.css"),
+    ),
+    (
+        "/portal/icon.svg",
+        "image/svg+xml",
+        include_str!("../portal/icon.svg"),
+    ),
+];
+
+/// The portal's Content-Security-Policy: only this origin's own files, no inline script or
+/// style, no eval, Trusted Types required (the page writes no HTML), framed only by
+/// `frame_ancestors`.
+pub fn content_security_policy(frame_ancestors: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors {frame_ancestors}; require-trusted-types-for 'script'; trusted-types 'none'"
+    )
+}
+
+/// `/portal/...`: the page, its files and the session route, every answer with the portal's
+/// security headers.
+pub fn routes(state: ApiState) -> axum::Router {
+    use axum::response::IntoResponse as _;
+    use axum::routing::get;
+    let csp: std::sync::Arc<str> = content_security_policy(&state.portal_frame_ancestors).into();
+    let mut router = axum::Router::new()
+        // Relative, so a proxy that serves the api under a path keeps it.
+        .route(
+            "/portal",
+            get(|| async { axum::response::Redirect::permanent("portal/") }),
+        )
+        .route("/portal/session", axum::routing::post(start));
+    for (path, content_type, body) in FILES {
+        router = router.route(
+            path,
+            get(move || async move {
+                (
+                    [
+                        (http::header::CONTENT_TYPE, content_type),
+                        (http::header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    body,
+                )
+                    .into_response()
+            }),
+        );
+    }
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(1024))
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let csp = csp.clone();
+                async move {
+                    let headers = response.headers_mut();
+                    if let Ok(v) = http::HeaderValue::from_str(&csp) {
+                        headers.insert(http::header::CONTENT_SECURITY_POLICY, v);
+                    }
+                    headers.insert(
+                        http::header::REFERRER_POLICY,
+                        http::HeaderValue::from_static("no-referrer"),
+                    );
+                    response
+                }
+            },
+        ))
+        .with_state(state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,10 +140,54 @@ pub struct Flags {
     /// `gancho dev` sets it. Default: none.
     #[arg(long, env = "GANCHO_PORTAL_PUBLIC_URL")]
     pub portal_public_url: Option<String>,
+    /// Sites allowed to show the portal in a frame, space-separated origins
+    /// (https://dashboard.example.com), or 'self'. Default: 'none' (no site may frame it).
+    #[arg(long, env = "GANCHO_PORTAL_FRAME_ANCESTORS")]
+    pub portal_frame_ancestors: Option<String>,
     /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
     /// before DNS; the private-address rule still applies. Default: none.
     #[arg(long, env = "GANCHO_RESOLVE")]
     pub resolve: Option<String>,
+}
+
+/// `portal_frame_ancestors`: `'self'`, `'none'` or http(s) origins, space-separated (they go
+/// into a header: nothing else may pass).
+fn parse_frame_ancestors(v: Option<&str>) -> Result<String, ConfigError> {
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok("'none'".into());
+    };
+    let mut out = Vec::new();
+    for source in v.split_whitespace() {
+        let ok = match source {
+            "'self'" | "'none'" => true,
+            // Only what an origin is made of: the value goes into a header as it is.
+            _ if !source
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:/-".contains(c))
+                || source.ends_with('/') =>
+            {
+                false
+            }
+            _ => url::Url::parse(source).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.username().is_empty()
+            }),
+        };
+        if !ok {
+            return Err(ConfigError(format!(
+                "invalid portal_frame_ancestors {source:?}: each must be an origin like https://dashboard.example.com (scheme, host, optional port; no path), 'self' or 'none'"
+            )));
+        }
+        out.push(source.to_owned());
+    }
+    if out.len() > 1 && out.iter().any(|s| s == "'none'") {
+        return Err(ConfigError(
+            "invalid portal_frame_ancestors: 'none' cannot be listed with other sources".into(),
+        ));
+    }
+    Ok(out.join(" "))
 }
 
 /// `portal_public_url`: an absolute http(s) URL with no query or fragment; a trailing slash
@@ -227,6 +271,7 @@ struct File {
     egress_proxy: Option<String>,
     egress_proxy_by_name: Option<bool>,
     portal_public_url: Option<String>,
+    portal_frame_ancestors: Option<String>,
     resolve: Option<String>,
 }
 
@@ -306,6 +351,8 @@ pub struct Config {
     pub resolve: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
     /// Where the portal is reached (scheme, host, port and any path, no trailing slash).
     pub portal_public_url: Option<String>,
+    /// The portal's CSP `frame-ancestors` sources, checked: `'none'` by default.
+    pub portal_frame_ancestors: String,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -708,6 +755,13 @@ impl Config {
             .or(file.portal_public_url)
             .map(|v| parse_public_url(&v))
             .transpose()?;
+        let portal_frame_ancestors = parse_frame_ancestors(
+            flags
+                .portal_frame_ancestors
+                .clone()
+                .or(file.portal_frame_ancestors)
+                .as_deref(),
+        )?;
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -783,6 +837,7 @@ impl Config {
             egress_proxy,
             resolve,
             portal_public_url,
+            portal_frame_ancestors,
         })
     }
 
@@ -809,6 +864,8 @@ mod tests {
         assert!(c.nats_url.is_none());
         assert_eq!(c.attempts_max_records, 5_000_000);
         assert_eq!(c.dead_max_records, 1_000_000);
+        assert_eq!(c.portal_frame_ancestors, "'none'");
+        assert!(c.portal_public_url.is_none());
         assert_eq!(c.defer_grace, gancho_worker::DEFAULT_DEFER_GRACE);
         assert_eq!(c.disable_after, std::time::Duration::from_secs(5 * 86_400));
         assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(15));
@@ -931,6 +988,20 @@ mod tests {
                     ..Default::default()
                 },
                 "invalid egress_proxy: it must be http://",
+            ),
+            (
+                Flags {
+                    portal_frame_ancestors: Some("https://a.example.com;script-src *".into()),
+                    ..Default::default()
+                },
+                "invalid portal_frame_ancestors \"https://a.example.com;script-src\"",
+            ),
+            (
+                Flags {
+                    portal_frame_ancestors: Some("https://a.example.com/dashboard".into()),
+                    ..Default::default()
+                },
+                "invalid portal_frame_ancestors \"https://a.example.com/dashboard\"",
             ),
             (
                 Flags {

@@ -70,6 +70,12 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for the demo receiver on {demo}"))?;
     let api = running.api_addr.expect("dev runs the API");
+    let portal = match demo_portal_link(api, &token).await {
+        Ok(url) => format!(
+            "{url}\n                  (tenant demo; opens once, within 10 minutes: `gancho portal link --tenant demo` mints another)"
+        ),
+        Err(e) => format!("no link: {e:#}"),
+    };
     println!(
         "\ngancho dev is running (Ctrl-C to stop)\n\
          \n  API             http://{api}/v1\
@@ -78,6 +84,7 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
          \n  metrics         http://{metrics}/metrics\
          \n  NATS            {nats_url}\
          \n  demo receiver   http://{demo}/<any path>   prints each webhook it gets\
+         \n  portal          {portal}\
          \n\
          \n  For the CLI (gancho tenants|api-keys|endpoints ...):\
          \n    export GANCHO_API_URL=http://{api} GANCHO_TOKEN=$(cat {DATA_DIR}/admin-token)\
@@ -91,6 +98,25 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(NATS_URL_FILE);
     }
     done
+}
+
+/// A fresh portal link (a day's `manage` session) for the tenant `demo`, made the first time.
+async fn demo_portal_link(api: SocketAddr, token: &str) -> anyhow::Result<String> {
+    use crate::manage::{call, Conn};
+    let c = Conn::new(format!("http://{api}"), token.to_owned());
+    if call(&c, "GET", "/v1/tenants/demo", None).await.is_err() {
+        let tenant = serde_json::json!({"id": "demo", "name": "Demo tenant"});
+        call(&c, "POST", "/v1/tenants", Some(tenant)).await?;
+    }
+    let session = serde_json::json!({"scope": "manage", "ttl": "24h"});
+    let v = call(
+        &c,
+        "POST",
+        "/v1/tenants/demo/portal-sessions",
+        Some(session),
+    )
+    .await?;
+    Ok(v["url"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The admin token of this data directory: created once, then reused so the README's

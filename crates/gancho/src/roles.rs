@@ -291,6 +291,7 @@ pub async fn start(
             known_tenants: Default::default(),
             portal: gancho_store::portal::PortalStore::new(layout.portal.clone()),
             portal_public_url: config.portal_public_url.as_deref().map(Into::into),
+            portal_frame_ancestors: config.portal_frame_ancestors.as_str().into(),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
