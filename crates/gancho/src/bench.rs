@@ -877,11 +877,14 @@ async fn bench(
         let rate_limit = args.rate_limit;
         let filter = json!([event_type(i, groups)]);
         async move {
+            // Named e0, e1, ... as the floor names them: the same endpoints fall in the same
+            // partitions in every run, every round of --compare and the floor, so the delivery
+            // messages per event (one per partition) do not change from one run to the next.
             let body = if is_dead {
-                json!({"url": format!("https://127.0.0.1:{hole}/e{i}"), "timeout_ms": dead_timeout.as_millis() as u64,
-                    "filter_types": filter})
+                json!({"id": format!("e{i}"), "url": format!("https://127.0.0.1:{hole}/e{i}"),
+                    "timeout_ms": dead_timeout.as_millis() as u64, "filter_types": filter})
             } else {
-                let mut body = json!({"url": format!("{}/e{i}", base.trim_end_matches('/')),
+                let mut body = json!({"id": format!("e{i}"), "url": format!("{}/e{i}", base.trim_end_matches('/')),
                     "filter_types": filter});
                 if let Some(limit) = rate_limit {
                     body["rate_limit_per_sec"] = json!(limit);
