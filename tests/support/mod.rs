@@ -338,13 +338,9 @@ impl Env {
         admin_token: &str,
         envs: &[(&str, &str)],
     ) -> (Child, String) {
-        let port = gancho_test_harness::nats::free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = free_listen();
         let public = format!("http://{listen}");
-        let mut all = vec![
-            ("GANCHO_API_LISTEN", listen.as_str()),
-            ("GANCHO_PORTAL_PUBLIC_URL", public.as_str()),
-        ];
+        let mut all = vec![("GANCHO_PORTAL_PUBLIC_URL", public.as_str())];
         all.extend_from_slice(envs);
         self.spawn_api_on(admin_token, &listen, &all).await
     }
@@ -355,20 +351,20 @@ impl Env {
         admin_token: &str,
         envs: &[(&str, &str)],
     ) -> (Child, String) {
-        let port = gancho_test_harness::nats::free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut all = vec![("GANCHO_API_LISTEN", listen.as_str())];
-        all.extend_from_slice(envs);
-        self.spawn_api_on(admin_token, &listen, &all).await
+        self.spawn_api_on(admin_token, &free_listen(), envs).await
     }
 
+    /// `gancho api` listening on `listen`, once it answers.
     async fn spawn_api_on(
         &self,
         admin_token: &str,
         listen: &str,
         envs: &[(&str, &str)],
     ) -> (Child, String) {
-        let mut all = vec![("GANCHO_ADMIN_TOKEN", admin_token)];
+        let mut all = vec![
+            ("GANCHO_ADMIN_TOKEN", admin_token),
+            ("GANCHO_API_LISTEN", listen),
+        ];
         all.extend_from_slice(envs);
         let child = self.spawn_with(&["api"], &all);
         let base = format!("http://{listen}");
@@ -876,6 +872,11 @@ pub async fn try_http(
         status,
         serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
     ))
+}
+
+/// `127.0.0.1:<a free port>`.
+fn free_listen() -> String {
+    format!("127.0.0.1:{}", gancho_test_harness::nats::free_port())
 }
 
 /// A blocking HTTP/1.1 GET of `path` on `addr` (`127.0.0.1:port`): the raw response, or an

@@ -123,15 +123,11 @@ impl KeyCache {
                     scopes: k.scopes,
                 })
         } else if presented.starts_with("gps_") {
-            state
-                .portal
-                .find(presented)
-                .await?
-                .map(|s| Principal::Session {
-                    tenant: s.tenant,
-                    id: s.id,
-                    scope: s.scope,
-                })
+            state.portal.find(&hash).await?.map(|s| Principal::Session {
+                tenant: s.tenant,
+                id: s.id,
+                scope: s.scope,
+            })
         } else {
             None
         };

@@ -188,11 +188,6 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// Ends every portal session of a tenant being deleted.
-pub(crate) async fn end_all(state: &ApiState, tenant: &str) -> Result<(), ApiError> {
-    Ok(state.portal.end_all(tenant).await?)
-}
-
 /// The portal page's files, built into the binary: the page loads nothing from elsewhere.
 const FILES: [(&str, &str, &str); 4] = [
     (

@@ -186,7 +186,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     check_path(&tenant)?;
     state.store.delete_tenant(&tenant).await?;
-    crate::portal::end_all(&state, &tenant).await?;
+    state.portal.end_all(&tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

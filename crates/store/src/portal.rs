@@ -154,10 +154,9 @@ impl PortalStore {
         }
     }
 
-    /// The running session whose token is `token`: started, not ended, not expired.
-    pub async fn find(&self, token: &str) -> Result<Option<PortalSession>, StoreError> {
-        let hash = api_key_hash(token);
-        let Some((r, _)) = self.read::<Ref>(&session_hash_key(&hash)).await? else {
+    /// The running session whose token's SHA-256 is `hash`: started, not ended, not expired.
+    pub async fn find(&self, hash: &str) -> Result<Option<PortalSession>, StoreError> {
+        let Some((r, _)) = self.read::<Ref>(&session_hash_key(hash)).await? else {
             return Ok(None);
         };
         let Some((session, _)) = self
@@ -166,7 +165,7 @@ impl PortalStore {
         else {
             return Ok(None);
         };
-        let running = session.session_hash.as_deref() == Some(hash.as_str())
+        let running = session.session_hash.as_deref() == Some(hash)
             && session.expires_at.is_some_and(|at| now() < at);
         Ok(running.then_some(session))
     }
@@ -217,17 +216,7 @@ impl PortalStore {
         &self,
         key: &str,
     ) -> Result<Option<(T, u64)>, StoreError> {
-        match self.kv.entry(key).await.map_err(backend)? {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let value =
-                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
-                        key: key.to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                Ok(Some((value, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+        crate::repo::read(&self.kv, key).await
     }
 
     async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {

@@ -93,6 +93,24 @@ fn busy(what: &str) -> StoreError {
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A backend error with its cause kept as the source.
+/// The JSON document under `key` in `kv` and its revision; `None` when there is none (or it
+/// was deleted), `Corrupt` when it does not parse.
+pub(crate) async fn read<T: DeserializeOwned>(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, StoreError> {
+    match kv.entry(key).await.map_err(backend)? {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let value = serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+            Ok(Some((value, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
 pub(crate) fn backend(e: impl Into<BackendError>) -> StoreError {
     let source = e.into();
     StoreError::Backend {
@@ -141,17 +159,7 @@ impl ConfigStore {
     }
 
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
-        match self.kv.entry(key).await.map_err(backend)? {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let value =
-                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
-                        key: key.to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                Ok(Some((value, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+        read(&self.kv, key).await
     }
 
     async fn create<T: Serialize>(
