@@ -217,6 +217,13 @@ async fn every_route_answers_each_caller_as_documented() {
         ),
         (
             "GET",
+            "/v1/tenants/acme/attempts".into(),
+            None,
+            200,
+            403,
+        ),
+        (
+            "GET",
             "/v1/tenants/acme/dead-letters".into(),
             None,
             200,

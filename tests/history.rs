@@ -214,6 +214,21 @@ async fn the_delivery_log_answers_why_a_webhook_did_not_arrive() {
     .await;
     assert_eq!(s, 400, "{v}");
 
+    // The tenant's delivery log: both endpoints' attempts in one log, newest first, with the
+    // same filters; `endpoint` narrows it to one.
+    let (tenant_log, _) = walk(&base, "/v1/tenants/acme/attempts?x=1", 9).await;
+    assert_eq!(tenant_log.len(), ATTEMPTS + 2, "billing's and broken's");
+    let seqs: Vec<u64> = tenant_log
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let (broken, _) = walk(&base, "/v1/tenants/acme/attempts?status=503", 9).await;
+    assert_eq!(broken.len(), 2, "broken's two 503s");
+    assert!(broken.iter().all(|a| a["endpoint_id"] == "broken"));
+    let (billing, _) = walk(&base, "/v1/tenants/acme/attempts?endpoint=billing", 50).await;
+    assert_eq!(billing, all, "the same as the endpoint's own log");
+
     // One event: its delivery, every attempt oldest first, and its state.
     let (s, ev) = get(&base, "/v1/tenants/acme/events/evt-7").await;
     assert_eq!(s, 200, "{ev}");
@@ -289,6 +304,13 @@ async fn the_delivery_log_answers_why_a_webhook_did_not_arrive() {
             "cursor",
         ),
         ("/v1/tenants/acme/dead-letters?kind=lost", 400, "kind"),
+        ("/v1/tenants/acme/attempts?outcome=late", 400, "outcome"),
+        (
+            "/v1/tenants/acme/attempts?endpoint=no%20such",
+            400,
+            "endpoint",
+        ),
+        ("/v1/tenants/nobody/attempts", 404, "nobody"),
         ("/v1/tenants/nobody/dead-letters", 404, "nobody"),
     ] {
         let (s, v) = get(&base, path).await;
@@ -328,6 +350,10 @@ async fn the_delivery_log_answers_why_a_webhook_did_not_arrive() {
     ]);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2 * FLAKY.len());
+    // Without --endpoint, the tenant's log, each attempt with its endpoint.
+    let text = cli(&["attempts", "list", "--tenant", "acme", "--status", "503"]);
+    assert!(text.contains("ENDPOINT_ID"), "{text}");
+    assert_eq!(text.matches("broken").count(), 2, "{text}");
     let text = cli(&["dead-letters", "list", "--tenant", "acme"]);
     assert!(
         text.contains("exhausted") && text.contains("evt-refund"),

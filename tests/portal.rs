@@ -439,7 +439,8 @@ async fn two_api_processes_given_the_same_link_at_once_start_one_session() {
     let b = Api::start(&env, Some(PUBLIC)).await;
     a.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
         .await;
-    for _ in 0..20 {
+    // 10 links: within one address's burst of openings on each api (20).
+    for _ in 0..10 {
         let (_, token) = a.mint("acme", "read").await;
         let ((sa, va), (sb, vb)) = tokio::join!(a.open(&token), b.open(&token));
         let mut statuses = [sa, sb];
@@ -452,6 +453,87 @@ async fn two_api_processes_given_the_same_link_at_once_start_one_session() {
             "{refused}"
         );
     }
+}
+
+/// Opening links is limited per client address: past the burst, 429 with `Retry-After`,
+/// whatever `X-Forwarded-For` a client sends; behind a proxy listed in
+/// `GANCHO_TRUSTED_PROXIES`, each forwarded client has a budget of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_links_is_limited_per_client_address() {
+    let env = support::Env::new().await;
+    let open = |base: String, forwarded: Option<String>| async move {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        if let Some(f) = forwarded {
+            headers.push(("x-forwarded-for", f));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, headers, body) = raw(
+            "POST",
+            &base,
+            "/portal/session",
+            &headers,
+            r#"{"token": "gpl_not-a-link"}"#,
+        )
+        .await;
+        let retry = headers
+            .iter()
+            .find(|(k, _)| k == "retry-after")
+            .map(|(_, v)| v.clone());
+        let v: Value = serde_json::from_str(&body).unwrap();
+        (status, retry, v)
+    };
+    // No trusted proxy: the peer is the client, and its forwarded-for is not believed.
+    let (mut plain, base) = env.spawn_api_with(TOKEN, &[]).await;
+    for i in 0..20 {
+        let (status, _, v) = open(base.clone(), Some(format!("203.0.113.{i}"))).await;
+        assert_eq!(status, 401, "opening {i}: {v}");
+        assert_eq!(v["error"]["code"], "link_unknown", "{v}");
+    }
+    let (status, retry, v) = open(base.clone(), Some("198.51.100.1".into())).await;
+    assert_eq!(status, 429, "the 21st opening from one address: {v}");
+    assert_eq!(v["error"]["code"], "too_many_requests", "{v}");
+    let secs: u64 = retry.expect("a Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&secs), "Retry-After {secs}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again"),
+        "{v}"
+    );
+    support::kill9(&mut plain);
+
+    // Behind a trusted proxy (the tests' own address): each forwarded client counts alone.
+    let (mut proxied, base) = env
+        .spawn_api_with(TOKEN, &[("GANCHO_TRUSTED_PROXIES", "127.0.0.1/32, ::1")])
+        .await;
+    for i in 0..20 {
+        let (status, _, v) = open(base.clone(), Some("203.0.113.7".into())).await;
+        assert_eq!(status, 401, "opening {i}: {v}");
+    }
+    let (status, _, v) = open(base.clone(), Some("203.0.113.7".into())).await;
+    assert_eq!(status, 429, "{v}");
+    // A forged entry to the left of what the proxy wrote changes nothing.
+    let (status, _, v) = open(base.clone(), Some("192.0.2.1, 203.0.113.7".into())).await;
+    assert_eq!(status, 429, "{v}");
+    let (status, _, v) = open(base.clone(), Some("203.0.113.8".into())).await;
+    assert_eq!(status, 401, "another client behind the proxy: {v}");
+    support::kill9(&mut proxied);
+
+    // A bad list stops start-up with one line that names the setting.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .arg("api")
+        .env("GANCHO_ADMIN_TOKEN", TOKEN)
+        .env("GANCHO_TRUSTED_PROXIES", "10.0.0.0/40")
+        .env("GANCHO_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("trusted_proxies") && stderr.contains("0 to 32"),
+        "{stderr}"
+    );
 }
 
 /// `gancho portal link` prints the link alone on its last line, and it opens.
@@ -492,10 +574,26 @@ async fn the_cli_prints_a_link_that_opens() {
 
 /// A GET as a browser makes it: (status, headers with lower-case names, body).
 async fn get_raw(base: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    raw("GET", base, path, &[], "").await
+}
+
+/// A request with `headers` and `body` as it goes over the wire: (status, headers with
+/// lower-case names, body).
+async fn raw(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();

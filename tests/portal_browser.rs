@@ -1,10 +1,12 @@
 //! The portal in a real browser: headless Chromium (over WebDriver) against the built `gancho`
-//! roles, a real nats-server and a real HTTPS receiver. A tenant's person opens a link, adds
+//! roles, a real nats-server and real HTTPS receivers. A tenant's person opens a link, adds
 //! an endpoint, sees its secret once, sends a test event and reads its attempt; a read-only
 //! session sees no control that changes anything; hostile content (an endpoint description
 //! and a receiver's answer made of `<script>` and `<img onerror>`) shows as text and nothing
-//! runs: the test fails on any dialog or console error. Screenshots of each view go to
-//! `target/portal-screenshots/`.
+//! runs: the tests fail on any dialog or console error. From start to finish (a receiver
+//! that fails, pause, resume, recover) with the mouse, with the keyboard alone, and inside a
+//! frame on another site; a site not allowed to frame it cannot. One browser at a time.
+//! Screenshots of each view go to `target/portal-screenshots/`.
 #![allow(
     clippy::too_many_lines,
     reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
@@ -13,9 +15,16 @@
 
 mod support;
 
-use gancho_test_harness::{Answer, Receiver};
+use gancho_test_harness::{wait_until, Answer, Receiver};
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use support::browser::Browser;
+
+/// The tests of this file take turns: one browser at a time on a 2-core machine.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const TOKEN: &str = "test-admin-token-0123456789";
 const HOSTILE: &str = "<script>alert('script')</script><img src=x onerror=\"alert('img')\">";
@@ -50,6 +59,7 @@ async fn nothing_ran(browser: &Browser, when: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
+    let _turn = ONE_BROWSER.lock().await;
     let env = support::Env::new().await;
     // Every answer is hostile: a body and a header value made of markup.
     let rx = Receiver::https(&env.ca, |_, _| {
@@ -114,7 +124,7 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     );
 
     // The delivery log, and back.
-    browser.click("a", "Delivery log").await;
+    browser.click("a.button", "Delivery log").await;
     browser.wait_for("h1", "Delivery log").await;
     browser.wait_for("summary", "200").await;
     browser.screenshot("delivery-log").await;
@@ -169,6 +179,289 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.wait_for("p", "new one").await;
     browser.screenshot("link-used").await;
     assert_eq!(browser.dialog().await, None);
+    for role in [&mut api, &mut router, &mut worker] {
+        support::kill9(role);
+    }
+}
+
+/// A receiver that answers 500 while `down`, else 200, and keeps the `webhook-id` and body
+/// of each request it answered 200.
+struct Flaky {
+    rx: Receiver,
+    down: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    delivered: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Flaky {
+    async fn start(env: &support::Env) -> Self {
+        let down = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let (d, f, ok) = (down.clone(), failed.clone(), delivered.clone());
+        let rx = Receiver::https(&env.ca, move |_, r| {
+            if d.load(Ordering::SeqCst) {
+                f.fetch_add(1, Ordering::SeqCst);
+                return Answer::status(500).body("down for maintenance until 03:00");
+            }
+            let id = r.header("webhook-id").unwrap_or_default().to_owned();
+            let body = String::from_utf8_lossy(&r.body).into_owned();
+            ok.lock().unwrap().push((id, body));
+            Answer::status(200)
+        })
+        .await;
+        Self {
+            rx,
+            down,
+            failed,
+            delivered,
+        }
+    }
+
+    /// How many 200s each `webhook-id` got.
+    fn per_id(&self) -> HashMap<String, u32> {
+        let mut n = HashMap::new();
+        for (id, _) in self.delivered.lock().unwrap().iter() {
+            *n.entry(id.clone()).or_default() += 1;
+        }
+        n
+    }
+
+    /// 200s whose body contains `text`.
+    fn bodies_with(&self, text: &str) -> usize {
+        self.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b.contains(text))
+            .count()
+    }
+}
+
+/// The payloads of the events that fail, and of those held while paused.
+const FAILED: &str = r#""amount":990"#;
+const HELD: &str = r#""amount":15"#;
+
+/// Where the scenario runs: the portal as the page, or inside a frame of another site's page
+/// (which serves `page` with the link put in its iframe).
+enum Place<'a> {
+    Top,
+    Framed {
+        site: &'a str,
+        page: &'a Arc<Mutex<String>>,
+    },
+}
+
+/// From start to finish, as a tenant's support person: open a fresh link; add an endpoint
+/// (retries 0s,1s, so failures are given up on at once); see its secret once; a test event
+/// and its 200; the receiver fails: the failed attempts with its answer in the delivery log;
+/// pause: new events are held and the count shows; the receiver is fixed; resume: they
+/// arrive; recover: every delivery given up on arrives. Each delivery arrives exactly once.
+async fn start_to_finish(
+    browser: &mut Browser,
+    env: &support::Env,
+    base: &str,
+    tenant: &str,
+    place: Place<'_>,
+    name: &str,
+) {
+    let (status, v) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants"),
+        Some(TOKEN),
+        Some(&json!({ "id": tenant }).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let rx = Flaky::start(env).await;
+    let url = link(base, tenant, "manage").await;
+    match place {
+        Place::Top => browser.goto(&url).await,
+        Place::Framed { site, page } => {
+            *page.lock().unwrap() = url;
+            browser.goto(&format!("{site}/dashboard")).await;
+            browser.wait_for("h1", "Acme dashboard").await;
+            browser.enter_frame().await;
+        }
+    }
+    browser.wait_for("p", "No endpoints yet").await;
+
+    browser.click("a", "Add an endpoint").await;
+    browser.wait_for("h1", "Add an endpoint").await;
+    browser.fill("URL", &rx.rx.url("/payments")).await;
+    browser.fill("Description", "Payments").await;
+    browser.fill("Retry schedule", "0s,1s").await;
+    browser.click("button", "Add the endpoint").await;
+    browser.wait_for("#secret", "whsec_").await;
+    browser.wait_for("h1", "Payments").await;
+
+    browser.click("button", "Send a test event").await;
+    browser.wait_for("details summary", "200").await;
+    browser.screenshot(&format!("{name}-test-event")).await;
+    nothing_ran(browser, "after the test event").await;
+
+    // The receiver fails: three events, each tried twice and given up on.
+    rx.down.store(true, Ordering::SeqCst);
+    let ids = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{tenant}-{prefix}-{i}")).collect()
+    };
+    let failed = ids("failed", 3);
+    env.publish_many(
+        tenant,
+        "charge.paid",
+        failed
+            .iter()
+            .map(|id| (id.clone(), format!("{{{FAILED}}}").into_bytes())),
+    )
+    .await;
+    wait_until("6 failed attempts", Duration::from_secs(30), || {
+        std::future::ready(rx.failed.load(Ordering::SeqCst) >= 6)
+    })
+    .await;
+    browser.click("a.button", "Delivery log").await;
+    browser.wait_for("h1", "Delivery log").await;
+    browser.fill("Status", "5xx").await;
+    browser.click("button", "Filter").await;
+    browser.wait_for("summary", "500").await;
+    wait_until(
+        "the 6 failed attempts listed",
+        Duration::from_secs(10),
+        || async { browser.all("details").await.len() == 6 },
+    )
+    .await;
+    browser.click("summary", "500").await;
+    browser.wait_for("pre", "down for maintenance").await;
+    browser.screenshot(&format!("{name}-failed-attempts")).await;
+    browser.click("a", "← Endpoint").await;
+    browser.wait_for("h1", "Payments").await;
+
+    // Paused: new events are held, and the count shows.
+    browser.click("button", "Pause").await;
+    browser.wait_for("#state", "paused").await;
+    let held = ids("held", 2);
+    env.publish_many(
+        tenant,
+        "charge.paid",
+        held.iter()
+            .map(|id| (id.clone(), format!("{{{HELD}}}").into_bytes())),
+    )
+    .await;
+    browser.wait_for("#state", "paused, 2 held").await;
+    browser.screenshot(&format!("{name}-paused")).await;
+
+    // Fixed and resumed: the held ones arrive.
+    rx.down.store(false, Ordering::SeqCst);
+    browser.click("button", "Resume").await;
+    browser.wait_for("#state", "active").await;
+    wait_until("the held events delivered", Duration::from_secs(30), || {
+        std::future::ready(rx.bodies_with(HELD) == held.len())
+    })
+    .await;
+
+    // Recover since a quarter of an hour ago: what was given up on arrives.
+    browser.choose("From", "15 minutes ago").await;
+    browser.click("button", "Recover what failed").await;
+    browser.wait_for("#job-state", "done").await;
+    browser.screenshot(&format!("{name}-recovered")).await;
+    wait_until(
+        "the failed events delivered",
+        Duration::from_secs(30),
+        || std::future::ready(rx.bodies_with(FAILED) == failed.len()),
+    )
+    .await;
+    nothing_ran(browser, "after the recovery").await;
+
+    // The tenant's whole delivery log, from the navigation bar: every attempt, each with the
+    // endpoint it went to.
+    browser.click("nav a", "Delivery log").await;
+    browser
+        .wait_for("h1", "Delivery log of every endpoint")
+        .await;
+    browser.wait_for("summary", "/payments").await;
+    browser.screenshot(&format!("{name}-tenant-log")).await;
+
+    // Once each: the test event and the five events, and nothing more after a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = rx.per_id();
+    assert_eq!(got.len(), 1 + failed.len() + held.len(), "{got:?}");
+    assert_eq!(rx.bodies_with(FAILED), failed.len());
+    assert_eq!(rx.bodies_with(HELD), held.len());
+    assert!(
+        got.values().all(|n| *n == 1),
+        "a delivery arrived twice: {got:?}"
+    );
+    if matches!(place, Place::Framed { .. }) {
+        browser.top().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_start_to_finish_with_the_mouse_the_keyboard_and_in_a_frame() {
+    let _turn = ONE_BROWSER.lock().await;
+    let env = support::Env::new().await;
+    // Another site's dashboard that frames the portal: `http://localhost:<port>`, a different
+    // origin from the api's `http://127.0.0.1:<port>`.
+    let page = Arc::new(Mutex::new(String::new()));
+    let framing = |page: Arc<Mutex<String>>| {
+        move |_, _: &gancho_test_harness::Received| {
+            Answer::status(200)
+                .header("content-type", "text/html; charset=utf-8")
+                .body(&format!(
+                    "<!doctype html><title>Acme</title><h1>Acme dashboard</h1><iframe title=\"Webhooks\" src=\"{}\" width=\"1100\" height=\"800\"></iframe>",
+                    page.lock().unwrap()
+                ))
+        }
+    };
+    let dashboard = Receiver::http(framing(page.clone())).await;
+    let stranger = Receiver::http(framing(page.clone())).await;
+    let site = format!("http://localhost:{}", dashboard.addr().port());
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let (mut api, base) = env
+        .spawn_portal_api(TOKEN, &[("GANCHO_PORTAL_FRAME_ANCESTORS", site.as_str())])
+        .await;
+    let mut browser = Browser::start().await;
+
+    start_to_finish(&mut browser, &env, &base, "acme", Place::Top, "mouse").await;
+    browser.keyboard(true);
+    start_to_finish(&mut browser, &env, &base, "globex", Place::Top, "keyboard").await;
+    browser.keyboard(false);
+    start_to_finish(
+        &mut browser,
+        &env,
+        &base,
+        "initech",
+        Place::Framed {
+            site: &site,
+            page: &page,
+        },
+        "framed",
+    )
+    .await;
+
+    // A site not listed in GANCHO_PORTAL_FRAME_ANCESTORS: the browser refuses to show it.
+    *page.lock().unwrap() = link(&base, "acme", "read").await;
+    browser
+        .goto(&format!(
+            "http://localhost:{}/dashboard",
+            stranger.addr().port()
+        ))
+        .await;
+    browser.wait_for("h1", "Acme dashboard").await;
+    wait_until("the frame refused", Duration::from_secs(10), || async {
+        browser
+            .console_errors()
+            .await
+            .iter()
+            .any(|e| e.contains("frame-ancestors"))
+    })
+    .await;
+    browser.enter_frame().await;
+    assert!(
+        browser.all("#main").await.is_empty(),
+        "the portal showed inside a site that may not frame it"
+    );
+    browser.top().await;
     for role in [&mut api, &mut router, &mut worker] {
         support::kill9(role);
     }

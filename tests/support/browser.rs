@@ -64,7 +64,21 @@ pub struct Browser {
     driver: Child,
     /// `http://127.0.0.1:<port>/session/<id>`.
     session: String,
+    /// Whether [`Browser::click`], [`Browser::fill`] and [`Browser::choose`] use the keyboard
+    /// alone: Tab until the control has the focus, then Enter, Space, arrows or typing.
+    keys_only: bool,
 }
+
+/// WebDriver's codes of the keys the keyboard mode presses.
+const TAB: &str = "\u{e004}";
+const ENTER: &str = "\u{e007}";
+const SPACE: &str = "\u{e00d}";
+const BACKSPACE: &str = "\u{e003}";
+const CONTROL: &str = "\u{e009}";
+const ARROW_DOWN: &str = "\u{e015}";
+const ARROW_UP: &str = "\u{e013}";
+/// Tabs tried before a control counts as not reachable by keyboard.
+const TABS_MAX: usize = 200;
 
 impl Drop for Browser {
     fn drop(&mut self) {
@@ -139,7 +153,120 @@ impl Browser {
         Self {
             driver,
             session: format!("{base}/session/{id}"),
+            keys_only: false,
         }
+    }
+
+    /// From now on, act with the keyboard alone (`true`) or with the mouse (`false`).
+    pub fn keyboard(&mut self, on: bool) {
+        self.keys_only = on;
+    }
+
+    /// Presses and releases each key of `keys` in turn (characters, or the codes above).
+    async fn press(&self, keys: &[&str]) {
+        let actions: Vec<Value> = keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
+            })
+            .collect();
+        self.command(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
+    }
+
+    /// Types `text` into the focused control, one key at a time.
+    async fn type_text(&self, text: &str) {
+        let keys: Vec<String> = text.chars().map(String::from).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.press(&keys).await;
+    }
+
+    /// Presses Tab until element `id` has the focus; fails if it never gets it.
+    async fn tab_to(&self, id: &str) {
+        for _ in 0..TABS_MAX {
+            let focused = self
+                .run(
+                    "return document.activeElement === arguments[0]",
+                    json!([{ ELEMENT: id }]),
+                )
+                .await;
+            if focused == json!(true) {
+                return;
+            }
+            self.press(&[TAB]).await;
+        }
+        let what = self
+            .run("return arguments[0].outerHTML", json!([{ ELEMENT: id }]))
+            .await;
+        panic!("{what} is not reached with Tab in {TABS_MAX} presses");
+    }
+
+    /// Chooses the option whose text contains `option` in the select labelled `label`: with
+    /// the mouse, a click on the option; with the keyboard, arrows down until it is chosen.
+    pub async fn choose(&self, label: &str, option: &str) {
+        let select = self.labelled(label).await;
+        if !self.keys_only {
+            let id = self
+                .run(
+                    "return [...arguments[0].options].find((o) => o.text.includes(arguments[1])) || null",
+                    json!([{ ELEMENT: select }, option]),
+                )
+                .await;
+            let id = id[ELEMENT]
+                .as_str()
+                .unwrap_or_else(|| panic!("no option {option:?} in {label}"))
+                .to_owned();
+            self.command("POST", &format!("/element/{id}/click"), Some(json!({})))
+                .await;
+            return;
+        }
+        self.tab_to(&select).await;
+        for _ in 0..20 {
+            // How far the option is from the chosen one: arrows up or down by that much.
+            let distance = self
+                .run(
+                    "const s = arguments[0]; const i = [...s.options].findIndex((o) => o.text.includes(arguments[1])); return i < 0 ? null : i - s.selectedIndex",
+                    json!([{ ELEMENT: select }, option]),
+                )
+                .await;
+            match distance.as_i64() {
+                None => panic!("no option {option:?} in {label}"),
+                Some(0) => return,
+                Some(d) if d > 0 => self.press(&[ARROW_DOWN]).await,
+                Some(_) => self.press(&[ARROW_UP]).await,
+            }
+        }
+        panic!("the arrows never chose {option:?} in {label}");
+    }
+
+    /// The field a `<label>` whose text contains `label` names.
+    async fn labelled(&self, label: &str) -> String {
+        let label_id = self.wait_for("label", label).await;
+        let target = self
+            .command("GET", &format!("/element/{label_id}/attribute/for"), None)
+            .await;
+        let target = target.as_str().expect("the label names its field");
+        self.wait_for(&format!("#{target}"), "").await
+    }
+
+    /// Shows the page inside the first `<iframe>` to the commands that follow (WebDriver's
+    /// frame switch); [`Browser::top`] goes back to the page itself.
+    pub async fn enter_frame(&self) {
+        let frame = self.wait_for("iframe", "").await;
+        self.command("POST", "/frame", Some(json!({"id": { ELEMENT: frame }})))
+            .await;
+    }
+
+    pub async fn top(&self) {
+        self.command("POST", "/frame", Some(json!({"id": null})))
+            .await;
     }
 
     async fn command(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -220,21 +347,45 @@ impl Browser {
         }
     }
 
-    /// Clicks the first `css` element whose text contains `text` (waiting for it).
+    /// Clicks the first `css` element whose text contains `text` (waiting for it); with the
+    /// keyboard, Tab to it and Enter (Space for a checkbox).
     pub async fn click(&self, css: &str, text: &str) {
         let id = self.wait_for(css, text).await;
+        if self.keys_only {
+            self.tab_to(&id).await;
+            let checkbox = self
+                .run(
+                    "return arguments[0].type === 'checkbox'",
+                    json!([{ ELEMENT: id }]),
+                )
+                .await;
+            self.press(&[if checkbox == json!(true) {
+                SPACE
+            } else {
+                ENTER
+            }])
+            .await;
+            return;
+        }
         self.command("POST", &format!("/element/{id}/click"), Some(json!({})))
             .await;
     }
 
-    /// Types into the field labelled `label` (the `<label for>` whose text contains it).
+    /// Types into the field labelled `label` (the `<label for>` whose text contains it); with
+    /// the keyboard, Tab to it, select all, erase and type.
     pub async fn fill(&self, label: &str, value: &str) {
-        let label_id = self.wait_for("label", label).await;
-        let target = self
-            .command("GET", &format!("/element/{label_id}/attribute/for"), None)
-            .await;
-        let target = target.as_str().expect("the label names its field");
-        let field = self.wait_for(&format!("#{target}"), "").await;
+        let field = self.labelled(label).await;
+        if self.keys_only {
+            self.tab_to(&field).await;
+            let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": CONTROL}, {"type": "keyDown", "value": "a"},
+                {"type": "keyUp", "value": "a"}, {"type": "keyUp", "value": CONTROL},
+                {"type": "keyDown", "value": BACKSPACE}, {"type": "keyUp", "value": BACKSPACE},
+            ]}]});
+            self.command("POST", "/actions", Some(actions)).await;
+            self.type_text(value).await;
+            return;
+        }
         self.command("POST", &format!("/element/{field}/clear"), Some(json!({})))
             .await;
         self.command(

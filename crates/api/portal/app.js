@@ -195,6 +195,7 @@
     [/^#\/endpoints\/([^/]+)$/, endpointView, 'Endpoint'],
     [/^#\/endpoints\/([^/]+)\/edit$/, editEndpointView, 'Edit endpoint'],
     [/^#\/endpoints\/([^/]+)\/attempts$/, attemptsView, 'Delivery log'],
+    [/^#\/attempts$/, attemptsView, 'Delivery log'],
     [/^#\/events$/, eventView, 'Find an event'],
     [/^#\/events\/([^/]+)$/, eventView, 'Event'],
     [/^#\/jobs\/([^/]+)$/, jobView, 'Job'],
@@ -302,7 +303,7 @@
       api('GET', `/endpoints/${enc(id)}/attempts?limit=100`),
     ]);
     const facts = [
-      ['URL', ep.url], ['Description', ep.description || '–'], ['State', stateOf(ep)],
+      ['URL', ep.url], ['Description', ep.description || '–'], ['State', el('span', { id: 'state' }, stateOf(ep))],
       ['Event types', ep.filter_types.length ? ep.filter_types.join(', ') : 'every type'],
       ['Channels', ep.channels.length ? ep.channels.join(', ') : 'any'],
       ['Rate limit', ep.rate_limit_per_sec ? `${ep.rate_limit_per_sec}/s` : 'none'],
@@ -324,6 +325,14 @@
       result,
     ];
     if (canManage()) nodes.push(manageControls(ep, result));
+    // While paused, the count of held deliveries keeps up by itself.
+    if (ep.paused) {
+      every(3000, async () => {
+        const now = await api('GET', `/endpoints/${enc(id)}`).catch(() => null);
+        const badge = document.getElementById('state');
+        if (now && badge && gen === generation) badge.replaceChildren(stateOf(now));
+      });
+    }
     return nodes;
   }
 
@@ -354,9 +363,18 @@
     const id = ep.id;
     const grace = el('select', { id: 'grace' }, [['0s', 'at once'], ['1h', 'in 1 hour'], ['24h', 'in 24 hours'], ['7d', 'in 7 days']]
       .map(([v, t]) => el('option', { value: v, selected: v === '24h' }, t)));
-    const since = el('input', { type: 'datetime-local', id: 'recover-since', required: true });
+    // Since when: a few choices (reachable by keyboard alone), or a time of one's own.
+    const sinceChoice = el('select', { id: 'recover-from' }, [['15', '15 minutes ago'], ['60', '1 hour ago'], ['360', '6 hours ago'],
+      ['1440', '24 hours ago'], ['10080', '7 days ago'], ['time', 'a time of my choice']]
+      .map(([v, t]) => el('option', { value: v, selected: v === '60' }, t)));
+    const since = el('input', { type: 'datetime-local', id: 'recover-since' });
     const until = el('input', { type: 'datetime-local', id: 'replay-until' });
+    const ownTime = el('div', { class: 'row', hidden: true }, field('Since', since, '(your time zone)'), field('Until', until, '(replay only; empty: now)'));
+    sinceChoice.addEventListener('change', () => { ownTime.hidden = sinceChoice.value !== 'time'; });
     const iso = (input) => (input.value ? new Date(input.value).toISOString() : undefined);
+    const from = () => (sinceChoice.value === 'time'
+      ? iso(since)
+      : new Date(Date.now() - Number(sinceChoice.value) * 60000).toISOString());
     return el('section', {},
       el('h2', {}, 'Change'),
       el('div', { class: 'row' },
@@ -372,18 +390,17 @@
           result.replaceChildren(secretBox('A new signing secret:', v.secret));
         }))) : null,
       el('h2', {}, 'Send again'),
-      el('div', { class: 'row' },
-        field('Since', since, '(your time zone)'),
-        field('Until', until, '(replay only; empty: now)')),
+      el('div', { class: 'row' }, field('From', sinceChoice)),
+      ownTime,
       el('div', { class: 'row' },
         el('button', { type: 'button', onclick: () => {
-          if (!since.value) return say('Choose since when.');
-          return act(api('POST', `/endpoints/${enc(id)}/recover`, { since: iso(since) }), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
+          if (!from()) return say('Choose since when.');
+          return act(api('POST', `/endpoints/${enc(id)}/recover`, { since: from() }), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
         } }, 'Recover what failed'),
         el('button', { type: 'button', onclick: () => {
-          if (!since.value) return say('Choose since when.');
-          const body = { since: iso(since) };
-          if (until.value) body.until = iso(until);
+          if (!from()) return say('Choose since when.');
+          const body = { since: from() };
+          if (sinceChoice.value === 'time' && until.value) body.until = iso(until);
           return act(api('POST', `/endpoints/${enc(id)}/replay`, body), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
         } }, 'Replay everything')),
       el('p', { class: 'hint' }, 'Recover sends the deliveries given up since then that were not delivered since; replay sends every matching event of the range again, delivered ones too.'));
@@ -472,11 +489,12 @@
     return el('span', { class: 'badge bad' }, a.outcome);
   }
 
-  function attemptDetail(a, open) {
+  function attemptDetail(a, open, withEndpoint) {
     const headers = Object.entries(a.response_headers || {});
     return el('details', { open },
-      el('summary', {}, statusOf(a), ' ', a.type, ' · attempt ', String(a.attempt), ' · ', `${a.latency_ms.toFixed(0)} ms`, ' · ', when(a.at)),
+      el('summary', {}, statusOf(a), ' ', a.type, withEndpoint ? [' → ', a.url] : null, ' · attempt ', String(a.attempt), ' · ', `${a.latency_ms.toFixed(0)} ms`, ' · ', when(a.at)),
       el('dl', { class: 'fields' },
+        withEndpoint ? [el('dt', {}, 'Endpoint'), el('dd', {}, el('a', { href: `#/endpoints/${enc(a.endpoint_id)}` }, a.endpoint_id))] : null,
         el('dt', {}, 'Request'), el('dd', {}, 'POST ', a.url),
         el('dt', {}, 'webhook-id'), el('dd', {}, el('code', {}, a.delivery_id)),
         el('dt', {}, 'Event'), el('dd', {}, el('a', { href: `#/events/${enc(a.event_id)}` }, a.event_id)),
@@ -487,32 +505,67 @@
       el('pre', {}, a.response_body || '(empty)'));
   }
 
+  const OUTCOMES = ['success', 'http_error', 'timeout', 'connect_error', 'tls_error', 'request_error', 'blocked'];
+
+  /** datetime-local's value (the viewer's time) as RFC 3339, or '' when empty or invalid. */
+  function isoOf(local) {
+    const d = new Date(local);
+    return local && !Number.isNaN(d.getTime()) ? d.toISOString() : '';
+  }
+
+  /** RFC 3339 as datetime-local's value, in the viewer's time zone. */
+  function localOf(iso) {
+    const d = new Date(iso);
+    if (!iso || Number.isNaN(d.getTime())) return '';
+    const pad = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  }
+
+  /** The delivery log of one endpoint (`id`) or of the whole tenant, with its filters. */
   async function attemptsView(gen, params, id) {
-    const status = params.get('status') || '';
-    const cursor = params.get('cursor');
-    const query = new URLSearchParams({ limit: '50' });
-    if (status) query.set('status', status);
-    if (cursor) query.set('cursor', cursor);
-    const page = await api('GET', `/endpoints/${enc(id)}/attempts?${query}`);
-    const filter = el('select', { id: 'status-filter', onchange: () => {
-      location.hash = `#/endpoints/${enc(id)}/attempts${filter.value ? `?status=${enc(filter.value)}` : ''}`;
-    } }, [['', 'every status'], ['2xx', '2xx'], ['4xx', '4xx'], ['5xx', '5xx'], ['none', 'no answer']]
-      .map(([v, t]) => el('option', { value: v, selected: v === status }, t)));
+    const here = id ? `#/endpoints/${enc(id)}/attempts` : '#/attempts';
+    const filters = {};
+    for (const key of ['status', 'outcome', 'since', 'until']) {
+      if (params.get(key)) filters[key] = params.get(key);
+    }
+    const query = new URLSearchParams({ limit: '50', ...filters });
+    if (params.get('cursor')) query.set('cursor', params.get('cursor'));
+    const path = id ? `/endpoints/${enc(id)}/attempts` : '/attempts';
+    const page = await api('GET', `${path}?${query}`);
+    const status = el('input', { id: 'status-filter', value: filters.status || '', list: 'status-classes', placeholder: '5xx, 503 or none', size: 10 });
+    const outcome = el('select', { id: 'outcome-filter' }, [['', 'any outcome'], ...OUTCOMES.map((o) => [o, o.replace('_', ' ')])]
+      .map(([v, t]) => el('option', { value: v, selected: v === (filters.outcome || '') }, t)));
+    const since = el('input', { type: 'datetime-local', id: 'since-filter', value: localOf(filters.since) });
+    const until = el('input', { type: 'datetime-local', id: 'until-filter', value: localOf(filters.until) });
+    const form = el('form', { class: 'row filters', onsubmit: (e) => {
+      e.preventDefault();
+      const next = new URLSearchParams();
+      if (status.value.trim()) next.set('status', status.value.trim());
+      if (outcome.value) next.set('outcome', outcome.value);
+      if (isoOf(since.value)) next.set('since', isoOf(since.value));
+      if (isoOf(until.value)) next.set('until', isoOf(until.value));
+      location.hash = `${here}${[...next].length ? `?${next}` : ''}`;
+    } },
+    field('Status', status), field('Outcome', outcome), field('Since', since), field('Until', until),
+    el('datalist', { id: 'status-classes' }, ['2xx', '4xx', '5xx', 'none'].map((v) => el('option', { value: v }))),
+    el('button', { type: 'submit' }, 'Filter'));
+    const show = (a) => attemptDetail(a, false, !id);
+    const list = el('div', {}, page.data.map(show));
     const follow = el('input', { type: 'checkbox', id: 'follow', onchange: () => {
       timers.forEach(clearInterval);
       timers = [];
       if (follow.checked) every(3000, async () => {
-        const fresh = await api('GET', `/endpoints/${enc(id)}/attempts?${query}`).catch(() => null);
-        if (fresh) list.replaceChildren(...fresh.data.map((a) => attemptDetail(a, false)));
+        const fresh = await api('GET', `${path}?${new URLSearchParams({ limit: '50', ...filters })}`).catch(() => null);
+        if (fresh) list.replaceChildren(...fresh.data.map(show));
       });
     } });
-    const list = el('div', {}, page.data.map((a) => attemptDetail(a, false)));
     return [
-      el('p', {}, el('a', { href: `#/endpoints/${enc(id)}` }, '← Endpoint')),
-      el('h1', {}, 'Delivery log'),
-      el('div', { class: 'row' }, field('Status', filter), el('label', { for: 'follow', class: 'hint' }, follow, ' Follow new attempts')),
+      id ? el('p', {}, el('a', { href: `#/endpoints/${enc(id)}` }, '← Endpoint')) : null,
+      el('h1', {}, id ? 'Delivery log' : 'Delivery log of every endpoint'),
+      form,
+      el('p', {}, el('label', { for: 'follow', class: 'hint' }, follow, ' Follow new attempts')),
       page.data.length ? list : el('p', { class: 'muted' }, 'No attempts match.'),
-      page.next ? el('div', { class: 'row' }, el('a', { href: `#/endpoints/${enc(id)}/attempts?${new URLSearchParams({ ...(status ? { status } : {}), cursor: page.next })}` }, 'Older attempts')) : null,
+      page.next ? el('div', { class: 'row' }, el('a', { href: `${here}?${new URLSearchParams({ ...filters, cursor: page.next })}` }, 'Older attempts')) : null,
     ];
   }
 

@@ -81,8 +81,10 @@ pub fn need(method: &Method, path: &str) -> Need {
         {
             Need::Tenant(Some(read_or_manage))
         }
-        // The delivery log of one event.
-        "/tenants/{tenant}/events/{id}" if method == Method::GET => Need::Tenant(Some(Scope::Read)),
+        // The delivery log of one event, and the tenant's.
+        "/tenants/{tenant}/events/{id}" | "/tenants/{tenant}/attempts" if method == Method::GET => {
+            Need::Tenant(Some(Scope::Read))
+        }
         // Sending events: a `manage` key may not forge events to its own receivers.
         "/tenants/{tenant}/events" | "/tenants/{tenant}/events/batch" if method == Method::POST => {
             Need::Tenant(Some(Scope::Publish))
@@ -313,6 +315,10 @@ mod tests {
         );
         assert_eq!(
             need(&Method::GET, "/v1/tenants/{tenant}/events/{id}"),
+            Need::Tenant(Some(Scope::Read))
+        );
+        assert_eq!(
+            need(&Method::GET, "/v1/tenants/{tenant}/attempts"),
             Need::Tenant(Some(Scope::Read))
         );
     }

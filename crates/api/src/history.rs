@@ -39,8 +39,8 @@ pub struct LogQuery {
     /// Attempts only: `success`, `http_error`, `timeout`, `connect_error`, `tls_error`,
     /// `request_error` or `blocked`.
     pub outcome: Option<String>,
-    /// Dead letters only: the endpoint id, or `_events` for events the router could not
-    /// deliver anywhere.
+    /// Dead letters: the endpoint id, or `_events` for events the router could not deliver
+    /// anywhere. The tenant's delivery log: the endpoint id.
     pub endpoint: Option<String>,
     /// Dead letters only: `exhausted`, `endpoint_gone`, `endpoint_disabled`,
     /// `undecodable`, `not_json`, `subject_mismatch`, `invalid` or `schema`.
@@ -235,17 +235,49 @@ pub async fn attempts(
     Query(q): Query<LogQuery>,
 ) -> Result<axum::Json<Page<AttemptView>>, ApiError> {
     let (tenant, id) = (tenant_id(&tenant)?, crate::endpoints::endpoint_id(&id)?);
+    attempts_page(&state, &tenant, Some(id.as_str()), &q).await
+}
+
+/// The delivery log of the whole tenant: every endpoint's attempts (deleted endpoints'
+/// too), newest first, with the same filters and paging as an endpoint's; `endpoint` narrows
+/// it to one.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/attempts", tag = "delivery log", operation_id = "list_tenant_attempts",
+    params(("tenant" = String, Path, description = "The tenant id."), LogQuery),
+    responses((status = 200, description = "A page of attempts, newest first.", body = Page<AttemptView>)))]
+pub async fn tenant_attempts(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<axum::Json<Page<AttemptView>>, ApiError> {
+    let tenant = tenant_id(&tenant)?;
+    let endpoint = match q.endpoint.as_deref().filter(|s| !s.is_empty()) {
+        Some(e) => Some(gancho_core::EndpointId::new(e).map_err(|err| {
+            ApiError::bad_request(format!("endpoint is not an endpoint id: {err}"))
+        })?),
+        None => None,
+    };
+    attempts_page(&state, &tenant, endpoint.as_ref().map(|e| e.as_str()), &q).await
+}
+
+/// A page of the attempts of `tenant`, of one endpoint or of all.
+async fn attempts_page(
+    state: &ApiState,
+    tenant: &gancho_core::TenantId,
+    endpoint: Option<&str>,
+    q: &LogQuery,
+) -> Result<axum::Json<Page<AttemptView>>, ApiError> {
     let (class, code) = status_filter(&q.status)?;
     let outcome = one_of("outcome", &q.outcome, OUTCOMES)?;
     // Deleted endpoints keep their log; an id that never had one reads as empty.
-    crate::require_tenant(&state, &tenant).await?;
-    let log = attempts_log(&state);
-    let (lo, hi, limit) = bounds(&log, &q).await?;
-    let filter =
-        state
-            .layout
-            .subjects
-            .attempts_filter(tenant.as_str(), id.as_str(), class, outcome);
+    crate::require_tenant(state, tenant).await?;
+    let log = attempts_log(state);
+    let (lo, hi, limit) = bounds(&log, q).await?;
+    let filter = state.layout.subjects.attempts_filter(
+        tenant.as_str(),
+        endpoint.unwrap_or("*"),
+        class,
+        outcome,
+    );
     let matches = |a: &Attempt| code.is_none_or(|c| a.status == u32::from(c));
     let page = log
         .newest_first(&filter, lo, hi, limit, |r: &Record| {

@@ -14,6 +14,7 @@
 
 mod api_keys;
 pub mod auth;
+pub mod client;
 mod endpoints;
 pub mod error;
 mod event_types;
@@ -109,6 +110,10 @@ pub struct ApiState {
     pub portal_public_url: Option<Arc<str>>,
     /// Who may frame the portal: the CSP `frame-ancestors` sources (`'none'` by default).
     pub portal_frame_ancestors: Arc<str>,
+    /// Proxies whose `X-Forwarded-For` names the client ([`client::ClientAddr`]).
+    pub trusted_proxies: Arc<client::TrustedProxies>,
+    /// How often one client address may mint and open portal links.
+    pub link_limits: Arc<client::LinkLimits>,
 }
 
 /// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each
@@ -132,6 +137,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(endpoints::resume))
         .routes(routes!(test_event::send))
         .routes(routes!(history::attempts))
+        .routes(routes!(history::tenant_attempts))
         .routes(routes!(history::event))
         .routes(routes!(history::dead_letters))
         .routes(routes!(jobs::recover))

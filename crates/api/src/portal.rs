@@ -6,6 +6,7 @@
 //! tenant. `DELETE /v1/tenants/{tenant}/portal-sessions/{id}` ends one. No cookie is set or
 //! read anywhere. The store side is [`gancho_store::portal`].
 
+use crate::client::ClientAddr;
 use crate::error::{tenant_id, ApiError, Json, Path};
 use crate::ApiState;
 use axum::extract::State;
@@ -56,12 +57,15 @@ pub struct MintedLink {
         (status = 201, description = "Minted; `url` is shown only here and must be opened within 10 minutes, once.", body = MintedLink),
         (status = 409, description = "This api has no `portal_public_url` (GANCHO_PORTAL_PUBLIC_URL) to build links from.", body = crate::error::ErrorBody),
         (status = 422, description = "A bad scope or ttl.", body = crate::error::ErrorBody),
+        (status = 429, description = "More than 10 links a second (bursts of 50) from this client address; `Retry-After` says when to try again.", body = crate::error::ErrorBody),
     ))]
 pub async fn mint(
     State(state): State<ApiState>,
+    ClientAddr(client): ClientAddr,
     Path(tenant): Path<String>,
     Json(body): Json<MintSession>,
 ) -> Result<(StatusCode, axum::Json<MintedLink>), ApiError> {
+    state.link_limits.mint(client)?;
     let tenant = tenant_id(&tenant)?;
     let scope = match body.scope.as_deref().map(str::trim) {
         None | Some("manage") => Scope::Manage,
@@ -137,11 +141,14 @@ pub struct Started {
 
 /// `POST /portal/session`: uses a link up and starts its session. Used, expired and unknown
 /// links get 401 with a code of their own (`link_used`, `link_expired`, `link_unknown`), so
-/// the page can say which and what to do.
+/// the page can say which and what to do. One client address may open 30 a minute (bursts
+/// of 20); past that, 429 with `Retry-After`.
 pub async fn start(
     State(state): State<ApiState>,
+    ClientAddr(client): ClientAddr,
     Json(body): Json<StartSession>,
 ) -> Result<(StatusCode, axum::Json<Started>), ApiError> {
+    state.link_limits.open(client)?;
     let ask = "ask whoever gave you the link for a new one";
     let refused = |code: &'static str, why: String| {
         ApiError::new(StatusCode::UNAUTHORIZED, code, format!("{why}; {ask}"))

@@ -144,6 +144,11 @@ pub struct Flags {
     /// (https://dashboard.example.com), or 'self'. Default: 'none' (no site may frame it).
     #[arg(long, env = "GANCHO_PORTAL_FRAME_ANCESTORS")]
     pub portal_frame_ancestors: Option<String>,
+    /// Proxies in front of the api whose X-Forwarded-For names the client, for the limits
+    /// per client address (portal links): addresses or CIDR blocks, comma-separated, e.g.
+    /// 10.0.0.0/8. Default: none (the TCP peer is the client).
+    #[arg(long, env = "GANCHO_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
     /// before DNS; the private-address rule still applies. Default: none.
     #[arg(long, env = "GANCHO_RESOLVE")]
@@ -272,6 +277,7 @@ struct File {
     egress_proxy_by_name: Option<bool>,
     portal_public_url: Option<String>,
     portal_frame_ancestors: Option<String>,
+    trusted_proxies: Option<String>,
     resolve: Option<String>,
 }
 
@@ -353,6 +359,8 @@ pub struct Config {
     pub portal_public_url: Option<String>,
     /// The portal's CSP `frame-ancestors` sources, checked: `'none'` by default.
     pub portal_frame_ancestors: String,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: gancho_api::client::TrustedProxies,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -762,6 +770,11 @@ impl Config {
                 .or(file.portal_frame_ancestors)
                 .as_deref(),
         )?;
+        let trusted_proxies = match flags.trusted_proxies.clone().or(file.trusted_proxies) {
+            Some(v) => gancho_api::client::TrustedProxies::parse(&v)
+                .map_err(|why| ConfigError(format!("invalid trusted_proxies: {why}")))?,
+            None => Default::default(),
+        };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -837,6 +850,7 @@ impl Config {
             egress_proxy,
             resolve,
             portal_public_url,
+            trusted_proxies,
             portal_frame_ancestors,
         })
     }

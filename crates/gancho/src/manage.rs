@@ -447,13 +447,15 @@ pub struct Attempts {
 
 #[derive(Subcommand, Debug)]
 enum AttemptsCmd {
-    /// An endpoint's delivery log, newest first: every attempt with its status, latency and
-    /// outcome. Example: gancho attempts list --tenant acme --endpoint ep_1 --status 5xx
+    /// The delivery log, newest first: every attempt with its status, latency and outcome, of
+    /// one endpoint or of the whole tenant. Example: gancho attempts list --tenant acme
+    /// --endpoint ep_1 --status 5xx
     List {
         #[arg(long)]
         tenant: String,
+        /// Only this endpoint's attempts; without it, every endpoint's of the tenant.
         #[arg(long)]
-        endpoint: String,
+        endpoint: Option<String>,
         /// A status class (2xx, 3xx, 4xx, 5xx), a code (503), or none (no answer).
         #[arg(long)]
         status: Option<String>,
@@ -551,6 +553,19 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "error",
 ];
 
+/// The tenant's delivery log: the same, with the endpoint of each.
+const TENANT_ATTEMPT_COLUMNS: &[&str] = &[
+    "seq",
+    "at",
+    "endpoint_id",
+    "event_id",
+    "attempt",
+    "status",
+    "latency_ms",
+    "outcome",
+    "error",
+];
+
 pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
     let c = &a.conn;
     let AttemptsCmd::List {
@@ -564,7 +579,16 @@ pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
         cursor,
         follow,
     } = a.cmd;
-    let base = format!("/v1/tenants/{tenant}/endpoints/{endpoint}/attempts");
+    let (base, columns) = match &endpoint {
+        Some(endpoint) => (
+            format!("/v1/tenants/{tenant}/endpoints/{endpoint}/attempts"),
+            ATTEMPT_COLUMNS,
+        ),
+        None => (
+            format!("/v1/tenants/{tenant}/attempts"),
+            TENANT_ATTEMPT_COLUMNS,
+        ),
+    };
     let q = |cursor: Option<String>, limit: Option<u32>| {
         query(&[
             ("status", status.clone()),
@@ -575,16 +599,21 @@ pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
             ("cursor", cursor),
         ])
     };
-    if !follow {
-        let v = call(c, "GET", &format!("{base}{}", q(cursor, limit)), None).await?;
-        table(c, &v, ATTEMPT_COLUMNS);
-        return Ok(());
+    if follow {
+        return follow_attempts(c, &format!("{base}{}", q(None, Some(1000))), columns).await;
     }
-    // Follow: the newest page every second; print what is newer than what was printed.
+    let v = call(c, "GET", &format!("{base}{}", q(cursor, limit)), None).await?;
+    table(c, &v, columns);
+    Ok(())
+}
+
+/// `attempts list --follow`: the newest page of `path` every second; prints what is newer
+/// than what was printed, until Ctrl-C.
+async fn follow_attempts(c: &Conn, path: &str, columns: &[&str]) -> anyhow::Result<()> {
     let mut last = None::<u64>;
     let mut header = !c.json;
     loop {
-        let v = call(c, "GET", &format!("{base}{}", q(None, Some(1000))), None).await?;
+        let v = call(c, "GET", path, None).await?;
         // At first the newest few, as `tail -f` does; then only what is new.
         let mut fresh: Vec<&Value> = v["data"]
             .as_array()
@@ -606,7 +635,7 @@ pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
             if header {
                 println!(
                     "{}",
-                    ATTEMPT_COLUMNS
+                    columns
                         .iter()
                         .map(|h| h.to_uppercase())
                         .collect::<Vec<_>>()
@@ -614,7 +643,7 @@ pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
                 );
                 header = false;
             }
-            let cells: Vec<String> = ATTEMPT_COLUMNS.iter().map(|col| cell(&a[*col])).collect();
+            let cells: Vec<String> = columns.iter().map(|col| cell(&a[*col])).collect();
             println!("{}", cells.join("  "));
         }
         if let Some(newest) = fresh.last().and_then(|a| a["seq"].as_u64()) {

@@ -120,7 +120,7 @@ async fn serve_api(
         let stream = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     warn!(error = %e, "Cannot accept an API connection.");
@@ -129,9 +129,13 @@ async fn serve_api(
                 }
             },
         };
+        let (stream, peer) = stream;
         let app = app.clone();
         let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                // The peer's address, for limits per client (`gancho_api::client`).
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 let mut app = app.clone();
                 async move { tower_service::Service::call(&mut app, req).await }
             });
@@ -292,6 +296,8 @@ pub async fn start(
             portal: gancho_store::portal::PortalStore::new(layout.portal.clone()),
             portal_public_url: config.portal_public_url.as_deref().map(Into::into),
             portal_frame_ancestors: config.portal_frame_ancestors.as_str().into(),
+            trusted_proxies: config.trusted_proxies.clone().into(),
+            link_limits: Default::default(),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));

@@ -1,0 +1,329 @@
+//! Who is calling, by network address, and how often an address may mint and open portal
+//! links. The address is the TCP peer's, unless the peer is a proxy listed in
+//! `trusted_proxies` (`GANCHO_TRUSTED_PROXIES`): then it is the rightmost address of
+//! `X-Forwarded-For` that is not itself a trusted proxy, since only those entries were added
+//! by proxies we trust (anything to their left came from the client and may be forged).
+
+use crate::error::ApiError;
+use crate::ApiState;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use governor::{Quota, RateLimiter};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+
+/// Proxies whose `X-Forwarded-For` is believed: addresses and CIDR blocks.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// `10.0.0.0/8, 192.168.1.7, fd00::/8`: comma- or space-separated addresses and blocks.
+    pub fn parse(v: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for item in v.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()) {
+            let (addr, bits) = item.split_once('/').unwrap_or((item, ""));
+            let addr: IpAddr = addr.parse().map_err(|_| {
+                format!("{item:?} is not an IP address or a CIDR block like 10.0.0.0/8")
+            })?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = if bits.is_empty() {
+                max
+            } else {
+                bits.parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| format!("{item:?}: the prefix length must be 0 to {max}"))?
+            };
+            out.push((addr, bits));
+        }
+        Ok(Self(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|(net, bits)| in_block(ip, *net, *bits))
+    }
+
+    /// The client's address: the peer's, or what trusted proxies say they saw.
+    pub fn client(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        // Right to left: each hop appends the address it saw; the first one that is not a
+        // trusted proxy is the client (or the closest untrusted hop to us).
+        let mut client = peer;
+        for entry in forwarded_for
+            .iter()
+            .rev()
+            .flat_map(|h| h.rsplit(','))
+            .map(str::trim)
+        {
+            let Some(ip) = parse_forwarded(entry) else {
+                // Garbage past our proxies: the last address we could read stands.
+                return client;
+            };
+            client = canonical(ip);
+            if !self.contains(client) {
+                return client;
+            }
+        }
+        client
+    }
+}
+
+/// An `X-Forwarded-For` entry: an address, with a port or IPv6 brackets as some proxies
+/// write it.
+fn parse_forwarded(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse().ok())
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, so one client is one key.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_block(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, canonical(net)) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The calling client's address ([`TrustedProxies::client`]); unspecified when the server
+/// did not record the peer (every such request then shares one limit).
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<ApiState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |c| c.0.ip());
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Ok(Self(state.trusted_proxies.client(peer, &forwarded)))
+    }
+}
+
+/// Keys of [`LinkLimits`]: an IPv4 address, or an IPv6 address's /64 (one host is given a
+/// whole /64, so a finer key would let it take 2^64 limits).
+fn key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
+type Keyed = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+/// Addresses a limiter keeps before it forgets those back at a full burst; when more are
+/// still busy than this, it starts again empty. Bound: at most this many entries each.
+const ADDRESSES_MAX: usize = 10_000;
+
+/// How often one client address may mint portal links, and open them.
+pub struct LinkLimits {
+    mint: Limit,
+    open: Limit,
+}
+
+/// Minting: a platform's backend mints a link each time one of its users opens the portal,
+/// all from one address: 10 a second, bursts of 50.
+const MINT_PER_SEC: u32 = 10;
+const MINT_BURST: u32 = 50;
+/// Opening: a person opens one link; an office behind one address, a few: one every 2
+/// seconds on average, bursts of 20. Guessing tokens (32 random bytes) is hopeless anyway;
+/// this keeps a flood from reaching the store.
+const OPEN_PER_MIN: u32 = 30;
+const OPEN_BURST: u32 = 20;
+
+fn nonzero(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).expect("a limit is not zero")
+}
+
+impl Default for LinkLimits {
+    fn default() -> Self {
+        Self {
+            mint: Limit::new(
+                Quota::per_second(nonzero(MINT_PER_SEC)).allow_burst(nonzero(MINT_BURST)),
+                "minting portal links",
+            ),
+            open: Limit::new(
+                Quota::per_minute(nonzero(OPEN_PER_MIN)).allow_burst(nonzero(OPEN_BURST)),
+                "opening portal links",
+            ),
+        }
+    }
+}
+
+impl LinkLimits {
+    pub fn mint(&self, client: IpAddr) -> Result<(), ApiError> {
+        self.mint.check(client)
+    }
+    pub fn open(&self, client: IpAddr) -> Result<(), ApiError> {
+        self.open.check(client)
+    }
+    /// Addresses each limiter holds: (minting, opening).
+    pub fn len(&self) -> (usize, usize) {
+        (self.mint.len(), self.open.len())
+    }
+}
+
+/// One quota per client address. Bound: [`ADDRESSES_MAX`] addresses; past it, those back at
+/// a full burst are forgotten, and if that is not enough, all of them (a flood from that many
+/// addresses then gets one fresh burst each, no more).
+struct Limit {
+    quota: Quota,
+    what: &'static str,
+    limiter: std::sync::Mutex<Keyed>,
+}
+
+impl Limit {
+    fn new(quota: Quota, what: &'static str) -> Self {
+        Self {
+            quota,
+            what,
+            limiter: std::sync::Mutex::new(RateLimiter::keyed(quota)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if limiter.len() >= ADDRESSES_MAX {
+            limiter.retain_recent();
+            if limiter.len() >= ADDRESSES_MAX {
+                *limiter = RateLimiter::keyed(self.quota);
+            }
+        }
+        let Err(not_until) = limiter.check_key(&key(client)) else {
+            return Ok(());
+        };
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        Err(ApiError::too_many(
+            format!(
+                "too many requests {} from this address; try again in {secs} s",
+                self.what
+            ),
+            secs,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_trusted_proxies_are_believed() {
+        let none = TrustedProxies::default();
+        assert_eq!(none.client(ip("10.0.0.1"), &["1.2.3.4"]), ip("10.0.0.1"));
+        let t = TrustedProxies::parse("10.0.0.0/8, 192.168.1.7 fd00::/8").unwrap();
+        // From a trusted proxy: the address it saw.
+        assert_eq!(t.client(ip("10.1.2.3"), &["1.2.3.4"]), ip("1.2.3.4"));
+        // A client's forged entry to the left of what our proxies wrote is not believed.
+        assert_eq!(
+            t.client(ip("10.1.2.3"), &["6.6.6.6, 1.2.3.4, 192.168.1.7"]),
+            ip("1.2.3.4")
+        );
+        // Several headers read as one list, in order.
+        assert_eq!(
+            t.client(ip("10.1.2.3"), &["6.6.6.6", "1.2.3.4"]),
+            ip("1.2.3.4")
+        );
+        // Not from a trusted proxy: its header is ignored.
+        assert_eq!(t.client(ip("8.8.8.8"), &["1.2.3.4"]), ip("8.8.8.8"));
+        // Ports, brackets and mapped addresses.
+        assert_eq!(t.client(ip("10.1.2.3"), &["1.2.3.4:5555"]), ip("1.2.3.4"));
+        assert_eq!(
+            t.client(ip("fd00::1"), &["[2001:db8::1]"]),
+            ip("2001:db8::1")
+        );
+        assert_eq!(t.client(ip("::ffff:10.0.0.9"), &["1.2.3.4"]), ip("1.2.3.4"));
+        // Garbage: the last address read stands.
+        assert_eq!(t.client(ip("10.1.2.3"), &["nonsense"]), ip("10.1.2.3"));
+        assert_eq!(t.client(ip("10.1.2.3"), &[]), ip("10.1.2.3"));
+    }
+
+    #[test]
+    fn bad_lists_say_which_entry() {
+        assert!(TrustedProxies::parse("10.0.0.0/33")
+            .unwrap_err()
+            .contains("0 to 32"));
+        assert!(TrustedProxies::parse("proxy.internal")
+            .unwrap_err()
+            .contains("proxy.internal"));
+        assert!(TrustedProxies::parse(" ").unwrap().is_empty());
+        assert!(TrustedProxies::parse("0.0.0.0/0")
+            .unwrap()
+            .contains(ip("1.2.3.4")));
+    }
+
+    #[test]
+    fn an_address_past_its_burst_waits_and_others_do_not() {
+        let limits = LinkLimits::default();
+        for _ in 0..OPEN_BURST {
+            limits.open(ip("1.2.3.4")).unwrap();
+        }
+        let refused = limits.open(ip("1.2.3.4")).unwrap_err();
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.retry_after, Some(2));
+        limits.open(ip("1.2.3.5")).unwrap();
+        // One IPv6 host's /64 is one address.
+        for i in 0..OPEN_BURST {
+            limits.open(ip(&format!("2001:db8::{i:x}"))).unwrap();
+        }
+        assert!(limits.open(ip("2001:db8::ffff")).is_err());
+        assert!(limits.open(ip("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn the_limiters_stay_within_their_bound() {
+        let limits = LinkLimits::default();
+        for i in 0..(ADDRESSES_MAX as u32 + 500) {
+            let _ = limits.mint(IpAddr::V4(i.into()));
+        }
+        assert!(limits.len().0 <= ADDRESSES_MAX, "{:?}", limits.len());
+    }
+}
