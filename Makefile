@@ -8,6 +8,10 @@ SCHEMATHESIS := $(TOOLS)/venv/bin/schemathesis
 CARGO ?= cargo
 # Headless Chromium and its WebDriver, for the portal's browser tests (tests/portal_browser.rs).
 CHROMEDRIVER := /usr/bin/chromedriver
+# axe-core (npm, test-only): the accessibility checks of the browser tests, in .tools/npm.
+AXE_CORE_VERSION := 4.14.1
+AXE_CORE := $(TOOLS)/npm/.axe-core-$(AXE_CORE_VERSION)
+export GANCHO_AXE_CORE := $(TOOLS)/npm/node_modules/axe-core/axe.min.js
 export GANCHO_NATS_SERVER := $(NATS_SERVER)
 export PATH := $(TOOLS)/bin:$(PATH)
 
@@ -38,7 +42,7 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) ## Run the whole test suite against real nats-server processes, then test-faults, test-api, test-alerts, test-deploy and test-manifests.
+test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) $(AXE_CORE) ## Run the whole test suite against real nats-server processes, then test-faults, test-api, test-alerts, test-deploy and test-manifests.
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-api
@@ -48,6 +52,11 @@ test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) ## Run the whole 
 
 $(CHROMEDRIVER):
 	apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver
+
+$(AXE_CORE):
+	command -v npm >/dev/null || { apt-get update && apt-get install -y --no-install-recommends npm; }
+	npm install --prefix $(TOOLS)/npm axe-core@$(AXE_CORE_VERSION) --no-audit --no-fund --no-save
+	touch $@
 
 FAULT_TABLE := target/tmp/fault-table
 
@@ -133,7 +142,7 @@ test-soak: setup ## An hour (SOAK=60m) at 1,000 events/s over 100 endpoints (fan
 	    --soak $(SOAK) --warm-up 10m --faults 3m --timeout 15m \
 	    --events-max-bytes 128MiB --attempts-max-bytes 128MiB --retry-schedule 0s,5s,10s,20s,40s,1m
 
-test-slow: setup previous-release $(PY_CRYPTOGRAPHY) ## Run the slow soak tests too (ignored by `make test`).
+test-slow: setup previous-release $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) $(AXE_CORE) ## Run the slow soak tests too (ignored by `make test`).
 	$(CARGO) test --workspace --no-fail-fast -- --include-ignored
 
 lint: ## clippy with warnings as errors, and rustfmt in check mode.

@@ -215,13 +215,7 @@ async fn every_route_answers_each_caller_as_documented() {
             200,
             403,
         ),
-        (
-            "GET",
-            "/v1/tenants/acme/attempts".into(),
-            None,
-            200,
-            403,
-        ),
+        ("GET", "/v1/tenants/acme/attempts".into(), None, 200, 403),
         (
             "GET",
             "/v1/tenants/acme/dead-letters".into(),

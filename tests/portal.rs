@@ -121,21 +121,6 @@ impl Api {
     }
 }
 
-/// Rewrites a field of a session's record in the portal bucket, as time would.
-async fn age(env: &support::Env, tenant: &str, id: &str, field: &str) {
-    let kv = env
-        .js
-        .get_key_value(env.layout.subjects.portal_bucket())
-        .await
-        .unwrap();
-    let key = format!("sessions.{tenant}.{id}");
-    let mut record: Value = serde_json::from_slice(&kv.get(&key).await.unwrap().unwrap()).unwrap();
-    record[field] = json!("2020-01-01T00:00:00Z");
-    kv.put(&key, serde_json::to_vec(&record).unwrap().into())
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_starts_one_session_that_reaches_its_tenant_with_its_scope() {
     let env = support::Env::new().await;
@@ -350,7 +335,7 @@ async fn a_link_starts_one_session_that_reaches_its_tenant_with_its_scope() {
 
     // A link not opened within 10 minutes starts nothing.
     let (id, token) = api.mint("acme", "read").await;
-    age(&env, "acme", &id, "link_expires_at").await;
+    env.age_portal_session("acme", &id, "link_expires_at").await;
     let (status, v) = api.open(&token).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
@@ -392,7 +377,7 @@ async fn a_link_starts_one_session_that_reaches_its_tenant_with_its_scope() {
     let (_, started) = api.open(&token).await;
     let session = started["session"].as_str().unwrap().to_owned();
     assert_eq!(api.call("GET", endpoints, &session, None).await.0, 200);
-    age(&env, "acme", &id, "expires_at").await;
+    env.age_portal_session("acme", &id, "expires_at").await;
     api.refused_within_5_s(&session, endpoints, "expired").await;
     // With its tenant.
     let session = api.session("globex", "manage").await;

@@ -31,6 +31,11 @@ const HOSTILE: &str = "<script>alert('script')</script><img src=x onerror=\"aler
 
 /// Mints a link of `tenant` with `scope` through the API.
 async fn link(base: &str, tenant: &str, scope: &str) -> String {
+    minted(base, tenant, scope).await.1
+}
+
+/// Mints a link of `tenant` with `scope` through the API: (session id, link).
+async fn minted(base: &str, tenant: &str, scope: &str) -> (String, String) {
     let (status, v) = support::http(
         "POST",
         &format!("{base}/v1/tenants/{tenant}/portal-sessions"),
@@ -39,7 +44,16 @@ async fn link(base: &str, tenant: &str, scope: &str) -> String {
     )
     .await;
     assert_eq!(status, 201, "{v}");
-    v["url"].as_str().unwrap().to_owned()
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["url"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// axe-core finds no serious or critical accessibility violation on the view shown as `view`.
+async fn accessible(browser: &Browser, view: &str) {
+    let found = browser.accessibility_violations().await;
+    assert!(found.is_empty(), "{view}: {found:#?}");
 }
 
 /// Nothing ran that the page did not mean to: no dialog, no script but the page's own, no
@@ -91,6 +105,7 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
         "the link's token stays in the address bar"
     );
     browser.screenshot("endpoints-empty").await;
+    accessible(&browser, "endpoints-empty").await;
 
     // An endpoint, with a description made of markup.
     browser.click("a", "Add an endpoint").await;
@@ -98,12 +113,14 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.fill("URL", &rx.url("/hooks")).await;
     browser.fill("Description", HOSTILE).await;
     browser.screenshot("endpoint-new").await;
+    accessible(&browser, "endpoint-new").await;
     browser.click("button", "Add the endpoint").await;
     browser.wait_for("#secret", "whsec_").await;
     browser
         .wait_for("h1", "<script>alert('script')</script>")
         .await;
     browser.screenshot("endpoint-created").await;
+    accessible(&browser, "endpoint-created").await;
     nothing_ran(&browser, "after the endpoint was added").await;
 
     // A test event, its attempt and the receiver's answer, as text.
@@ -113,6 +130,7 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.wait_for("dd", "note=<script>").await;
     assert_eq!(rx.count(), 1, "the receiver got the test event once");
     browser.screenshot("endpoint-test-event").await;
+    accessible(&browser, "endpoint-test-event").await;
     nothing_ran(&browser, "after the test event").await;
 
     // The secret was shown once: the endpoint's page again does not show it.
@@ -128,6 +146,15 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.wait_for("h1", "Delivery log").await;
     browser.wait_for("summary", "200").await;
     browser.screenshot("delivery-log").await;
+    accessible(&browser, "delivery-log").await;
+    // The event's page: its delivery and attempts.
+    browser.click("summary", "200").await;
+    browser.click("dd a", "").await;
+    browser.wait_for("h2", "delivered").await;
+    browser.screenshot("event").await;
+    accessible(&browser, "event").await;
+    browser.back().await;
+    browser.wait_for("h1", "Delivery log").await;
     browser.back().await;
     browser.wait_for("h1", "<script>").await;
     nothing_ran(&browser, "in the delivery log").await;
@@ -171,6 +198,7 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
         );
     }
     browser.screenshot("endpoint-read-only").await;
+    accessible(&browser, "endpoint-read-only").await;
     nothing_ran(&browser, "in the read-only session").await;
 
     // The link a second time: used, and the page says so.
@@ -178,7 +206,89 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.wait_for("h1", "This link was used already").await;
     browser.wait_for("p", "new one").await;
     browser.screenshot("link-used").await;
+    accessible(&browser, "link-used").await;
     assert_eq!(browser.dialog().await, None);
+
+    // A link opened after its 10 minutes: expired, and the page says so.
+    let (id, late) = minted(&base, "acme", "read").await;
+    env.age_portal_session("acme", &id, "link_expires_at").await;
+    browser.goto(&late).await;
+    browser.wait_for("h1", "This link has expired").await;
+
+    // Another tenant's endpoint id in the address: the not-found view, nothing of it shown.
+    let (status, v) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants"),
+        Some(TOKEN),
+        Some(r#"{"id": "globex"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, theirs) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants/globex/endpoints"),
+        Some(TOKEN),
+        Some(
+            &json!({ "url": rx.url("/globex-only"), "description": "Globex payouts" }).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{theirs}");
+    let (id, read) = minted(&base, "acme", "read").await;
+    browser.goto(&read).await;
+    browser.wait_for("h1", "Endpoints").await;
+    browser
+        .goto(&format!(
+            "{base}/portal/#/endpoints/{}",
+            theirs["id"].as_str().unwrap()
+        ))
+        .await;
+    browser.wait_for("h1", "Not found").await;
+    let page = browser.text("body").await;
+    assert!(
+        !page.contains("globex-only") && !page.contains("Globex payouts"),
+        "{page}"
+    );
+    browser.screenshot("not-found").await;
+    accessible(&browser, "not-found").await;
+
+    // Ended by its tenant's admin: within 5 s the page stops and says so.
+    let (status, v) = support::http(
+        "DELETE",
+        &format!("{base}/v1/tenants/acme/portal-sessions/{id}"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{v}");
+    let ended = std::time::Instant::now();
+    for n in 0.. {
+        browser
+            .run(
+                "location.hash = arguments[0]",
+                json!([format!("#/endpoints?look={n}")]),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if browser.text("h1").await.contains("The session has ended") {
+            break;
+        }
+        assert!(
+            ended.elapsed() < Duration::from_secs(5),
+            "the page still works 5 s after its session was ended: {}",
+            browser.text("body").await
+        );
+    }
+    // The used, expired and ended sessions and the other tenant's endpoint were refused by
+    // the API (the browser logs those answers); nothing else went wrong.
+    assert_eq!(browser.dialog().await, None);
+    for e in browser.console_errors().await {
+        assert!(
+            e.contains("the server responded with a status of 401")
+                || e.contains("the server responded with a status of 404"),
+            "{e}"
+        );
+    }
     for role in [&mut api, &mut router, &mut worker] {
         support::kill9(role);
     }
@@ -298,6 +408,9 @@ async fn start_to_finish(
     browser.click("button", "Send a test event").await;
     browser.wait_for("details summary", "200").await;
     browser.screenshot(&format!("{name}-test-event")).await;
+    if name == "mouse" {
+        accessible(browser, "test-event").await;
+    }
     nothing_ran(browser, "after the test event").await;
 
     // The receiver fails: three events, each tried twice and given up on.
@@ -332,6 +445,9 @@ async fn start_to_finish(
     browser.click("summary", "500").await;
     browser.wait_for("pre", "down for maintenance").await;
     browser.screenshot(&format!("{name}-failed-attempts")).await;
+    if name == "mouse" {
+        accessible(browser, "failed-attempts").await;
+    }
     browser.click("a", "← Endpoint").await;
     browser.wait_for("h1", "Payments").await;
 
@@ -348,6 +464,9 @@ async fn start_to_finish(
     .await;
     browser.wait_for("#state", "paused, 2 held").await;
     browser.screenshot(&format!("{name}-paused")).await;
+    if name == "mouse" {
+        accessible(browser, "paused").await;
+    }
 
     // Fixed and resumed: the held ones arrive.
     rx.down.store(false, Ordering::SeqCst);
@@ -363,6 +482,9 @@ async fn start_to_finish(
     browser.click("button", "Recover what failed").await;
     browser.wait_for("#job-state", "done").await;
     browser.screenshot(&format!("{name}-recovered")).await;
+    if name == "mouse" {
+        accessible(browser, "recovered").await;
+    }
     wait_until(
         "the failed events delivered",
         Duration::from_secs(30),
@@ -379,6 +501,9 @@ async fn start_to_finish(
         .await;
     browser.wait_for("summary", "/payments").await;
     browser.screenshot(&format!("{name}-tenant-log")).await;
+    if name == "mouse" {
+        accessible(browser, "tenant-log").await;
+    }
 
     // Once each: the test event and the five events, and nothing more after a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -425,6 +425,43 @@ impl Browser {
             .collect()
     }
 
+    /// The serious and critical accessibility violations axe-core finds on the page as it is
+    /// now, one line each (rule, impact, what it says, the elements). axe-core comes from npm
+    /// into `.tools/` (`make test` installs it; `GANCHO_AXE_CORE` is its `axe.min.js`).
+    pub async fn accessibility_violations(&self) -> Vec<String> {
+        let path = std::env::var("GANCHO_AXE_CORE").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.tools/npm/node_modules/axe-core/axe.min.js"
+            )
+            .to_owned()
+        });
+        let axe = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("axe-core is not at {path} ({e}): `make test` installs it (npm install --prefix .tools/npm axe-core)")
+        });
+        // Loaded into the page from the test, not from the page: the page's own policy lets
+        // no script in but its own.
+        self.run(&format!("{axe}\n;return true"), json!([])).await;
+        let found = self
+            .command(
+                "POST",
+                "/execute/async",
+                Some(json!({"script": "const done = arguments[arguments.length - 1];
+                    axe.run(document, { resultTypes: ['violations'] })
+                      .then((r) => done(r.violations
+                        .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+                        .map((v) => `${v.id} (${v.impact}): ${v.help}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)))
+                      .catch((e) => done([`axe failed: ${e}`]));", "args": []})),
+            )
+            .await;
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// Saves a PNG of the page to `target/portal-screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
         use base64::Engine as _;

@@ -177,6 +177,23 @@ impl Env {
         panic!("{stream} has no leader after 30 s");
     }
 
+    /// Sets a time field of a portal session's record (`link_expires_at`, `expires_at`) in
+    /// the past, as time would.
+    pub async fn age_portal_session(&self, tenant: &str, id: &str, field: &str) {
+        let kv = self
+            .js
+            .get_key_value(self.layout.subjects.portal_bucket())
+            .await
+            .unwrap();
+        let key = format!("sessions.{tenant}.{id}");
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&kv.get(&key).await.unwrap().unwrap()).unwrap();
+        record[field] = serde_json::json!("2020-01-01T00:00:00Z");
+        kv.put(&key, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .unwrap();
+    }
+
     pub async fn tenant(&self, id: &str) {
         self.tenant_weighing(id, 1).await;
     }
