@@ -289,6 +289,46 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
             "{e}"
         );
     }
+
+    // Every field the API has, from the form: a receiver that asks for a client certificate
+    // and checks a token, with an extra header of the partner's.
+    let client = env.ca.issue_client("gancho-worker");
+    let bank = Receiver::https_mtls(&env.ca, |_, r| {
+        match (r.header("x-validation-token"), r.header("x-partner-id")) {
+            (Some("s3cr3t-t0ken"), Some("42")) => Answer::status(202),
+            _ => Answer::status(401).body("token or partner id missing"),
+        }
+    })
+    .await;
+    browser.goto(&link(&base, "acme", "manage").await).await;
+    browser.click("a", "Add an endpoint").await;
+    browser.fill("URL", &bank.url("/webhooks")).await;
+    browser.fill("Description", "Bank with mTLS").await;
+    browser
+        .choose("Profile", "a token the receiver checks")
+        .await;
+    browser.choose("Sent in", "a header").await;
+    browser
+        .fill("Header or parameter name", "x-validation-token")
+        .await;
+    browser.fill("Token value", "s3cr3t-t0ken").await;
+    browser.fill("Extra headers", "x-partner-id: 42").await;
+    browser.fill("Client certificate", &client.cert_pem).await;
+    browser.fill("Client key", &client.key_pem).await;
+    browser.fill("CA certificates", env.ca.ca_pem()).await;
+    browser.screenshot("endpoint-new-mtls").await;
+    accessible(&browser, "endpoint-new-mtls").await;
+    browser.click("button", "Add the endpoint").await;
+    browser.wait_for("h1", "Bank with mTLS").await;
+    browser.click("button", "Send a test event").await;
+    browser.wait_for("details summary", "202").await;
+    assert_eq!(bank.count(), 1, "the bank got the test event once");
+    browser.refresh().await;
+    browser.wait_for("dd", "token").await;
+    let page = browser.text("body").await;
+    assert!(!page.contains("s3cr3t-t0ken"), "the token is shown: {page}");
+    assert!(!page.contains("PRIVATE KEY"), "the client key is shown");
+    nothing_ran(&browser, "after the mTLS endpoint").await;
     for role in [&mut api, &mut router, &mut worker] {
         support::kill9(role);
     }

@@ -420,6 +420,31 @@
     const timeout = el('input', { type: 'number', min: 100, value: ep ? ep.timeout_ms : '' });
     const schedule = el('input', { type: 'text', value: ep && ep.retry_schedule ? ep.retry_schedule : '', placeholder: '0s,5s,5m,30m,2h' });
     const signing = ep ? null : el('select', {}, el('option', { value: 'hmac' }, 'HMAC with a shared secret (v1)'), el('option', { value: 'ed25519' }, 'ed25519 public key (v1a)'));
+    // The delivery profile and what each needs: a token (sent in a header or the query, never
+    // shown again), or Open Finance Brasil's path.
+    const profile = el('select', {}, [['standard', 'Standard Webhooks'], ['token', 'Standard Webhooks plus a token the receiver checks'], ['openfinance-br', 'Open Finance Brasil']]
+      .map(([v, t]) => el('option', { value: v, selected: (ep ? ep.profile : 'standard') === v }, t)));
+    const tokenWhere = el('select', {}, [['header', 'a header'], ['query', 'the query string']]
+      .map(([v, t]) => el('option', { value: v, selected: ep && ep.token ? (ep.token.query ? v === 'query' : v === 'header') : v === 'header' }, t)));
+    const tokenName = el('input', { type: 'text', value: ep && ep.token ? (ep.token.header || ep.token.query || '') : '', placeholder: 'validationtoken' });
+    const tokenValue = el('input', { type: 'password', autocomplete: 'off', value: '' });
+    const pathTemplate = el('input', { type: 'text', value: ep && ep.path_template ? ep.path_template : '', placeholder: '/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}' });
+    const tokenFields = el('fieldset', {}, el('legend', {}, 'Token'),
+      field('Sent in', tokenWhere), field('Header or parameter name', tokenName),
+      field('Token value', tokenValue, ep && ep.token ? '(set; leave empty to keep it)' : '(never shown again)'));
+    const openFinanceFields = el('div', {}, field('Path template', pathTemplate, '(appended to the URL; empty: the payments default)'));
+    const showProfile = () => {
+      tokenFields.hidden = profile.value !== 'token';
+      openFinanceFields.hidden = profile.value !== 'openfinance-br';
+    };
+    profile.addEventListener('change', showProfile);
+    showProfile();
+    const headers = el('textarea', { rows: 3, placeholder: 'x-partner-id: 42' },
+      ep ? Object.entries(ep.headers || {}).map(([k, v]) => `${k}: ${v}`).join('\n') : '');
+    // mTLS: the key is write-only; PEM blocks as pasted.
+    const clientCert = el('textarea', { rows: 4, placeholder: '-----BEGIN CERTIFICATE-----' }, ep && ep.client_cert ? ep.client_cert : '');
+    const clientKey = el('textarea', { rows: 4, autocomplete: 'off', placeholder: '-----BEGIN PRIVATE KEY-----' });
+    const ca = el('textarea', { rows: 4, placeholder: '-----BEGIN CERTIFICATE-----' }, ep && ep.ca ? ep.ca : '');
     const problemBox = el('div', { 'aria-live': 'assertive' });
     const list = (s) => s.split(',').map((x) => x.trim()).filter((x) => x);
     const form = el('form', { novalidate: true, onsubmit: async (event) => {
@@ -436,6 +461,31 @@
       if (timeout.value !== '') body.timeout_ms = number(timeout);
       if (schedule.value.trim() !== '') body.retry_schedule = schedule.value.trim();
       if (signing) body.signing = signing.value;
+      if (ep || profile.value !== 'standard') body.profile = profile.value;
+      if (profile.value === 'token' && tokenValue.value) {
+        body.token = { [tokenWhere.value]: tokenName.value.trim(), value: tokenValue.value };
+      }
+      if (profile.value === 'openfinance-br' && pathTemplate.value.trim()) body.path_template = pathTemplate.value.trim();
+      const headerLines = headers.value.split('\n').map((l) => l.trim()).filter((l) => l);
+      const bad = headerLines.find((l) => !l.includes(':'));
+      if (bad) {
+        problemBox.replaceChildren(errorBox(new Error(`each header is "name: value"; this one is not: ${bad}`)));
+        return;
+      }
+      if (ep || headerLines.length) {
+        body.headers = Object.fromEntries(headerLines.map((l) => [l.slice(0, l.indexOf(':')).trim(), l.slice(l.indexOf(':') + 1).trim()]));
+      }
+      if (clientCert.value.trim() && (clientKey.value.trim() || !ep)) {
+        body.client_cert = clientCert.value.trim();
+        body.client_key = clientKey.value.trim();
+      }
+      if (ca.value.trim()) body.ca = ca.value.trim();
+      else if (ep && ep.ca) body.ca = null;
+      // Emptied on edit: the endpoint stops presenting a client certificate.
+      if (ep && ep.client_cert && !clientCert.value.trim()) {
+        body.client_cert = null;
+        body.client_key = null;
+      }
       problemBox.replaceChildren();
       try {
         const saved = ep
@@ -465,6 +515,14 @@
     field('Timeout', timeout, '(milliseconds)'),
     field('Retry schedule', schedule, '(delays before each attempt; empty: the default)'),
     signing ? field('Signing', signing) : null,
+    field('Profile', profile),
+    tokenFields,
+    openFinanceFields,
+    field('Extra headers', headers, '(one "name: value" a line)'),
+    el('fieldset', {}, el('legend', {}, 'Mutual TLS (when the receiver asks for a client certificate)'),
+      field('Client certificate', clientCert, '(PEM chain)'),
+      field('Client key', clientKey, ep && ep.client_cert ? '(PEM; set: leave empty to keep it)' : '(PEM; never shown again)'),
+      field('CA certificates', ca, '(PEM; trusted for this endpoint besides the public roots)')),
     problemBox,
     el('div', { class: 'row' }, el('button', { type: 'submit', class: 'primary' }, ep ? 'Save' : 'Add the endpoint'),
       el('a', { href: ep ? `#/endpoints/${enc(ep.id)}` : '#/endpoints' }, 'Cancel')));
