@@ -14,10 +14,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use async_nats::jetstream::message::PublishMessage;
-use gancho_proto::{timestamp, Attempt, Message as _};
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const RECORDS: u64 = 1_000_000;
@@ -54,61 +51,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn main() {
     let env = support::Env::new().await;
     env.tenant("acme").await;
-    let subjects = env.layout.subjects.clone();
     let nats_pid = pid_of(&env.nats.store_dir().display().to_string());
-    let start = Instant::now();
-    let mut acks = Vec::with_capacity(4096);
-    for i in 0..RECORDS {
-        let failed = i % 100 == 50;
-        let status = if failed { 503 } else { 200 };
-        let outcome = if failed { "http_error" } else { "success" };
-        let event = format!("evt-{i}");
-        let record = Attempt {
-            delivery_id: gancho_core::subject::delivery_id(&event, "ep1"),
-            event_id: event.clone(),
-            tenant: "acme".into(),
-            endpoint_id: "ep1".into(),
-            r#type: "charge.paid".into(),
-            attempt: 1,
-            at: Some(timestamp(OffsetDateTime::now_utc())),
-            status,
-            latency_us: 4_000,
-            outcome: outcome.into(),
-            response_body: if failed {
-                b"upstream unavailable".to_vec().into()
-            } else {
-                b"{\"ok\":true}".to_vec().into()
-            },
-            url: "https://hooks.example.com/gancho".into(),
-            ..Default::default()
-        };
-        let subject = subjects.attempt(
-            "acme",
-            "ep1",
-            gancho_core::subject::status_class(status as u16),
-            outcome,
-            &event,
-        );
-        let publish = PublishMessage::build().payload(record.encode_to_vec().into());
-        acks.push(env.js.send_publish(subject, publish).await.unwrap());
-        if acks.len() == 4096 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
-    let filled = start.elapsed();
-    let mut s = env.js.get_stream(subjects.attempts_stream()).await.unwrap();
-    let info = s.info().await.unwrap().clone();
-    println!(
-        "filled {} records ({:.0} MiB) in {:.1} s",
-        info.state.messages,
-        info.state.bytes as f64 / (1 << 20) as f64,
-        filled.as_secs_f64()
-    );
+    env.write_attempts("acme", RECORDS, |_| "ep1".to_owned(), |i| i % 100 == 50)
+        .await;
     let (mut api, base) = env.spawn_api(TOKEN).await;
     let api_pid = api.id();
     let rss_before = (rss_kib(nats_pid), rss_kib(api_pid));

@@ -177,6 +177,75 @@ impl Env {
         panic!("{stream} has no leader after 30 s");
     }
 
+    /// Writes `records` attempt records of `tenant` into the attempt log as the worker writes
+    /// them: record i is `endpoint(i)`'s first attempt at event `evt-i`, a 503 when
+    /// `failed(i)`, else a 200. Prints how many, how large and how long it took.
+    pub async fn write_attempts(
+        &self,
+        tenant: &str,
+        records: u64,
+        endpoint: impl Fn(u64) -> String,
+        failed: impl Fn(u64) -> bool,
+    ) {
+        let subjects = &self.layout.subjects;
+        let start = std::time::Instant::now();
+        let mut acks = Vec::with_capacity(4096);
+        for i in 0..records {
+            let failed = failed(i);
+            let status = if failed { 503 } else { 200 };
+            let outcome = if failed { "http_error" } else { "success" };
+            let (event, ep) = (format!("evt-{i}"), endpoint(i));
+            let record = Attempt {
+                delivery_id: gancho_core::subject::delivery_id(&event, &ep),
+                event_id: event.clone(),
+                tenant: tenant.into(),
+                endpoint_id: ep.clone(),
+                r#type: "charge.paid".into(),
+                attempt: 1,
+                at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
+                status,
+                latency_us: 4_000,
+                outcome: outcome.into(),
+                response_body: if failed {
+                    b"upstream unavailable".to_vec().into()
+                } else {
+                    b"{\"ok\":true}".to_vec().into()
+                },
+                url: "https://hooks.example.com/gancho".into(),
+                ..Default::default()
+            };
+            let subject = subjects.attempt(
+                tenant,
+                &ep,
+                gancho_core::subject::status_class(status as u16),
+                outcome,
+                &event,
+            );
+            let publish = PublishMessage::build().payload(record.encode_to_vec().into());
+            acks.push(self.js.send_publish(subject, publish).await.unwrap());
+            if acks.len() == 4096 {
+                for a in acks.drain(..) {
+                    a.await.unwrap();
+                }
+            }
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+        let mut s = self
+            .js
+            .get_stream(subjects.attempts_stream())
+            .await
+            .unwrap();
+        let info = s.info().await.unwrap().clone();
+        println!(
+            "filled {} records ({:.0} MiB) in {:.1} s",
+            info.state.messages,
+            info.state.bytes as f64 / (1 << 20) as f64,
+            start.elapsed().as_secs_f64()
+        );
+    }
+
     /// Sets a time field of a portal session's record (`link_expires_at`, `expires_at`) in
     /// the past, as time would.
     pub async fn age_portal_session(&self, tenant: &str, id: &str, field: &str) {
