@@ -503,6 +503,17 @@ async fn opening_links_is_limited_per_client_address() {
     assert_eq!(status, 429, "{v}");
     let (status, _, v) = open(base.clone(), Some("203.0.113.8".into())).await;
     assert_eq!(status, 401, "another client behind the proxy: {v}");
+    // The addresses the limits track are on /metrics: the two clients behind the proxy.
+    gancho_test_harness::wait_until(
+        "the link limits' addresses on /metrics",
+        Duration::from_secs(15),
+        || async {
+            let (_, _, page) = get_raw(&base, "/metrics").await;
+            page.lines()
+                .any(|l| l == r#"gancho_retained_entries{structure="link_open_addresses"} 2"#)
+        },
+    )
+    .await;
     support::kill9(&mut proxied);
 
     // A bad list stops start-up with one line that names the setting.

@@ -141,6 +141,11 @@ impl KeyCache {
         Ok(found)
     }
 
+    /// Lookups held now (at most [`CACHE_MAX`]).
+    pub fn entries(&self) -> usize {
+        self.lock_entries().len()
+    }
+
     fn lock_entries(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<Principal>)>> {

@@ -194,8 +194,8 @@ impl LinkLimits {
     pub fn open(&self, client: IpAddr) -> Result<(), ApiError> {
         self.open.check(client)
     }
-    /// Addresses each limiter holds: (minting, opening).
-    pub fn len(&self) -> (usize, usize) {
+    /// Addresses each limiter holds: (minting, opening), at most [`ADDRESSES_MAX`] each.
+    pub fn addresses(&self) -> (usize, usize) {
         (self.mint.len(), self.open.len())
     }
 }
@@ -324,6 +324,10 @@ mod tests {
         for i in 0..(ADDRESSES_MAX as u32 + 500) {
             let _ = limits.mint(IpAddr::V4(i.into()));
         }
-        assert!(limits.len().0 <= ADDRESSES_MAX, "{:?}", limits.len());
+        assert!(
+            limits.addresses().0 <= ADDRESSES_MAX,
+            "{:?}",
+            limits.addresses()
+        );
     }
 }

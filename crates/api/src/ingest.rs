@@ -249,6 +249,11 @@ impl KnownTenants {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tenants remembered now (at most [`KNOWN_MAX`]).
+    pub fn entries(&self) -> usize {
+        self.lock().len()
+    }
+
     fn knows(&self, t: &str) -> bool {
         self.lock()
             .get(t)

@@ -300,6 +300,7 @@ pub async fn start(
             link_limits: Default::default(),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
+        tokio::spawn(api_retained(state.clone(), cancel.clone()));
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
@@ -363,6 +364,26 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Sets the api's `gancho_retained_entries` every [`STATS_EVERY`] until `cancel`.
+async fn api_retained(state: gancho_api::ApiState, cancel: CancellationToken) {
+    let [keys, tenants, mint, open] = names::API_RETAINED_STRUCTURES;
+    loop {
+        let (minting, opening) = state.link_limits.addresses();
+        for (structure, n) in [
+            (keys, state.keys.entries()),
+            (tenants, state.known_tenants.entries()),
+            (mint, minting),
+            (open, opening),
+        ] {
+            metrics::gauge!(names::RETAINED_ENTRIES, "structure" => structure).set(n as f64);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(STATS_EVERY) => {}
+        }
+    }
 }
 
 /// Samples consumer lag, stream usage against limits, JetStream's storage and the snapshot

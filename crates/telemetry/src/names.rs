@@ -3,14 +3,25 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
-/// Entries of a structure that lives as long as the process, by `structure`:
+/// Entries of a structure that lives as long as the process, by `structure`. The worker's:
 /// gates (endpoints with admission state in this worker; idle ones pruned past 4,096 or twice
 /// those in use) | batches_done (batch messages handed back, at most 10,000) | failure_lines
-/// (endpoints with a failed-attempt log line lately, at most 100,000). Each has a stated bound
-/// beside its definition; a value that climbs with traffic is the next leak.
+/// (endpoints with a failed-attempt log line lately, at most 100,000). The api's:
+/// key_lookups (API keys and portal sessions looked up in the last 2 s, at most 10,000) |
+/// known_tenants (tenants HTTP ingest saw exist lately, at most 10,000) |
+/// link_mint_addresses, link_open_addresses (client addresses the portal link limits track,
+/// at most 10,000 each). Each has a stated bound beside its definition; a value that climbs
+/// with traffic is the next leak.
 pub const RETAINED_ENTRIES: &str = "gancho_retained_entries";
 /// The `structure` label values of [`RETAINED_ENTRIES`].
 pub const RETAINED_STRUCTURES: [&str; 3] = ["gates", "batches_done", "failure_lines"];
+/// The api's `structure` label values of [`RETAINED_ENTRIES`].
+pub const API_RETAINED_STRUCTURES: [&str; 4] = [
+    "key_lookups",
+    "known_tenants",
+    "link_mint_addresses",
+    "link_open_addresses",
+];
 
 /// Events the router received, once each. `path`: nats | http (HTTP ingest).
 pub const EVENTS_RECEIVED: &str = "gancho_events_received_total";
