@@ -628,3 +628,91 @@ fn matches_template(template: &str, path: &str) -> bool {
             .zip(&p)
             .all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
 }
+
+/// One credential's requests are limited (`GANCHO_API_RATE_LIMIT`, bursts of twice that):
+/// past the burst, 429 with `Retry-After` and a message that says so, counted on /metrics by
+/// route group; another key and the admin token go on; a bad setting stops start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_cannot_flood_the_api() {
+    let env = support::Env::new().await;
+    let (child, base) = env
+        .spawn_api_with(
+            TOKEN,
+            &[
+                ("GANCHO_API_RATE_LIMIT", "5"),
+                ("GANCHO_PORTAL_PUBLIC_URL", "https://hooks.example.com"),
+            ],
+        )
+        .await;
+    let api = Api { base, child };
+    api.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let (flood, calm) = (
+        api.key("acme", &["read"]).await,
+        api.key("acme", &["read"]).await,
+    );
+    // A burst of 10 (twice the rate) goes through, back to back.
+    for i in 0..10 {
+        let (status, v) = api
+            .call("GET", "/v1/tenants/acme/endpoints", Some(&flood), None)
+            .await;
+        assert_eq!(status, 200, "request {i} of the burst: {v}");
+    }
+    let (status, headers, body) = support::raw(
+        "GET",
+        &api.base,
+        "/v1/tenants/acme/endpoints",
+        &[("authorization", &format!("Bearer {flood}"))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "too_many_requests", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 5 a second"),
+        "{v}"
+    );
+    let retry: u64 = headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a Retry-After");
+    assert_eq!(retry, 1);
+    // Others are not held up by it: another key, and the admin token (never limited).
+    let (status, _) = api
+        .call("GET", "/v1/tenants/acme/attempts", Some(&calm), None)
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..30 {
+        api.admin("GET", "/v1/tenants/acme/endpoints", None).await;
+    }
+    // A second later the flooding key has its rate back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, v) = api
+        .call("GET", "/v1/tenants/acme/endpoints", Some(&flood), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // Counted by route group; the credentials it tracks are on /metrics too.
+    let (_, _, page) = support::raw("GET", &api.base, "/metrics", &[], "").await;
+    assert!(
+        page.lines()
+            .any(|l| l == r#"gancho_api_rate_limited_total{group="endpoints"} 1"#),
+        "{page}"
+    );
+
+    // A bad value stops start-up with one line that names the setting.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .arg("api")
+        .env("GANCHO_ADMIN_TOKEN", TOKEN)
+        .env("GANCHO_API_RATE_LIMIT", "fifty")
+        .env("GANCHO_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("api_rate_limit"), "{stderr}");
+}

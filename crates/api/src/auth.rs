@@ -214,6 +214,21 @@ pub async fn authorize(
         need(req.method(), &route),
         path_tenant(req.uri().path()),
     )?;
+    // One credential's rate: API keys and portal sessions (the admin token is not limited).
+    let credential = match &principal {
+        Principal::Admin => None,
+        Principal::Key { id, .. } | Principal::Session { id, .. } => Some(id),
+    };
+    if let Some(id) = credential {
+        if let Err(refused) = state.request_limits.take(id) {
+            metrics::counter!(
+                gancho_telemetry::names::API_RATE_LIMITED,
+                "group" => route_group(&route)
+            )
+            .increment(1);
+            return Err(refused);
+        }
+    }
     if let Principal::Key { tenant, id, .. } = &principal {
         if state.keys.should_touch(id) {
             let (store, tenant, id) = (state.store.clone(), tenant.clone(), id.clone());
@@ -226,6 +241,17 @@ pub async fn authorize(
     }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
+}
+
+/// The resource group of a route template, for metrics: the segment after the tenant
+/// (`endpoints`, `attempts`, ...), or `tenant` for the tenant itself and anything else.
+fn route_group(route: &str) -> &'static str {
+    let path = route.strip_prefix("/v1").unwrap_or(route);
+    let group = path.split('/').nth(3).unwrap_or("tenant");
+    gancho_telemetry::names::API_ROUTE_GROUPS
+        .into_iter()
+        .find(|g| *g == group)
+        .unwrap_or("tenant")
 }
 
 /// The tenant id in `[/v1]/tenants/<tenant>/...`, as sent (inside the nested `/v1` router
@@ -291,6 +317,19 @@ mod tests {
         assert_eq!(path_tenant("/tenants/acme"), Some("acme"));
         assert_eq!(path_tenant("/tenants"), None);
         assert_eq!(path_tenant("/tenants/"), None);
+    }
+
+    #[test]
+    fn route_groups_are_a_fixed_set() {
+        assert_eq!(
+            route_group("/v1/tenants/{tenant}/endpoints/{id}/attempts"),
+            "endpoints"
+        );
+        assert_eq!(route_group("/tenants/{tenant}/attempts"), "attempts");
+        assert_eq!(route_group("/v1/tenants/{tenant}/events/batch"), "events");
+        assert_eq!(route_group("/v1/tenants/{tenant}"), "tenant");
+        assert_eq!(route_group("/v1/tenants"), "tenant");
+        assert_eq!(route_group("/v1/tenants/{tenant}/something-new"), "tenant");
     }
 
     #[test]

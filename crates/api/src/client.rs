@@ -146,10 +146,9 @@ fn key(ip: IpAddr) -> IpAddr {
     }
 }
 
-type Keyed = governor::DefaultKeyedRateLimiter<IpAddr>;
-
-/// Addresses a limiter keeps before it forgets those back at a full burst; when more are
-/// still busy than this, it starts again empty. Bound: at most this many entries each.
+/// Keys (addresses, credentials) a limiter keeps before it forgets those back at a full
+/// burst; when more are still busy than this, it starts again empty. Bound: at most this many
+/// entries each.
 const ADDRESSES_MAX: usize = 10_000;
 
 /// How often one client address may mint portal links, and open them.
@@ -177,11 +176,11 @@ impl Default for LinkLimits {
         Self {
             mint: Limit::new(
                 Quota::per_second(nonzero(MINT_PER_SEC)).allow_burst(nonzero(MINT_BURST)),
-                "minting portal links",
+                "minting portal links from this address",
             ),
             open: Limit::new(
                 Quota::per_minute(nonzero(OPEN_PER_MIN)).allow_burst(nonzero(OPEN_BURST)),
-                "opening portal links",
+                "opening portal links from this address",
             ),
         }
     }
@@ -200,29 +199,31 @@ impl LinkLimits {
     }
 }
 
-/// One quota per client address. Bound: [`ADDRESSES_MAX`] addresses; past it, those back at
-/// a full burst are forgotten, and if that is not enough, all of them (a flood from that many
-/// addresses then gets one fresh burst each, no more).
-struct Limit {
+/// One quota per key (a client address, a credential). Bound: [`ADDRESSES_MAX`] keys; past
+/// it, those back at a full burst are forgotten, and if that is not enough, all of them (a
+/// flood from that many keys then gets one fresh burst each, no more).
+pub(crate) struct Limit<K: std::hash::Hash + Eq + Clone = IpAddr> {
     quota: Quota,
-    what: &'static str,
-    limiter: std::sync::Mutex<Keyed>,
+    /// What is limited and by whom, for the message: "opening portal links from this address".
+    what: String,
+    limiter: std::sync::Mutex<governor::DefaultKeyedRateLimiter<K>>,
 }
 
-impl Limit {
-    fn new(quota: Quota, what: &'static str) -> Self {
+impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
+    pub(crate) fn new(quota: Quota, what: impl Into<String>) -> Self {
         Self {
             quota,
-            what,
+            what: what.into(),
             limiter: std::sync::Mutex::new(RateLimiter::keyed(quota)),
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.limiter.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+    /// Takes one request of `key`'s quota, or says when to try again (429).
+    pub(crate) fn take(&self, key: &K) -> Result<(), ApiError> {
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         if limiter.len() >= ADDRESSES_MAX {
             limiter.retain_recent();
@@ -230,7 +231,7 @@ impl Limit {
                 *limiter = RateLimiter::keyed(self.quota);
             }
         }
-        let Err(not_until) = limiter.check_key(&key(client)) else {
+        let Err(not_until) = limiter.check_key(key) else {
             return Ok(());
         };
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -238,12 +239,54 @@ impl Limit {
         ));
         let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
         Err(ApiError::too_many(
-            format!(
-                "too many requests {} from this address; try again in {secs} s",
-                self.what
-            ),
+            format!("too many requests {}; try again in {secs} s", self.what),
             secs,
         ))
+    }
+}
+
+impl Limit<IpAddr> {
+    fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+        self.take(&key(client))
+    }
+}
+
+/// How many requests a second one credential (an API key, a portal session) may make on the
+/// `/v1` routes of one api process, with bursts of twice that: `GANCHO_API_RATE_LIMIT`,
+/// default 50.
+pub const API_RATE_LIMIT_DEFAULT: u32 = 50;
+
+/// The request limit per credential; `None`: not limited (`GANCHO_API_RATE_LIMIT=off`).
+pub struct CredentialLimits(Option<Limit<String>>);
+
+impl CredentialLimits {
+    /// `per_sec` requests a second per credential, bursts of twice that; 0: no limit.
+    pub fn new(per_sec: u32) -> Self {
+        Self(NonZeroU32::new(per_sec).map(|n| {
+            let burst = n.saturating_mul(nonzero(2));
+            Limit::new(
+                Quota::per_second(n).allow_burst(burst),
+                format!("with this credential (at most {n} a second, bursts of {burst})"),
+            )
+        }))
+    }
+
+    pub fn take(&self, credential: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(limit) => limit.take(&credential.to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    /// Credentials tracked now, at most [`ADDRESSES_MAX`].
+    pub fn entries(&self) -> usize {
+        self.0.as_ref().map_or(0, Limit::len)
+    }
+}
+
+impl Default for CredentialLimits {
+    fn default() -> Self {
+        Self::new(API_RATE_LIMIT_DEFAULT)
     }
 }
 
@@ -316,6 +359,27 @@ mod tests {
         }
         assert!(limits.open(ip("2001:db8::ffff")).is_err());
         assert!(limits.open(ip("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn a_credential_past_its_burst_waits_and_others_do_not() {
+        let limits = CredentialLimits::new(5);
+        for _ in 0..10 {
+            limits.take("key_a").unwrap();
+        }
+        let refused = limits.take("key_a").unwrap_err();
+        assert_eq!(refused.status, 429);
+        assert!(
+            refused.message.contains("at most 5 a second"),
+            "{}",
+            refused.message
+        );
+        limits.take("key_b").unwrap();
+        let off = CredentialLimits::new(0);
+        for _ in 0..1000 {
+            off.take("key_a").unwrap();
+        }
+        assert_eq!(off.entries(), 0);
     }
 
     #[test]

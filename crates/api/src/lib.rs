@@ -114,6 +114,8 @@ pub struct ApiState {
     pub trusted_proxies: Arc<client::TrustedProxies>,
     /// How often one client address may mint and open portal links.
     pub link_limits: Arc<client::LinkLimits>,
+    /// How many `/v1` requests a second one API key or portal session may make.
+    pub request_limits: Arc<client::CredentialLimits>,
 }
 
 /// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each

@@ -108,6 +108,12 @@ fn document(op: &mut Operation, method: &Method, path: &str) {
         )),
         Need::Tenant(None) => {}
     }
+    if !matches!(need(method, path), Need::Admin) {
+        errors.push((
+            "429",
+            "This API key or portal session is past its rate (GANCHO_API_RATE_LIMIT requests a second per credential, 50 by default, bursts of twice that; the admin token is not limited); `Retry-After` says when to try again.",
+        ));
+    }
     if path.contains('{') {
         errors.push((
             "404",

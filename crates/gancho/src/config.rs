@@ -149,6 +149,11 @@ pub struct Flags {
     /// 10.0.0.0/8. Default: none (the TCP peer is the client).
     #[arg(long, env = "GANCHO_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
+    /// Requests a second one API key or portal session may make on an api process's /v1
+    /// routes, with bursts of twice that; `off` for no limit (the admin token is never
+    /// limited). Default: 50.
+    #[arg(long, env = "GANCHO_API_RATE_LIMIT")]
+    pub api_rate_limit: Option<String>,
     /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
     /// before DNS; the private-address rule still applies. Default: none.
     #[arg(long, env = "GANCHO_RESOLVE")]
@@ -278,6 +283,7 @@ struct File {
     portal_public_url: Option<String>,
     portal_frame_ancestors: Option<String>,
     trusted_proxies: Option<String>,
+    api_rate_limit: Option<String>,
     resolve: Option<String>,
 }
 
@@ -361,6 +367,8 @@ pub struct Config {
     pub portal_frame_ancestors: String,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: gancho_api::client::TrustedProxies,
+    /// Requests a second per credential on /v1; 0: not limited.
+    pub api_rate_limit: u32,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -775,6 +783,15 @@ impl Config {
                 .map_err(|why| ConfigError(format!("invalid trusted_proxies: {why}")))?,
             None => Default::default(),
         };
+        let api_rate_limit = match flags.api_rate_limit.clone().or(file.api_rate_limit) {
+            None => gancho_api::client::API_RATE_LIMIT_DEFAULT,
+            Some(v) if v.trim() == "off" => 0,
+            Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid api_rate_limit {v:?}: requests a second per API key or portal session, a whole number from 1 (e.g. 50), or off"
+                ))
+            })?,
+        };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -851,6 +868,7 @@ impl Config {
             resolve,
             portal_public_url,
             trusted_proxies,
+            api_rate_limit,
             portal_frame_ancestors,
         })
     }

@@ -298,6 +298,9 @@ pub async fn start(
             portal_frame_ancestors: config.portal_frame_ancestors.as_str().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             link_limits: Default::default(),
+            request_limits: Arc::new(gancho_api::client::CredentialLimits::new(
+                config.api_rate_limit,
+            )),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
         tokio::spawn(api_retained(state.clone(), cancel.clone()));
@@ -368,7 +371,7 @@ async fn shutdown_signal() {
 
 /// Sets the api's `gancho_retained_entries` every [`STATS_EVERY`] until `cancel`.
 async fn api_retained(state: gancho_api::ApiState, cancel: CancellationToken) {
-    let [keys, tenants, mint, open] = names::API_RETAINED_STRUCTURES;
+    let [keys, tenants, mint, open, credentials] = names::API_RETAINED_STRUCTURES;
     loop {
         let (minting, opening) = state.link_limits.addresses();
         for (structure, n) in [
@@ -376,6 +379,7 @@ async fn api_retained(state: gancho_api::ApiState, cancel: CancellationToken) {
             (tenants, state.known_tenants.entries()),
             (mint, minting),
             (open, opening),
+            (credentials, state.request_limits.entries()),
         ] {
             metrics::gauge!(names::RETAINED_ENTRIES, "structure" => structure).set(n as f64);
         }

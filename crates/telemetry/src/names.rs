@@ -10,17 +10,35 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 /// key_lookups (API keys and portal sessions looked up in the last 2 s, at most 10,000) |
 /// known_tenants (tenants HTTP ingest saw exist lately, at most 10,000) |
 /// link_mint_addresses, link_open_addresses (client addresses the portal link limits track,
-/// at most 10,000 each). Each has a stated bound beside its definition; a value that climbs
+/// at most 10,000 each) | api_credentials (API keys and portal sessions the request limit
+/// tracks, at most 10,000). Each has a stated bound beside its definition; a value that climbs
 /// with traffic is the next leak.
 pub const RETAINED_ENTRIES: &str = "gancho_retained_entries";
 /// The `structure` label values of [`RETAINED_ENTRIES`].
 pub const RETAINED_STRUCTURES: [&str; 3] = ["gates", "batches_done", "failure_lines"];
 /// The api's `structure` label values of [`RETAINED_ENTRIES`].
-pub const API_RETAINED_STRUCTURES: [&str; 4] = [
+pub const API_RETAINED_STRUCTURES: [&str; 5] = [
     "key_lookups",
     "known_tenants",
     "link_mint_addresses",
     "link_open_addresses",
+    "api_credentials",
+];
+/// `/v1` requests refused with 429 because their credential (an API key, a portal session)
+/// was past its rate, by `group`: the route's resource (`endpoints`, `attempts`, `events`,
+/// `dead-letters`, `jobs`, `event-types`, `api-keys`, `portal-sessions`, `tenant`).
+pub const API_RATE_LIMITED: &str = "gancho_api_rate_limited_total";
+/// The `group` label values of [`API_RATE_LIMITED`].
+pub const API_ROUTE_GROUPS: [&str; 9] = [
+    "endpoints",
+    "attempts",
+    "events",
+    "dead-letters",
+    "jobs",
+    "event-types",
+    "api-keys",
+    "portal-sessions",
+    "tenant",
 ];
 
 /// Events the router received, once each. `path`: nats | http (HTTP ingest).
@@ -192,6 +210,10 @@ pub fn describe_all() {
     // a counter's first value, so without this the first dead letters after a restart would
     // never fire an alert.
     zero_dead_letters(crate::OTHER_TENANTS);
+    describe_counter!(
+        API_RATE_LIMITED,
+        "/v1 requests refused with 429 because their API key or portal session was past its rate, by route group."
+    );
     describe_gauge!(
         RETAINED_ENTRIES,
         "Entries of a long-lived structure of this process, by structure; each is bounded (see the metric's doc)."
