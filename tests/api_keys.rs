@@ -716,3 +716,86 @@ async fn one_credential_cannot_flood_the_api() {
     assert!(!out.status.success());
     assert!(stderr.contains("api_rate_limit"), "{stderr}");
 }
+
+/// Two api processes share each credential's rate: a key spread over both gets the rate
+/// (bursts of twice it), not twice that; when one process dies, the other takes the whole
+/// rate within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_processes_share_each_credentials_rate() {
+    const RATE: usize = 10;
+    let env = support::Env::new().await;
+    let limit = RATE.to_string();
+    let envs = [("GANCHO_API_RATE_LIMIT", limit.as_str())];
+    let (a, a_base) = env.spawn_api_with(TOKEN, &envs).await;
+    let (b, b_base) = env.spawn_api_with(TOKEN, &envs).await;
+    let (a, mut b) = (
+        Api {
+            base: a_base,
+            child: a,
+        },
+        Api {
+            base: b_base,
+            child: b,
+        },
+    );
+    let alive = |api: &Api, n: usize| {
+        let base = api.base.clone();
+        async move {
+            let (_, _, page) = support::raw("GET", &base, "/metrics", &[], "").await;
+            page.lines()
+                .any(|l| l == format!("gancho_api_processes_alive {n}"))
+        }
+    };
+    gancho_test_harness::wait_until("both apis see two", Duration::from_secs(15), || async {
+        alive(&a, 2).await && alive(&b, 2).await
+    })
+    .await;
+    a.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let key = a.key("acme", &["read"]).await;
+
+    // One key, its requests alternating between the two, back to back.
+    let started = Instant::now();
+    let (mut ok, mut refused) = (0usize, None);
+    for i in 0..(6 * RATE) {
+        let api = if i % 2 == 0 { &a } else { &b };
+        let (status, v) = api
+            .call("GET", "/v1/tenants/acme/endpoints", Some(&key), None)
+            .await;
+        match status {
+            200 => ok += 1,
+            429 => refused = Some(v),
+            other => panic!("{other}: {v}"),
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    // Bursts of twice the rate in all, plus what the rate refilled while this ran.
+    let most = 2 * RATE + (RATE as f64 * took).ceil() as usize + 2;
+    assert!(
+        ok >= 2 * RATE && ok <= most,
+        "{ok} of {} went through in {took:.2} s (at most {most})",
+        6 * RATE
+    );
+    let refused = refused.expect("some were refused");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shared by 2 api processes"),
+        "{refused}"
+    );
+
+    // One process dies (no goodbye): the other takes the whole rate once it has noticed.
+    support::kill9(&mut b.child);
+    gancho_test_harness::wait_until("a sees itself alone", Duration::from_secs(20), || {
+        alive(&a, 1)
+    })
+    .await;
+    let fresh = a.key("acme", &["read"]).await;
+    for i in 0..(2 * RATE) {
+        let (status, v) = a
+            .call("GET", "/v1/tenants/acme/endpoints", Some(&fresh), None)
+            .await;
+        assert_eq!(status, 200, "request {i} of a whole burst on one api: {v}");
+    }
+}

@@ -256,23 +256,57 @@ impl Limit<IpAddr> {
 /// default 50.
 pub const API_RATE_LIMIT_DEFAULT: u32 = 50;
 
-/// The request limit per credential; `None`: not limited (`GANCHO_API_RATE_LIMIT=off`).
-pub struct CredentialLimits(Option<Limit<String>>);
+/// The request limit per credential, shared by the live api processes: each enforces the
+/// rate divided by their number (a credential spread over them gets the whole rate; one that
+/// reaches a single process gets its share). 0: not limited (`GANCHO_API_RATE_LIMIT=off`).
+pub struct CredentialLimits {
+    per_sec: u32,
+    limit: std::sync::RwLock<Option<std::sync::Arc<Limit<String>>>>,
+}
 
 impl CredentialLimits {
-    /// `per_sec` requests a second per credential, bursts of twice that; 0: no limit.
+    /// `per_sec` requests a second per credential, bursts of twice that, over one process.
     pub fn new(per_sec: u32) -> Self {
-        Self(NonZeroU32::new(per_sec).map(|n| {
-            let burst = n.saturating_mul(nonzero(2));
-            Limit::new(
-                Quota::per_second(n).allow_burst(burst),
-                format!("with this credential (at most {n} a second, bursts of {burst})"),
-            )
-        }))
+        let limits = Self {
+            per_sec,
+            limit: std::sync::RwLock::new(None),
+        };
+        limits.set_processes(1);
+        limits
+    }
+
+    /// `n` api processes are alive: this one allows `per_sec / n` a second, bursts of twice
+    /// that (at least 1). What each credential had used is forgotten.
+    pub fn set_processes(&self, n: usize) {
+        let limit = NonZeroU32::new(self.per_sec).map(|rate| {
+            let n = n.max(1) as u32;
+            let period = std::time::Duration::from_secs_f64(f64::from(n) / f64::from(rate.get()));
+            let burst = nonzero((2 * rate.get()).div_ceil(n).max(1));
+            let quota = Quota::with_period(period)
+                .expect("a rate above zero has a period")
+                .allow_burst(burst);
+            let share = if n == 1 {
+                String::new()
+            } else {
+                format!(", shared by {n} api processes")
+            };
+            std::sync::Arc::new(Limit::new(
+                quota,
+                format!(
+                    "with this credential (at most {rate} a second, bursts of {}{share})",
+                    2 * rate.get()
+                ),
+            ))
+        });
+        *self.limit.write().unwrap_or_else(|p| p.into_inner()) = limit;
+    }
+
+    fn current(&self) -> Option<std::sync::Arc<Limit<String>>> {
+        self.limit.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn take(&self, credential: &str) -> Result<(), ApiError> {
-        match &self.0 {
+        match self.current() {
             Some(limit) => limit.take(&credential.to_owned()),
             None => Ok(()),
         }
@@ -280,7 +314,7 @@ impl CredentialLimits {
 
     /// Credentials tracked now, at most [`ADDRESSES_MAX`].
     pub fn entries(&self) -> usize {
-        self.0.as_ref().map_or(0, Limit::len)
+        self.current().map_or(0, |l| l.len())
     }
 }
 
@@ -380,6 +414,26 @@ mod tests {
             off.take("key_a").unwrap();
         }
         assert_eq!(off.entries(), 0);
+    }
+
+    #[test]
+    fn two_processes_each_allow_half() {
+        let limits = CredentialLimits::new(5);
+        limits.set_processes(2);
+        for _ in 0..5 {
+            limits.take("key_a").unwrap();
+        }
+        let refused = limits.take("key_a").unwrap_err();
+        assert!(
+            refused.message.contains("shared by 2 api processes"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(refused.retry_after, Some(1));
+        limits.set_processes(1);
+        for _ in 0..10 {
+            limits.take("key_a").unwrap();
+        }
     }
 
     #[test]

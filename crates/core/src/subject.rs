@@ -111,6 +111,10 @@ impl Subjects {
     pub fn workers_bucket(&self) -> String {
         format!("{}_workers", self.prefix.replace('-', "_"))
     }
+    /// Live api processes, for the per-credential request rate each enforces.
+    pub fn apis_bucket(&self) -> String {
+        format!("{}_apis", self.prefix.replace('-', "_"))
+    }
 
     // Subjects.
 

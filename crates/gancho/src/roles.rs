@@ -304,6 +304,25 @@ pub async fn start(
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
         tokio::spawn(api_retained(state.clone(), cancel.clone()));
+        // The live api processes share each credential's request rate.
+        let (alive_tx, mut alive) = tokio::sync::watch::channel(1usize);
+        tokio::spawn(gancho_store::members::count(
+            layout.apis.clone(),
+            gancho_store::members::new_id(),
+            alive_tx,
+            cancel.clone(),
+        ));
+        let limits = state.request_limits.clone();
+        tokio::spawn(async move {
+            while alive.changed().await.is_ok() {
+                let n = *alive.borrow_and_update();
+                limits.set_processes(n);
+                info!(
+                    api_processes = n,
+                    "Api processes alive changed; each credential's request rate is shared again."
+                );
+            }
+        });
         let app = gancho_api::router(state).merge(gancho_telemetry::routes(handle, ready.clone()));
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await

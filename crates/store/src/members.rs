@@ -81,10 +81,6 @@ impl View {
 /// Keeps `me` alive in `bucket` and publishes the partitions it should serve on `owned` (at
 /// every heartbeat and whenever a worker joins or leaves, when it changed) until `cancel`
 /// fires; then deletes its key so the others take over at once.
-#[allow(
-    clippy::too_many_lines,
-    reason = "the heartbeat and the watch of the members share one select loop and its state"
-)]
 pub async fn run(
     bucket: kv::Store,
     me: String,
@@ -92,12 +88,70 @@ pub async fn run(
     owned: watch::Sender<Vec<u32>>,
     cancel: CancellationToken,
 ) {
+    let mut last_count = 0usize;
+    keep_alive(bucket, "workers", me.clone(), cancel, |members| {
+        let count = members.len().max(1);
+        if count != last_count {
+            info!(
+                workers = count,
+                "Workers alive changed; partitions dealt again."
+            );
+            last_count = count;
+        }
+        metrics::gauge!(gancho_telemetry::names::WORKERS_ALIVE).set(count as f64);
+        let mine = assign(members, &me, partitions);
+        owned.send_if_modified(|have| {
+            let changed = *have != mine;
+            *have = mine;
+            changed
+        });
+    })
+    .await;
+}
+
+/// Keeps api process `me` alive in the api processes' `bucket` and publishes how many are
+/// alive (this one included) on `alive`, when it changed, until `cancel`; then deletes its key.
+pub async fn count(
+    bucket: kv::Store,
+    me: String,
+    alive: watch::Sender<usize>,
+    cancel: CancellationToken,
+) {
+    keep_alive(bucket, "api processes", me.clone(), cancel, |members| {
+        let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+        all.push(&me);
+        all.sort_unstable();
+        all.dedup();
+        let n = all.len();
+        metrics::gauge!(gancho_telemetry::names::API_PROCESSES_ALIVE).set(n as f64);
+        alive.send_if_modified(|have| {
+            let changed = *have != n;
+            *have = n;
+            changed
+        });
+    })
+    .await;
+}
+
+/// The membership loop: refreshes `me` in `bucket` every [`HEARTBEAT`], watches the bucket,
+/// and calls `deal` with the live ids at every heartbeat and whenever one joins or leaves,
+/// from a whole view only; `what` names the members in log lines.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the heartbeat and the watch of the members share one select loop and its state"
+)]
+async fn keep_alive(
+    bucket: kv::Store,
+    what: &'static str,
+    me: String,
+    cancel: CancellationToken,
+    mut deal_with: impl FnMut(&[String]),
+) {
     let mut view = View::default();
     let mut entries: Option<kv::Watch> = None;
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
-    let mut last_count = 0usize;
     loop {
         if entries.is_none() {
             // Every entry again from the start: what the old watch missed is caught up here.
@@ -107,7 +161,7 @@ pub async fn run(
                     view.current = false;
                 }
                 Err(e) if !warned => {
-                    warn!(error = %e, "Cannot watch the workers bucket; keeping this worker's partitions as they are.");
+                    warn!(error = %e, members = what, "Cannot watch the members bucket; keeping what this process last dealt.");
                     warned = true;
                 }
                 Err(_) => {}
@@ -124,12 +178,12 @@ pub async fn run(
             _ = beat.tick() => {
                 match bucket.put(&me, now_text().into()).await {
                     Ok(_) if warned => {
-                        info!("The workers bucket answers again.");
+                        info!(members = what, "The members bucket answers again.");
                         warned = false;
                     }
                     Ok(_) => {}
                     Err(e) if !warned => {
-                        warn!(error = %e, "Cannot refresh this worker in the workers bucket; keeping its partitions as they are.");
+                        warn!(error = %e, members = what, "Cannot refresh this process in the members bucket; keeping what it last dealt.");
                         warned = true;
                     }
                     Err(_) => {}
@@ -139,7 +193,7 @@ pub async fn run(
             entry = next => match entry {
                 Some(Ok(entry)) => view.apply(&entry, Instant::now()) || entry.seen_current,
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "The workers watch failed; watching again.");
+                    tracing::debug!(error = %e, members = what, "The members watch failed; watching again.");
                     entries = None;
                     false
                 }
@@ -155,25 +209,10 @@ pub async fn run(
         if !deal || !view.current || !view.hears(&me, now) {
             continue;
         }
-        let members = view.alive(now);
-        let count = members.len().max(1);
-        if count != last_count {
-            info!(
-                workers = count,
-                "Workers alive changed; partitions dealt again."
-            );
-            last_count = count;
-        }
-        metrics::gauge!(gancho_telemetry::names::WORKERS_ALIVE).set(count as f64);
-        let mine = assign(&members, &me, partitions);
-        owned.send_if_modified(|have| {
-            let changed = *have != mine;
-            *have = mine;
-            changed
-        });
+        deal_with(&view.alive(now));
     }
     if let Err(e) = bucket.delete(&me).await {
-        warn!(error = %e, "Cannot remove this worker from the workers bucket; the others take over when its entry expires.");
+        warn!(error = %e, members = what, "Cannot remove this process from the members bucket; the others see it gone when its entry expires.");
     }
 }
 

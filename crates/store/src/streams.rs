@@ -30,6 +30,8 @@ pub struct Layout {
     pub jobs: kv::Store,
     /// Live workers ([`crate::members`]).
     pub workers: kv::Store,
+    /// Live api processes ([`crate::members::count`]).
+    pub apis: kv::Store,
     /// Portal links and sessions ([`crate::portal`]).
     pub portal: kv::Store,
     /// None by default ([`Layout::with_keyring`]): enough for the router.
@@ -300,6 +302,7 @@ pub async fn ensure_with(
     }
     let jobs = small_bucket(&js, subjects.jobs_bucket(), JOBS_MAX_AGE, replicas).await?;
     let workers = small_bucket(&js, subjects.workers_bucket(), MEMBER_TTL, replicas).await?;
+    let apis = small_bucket(&js, subjects.apis_bucket(), MEMBER_TTL, replicas).await?;
     let portal = small_bucket(
         &js,
         subjects.portal_bucket(),
@@ -313,6 +316,7 @@ pub async fn ensure_with(
         config,
         jobs,
         workers,
+        apis,
         portal,
         keyring: Default::default(),
     })

@@ -87,6 +87,9 @@ pub const CIRCUITS_OPEN: &str = "gancho_delivery_circuits_open";
 pub const WORKER_PARTITIONS: &str = "gancho_worker_partitions";
 /// Workers alive, as this worker last read them from the workers bucket.
 pub const WORKERS_ALIVE: &str = "gancho_workers_alive";
+/// Api processes alive, as this api last read them from the api processes' bucket: each
+/// enforces the per-credential request rate divided by this.
+pub const API_PROCESSES_ALIVE: &str = "gancho_api_processes_alive";
 /// Endpoints whose rate 429s lowered below their usual one in this worker (adaptive rate);
 /// each change is a log line with the endpoint and its rate.
 pub const ENDPOINTS_SLOWED: &str = "gancho_delivery_endpoints_slowed";
@@ -229,6 +232,10 @@ pub fn describe_all() {
     describe_gauge!(
         WORKER_PARTITIONS,
         "Partitions of the deliveries stream this worker serves; each partition is served by one worker at a time."
+    );
+    describe_gauge!(
+        API_PROCESSES_ALIVE,
+        "Api processes alive, as this api last read them; each enforces the per-credential request rate divided by this."
     );
     describe_gauge!(
         WORKERS_ALIVE,
