@@ -799,3 +799,177 @@ async fn api_processes_share_each_credentials_rate() {
         assert_eq!(status, 200, "request {i} of a whole burst on one api: {v}");
     }
 }
+
+/// A tenant's own rates: `api_rate_limit_per_sec` replaces the api's for its credentials, and
+/// `ingest_rate_limit_per_sec` limits its HTTP ingest, a batch counted as its events and
+/// refused whole past the rate; what got 202 is stored, what got 429 is not; null puts the
+/// default back; bad values get a 422 that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_rates_limit_its_keys_and_its_ingest() {
+    let env = support::Env::new().await;
+    let api = start(&env).await;
+    api.admin("POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    for (body, field) in [
+        (
+            json!({"api_rate_limit_per_sec": 0}),
+            "api_rate_limit_per_sec",
+        ),
+        (
+            json!({"ingest_rate_limit_per_sec": 100_001}),
+            "ingest_rate_limit_per_sec",
+        ),
+    ] {
+        let (status, v) = api
+            .call("PATCH", "/v1/tenants/acme", Some(TOKEN), Some(body))
+            .await;
+        assert_eq!(status, 422, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{v}"
+        );
+    }
+    let v = api
+        .admin(
+            "PATCH",
+            "/v1/tenants/acme",
+            Some(json!({"api_rate_limit_per_sec": 2, "ingest_rate_limit_per_sec": 10})),
+        )
+        .await;
+    assert_eq!(v["api_rate_limit_per_sec"], 2, "{v}");
+    assert_eq!(v["ingest_rate_limit_per_sec"], 10, "{v}");
+    let (read, publish) = (
+        api.key("acme", &["read"]).await,
+        api.key("acme", &["publish"]).await,
+    );
+    // The api's snapshot of the tenant follows the change within moments.
+    gancho_test_harness::wait_until(
+        "the tenant's request rate applies",
+        Duration::from_secs(10),
+        || async {
+            let mut refused = false;
+            for _ in 0..5 {
+                let (status, _) = api
+                    .call("GET", "/v1/tenants/acme/endpoints", Some(&read), None)
+                    .await;
+                refused |= status == 429;
+            }
+            refused
+        },
+    )
+    .await;
+
+    // Ingest: a batch of 20 (the burst, twice the rate) is taken whole; the next is refused
+    // whole, with nothing of it stored.
+    let batch = |from: usize, n: usize| {
+        let events: Vec<Value> = (from..from + n)
+            .map(|i| json!({"id": format!("evt-{i}"), "type": "charge.paid", "data": {}}))
+            .collect();
+        json!({ "events": events })
+    };
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/events/batch",
+            Some(&publish),
+            Some(batch(0, 20)),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/events/batch",
+            Some(&publish),
+            Some(batch(20, 5)),
+        )
+        .await;
+    assert_eq!(status, 429, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("events through HTTP ingest"),
+        "{v}"
+    );
+    // A batch larger than the burst could never pass: the message says how large one may be.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/events/batch",
+            Some(&publish),
+            Some(batch(100, 21)),
+        )
+        .await;
+    assert_eq!(status, 429, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 20"),
+        "{v}"
+    );
+    // After a second, one more event is taken.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/events",
+            Some(&publish),
+            Some(json!({"id": "evt-late", "type": "charge.paid", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let mut events = env
+        .js
+        .get_stream(env.layout.subjects.events_stream())
+        .await
+        .unwrap();
+    let stored = events.info().await.unwrap().state.messages;
+    assert_eq!(
+        stored, 21,
+        "the 20 of the first batch and evt-late, nothing refused"
+    );
+
+    // null (from the CLI): back to the api's rate (50) and no ingest limit.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gancho"))
+        .args([
+            "tenants",
+            "update",
+            "acme",
+            "--api-rate-limit",
+            "default",
+            "--ingest-rate-limit",
+            "none",
+            "--json",
+        ])
+        .env("GANCHO_API_URL", &api.base)
+        .env("GANCHO_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["api_rate_limit_per_sec"].is_null(), "{v}");
+    assert!(v["ingest_rate_limit_per_sec"].is_null(), "{v}");
+    gancho_test_harness::wait_until(
+        "the default applies again",
+        Duration::from_secs(10),
+        || async {
+            let fresh = api.key("acme", &["publish"]).await;
+            let (status, _) = api
+                .call(
+                    "POST",
+                    "/v1/tenants/acme/events/batch",
+                    Some(&fresh),
+                    Some(batch(200, 30)),
+                )
+                .await;
+            status == 200
+        },
+    )
+    .await;
+}

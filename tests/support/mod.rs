@@ -275,6 +275,8 @@ impl Env {
                 name: id.into(),
                 created_at: OffsetDateTime::now_utc(),
                 weight,
+                api_rate_limit_per_sec: None,
+                ingest_rate_limit_per_sec: None,
             })
             .await
             .unwrap();

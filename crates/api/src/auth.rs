@@ -217,10 +217,19 @@ pub async fn authorize(
     // One credential's rate: API keys and portal sessions (the admin token is not limited).
     let credential = match &principal {
         Principal::Admin => None,
-        Principal::Key { id, .. } | Principal::Session { id, .. } => Some(id),
+        Principal::Key { id, tenant, .. } | Principal::Session { id, tenant, .. } => {
+            Some((id, tenant))
+        }
     };
-    if let Some(id) = credential {
-        if let Err(refused) = state.request_limits.take(id) {
+    if let Some((id, tenant)) = credential {
+        // The tenant's own rate, when it has one; else the api's.
+        let rate = state
+            .live
+            .load()
+            .accounts
+            .get(tenant.as_str())
+            .and_then(|t| t.api_rate_limit_per_sec);
+        if let Err(refused) = state.request_limits.take(id, rate) {
             metrics::counter!(
                 gancho_telemetry::names::API_RATE_LIMITED,
                 "group" => route_group(&route)

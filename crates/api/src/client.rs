@@ -224,6 +224,11 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 
     /// Takes one request of `key`'s quota, or says when to try again (429).
     pub(crate) fn take(&self, key: &K) -> Result<(), ApiError> {
+        self.take_n(key, 1)
+    }
+
+    /// Takes `n` of `key`'s quota at once, or none of it (429).
+    pub(crate) fn take_n(&self, key: &K, n: u32) -> Result<(), ApiError> {
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         if limiter.len() >= ADDRESSES_MAX {
             limiter.retain_recent();
@@ -231,8 +236,19 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
                 *limiter = RateLimiter::keyed(self.quota);
             }
         }
-        let Err(not_until) = limiter.check_key(key) else {
-            return Ok(());
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let not_until = match limiter.check_key_n(key, n) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(not_until)) => not_until,
+            Err(governor::InsufficientCapacity(burst)) => {
+                return Err(ApiError::too_many(
+                    format!(
+                        "{n} at once is more than the burst of {burst} allowed ({}): send at most {burst} at a time",
+                        self.what
+                    ),
+                    1,
+                ))
+            }
         };
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
@@ -252,75 +268,115 @@ impl Limit<IpAddr> {
 }
 
 /// How many requests a second one credential (an API key, a portal session) may make on the
-/// `/v1` routes of one api process, with bursts of twice that: `GANCHO_API_RATE_LIMIT`,
-/// default 50.
+/// `/v1` routes, with bursts of twice that: `GANCHO_API_RATE_LIMIT`, default 50; a tenant's
+/// `api_rate_limit_per_sec` replaces it for that tenant's credentials.
 pub const API_RATE_LIMIT_DEFAULT: u32 = 50;
 
-/// The request limit per credential, shared by the live api processes: each enforces the
-/// rate divided by their number (a credential spread over them gets the whole rate; one that
-/// reaches a single process gets its share). 0: not limited (`GANCHO_API_RATE_LIMIT=off`).
-pub struct CredentialLimits {
-    per_sec: u32,
-    limit: std::sync::RwLock<Option<std::sync::Arc<Limit<String>>>>,
+/// Rates per key (a credential, a tenant), shared by the live api processes: each enforces a
+/// rate divided by their number (a key spread over them gets the whole rate; one that reaches
+/// a single process gets its share), with bursts of twice its share. Each key may have a rate
+/// of its own (a tenant's setting) or take the default; 0 is no limit. Bound: one limiter per
+/// distinct rate in use, each of at most [`ADDRESSES_MAX`] keys.
+pub struct SharedRates {
+    /// For the message: "requests with this credential".
+    what: &'static str,
+    default: u32,
+    processes: std::sync::atomic::AtomicUsize,
+    by_rate: std::sync::RwLock<std::collections::HashMap<u32, std::sync::Arc<Limit<String>>>>,
 }
 
-impl CredentialLimits {
-    /// `per_sec` requests a second per credential, bursts of twice that, over one process.
+/// Each credential's request rate ([`SharedRates`]).
+pub type CredentialLimits = SharedRates;
+
+impl SharedRates {
+    /// Requests per credential: `per_sec` by default (0: none).
     pub fn new(per_sec: u32) -> Self {
-        let limits = Self {
-            per_sec,
-            limit: std::sync::RwLock::new(None),
-        };
-        limits.set_processes(1);
-        limits
+        Self::of("requests with this credential", per_sec)
     }
 
-    /// `n` api processes are alive: this one allows `per_sec / n` a second, bursts of twice
-    /// that (at least 1). What each credential had used is forgotten.
+    /// HTTP ingest's events per tenant: none by default.
+    pub fn ingest() -> Self {
+        Self::of("events through HTTP ingest for this tenant", 0)
+    }
+
+    fn of(what: &'static str, default: u32) -> Self {
+        Self {
+            what,
+            default,
+            processes: std::sync::atomic::AtomicUsize::new(1),
+            by_rate: Default::default(),
+        }
+    }
+
+    /// `n` api processes are alive: each allows its share from now on. What each key had used
+    /// is forgotten.
     pub fn set_processes(&self, n: usize) {
-        let limit = NonZeroU32::new(self.per_sec).map(|rate| {
-            let n = n.max(1) as u32;
-            let period = std::time::Duration::from_secs_f64(f64::from(n) / f64::from(rate.get()));
-            let burst = nonzero((2 * rate.get()).div_ceil(n).max(1));
-            let quota = Quota::with_period(period)
-                .expect("a rate above zero has a period")
-                .allow_burst(burst);
-            let share = if n == 1 {
-                String::new()
-            } else {
-                format!(", shared by {n} api processes")
-            };
-            std::sync::Arc::new(Limit::new(
-                quota,
-                format!(
-                    "with this credential (at most {rate} a second, bursts of {}{share})",
-                    2 * rate.get()
-                ),
-            ))
-        });
-        *self.limit.write().unwrap_or_else(|p| p.into_inner()) = limit;
+        self.processes
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.by_rate
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
-    fn current(&self) -> Option<std::sync::Arc<Limit<String>>> {
-        self.limit.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The limiter of `rate` for the processes alive now.
+    fn limit(&self, rate: NonZeroU32) -> std::sync::Arc<Limit<String>> {
+        if let Some(l) = self
+            .by_rate
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rate.get())
+        {
+            return l.clone();
+        }
+        let n = self.processes.load(std::sync::atomic::Ordering::Relaxed) as u32;
+        let period = std::time::Duration::from_secs_f64(f64::from(n) / f64::from(rate.get()));
+        let burst = nonzero((2 * rate.get()).div_ceil(n).max(1));
+        let quota = Quota::with_period(period)
+            .expect("a rate above zero has a period")
+            .allow_burst(burst);
+        let share = if n == 1 {
+            String::new()
+        } else {
+            format!(", shared by {n} api processes")
+        };
+        let limit = std::sync::Arc::new(Limit::new(
+            quota,
+            format!(
+                "{} (at most {rate} a second, bursts of {}{share})",
+                self.what,
+                2 * rate.get()
+            ),
+        ));
+        self.by_rate
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(rate.get())
+            .or_insert(limit)
+            .clone()
     }
 
-    pub fn take(&self, credential: &str) -> Result<(), ApiError> {
-        match self.current() {
-            Some(limit) => limit.take(&credential.to_owned()),
+    /// Takes one from `key`'s rate (`rate`, or the default), or says when to try again (429).
+    pub fn take(&self, key: &str, rate: Option<u32>) -> Result<(), ApiError> {
+        self.take_n(key, rate, 1)
+    }
+
+    /// Takes `n` at once (a batch, whole or not at all).
+    pub fn take_n(&self, key: &str, rate: Option<u32>, n: u32) -> Result<(), ApiError> {
+        match NonZeroU32::new(rate.unwrap_or(self.default)) {
+            Some(rate) => self.limit(rate).take_n(&key.to_owned(), n),
             None => Ok(()),
         }
     }
 
-    /// Credentials tracked now, at most [`ADDRESSES_MAX`].
+    /// Keys tracked now, over every rate in use.
     pub fn entries(&self) -> usize {
-        self.current().map_or(0, |l| l.len())
-    }
-}
-
-impl Default for CredentialLimits {
-    fn default() -> Self {
-        Self::new(API_RATE_LIMIT_DEFAULT)
+        self.by_rate
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| l.len())
+            .sum()
     }
 }
 
@@ -399,21 +455,44 @@ mod tests {
     fn a_credential_past_its_burst_waits_and_others_do_not() {
         let limits = CredentialLimits::new(5);
         for _ in 0..10 {
-            limits.take("key_a").unwrap();
+            limits.take("key_a", None).unwrap();
         }
-        let refused = limits.take("key_a").unwrap_err();
+        let refused = limits.take("key_a", None).unwrap_err();
         assert_eq!(refused.status, 429);
         assert!(
             refused.message.contains("at most 5 a second"),
             "{}",
             refused.message
         );
-        limits.take("key_b").unwrap();
+        limits.take("key_b", None).unwrap();
         let off = CredentialLimits::new(0);
         for _ in 0..1000 {
-            off.take("key_a").unwrap();
+            off.take("key_a", None).unwrap();
         }
         assert_eq!(off.entries(), 0);
+    }
+
+    #[test]
+    fn a_tenant_rate_replaces_the_default_and_batches_take_many() {
+        let limits = CredentialLimits::new(0);
+        limits.take("key_a", None).unwrap();
+        for _ in 0..4 {
+            limits.take("key_b", Some(2)).unwrap();
+        }
+        assert!(limits.take("key_b", Some(2)).is_err());
+        let ingest = SharedRates::ingest();
+        ingest.take_n("acme", Some(100), 150).unwrap();
+        let refused = ingest.take_n("acme", Some(100), 100).unwrap_err();
+        assert_eq!(refused.status, 429);
+        let too_big = ingest.take_n("globex", Some(100), 500).unwrap_err();
+        assert!(
+            too_big.message.contains("burst of 200"),
+            "{}",
+            too_big.message
+        );
+        ingest.take_n("nobody", None, 10_000).unwrap();
+        // Only acme is tracked: a batch past the burst takes nothing, no limit tracks nothing.
+        assert_eq!(ingest.entries(), 1);
     }
 
     #[test]
@@ -421,9 +500,9 @@ mod tests {
         let limits = CredentialLimits::new(5);
         limits.set_processes(2);
         for _ in 0..5 {
-            limits.take("key_a").unwrap();
+            limits.take("key_a", None).unwrap();
         }
-        let refused = limits.take("key_a").unwrap_err();
+        let refused = limits.take("key_a", None).unwrap_err();
         assert!(
             refused.message.contains("shared by 2 api processes"),
             "{}",
@@ -432,7 +511,7 @@ mod tests {
         assert_eq!(refused.retry_after, Some(1));
         limits.set_processes(1);
         for _ in 0..10 {
-            limits.take("key_a").unwrap();
+            limits.take("key_a", None).unwrap();
         }
     }
 

@@ -294,6 +294,24 @@ async fn tenant_exists(state: &ApiState, t: &TenantId, id: &str) -> Result<(), A
     }
 }
 
+/// Takes `n` events of `tenant`'s HTTP ingest rate (its `ingest_rate_limit_per_sec`, shared by
+/// the live api processes), or 429.
+fn ingest_rate(state: &ApiState, tenant: &TenantId, n: u32) -> Result<(), ApiError> {
+    let rate = state
+        .live
+        .load()
+        .accounts
+        .get(tenant.as_str())
+        .and_then(|t| t.ingest_rate_limit_per_sec);
+    state
+        .ingest_limits
+        .take_n(tenant.as_str(), rate, n)
+        .inspect_err(|_| {
+            metrics::counter!(gancho_telemetry::names::API_RATE_LIMITED, "group" => "events")
+                .increment(1);
+        })
+}
+
 /// Accepts one event: 202 once it is durable.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events", operation_id = "send_event",
     params(("tenant" = String, Path, description = "The tenant id.")),
@@ -302,6 +320,7 @@ async fn tenant_exists(state: &ApiState, t: &TenantId, id: &str) -> Result<(), A
         (status = 202, description = "Stored (or stored before, `duplicate`); it will be delivered.", body = Accepted),
         (status = 503, description = "JetStream did not answer (an election, a cluster without its quorum): the event may or may not be stored; send it again with the same id, which is safe.", body = crate::error::ErrorBody),
         (status = 507, description = "Not stored: the event store is full; send it again later with the same id.", body = crate::error::ErrorBody),
+        (status = 429, description = "Not stored: the tenant is past its HTTP ingest rate (`ingest_rate_limit_per_sec`), or the key past its request rate; `Retry-After` says when to send it again.", body = crate::error::ErrorBody),
     ))]
 pub async fn send_one(
     State(state): State<ApiState>,
@@ -311,6 +330,7 @@ pub async fn send_one(
     let t = tenant_id(&t)?;
     let (id, subject, bytes) = build(&state, t.as_str(), ev)?;
     tenant_exists(&state, &t, &id).await?;
+    ingest_rate(&state, &t, 1)?;
     let ack = send(&state, t.as_str(), &id, subject, bytes)
         .await
         .map_err(|e| unknown(&id, &e))?;
@@ -323,7 +343,10 @@ pub async fn send_one(
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events/batch", tag = "events", operation_id = "send_events",
     params(("tenant" = String, Path, description = "The tenant id.")),
     request_body = BatchIn,
-    responses((status = 200, description = "A result per event.", body = BatchResult)))]
+    responses(
+        (status = 200, description = "A result per event.", body = BatchResult),
+        (status = 429, description = "Nothing of the batch stored: the tenant is past its HTTP ingest rate (`ingest_rate_limit_per_sec`; a batch counts as its number of events, and one larger than the burst, twice the rate, is never taken), or the key past its request rate; `Retry-After` says when to send it again.", body = crate::error::ErrorBody),
+    ))]
 pub async fn send_batch(
     State(state): State<ApiState>,
     Path(t): Path<String>,
@@ -337,6 +360,8 @@ pub async fn send_batch(
         )));
     }
     tenant_exists(&state, &t, "of this batch").await?;
+    // Past the tenant's rate, the batch is refused whole: nothing of it is stored.
+    ingest_rate(&state, &t, batch.events.len() as u32)?;
     // Check every event, send every valid one, then await every PubAck.
     let mut results = Vec::with_capacity(batch.events.len());
     let mut pending = Vec::new();

@@ -116,6 +116,8 @@ pub struct ApiState {
     pub link_limits: Arc<client::LinkLimits>,
     /// How many `/v1` requests a second one API key or portal session may make.
     pub request_limits: Arc<client::CredentialLimits>,
+    /// How many events a second each tenant may send through HTTP ingest.
+    pub ingest_limits: Arc<client::SharedRates>,
 }
 
 /// Every `/v1` route, with its OpenAPI description (from the `#[utoipa::path]` on each

@@ -22,6 +22,12 @@ pub struct TenantView {
     /// Its share of the routers' and workers' capacity against other tenants with work
     /// waiting (1 to 100); a tenant alone gets all of it whatever its weight.
     weight: u32,
+    /// Requests a second each of its API keys and portal sessions may make (bursts of twice
+    /// that); null: the api's `GANCHO_API_RATE_LIMIT`.
+    api_rate_limit_per_sec: Option<u32>,
+    /// Events a second it may send through HTTP ingest (bursts of twice that); null: no limit.
+    /// Events published on NATS are not limited by it.
+    ingest_rate_limit_per_sec: Option<u32>,
 }
 
 impl From<Tenant> for TenantView {
@@ -31,7 +37,22 @@ impl From<Tenant> for TenantView {
             name: t.name,
             created_at: t.created_at,
             weight: t.weight,
+            api_rate_limit_per_sec: t.api_rate_limit_per_sec,
+            ingest_rate_limit_per_sec: t.ingest_rate_limit_per_sec,
         }
+    }
+}
+
+/// The largest per-tenant rate a request may set.
+const MAX_RATE: u32 = 100_000;
+
+/// Checks a rate from a request: 1 to [`MAX_RATE`].
+fn check_rate(field: &str, rate: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match rate {
+        Some(r) if !(1..=MAX_RATE).contains(&r) => Err(ApiError::invalid(format!(
+            "{field} must be from 1 to {MAX_RATE} a second, or null for the default; got {r}"
+        ))),
+        r => Ok(r),
     }
 }
 
@@ -62,6 +83,15 @@ pub struct CreateTenant {
     #[serde(default)]
     #[schema(example = 1, minimum = 1, maximum = 100)]
     weight: Option<u32>,
+    /// Requests a second per API key or portal session, 1 to 100000 (default: the api's
+    /// `GANCHO_API_RATE_LIMIT`).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
+    api_rate_limit_per_sec: Option<u32>,
+    /// Events a second through HTTP ingest, 1 to 100000 (default: no limit).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
+    ingest_rate_limit_per_sec: Option<u32>,
 }
 
 /// What a PATCH changes; what is left out stays.
@@ -75,6 +105,14 @@ pub struct UpdateTenant {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 100)]
     weight: Option<u32>,
+    /// 1 to 100000; null: back to the api's `GANCHO_API_RATE_LIMIT`.
+    #[serde(default, deserialize_with = "crate::endpoints::nullable")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
+    api_rate_limit_per_sec: Option<Option<u32>>,
+    /// 1 to 100000; null: no limit.
+    #[serde(default, deserialize_with = "crate::endpoints::nullable")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
+    ingest_rate_limit_per_sec: Option<Option<u32>>,
 }
 
 /// Create a tenant.
@@ -95,6 +133,11 @@ pub async fn create(
     let weight = check_weight(body.weight.unwrap_or(1))?;
     let tenant = Tenant {
         weight,
+        api_rate_limit_per_sec: check_rate("api_rate_limit_per_sec", body.api_rate_limit_per_sec)?,
+        ingest_rate_limit_per_sec: check_rate(
+            "ingest_rate_limit_per_sec",
+            body.ingest_rate_limit_per_sec,
+        )?,
         name: if body.name.is_empty() {
             id.to_string()
         } else {
@@ -142,7 +185,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant:?} not found")))
 }
 
-/// Change a tenant's name or weight.
+/// Change a tenant's name, weight or rate limits.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", operation_id = "update_tenant",
     params(("tenant" = String, Path, description = "The tenant id.")),
     request_body = UpdateTenant,
@@ -161,6 +204,14 @@ pub async fn update(
         return Err(ApiError::invalid("name must be 1 to 256 characters"));
     }
     let weight = body.weight.map(check_weight).transpose()?;
+    let api_rate = body
+        .api_rate_limit_per_sec
+        .map(|r| check_rate("api_rate_limit_per_sec", r))
+        .transpose()?;
+    let ingest_rate = body
+        .ingest_rate_limit_per_sec
+        .map(|r| check_rate("ingest_rate_limit_per_sec", r))
+        .transpose()?;
     let updated = state
         .store
         .update_tenant(&tenant, |t| {
@@ -169,6 +220,12 @@ pub async fn update(
             }
             if let Some(w) = weight {
                 t.weight = w;
+            }
+            if let Some(r) = api_rate {
+                t.api_rate_limit_per_sec = r;
+            }
+            if let Some(r) = ingest_rate {
+                t.ingest_rate_limit_per_sec = r;
             }
             Ok(())
         })

@@ -45,7 +45,8 @@ enum TenantsCmd {
         #[arg(long, default_value_t = 1)]
         weight: u32,
     },
-    /// Change a tenant's name or weight. Example: gancho tenants update acme --weight 3
+    /// Change a tenant's name, weight or rate limits. Example: gancho tenants update acme
+    /// --weight 3 --ingest-rate-limit 500
     Update {
         id: String,
         #[arg(long)]
@@ -53,6 +54,13 @@ enum TenantsCmd {
         /// 1 to 100.
         #[arg(long)]
         weight: Option<u32>,
+        /// Requests a second per API key or portal session of this tenant, 1 to 100000, or
+        /// `default` for the api's GANCHO_API_RATE_LIMIT.
+        #[arg(long)]
+        api_rate_limit: Option<String>,
+        /// Events a second through HTTP ingest, 1 to 100000, or `none` for no limit.
+        #[arg(long)]
+        ingest_rate_limit: Option<String>,
     },
     /// List tenants, a page at a time. Example: gancho tenants list --limit 50
     List(PageArgs),
@@ -1122,7 +1130,13 @@ pub async fn tenants(a: Tenants) -> anyhow::Result<()> {
             .await?;
             show(c, &v);
         }
-        TenantsCmd::Update { id, name, weight } => {
+        TenantsCmd::Update {
+            id,
+            name,
+            weight,
+            api_rate_limit,
+            ingest_rate_limit,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(name) = name {
                 body.insert("name".into(), json!(name));
@@ -1130,8 +1144,26 @@ pub async fn tenants(a: Tenants) -> anyhow::Result<()> {
             if let Some(weight) = weight {
                 body.insert("weight".into(), json!(weight));
             }
+            for (field, v, unset) in [
+                ("api_rate_limit_per_sec", api_rate_limit, "default"),
+                ("ingest_rate_limit_per_sec", ingest_rate_limit, "none"),
+            ] {
+                if let Some(v) = v {
+                    let value = if v == unset {
+                        Value::Null
+                    } else {
+                        json!(v.parse::<u32>().map_err(|_| anyhow::anyhow!(
+                            "--{}: a number of requests a second, or {unset}; got {v:?}",
+                            field.trim_end_matches("_per_sec").replace('_', "-")
+                        ))?)
+                    };
+                    body.insert(field.into(), value);
+                }
+            }
             if body.is_empty() {
-                anyhow::bail!("nothing to change: give --name or --weight");
+                anyhow::bail!(
+                    "nothing to change: give --name, --weight, --api-rate-limit or --ingest-rate-limit"
+                );
             }
             let path = format!("/v1/tenants/{id}");
             show(c, &call(c, "PATCH", &path, Some(body.into())).await?);

@@ -301,6 +301,7 @@ pub async fn start(
             request_limits: Arc::new(gancho_api::client::CredentialLimits::new(
                 config.api_rate_limit,
             )),
+            ingest_limits: Arc::new(gancho_api::client::SharedRates::ingest()),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
         tokio::spawn(api_retained(state.clone(), cancel.clone()));
@@ -312,11 +313,12 @@ pub async fn start(
             alive_tx,
             cancel.clone(),
         ));
-        let limits = state.request_limits.clone();
+        let (limits, ingest) = (state.request_limits.clone(), state.ingest_limits.clone());
         tokio::spawn(async move {
             while alive.changed().await.is_ok() {
                 let n = *alive.borrow_and_update();
                 limits.set_processes(n);
+                ingest.set_processes(n);
                 info!(
                     api_processes = n,
                     "Api processes alive changed; each credential's request rate is shared again."
@@ -390,7 +392,7 @@ async fn shutdown_signal() {
 
 /// Sets the api's `gancho_retained_entries` every [`STATS_EVERY`] until `cancel`.
 async fn api_retained(state: gancho_api::ApiState, cancel: CancellationToken) {
-    let [keys, tenants, mint, open, credentials] = names::API_RETAINED_STRUCTURES;
+    let [keys, tenants, mint, open, credentials, ingest] = names::API_RETAINED_STRUCTURES;
     loop {
         let (minting, opening) = state.link_limits.addresses();
         for (structure, n) in [
@@ -399,6 +401,7 @@ async fn api_retained(state: gancho_api::ApiState, cancel: CancellationToken) {
             (mint, minting),
             (open, opening),
             (credentials, state.request_limits.entries()),
+            (ingest, state.ingest_limits.entries()),
         ] {
             metrics::gauge!(names::RETAINED_ENTRIES, "structure" => structure).set(n as f64);
         }

@@ -206,6 +206,10 @@ pub struct TenantSettings {
     pub weight: u32,
     /// When it was created, as the API's clock said.
     pub created_at: OffsetDateTime,
+    /// Its own request rate per credential ([`crate::Tenant::api_rate_limit_per_sec`]).
+    pub api_rate_limit_per_sec: Option<u32>,
+    /// Its HTTP ingest event rate ([`crate::Tenant::ingest_rate_limit_per_sec`]).
+    pub ingest_rate_limit_per_sec: Option<u32>,
 }
 
 impl Snapshot {
@@ -551,6 +555,8 @@ impl WatchTask {
                             Ok(t) => Some(TenantSettings {
                                 weight: t.weight.clamp(1, crate::model::MAX_WEIGHT),
                                 created_at: t.created_at,
+                                api_rate_limit_per_sec: t.api_rate_limit_per_sec,
+                                ingest_rate_limit_per_sec: t.ingest_rate_limit_per_sec,
                             }),
                             Err(e) => {
                                 warn!(key = %entry.key, error = %e, "Ignoring a tenant that does not parse.");

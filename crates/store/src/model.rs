@@ -22,6 +22,13 @@ pub struct Tenant {
     /// with work waiting, 1 to [`MAX_WEIGHT`] (documents without it: 1).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Requests a second each of its API keys and portal sessions may make, instead of the
+    /// api's `api_rate_limit` (documents without it: the api's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_rate_limit_per_sec: Option<u32>,
+    /// Events a second it may send through HTTP ingest (documents without it: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_rate_limit_per_sec: Option<u32>,
 }
 
 /// The largest tenant weight: a tenant of weight 100 beside one of weight 1 still leaves

@@ -41,6 +41,8 @@ async fn snapshot_follows_the_bucket_across_a_server_restart() {
             name: "Acme".into(),
             created_at: OffsetDateTime::now_utc(),
             weight: 1,
+            api_rate_limit_per_sec: None,
+            ingest_rate_limit_per_sec: None,
         })
         .await
         .unwrap();

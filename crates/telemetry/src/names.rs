@@ -11,18 +11,20 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 /// known_tenants (tenants HTTP ingest saw exist lately, at most 10,000) |
 /// link_mint_addresses, link_open_addresses (client addresses the portal link limits track,
 /// at most 10,000 each) | api_credentials (API keys and portal sessions the request limit
-/// tracks, at most 10,000). Each has a stated bound beside its definition; a value that climbs
+/// tracks, at most 10,000 per rate in use) | ingest_tenants (tenants the HTTP ingest rate
+/// tracks, at most 10,000 per rate in use). Each has a stated bound beside its definition; a value that climbs
 /// with traffic is the next leak.
 pub const RETAINED_ENTRIES: &str = "gancho_retained_entries";
 /// The `structure` label values of [`RETAINED_ENTRIES`].
 pub const RETAINED_STRUCTURES: [&str; 3] = ["gates", "batches_done", "failure_lines"];
 /// The api's `structure` label values of [`RETAINED_ENTRIES`].
-pub const API_RETAINED_STRUCTURES: [&str; 5] = [
+pub const API_RETAINED_STRUCTURES: [&str; 6] = [
     "key_lookups",
     "known_tenants",
     "link_mint_addresses",
     "link_open_addresses",
     "api_credentials",
+    "ingest_tenants",
 ];
 /// `/v1` requests refused with 429 because their credential (an API key, a portal session)
 /// was past its rate, by `group`: the route's resource (`endpoints`, `attempts`, `events`,
