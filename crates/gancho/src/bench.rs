@@ -686,6 +686,7 @@ impl Cluster {
             s.config_bucket(),
             s.jobs_bucket(),
             s.workers_bucket(),
+            s.apis_bucket(),
             s.portal_bucket(),
         ];
         let streams = [
