@@ -867,23 +867,17 @@ async fn a_tenants_own_rates_limit_its_keys_and_its_ingest() {
             .collect();
         json!({ "events": events })
     };
-    let (status, v) = api
-        .call(
+    let send = |from: usize, n: usize| {
+        api.call(
             "POST",
             "/v1/tenants/acme/events/batch",
             Some(&publish),
-            Some(batch(0, 20)),
+            Some(batch(from, n)),
         )
-        .await;
+    };
+    let (status, v) = send(0, 20).await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = api
-        .call(
-            "POST",
-            "/v1/tenants/acme/events/batch",
-            Some(&publish),
-            Some(batch(20, 5)),
-        )
-        .await;
+    let (status, v) = send(20, 5).await;
     assert_eq!(status, 429, "{v}");
     assert!(
         v["error"]["message"]
@@ -894,14 +888,7 @@ async fn a_tenants_own_rates_limit_its_keys_and_its_ingest() {
     );
     // A batch larger than the burst could never pass: the message says how large one may be.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (status, v) = api
-        .call(
-            "POST",
-            "/v1/tenants/acme/events/batch",
-            Some(&publish),
-            Some(batch(100, 21)),
-        )
-        .await;
+    let (status, v) = send(100, 21).await;
     assert_eq!(status, 429, "{v}");
     assert!(
         v["error"]["message"]

@@ -29,6 +29,19 @@ static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TOKEN: &str = "test-admin-token-0123456789";
 const HOSTILE: &str = "<script>alert('script')</script><img src=x onerror=\"alert('img')\">";
 
+/// POSTs `body` to `path` with the admin token; it must create (201): the answer.
+async fn create(base: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, v) = support::http(
+        "POST",
+        &format!("{base}{path}"),
+        Some(TOKEN),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "POST {path}: {v}");
+    v
+}
+
 /// Mints a link of `tenant` with `scope` through the API.
 async fn link(base: &str, tenant: &str, scope: &str) -> String {
     minted(base, tenant, scope).await.1
@@ -36,14 +49,12 @@ async fn link(base: &str, tenant: &str, scope: &str) -> String {
 
 /// Mints a link of `tenant` with `scope` through the API: (session id, link).
 async fn minted(base: &str, tenant: &str, scope: &str) -> (String, String) {
-    let (status, v) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants/{tenant}/portal-sessions"),
-        Some(TOKEN),
-        Some(&json!({ "scope": scope }).to_string()),
+    let v = create(
+        base,
+        &format!("/v1/tenants/{tenant}/portal-sessions"),
+        json!({ "scope": scope }),
     )
     .await;
-    assert_eq!(status, 201, "{v}");
     (
         v["id"].as_str().unwrap().to_owned(),
         v["url"].as_str().unwrap().to_owned(),
@@ -85,14 +96,7 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     let mut router = env.spawn("router");
     let mut worker = env.spawn("worker");
     let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
-    let (status, v) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants"),
-        Some(TOKEN),
-        Some(r#"{"id": "acme"}"#),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
+    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
     let url = link(&base, "acme", "manage").await;
     let browser = Browser::start().await;
 
@@ -216,24 +220,13 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.wait_for("h1", "This link has expired").await;
 
     // Another tenant's endpoint id in the address: the not-found view, nothing of it shown.
-    let (status, v) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants"),
-        Some(TOKEN),
-        Some(r#"{"id": "globex"}"#),
+    create(&base, "/v1/tenants", json!({"id": "globex"})).await;
+    let theirs = create(
+        &base,
+        "/v1/tenants/globex/endpoints",
+        json!({ "url": rx.url("/globex-only"), "description": "Globex payouts" }),
     )
     .await;
-    assert_eq!(status, 201, "{v}");
-    let (status, theirs) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants/globex/endpoints"),
-        Some(TOKEN),
-        Some(
-            &json!({ "url": rx.url("/globex-only"), "description": "Globex payouts" }).to_string(),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{theirs}");
     let (id, read) = minted(&base, "acme", "read").await;
     browser.goto(&read).await;
     browser.wait_for("h1", "Endpoints").await;
@@ -415,14 +408,7 @@ async fn start_to_finish(
     place: Place<'_>,
     name: &str,
 ) {
-    let (status, v) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants"),
-        Some(TOKEN),
-        Some(&json!({ "id": tenant }).to_string()),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
+    create(base, "/v1/tenants", json!({ "id": tenant })).await;
     let rx = Flaky::start(env).await;
     let url = link(base, tenant, "manage").await;
     match place {

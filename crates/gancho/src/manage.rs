@@ -550,19 +550,8 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 /// Attempts `--follow` prints before the new ones.
 const FOLLOW_FIRST: usize = 10;
 
+/// The delivery log's columns; `endpoint_id` only in the tenant's log.
 const ATTEMPT_COLUMNS: &[&str] = &[
-    "seq",
-    "at",
-    "event_id",
-    "attempt",
-    "status",
-    "latency_ms",
-    "outcome",
-    "error",
-];
-
-/// The tenant's delivery log: the same, with the endpoint of each.
-const TENANT_ATTEMPT_COLUMNS: &[&str] = &[
     "seq",
     "at",
     "endpoint_id",
@@ -587,16 +576,15 @@ pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
         cursor,
         follow,
     } = a.cmd;
-    let (base, columns) = match &endpoint {
-        Some(endpoint) => (
-            format!("/v1/tenants/{tenant}/endpoints/{endpoint}/attempts"),
-            ATTEMPT_COLUMNS,
-        ),
-        None => (
-            format!("/v1/tenants/{tenant}/attempts"),
-            TENANT_ATTEMPT_COLUMNS,
-        ),
+    let base = match &endpoint {
+        Some(endpoint) => format!("/v1/tenants/{tenant}/endpoints/{endpoint}/attempts"),
+        None => format!("/v1/tenants/{tenant}/attempts"),
     };
+    let columns: Vec<&str> = ATTEMPT_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| endpoint.is_none() || *c != "endpoint_id")
+        .collect();
     let q = |cursor: Option<String>, limit: Option<u32>| {
         query(&[
             ("status", status.clone()),
@@ -608,10 +596,10 @@ pub async fn attempts(a: Attempts) -> anyhow::Result<()> {
         ])
     };
     if follow {
-        return follow_attempts(c, &format!("{base}{}", q(None, Some(1000))), columns).await;
+        return follow_attempts(c, &format!("{base}{}", q(None, Some(1000))), &columns).await;
     }
     let v = call(c, "GET", &format!("{base}{}", q(cursor, limit)), None).await?;
-    table(c, &v, columns);
+    table(c, &v, &columns);
     Ok(())
 }
 

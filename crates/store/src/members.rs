@@ -30,13 +30,19 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// The partitions `me` serves when `members` are alive: partition `p` goes to the
 /// `p mod n`-th of the sorted ids. `me` counts even when its own key is not visible yet.
 pub fn assign(members: &[String], me: &str, partitions: u32) -> Vec<u32> {
+    let all = everyone(members, me);
+    let n = all.len() as u32;
+    let mine = all.iter().position(|m| *m == me).expect("me was added") as u32;
+    (0..partitions).filter(|p| p % n == mine).collect()
+}
+
+/// The live ids and `me` (counted even when its own key is not visible yet), sorted, once each.
+fn everyone<'a>(members: &'a [String], me: &'a str) -> Vec<&'a str> {
     let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
     all.push(me);
     all.sort_unstable();
     all.dedup();
-    let n = all.len() as u32;
-    let mine = all.iter().position(|m| *m == me).expect("me was added") as u32;
-    (0..partitions).filter(|p| p % n == mine).collect()
+    all
 }
 
 /// A random id for this worker process: 16 hex characters, valid as a KV key.
@@ -118,11 +124,7 @@ pub async fn count(
     cancel: CancellationToken,
 ) {
     keep_alive(bucket, "api processes", me.clone(), cancel, |members| {
-        let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
-        all.push(&me);
-        all.sort_unstable();
-        all.dedup();
-        let n = all.len();
+        let n = everyone(members, &me).len();
         metrics::gauge!(gancho_telemetry::names::API_PROCESSES_ALIVE).set(n as f64);
         alive.send_if_modified(|have| {
             let changed = *have != n;
