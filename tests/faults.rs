@@ -257,13 +257,18 @@ impl Row {
         }
         let mut delivered = 0;
         let mut duplicates = 0;
+        let mut copies_seen: std::collections::BTreeMap<u32, usize> = Default::default();
         for path in paths {
             for n in 0..accepted {
                 if let Some(copies) = all.remove(&(path.clone(), format!("evt-{n}"))) {
                     delivered += 1;
                     duplicates += copies as usize - 1;
+                    *copies_seen.entry(copies).or_default() += 1;
                 }
             }
+        }
+        if duplicates > 0 {
+            eprintln!("{fault}: webhooks by copies received: {copies_seen:?}");
         }
         let strays: Vec<_> = all.keys().take(5).collect();
         assert!(

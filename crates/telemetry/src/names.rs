@@ -5,7 +5,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Entries of a structure that lives as long as the process, by `structure`. The worker's:
 /// gates (endpoints with admission state in this worker; idle ones pruned past 4,096 or twice
-/// those in use) | batches_done (batch messages handed back, at most 10,000) | failure_lines
+/// those in use) | messages_finished (deliveries messages finished lately, for 90 s and at most
+/// 200,000) | messages_handed_back (with outcomes stored or kept, at most 10,000) | failure_lines
 /// (endpoints with a failed-attempt log line lately, at most 100,000). The api's:
 /// key_lookups (API keys and portal sessions looked up in the last 2 s, at most 10,000) |
 /// known_tenants (tenants HTTP ingest saw exist lately, at most 10,000) |
@@ -16,7 +17,12 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 /// with traffic is the next leak.
 pub const RETAINED_ENTRIES: &str = "gancho_retained_entries";
 /// The `structure` label values of [`RETAINED_ENTRIES`].
-pub const RETAINED_STRUCTURES: [&str; 3] = ["gates", "batches_done", "failure_lines"];
+pub const RETAINED_STRUCTURES: [&str; 4] = [
+    "gates",
+    "messages_finished",
+    "messages_handed_back",
+    "failure_lines",
+];
 /// The api's `structure` label values of [`RETAINED_ENTRIES`].
 pub const API_RETAINED_STRUCTURES: [&str; 6] = [
     "key_lookups",
@@ -169,6 +175,13 @@ pub const DELIVERIES_HELD_NOW: &str = "gancho_deliveries_held";
 /// Deliveries handed back to JetStream for redelivery: their outcome could not be recorded,
 /// or their endpoint is not in this worker's config snapshot yet.
 pub const DELIVERY_REQUEUED: &str = "gancho_delivery_requeued_total";
+/// Messages of the deliveries stream that came back to the worker that had them and were
+/// answered without sending again, by `why`: finished (their outcomes were stored and the
+/// ack was lost: acked) | in_hand (a copy while the first is worked on: answered with it) |
+/// outcomes_kept (handed back with outcomes it could not store: stored now, not sent again).
+pub const DELIVERY_COPIES: &str = "gancho_delivery_copies_total";
+/// The `why` label values of [`DELIVERY_COPIES`].
+pub const DELIVERY_COPY_WHYS: [&str; 3] = ["finished", "in_hand", "outcomes_kept"];
 
 /// Messages not yet delivered to the consumer. `stream`: events | deliveries.
 pub const CONSUMER_PENDING: &str = "gancho_consumer_pending_messages";
@@ -397,6 +410,10 @@ pub fn describe_all() {
     describe_counter!(
         DELIVERY_REQUEUED,
         "Deliveries handed back for redelivery (outcome not recorded, or config not loaded yet)."
+    );
+    describe_counter!(
+        DELIVERY_COPIES,
+        "Messages that came back to the worker that had them, answered without sending again, by why."
     );
     describe_gauge!(
         CONSUMER_PENDING,

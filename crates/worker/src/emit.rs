@@ -223,6 +223,33 @@ impl Emit for HandedBack<'_> {
     }
 }
 
+/// Why a message that came back was answered without sending again ([`crate::deliver`]'s
+/// recall).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Copy {
+    /// Finished here lately: its ack was lost.
+    Finished,
+    /// A copy of one this worker is working on.
+    InHand,
+    /// A delivery sent before whose outcome could not be stored: stored now.
+    OutcomesKept,
+}
+
+/// A message came back to this worker and was answered without sending its webhook again.
+pub(crate) struct CameBack(pub Copy);
+
+impl Emit for CameBack {
+    fn emit(self) {
+        let [finished, in_hand, kept] = names::DELIVERY_COPY_WHYS;
+        let why = match self.0 {
+            Copy::Finished => finished,
+            Copy::InHand => in_hand,
+            Copy::OutcomesKept => kept,
+        };
+        metrics::counter!(names::DELIVERY_COPIES, "why" => why).increment(1);
+    }
+}
+
 /// A store that stops taking writes hands back everything in hand: one line a second says so.
 static HANDED_BACK_LINES: gancho_telemetry::EverySecond = gancho_telemetry::EverySecond::new();
 

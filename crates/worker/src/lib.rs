@@ -207,6 +207,7 @@ pub async fn run(
     );
     let ctx = Arc::new(deliver::Ctx {
         js: output,
+        deliveries_stream: subjects.deliveries_stream(),
         subjects,
         live,
         store: ConfigStore::new(&layout),
@@ -222,7 +223,7 @@ pub async fn run(
         pressure,
         health,
         failure_lines: Default::default(),
-        batches_done: Default::default(),
+        recall: Default::default(),
     });
     // Held deliveries go back to their partitions; when the store has no room for that copy,
     // they are delivered from where they are, and those parked past their patience are
@@ -255,10 +256,13 @@ pub async fn run(
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
                 emit::Emit::emit(emit::GatesCounted::of(&ctx.gates));
-                let [gates, batches, lines] = gancho_telemetry::names::RETAINED_STRUCTURES;
+                let [gates, finished, handed_back, lines] =
+                    gancho_telemetry::names::RETAINED_STRUCTURES;
+                let (finished_n, handed_back_n) = ctx.recall.entries();
                 for (structure, n) in [
                     (gates, ctx.gates.entries()),
-                    (batches, ctx.batches_done.entries()),
+                    (finished, finished_n),
+                    (handed_back, handed_back_n),
                     (lines, ctx.failure_lines.entries()),
                 ] {
                     metrics::gauge!(gancho_telemetry::names::RETAINED_ENTRIES, "structure" => structure)

@@ -3,6 +3,7 @@
 //! now; admitted, it goes to the attempt stage.
 
 use super::outcome::Next;
+use super::recall::{Arrival, Ending, Left};
 use super::{keep_while, with_progress, Ctx, Unit, FULL_NAK_DELAY, NAK_DELAY};
 use crate::emit::{self, Emit as _};
 use crate::gate::{Admission, Turn};
@@ -40,16 +41,70 @@ impl Ctx {
         msg: jetstream::Message,
         leaving: tokio_util::sync::CancellationToken,
     ) -> Handled {
+        // Only the deliveries stream's messages are remembered (a held one delivered in place
+        // counts the held stream's sequences).
+        let seq = msg
+            .info()
+            .ok()
+            .filter(|i| i.stream == self.deliveries_stream)
+            .map(|i| i.stream_sequence);
+        let left = match seq.map(|seq| self.recall.arrive(seq, &msg)) {
+            None => Left::default(),
+            Some(Arrival::New(left)) => left,
+            Some(Arrival::Copy) => {
+                emit::CameBack(emit::Copy::InHand).emit();
+                return Handled::Done;
+            }
+            Some(Arrival::Finished) => {
+                emit::CameBack(emit::Copy::Finished).emit();
+                if let Err(e) = msg.ack().await {
+                    warn!(error = %e, "Cannot ack a copy of a finished delivery; it may come back again.");
+                }
+                return Handled::Done;
+            }
+        };
+        let left = std::sync::Mutex::new(left);
+        let handled = self.handle_message(&msg, &left, leaving).await;
+        let Some(seq) = seq else {
+            return handled;
+        };
+        let ending = match handled {
+            Handled::Done => Ending::Finished,
+            Handled::HandedBack => {
+                Ending::HandedBack(left.into_inner().unwrap_or_else(|e| e.into_inner()))
+            }
+        };
+        // Copies that came meanwhile share the first one's answer: the consumer knows one
+        // message, whichever delivery of it is answered.
+        for copy in self.recall.leave(seq, ending) {
+            let _ = match handled {
+                Handled::Done => copy.ack().await.map_err(|e| e.to_string()),
+                Handled::HandedBack => writes::hand_back(&copy, Some(NAK_DELAY))
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+        }
+        handled
+    }
+
+    /// [`Ctx::handle`] for a message that is not a copy of one in hand.
+    async fn handle_message(
+        &self,
+        msg: &jetstream::Message,
+        left: &std::sync::Mutex<Left>,
+        leaving: tokio_util::sync::CancellationToken,
+    ) -> Handled {
         let whole = Unit {
-            msg: &msg,
+            msg,
             alone: true,
+            left,
         };
         let batch = msg
             .headers
             .as_ref()
             .is_some_and(|h| h.get(gancho_core::subject::BATCH_HEADER).is_some());
         if batch {
-            return self.handle_batch(&msg, leaving).await;
+            return self.handle_batch(whole, leaving).await;
         }
         // From `Bytes`: the payload is a view of the message, not a second copy of it.
         match Delivery::decode(msg.payload.clone()) {
@@ -67,14 +122,15 @@ impl Ctx {
 
     /// Sends each delivery of a batch message as if it were alone, at once, and acks the
     /// message when every outcome is stored. When one cannot be stored, the message is handed
-    /// back whole, and this worker remembers which outcomes are stored so that it sends only
-    /// the others when the message comes back ([`BatchesDone`]).
+    /// back whole, and this worker remembers which outcomes are stored (and keeps the ones it
+    /// could not store) so that it sends only the others when the message comes back
+    /// ([`super::recall`]).
     async fn handle_batch(
         &self,
-        msg: &jetstream::Message,
+        whole: Unit<'_>,
         leaving: tokio_util::sync::CancellationToken,
     ) -> Handled {
-        let whole = Unit { msg, alone: true };
+        let msg = whole.msg;
         let batch = match DeliveryBatch::decode(msg.payload.clone()) {
             Ok(DeliveryBatch {
                 template: Some(template),
@@ -93,16 +149,15 @@ impl Ctx {
                 return self.finish(whole, None, None, next).await;
             }
         };
-        let unit = Unit { msg, alone: false };
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let mut done = if msg.info().is_ok_and(|i| i.delivered > 1) {
-            self.batches_done.take(seq)
-        } else {
-            Default::default()
+        let unit = Unit {
+            alone: false,
+            ..whole
         };
+        let stored =
+            std::mem::take(&mut whole.left.lock().unwrap_or_else(|e| e.into_inner()).stored);
         let each = endpoint_ids
             .into_iter()
-            .filter(|endpoint_id| !done.contains(endpoint_id))
+            .filter(|endpoint_id| !stored.contains(endpoint_id))
             .map(|endpoint_id| async {
                 let delivery = Delivery {
                     id: gancho_core::subject::delivery_id(&template.event_id, &endpoint_id),
@@ -116,11 +171,10 @@ impl Ctx {
         // one is waiting for.
         let handled = with_progress(msg, futures::future::join_all(each)).await;
         let mut all_done = true;
+        whole.left.lock().unwrap_or_else(|e| e.into_inner()).stored = stored;
         for (endpoint_id, handled) in handled {
             match handled {
-                Handled::Done => {
-                    done.insert(endpoint_id);
-                }
+                Handled::Done => Left::stored(whole.left, &endpoint_id),
                 Handled::HandedBack => all_done = false,
             }
         }
@@ -130,7 +184,6 @@ impl Ctx {
             }
             return Handled::Done;
         }
-        self.batches_done.keep(seq, done);
         let delay = if self.pressure.refusing() {
             FULL_NAK_DELAY
         } else {
@@ -157,6 +210,14 @@ impl Ctx {
         mut delivery: Delivery,
         leaving: tokio_util::sync::CancellationToken,
     ) -> Handled {
+        if let Some(decided) = Left::decided(unit.left, &delivery.endpoint_id) {
+            // Sent before, its outcome not stored: stored now, not sent again.
+            emit::CameBack(emit::Copy::OutcomesKept).emit();
+            delivery.attempts = decided.attempts;
+            return self
+                .finish(unit, Some(&delivery), decided.record, decided.next)
+                .await;
+        }
         loop {
             let snapshot = self.live.load_full();
             let ep = match self.standing(&snapshot, &delivery) {

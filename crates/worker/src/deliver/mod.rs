@@ -7,6 +7,7 @@
 mod attempt;
 mod intake;
 mod outcome;
+mod recall;
 
 use crate::gate::Gates;
 use crate::http;
@@ -69,6 +70,9 @@ fn keep_while<'a, F: std::future::Future + 'a>(
 struct Unit<'a> {
     msg: &'a jetstream::Message,
     alone: bool,
+    /// What was done of the message before it came back, and what is done of it now
+    /// ([`recall`]).
+    left: &'a std::sync::Mutex<recall::Left>,
 }
 
 impl Unit<'_> {
@@ -85,6 +89,8 @@ impl Unit<'_> {
 
 pub(crate) struct Ctx {
     pub js: jetstream::Context,
+    /// The deliveries stream's name, whose messages [`recall::Recall`] remembers.
+    pub deliveries_stream: String,
     pub subjects: Subjects,
     pub live: Arc<Live>,
     pub store: ConfigStore,
@@ -110,42 +116,9 @@ pub(crate) struct Ctx {
     pub health: crate::operational::Health,
     /// How often a failed attempt may be logged, per endpoint.
     pub failure_lines: FailureLines,
-    /// The deliveries of batch messages handed back whose outcomes are stored already.
-    pub batches_done: BatchesDone,
-}
-
-/// For each batch message this worker handed back (some delivery's outcome could not be
-/// stored), the endpoints whose outcomes were: when the message comes back to this worker,
-/// those are not sent again. A partition is served by one worker, so it normally comes back
-/// here; after a crash or a move the new worker sends them again (with their `webhook-id`).
-#[derive(Default)]
-pub(crate) struct BatchesDone(
-    std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<String>>>,
-);
-
-impl BatchesDone {
-    /// Most batch messages remembered; past it the memory is dropped (duplicates, never a
-    /// loss).
-    const MAX: usize = 10_000;
-
-    /// What was done of the message at stream sequence `seq`, forgotten here.
-    fn take(&self, seq: u64) -> std::collections::HashSet<String> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&seq).unwrap_or_default()
-    }
-
-    /// Batch messages remembered now.
-    pub(crate) fn entries(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn keep(&self, seq: u64, done: std::collections::HashSet<String>) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= Self::MAX {
-            map.clear();
-        }
-        map.insert(seq, done);
-    }
+    /// The deliveries messages this worker finished lately, has in hand, or handed back
+    /// with outcomes stored or kept.
+    pub recall: recall::Recall,
 }
 
 /// At most one failed-attempt line a second per endpoint.

@@ -2,6 +2,7 @@
 //! dead letter, its endpoint disabled) becomes the writes it needs, each awaited, and then
 //! the ack; a write that cannot be stored hands the delivery back instead.
 
+use super::recall::{Decided, Left};
 use super::{age, keep_while, Ctx, Unit, FULL_NAK_DELAY, FULL_PATIENCE, NAK_DELAY, WRITE_PATIENCE};
 use crate::emit::{self, Emit as _};
 use crate::gate::Gate;
@@ -36,6 +37,20 @@ pub(super) enum Next {
     },
     /// Set aside on the endpoint's held subject until it is resumed (no attempt).
     Hold,
+}
+
+/// Keeps the outcome of an attempt whose writes could not be stored, so that when its
+/// message comes back the outcome is stored instead of the webhook sent again. An outcome
+/// without an attempt (a deferral, a hold) is decided anew then.
+fn keep(unit: Unit<'_>, delivery: &Delivery, attempted: bool, record: Option<Attempt>, next: Next) {
+    if attempted {
+        let decided = Decided {
+            attempts: delivery.attempts,
+            record,
+            next,
+        };
+        Left::unstored(unit.left, &delivery.endpoint_id, decided);
+    }
 }
 
 /// The operational event an outcome sends.
@@ -135,9 +150,11 @@ impl Ctx {
         msg: jetstream::Message,
         delivery: Delivery,
     ) -> Handled {
+        let left = Default::default();
         let unit = Unit {
             msg: &msg,
             alone: true,
+            left: &left,
         };
         let next = self.outlived_dead_letter("parked");
         self.finish(unit, Some(&delivery), None, next).await
@@ -159,7 +176,8 @@ impl Ctx {
         let endpoint = delivery
             .map(|d| d.endpoint_id.as_str())
             .unwrap_or("_unknown");
-        if let Some(record) = record {
+        let attempted = record.is_some();
+        if let Some(record) = &record {
             // No Nats-Msg-Id: de-duplication costs the server on every delivery, and a
             // re-sent record (its PubAck was lost in a failover) is recognisable as such: the
             // same delivery id, attempt number and start time.
@@ -181,48 +199,26 @@ impl Ctx {
             Next::Disable { reason } => Some(Notice::Gone(reason.clone())),
             _ => None,
         };
-        let side = match next {
-            Next::Done => None,
-            Next::Retry { delay } => {
-                let delivery = delivery.expect("a retry has a decoded delivery");
-                emit::RetryScheduled.emit();
-                Some(self.retry_publish(unit.msg, delivery, delay))
-            }
-            Next::Defer { delay } => {
-                let delivery = delivery.expect("a deferral has a decoded delivery");
-                Some(self.retry_publish(unit.msg, delivery, delay))
-            }
-            Next::Dead { kind, reason } => Some(self.dead_publish(unit, delivery, kind, reason)),
-            Next::Hold => {
-                let delivery = delivery.expect("a held delivery is decoded");
-                Some(self.hold_publish(unit, delivery))
-            }
-            Next::Disable { reason } => {
-                let delivery = delivery.expect("a 410 has a decoded delivery");
-                if let Err(e) = self
-                    .store
-                    .update_endpoint(&delivery.tenant, &delivery.endpoint_id, |ep| {
-                        ep.disabled = true;
-                        ep.disabled_reason = Some(reason.clone());
-                        Ok(())
-                    })
-                    .await
-                {
-                    return self.nak(unit, &e).await;
+        let side = match self.side_write(unit, delivery, &next).await {
+            Ok(side) => side,
+            Err(e) => {
+                if let Some(delivery) = delivery {
+                    keep(unit, delivery, attempted, record, next);
                 }
-                emit::EndpointDisabled {
-                    endpoint: &delivery.endpoint_id,
-                    why: emit::Disabled::Gone,
-                }
-                .emit();
-                Some(self.dead_publish(unit, Some(delivery), DeadKind::EndpointGone, reason))
+                return self.nak(unit, &e).await;
             }
         };
         writes.extend(side);
         if let Some(op) = self.operational(delivery, notice) {
             writes.push(op);
         }
-        if let Err(e) = keep_while(unit, self.store_all(writes)).await {
+        if let Err((e, record_left)) = keep_while(unit, self.store_all(writes)).await {
+            if let Some(delivery) = delivery {
+                // A record stored already is not kept: stored twice, it would read as two
+                // attempts.
+                let record = record.filter(|_| record_left);
+                keep(unit, delivery, attempted, record, next);
+            }
             return self.nak(unit, &e).await;
         }
         if !unit.alone {
@@ -235,12 +231,65 @@ impl Ctx {
         Handled::Done
     }
 
+    /// The write `next` needs beside the attempt's record (a retry, a deferral, a dead
+    /// letter, a hold); for a 410, the endpoint is disabled first. `Err` when that cannot be
+    /// stored.
+    async fn side_write(
+        &self,
+        unit: Unit<'_>,
+        delivery: Option<&Delivery>,
+        next: &Next,
+    ) -> Result<Option<(String, PublishMessage)>, gancho_store::StoreError> {
+        Ok(match next {
+            Next::Done => None,
+            Next::Retry { delay } => {
+                let delivery = delivery.expect("a retry has a decoded delivery");
+                emit::RetryScheduled.emit();
+                Some(self.retry_publish(unit.msg, delivery, *delay))
+            }
+            Next::Defer { delay } => {
+                let delivery = delivery.expect("a deferral has a decoded delivery");
+                Some(self.retry_publish(unit.msg, delivery, *delay))
+            }
+            Next::Dead { kind, reason } => {
+                Some(self.dead_publish(unit, delivery, *kind, reason.clone()))
+            }
+            Next::Hold => {
+                let delivery = delivery.expect("a held delivery is decoded");
+                Some(self.hold_publish(unit, delivery))
+            }
+            Next::Disable { reason } => {
+                let delivery = delivery.expect("a 410 has a decoded delivery");
+                self.store
+                    .update_endpoint(&delivery.tenant, &delivery.endpoint_id, |ep| {
+                        ep.disabled = true;
+                        ep.disabled_reason = Some(reason.clone());
+                        Ok(())
+                    })
+                    .await?;
+                emit::EndpointDisabled {
+                    endpoint: &delivery.endpoint_id,
+                    why: emit::Disabled::Gone,
+                }
+                .emit();
+                Some(self.dead_publish(
+                    unit,
+                    Some(delivery),
+                    DeadKind::EndpointGone,
+                    reason.clone(),
+                ))
+            }
+        })
+    }
+
     /// Publishes every write and waits for its PubAck, re-sending the ones that fail (a
-    /// JetStream leader election takes seconds) until [`WRITE_PATIENCE`] runs out. Handing
-    /// the delivery back instead would send the webhook again, so it is the last resort.
-    /// Re-sends are safe: dead letters and immediate retries carry a `Nats-Msg-Id`, a
-    /// scheduled retry replaces the schedule on its subject, and an attempt record sent twice
-    /// is the same record twice.
+    /// JetStream leader election takes seconds) until [`WRITE_PATIENCE`] runs out, then
+    /// fails with whether the attempt record is among the writes not stored. The delivery is
+    /// then handed back with its outcome kept ([`super::recall`]), so the last resort sends
+    /// the webhook again only when its message goes to another worker. Re-sends are safe:
+    /// dead letters and immediate retries carry a `Nats-Msg-Id`, a scheduled retry replaces
+    /// the schedule on its subject, and an attempt record sent twice is the same record
+    /// twice.
     ///
     /// When JetStream has no room ([`refusal::Refusal::Full`]) an attempt record is left out
     /// (counted, and the delivery goes on: a full log must not stop delivery), and the other
@@ -249,7 +298,7 @@ impl Ctx {
     async fn store_all(
         &self,
         mut pending: Vec<(String, PublishMessage)>,
-    ) -> Result<(), jetstream::context::PublishError> {
+    ) -> Result<(), (jetstream::context::PublishError, bool)> {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -287,7 +336,8 @@ impl Ctx {
             };
             let patience = if full { FULL_PATIENCE } else { WRITE_PATIENCE };
             if start.elapsed() + backoff > patience {
-                return Err(last_error);
+                let record_left = pending.iter().any(|(s, _)| self.subjects.is_attempt(s));
+                return Err((last_error, record_left));
             }
             debug!(error = %last_error, writes = pending.len(), "JetStream did not take a write; trying again.");
             tokio::time::sleep(backoff).await;
