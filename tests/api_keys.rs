@@ -216,6 +216,8 @@ async fn every_route_answers_each_caller_as_documented() {
             403,
         ),
         ("GET", "/v1/tenants/acme/attempts".into(), None, 200, 403),
+        ("GET", "/v1/tenants/acme/audit-log".into(), None, 200, 403),
+        ("GET", "/v1/audit-log".into(), None, 403, 403),
         (
             "GET",
             "/v1/tenants/acme/dead-letters".into(),
@@ -682,7 +684,8 @@ async fn one_credential_cannot_flood_the_api() {
         .map(|(_, v)| v.parse().unwrap())
         .expect("a Retry-After");
     assert_eq!(retry, 1);
-    // Others are not held up by it: another key, and the admin token (never limited).
+    // Others are not held up by it: another key, and the admin token (not limited unless
+    // its operator says so, below).
     let (status, _) = api
         .call("GET", "/v1/tenants/acme/attempts", Some(&calm), None)
         .await;
@@ -715,6 +718,29 @@ async fn one_credential_cannot_flood_the_api() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("api_rate_limit"), "{stderr}");
+    drop(api);
+
+    // The admin token is limited only when its operator says so.
+    let (child, base) = env
+        .spawn_api_with(TOKEN, &[("GANCHO_ADMIN_RATE_LIMIT", "3")])
+        .await;
+    let api = Api { base, child };
+    let statuses: Vec<u16> = {
+        let mut all = Vec::new();
+        for _ in 0..8 {
+            all.push(api.call("GET", "/v1/tenants", Some(TOKEN), None).await.0);
+        }
+        all
+    };
+    // A burst of 6 at most (the start-up check took some): then 429s.
+    let ok = statuses.iter().take_while(|s| **s == 200).count();
+    assert!((1..=6).contains(&ok), "{statuses:?}");
+    assert!(statuses[ok..].iter().all(|s| *s == 429), "{statuses:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        api.call("GET", "/v1/tenants", Some(TOKEN), None).await.0,
+        200
+    );
 }
 
 /// Two api processes share each credential's rate: a key spread over both gets the rate

@@ -14,6 +14,7 @@ use crate::ApiState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use gancho_store::audit::{Actor, ActorKind};
 use gancho_store::model::api_key_hash;
 use gancho_store::Scope;
 use http::Method;
@@ -44,7 +45,24 @@ pub enum Principal {
         tenant: String,
         id: String,
         scope: Scope,
+        /// Who minted its link.
+        minted_by: Option<Actor>,
     },
+}
+
+impl Principal {
+    /// The caller as the audit log names it.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Principal::Admin => Actor::admin(),
+            Principal::Key { id, .. } => Actor::api_key(id),
+            Principal::Session { id, minted_by, .. } => Actor {
+                kind: ActorKind::PortalSession,
+                id: Some(id.clone()),
+                minted_by: minted_by.clone().map(Box::new),
+            },
+        }
+    }
 }
 
 /// What a route needs.
@@ -81,8 +99,12 @@ pub fn need(method: &Method, path: &str) -> Need {
         {
             Need::Tenant(Some(read_or_manage))
         }
-        // The delivery log of one event, and the tenant's.
-        "/tenants/{tenant}/events/{id}" | "/tenants/{tenant}/attempts" if method == Method::GET => {
+        // The delivery log of one event, the tenant's, and the tenant's audit log.
+        "/tenants/{tenant}/events/{id}"
+        | "/tenants/{tenant}/attempts"
+        | "/tenants/{tenant}/audit-log"
+            if method == Method::GET =>
+        {
             Need::Tenant(Some(Scope::Read))
         }
         // Sending events: a `manage` key may not forge events to its own receivers.
@@ -129,6 +151,7 @@ impl KeyCache {
                 tenant: s.tenant,
                 id: s.id,
                 scope: s.scope,
+                minted_by: s.minted_by,
             })
         } else {
             None
@@ -214,21 +237,22 @@ pub async fn authorize(
         need(req.method(), &route),
         path_tenant(req.uri().path()),
     )?;
-    // One credential's rate: API keys and portal sessions (the admin token is not limited).
-    let credential = match &principal {
-        Principal::Admin => None,
+    // One credential's rate: API keys and portal sessions, and the admin token when its
+    // operator limits it.
+    let limited = match &principal {
+        Principal::Admin => state.admin_rate_limit.map(|rate| ("admin", Some(rate))),
         Principal::Key { id, tenant, .. } | Principal::Session { id, tenant, .. } => {
-            Some((id, tenant))
+            // The tenant's own rate, when it has one; else the api's.
+            let rate = state
+                .live
+                .load()
+                .accounts
+                .get(tenant.as_str())
+                .and_then(|t| t.api_rate_limit_per_sec);
+            Some((id.as_str(), rate))
         }
     };
-    if let Some((id, tenant)) = credential {
-        // The tenant's own rate, when it has one; else the api's.
-        let rate = state
-            .live
-            .load()
-            .accounts
-            .get(tenant.as_str())
-            .and_then(|t| t.api_rate_limit_per_sec);
+    if let Some((id, rate)) = limited {
         if let Err(refused) = state.request_limits.take(id, rate) {
             metrics::counter!(
                 gancho_telemetry::names::API_RATE_LIMITED,

@@ -48,7 +48,7 @@ pub struct LogQuery {
 }
 
 /// The sequences `after..before` a query covers, and its page size.
-async fn bounds(log: &Log, q: &LogQuery) -> Result<(u64, u64, usize), ApiError> {
+pub(crate) async fn bounds(log: &Log, q: &LogQuery) -> Result<(u64, u64, usize), ApiError> {
     let page = crate::page::PageQuery {
         limit: q.limit.clone(),
         cursor: q.cursor.clone(),

@@ -13,6 +13,7 @@
 //! - `tenants`, `api_keys`, `endpoints`, `event_types`, `ingest`: the handlers.
 
 mod api_keys;
+mod audit;
 pub mod auth;
 pub mod client;
 mod endpoints;
@@ -116,6 +117,8 @@ pub struct ApiState {
     pub link_limits: Arc<client::LinkLimits>,
     /// How many `/v1` requests a second one API key or portal session may make.
     pub request_limits: Arc<client::CredentialLimits>,
+    /// How many `/v1` requests a second the admin token may make (`None`: no limit).
+    pub admin_rate_limit: Option<u32>,
     /// How many events a second each tenant may send through HTTP ingest.
     pub ingest_limits: Arc<client::SharedRates>,
 }
@@ -149,6 +152,8 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::redrive))
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::get, jobs::cancel))
+        .routes(routes!(audit::tenant_log))
+        .routes(routes!(audit::admin_log))
         .routes(routes!(event_types::list))
         .routes(routes!(
             event_types::put,
@@ -187,6 +192,10 @@ pub fn router(state: ApiState) -> Router {
         .expect("the OpenAPI document serializes")
         .into();
     let v1 = v1
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .route_layer(axum::middleware::from_fn(body_within))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

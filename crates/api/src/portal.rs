@@ -62,6 +62,7 @@ pub struct MintedLink {
 pub async fn mint(
     State(state): State<ApiState>,
     ClientAddr(client): ClientAddr,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     Path(tenant): Path<String>,
     Json(body): Json<MintSession>,
 ) -> Result<(StatusCode, axum::Json<MintedLink>), ApiError> {
@@ -88,7 +89,10 @@ pub async fn mint(
         ));
     };
     crate::require_tenant(&state, &tenant).await?;
-    let (session, token) = state.portal.mint(tenant.as_str(), scope, ttl).await?;
+    let (session, token) = state
+        .portal
+        .mint(tenant.as_str(), scope, ttl, principal.actor())
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(MintedLink {

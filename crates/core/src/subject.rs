@@ -68,6 +68,11 @@ impl Subjects {
     }
     /// Recover, replay and redrive jobs (`<tenant>.<job id>`), apart from the config so their
     /// progress does not wake every router and worker.
+    /// The audit log: every change made through the API, kept for `GANCHO_AUDIT_MAX_AGE`
+    /// and never deleted or purged.
+    pub fn audit_stream(&self) -> String {
+        format!("{}_AUDIT", self.upper)
+    }
     pub fn jobs_bucket(&self) -> String {
         format!("{}_jobs", self.prefix.replace('-', "_"))
     }
@@ -263,6 +268,23 @@ impl Subjects {
 
     /// `gancho.dead.<tenant>.<endpoint>.<kind>.<event token>` (`_` when the event could not
     /// be read): one dead letter.
+    /// `gancho.audit.<tenant>.<resource>`: one change to a tenant's `resource` (`tenant`,
+    /// `endpoint`, `api_key`, `event_type`, `portal_session`, `job`).
+    pub fn audit(&self, tenant: &str, resource: &str) -> String {
+        format!("{}.audit.{tenant}.{resource}", self.prefix)
+    }
+    /// The changes of one tenant (or every tenant), optionally to one kind of resource.
+    pub fn audit_filter(&self, tenant: Option<&str>, resource: Option<&str>) -> String {
+        format!(
+            "{}.audit.{}.{}",
+            self.prefix,
+            tenant.unwrap_or("*"),
+            resource.unwrap_or("*")
+        )
+    }
+    pub fn audit_wildcard(&self) -> String {
+        format!("{}.audit.>", self.prefix)
+    }
     pub fn dead(&self, tenant: &str, endpoint: &str, kind: &str, event_id: Option<&str>) -> String {
         format!(
             "{}.dead.{tenant}.{endpoint}.{kind}.{}",

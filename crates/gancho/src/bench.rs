@@ -695,6 +695,7 @@ impl Cluster {
             s.held_stream(),
             s.attempts_stream(),
             s.dead_stream(),
+            s.audit_stream(),
         ]
         .into_iter()
         .chain(buckets.iter().map(|b| format!("KV_{b}")));

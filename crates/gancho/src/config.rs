@@ -72,6 +72,10 @@ pub struct Flags {
     /// Default: 2m.
     #[arg(long, env = "GANCHO_DUPLICATE_WINDOW")]
     pub duplicate_window: Option<String>,
+    /// How long the audit log keeps a record, e.g. 400d, 7y (1d or more). Applied to an
+    /// existing stream at start-up. Default: 400d.
+    #[arg(long, env = "GANCHO_AUDIT_MAX_AGE")]
+    pub audit_max_age: Option<String>,
     /// Room for events, e.g. 50GiB (the stream refuses new events when full, never drops
     /// unrouted ones). Default: no limit of its own.
     #[arg(long, env = "GANCHO_EVENTS_MAX_BYTES")]
@@ -150,10 +154,14 @@ pub struct Flags {
     #[arg(long, env = "GANCHO_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
     /// Requests a second one API key or portal session may make on an api process's /v1
-    /// routes, with bursts of twice that; `off` for no limit (the admin token is never
-    /// limited). Default: 50.
+    /// routes, with bursts of twice that; `off` for no limit (the admin token has its own,
+    /// admin_rate_limit). Default: 50.
     #[arg(long, env = "GANCHO_API_RATE_LIMIT")]
     pub api_rate_limit: Option<String>,
+    /// Requests a second the admin token may make on an api process's /v1 routes, with
+    /// bursts of twice that; `off` for no limit. Default: off.
+    #[arg(long, env = "GANCHO_ADMIN_RATE_LIMIT")]
+    pub admin_rate_limit: Option<String>,
     /// Host names pinned to addresses, name=ip comma-separated (a name may repeat), answered
     /// before DNS; the private-address rule still applies. Default: none.
     #[arg(long, env = "GANCHO_RESOLVE")]
@@ -265,6 +273,7 @@ struct File {
     router_concurrency: Option<usize>,
     stall_warning_after: Option<String>,
     duplicate_window: Option<String>,
+    audit_max_age: Option<String>,
     events_max_bytes: Option<String>,
     deliveries_max_bytes: Option<String>,
     attempts_max_bytes: Option<String>,
@@ -284,6 +293,7 @@ struct File {
     portal_frame_ancestors: Option<String>,
     trusted_proxies: Option<String>,
     api_rate_limit: Option<String>,
+    admin_rate_limit: Option<String>,
     resolve: Option<String>,
 }
 
@@ -335,6 +345,8 @@ pub struct Config {
     pub stall_warning_after: std::time::Duration,
     /// The events stream's de-duplication window. Default 2 minutes.
     pub duplicate_window: std::time::Duration,
+    /// How long the audit log keeps a record. Default 400 days.
+    pub audit_max_age: std::time::Duration,
     pub events_max_bytes: Option<u64>,
     pub deliveries_max_bytes: Option<u64>,
     pub attempts_max_bytes: Option<u64>,
@@ -369,6 +381,8 @@ pub struct Config {
     pub trusted_proxies: gancho_api::client::TrustedProxies,
     /// Requests a second per credential on /v1; 0: not limited.
     pub api_rate_limit: u32,
+    /// Requests a second of the admin token on /v1; `None`: not limited.
+    pub admin_rate_limit: Option<u32>,
 }
 
 /// The encryption keys as configured (checked to be keys; never printed).
@@ -528,6 +542,7 @@ impl Config {
             dead_max_bytes: self.dead_max_bytes,
             attempts_max_records: Some(self.attempts_max_records),
             dead_max_records: Some(self.dead_max_records),
+            audit_max_age: self.audit_max_age,
         }
     }
 
@@ -666,6 +681,21 @@ impl Config {
                 ))
             }
         };
+        let audit_age = flags
+            .audit_max_age
+            .clone()
+            .or(file.audit_max_age)
+            .unwrap_or_else(|| "400d".into());
+        let audit_max_age = match humantime::parse_duration(audit_age.trim()) {
+            Ok(d) if d >= std::time::Duration::from_secs(86_400) => d,
+            _ => {
+                return Err(bad(
+                    "audit_max_age",
+                    &audit_age,
+                    "expected a duration of at least 1d, like 400d or 7y",
+                ))
+            }
+        };
         let size = |key: &str, flag: &Option<String>, file: Option<String>| {
             flag.clone()
                 .or(file)
@@ -792,6 +822,15 @@ impl Config {
                 ))
             })?,
         };
+        let admin_rate_limit = match flags.admin_rate_limit.clone().or(file.admin_rate_limit) {
+            None => None,
+            Some(v) if v.trim() == "off" => None,
+            Some(v) => Some(v.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid admin_rate_limit {v:?}: requests a second for the admin token, a whole number from 1 (e.g. 100), or off"
+                ))
+            })?),
+        };
         let extra_ca_file = flags.extra_ca_file.clone().or(file.extra_ca_file);
         if let Some(path) = &extra_ca_file {
             if !path.is_file() {
@@ -851,6 +890,7 @@ impl Config {
             router_concurrency,
             stall_warning_after,
             duplicate_window,
+            audit_max_age,
             events_max_bytes,
             deliveries_max_bytes,
             attempts_max_bytes,
@@ -869,6 +909,7 @@ impl Config {
             portal_public_url,
             trusted_proxies,
             api_rate_limit,
+            admin_rate_limit,
             portal_frame_ancestors,
         })
     }

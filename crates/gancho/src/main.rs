@@ -96,6 +96,8 @@ enum Command {
     DeadLetters(manage::DeadLetters),
     /// Recover, replay and redrive: send again what an endpoint missed, as jobs.
     Jobs(manage::Jobs),
+    /// Who changed what, and when: the audit log.
+    Audit(manage::Audit),
     /// Manage a tenant's event catalog: descriptions, JSON Schemas, examples.
     #[command(name = "event-types")]
     EventTypes(manage::EventTypes),
@@ -199,6 +201,7 @@ fn main() {
             Command::Attempts(args) => manage::attempts(args).await,
             Command::DeadLetters(args) => manage::dead_letters(args).await,
             Command::Jobs(args) => manage::jobs(args).await,
+            Command::Audit(args) => manage::audit(args).await,
             Command::Keygen => {
                 use std::io::Write;
                 writeln!(std::io::stdout(), "{}", gancho_store::Keyring::generate())?;

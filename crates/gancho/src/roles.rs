@@ -301,6 +301,7 @@ pub async fn start(
             request_limits: Arc::new(gancho_api::client::CredentialLimits::new(
                 config.api_rate_limit,
             )),
+            admin_rate_limit: config.admin_rate_limit,
             ingest_limits: Arc::new(gancho_api::client::SharedRates::ingest()),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());

@@ -14,6 +14,7 @@
 //! - [`jobs`]: recover, replay and redrive jobs, kept in their own bucket.
 //! - [`log`]: reading the attempt log and the dead letters newest first.
 
+pub mod audit;
 pub mod budget;
 pub mod by_tenant;
 pub mod consume;

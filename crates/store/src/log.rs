@@ -72,13 +72,17 @@ impl Log {
     }
 
     /// The first sequence stored at or after `t` (any subject), or [`Log::end`] if none.
+    /// nats-server answers a time after the last record with the stream's first record, so
+    /// a record older than `t` means none: without this check, `since` in the future read
+    /// the whole log, `until` in the future read nothing, and a replay from a time after the
+    /// last event replayed every event.
     pub async fn sequence_at(&self, t: OffsetDateTime) -> Result<u64, LogError> {
         let req = serde_json::json!({
             "start_time": t.format(&time::format_description::well_known::Rfc3339).map_err(|e| self.err(e))?,
         });
         match self.request(req).await? {
-            Some(first) => Ok(first.seq),
-            None => self.end().await,
+            Some(first) if first.time >= t => Ok(first.seq),
+            _ => self.end().await,
         }
     }
 

@@ -56,13 +56,17 @@ pub struct PortalSession {
     pub session_hash: Option<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// Who minted the link (the admin token or an API key): the audit log names them beside
+    /// the session for every change it makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted_by: Option<crate::audit::Actor>,
 }
 
 /// What using a link gave.
 #[derive(Debug)]
 pub enum Redeemed {
     /// A session started: its record and its token (`gps_` and 40 characters), shown once.
-    Started(PortalSession, String),
+    Started(Box<PortalSession>, String),
     /// The link was used before (by anyone, on any api process).
     Used,
     /// The link was not used within [`LINK_TTL`].
@@ -95,6 +99,7 @@ impl PortalStore {
         tenant: &str,
         scope: Scope,
         ttl: Duration,
+        minted_by: crate::audit::Actor,
     ) -> Result<(PortalSession, String), StoreError> {
         let now = now();
         let token = random_id("gpl_", 40);
@@ -108,6 +113,7 @@ impl PortalStore {
             link_hash: api_key_hash(&token),
             session_hash: None,
             expires_at: None,
+            minted_by: Some(minted_by),
         };
         self.put(&link_key(&session.link_hash), &session.reference())
             .await?;
@@ -144,7 +150,7 @@ impl PortalStore {
         session.expires_at = Some(now + Duration::from_secs(session.ttl_secs));
         let bytes = serde_json::to_vec(&session).map_err(backend)?;
         match self.kv.update(&key, bytes.into(), revision).await {
-            Ok(_) => Ok(Redeemed::Started(session, token)),
+            Ok(_) => Ok(Redeemed::Started(Box::new(session), token)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 // Another api process used it first (or the session was ended meanwhile).
                 let _ = self.kv.delete(session_hash_key(&session_hash)).await;

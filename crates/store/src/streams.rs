@@ -102,6 +102,8 @@ pub struct StreamSettings {
     pub attempts_max_records: Option<u64>,
     /// Dead letters kept; past it the oldest go (their subjects name their event too).
     pub dead_max_records: Option<u64>,
+    /// How long the audit log keeps a record ([`crate::audit`]).
+    pub audit_max_age: Duration,
 }
 
 /// Records the attempt log keeps by default: about 0.5 GiB of nats-server's heap for their
@@ -122,6 +124,7 @@ impl Default for StreamSettings {
             dead_max_bytes: None,
             attempts_max_records: Some(DEFAULT_ATTEMPTS_MAX_RECORDS),
             dead_max_records: Some(DEFAULT_DEAD_MAX_RECORDS),
+            audit_max_age: crate::audit::DEFAULT_MAX_AGE,
         }
     }
 }
@@ -137,7 +140,7 @@ fn limit(n: Option<u64>) -> i64 {
     n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Creates the four streams and the config bucket if missing, with default settings.
+/// Creates the streams and the config bucket if missing, with default settings.
 pub async fn ensure(
     js: jetstream::Context,
     subjects: Subjects,
@@ -154,7 +157,7 @@ pub async fn ensure(
     .await
 }
 
-/// Creates the four streams and the config bucket if missing, and brings existing streams to
+/// Creates the streams and the config bucket if missing, and brings existing streams to
 /// `settings` and to this version's design: subjects, discard policy, limits, ages and the
 /// duplicate window are updated (replicas too, and the config bucket's history and replicas),
 /// one log line per change. A stream whose retention differs
@@ -224,6 +227,8 @@ pub async fn ensure_with(
             max_age: LOG_MAX_AGE,
             max_bytes: limit(settings.attempts_max_bytes),
             max_messages: limit(settings.attempts_max_records),
+            // The server's own default: left out, every start-up "changed" it to 0.
+            duplicate_window: DUPLICATE_WINDOW,
             discard: stream::DiscardPolicy::Old,
             // The delivery log is read with direct gets (crate::log).
             allow_direct: true,
@@ -236,7 +241,23 @@ pub async fn ensure_with(
             max_age: LOG_MAX_AGE,
             max_bytes: limit(settings.dead_max_bytes),
             max_messages: limit(settings.dead_max_records),
+            // The server's own default: left out, every start-up "changed" it to 0.
+            duplicate_window: DUPLICATE_WINDOW,
             discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // Nobody may remove a record before its age (not even by purging the stream):
+        // `deny_delete` and `deny_purge`.
+        stream::Config {
+            name: subjects.audit_stream(),
+            subjects: vec![subjects.audit_wildcard()],
+            max_age: settings.audit_max_age,
+            max_bytes: -1,
+            deny_delete: true,
+            deny_purge: true,
+            duplicate_window: DUPLICATE_WINDOW,
             allow_direct: true,
             num_replicas: replicas,
             ..Default::default()
@@ -379,6 +400,12 @@ fn reconcile(
     if want.allow_direct && !have.allow_direct {
         info!(stream = %name, "Allowing direct gets (the delivery log reads them).");
         updated.allow_direct = true;
+        changed = true;
+    }
+    if (want.deny_delete && !have.deny_delete) || (want.deny_purge && !have.deny_purge) {
+        info!(stream = %name, "Refusing deletes and purges of the stream's records.");
+        updated.deny_delete |= want.deny_delete;
+        updated.deny_purge |= want.deny_purge;
         changed = true;
     }
     if have.num_replicas != want.num_replicas {

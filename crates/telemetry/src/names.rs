@@ -34,10 +34,13 @@ pub const API_RETAINED_STRUCTURES: [&str; 6] = [
 ];
 /// `/v1` requests refused with 429 because their credential (an API key, a portal session)
 /// was past its rate, by `group`: the route's resource (`endpoints`, `attempts`, `events`,
-/// `dead-letters`, `jobs`, `event-types`, `api-keys`, `portal-sessions`, `tenant`).
+/// `dead-letters`, `jobs`, `event-types`, `api-keys`, `portal-sessions`, `audit-log`, `tenant`).
 pub const API_RATE_LIMITED: &str = "gancho_api_rate_limited_total";
+/// Changes made through the API whose audit record could not be stored (JetStream did not
+/// take it): the change stands; the record is missing.
+pub const AUDIT_UNRECORDED: &str = "gancho_audit_unrecorded_total";
 /// The `group` label values of [`API_RATE_LIMITED`].
-pub const API_ROUTE_GROUPS: [&str; 9] = [
+pub const API_ROUTE_GROUPS: [&str; 10] = [
     "endpoints",
     "attempts",
     "events",
@@ -46,6 +49,7 @@ pub const API_ROUTE_GROUPS: [&str; 9] = [
     "event-types",
     "api-keys",
     "portal-sessions",
+    "audit-log",
     "tenant",
 ];
 
@@ -231,6 +235,10 @@ pub fn describe_all() {
     describe_counter!(
         API_RATE_LIMITED,
         "/v1 requests refused with 429 because their API key or portal session was past its rate, by route group."
+    );
+    describe_counter!(
+        AUDIT_UNRECORDED,
+        "Changes made through the API whose audit record could not be stored."
     );
     describe_gauge!(
         RETAINED_ENTRIES,
