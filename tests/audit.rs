@@ -578,3 +578,97 @@ async fn a_read_key_reads_the_log_and_cannot_change_anything() {
         .unwrap();
     assert!(!out.status.success(), "a key read every tenant's log");
 }
+
+/// A change whose audit record was not stored when it was made (the audit stream is gone for
+/// the moment, so JetStream refuses the record) and whose api is then SIGKILLed, as if it
+/// died between the change and its record, is recorded by the next api's catch-up at
+/// start-up, with who made it; a change that was refused is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_api_died_before_its_record_is_recorded_after_restart() {
+    let env = support::Env::new().await;
+    let (child, base) = env.spawn_api_with(TOKEN, &[]).await;
+    let mut api = Api { base, child };
+    api.ok(TOKEN, "POST", "/v1/tenants", Some(json!({"id": "acme"})))
+        .await;
+    let key = api
+        .ok(
+            TOKEN,
+            "POST",
+            "/v1/tenants/acme/api-keys",
+            Some(json!({"name": "ops", "scopes": ["manage"]})),
+        )
+        .await;
+    let (key_id, key) = (
+        key["id"].as_str().unwrap().to_owned(),
+        key["key"].as_str().unwrap().to_owned(),
+    );
+    env.js
+        .delete_stream(env.layout.subjects.audit_stream())
+        .await
+        .unwrap();
+    // Made (answered 2xx), their records refused.
+    api.ok(
+        &key,
+        "POST",
+        "/v1/tenants/acme/endpoints",
+        Some(json!({"id": "ep1", "url": "https://hooks.example.com/a"})),
+    )
+    .await;
+    let made = api
+        .ok(
+            TOKEN,
+            "POST",
+            "/v1/tenants/acme/api-keys",
+            Some(json!({"name": "ci", "scopes": ["read"]})),
+        )
+        .await;
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/api-keys",
+            &key,
+            Some(json!({"name": "x", "scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(status, 403, "a manage key may not make keys");
+    api.ok(&key, "POST", "/v1/tenants/acme/endpoints/ep1/pause", None)
+        .await;
+    support::kill9(&mut api.child);
+    // Its entry among the live api processes expires (6 s); a new api settles its changes at
+    // start-up.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (child, base) = env.spawn_api_with(TOKEN, &[]).await;
+    let api = Api { base, child };
+    let mut log = Vec::new();
+    for _ in 0..100 {
+        log = api.log(TOKEN, "/v1/tenants/acme/audit-log").await;
+        if log.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let made_id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        rows(&log),
+        [
+            (
+                "endpoint".into(),
+                "ep1".into(),
+                "created".into(),
+                key_id.clone()
+            ),
+            ("api_key".into(), made_id, "created".into(), "admin".into()),
+            (
+                "endpoint".into(),
+                "ep1".into(),
+                "paused".into(),
+                key_id.clone()
+            ),
+        ]
+    );
+    assert_eq!(log[0]["fields"], json!(["id", "url"]));
+    // Settled: nothing is left under way, and a second pass writes nothing again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = api.log(TOKEN, "/v1/tenants/acme/audit-log").await;
+    assert_eq!(again.len(), 3);
+}

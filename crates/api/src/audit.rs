@@ -12,14 +12,15 @@ use crate::error::{tenant_id, unavailable, ApiError, Path, Query};
 use crate::history::LogQuery;
 use crate::page::{cursor, Page};
 use crate::ApiState;
+use async_nats::jetstream::kv;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use gancho_store::audit::{Record, RESOURCES};
+use gancho_store::audit::{Bucket, Intent, Record, RESOURCES};
 use gancho_store::log::Log;
 use http::Method;
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Where a change's resource id comes from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -141,10 +142,15 @@ fn path_params(route: &str, path: &str) -> (Option<String>, Option<String>) {
 
 /// The middleware on every `/v1` route (inside [`crate::auth::authorize`]): records each
 /// successful change in the audit log before the answer goes out, so that a client that got
-/// its 2xx finds the record. A record that cannot be stored is logged and counted
-/// (`gancho_audit_unrecorded_total`); the change stands and its answer is not turned into an
-/// error, which would invite the client to make it twice.
+/// its 2xx finds the record. Before the request runs, the change is written down as under way
+/// ([`Intent`]), or the request is refused with 503 and nothing is changed: a change is never
+/// made without a trace. The intent is removed once the record is stored, or when the request
+/// is refused; one left behind (the api died between the change and its record, or JetStream
+/// did not take the record) is settled by [`catch_up`]. A record that cannot be stored is
+/// logged and counted (`gancho_audit_unrecorded_total`) and the change's answer stands:
+/// turning it into an error would invite the client to make the change twice.
 pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse as _;
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -157,7 +163,7 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         return next.run(req).await;
     };
     let request = format!("{} {}", req.method(), req.uri().path());
-    let (tenant, path_id) = path_params(&route, req.uri().path());
+    let (path_tenant, path_id) = path_params(&route, req.uri().path());
     // The body is in memory already (`body_within`).
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -165,8 +171,34 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         .unwrap_or_default();
     let fields = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
         .unwrap_or_default();
+    let (record, tenant, known_id) =
+        draft(change, &principal, request, path_tenant, path_id, &fields);
+    // A request without a tenant, or with ids no key can hold, changes nothing (it is
+    // refused); no intent for it.
+    let key_safe =
+        tenant.as_deref().is_some_and(key_token_ok) && known_id.as_deref().is_none_or(key_token_ok);
+    let intent = match &tenant {
+        Some(tenant) if key_safe => {
+            match intent(&state, record.clone(), tenant, known_id.as_deref()).await {
+                Ok(intent) => Some(intent),
+                Err(e) => {
+                    warn!(error = %e, "Cannot write down a change before making it; refusing it.");
+                    return ApiError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the audit log cannot take this change now, so it was not made; try again in a few seconds",
+                )
+                .into_response();
+                }
+            }
+        }
+        _ => None,
+    };
     let response = next.run(Request::from_parts(parts, bytes.into())).await;
     if !response.status().is_success() {
+        if let Some(intent) = &intent {
+            let _ = state.layout.audit_pending.delete(&intent.record.id).await;
+        }
         return response;
     }
     let created = response.status() == http::StatusCode::CREATED;
@@ -183,39 +215,319 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
             (Response::from_parts(parts, bytes.into()), id)
         }
     };
-    // A tenant made by the request is named by the answer.
-    let tenant = tenant.or_else(|| {
-        (change.resource == "tenant")
-            .then(|| answer_id.clone())
-            .flatten()
-    });
-    let resource_id = match change.resource {
-        "tenant" => tenant.clone(),
-        _ => answer_id.or(path_id),
-    };
-    let (Some(tenant), Some(resource_id)) = (tenant, resource_id) else {
-        warn!(%request, "A change with no tenant or resource id in its path or answer; not recorded.");
+    if tenant.is_none() {
+        warn!(request = %record.request, "A change with no tenant in its path or body; not recorded.");
         metrics::counter!(gancho_telemetry::names::AUDIT_UNRECORDED).increment(1);
         return response;
+    }
+    finish(&state, record, answer_id, action(change, &fields, created)).await;
+    response
+}
+
+/// Whether `s` can stand in a KV key: dot-separated tokens of letters, digits, `-`, `_`
+/// and `=`.
+fn key_token_ok(s: &str) -> bool {
+    (1..=256).contains(&s.len())
+        && s.split('.').all(|t| !t.is_empty())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+}
+
+/// The record a request would make if it succeeds, its tenant and the resource's id when
+/// known before it runs (a resource made under an id the request gives, a tenant or an
+/// endpoint, is known now).
+fn draft(
+    change: Change,
+    principal: &Principal,
+    request: String,
+    path_tenant: Option<String>,
+    path_id: Option<String>,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> (Record, Option<String>, Option<String>) {
+    let body_id = fields.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+    let tenant = match change.resource {
+        "tenant" => path_tenant.or_else(|| body_id.clone()),
+        _ => path_tenant,
+    };
+    let known_id = match (change.resource, change.id) {
+        ("tenant", _) => tenant.clone(),
+        (_, Id::Path) => path_id,
+        (_, Id::Answer) => body_id,
     };
     let record = Record {
         id: gancho_store::model::random_id("aud_", 20),
         at: time::OffsetDateTime::now_utc(),
-        tenant,
+        tenant: tenant.clone().unwrap_or_default(),
         actor: principal.actor(),
         resource: change.resource.to_owned(),
-        resource_id,
-        action: action(change, &fields, created).to_owned(),
-        fields: field_names(&fields),
+        resource_id: known_id.clone().unwrap_or_default(),
+        action: action(change, fields, false).to_owned(),
+        fields: field_names(fields),
         request,
     };
-    if let Err(e) =
-        gancho_store::audit::write(&state.layout.js, &state.layout.subjects, &record).await
-    {
-        warn!(error = %e, tenant = %record.tenant, resource = %record.resource, action = %record.action, "Cannot record a change in the audit log.");
-        metrics::counter!(gancho_telemetry::names::AUDIT_UNRECORDED).increment(1);
+    (record, tenant, known_id)
+}
+
+/// Stores the record of a change made (its id from the answer when the request made it),
+/// then removes its intent; when JetStream does not take it, the intent stays for the
+/// catch-up.
+async fn finish(state: &ApiState, mut record: Record, answer_id: Option<String>, action: &str) {
+    if let Some(id) = answer_id {
+        record.resource_id = id;
     }
-    response
+    action.clone_into(&mut record.action);
+    match gancho_store::audit::write(&state.layout.js, &state.layout.subjects, &record).await {
+        Ok(()) => {
+            let _ = state.layout.audit_pending.delete(&record.id).await;
+        }
+        Err(e) => {
+            warn!(error = %e, tenant = %record.tenant, resource = %record.resource, action = %record.action, "Cannot record a change in the audit log now; it is recorded later.");
+            metrics::counter!(gancho_telemetry::names::AUDIT_UNRECORDED).increment(1);
+        }
+    }
+}
+
+/// Where `resource` of `tenant` (with `id`, when known) lives: its bucket, its key, and the
+/// prefix a new one's key appears under.
+fn place(resource: &str, tenant: &str, id: Option<&str>) -> (Bucket, Option<String>, String) {
+    use gancho_core::Subjects;
+    match resource {
+        "tenant" => (
+            Bucket::Config,
+            Some(Subjects::tenant_key(tenant)),
+            "tenants.".into(),
+        ),
+        "endpoint" => (
+            Bucket::Config,
+            id.map(|id| Subjects::endpoint_key(tenant, id)),
+            format!("endpoints.{tenant}."),
+        ),
+        "api_key" => (
+            Bucket::Config,
+            id.map(|id| Subjects::api_key_key(tenant, id)),
+            format!("api_keys.{tenant}."),
+        ),
+        "event_type" => (
+            Bucket::Config,
+            id.map(|id| Subjects::event_type_key(tenant, id)),
+            format!("event_types.{tenant}."),
+        ),
+        "portal_session" => (
+            Bucket::Portal,
+            id.map(|id| gancho_store::portal::record_key(tenant, id)),
+            format!("sessions.{tenant}."),
+        ),
+        _ => (
+            Bucket::Jobs,
+            id.map(|id| gancho_store::jobs::key(tenant, id)),
+            format!("{tenant}."),
+        ),
+    }
+}
+
+fn bucket(state: &ApiState, b: Bucket) -> &kv::Store {
+    match b {
+        Bucket::Config => &state.layout.config,
+        Bucket::Jobs => &state.layout.jobs,
+        Bucket::Portal => &state.layout.portal,
+    }
+}
+
+/// The revision of `key` (a deletion's included; 0 when it never was).
+async fn revision(kv: &kv::Store, key: &str) -> Result<u64, String> {
+    Ok(kv
+        .entry(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_or(0, |e| e.revision))
+}
+
+/// Writes down `record` as under way, with where to look for its change afterwards.
+async fn intent(
+    state: &ApiState,
+    record: Record,
+    tenant: &str,
+    id: Option<&str>,
+) -> Result<Intent, String> {
+    let (b, key, prefix) = place(&record.resource, tenant, id);
+    let kv = bucket(state, b);
+    let before = match &key {
+        Some(key) => revision(kv, key).await?,
+        None => {
+            kv.stream
+                .get_info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .last_sequence
+        }
+    };
+    let intent = Intent {
+        record,
+        owner: state.process_id.to_string(),
+        bucket: b,
+        key,
+        prefix,
+        before,
+    };
+    let value = serde_json::to_vec(&intent).map_err(|e| e.to_string())?;
+    state
+        .layout
+        .audit_pending
+        .put(&intent.record.id, value.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(intent)
+}
+
+/// How often the catch-up looks for changes left behind.
+const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// A change under way whose api is alive is left to it for this long.
+const OWNER_PATIENCE: time::Duration = time::Duration::seconds(60);
+
+/// At start-up and every minute: settles each change left under way by an api that died (or
+/// one that has been under way for a minute): made (its resource's record moved past where it
+/// was), it is recorded unless its record is there already; not made, it is dropped.
+pub async fn catch_up(state: ApiState, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        match settle_all(&state).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                records = n,
+                "Recorded changes whose audit records were missing."
+            ),
+            Err(e) => {
+                warn!(error = %e, "Cannot look for changes missing from the audit log; trying again in a minute.")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CATCH_UP_EVERY) => {}
+        }
+    }
+}
+
+/// One pass of [`catch_up`]: how many records it wrote.
+pub async fn settle_all(state: &ApiState) -> Result<usize, String> {
+    use futures::TryStreamExt as _;
+    let pending = &state.layout.audit_pending;
+    let ids: Vec<String> = pending
+        .keys()
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut written = 0;
+    for id in ids {
+        let Some(entry) = pending.entry(&id).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let Ok(intent) = serde_json::from_slice::<Intent>(&entry.value) else {
+            let _ = pending.delete(&id).await;
+            continue;
+        };
+        let owner_alive = state
+            .layout
+            .apis
+            .entry(&intent.owner)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.operation == kv::Operation::Put);
+        if owner_alive && time::OffsetDateTime::now_utc() - intent.record.at < OWNER_PATIENCE {
+            continue;
+        }
+        if let Some(record) = made(state, intent).await? {
+            if !recorded(state, &record).await? {
+                gancho_store::audit::write(&state.layout.js, &state.layout.subjects, &record)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                metrics::counter!(gancho_telemetry::names::AUDIT_CAUGHT_UP).increment(1);
+                written += 1;
+            }
+        }
+        pending.delete(&id).await.map_err(|e| e.to_string())?;
+    }
+    Ok(written)
+}
+
+/// The record of `intent` when its change was made: its resource's record moved past
+/// `before` (for a job's cancelling, the job is cancelled; for a resource made under a new
+/// id, one key appeared under the prefix, whose id the record takes).
+async fn made(state: &ApiState, intent: Intent) -> Result<Option<Record>, String> {
+    let kv = bucket(state, intent.bucket);
+    let mut record = intent.record;
+    if let Some(key) = &intent.key {
+        if revision(kv, key).await? == intent.before {
+            return Ok(None);
+        }
+        if record.resource == "job" && record.action == "cancelled" {
+            let cancelled = kv
+                .get(key)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+                .is_some_and(|job| job["state"] == "cancelled");
+            if !cancelled {
+                return Ok(None);
+            }
+        }
+        return Ok(Some(record));
+    }
+    // Made under a new id: the keys that appeared under the prefix since.
+    let log = Log::new(state.layout.js.clone(), kv.stream_name.clone());
+    let filter = format!("{}{}>", kv.prefix, intent.prefix);
+    let end = log.end().await.map_err(|e| e.to_string())?;
+    let appeared: std::collections::BTreeSet<String> = log
+        .range(&filter, intent.before + 1, end, 1_000)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|r| {
+            r.subject
+                .strip_prefix(&format!("{}{}", kv.prefix, intent.prefix))
+                .map(str::to_owned)
+        })
+        .collect();
+    match appeared.len() {
+        0 => Ok(None),
+        // Several made at once: which one is this change's is not known.
+        1 => {
+            record.resource_id = appeared.into_iter().next().unwrap_or_default();
+            Ok(Some(record))
+        }
+        _ => Ok(Some(record)),
+    }
+}
+
+/// Whether the audit log holds `record` already (its api stored it, then died before
+/// removing the intent).
+async fn recorded(state: &ApiState, record: &Record) -> Result<bool, String> {
+    let log = Log::new(
+        state.layout.js.clone(),
+        state.layout.subjects.audit_stream(),
+    );
+    let from = log
+        .sequence_at(record.at - time::Duration::seconds(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = log.end().await.map_err(|e| e.to_string())?;
+    let filter = state
+        .layout
+        .subjects
+        .audit(&record.tenant, &record.resource);
+    Ok(log
+        .range(&filter, from, end, 100_000)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|r| {
+            serde_json::from_slice::<Record>(&r.payload).is_ok_and(|stored| stored.id == record.id)
+        }))
 }
 
 /// `?resource=&actor=&limit=&cursor=&since=&until=`.

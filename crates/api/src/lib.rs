@@ -13,7 +13,7 @@
 //! - `tenants`, `api_keys`, `endpoints`, `event_types`, `ingest`: the handlers.
 
 mod api_keys;
-mod audit;
+pub mod audit;
 pub mod auth;
 pub mod client;
 mod endpoints;
@@ -119,6 +119,9 @@ pub struct ApiState {
     pub request_limits: Arc<client::CredentialLimits>,
     /// How many `/v1` requests a second the admin token may make (`None`: no limit).
     pub admin_rate_limit: Option<u32>,
+    /// This process's key in the api processes' bucket: the owner of its changes under way
+    /// ([`gancho_store::audit::Intent`]).
+    pub process_id: Arc<str>,
     /// How many events a second each tenant may send through HTTP ingest.
     pub ingest_limits: Arc<client::SharedRates>,
 }

@@ -73,6 +73,11 @@ impl Subjects {
     pub fn audit_stream(&self) -> String {
         format!("{}_AUDIT", self.upper)
     }
+    /// Changes under way through the API, each written before its request runs and removed
+    /// once its audit record is stored: what the api's catch-up finds after a crash.
+    pub fn audit_pending_bucket(&self) -> String {
+        format!("{}_audit_pending", self.prefix.replace('-', "_"))
+    }
     pub fn jobs_bucket(&self) -> String {
         format!("{}_jobs", self.prefix.replace('-', "_"))
     }

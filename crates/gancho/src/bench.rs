@@ -688,6 +688,7 @@ impl Cluster {
             s.workers_bucket(),
             s.apis_bucket(),
             s.portal_bucket(),
+            s.audit_pending_bucket(),
         ];
         let streams = [
             s.events_stream(),

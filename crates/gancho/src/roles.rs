@@ -284,6 +284,7 @@ pub async fn start(
                     .into(),
             )
         })?;
+        let process_id = gancho_store::members::new_id();
         let state = gancho_api::ApiState {
             store: gancho_store::ConfigStore::new(&layout),
             admin_token: token.into(),
@@ -302,6 +303,7 @@ pub async fn start(
                 config.api_rate_limit,
             )),
             admin_rate_limit: config.admin_rate_limit,
+            process_id: process_id.as_str().into(),
             ingest_limits: Arc::new(gancho_api::client::SharedRates::ingest()),
         };
         gancho_api::jobs::spawn(state.clone(), cancel.clone());
@@ -310,10 +312,13 @@ pub async fn start(
         let (alive_tx, mut alive) = tokio::sync::watch::channel(1usize);
         tokio::spawn(gancho_store::members::count(
             layout.apis.clone(),
-            gancho_store::members::new_id(),
+            process_id,
             alive_tx,
             cancel.clone(),
         ));
+        // Changes whose audit record an api could not store (it died, or JetStream did not
+        // take the record): recorded now if they were made.
+        tokio::spawn(gancho_api::audit::catch_up(state.clone(), cancel.clone()));
         let (limits, ingest) = (state.request_limits.clone(), state.ingest_limits.clone());
         tokio::spawn(async move {
             while alive.changed().await.is_ok() {

@@ -111,6 +111,42 @@ pub struct Record {
     pub request: String,
 }
 
+/// How long a change under way is kept when nothing settles it (the api's catch-up does,
+/// within a minute of its owner's death).
+pub const PENDING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Which bucket a resource's record lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    Config,
+    Jobs,
+    Portal,
+}
+
+/// A change under way: written (under its record's id, in the `audit_pending` bucket) before
+/// its request runs, removed once its record is stored or the request is refused. One left
+/// behind (its api died between the change and its record, or could not store the record)
+/// is settled by the api's catch-up: if the resource's record in `bucket` moved past
+/// `before`, the change was made and its record is written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Intent {
+    /// The record to write; `resource_id` is empty for a resource made by the request when
+    /// its id is not in the request.
+    pub record: Record,
+    /// The api process that runs the request (its key in the api processes' bucket).
+    pub owner: String,
+    pub bucket: Bucket,
+    /// The resource's key in `bucket`, when known before the request runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Where the key of a resource the request makes appears (`endpoints.acme.`).
+    pub prefix: String,
+    /// The key's revision before the request (0: none); for a resource made under a new
+    /// id, the bucket's last sequence.
+    pub before: u64,
+}
+
 /// Why a record could not be stored.
 pub type WriteError = async_nats::jetstream::context::PublishError;
 

@@ -73,7 +73,8 @@ pub struct Job {
     pub lease_until: Option<OffsetDateTime>,
 }
 
-fn key(tenant: &str, id: &str) -> String {
+/// A job's key in the jobs bucket.
+pub fn key(tenant: &str, id: &str) -> String {
     format!("{tenant}.{id}")
 }
 

@@ -244,7 +244,8 @@ impl PortalSession {
     }
 }
 
-fn record_key(tenant: &str, id: &str) -> String {
+/// A session's record key in the portal bucket.
+pub fn record_key(tenant: &str, id: &str) -> String {
     format!("sessions.{tenant}.{id}")
 }
 

@@ -34,6 +34,8 @@ pub struct Layout {
     pub apis: kv::Store,
     /// Portal links and sessions ([`crate::portal`]).
     pub portal: kv::Store,
+    /// Changes under way through the API ([`crate::audit::Intent`]).
+    pub audit_pending: kv::Store,
     /// None by default ([`Layout::with_keyring`]): enough for the router.
     pub keyring: std::sync::Arc<crate::Keyring>,
 }
@@ -324,6 +326,13 @@ pub async fn ensure_with(
     let jobs = small_bucket(&js, subjects.jobs_bucket(), JOBS_MAX_AGE, replicas).await?;
     let workers = small_bucket(&js, subjects.workers_bucket(), MEMBER_TTL, replicas).await?;
     let apis = small_bucket(&js, subjects.apis_bucket(), MEMBER_TTL, replicas).await?;
+    let audit_pending = small_bucket(
+        &js,
+        subjects.audit_pending_bucket(),
+        crate::audit::PENDING_MAX_AGE,
+        replicas,
+    )
+    .await?;
     let portal = small_bucket(
         &js,
         subjects.portal_bucket(),
@@ -339,6 +348,7 @@ pub async fn ensure_with(
         workers,
         apis,
         portal,
+        audit_pending,
         keyring: Default::default(),
     })
 }

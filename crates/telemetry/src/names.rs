@@ -39,6 +39,9 @@ pub const API_RATE_LIMITED: &str = "gancho_api_rate_limited_total";
 /// Changes made through the API whose audit record could not be stored (JetStream did not
 /// take it): the change stands; the record is missing.
 pub const AUDIT_UNRECORDED: &str = "gancho_audit_unrecorded_total";
+/// Audit records the api's catch-up wrote for changes whose record was missing (their api
+/// died between the change and its record, or JetStream did not take the record then).
+pub const AUDIT_CAUGHT_UP: &str = "gancho_audit_caught_up_total";
 /// The `group` label values of [`API_RATE_LIMITED`].
 pub const API_ROUTE_GROUPS: [&str; 10] = [
     "endpoints",
@@ -238,7 +241,11 @@ pub fn describe_all() {
     );
     describe_counter!(
         AUDIT_UNRECORDED,
-        "Changes made through the API whose audit record could not be stored."
+        "Changes made through the API whose audit record could not be stored when they were made."
+    );
+    describe_counter!(
+        AUDIT_CAUGHT_UP,
+        "Audit records written late by the catch-up, for changes whose record was missing."
     );
     describe_gauge!(
         RETAINED_ENTRIES,
