@@ -1655,7 +1655,10 @@ fn print_report(r: &Value) {
             f(&p["setup_cpu_s"])
         );
     }
-    if let Some(soak) = r["soak"].as_object() {
+    // Read as a value, not a map: a key a run does not report (`faults` without --faults)
+    // reads as null instead of stopping the report.
+    let soak = &r["soak"];
+    if soak.is_object() {
         println!(
             "  resident memory every 10 s (MiB); slope and change after the first {} s",
             f(&soak["warm_up_s"])
