@@ -24,7 +24,7 @@ KUBERNETES_VALIDATE := $(TOOLS)/venv/bin/kubernetes-validate
 KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
 
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := event filter signature url retry
+FUZZ_TARGETS := event filter signature url retry jq
 
 .PHONY: help setup run build test py-cryptography previous-release test-faults test-soak test-api test-alerts test-deploy test-manifests test-slow lint fmt bench bench-jetstream fuzz clean
 
