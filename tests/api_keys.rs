@@ -233,6 +233,14 @@ async fn every_route_answers_each_caller_as_documented() {
             404,
             403,
         ),
+        // Trying programs changes nothing, but writes them: `manage`.
+        (
+            "POST",
+            "/v1/tenants/acme/endpoints/try".into(),
+            Some(json!({"filter": "true", "event": {"type": "a.b", "data": {}}})),
+            200,
+            403,
+        ),
         (
             "POST",
             "/v1/tenants/acme/dead-letters/redrive".into(),

@@ -87,6 +87,12 @@ pub struct EndpointView {
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_schedule: Option<String>,
+    /// A jq program: the endpoint gets an event only when its first output is `true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
+    /// A jq program whose first output is the webhook's body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transform: Option<String>,
     /// The client certificate chain presented to the endpoint (its key is never returned).
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert: Option<String>,
@@ -202,6 +208,8 @@ impl EndpointView {
             path_template: ep.path_template,
             headers: ep.headers,
             retry_schedule: ep.retry_schedule,
+            filter: ep.filter,
+            transform: ep.transform,
             client_cert: ep.client_cert,
             ca: ep.ca,
             created_at: ep.created_at,
@@ -339,6 +347,24 @@ fn parse_profile(p: &str) -> Result<Profile, ApiError> {
     })
 }
 
+/// The endpoint's jq programs compile, and a transform is not on a profile whose body is
+/// fixed.
+fn check_programs(ep: &Endpoint) -> Result<(), ApiError> {
+    for (field, code) in [("filter", &ep.filter), ("transform", &ep.transform)] {
+        if let Some(code) = code {
+            gancho_jq::shared()
+                .get(code)
+                .map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+        }
+    }
+    if ep.transform.is_some() && ep.profile == Profile::OpenfinanceBr {
+        return Err(ApiError::invalid(
+            "transform cannot be used with profile \"openfinance-br\": its body is fixed by the Open Finance Brasil specification",
+        ));
+    }
+    Ok(())
+}
+
 /// A profile's own requirements, on the endpoint as it would be stored.
 fn check_profile(ep: &Endpoint) -> Result<(), ApiError> {
     if let Some(t) = &ep.path_template {
@@ -423,6 +449,16 @@ pub struct CreateEndpoint {
     /// `"0s,5s,5m,30m"`; default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h).
     #[schema(value_type = Option<Vec<String>>, example = json!(["0s", "5s", "5m", "30m"]))]
     retry_schedule: Option<ScheduleIn>,
+    /// A jq program (at most 4 KiB) run on each event that matches `filter_types` and
+    /// `channels`: the endpoint gets the event only when the program's first output is
+    /// `true`. It reads `{"type", "timestamp", "data", "channels", "id"}`.
+    #[schema(example = ".data.amount >= 100000")]
+    filter: Option<String>,
+    /// A jq program (at most 4 KiB) whose first output is the webhook's body, signed as
+    /// sent. It reads `{"type", "timestamp", "data", "channels", "id"}`. Not for profile
+    /// `openfinance-br`, whose body is fixed.
+    #[schema(example = "{id: .data.charge_id, status: .type}")]
+    transform: Option<String>,
     /// `hmac` (default) or `ed25519`.
     signing: Option<Signing>,
     /// A `whsec_` secret (or, with `ed25519`, a `whsk_` signing key) to use instead of a
@@ -541,6 +577,12 @@ pub struct PatchEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Vec<String>>)]
     retry_schedule: Option<Option<ScheduleIn>>,
+    /// A jq program; null removes it (every event of the endpoint's types and channels).
+    #[serde(default, deserialize_with = "nullable")]
+    filter: Option<Option<String>>,
+    /// A jq program; null removes it (the standard body).
+    #[serde(default, deserialize_with = "nullable")]
+    transform: Option<Option<String>>,
     /// false re-enables an endpoint, also one disabled after a 410.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
@@ -687,10 +729,7 @@ pub async fn create(
     Json(body): Json<CreateEndpoint>,
 ) -> Result<(StatusCode, axum::Json<EndpointView>), ApiError> {
     let tenant = tenant_id(&tenant)?;
-    let id = match body.id {
-        Some(id) => EndpointId::new(id).map_err(|e| ApiError::invalid(e.to_string()))?,
-        None => new_endpoint_id(),
-    };
+    let id = chosen_id(body.id)?;
     check_url(&state, &body.url)?;
     check_description(&body.description)?;
     check_filters(&body.filter_types)?;
@@ -752,18 +791,32 @@ pub async fn create(
         ca: body.ca,
         headers: body.headers,
         retry_schedule: body.retry_schedule.map(|s| s.0),
+        filter: body.filter,
+        transform: body.transform,
         secret,
         previous_secrets: Vec::new(),
         created_at: now,
         updated_at: now,
     };
     check_profile(&ep)?;
+    check_programs(&ep)?;
     check_tls(&ep)?;
     state.store.create_endpoint(&ep).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(EndpointView::from(ep, true)),
     ))
+}
+
+/// The id a new endpoint gets: the one asked for, or a generated `ep_...`.
+fn chosen_id(asked: Option<String>) -> Result<EndpointId, ApiError> {
+    match asked {
+        Some(id) if id == "try" => Err(ApiError::invalid(
+            "the endpoint id \"try\" is reserved (POST .../endpoints/try tries a filter and a transform); choose another",
+        )),
+        Some(id) => EndpointId::new(id).map_err(|e| ApiError::invalid(e.to_string())),
+        None => Ok(new_endpoint_id()),
+    }
 }
 
 /// `?q=`: a search of the endpoint list.
@@ -1073,6 +1126,12 @@ pub async fn update(
             if let Some(v) = &body.retry_schedule {
                 ep.retry_schedule = v.as_ref().map(|s| s.0.clone());
             }
+            if let Some(v) = &body.filter {
+                ep.filter = v.clone();
+            }
+            if let Some(v) = &body.transform {
+                ep.transform = v.clone();
+            }
             if let Some(v) = body.disabled {
                 ep.disabled = v;
                 if !v {
@@ -1090,6 +1149,7 @@ pub async fn update(
                 ep.retry_schedule.as_deref(),
             )
             .and_then(|()| check_profile(ep))
+            .and_then(|()| check_programs(ep))
             .and_then(|()| check_tls(ep));
             if let Err(e) = checked {
                 let msg = e.message.clone();

@@ -596,6 +596,22 @@ impl Runner {
         {
             return Ok(Step::Skipped);
         }
+        // The endpoint's filter, as the router applies it.
+        let occurred_at = ev
+            .occurred_at
+            .as_ref()
+            .and_then(gancho_proto::to_datetime)
+            .unwrap_or(r.time);
+        let parts = gancho_store::programs::EventParts {
+            id: &ev.id,
+            event_type: &ev.r#type,
+            occurred_at,
+            payload: &ev.payload,
+            channels: &ev.channels,
+        };
+        if !gancho_store::programs::Filtering::new("api", parts).passes(ep) {
+            return Ok(Step::Skipped);
+        }
         let delivery = Delivery {
             id: String::new(),
             event_id: ev.id,
@@ -605,6 +621,7 @@ impl Runner {
             occurred_at: ev.occurred_at,
             payload: ev.payload,
             attributes: ev.attributes,
+            channels: ev.channels,
             ..Default::default()
         };
         self.send(delivery, r.seq).await?;

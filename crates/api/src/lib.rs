@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod page;
 pub mod portal;
+mod programs;
 mod tenants;
 mod test_event;
 
@@ -146,6 +147,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(endpoints::pause))
         .routes(routes!(endpoints::resume))
         .routes(routes!(test_event::send))
+        .routes(routes!(programs::try_programs))
         .routes(routes!(history::attempts))
         .routes(routes!(history::tenant_attempts))
         .routes(routes!(history::event))

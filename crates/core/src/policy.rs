@@ -148,10 +148,12 @@ pub enum DeadKind {
     EndpointGone,
     /// Its endpoint is disabled.
     EndpointDisabled,
+    /// Its endpoint's jq transform failed on it (the program's error, or a cutoff).
+    Transform,
 }
 
 impl DeadKind {
-    pub const ALL: [DeadKind; 8] = [
+    pub const ALL: [DeadKind; 9] = [
         DeadKind::Undecodable,
         DeadKind::NotJson,
         DeadKind::SubjectMismatch,
@@ -160,10 +162,11 @@ impl DeadKind {
         DeadKind::Exhausted,
         DeadKind::EndpointGone,
         DeadKind::EndpointDisabled,
+        DeadKind::Transform,
     ];
     /// Every kind's name, in the order of [`DeadKind::ALL`].
-    pub const NAMES: [&'static str; 8] = {
-        let mut names = [""; 8];
+    pub const NAMES: [&'static str; 9] = {
+        let mut names = [""; 9];
         let mut i = 0;
         while i < names.len() {
             names[i] = DeadKind::ALL[i].as_str();
@@ -180,12 +183,13 @@ impl DeadKind {
         DeadKind::Schema,
     ];
     /// The kinds the worker gives deliveries.
-    pub const OF_DELIVERIES: [DeadKind; 5] = [
+    pub const OF_DELIVERIES: [DeadKind; 6] = [
         DeadKind::Exhausted,
         DeadKind::EndpointGone,
         DeadKind::EndpointDisabled,
         DeadKind::Undecodable,
         DeadKind::Invalid,
+        DeadKind::Transform,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -198,6 +202,7 @@ impl DeadKind {
             DeadKind::Exhausted => "exhausted",
             DeadKind::EndpointGone => "endpoint_gone",
             DeadKind::EndpointDisabled => "endpoint_disabled",
+            DeadKind::Transform => "transform",
         }
     }
 

@@ -7,9 +7,7 @@ use time::OffsetDateTime;
 
 /// Renders the `standard` profile body. `payload` must be a JSON document.
 pub fn standard_body(event_type: &str, occurred_at: OffsetDateTime, payload: &[u8]) -> Vec<u8> {
-    let ts = occurred_at
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"));
+    let ts = timestamp(occurred_at);
     let mut out = Vec::with_capacity(payload.len() + event_type.len() + ts.len() + 40);
     out.extend_from_slice(b"{\"type\":");
     serde_json::to_writer(&mut out, event_type).expect("writing to a Vec cannot fail");
@@ -19,6 +17,13 @@ pub fn standard_body(event_type: &str, occurred_at: OffsetDateTime, payload: &[u
     out.extend_from_slice(payload);
     out.push(b'}');
     out
+}
+
+/// The body's `timestamp`: when the event occurred, RFC 3339.
+pub fn timestamp(occurred_at: OffsetDateTime) -> String {
+    occurred_at
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
 }
 
 /// Whether `payload` is one JSON document (what the router requires of every event).

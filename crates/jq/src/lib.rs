@@ -472,5 +472,11 @@ impl Programs {
     }
 }
 
+/// The process's programs: every endpoint with the same text shares one compiled program.
+pub fn shared() -> &'static Programs {
+    static SHARED: std::sync::LazyLock<Programs> = std::sync::LazyLock::new(Programs::default);
+    &SHARED
+}
+
 #[cfg(test)]
 mod tests;

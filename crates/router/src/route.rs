@@ -168,6 +168,7 @@ impl Ctx {
             attempts: 0,
             created_at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
             deferrals: 0,
+            channels: event.channels.clone(),
         };
 
         // Fan out through a window: at most FAN_OUT_WINDOW deliveries of this event exist at
@@ -193,6 +194,23 @@ impl Ctx {
         // one process to the next: a fan-out redone by another router must cut the same
         // batches to get the same message ids.
         hits.sort_unstable();
+        // The endpoints' jq filters, after the type and channel match.
+        if hits.iter().any(|&i| list[i as usize].filter.is_some()) {
+            let mut filtering = gancho_store::programs::Filtering::new(
+                "router",
+                gancho_store::programs::EventParts {
+                    id: &event.id,
+                    event_type: &event.r#type,
+                    occurred_at: occurred_at
+                        .as_ref()
+                        .and_then(gancho_proto::to_datetime)
+                        .unwrap_or(published),
+                    payload: &event.payload,
+                    channels: &event.channels,
+                },
+            );
+            hits.retain(|&i| filtering.passes(&list[i as usize]));
+        }
         // One message per partition (at most BATCH_MAX deliveries each) rather than one per
         // endpoint: the JetStream write, the worker's pull and its ack are shared. A paused
         // endpoint's delivery goes to its held subject on its own.

@@ -27,6 +27,7 @@ pub mod members;
 pub mod model;
 pub mod partitioned;
 pub mod portal;
+pub mod programs;
 pub mod refusal;
 pub mod repo;
 pub mod streams;

@@ -40,6 +40,20 @@ pub struct LiveEndpoint {
     pub signer: Option<Signer>,
     pub schedule: RetrySchedule,
     pub uri: http::Uri,
+    /// The endpoint's jq filter, compiled (or why it does not compile: a program stored by
+    /// another version; the event then does not match).
+    pub filter: Option<Compiled>,
+    /// The endpoint's jq transform, compiled (or why not: its deliveries are then
+    /// dead-lettered as `transform`).
+    pub transform: Option<Compiled>,
+}
+
+/// A jq program as a role compiled it.
+pub type Compiled = Result<std::sync::Arc<gancho_jq::Program>, String>;
+
+fn compiled(code: &Option<String>) -> Option<Compiled> {
+    code.as_deref()
+        .map(|c| gancho_jq::shared().get(c).map_err(|e| e.to_string()))
 }
 
 impl LiveEndpoint {
@@ -74,6 +88,8 @@ impl LiveEndpoint {
             .parse()
             .map_err(|_| "url does not parse".to_string())?;
         Ok(Self {
+            filter: compiled(&config.filter),
+            transform: compiled(&config.transform),
             config,
             subscription,
             signer,

@@ -128,6 +128,13 @@ pub struct Endpoint {
     /// Overrides the default retry schedule (`0s,5s,5m,...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_schedule: Option<String>,
+    /// A jq program run by the router on each event that matches the endpoint's types and
+    /// channels: the endpoint gets the event only when its first output is `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// A jq program run by the worker before signing: its first output is the body sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
     /// `whsec_...`
     pub secret: String,
     #[serde(default)]
@@ -192,6 +199,8 @@ impl Endpoint {
             headers: BTreeMap::new(),
             retry_schedule: None,
             secret: new_secret(),
+            filter: None,
+            transform: None,
             previous_secrets: Vec::new(),
             created_at: now,
             updated_at: now,

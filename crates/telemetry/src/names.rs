@@ -210,6 +210,12 @@ pub const CONFIG_SNAPSHOT_REVISION: &str = "gancho_config_snapshot_revision";
 pub const CONFIG_REVISION: &str = "gancho_config_revision";
 /// From a config change's write to the config bucket to this process's snapshot having it.
 pub const CONFIG_CHANGE_LAG: &str = "gancho_config_change_lag_seconds";
+/// Runs of an endpoint's jq filter that gave no answer, by `role` (`router`, `api` for a job's
+/// filter) and `reason`: `error` (the program raised one), `empty` (no output), `budget`
+/// (the tenant's operations for the event were spent), `depth`, `size` (cut off), `compile`
+/// (a stored program this role cannot compile), `input` (the event cannot be read), `engine`.
+/// Such an event does not match.
+pub const FILTER_FAILURES: &str = "gancho_filter_failures_total";
 /// Slow-consumer events reported by the NATS client (messages were dropped).
 pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
@@ -276,6 +282,10 @@ pub fn describe_all() {
         "Endpoints paused by their receiver's Retry-After in this worker."
     );
     describe_counter!(ROUTER_EVENTS, "Events consumed by the router, by outcome.");
+    describe_counter!(
+        FILTER_FAILURES,
+        "Runs of an endpoint's jq filter that gave no answer (the event did not match), by role and reason."
+    );
     describe_counter!(
         ROUTER_EVENTS_INVALID,
         "Events dead-lettered by the router, by reason."

@@ -148,15 +148,45 @@ pub(crate) enum Refused {
     Build(String),
 }
 
-/// The request for one attempt of `delivery` to `ep`, made at `now`.
+/// The body the endpoint's jq transform makes of `delivery` (`None` without one), or why it
+/// cannot: the program failed or was cut off (its delivery is dead-lettered as `transform`).
+/// The same delivery gives the same body at every attempt: programs cannot read the clock.
+pub(crate) fn transformed(ep: &LiveEndpoint, delivery: &Delivery) -> Result<Option<Bytes>, String> {
+    let Some(transform) = &ep.transform else {
+        return Ok(None);
+    };
+    let program = transform
+        .as_ref()
+        .map_err(|e| format!("the transform does not compile here: {e}"))?;
+    let parts = gancho_store::programs::EventParts {
+        id: &delivery.event_id,
+        event_type: &delivery.r#type,
+        occurred_at: delivery
+            .occurred_at
+            .as_ref()
+            .and_then(to_datetime)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        payload: &delivery.payload,
+        channels: &delivery.channels,
+    };
+    let input = parts.input()?;
+    program
+        .transform(&input, &mut gancho_jq::Budget::transform())
+        .map(|body| Some(Bytes::from(body)))
+        .map_err(|e| format!("the transform failed: {e}"))
+}
+
+/// The request for one attempt of `delivery` to `ep`, made at `now`; `body`, when given, is
+/// the transformed body sent instead of the standard one.
 pub(crate) fn request(
     ep: &LiveEndpoint,
     delivery: &Delivery,
     now: OffsetDateTime,
     user_agent: &str,
+    body: Option<Bytes>,
 ) -> Result<http::Request<Full<Bytes>>, Refused> {
     match ep.config.profile {
-        Profile::Standard => standard(ep, delivery, now, user_agent, ep.uri.clone()),
+        Profile::Standard => standard(ep, delivery, now, user_agent, ep.uri.clone(), body),
         Profile::Token => {
             let token = ep
                 .config
@@ -167,7 +197,7 @@ pub(crate) fn request(
                 Some(name) => with_query(&ep.uri, name, &token.value)?,
                 None => ep.uri.clone(),
             };
-            let mut req = standard(ep, delivery, now, user_agent, uri)?;
+            let mut req = standard(ep, delivery, now, user_agent, uri, body)?;
             if let Some(name) = &token.header {
                 let name = http::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| Refused::Build("the token header name is not valid".into()))?;
@@ -195,13 +225,16 @@ fn standard(
     now: OffsetDateTime,
     user_agent: &str,
     uri: http::Uri,
+    body: Option<Bytes>,
 ) -> Result<http::Request<Full<Bytes>>, Refused> {
-    let occurred = delivery
-        .occurred_at
-        .as_ref()
-        .and_then(to_datetime)
-        .unwrap_or(now);
-    let body = standard_body(&delivery.r#type, occurred, &delivery.payload);
+    let body = body.unwrap_or_else(|| {
+        let occurred = delivery
+            .occurred_at
+            .as_ref()
+            .and_then(to_datetime)
+            .unwrap_or(now);
+        Bytes::from(standard_body(&delivery.r#type, occurred, &delivery.payload))
+    });
     let ts = now.unix_timestamp();
     let signer = ep
         .signer
@@ -217,7 +250,7 @@ fn standard(
     for (k, v) in &ep.config.headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    req.body(Full::new(Bytes::from(body)))
+    req.body(Full::new(body))
         .map_err(|e| Refused::Build(format!("cannot build the request: {e}")))
 }
 

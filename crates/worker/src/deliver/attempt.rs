@@ -28,6 +28,14 @@ struct Outcome {
     retry_after: Option<Duration>,
 }
 
+/// Why no request was sent.
+enum Unsent {
+    /// The endpoint changed (deleted, disabled, paused, made invalid for it) before it.
+    Changed,
+    /// The endpoint's transform failed on the delivery (why).
+    Transform(String),
+}
+
 /// A request sent: the endpoint as it stood when the request started, and its answer.
 struct Sent {
     ep: Arc<LiveEndpoint>,
@@ -49,11 +57,24 @@ impl Ctx {
         permit: OwnedSemaphorePermit,
     ) -> Result<Handled, Delivery> {
         let attempt_no = delivery.attempts + 1;
-        let Some(sent) = self.send(unit, &delivery, ep).await else {
-            // Deleted, disabled, paused or made invalid for it meanwhile: no request; the
-            // caller looks again and finishes it as the endpoint now stands.
-            drop(permit);
-            return Err(delivery);
+        let sent = match self.send(unit, &delivery, ep).await {
+            Ok(sent) => sent,
+            Err(Unsent::Changed) => {
+                // Deleted, disabled, paused or made invalid for it meanwhile: no request;
+                // the caller looks again and finishes it as the endpoint now stands.
+                drop(permit);
+                return Err(delivery);
+            }
+            Err(Unsent::Transform(reason)) => {
+                // The program's verdict on this delivery, the same at every attempt: no
+                // request, and nothing else of the endpoint waits for it.
+                drop(permit);
+                let next = Next::Dead {
+                    kind: DeadKind::Transform,
+                    reason,
+                };
+                return Ok(self.finish(unit, Some(&delivery), None, next).await);
+            }
         };
         let Sent {
             ep,
@@ -93,21 +114,7 @@ impl Ctx {
                 .note(&ep, gate, outcome.label == AttemptOutcome::Success);
         }
         let next = next_after(verdict.next, attempt_no, started_at, &outcome);
-        let after = match &next {
-            Next::Done => emit::After::Delivered {
-                end_to_end: delivery
-                    .occurred_at
-                    .as_ref()
-                    .and_then(to_datetime)
-                    .map(|at| {
-                        (OffsetDateTime::now_utc() - at)
-                            .try_into()
-                            .unwrap_or_default()
-                    }),
-            },
-            Next::Retry { delay } => emit::After::Retry(*delay),
-            _ => emit::After::Final,
-        };
+        let after = after_of(&next, &delivery);
         let line = match after {
             emit::After::Delivered { .. } => None,
             _ => self
@@ -135,14 +142,14 @@ impl Ctx {
     }
 
     /// Takes a request slot (and a bulk one for a bulk lane's delivery) and the body's
-    /// bytes, looks the endpoint up once more, and sends the request. `None` when the
-    /// endpoint no longer takes it as it stands now.
+    /// bytes, looks the endpoint up once more, makes the body (its transform's, if it has
+    /// one) and sends the request.
     async fn send(
         &self,
         unit: Unit<'_>,
         delivery: &Delivery,
         ep: Arc<LiveEndpoint>,
-    ) -> Option<Sent> {
+    ) -> Result<Sent, Unsent> {
         // Keep the delivery ours while a slow endpoint takes its time.
         // Waiting for one of the worker's request slots counts as work in hand too: a busy
         // worker may keep a delivery waiting for longer than the ack wait.
@@ -170,16 +177,18 @@ impl Ctx {
                     Some(current) if Arc::ptr_eq(current, &ep) => ep,
                     _ => match self.standing(&now, delivery) {
                         super::intake::Standing::Ready(current) => current,
-                        super::intake::Standing::Not(_) => return None,
+                        super::intake::Standing::Not(_) => return Err(Unsent::Changed),
                     },
                 }
             };
-            let _body = self.bodies.hold(delivery.payload.len() + 512).await;
+            let body = crate::profile::transformed(&ep, delivery).map_err(Unsent::Transform)?;
+            let size = body.as_ref().map_or(delivery.payload.len(), Bytes::len);
+            let _body = self.bodies.hold(size + 512).await;
             let started_at = OffsetDateTime::now_utc();
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-            let (outcome, latency) = self.attempt(delivery, &ep, started_at).await;
+            let (outcome, latency) = self.attempt(delivery, &ep, started_at, body).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
-            Some(Sent {
+            Ok(Sent {
                 ep,
                 started_at,
                 outcome,
@@ -206,6 +215,25 @@ impl Ctx {
         if applied.circuit == Some(crate::gate::Flip::Closed) {
             self.wake_release.notify_one();
         }
+    }
+}
+
+/// What an attempt's outcome says follows it, for its internal event.
+fn after_of(next: &Next, delivery: &Delivery) -> emit::After {
+    match next {
+        Next::Done => emit::After::Delivered {
+            end_to_end: delivery
+                .occurred_at
+                .as_ref()
+                .and_then(to_datetime)
+                .map(|at| {
+                    (OffsetDateTime::now_utc() - at)
+                        .try_into()
+                        .unwrap_or_default()
+                }),
+        },
+        Next::Retry { delay } => emit::After::Retry(*delay),
+        _ => emit::After::Final,
     }
 }
 
@@ -273,8 +301,9 @@ impl Ctx {
         delivery: &Delivery,
         ep: &LiveEndpoint,
         now: OffsetDateTime,
+        body: Option<Bytes>,
     ) -> (Outcome, Duration) {
-        let req = crate::profile::request(ep, delivery, now, &self.user_agent);
+        let req = crate::profile::request(ep, delivery, now, &self.user_agent, body);
         let start = Instant::now();
         let outcome = match req {
             Err(crate::profile::Refused::Build(e)) => Err(SendError::Request(e)),
