@@ -340,7 +340,7 @@ async fn the_cli_manages_tenants_keys_and_endpoints() {
             "acme",
             "--url",
             "https://hooks.example.com/a",
-            "--filter",
+            "--type",
             "invoice.*",
             "--json",
         ],
@@ -353,6 +353,97 @@ async fn the_cli_manages_tenants_keys_and_endpoints() {
     assert!(
         ok && out.contains(&id) && out.contains("invoice.*"),
         "{out}"
+    );
+
+    // jq programs: a filter and a transform set, shown, tried and removed.
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--filter",
+            ".data.amount >= 100000",
+            "--transform",
+            "{id: .data.charge_id}",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let ep: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ep["filter"], ".data.amount >= 100000");
+    let event = r#"{"type": "charge.paid", "data": {"amount": 150000, "charge_id": "ch_1"}}"#;
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "try",
+            "--tenant",
+            "acme",
+            "--filter",
+            ".data.amount >= 100000",
+            "--transform",
+            "{id: .data.charge_id}",
+            "--event",
+            event,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("filter     matches"), "{out}");
+    assert!(out.contains(r#"transform  {"id":"ch_1"}"#), "{out}");
+    // An event type given to --filter, its meaning before jq: pointed at --type.
+    let (ok, _, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--filter",
+            "invoice.*",
+        ],
+    );
+    assert!(!ok && err.contains("--type \"invoice.*\""), "{err}");
+    // A program that does not compile: the API's message.
+    let (ok, _, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--filter",
+            ".a | now",
+        ],
+    );
+    assert!(!ok && err.contains("`now`"), "{err}");
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--no-filter",
+            "--no-transform",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let ep: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        ep.get("filter").is_none() && ep.get("transform").is_none(),
+        "{ep}"
     );
     let (ok, out, err) = manage(
         &api,

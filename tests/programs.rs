@@ -284,17 +284,30 @@ async fn the_api_checks_programs_and_tries_them() {
     .await;
     assert_eq!(s, 422, "{v}");
 
+    // During an upgrade: a worker of a version without programs is alive (its key says only
+    // the time), so programs are refused until it is gone; one that says `jq` is fine.
+    env.layout
+        .workers
+        .put("w-old", "1764800000".into())
+        .await
+        .unwrap();
+    env.layout
+        .routers
+        .put("r-new", "1764800000 jq".into())
+        .await
+        .unwrap();
+    let with_filter = json!({"id": "e1", "url": url, "filter": ".data.amount >= 100000",
+                             "transform": "{id: .data.charge_id, status: .type}"});
+    let (s, v) = call(&base, "POST", "/endpoints", Some(with_filter.clone())).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        message(&v).contains("1 of the workers alive run an older one"),
+        "{v}"
+    );
+    env.layout.workers.delete("w-old").await.unwrap();
+
     // Stored and shown; PATCH changes and removes them.
-    let (s, v) = call(
-        &base,
-        "POST",
-        "/endpoints",
-        Some(
-            json!({"id": "e1", "url": url, "filter": ".data.amount >= 100000",
-                    "transform": "{id: .data.charge_id, status: .type}"}),
-        ),
-    )
-    .await;
+    let (s, v) = call(&base, "POST", "/endpoints", Some(with_filter)).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["filter"], ".data.amount >= 100000");
     let (s, v) = call(

@@ -365,6 +365,44 @@ fn check_programs(ep: &Endpoint) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A jq filter or transform is taken only when every live router and worker runs a version
+/// that applies it: an older worker would send the body a transform was meant to reshape
+/// (personal data it strips), an older router would route the events a filter leaves out.
+/// Routers of versions before programs do not announce themselves and are not seen.
+async fn check_fleet_runs_programs(state: &ApiState) -> Result<(), ApiError> {
+    let feature = gancho_store::members::FEATURES;
+    for (bucket, what) in [
+        (&state.layout.workers, "workers"),
+        (&state.layout.routers, "routers"),
+    ] {
+        let older = gancho_store::members::lacking(bucket, feature)
+            .await
+            .map_err(crate::error::unavailable)?;
+        if older > 0 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "upgrade_in_progress",
+                format!(
+                    "filter and transform need every router and worker to run a version that applies them; {older} of the {what} alive run an older one: finish the upgrade, then set them"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The checks of a new endpoint that look at it whole: its profile, its programs (and
+/// whether the fleet runs them), its certificates.
+async fn check_whole(state: &ApiState, ep: &Endpoint) -> Result<(), ApiError> {
+    check_profile(ep)?;
+    check_programs(ep)?;
+    check_tls(ep)?;
+    if ep.filter.is_some() || ep.transform.is_some() {
+        check_fleet_runs_programs(state).await?;
+    }
+    Ok(())
+}
+
 /// A profile's own requirements, on the endpoint as it would be stored.
 fn check_profile(ep: &Endpoint) -> Result<(), ApiError> {
     if let Some(t) = &ep.path_template {
@@ -798,9 +836,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    check_profile(&ep)?;
-    check_programs(&ep)?;
-    check_tls(&ep)?;
+    check_whole(&state, &ep).await?;
     state.store.create_endpoint(&ep).await?;
     Ok((
         StatusCode::CREATED,
@@ -1067,6 +1103,9 @@ pub async fn update(
     }
     let profile = body.profile.as_deref().map(parse_profile).transpose()?;
     let token = body.token.map(TokenInput::into_auth).transpose()?;
+    if matches!(body.filter, Some(Some(_))) || matches!(body.transform, Some(Some(_))) {
+        check_fleet_runs_programs(&state).await?;
+    }
     let mut invalid = None;
     let ep = state
         .store

@@ -121,6 +121,10 @@ impl Subjects {
     pub fn workers_bucket(&self) -> String {
         format!("{}_workers", self.prefix.replace('-', "_"))
     }
+    /// Live routers, with what each supports ([`Subjects::workers_bucket`] has the workers').
+    pub fn routers_bucket(&self) -> String {
+        format!("{}_routers", self.prefix.replace('-', "_"))
+    }
     /// Live api processes, for the per-credential request rate each enforces.
     pub fn apis_bucket(&self) -> String {
         format!("{}_apis", self.prefix.replace('-', "_"))

@@ -687,6 +687,7 @@ impl Cluster {
             s.jobs_bucket(),
             s.workers_bucket(),
             s.apis_bucket(),
+            s.routers_bucket(),
             s.portal_bucket(),
             s.audit_pending_bucket(),
         ];

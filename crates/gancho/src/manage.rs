@@ -1017,15 +1017,17 @@ pub struct Endpoints {
 #[derive(Subcommand, Debug)]
 enum EndpointsCmd {
     /// Create an endpoint; an hmac secret is printed once, an ed25519 endpoint shows its
-    /// public key. Example: gancho endpoints create --tenant acme --url https://hooks.example.com/x --filter 'invoice.*'
+    /// public key. Example: gancho endpoints create --tenant acme --url https://hooks.example.com/x --type 'invoice.*' --filter '.data.amount >= 100000'
     Create {
         #[arg(long)]
         tenant: String,
         #[arg(long)]
         url: String,
-        /// Event-type filter; repeat for more (none: every type).
-        #[arg(long = "filter")]
+        /// Event types it subscribes to (NATS wildcards); repeat for more (none: every type).
+        #[arg(long = "type")]
         filters: Vec<String>,
+        #[command(flatten)]
+        programs: ProgramArgs,
         #[arg(long, default_value = "")]
         description: String,
         /// hmac (v1, a shared secret) or ed25519 (v1a: receivers verify with the public key).
@@ -1056,9 +1058,17 @@ enum EndpointsCmd {
         url: Option<String>,
         #[arg(long)]
         description: Option<String>,
-        /// Replaces the filters; repeat for more.
-        #[arg(long = "filter")]
+        /// Replaces the event types it subscribes to; repeat for more.
+        #[arg(long = "type")]
         filters: Option<Vec<String>>,
+        #[command(flatten)]
+        programs: ProgramArgs,
+        /// Removes the jq filter (every event of its types and channels again).
+        #[arg(long, conflicts_with = "filter")]
+        no_filter: bool,
+        /// Removes the jq transform (the standard body again).
+        #[arg(long, conflicts_with = "transform")]
+        no_transform: bool,
         #[command(flatten)]
         profile: ProfileArgs,
         /// true or false. A disabled endpoint gets no new deliveries and the ones on their
@@ -1075,6 +1085,17 @@ enum EndpointsCmd {
         /// An event type of the catalog with an example.
         #[arg(long = "type")]
         event_type: Option<String>,
+    },
+    /// What a jq filter and transform would do with an event, without storing anything.
+    /// Example: gancho endpoints try --tenant acme --filter '.data.amount >= 100000' --event '{"type": "charge.paid", "data": {"amount": 150000}}'
+    Try {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        programs: ProgramArgs,
+        /// The event: {"type", "data", "id"?, "timestamp"?, "channels"?}, or @FILE.
+        #[arg(long)]
+        event: String,
     },
     /// Pause an endpoint: its deliveries are held, not attempted, until it is resumed.
     /// Example: gancho endpoints pause --tenant acme ep_...
@@ -1110,6 +1131,48 @@ enum EndpointsCmd {
         #[arg(long, value_parser = ["hmac", "ed25519"])]
         signing: Option<String>,
     },
+}
+
+/// An endpoint's jq programs, each given as its text or as @FILE.
+#[derive(Args, Debug)]
+struct ProgramArgs {
+    /// A jq program run on each event of its types and channels: the endpoint gets the event
+    /// only when the first output is true. Example: --filter '.data.amount >= 100000'
+    #[arg(long)]
+    filter: Option<String>,
+    /// A jq program whose first output is the webhook's body.
+    /// Example: --transform '{id: .data.charge_id, status: .type}'
+    #[arg(long)]
+    transform: Option<String>,
+}
+
+/// `text`, or the contents of the file when it is `@FILE`.
+fn text_or_file(text: &str) -> anyhow::Result<String> {
+    match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}")),
+        None => Ok(text.to_owned()),
+    }
+}
+
+impl ProgramArgs {
+    /// Adds `filter` and `transform` to a request body. An event-type pattern given to
+    /// --filter (its meaning before jq filters) is pointed at --type.
+    fn apply(&self, body: &mut serde_json::Map<String, Value>) -> anyhow::Result<()> {
+        if let Some(f) = &self.filter {
+            let f = text_or_file(f)?;
+            let looks_like_types = gancho_core::Filter::parse(&f).is_ok()
+                && f.contains(['.', '*', '>'])
+                && gancho_jq::Program::compile(&f).is_err();
+            if looks_like_types {
+                bail!("--filter is a jq program; for the event types an endpoint subscribes to, use --type {f:?}");
+            }
+            body.insert("filter".into(), json!(f));
+        }
+        if let Some(t) = &self.transform {
+            body.insert("transform".into(), json!(text_or_file(t)?));
+        }
+        Ok(())
+    }
 }
 
 /// The delivery profile and its settings.
@@ -1335,6 +1398,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             tenant,
             url,
             filters,
+            programs,
             description,
             signing,
             profile,
@@ -1346,6 +1410,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             if let Some(s) = signing {
                 body.insert("signing".into(), json!(s));
             }
+            programs.apply(&mut body)?;
             profile.apply(&mut body)?;
             let body = Value::Object(body);
             let v = call(
@@ -1376,10 +1441,20 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             url,
             description,
             filters,
+            programs,
+            no_filter,
+            no_transform,
             disabled,
             profile,
         } => {
             let mut body = serde_json::Map::new();
+            programs.apply(&mut body)?;
+            if no_filter {
+                body.insert("filter".into(), Value::Null);
+            }
+            if no_transform {
+                body.insert("transform".into(), Value::Null);
+            }
             if let Some(v) = url {
                 body.insert("url".into(), json!(v));
             }
@@ -1394,7 +1469,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             }
             profile.apply(&mut body)?;
             if body.is_empty() {
-                bail!("nothing to change: give --url, --description, --filter, --disabled, --profile or a token");
+                bail!("nothing to change: give --url, --description, --type, --filter, --transform, --disabled, --profile or a token");
             }
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
             show(
@@ -1431,6 +1506,39 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
                     cell(&v["event_id"]),
                     cell(&v["event_id"])
                 );
+            }
+        }
+        EndpointsCmd::Try {
+            tenant,
+            programs,
+            event,
+        } => {
+            let event: Value = serde_json::from_str(&text_or_file(&event)?).context(
+                "--event is not JSON: give {\"type\": \"...\", \"data\": {...}} or @FILE",
+            )?;
+            let mut body = serde_json::Map::new();
+            programs.apply(&mut body)?;
+            body.insert("event".into(), event);
+            let path = format!("/v1/tenants/{tenant}/endpoints/try");
+            let v = call(c, "POST", &path, Some(Value::Object(body))).await?;
+            if c.json {
+                println!("{v}");
+            } else {
+                if let Some(f) = v.get("filter") {
+                    match f["error"].as_str() {
+                        Some(e) => println!("filter     does not match: {e}"),
+                        None if f["matches"] == true => println!("filter     matches"),
+                        None => println!("filter     does not match"),
+                    }
+                }
+                if let Some(t) = v.get("transform") {
+                    match t["error"].as_str() {
+                        Some(e) => {
+                            println!("transform  fails (the delivery would be dead-lettered): {e}")
+                        }
+                        None => println!("transform  {}", t["body"]),
+                    }
+                }
             }
         }
         EndpointsCmd::Pause { tenant, id } => {

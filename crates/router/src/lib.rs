@@ -138,6 +138,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), ConsumeError> {
     let subjects = layout.subjects.clone();
+    // Present among the routers, saying what this version supports.
+    tokio::spawn(gancho_store::members::present(
+        layout.routers.clone(),
+        gancho_store::members::new_id(),
+        cancel.clone(),
+    ));
     let (room, gate) = room::watch(
         output.clone(),
         [subjects.deliveries_stream(), subjects.held_stream()],

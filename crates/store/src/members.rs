@@ -218,8 +218,39 @@ async fn keep_alive(
     }
 }
 
+/// What this version's roles support, after the time in each member's value: the api lets
+/// an endpoint have a jq filter or transform only when every live router and worker says
+/// `jq` ([`lacking`]). Values of older versions are the time alone.
+pub const FEATURES: &str = "jq";
+
 fn now_text() -> String {
-    time::OffsetDateTime::now_utc().unix_timestamp().to_string()
+    format!(
+        "{} {FEATURES}",
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    )
+}
+
+/// Keeps router `me` alive in the routers' `bucket` until `cancel`, then deletes its key.
+pub async fn present(bucket: kv::Store, me: String, cancel: CancellationToken) {
+    keep_alive(bucket, "routers", me, cancel, |_| {}).await;
+}
+
+/// How many of the members alive in `bucket` do not say they support `feature` (members of
+/// a version that does not know it).
+pub async fn lacking(bucket: &kv::Store, feature: &str) -> Result<usize, kv::WatchError> {
+    let mut keys = bucket.keys().await?;
+    let mut n = 0;
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if let Ok(Some(value)) = bucket.get(&key).await {
+            let says = String::from_utf8_lossy(&value)
+                .split_whitespace()
+                .skip(1)
+                .any(|f| f == feature);
+            n += usize::from(!says);
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

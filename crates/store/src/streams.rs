@@ -32,6 +32,8 @@ pub struct Layout {
     pub workers: kv::Store,
     /// Live api processes ([`crate::members::count`]).
     pub apis: kv::Store,
+    /// Live routers ([`crate::members::present`]).
+    pub routers: kv::Store,
     /// Portal links and sessions ([`crate::portal`]).
     pub portal: kv::Store,
     /// Changes under way through the API ([`crate::audit::Intent`]).
@@ -326,6 +328,7 @@ pub async fn ensure_with(
     let jobs = small_bucket(&js, subjects.jobs_bucket(), JOBS_MAX_AGE, replicas).await?;
     let workers = small_bucket(&js, subjects.workers_bucket(), MEMBER_TTL, replicas).await?;
     let apis = small_bucket(&js, subjects.apis_bucket(), MEMBER_TTL, replicas).await?;
+    let routers = small_bucket(&js, subjects.routers_bucket(), MEMBER_TTL, replicas).await?;
     let audit_pending = small_bucket(
         &js,
         subjects.audit_pending_bucket(),
@@ -347,6 +350,7 @@ pub async fn ensure_with(
         jobs,
         workers,
         apis,
+        routers,
         portal,
         audit_pending,
         keyring: Default::default(),
