@@ -370,6 +370,14 @@ fn check_programs(ep: &Endpoint) -> Result<(), ApiError> {
 /// (personal data it strips), an older router would route the events a filter leaves out.
 /// Routers of versions before programs do not announce themselves and are not seen.
 async fn check_fleet_runs_programs(state: &ApiState) -> Result<(), ApiError> {
+    const FOR: std::time::Duration = std::time::Duration::from_secs(5);
+    let seen = *state
+        .fleet_runs_programs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if seen.is_some_and(|at| at.elapsed() < FOR) {
+        return Ok(());
+    }
     let feature = gancho_store::members::FEATURES;
     for (bucket, what) in [
         (&state.layout.workers, "workers"),
@@ -388,6 +396,10 @@ async fn check_fleet_runs_programs(state: &ApiState) -> Result<(), ApiError> {
             ));
         }
     }
+    *state
+        .fleet_runs_programs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
     Ok(())
 }
 

@@ -92,6 +92,9 @@ pub(crate) async fn require_tenant(
 #[derive(Clone)]
 pub struct ApiState {
     pub store: ConfigStore,
+    /// When every live router and worker was last seen to run jq programs (checked again
+    /// after 5 s: a listing of the members costs a consumer).
+    pub fleet_runs_programs: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     pub admin_token: Arc<str>,
     /// Accept `http://` endpoint URLs.
     pub allow_http: bool,

@@ -48,6 +48,18 @@ pub struct BenchArgs {
     /// retried (on the endpoints' schedule: the next attempt comes 5 s later).
     #[arg(long, default_value_t = 0.0)]
     pub fail_share: f64,
+    /// Share of the healthy endpoints (0 to 1) given a jq filter that lets every event
+    /// through (`.data.n >= 0`): what filtering costs the router.
+    #[arg(long, default_value_t = 0.0)]
+    pub filter_share: f64,
+    /// Each filtered endpoint gets a program of its own text (`.data.n >= -<i>`), as many
+    /// tenants' own filters would: what compiled programs weigh in every role.
+    #[arg(long)]
+    pub distinct_filters: bool,
+    /// A jq transform on every healthy endpoint, e.g. '{n: .data.n, type: .type}': what
+    /// transforming costs the worker.
+    #[arg(long)]
+    pub transform: Option<String>,
     /// Timeout of the dead endpoints, e.g. 5s.
     #[arg(long, default_value = "5s")]
     pub dead_timeout: String,
@@ -356,6 +368,9 @@ pub async fn run(
     }
     if !(0.0..=0.5).contains(&args.fail_share) {
         bail!("--fail-share must be from 0 to 0.5");
+    }
+    if !(0.0..=1.0).contains(&args.filter_share) {
+        bail!("--filter-share must be from 0 to 1");
     }
     let dead_timeout = duration_arg("dead-timeout", &args.dead_timeout)?;
     let patience = duration_arg("timeout", &args.timeout)?;
@@ -880,6 +895,15 @@ async fn bench(
         let base = &base;
         let rate_limit = args.rate_limit;
         let filter = json!([event_type(i, groups)]);
+        // Spread over the ids (every tenth at 0.1), not the first ones.
+        let filtered = args.filter_share > 0.0
+            && (i as f64 * args.filter_share).floor() != ((i + 1) as f64 * args.filter_share).floor();
+        let program = match (filtered, args.distinct_filters) {
+            (false, _) => None,
+            (true, false) => Some(".data.n >= 0".to_owned()),
+            (true, true) => Some(format!(".data.n >= -{i}")),
+        };
+        let transform = args.transform.clone();
         async move {
             // Named e0, e1, ... as the floor names them: the same endpoints fall in the same
             // partitions in every run, every round of --compare and the floor, so the delivery
@@ -892,6 +916,12 @@ async fn bench(
                     "filter_types": filter});
                 if let Some(limit) = rate_limit {
                     body["rate_limit_per_sec"] = json!(limit);
+                }
+                if let Some(p) = program {
+                    body["filter"] = json!(p);
+                }
+                if let Some(t) = transform {
+                    body["transform"] = json!(t);
                 }
                 body
             };
@@ -1191,6 +1221,9 @@ async fn bench(
         "rate_limit": args.rate_limit,
         "busiest_endpoint_per_s": last["busiest_endpoint_per_s"].as_f64(),
         "fail_share": args.fail_share,
+        "filter_share": args.filter_share,
+        "distinct_filters": args.distinct_filters,
+        "transform": args.transform,
         "fan_out": args.fan_out.unwrap_or(args.endpoints),
         "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64())
             .map(|(r, d)| r - last["failed_on_purpose"].as_u64().unwrap_or(0) - d),

@@ -286,6 +286,7 @@ pub async fn start(
         })?;
         let process_id = gancho_store::members::new_id();
         let state = gancho_api::ApiState {
+            fleet_runs_programs: Default::default(),
             store: gancho_store::ConfigStore::new(&layout),
             admin_token: token.into(),
             allow_http: config.allow_http_endpoints,

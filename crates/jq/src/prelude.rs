@@ -79,12 +79,6 @@ pub(crate) fn for_program(
     mut need: HashSet<String>,
 ) -> (Vec<Def<&'static str>>, Vec<Fun<Sandboxed>>) {
     let lib = &*LIBRARY;
-    // Definitions the language itself calls (`?`, `//`, string interpolation, `..`).
-    for implicit in [
-        "empty", "error", "not", "tostring", "recurse", "true", "false",
-    ] {
-        need.insert(implicit.to_owned());
-    }
     loop {
         let before = need.len();
         let more: Vec<String> = lib

@@ -82,6 +82,18 @@ fn a_transform_reads_the_envelope_and_writes_json() {
 }
 
 #[test]
+fn the_languages_own_forms_need_no_definition() {
+    assert_eq!(
+        run(
+            r#"[.data.a?, (.data.b // 1), "n=\(.data.n)", ([..] | length), (try error("x") catch .), (.data | .[]?), ({} | .a.b?), (if .data.n then "y" else "n" end), (reduce (1, 2) as $x (0; . + $x)), (label $out | 1, break $out), ("a" | ascii_downcase | test("a")), ([limit(2; range(9))] | add)]"#,
+            r#"{"n": 3}"#
+        )
+        .unwrap(),
+        r#"[null,1,"n=3",8,"x",3,null,"y",3,1,true,1]"#
+    );
+}
+
+#[test]
 fn an_error_is_the_programs_message() {
     assert_eq!(
         run(r#"error("no charge id")"#, "{}"),

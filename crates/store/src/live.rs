@@ -40,20 +40,34 @@ pub struct LiveEndpoint {
     pub signer: Option<Signer>,
     pub schedule: RetrySchedule,
     pub uri: http::Uri,
-    /// The endpoint's jq filter, compiled (or why it does not compile: a program stored by
-    /// another version; the event then does not match).
-    pub filter: Option<Compiled>,
-    /// The endpoint's jq transform, compiled (or why not: its deliveries are then
-    /// dead-lettered as `transform`).
-    pub transform: Option<Compiled>,
+    /// The jq filter and transform, each compiled when a role first runs it: the router
+    /// never runs a transform and the worker never a filter, and 10,000 distinct programs
+    /// weigh about 55 MB (BENCHMARKS.md).
+    programs: [std::sync::OnceLock<Compiled>; 2],
 }
 
-/// A jq program as a role compiled it.
-pub type Compiled = Result<std::sync::Arc<gancho_jq::Program>, String>;
+/// A jq program as a role compiled it, or why it does not compile (a program stored by
+/// another version): a filter then does not match, a transform dead-letters.
+pub type Compiled = Result<Arc<gancho_jq::Program>, String>;
 
-fn compiled(code: &Option<String>) -> Option<Compiled> {
-    code.as_deref()
-        .map(|c| gancho_jq::shared().get(c).map_err(|e| e.to_string()))
+impl LiveEndpoint {
+    /// The endpoint's jq filter, compiled.
+    pub fn filter(&self) -> Option<&Compiled> {
+        Self::program(&self.programs[0], self.config.filter.as_deref())
+    }
+
+    /// The endpoint's jq transform, compiled.
+    pub fn transform(&self) -> Option<&Compiled> {
+        Self::program(&self.programs[1], self.config.transform.as_deref())
+    }
+
+    fn program<'a>(
+        cell: &'a std::sync::OnceLock<Compiled>,
+        code: Option<&str>,
+    ) -> Option<&'a Compiled> {
+        let code = code?;
+        Some(cell.get_or_init(|| gancho_jq::shared().get(code).map_err(|e| e.to_string())))
+    }
 }
 
 impl LiveEndpoint {
@@ -88,8 +102,7 @@ impl LiveEndpoint {
             .parse()
             .map_err(|_| "url does not parse".to_string())?;
         Ok(Self {
-            filter: compiled(&config.filter),
-            transform: compiled(&config.transform),
+            programs: Default::default(),
             config,
             subscription,
             signer,

@@ -55,7 +55,7 @@ impl<'a> Filtering<'a> {
     /// Whether `ep` gets the event: it has no filter, or its filter's first output is `true`.
     /// A filter that fails, yields nothing or is cut off does not match (counted).
     pub fn passes(&mut self, ep: &LiveEndpoint) -> bool {
-        let Some(filter) = &ep.filter else {
+        let Some(filter) = ep.filter() else {
             return true;
         };
         let program = match filter {

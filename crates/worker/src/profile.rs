@@ -152,7 +152,7 @@ pub(crate) enum Refused {
 /// cannot: the program failed or was cut off (its delivery is dead-lettered as `transform`).
 /// The same delivery gives the same body at every attempt: programs cannot read the clock.
 pub(crate) fn transformed(ep: &LiveEndpoint, delivery: &Delivery) -> Result<Option<Bytes>, String> {
-    let Some(transform) = &ep.transform else {
+    let Some(transform) = ep.transform() else {
         return Ok(None);
     };
     let program = transform
