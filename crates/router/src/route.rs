@@ -195,7 +195,10 @@ impl Ctx {
         // batches to get the same message ids.
         hits.sort_unstable();
         // The endpoints' jq filters, after the type and channel match.
-        if hits.iter().any(|&i| list[i as usize].config.filter.is_some()) {
+        if hits
+            .iter()
+            .any(|&i| list[i as usize].config.filter.is_some())
+        {
             let mut filtering = gancho_store::programs::Filtering::new(
                 "router",
                 gancho_store::programs::EventParts {
