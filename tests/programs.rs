@@ -186,6 +186,30 @@ async fn filters_and_transforms_shape_what_each_endpoint_gets() {
         .await
         .iter()
         .all(|a| a.status == 200));
+
+    // A replay applies the filter as the router does: the 500 it lets through again.
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let (s, job) = call(
+        &base,
+        "POST",
+        "/endpoints/big/replay",
+        Some(json!({"since": "2020-01-01T00:00:00Z", "pace": 1000})),
+    )
+    .await;
+    assert_eq!(s, 202, "{job}");
+    let path = format!("/jobs/{}", job["id"].as_str().unwrap());
+    wait_until("the replay", Duration::from_secs(60), || async {
+        call(&base, "GET", &path, None).await.1["state"] == "done"
+    })
+    .await;
+    let (_, job) = call(&base, "GET", &path, None).await;
+    assert_eq!(job["sent"], EVENTS / 2, "{job}");
+    wait_until("the replayed events", Duration::from_secs(30), || {
+        std::future::ready(big.count() == EVENTS)
+    })
+    .await;
+    assert_eq!(ns(big), (EVENTS as u64 / 2..EVENTS as u64).collect());
+    support::kill9(&mut api);
     cancel.cancel();
 }
 
@@ -264,6 +288,16 @@ async fn the_api_checks_programs_and_tries_them() {
             "{code}: {v}"
         );
     }
+    // 4 KiB of `[`: refused before it is parsed.
+    let (s, v) = call(
+        &base,
+        "POST",
+        "/endpoints",
+        Some(json!({"url": url, "filter": "[".repeat(4096)})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(message(&v).contains("deeper than 64"), "{v}");
     // Too long.
     let (s, v) = call(
         &base,
@@ -319,6 +353,15 @@ async fn the_api_checks_programs_and_tries_them() {
     .await;
     assert_eq!(s, 422, "{v}");
     assert!(message(&v).contains("`now`"), "{v}");
+    let (s, v) = call(
+        &base,
+        "PATCH",
+        "/endpoints/e1",
+        Some(json!({"transform": "{a: }"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(message(&v).starts_with("transform: expected"), "{v}");
     let (s, v) = call(
         &base,
         "PATCH",
