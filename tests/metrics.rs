@@ -55,6 +55,11 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
     let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
     env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], None)
         .await;
+    // A jq filter that fails on every event: it matches none, and each failure is counted.
+    env.endpoint("acme", "ep2", &rx.url("/never"), &[], &[], None)
+        .await;
+    env.change("acme", "ep2", |ep| ep.filter = Some(r#"error("boom")"#.into()))
+        .await;
     let (m_router, m_worker, m_api) = (free_port(), free_port(), free_port());
     let listen = |p: u16| format!("127.0.0.1:{p}");
     let (mut api, base) = env
@@ -116,6 +121,15 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
     assert_eq!(
         sum(&r, "gancho_router_deliveries_created_total", &[]) as usize,
         total
+    );
+    assert_eq!(
+        sum(
+            &r,
+            "gancho_filter_failures_total",
+            &["reason=\"error\"", "role=\"router\""]
+        ) as usize,
+        total,
+        "each event's failed filter"
     );
     assert_eq!(
         sum(

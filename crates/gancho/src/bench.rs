@@ -152,10 +152,29 @@ impl Proc {
     }
 }
 
+/// A port that was free a moment ago, for a role to listen on. Below the kernel's ephemeral
+/// range (32768 and up on Linux): a port the kernel handed out for `:0` could be taken by any
+/// outgoing connection of a busy machine before the role binds it ("Address already in use"
+/// failed two benches of one `make test`). Handed out in turn from a start that differs per
+/// process, as the test harness does.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(104_729)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port on 127.0.0.1 from {LOW} to {}", LOW + SPAN)
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, written as PEM files under `dir`.
