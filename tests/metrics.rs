@@ -58,8 +58,10 @@ async fn counters_match_the_receiver_and_every_metric_is_described() {
     // A jq filter that fails on every event: it matches none, and each failure is counted.
     env.endpoint("acme", "ep2", &rx.url("/never"), &[], &[], None)
         .await;
-    env.change("acme", "ep2", |ep| ep.filter = Some(r#"error("boom")"#.into()))
-        .await;
+    env.change("acme", "ep2", |ep| {
+        ep.filter = Some(r#"error("boom")"#.into())
+    })
+    .await;
     let (m_router, m_worker, m_api) = (free_port(), free_port(), free_port());
     let listen = |p: u16| format!("127.0.0.1:{p}");
     let (mut api, base) = env
