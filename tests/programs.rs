@@ -213,15 +213,11 @@ async fn filters_and_transforms_shape_what_each_endpoint_gets() {
     cancel.cancel();
 }
 
+/// `path` under acme's routes, as the admin.
 async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    support::http(
-        method,
-        &format!("{base}/v1/tenants/acme{path}"),
-        Some(TOKEN),
-        body.as_deref(),
-    )
-    .await
+    support::TenantsApi::new(base, TOKEN)
+        .call(method, format!("/acme{path}"), body)
+        .await
 }
 
 fn message(v: &Value) -> &str {

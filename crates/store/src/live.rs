@@ -465,6 +465,32 @@ impl NextSnapshot {
     }
 }
 
+/// The config watch's failures in a row, and when the last was logged.
+#[derive(Default)]
+struct Failing {
+    failures: u64,
+    logged: Option<tokio::time::Instant>,
+}
+
+impl Failing {
+    /// A watch that ran this long before it failed had worked: the count starts over.
+    const WORKED_FOR: Duration = Duration::from_secs(10);
+    /// How often a failure that goes on is logged again.
+    const LOG_EVERY: Duration = Duration::from_secs(30);
+
+    /// Counts a failure; `Some(failures so far)` when it is to be logged.
+    fn note(&mut self) -> Option<u64> {
+        self.failures += 1;
+        let due = self
+            .logged
+            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY);
+        due.then(|| {
+            self.logged = Some(tokio::time::Instant::now());
+            self.failures
+        })
+    }
+}
+
 struct WatchTask {
     live: Arc<Live>,
     kv: kv::Store,
@@ -477,13 +503,25 @@ struct WatchTask {
 impl WatchTask {
     async fn run(self, cancel: CancellationToken, ready: tokio::sync::oneshot::Sender<()>) {
         let mut ready = Some(ready);
+        // While the watch keeps failing (a node cut off, a leader election), one line when it
+        // starts and one every half minute after, not one per attempt (twice a second).
+        let mut failing = Failing::default();
         loop {
+            let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = self.watch_once(&mut ready) => r,
             };
             if let Err(e) = result {
-                warn!(error = %e, "Config watch failed; re-creating it.");
+                if started.elapsed() >= Failing::WORKED_FOR {
+                    failing = Failing::default();
+                }
+                if let Some(failures) = failing.note() {
+                    match failures {
+                        1 => warn!(error = %e, "Config watch failed; re-creating it."),
+                        n => warn!(error = %e, failures = n, "Config watch still failing; re-creating it."),
+                    }
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -654,6 +692,17 @@ impl WatchTask {
 mod tests {
     use super::*;
     use rand::Rng;
+
+    #[tokio::test]
+    async fn a_failing_watch_is_logged_when_it_starts_then_every_half_minute() {
+        let mut failing = Failing::default();
+        assert_eq!(failing.note(), Some(1));
+        assert_eq!(failing.note(), None);
+        assert_eq!(failing.note(), None);
+        failing.logged = Some(tokio::time::Instant::now() - Failing::LOG_EVERY);
+        assert_eq!(failing.note(), Some(4));
+        assert_eq!(failing.note(), None);
+    }
 
     fn live(id: &str, filter: &str) -> Arc<LiveEndpoint> {
         let mut ep = Endpoint::new(
