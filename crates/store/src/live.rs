@@ -481,9 +481,7 @@ impl Failing {
     /// Counts a failure; `Some(failures so far)` when it is to be logged.
     fn note(&mut self) -> Option<u64> {
         self.failures += 1;
-        let due = self
-            .logged
-            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY);
+        let due = self.logged.is_none_or(|at| at.elapsed() >= Self::LOG_EVERY);
         due.then(|| {
             self.logged = Some(tokio::time::Instant::now());
             self.failures
@@ -519,7 +517,9 @@ impl WatchTask {
                 if let Some(failures) = failing.note() {
                     match failures {
                         1 => warn!(error = %e, "Config watch failed; re-creating it."),
-                        n => warn!(error = %e, failures = n, "Config watch still failing; re-creating it."),
+                        n => {
+                            warn!(error = %e, failures = n, "Config watch still failing; re-creating it.")
+                        }
                     }
                 }
             }
