@@ -151,6 +151,13 @@ async fn filters_and_transforms_shape_what_each_endpoint_gets() {
         .filter(|d| d.delivery.as_ref().unwrap().endpoint_id == "picky")
         .collect();
     assert_eq!(picky_dead.len(), EVENTS / 10);
+    // Each delivery carries its event's sequence in the events stream, one per event.
+    let sequences: BTreeSet<u64> = picky_dead
+        .iter()
+        .map(|d| d.delivery.as_ref().unwrap().event_sequence)
+        .collect();
+    assert_eq!(sequences.len(), EVENTS / 10);
+    assert!(!sequences.contains(&0));
     for d in &picky_dead {
         assert_eq!(d.kind, "transform");
         let n = d

@@ -142,10 +142,10 @@ impl Ctx {
         {
             return self.dead_letter(&msg, Invalid::Schema(reason)).await;
         }
-        let (published, pending) = msg
+        let (published, pending, event_sequence) = msg
             .info()
-            .map(|i| (i.published, i.pending))
-            .unwrap_or_else(|_| (OffsetDateTime::now_utc(), 0));
+            .map(|i| (i.published, i.pending, i.stream_sequence))
+            .unwrap_or_else(|_| (OffsetDateTime::now_utc(), 0, 0));
         let label = gancho_telemetry::tenant_label(&event.tenant);
         metrics::histogram!(names::TENANT_WAIT, "tenant" => label).record(
             (OffsetDateTime::now_utc() - published)
@@ -169,6 +169,7 @@ impl Ctx {
             created_at: Some(gancho_proto::timestamp(OffsetDateTime::now_utc())),
             deferrals: 0,
             channels: event.channels.clone(),
+            event_sequence,
         };
 
         // Fan out through a window: at most FAN_OUT_WINDOW deliveries of this event exist at
