@@ -121,6 +121,10 @@ impl Subjects {
     pub fn workers_bucket(&self) -> String {
         format!("{}_workers", self.prefix.replace('-', "_"))
     }
+    /// Leases: one process at a time holds each key (`crates/store/src/lease.rs`).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.prefix.replace('-', "_"))
+    }
     /// Live routers, with what each supports ([`Subjects::workers_bucket`] has the workers').
     pub fn routers_bucket(&self) -> String {
         format!("{}_routers", self.prefix.replace('-', "_"))

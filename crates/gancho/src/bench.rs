@@ -722,6 +722,7 @@ impl Cluster {
             s.workers_bucket(),
             s.apis_bucket(),
             s.routers_bucket(),
+            s.leases_bucket(),
             s.portal_bucket(),
             s.audit_pending_bucket(),
         ];

@@ -21,6 +21,7 @@ pub mod consume;
 pub mod crypt;
 pub mod full;
 pub mod jobs;
+pub mod lease;
 pub mod live;
 pub mod log;
 pub mod members;

@@ -34,6 +34,8 @@ pub struct Layout {
     pub apis: kv::Store,
     /// Live routers ([`crate::members::present`]).
     pub routers: kv::Store,
+    /// Leases, each held by one process at a time ([`crate::lease`]).
+    pub leases: kv::Store,
     /// Portal links and sessions ([`crate::portal`]).
     pub portal: kv::Store,
     /// Changes under way through the API ([`crate::audit::Intent`]).
@@ -329,6 +331,7 @@ pub async fn ensure_with(
     let workers = small_bucket(&js, subjects.workers_bucket(), MEMBER_TTL, replicas).await?;
     let apis = small_bucket(&js, subjects.apis_bucket(), MEMBER_TTL, replicas).await?;
     let routers = small_bucket(&js, subjects.routers_bucket(), MEMBER_TTL, replicas).await?;
+    let leases = small_bucket(&js, subjects.leases_bucket(), MEMBER_TTL, replicas).await?;
     let audit_pending = small_bucket(
         &js,
         subjects.audit_pending_bucket(),
@@ -351,6 +354,7 @@ pub async fn ensure_with(
         workers,
         apis,
         routers,
+        leases,
         portal,
         audit_pending,
         keyring: Default::default(),
