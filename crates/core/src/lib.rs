@@ -8,6 +8,7 @@
 //! - [`subject`]: subject, stream and bucket names derived from one prefix.
 //! - [`matching`]: endpoint filters (NATS wildcard semantics on dotted event types) and channels.
 //! - [`net`]: which addresses the SSRF guard lets a webhook reach.
+//! - [`ordering`]: ordered delivery's settings, and the key of a delivery.
 //! - [`signature`]: `whsec_` secrets and `whsk_`/`whpk_` ed25519 keys, signing and
 //!   verification (Standard Webhooks `v1` and `v1a`).
 //! - [`webhook`]: the JSON body a receiver gets.
@@ -21,6 +22,7 @@ pub mod event;
 pub mod id;
 pub mod matching;
 pub mod net;
+pub mod ordering;
 pub mod policy;
 pub mod retry;
 pub mod signature;
