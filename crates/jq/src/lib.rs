@@ -373,6 +373,11 @@ impl Budget {
     pub fn spent(&self) -> bool {
         self.0 == 0
     }
+
+    /// Operations left.
+    pub fn left(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Program {

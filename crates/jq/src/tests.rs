@@ -232,3 +232,17 @@ fn programs_are_shared_by_their_text_while_held() {
     assert!(programs.is_empty());
     assert!(programs.get("(").is_err());
 }
+
+#[test]
+#[ignore = "a timing, printed: cargo test --release -p gancho-jq -- --ignored --nocapture"]
+fn time_of_a_spent_filter_budget() {
+    for code in ["def f: f; f", "[range(1e9)]", ".data.amount >= 100000"] {
+        let p = Program::compile(code).unwrap();
+        let input = input(r#"{"amount": 5}"#);
+        let start = std::time::Instant::now();
+        for _ in 0..20 {
+            let _ = p.matches(&input, &mut Budget::filters());
+        }
+        eprintln!("{code}: {:?} a run", start.elapsed() / 20);
+    }
+}

@@ -28,6 +28,7 @@ mod backlog;
 mod pace;
 pub mod room;
 mod route;
+mod spend;
 mod trim;
 
 pub use gancho_core::subject::partition;
@@ -188,6 +189,7 @@ pub async fn run(
         room,
         backlogs: backlogs.clone(),
         pace: pace.clone(),
+        spend: Default::default(),
     });
     tokio::spawn(pace::run(
         pace,
@@ -197,6 +199,21 @@ pub async fn run(
         backlogs,
         cancel.clone(),
     ));
+    // The router's long-lived structures, as entries.
+    {
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                metrics::gauge!(names::RETAINED_ENTRIES, "structure" => "filter_spend")
+                    .set(ctx.spend.entries() as f64);
+            }
+        });
+    }
     let tenants = follow_tenants(live, cancel.clone());
     gancho_store::by_tenant::run(jetstream::new(input), spec, tenants, cancel, move |msg| {
         let ctx = ctx.clone();

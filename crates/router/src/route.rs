@@ -36,6 +36,8 @@ pub(crate) struct Ctx {
     pub backlogs: Arc<crate::backlog::Backlogs>,
     /// What the tenants with a backlog have in the bulk lanes ([`crate::pace`]).
     pub pace: Arc<crate::pace::Pace>,
+    /// What each tenant's jq filters may spend of this router ([`crate::spend`]).
+    pub spend: crate::spend::Spend,
 }
 
 /// Why an event cannot be delivered. `kind()` is the metric label and the dead letter's kind.
@@ -200,6 +202,15 @@ impl Ctx {
             .iter()
             .any(|&i| list[i as usize].config.filter.is_some())
         {
+            if let Err(wait) = self.spend.may_start(&event.tenant) {
+                // Its filters have spent the tenant's share of this router: the event waits
+                // in its consumer, the other tenants' go on.
+                metrics::counter!(names::FILTER_WAITS, "tenant" => label).increment(1);
+                if let Err(e) = gancho_store::writes::hand_back(&msg, Some(wait)).await {
+                    warn!(error = %e, "Cannot hand an event back; it will come again after the ack wait.");
+                }
+                return Handled::HandedBack;
+            }
             let mut filtering = gancho_store::programs::Filtering::new(
                 "router",
                 gancho_store::programs::EventParts {
@@ -214,6 +225,7 @@ impl Ctx {
                 },
             );
             hits.retain(|&i| filtering.passes(&list[i as usize]));
+            self.spend.spent(&event.tenant, filtering.spent());
         }
         // One message per partition (at most BATCH_MAX deliveries each) rather than one per
         // endpoint: the JetStream write, the worker's pull and its ack are shared. A paused

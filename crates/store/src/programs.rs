@@ -75,6 +75,11 @@ impl<'a> Filtering<'a> {
         }
     }
 
+    /// Operations the event's filters have spent so far.
+    pub fn spent(&self) -> u64 {
+        gancho_jq::FILTER_BUDGET - self.budget.left()
+    }
+
     fn failed(&self, _ep: &LiveEndpoint, reason: &'static str) -> bool {
         metrics::counter!(names::FILTER_FAILURES, "role" => self.role, "reason" => reason)
             .increment(1);

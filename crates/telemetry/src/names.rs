@@ -13,7 +13,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 /// link_mint_addresses, link_open_addresses (client addresses the portal link limits track,
 /// at most 10,000 each) | api_credentials (API keys and portal sessions the request limit
 /// tracks, at most 10,000 per rate in use) | ingest_tenants (tenants the HTTP ingest rate
-/// tracks, at most 10,000 per rate in use). Each has a stated bound beside its definition; a value that climbs
+/// tracks, at most 10,000 per rate in use). The router's: filter_spend (tenants whose jq
+/// filters spent part of their share of the router lately, at most 10,000). Each has a stated bound beside its definition; a value that climbs
 /// with traffic is the next leak.
 pub const RETAINED_ENTRIES: &str = "gancho_retained_entries";
 /// The `structure` label values of [`RETAINED_ENTRIES`].
@@ -216,6 +217,9 @@ pub const CONFIG_CHANGE_LAG: &str = "gancho_config_change_lag_seconds";
 /// (a stored program this role cannot compile), `input` (the event cannot be read), `engine`.
 /// Such an event does not match.
 pub const FILTER_FAILURES: &str = "gancho_filter_failures_total";
+/// Events a router handed back to wait, by `tenant`, because that tenant's jq filters had
+/// spent their share of the router (2,000,000 operations a second, about a tenth of a core).
+pub const FILTER_WAITS: &str = "gancho_filter_waits_total";
 /// Slow-consumer events reported by the NATS client (messages were dropped).
 pub const NATS_SLOW_CONSUMER: &str = "gancho_nats_slow_consumer_events_total";
 
@@ -282,6 +286,10 @@ pub fn describe_all() {
         "Endpoints paused by their receiver's Retry-After in this worker."
     );
     describe_counter!(ROUTER_EVENTS, "Events consumed by the router, by outcome.");
+    describe_counter!(
+        FILTER_WAITS,
+        "Events handed back to wait because their tenant's jq filters had spent their share of the router, by tenant."
+    );
     describe_counter!(
         FILTER_FAILURES,
         "Runs of an endpoint's jq filter that gave no answer (the event did not match), by role and reason."
