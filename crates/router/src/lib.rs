@@ -199,21 +199,7 @@ pub async fn run(
         backlogs,
         cancel.clone(),
     ));
-    // The router's long-lived structures, as entries.
-    {
-        let ctx = ctx.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-                metrics::gauge!(names::RETAINED_ENTRIES, "structure" => "filter_spend")
-                    .set(ctx.spend.entries() as f64);
-            }
-        });
-    }
+    tokio::spawn(count_entries(ctx.clone(), cancel.clone()));
     let tenants = follow_tenants(live, cancel.clone());
     gancho_store::by_tenant::run(jetstream::new(input), spec, tenants, cancel, move |msg| {
         let ctx = ctx.clone();
@@ -246,6 +232,18 @@ fn follow_tenants(
         }
     });
     rx
+}
+
+/// The router's long-lived structures, as entries, every 5 s until `cancel`.
+async fn count_entries(ctx: Arc<route::Ctx>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        metrics::gauge!(names::RETAINED_ENTRIES, "structure" => "filter_spend")
+            .set(ctx.spend.entries() as f64);
+    }
 }
 
 pub(crate) async fn nak(msg: &jetstream::Message) -> Handled {
