@@ -208,6 +208,9 @@ impl Program {
                 return fail(format!("`{name}` is not available to programs: {why}"));
             }
         }
+        if rendered.contains("Call(\"_unguarded_") {
+            return fail("functions whose names start with _unguarded_ are gancho's own".into());
+        }
         let mut need = HashSet::new();
         prelude::words(&rendered, &mut need);
         let (defs, funs) = prelude::for_program(need);

@@ -61,8 +61,27 @@ struct Library {
     uses: HashMap<&'static str, HashSet<String>>,
 }
 
+/// The regular expressions' functions, each behind a guard that refuses a pattern longer
+/// than [`MAX_PATTERN`] and counts what matching can cost before it runs: the engine is
+/// linear in the string times the pattern, without a tick of its own, and a pattern may be
+/// built from the event (a 1 MiB pattern over a 256 KiB payload is hours).
+const GUARDED_REGEX: &str = r#"
+def matches($re; $flags): _regex_guard($re) | _unguarded_matches($re; $flags);
+def split_matches($re; $flags): _regex_guard($re) | _unguarded_split_matches($re; $flags);
+def split_($re; $flags): _regex_guard($re) | _unguarded_split_($re; $flags);
+"#;
+
+/// Longest regular expression a program may match with.
+pub const MAX_PATTERN: usize = 1024;
+
+/// The regex natives jaq-std defines, reached only through [`GUARDED_REGEX`].
+const REGEX_NATIVES: [&str; 3] = ["matches", "split_matches", "split_"];
+
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let guarded =
+        jaq_core::load::parse(GUARDED_REGEX, |p| p.defs()).expect("the regex guards parse");
     let defs: Vec<Def<&'static str>> = jaq_core::defs()
+        .chain(guarded)
         .chain(jaq_std::defs())
         .chain(jaq_json::defs())
         .filter(|d| forbidden(d.name).is_none())
@@ -99,7 +118,18 @@ pub(crate) fn for_program(
         .cloned()
         .collect();
     let funs = jaq_core::funs::<Sandboxed>()
-        .chain(jaq_std::funs())
+        .chain(jaq_std::funs().map(|(name, args, f)| {
+            // Renamed: a program reaches them through their guards.
+            let name = match REGEX_NATIVES.iter().position(|n| *n == name) {
+                Some(i) => [
+                    "_unguarded_matches",
+                    "_unguarded_split_matches",
+                    "_unguarded_split_",
+                ][i],
+                None => name,
+            };
+            (name, args, f)
+        }))
         .chain(json_funs())
         .filter(|(name, _, _)| forbidden(name).is_none() && need.contains(*name))
         .collect();
@@ -117,6 +147,9 @@ fn json_funs() -> impl Iterator<Item = Fun<Sandboxed>> {
         }),
         ("has", v(1), |cv| unary(cv, |x, k| has(&x, &k))),
         ("indices", v(1), |cv| unary(cv, |x, y| indices(&x, &y))),
+        ("_regex_guard", v(1), |cv| {
+            unary(cv, |x, re| regex_guard(x, &re))
+        }),
     ]);
     fs.into_vec()
         .into_iter()
@@ -129,6 +162,20 @@ fn err(message: String) -> Error<V> {
 
 fn shown(x: &V) -> String {
     crate::value::capped(x, 100)
+}
+
+/// `x` when matching `re` against it may run: `re` at most [`MAX_PATTERN`] bytes, and the
+/// cost (string times pattern) counted first.
+fn regex_guard(x: V, re: &V) -> ValR<V> {
+    let pattern = re.inner().as_bytes().map_or(0, <[u8]>::len);
+    if pattern > MAX_PATTERN {
+        return Err(err(format!(
+            "a regular expression may be at most {MAX_PATTERN} bytes long; this one is {pattern}"
+        )));
+    }
+    let text = x.inner().as_bytes().map_or(0, <[u8]>::len) as u64;
+    crate::meter::tick(text.saturating_mul(pattern.max(1) as u64) / 64 + 1);
+    Ok(x)
 }
 
 fn length(x: V) -> ValR<V> {

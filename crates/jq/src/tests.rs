@@ -131,10 +131,35 @@ fn runaway_programs_are_cut_off() {
         ("reduce range(40) as $i (.; [., .]) | tojson", Cutoff::Size),
         ("reduce range(100000) as $i (null; [.])", Cutoff::Size),
         ("[range(20000)] as $a | $a - $a", Cutoff::Ops),
+        // Each call reads 1 MiB of string: counted, not free.
+        (
+            r#"("a" * 1000000) as $a | [range(100000) | $a | startswith($a)]"#,
+            Cutoff::Ops,
+        ),
     ] {
         let e = run(code, r#"{"a": [1, 2, 3]}"#).unwrap_err();
         assert_eq!(e, RunError::Cutoff(why), "{code}");
     }
+}
+
+#[test]
+fn regular_expressions_are_guarded() {
+    assert_eq!(
+        run(r#"[.data.s | test("^ab"), (split("b"; null) | length), sub("b"; "x"), ([scan("b")] | length)]"#, r#"{"s":"abcb"}"#).unwrap(),
+        r#"[true,3,"axcb",2]"#
+    );
+    let e = run(r#"("a" * 2000) as $p | "x" | test($p)"#, "{}").unwrap_err();
+    assert!(
+        matches!(e, RunError::Failed(ref m) if m.contains("at most 1024")),
+        "{e:?}"
+    );
+    // A long pattern over a long string is counted before it runs.
+    assert_eq!(
+        run(r#"("a" * 1000) as $p | ("a" * 200000) | test($p)"#, "{}"),
+        Err(RunError::Cutoff(Cutoff::Ops))
+    );
+    // The unguarded functions are not a program's to call.
+    assert!(compile_error(r#"_unguarded_matches("a"; null)"#).contains("gancho's own"));
 }
 
 #[test]

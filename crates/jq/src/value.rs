@@ -360,8 +360,12 @@ impl jaq_std::ValT for V {
         self.v.is_utf8_str()
     }
 
+    /// Every function that reads a string's bytes (`startswith`, `ltrimstr`, `ascii_downcase`,
+    /// `@base64`, ...) pays for its length here: those run without a tick of their own.
     fn as_bytes(&self) -> Option<&[u8]> {
-        self.v.as_bytes()
+        let bytes = self.v.as_bytes();
+        tick(bytes.map_or(0, <[u8]>::len) as u64 / 64 + 1);
+        bytes
     }
 
     fn as_sub_str(&self, sub: &[u8]) -> Self {
