@@ -285,6 +285,34 @@ fn load_messages(code: &str, e: jaq_core::load::Error<&str>) -> Vec<String> {
     }
 }
 
+/// The deepest nesting of arrays and objects in JSON `text` (outside its strings): the
+/// parser recurses once per level, so deeper text is refused before it is parsed (a string
+/// of a million `[` built by a program would end the process).
+pub(crate) fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut quoted, mut escaped) = (0usize, 0, false, false);
+    for &b in text {
+        if quoted {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => quoted = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// What a program reads: the envelope the receiver would get, plus the event's id and
 /// channels.
 pub struct Input {
@@ -300,6 +328,11 @@ impl Input {
         data: &[u8],
         channels: &[String],
     ) -> Result<Input, String> {
+        if json_depth(data) > MAX_DEPTH {
+            return Err(format!(
+                "the event's payload nests deeper than {MAX_DEPTH} levels"
+            ));
+        }
         let data = jaq_json::read::parse_single(data)
             .map_err(|e| format!("the event's payload is not JSON: {e}"))?;
         let text = |s: &str| Val::utf8_str(s.as_bytes().to_vec());

@@ -209,6 +209,13 @@ fn fromjson(x: &V) -> ValR<V> {
         return Err(err(format!("cannot parse {} as JSON", shown(x))));
     };
     crate::meter::tick(text.len() as u64 / 64 + 1);
+    if crate::json_depth(text) > crate::MAX_DEPTH {
+        return Err(err(format!(
+            "cannot parse {} as JSON: it nests deeper than {} levels",
+            shown(x),
+            crate::MAX_DEPTH
+        )));
+    }
     match jaq_json::read::parse_single(text) {
         Ok(v) => {
             let v = V::new(v);

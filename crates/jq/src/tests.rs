@@ -163,6 +163,19 @@ fn regular_expressions_are_guarded() {
 }
 
 #[test]
+fn deep_json_is_refused_before_it_is_parsed() {
+    let e = run(r#"("[" * 1000000) | fromjson"#, "{}").unwrap_err();
+    assert!(
+        matches!(e, RunError::Failed(ref m) if m.contains("deeper than 512")),
+        "{e:?}"
+    );
+    assert_eq!(run(r#"("[[1]]" | fromjson)"#, "{}").unwrap(), "[[1]]");
+    let deep = "[".repeat(600) + &"]".repeat(600);
+    assert!(Input::new("e", "a.b", "t", deep.as_bytes(), &[]).is_err());
+    assert_eq!(json_depth(br#"{"a": "[[[", "b": [{"c": "\"]"}]}"#), 3);
+}
+
+#[test]
 fn a_budget_is_shared_and_spent() {
     let p = Program::compile("[range(10000)] | length").unwrap();
     let mut budget = Budget::filters();
