@@ -279,6 +279,51 @@ async fn an_open_circuit_parks_its_deliveries_until_a_probe_gets_through() {
     cancel.cancel();
 }
 
+/// A delivery's patience runs from when its endpoint first could not take it, not from when
+/// the router made it: deliveries that waited in a backlog longer than the patience (no
+/// worker was running) are delivered when their endpoint is merely busy, not given up at
+/// its first refusal (a soak whose backlog outgrew the patience dead-lettered a healthy
+/// endpoint's delivery so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_older_than_the_patience_is_delivered_not_given_up() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
+    env.endpoint("acme", "busy", &rx.url("/hook"), &[], &[], None)
+        .await;
+    // Patience: a retry schedule of 1 s in all, then 2 s of grace. One request at a time and
+    // five a second: most of the ten are refused (queued full, then parked) at first.
+    env.change("acme", "busy", |ep| {
+        ep.max_in_flight = Some(1);
+        ep.rate_limit_per_sec = Some(5);
+        ep.retry_schedule = Some("0s,1s".into());
+    })
+    .await;
+    let mut router = env.spawn("router");
+    for n in 0..10 {
+        env.publish("acme", "charge.paid", &format!("evt-{n}"), b"{}", &[])
+            .await;
+    }
+    wait_until("the deliveries routed", Duration::from_secs(30), || async {
+        env.deliveries_left().await == 10
+    })
+    .await;
+    // Older than the patience before any worker sees them.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut worker = env.spawn_with(&["worker"], &[("GANCHO_DEFER_GRACE", "2s")]);
+    wait_until("every delivery", Duration::from_secs(30), || {
+        std::future::ready(rx.count() == 10)
+    })
+    .await;
+    assert!(
+        env.dead_letters().await.is_empty(),
+        "{:?}",
+        env.dead_letters().await
+    );
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}
+
 /// A dead endpoint's parked deliveries do not wait for its circuit to close: once older than
 /// its retry schedule plus `GANCHO_DEFER_GRACE` they are dead-lettered as `exhausted`, each
 /// once, without a request, while the endpoint stays dead (before, they stayed parked until

@@ -172,6 +172,7 @@ impl Ctx {
             deferrals: 0,
             channels: event.channels.clone(),
             event_sequence,
+            waiting_since: None,
         };
 
         // Fan out through a window: at most FAN_OUT_WINDOW deliveries of this event exist at

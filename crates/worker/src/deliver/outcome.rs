@@ -3,7 +3,9 @@
 //! the ack; a write that cannot be stored hands the delivery back instead.
 
 use super::recall::{Decided, Left};
-use super::{age, keep_while, Ctx, Unit, FULL_NAK_DELAY, FULL_PATIENCE, NAK_DELAY, WRITE_PATIENCE};
+use super::{
+    keep_while, waited, Ctx, Unit, FULL_NAK_DELAY, FULL_PATIENCE, NAK_DELAY, WRITE_PATIENCE,
+};
 use crate::emit::{self, Emit as _};
 use crate::gate::Gate;
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -73,10 +75,15 @@ impl Ctx {
         reason: Wait,
         after: Duration,
     ) -> Handled {
+        // The first refusal marks when its wait began; the mark goes with it, deferred or
+        // parked.
+        delivery
+            .waiting_since
+            .get_or_insert_with(|| gancho_proto::timestamp(OffsetDateTime::now_utc()));
         let refused = policy::Refused {
             wait: reason,
             after,
-            age: age(&delivery),
+            age: waited(&delivery),
             patience: ep.schedule.delays().iter().sum(),
             grace: self.defer_grace,
             paused_for: gate.paused_for(),
@@ -119,7 +126,7 @@ impl Ctx {
     /// past that, one the endpoint cannot take is dead-lettered instead of waiting on.
     fn outlived(&self, delivery: &Delivery, ep: &LiveEndpoint) -> bool {
         let patience = ep.schedule.delays().iter().sum();
-        policy::outlived(age(delivery), patience, self.defer_grace)
+        policy::outlived(waited(delivery), patience, self.defer_grace)
     }
 
     fn outlived_dead_letter(&self, reason: &str) -> Next {
@@ -442,8 +449,13 @@ impl Ctx {
             .map_or(msg.subject.as_str(), |t| t.as_str());
         let mut headers = HeaderMap::new();
         headers.insert(gancho_core::subject::TARGET_HEADER, target);
+        // A parked delivery carries when its wait began, which its message may not have yet.
+        let bytes = match delivery.waiting_since {
+            Some(_) => Bytes::from(delivery.encode_to_vec()),
+            None => unit.bytes(delivery),
+        };
         let publish = PublishMessage::build()
-            .payload(unit.bytes(delivery))
+            .payload(bytes)
             .headers(headers)
             .message_id(format!("hold:{}:{stream}:{seq}", delivery.id));
         (
