@@ -135,30 +135,36 @@ fn nesting(code: &str) -> usize {
     deepest
 }
 
-/// The deepest nesting in a term's rendering: how deep compiling and running it recurse.
-fn term_depth(rendered: &str) -> usize {
+/// The deepest nesting of the `open` brackets (closed by `close`) in `text`, outside its double-quoted strings
+/// (with `\` escapes): a term's rendering (`([{`: how deep compiling and running it recurse)
+/// or JSON (`[{`: how deep parsing it recurses).
+fn depth(text: &[u8], open: &[u8], close: &[u8]) -> usize {
     let (mut depth, mut deepest, mut quoted, mut escaped) = (0usize, 0, false, false);
-    for c in rendered.chars() {
+    for &b in text {
         if quoted {
-            match (escaped, c) {
+            match (escaped, b) {
                 (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => quoted = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => quoted = false,
                 _ => {}
             }
             continue;
         }
-        match c {
-            '"' => quoted = true,
-            '(' | '[' | '{' => {
+        match b {
+            b'"' => quoted = true,
+            b if close.contains(&b) => depth = depth.saturating_sub(1),
+            b if open.contains(&b) => {
                 depth += 1;
                 deepest = deepest.max(depth);
             }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
     deepest
+}
+
+fn term_depth(rendered: &str) -> usize {
+    depth(rendered.as_bytes(), b"([{", b")]}")
 }
 
 /// Deepest nesting of a parsed program's rendering (about six per level of the program).
@@ -285,32 +291,11 @@ fn load_messages(code: &str, e: jaq_core::load::Error<&str>) -> Vec<String> {
     }
 }
 
-/// The deepest nesting of arrays and objects in JSON `text` (outside its strings): the
-/// parser recurses once per level, so deeper text is refused before it is parsed (a string
-/// of a million `[` built by a program would end the process).
+/// The deepest nesting of arrays and objects in JSON `text`: the parser recurses once per
+/// level, so deeper text is refused before it is parsed (a string of a million `[` built by a
+/// program would end the process).
 pub(crate) fn json_depth(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut quoted, mut escaped) = (0usize, 0, false, false);
-    for &b in text {
-        if quoted {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => quoted = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => quoted = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
+    depth(text, b"[{", b"]}")
 }
 
 /// What a program reads: the envelope the receiver would get, plus the event's id and

@@ -60,17 +60,17 @@ impl<'a> Filtering<'a> {
         };
         let program = match filter {
             Ok(p) => p,
-            Err(_) => return self.failed(ep, "compile"),
+            Err(_) => return self.failed("compile"),
         };
         let input = match self.input.get_or_insert_with(|| self.event.input()) {
             Ok(input) => input,
-            Err(_) => return self.failed(ep, "input"),
+            Err(_) => return self.failed("input"),
         };
         match program.matches(input, &mut self.budget) {
             Ok(yes) => yes,
             Err(e) => {
                 debug!(endpoint = %ep.config.id, event = %self.event.id, error = %e, "An endpoint's filter gave no answer; the event does not match.");
-                self.failed(ep, e.reason())
+                self.failed(e.reason())
             }
         }
     }
@@ -80,7 +80,7 @@ impl<'a> Filtering<'a> {
         gancho_jq::FILTER_BUDGET - self.budget.left()
     }
 
-    fn failed(&self, _ep: &LiveEndpoint, reason: &'static str) -> bool {
+    fn failed(&self, reason: &'static str) -> bool {
         metrics::counter!(names::FILTER_FAILURES, "role" => self.role, "reason" => reason)
             .increment(1);
         false
