@@ -395,6 +395,57 @@ async fn the_cli_manages_tenants_keys_and_endpoints() {
     assert!(ok, "{err}");
     assert!(out.contains("filter     matches"), "{out}");
     assert!(out.contains(r#"transform  {"id":"ch_1"}"#), "{out}");
+    // Ordered delivery per key, then a pointer that is not one: the API's message.
+    let (ok, out, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--ordering",
+            "key",
+            "--ordering-key",
+            "/charge_id",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let ep: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (ep["ordering"].as_str(), ep["ordering_key"].as_str()),
+        (Some("key"), Some("/charge_id"))
+    );
+    let (ok, _, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--ordering-key",
+            "charge_id",
+        ],
+    );
+    assert!(!ok && err.contains("is not a JSON Pointer"), "{err}");
+    let (ok, _, err) = manage(
+        &api,
+        &key,
+        &[
+            "endpoints",
+            "update",
+            "--tenant",
+            "acme",
+            &id,
+            "--ordering",
+            "none",
+        ],
+    );
+    assert!(ok, "{err}");
     // An event type given to --filter, its meaning before jq: pointed at --type.
     let (ok, _, err) = manage(
         &api,

@@ -8,7 +8,7 @@ use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gancho_core::{EndpointId, Filter, Key, RetrySchedule, Scheme, TenantId};
-use gancho_store::model::{new_endpoint_id, new_key, MAX_TIMEOUT_MS};
+use gancho_store::model::{new_endpoint_id, new_key, OrderingMode, MAX_TIMEOUT_MS};
 use gancho_store::{Endpoint, Profile, TokenAuth};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -93,6 +93,14 @@ pub struct EndpointView {
     /// A jq program whose first output is the webhook's body.
     #[serde(skip_serializing_if = "Option::is_none")]
     transform: Option<String>,
+    /// `none`, `key` (in order per value of `ordering_key`) or `endpoint` (in order for
+    /// the whole endpoint).
+    #[schema(example = "key")]
+    ordering: &'static str,
+    /// With `ordering: key`: the JSON Pointer into the payload whose value is the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/charge_id")]
+    ordering_key: Option<String>,
     /// The client certificate chain presented to the endpoint (its key is never returned).
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert: Option<String>,
@@ -210,6 +218,8 @@ impl EndpointView {
             retry_schedule: ep.retry_schedule,
             filter: ep.filter,
             transform: ep.transform,
+            ordering: ep.ordering.as_str(),
+            ordering_key: ep.ordering_key,
             client_cert: ep.client_cert,
             ca: ep.ca,
             created_at: ep.created_at,
@@ -369,21 +379,22 @@ fn check_programs(ep: &Endpoint) -> Result<(), ApiError> {
 /// that applies it: an older worker would send the body a transform was meant to reshape
 /// (personal data it strips), an older router would route the events a filter leaves out.
 /// Routers of versions before programs do not announce themselves and are not seen.
-async fn check_fleet_runs_programs(state: &ApiState) -> Result<(), ApiError> {
+async fn check_fleet_runs(state: &ApiState, need: Need) -> Result<(), ApiError> {
     const FOR: std::time::Duration = std::time::Duration::from_secs(5);
-    let seen = *state
+    let seen = state
         .fleet_runs_programs
         .lock()
-        .unwrap_or_else(|e| e.into_inner());
+        .unwrap_or_else(|e| e.into_inner())
+        .get(need.feature)
+        .copied();
     if seen.is_some_and(|at| at.elapsed() < FOR) {
         return Ok(());
     }
-    let feature = gancho_store::members::FEATURES;
     for (bucket, what) in [
         (&state.layout.workers, "workers"),
         (&state.layout.routers, "routers"),
     ] {
-        let older = gancho_store::members::lacking(bucket, feature)
+        let older = gancho_store::members::lacking(bucket, need.feature)
             .await
             .map_err(crate::error::unavailable)?;
         if older > 0 {
@@ -391,16 +402,54 @@ async fn check_fleet_runs_programs(state: &ApiState) -> Result<(), ApiError> {
                 StatusCode::CONFLICT,
                 "upgrade_in_progress",
                 format!(
-                    "filter and transform need every router and worker to run a version that applies them; {older} of the {what} alive run an older one: finish the upgrade, then set them"
+                    "{} need every router and worker to run a version that applies them; {older} of the {what} alive run an older one: finish the upgrade, then set them",
+                    need.fields
                 ),
             ));
         }
     }
-    *state
+    state
         .fleet_runs_programs
         .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(need.feature, std::time::Instant::now());
     Ok(())
+}
+
+/// A setting only a fleet of new enough routers and workers applies: the feature their
+/// members announce ([`gancho_store::members::FEATURES`]) and the fields that need it.
+#[derive(Clone, Copy)]
+struct Need {
+    feature: &'static str,
+    fields: &'static str,
+}
+
+const PROGRAMS: Need = Need {
+    feature: "jq",
+    fields: "filter and transform",
+};
+const ORDERING: Need = Need {
+    feature: "ordering",
+    fields: "ordering and ordering_key",
+};
+
+/// `ordering` as the API takes it.
+fn ordering_mode(mode: &str) -> Result<OrderingMode, ApiError> {
+    match mode {
+        "none" => Ok(OrderingMode::None),
+        "key" => Ok(OrderingMode::Key),
+        "endpoint" => Ok(OrderingMode::Endpoint),
+        other => Err(ApiError::invalid(format!(
+            "ordering {other:?} is not one of \"none\", \"key\" or \"endpoint\""
+        ))),
+    }
+}
+
+/// The ordering as it would be stored: `key` with a JSON Pointer, the others without one.
+fn check_ordering(ep: &Endpoint) -> Result<(), ApiError> {
+    gancho_core::ordering::Ordering::parse(ep.ordering.as_str(), ep.ordering_key.as_deref())
+        .map(|_| ())
+        .map_err(ApiError::invalid)
 }
 
 /// The checks of a new endpoint that look at it whole: its profile, its programs (and
@@ -408,9 +457,13 @@ async fn check_fleet_runs_programs(state: &ApiState) -> Result<(), ApiError> {
 async fn check_whole(state: &ApiState, ep: &Endpoint) -> Result<(), ApiError> {
     check_profile(ep)?;
     check_programs(ep)?;
+    check_ordering(ep)?;
     check_tls(ep)?;
     if ep.filter.is_some() || ep.transform.is_some() {
-        check_fleet_runs_programs(state).await?;
+        check_fleet_runs(state, PROGRAMS).await?;
+    }
+    if !ep.ordering.is_none() {
+        check_fleet_runs(state, ORDERING).await?;
     }
     Ok(())
 }
@@ -509,6 +562,15 @@ pub struct CreateEndpoint {
     /// `openfinance-br`, whose body is fixed.
     #[schema(example = "{id: .data.charge_id, status: .type}")]
     transform: Option<String>,
+    /// `none` (default: deliveries go in parallel, each on its own retry schedule), `key`
+    /// (deliveries with the same `ordering_key` value go one at a time, in the order of the
+    /// events, through retries) or `endpoint` (the whole endpoint in order).
+    #[schema(example = "key")]
+    ordering: Option<String>,
+    /// With `ordering: key`: a JSON Pointer (RFC 6901) into the event's payload, e.g.
+    /// `/charge_id`; events without it share one key.
+    #[schema(example = "/charge_id")]
+    ordering_key: Option<String>,
     /// `hmac` (default) or `ed25519`.
     signing: Option<Signing>,
     /// A `whsec_` secret (or, with `ed25519`, a `whsk_` signing key) to use instead of a
@@ -633,6 +695,13 @@ pub struct PatchEndpoint {
     /// A jq program; null removes it (the standard body).
     #[serde(default, deserialize_with = "nullable")]
     transform: Option<Option<String>>,
+    /// `none`, `key` or `endpoint`: applies to the deliveries routed after the change.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    ordering: Option<String>,
+    /// A JSON Pointer for `ordering: key`; null removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    ordering_key: Option<Option<String>>,
     /// false re-enables an endpoint, also one disabled after a 410.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
@@ -790,6 +859,7 @@ pub async fn create(
         None => Profile::Standard,
     };
     let token = body.token.map(TokenInput::into_auth).transpose()?;
+    let ordering = ordering_mode(body.ordering.as_deref().unwrap_or("none"))?;
     let timeout_ms = body
         .timeout_ms
         .unwrap_or(gancho_store::model::DEFAULT_TIMEOUT_MS);
@@ -799,22 +869,7 @@ pub async fn create(
         timeout_ms,
         body.retry_schedule.as_deref(),
     )?;
-    let secret =
-        match body.secret {
-            Some(s) => {
-                let key = Key::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
-                if let Some(signing) = body.signing.filter(|s| s.scheme() != key.scheme()) {
-                    return Err(ApiError::invalid(format!(
-                    "secret is a {} key but signing is {}: give a {} key, or leave one of them out",
-                    key.scheme().as_str(),
-                    signing.scheme().as_str(),
-                    if signing == Signing::Hmac { "whsec_" } else { "whsk_" }
-                )));
-                }
-                s
-            }
-            None => new_key(body.signing.unwrap_or(Signing::Hmac).scheme()),
-        };
+    let secret = chosen_secret(body.secret, body.signing)?;
     let now = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .expect("0 is valid");
@@ -843,6 +898,8 @@ pub async fn create(
         retry_schedule: body.retry_schedule.map(|s| s.0),
         filter: body.filter,
         transform: body.transform,
+        ordering,
+        ordering_key: body.ordering_key,
         secret,
         previous_secrets: Vec::new(),
         created_at: now,
@@ -854,6 +911,28 @@ pub async fn create(
         StatusCode::CREATED,
         axum::Json(EndpointView::from(ep, true)),
     ))
+}
+
+/// A new endpoint's key: the one given (of the kind `signing` asks for, if it asks), or a
+/// new one of that kind.
+fn chosen_secret(given: Option<String>, signing: Option<Signing>) -> Result<String, ApiError> {
+    let Some(s) = given else {
+        return Ok(new_key(signing.unwrap_or(Signing::Hmac).scheme()));
+    };
+    let key = Key::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(signing) = signing.filter(|s| s.scheme() != key.scheme()) {
+        return Err(ApiError::invalid(format!(
+            "secret is a {} key but signing is {}: give a {} key, or leave one of them out",
+            key.scheme().as_str(),
+            signing.scheme().as_str(),
+            if signing == Signing::Hmac {
+                "whsec_"
+            } else {
+                "whsk_"
+            }
+        )));
+    }
+    Ok(s)
 }
 
 /// The id a new endpoint gets: the one asked for, or a generated `ep_...`.
@@ -1116,7 +1195,13 @@ pub async fn update(
     let profile = body.profile.as_deref().map(parse_profile).transpose()?;
     let token = body.token.map(TokenInput::into_auth).transpose()?;
     if matches!(body.filter, Some(Some(_))) || matches!(body.transform, Some(Some(_))) {
-        check_fleet_runs_programs(&state).await?;
+        check_fleet_runs(&state, PROGRAMS).await?;
+    }
+    let ordering = body.ordering.as_deref().map(ordering_mode).transpose()?;
+    if ordering.is_some_and(|o| o != OrderingMode::None)
+        || matches!(body.ordering_key, Some(Some(_)))
+    {
+        check_fleet_runs(&state, ORDERING).await?;
     }
     let mut invalid = None;
     let ep = state
@@ -1183,6 +1268,15 @@ pub async fn update(
             if let Some(v) = &body.transform {
                 ep.transform = v.clone();
             }
+            if let Some(v) = ordering {
+                ep.ordering = v;
+                if v != OrderingMode::Key {
+                    ep.ordering_key = None;
+                }
+            }
+            if let Some(v) = &body.ordering_key {
+                ep.ordering_key = v.clone();
+            }
             if let Some(v) = body.disabled {
                 ep.disabled = v;
                 if !v {
@@ -1201,6 +1295,7 @@ pub async fn update(
             )
             .and_then(|()| check_profile(ep))
             .and_then(|()| check_programs(ep))
+            .and_then(|()| check_ordering(ep))
             .and_then(|()| check_tls(ep));
             if let Err(e) = checked {
                 let msg = e.message.clone();

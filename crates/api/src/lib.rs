@@ -94,7 +94,8 @@ pub struct ApiState {
     pub store: ConfigStore,
     /// When every live router and worker was last seen to run jq programs (checked again
     /// after 5 s: a listing of the members costs a consumer).
-    pub fleet_runs_programs: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    pub fleet_runs_programs:
+        Arc<std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>>>,
     pub admin_token: Arc<str>,
     /// Accept `http://` endpoint URLs.
     pub allow_http: bool,

@@ -20,6 +20,12 @@ pub const TARGET_HEADER: &str = "Gancho-Target";
 /// deliveries of one event to several endpoints of one partition) instead of one `Delivery`;
 /// its value is the number of deliveries.
 pub const BATCH_HEADER: &str = "Gancho-Batch";
+/// Header on an ordered delivery: the events stream's sequence of its event, the order its
+/// key's deliveries go in.
+pub const EVENT_SEQUENCE_HEADER: &str = "Gancho-Event-Sequence";
+/// Header on an ordered delivery waiting for a retry: not before this time (Unix
+/// milliseconds).
+pub const NOT_BEFORE_HEADER: &str = "Gancho-Not-Before";
 /// The event token of a dead letter whose event could not be read.
 pub const NO_EVENT_TOKEN: &str = "_";
 /// Header on an event that came in over HTTP ingest (`http`); events without it were
@@ -62,6 +68,11 @@ impl Subjects {
     /// stream's blocks mostly holes, loaded and compacted over and over by nats-server).
     pub fn held_stream(&self) -> String {
         format!("{}_HELD", self.upper)
+    }
+    /// The deliveries of endpoints with ordered delivery, each waiting on its key's subject
+    /// ([`Subjects::ordered`]) until its turn; read by the owner of its partition.
+    pub fn ordered_stream(&self) -> String {
+        format!("{}_ORDERED", self.upper)
     }
     pub fn config_bucket(&self) -> String {
         format!("{}_config", self.prefix.replace('-', "_"))
@@ -179,6 +190,32 @@ impl Subjects {
             .strip_prefix(self.prefix.as_str())
             .and_then(|rest| rest.strip_prefix(".deliveries."))
             .is_some_and(|rest| rest.contains('.'))
+    }
+    /// `gancho.ordered.<partition>.<tenant>.<endpoint>.<key hash>`: an ordered endpoint's
+    /// deliveries of one key (the hash of [`crate::ordering::Ordering::key_of`], never the
+    /// key), in the ordered stream.
+    pub fn ordered(&self, partition: u32, tenant: &str, endpoint: &str, key: &str) -> String {
+        format!(
+            "{}.ordered.{partition}.{tenant}.{endpoint}.{key}",
+            self.prefix
+        )
+    }
+    /// Every ordered delivery of one partition.
+    pub fn ordered_partition(&self, partition: u32) -> String {
+        format!("{}.ordered.{partition}.>", self.prefix)
+    }
+    pub fn ordered_wildcard(&self) -> String {
+        format!("{}.ordered.>", self.prefix)
+    }
+    /// Splits an ordered subject into (tenant, endpoint, key hash).
+    pub fn parse_ordered<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".ordered.")?;
+        let mut parts = rest.split('.');
+        let (_partition, tenant, endpoint, key) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        parts.next().is_none().then_some((tenant, endpoint, key))
     }
     /// `gancho.retry.<delivery id>`: holds a scheduled retry until it fires.
     pub fn retry(&self, delivery_id: &str) -> String {

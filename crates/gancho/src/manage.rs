@@ -1028,6 +1028,8 @@ enum EndpointsCmd {
         filters: Vec<String>,
         #[command(flatten)]
         programs: ProgramArgs,
+        #[command(flatten)]
+        ordering: OrderingArgs,
         #[arg(long, default_value = "")]
         description: String,
         /// hmac (v1, a shared secret) or ed25519 (v1a: receivers verify with the public key).
@@ -1063,6 +1065,8 @@ enum EndpointsCmd {
         filters: Option<Vec<String>>,
         #[command(flatten)]
         programs: ProgramArgs,
+        #[command(flatten)]
+        ordering: OrderingArgs,
         /// Removes the jq filter (every event of its types and channels again).
         #[arg(long, conflicts_with = "filter")]
         no_filter: bool,
@@ -1144,6 +1148,30 @@ struct ProgramArgs {
     /// Example: --transform '{id: .data.charge_id, status: .type}'
     #[arg(long)]
     transform: Option<String>,
+}
+
+/// Ordered delivery.
+#[derive(Args, Debug)]
+struct OrderingArgs {
+    /// none (default: in parallel), key (one at a time per value of --ordering-key, in the
+    /// order of the events) or endpoint (the whole endpoint one at a time).
+    /// Example: --ordering key --ordering-key /charge_id
+    #[arg(long, value_parser = ["none", "key", "endpoint"])]
+    ordering: Option<String>,
+    /// With --ordering key: a JSON Pointer into the event's payload (RFC 6901).
+    #[arg(long)]
+    ordering_key: Option<String>,
+}
+
+impl OrderingArgs {
+    fn apply(&self, body: &mut serde_json::Map<String, Value>) {
+        if let Some(o) = &self.ordering {
+            body.insert("ordering".into(), json!(o));
+        }
+        if let Some(k) = &self.ordering_key {
+            body.insert("ordering_key".into(), json!(k));
+        }
+    }
 }
 
 /// `text`, or the contents of the file when it is `@FILE`.
@@ -1399,6 +1427,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             url,
             filters,
             programs,
+            ordering,
             description,
             signing,
             profile,
@@ -1411,6 +1440,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
                 body.insert("signing".into(), json!(s));
             }
             programs.apply(&mut body)?;
+            ordering.apply(&mut body);
             profile.apply(&mut body)?;
             let body = Value::Object(body);
             let v = call(
@@ -1442,6 +1472,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             description,
             filters,
             programs,
+            ordering,
             no_filter,
             no_transform,
             disabled,
@@ -1449,6 +1480,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
         } => {
             let mut body = serde_json::Map::new();
             programs.apply(&mut body)?;
+            ordering.apply(&mut body);
             if no_filter {
                 body.insert("filter".into(), Value::Null);
             }
@@ -1469,7 +1501,7 @@ pub async fn endpoints(a: Endpoints) -> anyhow::Result<()> {
             }
             profile.apply(&mut body)?;
             if body.is_empty() {
-                bail!("nothing to change: give --url, --description, --type, --filter, --transform, --disabled, --profile or a token");
+                bail!("nothing to change: give --url, --description, --type, --filter, --transform, --ordering, --disabled, --profile or a token");
             }
             let path = format!("/v1/tenants/{tenant}/endpoints/{id}");
             show(

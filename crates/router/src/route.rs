@@ -111,6 +111,16 @@ pub fn check_event(
 /// The attribute of an operational event naming the endpoint it is about.
 pub const OPERATIONAL_ENDPOINT: &str = "endpoint_id";
 
+/// Where a message of deliveries goes.
+enum Lane {
+    /// The partition (or its bulk lane), for a worker to pull.
+    Partition,
+    /// A paused endpoint's held subject (one delivery).
+    Held,
+    /// An ordered endpoint's key subject (one delivery), with the key's hash.
+    Ordered(String),
+}
+
 impl Ctx {
     #[allow(
         clippy::too_many_lines,
@@ -231,31 +241,38 @@ impl Ctx {
         // One message per partition (at most BATCH_MAX deliveries each) rather than one per
         // endpoint: the JetStream write, the worker's pull and its ack are shared. A paused
         // endpoint's delivery goes to its held subject on its own.
+        // An ordered endpoint's delivery waits on its key's subject of the ordered stream
+        // (paused or not: its partition's owner keeps it until its turn).
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.partitions as usize];
-        let mut sends: Vec<(u32, Vec<usize>)> = Vec::new();
+        let mut sends: Vec<(u32, Vec<usize>, Lane)> = Vec::new();
         for i in hits.into_iter().map(|i| i as usize) {
             let ep = &list[i].config;
             if ep.disabled || about.is_some_and(|a| a.as_str() == ep.id.as_str()) {
                 continue;
             }
             let p = gancho_core::subject::partition(&event.tenant, ep.id.as_str(), self.partitions);
-            if ep.paused {
-                sends.push((p, vec![i]));
+            if let Some(key) = ep.ordering().key_of(&event.payload) {
+                sends.push((p, vec![i], Lane::Ordered(key)));
+            } else if ep.paused {
+                sends.push((p, vec![i], Lane::Held));
             } else {
                 groups[p as usize].push(i);
             }
         }
         for (p, group) in (0..).zip(groups) {
-            sends.extend(group.chunks(crate::BATCH_MAX).map(|c| (p, c.to_vec())));
+            sends.extend(
+                group
+                    .chunks(crate::BATCH_MAX)
+                    .map(|c| (p, c.to_vec(), Lane::Partition)),
+            );
         }
         let fan_out = futures::stream::iter(sends)
-            .map(|(partition, members)| {
+            .map(|(partition, members, lane)| {
                 let ids: Vec<&str> = members
                     .iter()
                     .map(|&i| list[i].config.id.as_str())
                     .collect();
-                let paused = members.len() == 1 && list[members[0]].config.paused;
-                self.publish_deliveries(&template, partition, ids, paused, bulk)
+                self.publish_deliveries(&template, partition, ids, lane, bulk)
             })
             .buffer_unordered(FAN_OUT_WINDOW)
             .try_fold(0u64, |n, k| std::future::ready(Ok(n + k)));
@@ -305,7 +322,7 @@ impl Ctx {
         template: &Delivery,
         partition: u32,
         endpoints: Vec<&str>,
-        paused: bool,
+        lane: Lane,
         bulk: bool,
     ) -> Result<u64, async_nats::jetstream::context::PublishError> {
         // A tenant with a backlog has few publishes in flight: the stream stores writes in
@@ -372,12 +389,21 @@ impl Ctx {
         // Room first: no delivery is published past the high-water mark.
         let size = bytes.len() as u64 + 128;
         self.room.wait_for(size).await;
-        let subject = if paused {
-            metrics::counter!(names::DELIVERY_HELD).increment(1);
-            headers.insert(gancho_core::subject::TARGET_HEADER, target.as_str());
-            self.subjects.held(&template.tenant, endpoints[0])
-        } else {
-            target
+        let subject = match lane {
+            Lane::Partition => target,
+            Lane::Held => {
+                metrics::counter!(names::DELIVERY_HELD).increment(1);
+                headers.insert(gancho_core::subject::TARGET_HEADER, target.as_str());
+                self.subjects.held(&template.tenant, endpoints[0])
+            }
+            Lane::Ordered(key) => {
+                headers.insert(
+                    gancho_core::subject::EVENT_SEQUENCE_HEADER,
+                    template.event_sequence.to_string().as_str(),
+                );
+                self.subjects
+                    .ordered(partition, &template.tenant, endpoints[0], &key)
+            }
         };
         // Headers first: `headers()` replaces the whole map, message id included (the held
         // deliveries of paused endpoints went without one that way).

@@ -221,7 +221,7 @@ async fn keep_alive(
 /// What this version's roles support, after the time in each member's value: the api lets
 /// an endpoint have a jq filter or transform only when every live router and worker says
 /// `jq` ([`lacking`]). Values of older versions are the time alone.
-pub const FEATURES: &str = "jq";
+pub const FEATURES: &str = "jq ordering";
 
 fn now_text() -> String {
     format!(

@@ -135,6 +135,12 @@ pub struct Endpoint {
     /// A jq program run by the worker before signing: its first output is the body sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<String>,
+    /// `none` (default), `key` (in order per value of `ordering_key`) or `endpoint`.
+    #[serde(default, skip_serializing_if = "OrderingMode::is_none")]
+    pub ordering: OrderingMode,
+    /// With `ordering: key`: a JSON Pointer (RFC 6901) into the event's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
     /// `whsec_...`
     pub secret: String,
     #[serde(default)]
@@ -169,7 +175,42 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// How an endpoint's deliveries are ordered ([`gancho_core::ordering::Ordering`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderingMode {
+    #[default]
+    None,
+    Key,
+    Endpoint,
+}
+
+impl OrderingMode {
+    pub fn is_none(&self) -> bool {
+        *self == OrderingMode::None
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderingMode::None => "none",
+            OrderingMode::Key => "key",
+            OrderingMode::Endpoint => "endpoint",
+        }
+    }
+}
+
 impl Endpoint {
+    /// The endpoint's ordering as the worker and router apply it.
+    pub fn ordering(&self) -> gancho_core::ordering::Ordering {
+        use gancho_core::ordering::Ordering;
+        match (self.ordering, &self.ordering_key) {
+            (OrderingMode::None, _) => Ordering::None,
+            (OrderingMode::Endpoint, _) => Ordering::Endpoint,
+            (OrderingMode::Key, Some(pointer)) => Ordering::Key(pointer.clone()),
+            // Never stored so (the API refuses it); ordered as one key rather than not at all.
+            (OrderingMode::Key, None) => Ordering::Endpoint,
+        }
+    }
+
     /// An enabled endpoint with every setting at its default: all event types, no channels,
     /// no rate limit, the worker's in-flight cap, a 15 s timeout, the `standard` profile, the
     /// default retry schedule and a fresh secret.
@@ -198,6 +239,8 @@ impl Endpoint {
             ca: None,
             headers: BTreeMap::new(),
             retry_schedule: None,
+            ordering: OrderingMode::None,
+            ordering_key: None,
             secret: new_secret(),
             filter: None,
             transform: None,

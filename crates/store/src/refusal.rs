@@ -76,6 +76,7 @@ impl Refusal {
             | ErrorCode::STORAGE_RESOURCES_EXCEEDED
             | ErrorCode::STREAM_STORE_FAILED => Refusal::Full,
             ErrorCode::NO_MESSAGE_FOUND
+            | ErrorCode::SEQUENCE_NOT_FOUND
             | ErrorCode::STREAM_NOT_FOUND
             | ErrorCode::CONSUMER_NOT_FOUND => Refusal::NotFound,
             ErrorCode::CLUSTER_NOT_AVAILABLE

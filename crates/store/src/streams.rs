@@ -112,6 +112,10 @@ pub struct StreamSettings {
     pub audit_max_age: Duration,
 }
 
+/// Ordered deliveries that may wait at once (the ordered stream's record limit): what bounds
+/// the index a worker keeps of them (about 100 bytes each).
+pub const ORDERED_MAX_MESSAGES: i64 = 1_000_000;
+
 /// Records the attempt log keeps by default: about 0.5 GiB of nats-server's heap for their
 /// subjects' index (about 105 bytes a distinct subject, measured in RELIABILITY.md, "Memory
 /// over time"), and 1.2 GiB of disk at 250 bytes a record.
@@ -224,6 +228,21 @@ pub async fn ensure_with(
             retention: stream::RetentionPolicy::WorkQueue,
             max_bytes: -1,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // Ordered deliveries wait here until their key's turn: read by their partition's
+        // owner (headers only, then each head by a direct get), removed one by one when
+        // done. At most ORDERED_MAX_MESSAGES wait: past it the router waits for room, as it
+        // does for a full store, and the owner's index of them stays bounded.
+        stream::Config {
+            name: subjects.ordered_stream(),
+            subjects: vec![subjects.ordered_wildcard()],
+            max_messages: ORDERED_MAX_MESSAGES,
+            max_bytes: -1,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
             num_replicas: replicas,
             ..Default::default()
         },

@@ -93,3 +93,38 @@ pub async fn store(
         .record(sent.elapsed().as_secs_f64());
     stored
 }
+
+/// Removes message `seq` from `stream` without erasing it: its bytes are left for the
+/// server's compaction instead of overwritten in place and flushed, which is what the API's
+/// default removal (and `Stream::delete_message`) does. Ordered delivery removes every
+/// message it sends, and the erasing removal wrote about 850 MB/s to disk at 100 removals a
+/// second. A message that is gone already counts as removed.
+pub async fn remove(
+    js: &jetstream::Context,
+    stream: &str,
+    seq: u64,
+) -> Result<(), jetstream::context::RequestError> {
+    #[derive(serde::Deserialize)]
+    struct Removed {}
+    let asked = serde_json::json!({"seq": seq, "no_erase": true});
+    let answer: jetstream::response::Response<Removed> = js
+        .request(format!("STREAM.MSG.DELETE.{stream}"), &asked)
+        .await?;
+    match answer {
+        jetstream::response::Response::Ok(_) => Ok(()),
+        // Gone already: the server says so with the removal's own code (10057) and "no
+        // message found", or with a not-found code.
+        jetstream::response::Response::Err { error }
+            if crate::refusal::Refusal::of_code(&error) == crate::refusal::Refusal::NotFound
+                || error.to_string().starts_with("no message found") =>
+        {
+            Ok(())
+        }
+        jetstream::response::Response::Err { error } => {
+            Err(jetstream::context::RequestError::with_source(
+                jetstream::context::RequestErrorKind::Other,
+                error,
+            ))
+        }
+    }
+}

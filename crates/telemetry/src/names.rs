@@ -169,6 +169,13 @@ pub const ATTEMPTS_SHED: &str = "gancho_router_attempts_shed_total";
 /// Deliveries set aside for a paused endpoint (`gancho.hold.<tenant>.<endpoint>`, in the held
 /// stream), by the worker or the router.
 pub const DELIVERY_HELD: &str = "gancho_delivery_held_total";
+/// Ordered deliveries waiting in this worker's lanes (their index), by partition.
+pub const ORDERED_WAITING: &str = "gancho_ordered_waiting";
+/// Keys of ordered endpoints whose head has failed and holds the key's later deliveries, by
+/// partition.
+pub const ORDERED_KEYS_BLOCKED: &str = "gancho_ordered_keys_blocked";
+/// How long the oldest blocked key's head has been failing, by partition.
+pub const ORDERED_OLDEST_BLOCKED: &str = "gancho_ordered_oldest_blocked_seconds";
 /// Held deliveries moved back for delivery after their endpoint was resumed, disabled or
 /// deleted.
 pub const DELIVERY_RELEASED: &str = "gancho_delivery_released_total";
@@ -432,6 +439,18 @@ pub fn describe_all() {
         "A stream's byte limit (-1: none of its own), by stream."
     );
     describe_counter!(DELIVERY_HELD, "Deliveries set aside for a paused endpoint.");
+    describe_gauge!(
+        ORDERED_WAITING,
+        "Ordered deliveries waiting for their key's turn in this worker's lanes, by partition."
+    );
+    describe_gauge!(
+        ORDERED_KEYS_BLOCKED,
+        "Keys of ordered endpoints whose head has failed and holds their later deliveries, by partition."
+    );
+    describe_gauge!(
+        ORDERED_OLDEST_BLOCKED,
+        "Seconds the oldest blocked key's head has been failing, by partition."
+    );
     describe_counter!(
         DELIVERY_RELEASED,
         "Held deliveries released after their endpoint was resumed, disabled or deleted."

@@ -38,6 +38,7 @@ mod emit;
 pub mod gate;
 pub mod http;
 mod operational;
+mod ordered;
 mod profile;
 mod rearm;
 mod release;
@@ -185,7 +186,7 @@ pub async fn run(
     let (owned_tx, owned) = tokio::sync::watch::channel(Vec::new());
     let membership = tokio::spawn(gancho_store::members::run(
         layout.workers.clone(),
-        me,
+        me.clone(),
         partitions,
         owned_tx,
         cancel.clone(),
@@ -234,6 +235,14 @@ pub async fn run(
             ctx: ctx.clone(),
             owned: owned.clone(),
         },
+        cancel.clone(),
+    ));
+    // Ordered endpoints' deliveries, one key at a time, for the partitions this worker owns.
+    let ordering = tokio::spawn(ordered::run(
+        ctx.clone(),
+        layout.leases.clone(),
+        me,
+        owned.clone(),
         cancel.clone(),
     ));
     // A config change reaches the deliveries waiting in this worker's queues at once: a
@@ -287,6 +296,7 @@ pub async fn run(
     let _ = rearming.await;
     let _ = gauges.await;
     let _ = following.await;
+    let _ = ordering.await;
     Ok(())
 }
 

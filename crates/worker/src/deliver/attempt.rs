@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
 
-struct Outcome {
+pub(super) struct Outcome {
     status: u16,
     label: AttemptOutcome,
     error: String,
@@ -29,7 +29,7 @@ struct Outcome {
 }
 
 /// Why no request was sent.
-enum Unsent {
+pub(super) enum Unsent {
     /// The endpoint changed (deleted, disabled, paused, made invalid for it) before it.
     Changed,
     /// The endpoint's transform failed on the delivery (why).
@@ -37,7 +37,7 @@ enum Unsent {
 }
 
 /// A request sent: the endpoint as it stood when the request started, and its answer.
-struct Sent {
+pub(super) struct Sent {
     ep: Arc<LiveEndpoint>,
     started_at: OffsetDateTime,
     outcome: Outcome,
@@ -76,6 +76,22 @@ impl Ctx {
                 return Ok(self.finish(unit, Some(&delivery), None, next).await);
             }
         };
+        let (next, record) = self.judged(gate, permit, &delivery, attempt_no, sent);
+        delivery.attempts = attempt_no;
+        Ok(self.finish(unit, Some(&delivery), Some(record), next).await)
+    }
+
+    /// What an attempt's answer means: put in force at the endpoint's gate before its slot
+    /// (`permit`) is given back, told as an internal event, and returned as what follows
+    /// with the attempt's record.
+    pub(super) fn judged(
+        &self,
+        gate: &Gate,
+        permit: OwnedSemaphorePermit,
+        delivery: &Delivery,
+        attempt_no: u32,
+        sent: Sent,
+    ) -> (Next, Attempt) {
         let Sent {
             ep,
             started_at,
@@ -114,7 +130,7 @@ impl Ctx {
                 .note(&ep, gate, outcome.label == AttemptOutcome::Success);
         }
         let next = next_after(verdict.next, attempt_no, started_at, &outcome);
-        let after = after_of(&next, &delivery);
+        let after = after_of(&next, delivery);
         let line = match after {
             emit::After::Delivered { .. } => None,
             _ => self
@@ -135,10 +151,9 @@ impl Ctx {
         }
         .emit();
         let record = attempt_record(
-            &ep, &delivery, attempt_no, started_at, &outcome, latency, &next,
+            &ep, delivery, attempt_no, started_at, &outcome, latency, &next,
         );
-        delivery.attempts = attempt_no;
-        Ok(self.finish(unit, Some(&delivery), Some(record), next).await)
+        (next, record)
     }
 
     /// Takes a request slot (and a bulk one for a bulk lane's delivery) and the body's
@@ -154,7 +169,19 @@ impl Ctx {
         // Waiting for one of the worker's request slots counts as work in hand too: a busy
         // worker may keep a delivery waiting for longer than the ack wait.
         let bulk = self.subjects.is_bulk(&unit.msg.subject);
-        keep_while(unit, async {
+        keep_while(unit, self.send_now(delivery, ep, bulk)).await
+    }
+
+    /// [`Ctx::send`] without the message to keep: a request slot (and a bulk one for a bulk
+    /// lane's delivery), the body's bytes, the endpoint looked up once more, the body made
+    /// and the request sent.
+    pub(super) async fn send_now(
+        &self,
+        delivery: &Delivery,
+        ep: Arc<LiveEndpoint>,
+        bulk: bool,
+    ) -> Result<Sent, Unsent> {
+        {
             let _bulk = match bulk {
                 true => Some(
                     self.bulk_requests
@@ -194,8 +221,7 @@ impl Ctx {
                 outcome,
                 latency,
             })
-        })
-        .await
+        }
     }
 
     /// Puts an answer in force at the endpoint's gate and says what it changed; a circuit
@@ -296,7 +322,7 @@ fn attempt_record(
 
 impl Ctx {
     /// Sends the webhook once, built by its profile.
-    async fn attempt(
+    pub(super) async fn attempt(
         &self,
         delivery: &Delivery,
         ep: &LiveEndpoint,

@@ -6,8 +6,11 @@
 
 mod attempt;
 mod intake;
+mod ordered;
 mod outcome;
 mod recall;
+
+pub(crate) use ordered::{Head, Resolved};
 
 use crate::gate::Gates;
 use crate::http;

@@ -56,11 +56,25 @@ fn keep(unit: Unit<'_>, delivery: &Delivery, attempted: bool, record: Option<Att
 }
 
 /// The operational event an outcome sends.
-enum Notice {
+pub(super) enum Notice {
     /// `gancho.delivery.exhausted`, with why.
     Exhausted(String),
     /// `gancho.endpoint.disabled` after a 410 Gone, with why.
     Gone(String),
+}
+
+impl Notice {
+    /// The notice `next` calls for, if any.
+    pub(super) fn of(next: &Next) -> Option<Notice> {
+        match next {
+            Next::Dead {
+                kind: DeadKind::Exhausted,
+                reason,
+            } => Some(Notice::Exhausted(reason.clone())),
+            Next::Disable { reason } => Some(Notice::Gone(reason.clone())),
+            _ => None,
+        }
+    }
 }
 
 impl Ctx {
@@ -129,7 +143,7 @@ impl Ctx {
         policy::outlived(waited(delivery), patience, self.defer_grace)
     }
 
-    fn outlived_dead_letter(&self, reason: &str) -> Next {
+    pub(super) fn outlived_dead_letter(&self, reason: &str) -> Next {
         Next::Dead {
             kind: DeadKind::Exhausted,
             reason: format!(
@@ -198,14 +212,7 @@ impl Ctx {
             );
             writes.push((subject, publish));
         }
-        let notice = match &next {
-            Next::Dead {
-                kind: DeadKind::Exhausted,
-                reason,
-            } => Some(Notice::Exhausted(reason.clone())),
-            Next::Disable { reason } => Some(Notice::Gone(reason.clone())),
-            _ => None,
-        };
+        let notice = Notice::of(&next);
         let side = match self.side_write(unit, delivery, &next).await {
             Ok(side) => side,
             Err(e) => {
@@ -302,7 +309,7 @@ impl Ctx {
     /// (counted, and the delivery goes on: a full log must not stop delivery), and the other
     /// writes get [`FULL_PATIENCE`] before the delivery is handed back for [`FULL_NAK_DELAY`]:
     /// the deliveries that succeed meanwhile are what frees room.
-    async fn store_all(
+    pub(super) async fn store_all(
         &self,
         mut pending: Vec<(String, PublishMessage)>,
     ) -> Result<(), (jetstream::context::PublishError, bool)> {
@@ -357,7 +364,7 @@ impl Ctx {
     /// when another endpoint of the tenant subscribes to it: a dead endpoint's deliveries
     /// given up on at its traffic's rate (thousands a second) would otherwise each become an
     /// event stored and routed for nobody.
-    fn operational(
+    pub(super) fn operational(
         &self,
         delivery: Option<&Delivery>,
         notice: Option<Notice>,
