@@ -213,7 +213,8 @@ impl Lane {
     /// Serves the lane while `lease` is held and the partition is this worker's; returns
     /// the lease with what is in flight ended.
     async fn held(&mut self, mut lease: Lease) -> Lease {
-        let lost = self.stop.child_token();
+        // Not a child of `stop`: a partition that moves on lets what is in flight finish.
+        let lost = CancellationToken::new();
         let mut messages = match self.read_partition().await {
             Ok(m) => m,
             Err(e) => {
