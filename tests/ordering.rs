@@ -274,7 +274,7 @@ fn neighbours() -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_ordered_endpoint_does_not_slow_its_partition() {
-    const BLOCKED_FOR: Duration = Duration::from_secs(20);
+    const BLOCKED_FOR: Duration = Duration::from_secs(60);
     let env = support::Env::new().await;
     env.tenant("acme").await;
     let (ordered, unordered) = neighbours();

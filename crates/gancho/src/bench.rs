@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// transforming costs the worker.
     #[arg(long)]
     pub transform: Option<String>,
+    /// Ordered delivery on every healthy endpoint (`ordering: key`, `ordering_key: /k`), the
+    /// events taking this many keys in turn: what ordering costs against the same run
+    /// unordered.
+    #[arg(long)]
+    pub ordering_keys: Option<usize>,
     /// Timeout of the dead endpoints, e.g. 5s.
     #[arg(long, default_value = "5s")]
     pub dead_timeout: String,
@@ -730,6 +735,7 @@ impl Cluster {
             s.events_stream(),
             s.deliveries_stream(),
             s.held_stream(),
+            s.ordered_stream(),
             s.attempts_stream(),
             s.dead_stream(),
             s.audit_stream(),
@@ -924,6 +930,7 @@ async fn bench(
             (true, true) => Some(format!(".data.n >= -{i}")),
         };
         let transform = args.transform.clone();
+        let ordered = args.ordering_keys.is_some();
         async move {
             // Named e0, e1, ... as the floor names them: the same endpoints fall in the same
             // partitions in every run, every round of --compare and the floor, so the delivery
@@ -942,6 +949,10 @@ async fn bench(
                 }
                 if let Some(t) = transform {
                     body["transform"] = json!(t);
+                }
+                if ordered {
+                    body["ordering"] = json!("key");
+                    body["ordering_key"] = json!("/k");
                 }
                 body
             };
@@ -1035,15 +1046,20 @@ async fn bench(
     let _ = healthy;
     let started = Instant::now();
     let sender = {
-        let (via, events, rate, payload_bytes) =
-            (args.via.clone(), args.events, args.rate, args.payload_bytes);
+        let (via, events, rate, payload_bytes, keys) = (
+            args.via.clone(),
+            args.events,
+            args.rate,
+            args.payload_bytes,
+            args.ordering_keys,
+        );
         let (nats_url, api_url, token) = (nats_url.clone(), api_url.clone(), token.clone());
         let client = client.clone();
         let prefix = prefix.clone();
         tokio::spawn(async move {
             send(
                 &via,
-                (events, groups),
+                (events, groups, keys),
                 rate,
                 payload_bytes,
                 (&nats_url, &prefix),
@@ -1244,6 +1260,7 @@ async fn bench(
         "filter_share": args.filter_share,
         "distinct_filters": args.distinct_filters,
         "transform": args.transform,
+        "ordering_keys": args.ordering_keys,
         "fan_out": args.fan_out.unwrap_or(args.endpoints),
         "duplicates": last["received"].as_u64().zip(last["distinct"].as_u64())
             .map(|(r, d)| r - last["failed_on_purpose"].as_u64().unwrap_or(0) - d),
@@ -1284,12 +1301,16 @@ async fn outage(client: &HttpClient, sink_port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Messages in the deliveries and held streams (what waits to be delivered), or `None`
-/// when JetStream does not answer (nats-server restarting).
+/// Messages in the deliveries, held and ordered streams (what waits to be delivered), or
+/// `None` when JetStream does not answer (nats-server restarting).
 async fn waiting(js: &jetstream::Context, prefix: &str) -> Option<u64> {
     let subjects = gancho_core::Subjects::new(prefix).ok()?;
     let mut total = 0;
-    for name in [subjects.deliveries_stream(), subjects.held_stream()] {
+    for name in [
+        subjects.deliveries_stream(),
+        subjects.held_stream(),
+        subjects.ordered_stream(),
+    ] {
         // `get_stream` reads the stream's info.
         total += js.get_stream(name).await.ok()?.cached_info().state.messages;
     }
@@ -1446,7 +1467,7 @@ fn progress(hidden: bool, total: u64, what: &str) -> indicatif::ProgressBar {
 #[allow(clippy::too_many_arguments)]
 async fn send(
     via: &str,
-    (events, groups): (usize, usize),
+    (events, groups, keys): (usize, usize, Option<usize>),
     rate: u64,
     payload_bytes: usize,
     (nats_url, prefix): (&str, &str),
@@ -1455,7 +1476,10 @@ async fn send(
     client: &HttpClient,
 ) -> anyhow::Result<usize> {
     let pad = "x".repeat(payload_bytes.saturating_sub(24));
-    let payload = |n: usize| format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+    let payload = |n: usize| match keys {
+        Some(k) => format!(r#"{{"n":{n},"k":{},"pad":"{pad}"}}"#, n % k.max(1)),
+        None => format!(r#"{{"n":{n},"pad":"{pad}"}}"#),
+    };
     // At a fixed rate, events go out in ticks of 10 ms.
     let per_tick = if rate == 0 {
         usize::MAX

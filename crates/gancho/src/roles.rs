@@ -542,6 +542,7 @@ async fn usage(layout: &Layout, worker: bool) {
         ("events", subjects.events_stream()),
         ("deliveries", subjects.deliveries_stream()),
         ("held", subjects.held_stream()),
+        ("ordered", subjects.ordered_stream()),
         ("attempts", subjects.attempts_stream()),
         ("dead", subjects.dead_stream()),
     ];

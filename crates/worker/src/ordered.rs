@@ -45,7 +45,12 @@ const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// In-flight cap of an endpoint without one (the worker's default, as the gate's).
 const DEFAULT_IN_FLIGHT: u32 = 64;
 
-/// Serves the ordered lanes of the partitions this worker owns until `cancel` fires.
+/// How often a worker looks whether ordered delivery is in use when its config is quiet.
+const IN_USE_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves the ordered lanes of the partitions this worker owns until `cancel` fires, while
+/// ordered delivery is in use ([`in_use`]): a fleet without it pays nothing for it (no
+/// leases, no readers, no ticks).
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
     leases: kv::Store,
@@ -55,8 +60,13 @@ pub(crate) async fn run(
 ) {
     let mut lanes: HashMap<u32, CancellationToken> = HashMap::new();
     let mut tasks = JoinSet::new();
+    let mut config = ctx.live.changes();
+    let mut look = tokio::time::interval(IN_USE_EVERY);
     loop {
-        let now: Vec<u32> = owned.borrow_and_update().clone();
+        let now: Vec<u32> = match in_use(&ctx).await {
+            true => owned.borrow_and_update().clone(),
+            false => Vec::new(),
+        };
         lanes.retain(|p, stop| {
             let keep = now.contains(p);
             if !keep {
@@ -75,10 +85,31 @@ pub(crate) async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             changed = owned.changed() => if changed.is_err() { break },
+            changed = config.changed() => if changed.is_err() { break },
+            _ = look.tick() => {}
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Whether any endpoint orders its deliveries, or ordered deliveries still wait (routed
+/// before their endpoint stopped ordering, or deleted): then every owned partition's lane
+/// runs. When the ordered stream cannot be read, the lanes run.
+async fn in_use(ctx: &Ctx) -> bool {
+    let ordering = ctx
+        .live
+        .load()
+        .tenants
+        .values()
+        .any(|t| t.list.iter().any(|ep| !ep.config.ordering.is_none()));
+    if ordering {
+        return true;
+    }
+    match ctx.js.get_stream(ctx.subjects.ordered_stream()).await {
+        Ok(stream) => stream.cached_info().state.messages > 0,
+        Err(_) => true,
+    }
 }
 
 /// One waiting delivery of a key.
