@@ -1061,8 +1061,9 @@ async fn rolling_upgrade_under_load() {
         let key = gancho_core::Subjects::endpoint_key("acme", &id);
         let stored = env.layout.config.get(&key).await.unwrap().unwrap();
         let mut record: serde_json::Value = serde_json::from_slice(&stored).unwrap();
-        record["ordering"] = "key".into();
-        record["ordering_key"] = "/n".into();
+        // (`ordering` was such a field until this version took it.)
+        record["later_setting"] = "on".into();
+        record["later_pointer"] = "/n".into();
         env.layout
             .config
             .put(&key, serde_json::to_vec(&record).unwrap().into())
