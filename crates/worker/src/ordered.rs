@@ -246,26 +246,26 @@ impl Lane {
     async fn held(&mut self, mut lease: Lease) -> Lease {
         // Not a child of `stop`: a partition that moves on lets what is in flight finish.
         let lost = CancellationToken::new();
-        let mut messages = match self.read_partition().await {
-            Ok(m) => m,
+        // The ordered stream and the events stream (its routers' floors), opened once.
+        let opened = tokio::try_join!(
+            self.ctx.js.get_stream(self.ctx.subjects.ordered_stream()),
+            self.ctx.js.get_stream(self.ctx.subjects.events_stream()),
+        );
+        let reader = match opened {
+            Ok((stream, events)) => self
+                .read_partition(&stream)
+                .await
+                .map(|messages| (stream, events, messages)),
+            Err(e) => Err(e.into()),
+        };
+        let (stream, events, mut messages) = match reader {
+            Ok(opened) => opened,
             Err(e) => {
                 warn!(partition = self.partition, error = %e, "Cannot read a partition's ordered deliveries.");
                 tokio::select! {
                     () = self.stop.cancelled() => {}
                     () = tokio::time::sleep(LEASE_RETRY) => {}
                 }
-                return lease;
-            }
-        };
-        let stream = match self
-            .ctx
-            .js
-            .get_stream(self.ctx.subjects.ordered_stream())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "Cannot open the ordered stream.");
                 return lease;
             }
         };
@@ -311,7 +311,7 @@ impl Lane {
                         break;
                     }
                     if !draining {
-                        self.refresh_floors(&stream).await;
+                        self.refresh_floors(&stream, &events).await;
                         self.dispatch(&stream, &lost, &mut sends);
                         self.clean().await;
                     }
@@ -327,12 +327,10 @@ impl Lane {
     }
 
     /// An ordered consumer of the partition's subjects, headers only, from the start.
-    async fn read_partition(&self) -> Result<consumer::pull::Ordered, async_nats::Error> {
-        let stream = self
-            .ctx
-            .js
-            .get_stream(self.ctx.subjects.ordered_stream())
-            .await?;
+    async fn read_partition(
+        &self,
+        stream: &jetstream::stream::Stream,
+    ) -> Result<consumer::pull::Ordered, async_nats::Error> {
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: self.ctx.subjects.ordered_partition(self.partition),
@@ -428,7 +426,11 @@ impl Lane {
     /// stream's last sequence, and takes the floors once the lane has read its partition up
     /// to that sequence: every delivery of an event at or below a floor is then known.
     /// Writes that go on meanwhile (other routers, retries) do not hold them back.
-    async fn refresh_floors(&mut self, stream: &jetstream::stream::Stream) {
+    async fn refresh_floors(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        events: &jetstream::stream::Stream,
+    ) {
         if let Some((_, end)) = &self.floors.pending {
             if !self.read_to(stream, *end).await {
                 return;
@@ -467,18 +469,6 @@ impl Lane {
             return;
         }
         self.floors.last = Some(Instant::now());
-        let events = match self
-            .ctx
-            .js
-            .get_stream(self.ctx.subjects.events_stream())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(error = %e, "Cannot open the events stream for its routers' floors.");
-                return;
-            }
-        };
         let mut read = Vec::with_capacity(waiting.len());
         for tenant in waiting {
             let name = self.ctx.subjects.router_tenant_consumer(&tenant);

@@ -73,16 +73,7 @@ impl Ctx {
                 Ok(standing) => standing,
                 Err(resolved) => return resolved,
             };
-            let gate = self.gates.get(
-                &delivery.tenant,
-                &delivery.endpoint_id,
-                crate::gate::Settings {
-                    rate: ep.config.rate_limit_per_sec,
-                    max_in_flight: ep.config.max_in_flight,
-                    url: &ep.config.url,
-                    revision,
-                },
-            );
+            let gate = self.gates.of(&ep, revision);
             let permit = match gate.admit() {
                 Admission::Go(permit) => permit,
                 Admission::Defer { reason, after } => {

@@ -463,6 +463,20 @@ impl Gates {
         }
     }
 
+    /// The gate of `ep` as a snapshot of `revision` has it.
+    pub fn of(&self, ep: &gancho_store::LiveEndpoint, revision: u64) -> Arc<Gate> {
+        self.get(
+            ep.config.tenant.as_str(),
+            ep.config.id.as_str(),
+            Settings {
+                rate: ep.config.rate_limit_per_sec,
+                max_in_flight: ep.config.max_in_flight,
+                url: &ep.config.url,
+                revision,
+            },
+        )
+    }
+
     /// The endpoint's gate for `settings`. A gate made from an older config revision with
     /// other settings is replaced ([`Gates::replace`]); a newer one is kept, whatever the
     /// caller read.
