@@ -1,7 +1,9 @@
 //! Ordered delivery: an endpoint with `ordering: key` gets each key's deliveries in the order
-//! of the events stream, through failures, retries, worker kills and partitions moving to a
-//! new worker; `ordering: endpoint` the same for the whole endpoint; and an unordered endpoint
-//! on the same partition keeps its pace while an ordered one is blocked.
+//! of the events stream, through failures, retries, worker kills, partitions moving to a new
+//! worker, a router kill, a pause and a nats-server restart; `ordering: endpoint` the same for
+//! the whole endpoint; redrive and replay jobs send their copies in key order among
+//! themselves; and an unordered endpoint on the same partition keeps its pace while an
+//! ordered one is blocked.
 #![allow(
     clippy::too_many_lines,
     reason = "a test reads top to bottom: its set-up, its load and its checks in one place"
@@ -97,13 +99,32 @@ fn delivered(seen: &Seen) -> usize {
         .len()
 }
 
+/// Says every 5 s how far the deliveries got and what waits; never ends.
+async fn report(env: &support::Env, started: Instant, by_key: &Seen, by_endpoint: &Seen) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (pending, acks) = env.router_consumer_state().await;
+        let waiting = match env.js.get_stream("GANCHO_ORDERED").await {
+            Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        };
+        eprintln!(
+            "{:?}: {} keyed ({} requests), {} whole; events unrouted {pending} (+{acks} in hand), {waiting} ordered waiting",
+            started.elapsed(),
+            delivered(by_key),
+            by_key.lock().unwrap().len(),
+            delivered(by_endpoint)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_key_arrives_in_order_through_failures_kills_and_moves() {
     const EVENTS: u64 = 20_000;
     const KEYS: u64 = 200;
     /// Every tenth event is a `payment.*` one, which the endpoint-ordered endpoint gets.
     const EVERY: u64 = 10;
-    let env = support::Env::new().await;
+    let mut env = support::Env::new().await;
     env.tenant("acme").await;
     let schedule = format!("0s{}", ",100ms".repeat(11));
     let by_key = Arc::new(Mutex::new(Vec::new()));
@@ -170,26 +191,11 @@ async fn each_key_arrives_in_order_through_failures_kills_and_moves() {
         env.spawn("router"),
         env.spawn("worker"),
     ]);
-    let kill_worker = |i: usize| {
+    let kill = |i: usize| {
         let mut roles = roles.lock().unwrap();
         support::kill9(&mut roles[i]);
     };
     let started = Instant::now();
-    let report = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let (pending, acks) = env.router_consumer_state().await;
-            let mut ordered = env.js.get_stream("GANCHO_ORDERED").await.unwrap();
-            let waiting = ordered.info().await.unwrap().state.messages;
-            eprintln!(
-                "{:?}: {} keyed ({} requests), {} whole; events unrouted {pending} (+{acks} in hand), {waiting} ordered waiting",
-                started.elapsed(),
-                delivered(&by_key),
-                by_key.lock().unwrap().len(),
-                delivered(&by_endpoint)
-            );
-        }
-    };
     let progress = |n: usize| {
         let by_key = by_key.clone();
         async move {
@@ -201,31 +207,52 @@ async fn each_key_arrives_in_order_through_failures_kills_and_moves() {
             .await;
         }
     };
-    let run = async {
+    let requests = || by_key.lock().unwrap().len();
+    let faults = async {
         progress(3_000).await;
-        kill_worker(2);
+        kill(2);
         roles.lock().unwrap().push(env.spawn("worker"));
+        progress(5_000).await;
+        // Paused for 3 s: no request once those in flight are answered; resumed, each key
+        // goes on from where it stood.
+        env.change("acme", "keyed", |ep| ep.paused = true).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = requests();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(requests(), before, "requests went to a paused endpoint");
+        env.change("acme", "keyed", |ep| ep.paused = false).await;
         progress(8_000).await;
-        // A second worker midway: half the partitions move to it.
+        // A second worker midway: half the partitions move to it. A router killed and
+        // started again.
         roles.lock().unwrap().push(env.spawn("worker"));
-
+        kill(0);
+        roles.lock().unwrap().push(env.spawn("router"));
         progress(12_000).await;
-        kill_worker(3);
+        kill(3);
         roles.lock().unwrap().push(env.spawn("worker"));
-        wait_until(
-            "every keyed and whole-endpoint delivery",
-            Duration::from_secs(240),
-            || {
-                std::future::ready(
-                    all_delivered(&by_key, &keyed) && all_delivered(&by_endpoint, &whole_order),
-                )
-            },
-        )
-        .await;
+        progress(14_000).await;
     };
     tokio::select! {
-        () = run => {}
-        () = report => {}
+        () = faults => {}
+        () = report(&env, started, &by_key, &by_endpoint) => {}
+    }
+    // nats-server SIGKILLed and started again on its store: the lanes read their partitions
+    // again and go on.
+    env.nats.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.nats.restart();
+    let rest = wait_until(
+        "every keyed and whole-endpoint delivery",
+        Duration::from_secs(240),
+        || {
+            std::future::ready(
+                all_delivered(&by_key, &keyed) && all_delivered(&by_endpoint, &whole_order),
+            )
+        },
+    );
+    tokio::select! {
+        () = rest => {}
+        () = report(&env, started, &by_key, &by_endpoint) => {}
     }
     let took = started.elapsed();
     for role in roles.lock().unwrap().iter_mut() {
@@ -247,14 +274,15 @@ async fn each_key_arrives_in_order_through_failures_kills_and_moves() {
         whole_order["all"].len()
     );
     // At least once: a repeat (always of the delivery just sent, checked above) comes from a
-    // worker killed between a 200 and the delivery's removal, so at most what each of the two
-    // kills had in flight (the endpoint's cap of 64).
+    // worker killed, or a server restarted, between a 200 and the delivery's removal, so at
+    // most what each of the two kills and the restart had in flight (the endpoint's cap of
+    // 64).
     assert!(
-        key_repeats <= 2 * 64,
+        key_repeats <= 3 * 64,
         "{key_repeats} deliveries sent again after a 200"
     );
     assert!(
-        whole_repeats <= 2,
+        whole_repeats <= 3,
         "{whole_repeats} deliveries sent again after a 200"
     );
 }
@@ -461,4 +489,89 @@ async fn ordering_is_set_shown_and_checked_through_the_api() {
         .call("PATCH", path, Some(serde_json::json!({"ordering": "none"})))
         .await;
     assert_eq!((status, v["ordering"].as_str()), (200, Some("none")), "{v}");
+}
+
+/// Redrive and replay jobs for a `key`-ordered endpoint: each job's copies go in the order of
+/// the events stream per key among themselves, through the same failures as live deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_send_an_ordered_endpoints_copies_in_key_order() {
+    const EVENTS: u64 = 300;
+    const KEYS: u64 = 10;
+    const TOKEN: &str = "test-admin-token-0123456789";
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let seen: Seen = Arc::default();
+    let rx = flaky(&env, seen.clone()).await;
+    let schedule = format!("0s{}", ",100ms".repeat(11));
+    env.endpoint("acme", "keyed", &rx.url("/"), &[">"], &[], Some(&schedule))
+        .await;
+    env.change("acme", "keyed", |ep| {
+        ep.ordering = OrderingMode::Key;
+        ep.ordering_key = Some("/charge_id".into());
+    })
+    .await;
+    let since = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let mut expected: HashMap<String, Vec<u64>> = HashMap::new();
+    let events = (0..EVENTS).map(|n| {
+        let key = format!("ch_{}", n % KEYS);
+        expected.entry(key.clone()).or_default().push(n);
+        let payload = serde_json::json!({"charge_id": key, "n": n});
+        (format!("evt-{n}"), payload.to_string().into_bytes())
+    });
+    env.publish_many("acme", "charge.updated", events.collect::<Vec<_>>())
+        .await;
+
+    // Routed while no worker runs, then the endpoint disabled: the worker dead-letters every
+    // delivery, each key's in order.
+    let mut router = env.spawn("router");
+    let ordered = env.layout.subjects.ordered_stream();
+    wait_until("the deliveries routed", Duration::from_secs(30), || async {
+        let mut s = env.js.get_stream(&ordered).await.unwrap();
+        s.info().await.unwrap().state.messages == EVENTS
+    })
+    .await;
+    env.change("acme", "keyed", |ep| ep.disabled = true).await;
+    let mut worker = env.spawn("worker");
+    wait_until(
+        "every delivery dead-lettered",
+        Duration::from_secs(60),
+        || async { env.dead_letters().await.len() == EVENTS as usize },
+    )
+    .await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a disabled endpoint got requests"
+    );
+    env.change("acme", "keyed", |ep| ep.disabled = false).await;
+
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let api_calls = support::TenantsApi::new(&base, TOKEN);
+    let jobs = [
+        (
+            "/acme/dead-letters/redrive",
+            serde_json::json!({"endpoint": "keyed", "pace": 1000}),
+        ),
+        (
+            "/acme/endpoints/keyed/replay",
+            serde_json::json!({"since": since, "pace": 1000}),
+        ),
+    ];
+    for (path, body) in jobs {
+        seen.lock().unwrap().clear();
+        let (status, job) = api_calls.call("POST", path.into(), Some(body)).await;
+        assert_eq!(status, 202, "{path}: {job}");
+        wait_until(
+            &format!("{path}: every copy delivered"),
+            Duration::from_secs(90),
+            || std::future::ready(all_delivered(&seen, &expected)),
+        )
+        .await;
+        let repeats = check_order(&seen.lock().unwrap(), &expected);
+        assert_eq!(repeats, 0, "{path}: copies sent again after a 200");
+    }
+    for role in [&mut router, &mut worker, &mut api] {
+        support::kill9(role);
+    }
 }

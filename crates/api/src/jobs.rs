@@ -614,6 +614,7 @@ impl Runner {
         }
         let delivery = Delivery {
             id: String::new(),
+            event_sequence: r.seq,
             event_id: ev.id,
             tenant: self.job.tenant.clone(),
             endpoint_id: endpoint.to_owned(),
@@ -693,16 +694,40 @@ impl Runner {
             created_at: Some(timestamp(OffsetDateTime::now_utc())),
             ..d
         };
-        // The bulk lane: a job's copies take what the tenants' live deliveries leave free,
-        // and count toward their tenant's share there.
-        let subject = s.delivery_bulk(
-            partition(&delivery.tenant, &delivery.endpoint_id, PARTITIONS),
-            &delivery.tenant,
-        );
-        let publish = PublishMessage::build()
+        let p = partition(&delivery.tenant, &delivery.endpoint_id, PARTITIONS);
+        let mut publish = PublishMessage::build();
+        let subject = match self.key_of(&delivery) {
+            // The bulk lane: a job's copies take what the tenants' live deliveries leave
+            // free, and count toward their tenant's share there.
+            None => s.delivery_bulk(p, &delivery.tenant),
+            // An ordered endpoint's: its ordered lane, under a key of this job's, in the
+            // order of the events stream among themselves.
+            Some(key) => {
+                if delivery.event_sequence > 0 {
+                    publish = publish.header(
+                        gancho_core::subject::EVENT_SEQUENCE_HEADER,
+                        delivery.event_sequence.to_string().as_str(),
+                    );
+                }
+                s.ordered(p, &delivery.tenant, &delivery.endpoint_id, &key)
+            }
+        };
+        let publish = publish
             .payload(Bytes::from(delivery.encode_to_vec()))
             .message_id(format!("job:{}:{seq}", self.job.id));
         self.publish(subject, publish).await
+    }
+
+    /// The job's key for a copy to an endpoint that orders its deliveries (as it is set
+    /// now), `None` for one that does not.
+    fn key_of(&self, d: &Delivery) -> Option<String> {
+        let snapshot = self.state.live.load_full();
+        let ep = snapshot
+            .endpoints(&d.tenant)
+            .iter()
+            .find(|e| e.config.id.as_str() == d.endpoint_id)?;
+        let key = ep.config.ordering().key_of(&d.payload)?;
+        Some(gancho_core::ordering::job_key(&self.job.id, &key))
     }
 
     async fn publish(&self, subject: String, publish: PublishMessage) -> Result<(), Failure> {

@@ -58,6 +58,13 @@ impl Ordering {
     }
 }
 
+/// The key under which a recover, replay or redrive job's copies of one key go: its own,
+/// apart from the live deliveries of that key (the copies are re-sends, outside the live
+/// order) and from every other job's, so a job's copies go in order among themselves.
+pub fn job_key(job: &str, key: &str) -> String {
+    hash(format!("job:{job}:{key}").as_bytes())
+}
+
 /// 16 hex characters of SHA-256 of the key's JSON text (empty: no key).
 fn hash(text: &[u8]) -> String {
     Sha256::digest(text)[..8]
