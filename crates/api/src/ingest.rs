@@ -17,6 +17,7 @@ use axum::http::StatusCode;
 use gancho_core::TenantId;
 use gancho_proto::{Event, Message as _};
 use gancho_store::full::Pressure;
+use gancho_telemetry::traces::{self, KeyValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -156,16 +157,56 @@ fn build(
     Ok((id, subject, event.encode_to_vec()))
 }
 
-/// Sends one publish; its PubAck is awaited by the caller.
+/// The ingest span of a request (traces on), a child of its `traceparent` header or the
+/// first span of a new trace. Only the admin may choose to be sampled: for a tenant's key
+/// the parent's sampled flag is what gancho's sampler decides.
+fn ingest_span(
+    headers: &axum::http::HeaderMap,
+    principal: Option<&crate::auth::Principal>,
+    tenant: &str,
+    events: usize,
+) -> Option<traces::Started> {
+    if !traces::on() {
+        return None;
+    }
+    let parent = headers
+        .get(traces::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(traces::parse)
+        .map(|p| match principal {
+            Some(crate::auth::Principal::Admin) => p,
+            _ => traces::resampled(&p),
+        });
+    traces::SpanStart {
+        name: "gancho ingest",
+        kind: traces::Kind::Server,
+        parent: parent.as_ref(),
+        start: std::time::SystemTime::now(),
+        attributes: vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("gancho.tenant", tenant.to_owned()),
+            KeyValue::new("gancho.events", events as i64),
+        ],
+        links: Vec::new(),
+    }
+    .start()
+}
+
+/// Sends one publish; its PubAck is awaited by the caller. `trace` is the ingest span's
+/// `traceparent`, which the event's message carries to the router.
 async fn send(
     state: &ApiState,
     tenant: &str,
     id: &str,
     subject: String,
     bytes: Vec<u8>,
+    trace: Option<&str>,
 ) -> Result<PublishAckFuture, Unstored> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(gancho_core::subject::INGEST_HEADER, "http");
+    if let Some(trace) = trace {
+        headers.insert(traces::TRACEPARENT, trace);
+    }
     // Headers first: `headers` replaces the whole map, Nats-Msg-Id included.
     let publish = PublishMessage::build()
         .payload(bytes.into())
@@ -325,17 +366,40 @@ fn ingest_rate(state: &ApiState, tenant: &TenantId, n: u32) -> Result<(), ApiErr
 pub async fn send_one(
     State(state): State<ApiState>,
     Path(t): Path<String>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    headers: axum::http::HeaderMap,
     Json(ev): Json<EventIn>,
 ) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
     let t = tenant_id(&t)?;
     let (id, subject, bytes) = build(&state, t.as_str(), ev)?;
     tenant_exists(&state, &t, &id).await?;
     ingest_rate(&state, &t, 1)?;
-    let ack = send(&state, t.as_str(), &id, subject, bytes)
+    let span = ingest_span(&headers, principal.as_deref(), t.as_str(), 1);
+    let trace = span.as_ref().map(|s| traces::traceparent(&s.context()));
+    let ack = send(&state, t.as_str(), &id, subject, bytes, trace.as_deref())
         .await
-        .map_err(|e| unknown(&id, &e))?;
-    let duplicate = acked(ack).await.map_err(|e| unknown(&id, &e))?;
-    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { id, duplicate })))
+        .map_err(|e| unknown(&id, &e));
+    let duplicate = match ack {
+        Ok(ack) => acked(ack).await.map_err(|e| unknown(&id, &e)),
+        Err(e) => Err(e),
+    };
+    if let Some(mut span) = span {
+        span.set(vec![
+            KeyValue::new("gancho.event.id", id.clone()),
+            KeyValue::new(
+                "http.response.status_code",
+                if duplicate.is_ok() { 202 } else { 503 },
+            ),
+        ]);
+        span.end(None);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            id,
+            duplicate: duplicate?,
+        }),
+    ))
 }
 
 /// Accepts up to 1,000 events, each on its own (not all-or-nothing): the answer has a status
@@ -350,6 +414,8 @@ pub async fn send_one(
 pub async fn send_batch(
     State(state): State<ApiState>,
     Path(t): Path<String>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+    headers: axum::http::HeaderMap,
     Json(batch): Json<BatchIn>,
 ) -> Result<axum::Json<BatchResult>, ApiError> {
     let t = tenant_id(&t)?;
@@ -362,6 +428,13 @@ pub async fn send_batch(
     tenant_exists(&state, &t, "of this batch").await?;
     // Past the tenant's rate, the batch is refused whole: nothing of it is stored.
     ingest_rate(&state, &t, batch.events.len() as u32)?;
+    let span = ingest_span(
+        &headers,
+        principal.as_deref(),
+        t.as_str(),
+        batch.events.len(),
+    );
+    let trace = span.as_ref().map(|s| traces::traceparent(&s.context()));
     // Check every event, send every valid one, then await every PubAck.
     let mut results = Vec::with_capacity(batch.events.len());
     let mut pending = Vec::new();
@@ -383,7 +456,7 @@ pub async fn send_batch(
                 });
             }
             Ok((id, subject, bytes)) => {
-                let ack = send(&state, t.as_str(), &id, subject, bytes).await;
+                let ack = send(&state, t.as_str(), &id, subject, bytes, trace.as_deref()).await;
                 pending.push((results.len(), ack));
                 results.push(ItemResult {
                     id: Some(id),
@@ -414,6 +487,9 @@ pub async fn send_batch(
                 ));
             }
         }
+    }
+    if let Some(span) = span {
+        span.end(None);
     }
     Ok(axum::Json(BatchResult { results }))
 }

@@ -692,6 +692,9 @@ impl Runner {
             attempts: 0,
             deferrals: 0,
             created_at: Some(timestamp(OffsetDateTime::now_utc())),
+            waiting_since: None,
+            wait_started: None,
+            wait_reason: String::new(),
             ..d
         };
         let p = partition(&delivery.tenant, &delivery.endpoint_id, PARTITIONS);

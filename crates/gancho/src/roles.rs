@@ -160,6 +160,8 @@ pub struct Running {
     cancel: CancellationToken,
     /// How long a shutdown may drain ([`Config::shutdown_grace`]).
     grace: Duration,
+    /// The OTLP export of traces, when an endpoint is set.
+    traces: Option<gancho_telemetry::traces::Exporting>,
 }
 
 /// Starts `roles` against `nats_url`. They run until `cancel` fires.
@@ -176,6 +178,8 @@ pub async fn start(
     let role = roles.name();
     let handle = gancho_telemetry::install();
     gancho_telemetry::set_metrics_tenants(&config.metrics_tenants);
+    let traces = gancho_telemetry::traces::start(&format!("gancho-{role}"))
+        .map_err(crate::config::ConfigError)?;
     let ready = Ready::default();
     // Set-up, the config watch and the API use this connection; the router and the worker
     // each read and write on connections of their own, so that one role's backlog cannot
@@ -350,6 +354,7 @@ pub async fn start(
         tasks,
         cancel,
         grace: config.shutdown_grace,
+        traces,
     })
 }
 
@@ -378,6 +383,9 @@ impl Running {
         .await;
         if drained.is_err() {
             error!(grace_secs = self.grace.as_secs_f64(), "Roles did not stop within the grace period; exiting anyway (unacked work is redelivered).");
+        }
+        if let Some(traces) = self.traces.take() {
+            traces.shutdown(Duration::from_secs(5)).await;
         }
         failure.map_or(Ok(()), Err)
     }

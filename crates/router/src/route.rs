@@ -11,6 +11,7 @@ use gancho_proto::{Delivery, DeliveryBatch, Event, Message as _};
 use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
 use gancho_telemetry::names;
+use gancho_telemetry::traces::{self, KeyValue};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -108,6 +109,40 @@ pub fn check_event(
     Ok(event)
 }
 
+/// The routing span of an event (traces on), a child of the `traceparent` its message
+/// carries, or the first span of a new trace. A span left unended (the event handed back or
+/// refused) is dropped unexported.
+fn route_span(
+    msg: &jetstream::Message,
+    event: &gancho_proto::Event,
+    began: std::time::SystemTime,
+) -> Option<traces::Started> {
+    if !traces::on() {
+        return None;
+    }
+    let parent = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(traces::TRACEPARENT))
+        .and_then(|v| traces::parse(v.as_str()));
+    traces::SpanStart {
+        name: "gancho route",
+        kind: traces::Kind::Consumer,
+        parent: parent.as_ref(),
+        start: began,
+        attributes: vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", msg.subject.to_string()),
+            KeyValue::new("gancho.tenant", event.tenant.clone()),
+            KeyValue::new("gancho.event.id", event.id.clone()),
+            KeyValue::new("gancho.event.type", event.r#type.clone()),
+        ],
+        links: Vec::new(),
+    }
+    .start()
+}
+
 /// The attribute of an operational event naming the endpoint it is about.
 pub const OPERATIONAL_ENDPOINT: &str = "endpoint_id";
 
@@ -127,6 +162,7 @@ impl Ctx {
         reason = "an event's routing read top to bottom: decode, check, match, fan out, ack; to be split with the apply stage"
     )]
     pub(crate) async fn handle(&self, msg: jetstream::Message) -> Handled {
+        let began = std::time::SystemTime::now();
         // Counted once per event, not again when it comes back after a nak.
         if msg.info().is_ok_and(|i| i.delivered == 1) {
             let http = msg
@@ -168,7 +204,14 @@ impl Ctx {
         let occurred_at = event
             .occurred_at
             .or_else(|| Some(gancho_proto::timestamp(published)));
+        let mut span = route_span(&msg, &event, began);
         let template = Delivery {
+            trace_parent: span
+                .as_ref()
+                .map(|s| traces::traceparent(&s.context()))
+                .unwrap_or_default(),
+            wait_started: None,
+            wait_reason: String::new(),
             id: String::new(),
             event_id: event.id.clone(),
             tenant: event.tenant.clone(),
@@ -297,6 +340,10 @@ impl Ctx {
             // The deliveries are durable; a redelivered event only re-publishes duplicates
             // that JetStream drops within its de-duplication window.
             warn!(event = %event.id, error = %e, "Cannot ack an event after routing it.");
+        }
+        if let Some(mut span) = span.take() {
+            span.set(vec![KeyValue::new("gancho.deliveries", created as i64)]);
+            span.end(None);
         }
         let outcome = if created == 0 { "unmatched" } else { "routed" };
         metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome).increment(1);

@@ -3,6 +3,7 @@
 //! the tracing subscriber.
 
 pub mod names;
+pub mod traces;
 
 use axum::routing::get;
 use axum::Router;

@@ -176,6 +176,10 @@ pub const ORDERED_WAITING: &str = "gancho_ordered_waiting";
 pub const ORDERED_KEYS_BLOCKED: &str = "gancho_ordered_keys_blocked";
 /// How long the oldest blocked key's head has been failing, by partition.
 pub const ORDERED_OLDEST_BLOCKED: &str = "gancho_ordered_oldest_blocked_seconds";
+/// Spans handed to the OTLP exporter, by `result`: exported | failed (the collector did not
+/// take them) | dropped (gancho's queue in front of the exporter was full; delivery never
+/// waits for traces).
+pub const TRACE_SPANS: &str = "gancho_trace_spans_total";
 /// Held deliveries moved back for delivery after their endpoint was resumed, disabled or
 /// deleted.
 pub const DELIVERY_RELEASED: &str = "gancho_delivery_released_total";
@@ -450,6 +454,10 @@ pub fn describe_all() {
     describe_gauge!(
         ORDERED_OLDEST_BLOCKED,
         "Seconds the oldest blocked key's head has been failing, by partition."
+    );
+    describe_counter!(
+        TRACE_SPANS,
+        "Spans handed to the OTLP exporter, by result: exported | failed | dropped (queue full)."
     );
     describe_counter!(
         DELIVERY_RELEASED,

@@ -5,8 +5,11 @@
 
 use crate::gate::{Flip, RateChange};
 use gancho_core::policy::{AttemptOutcome, DeadKind, Wait};
+use gancho_proto::Delivery;
+use gancho_telemetry::traces::{self, KeyValue};
 use gancho_telemetry::{names, tenant_label};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 /// An internal event: its log line and metrics.
@@ -42,10 +45,118 @@ pub(crate) struct AttemptFinished<'a> {
     /// last one)` (at most one a second per endpoint, so a dead endpoint cannot flood the
     /// log), `None` to leave it out.
     pub line: Option<u64>,
+    /// When the request started.
+    pub started: OffsetDateTime,
+    /// The delivery's trace context (its route span), empty when it has none.
+    pub trace_parent: &'a str,
+    /// Where it went, without query or credentials.
+    pub url: &'a str,
+}
+
+impl AttemptFinished<'_> {
+    /// The attempt as an HTTP client span of the delivery's trace: method, URL (without query
+    /// or credentials), status, outcome, attempt number, endpoint; never a header value, the
+    /// body, the secret or the signature.
+    fn span(&self) {
+        let Some(parent) = traced(self.trace_parent) else {
+            return;
+        };
+        let start = SystemTime::from(self.started);
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.full", self.url.to_owned()),
+            KeyValue::new("http.request.resend_count", i64::from(self.attempt) - 1),
+            KeyValue::new("gancho.attempt", i64::from(self.attempt)),
+            KeyValue::new("gancho.outcome", self.outcome.as_str()),
+            KeyValue::new("gancho.tenant", self.tenant.to_owned()),
+            KeyValue::new("gancho.endpoint.id", self.endpoint.to_owned()),
+            KeyValue::new("gancho.event.id", self.event.to_owned()),
+        ];
+        if self.status > 0 {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(self.status),
+            ));
+        }
+        let Some(mut span) = (traces::SpanStart {
+            name: "POST",
+            kind: traces::Kind::Client,
+            parent: Some(&parent),
+            start,
+            attributes,
+            links: Vec::new(),
+        })
+        .start() else {
+            return;
+        };
+        if self.outcome != AttemptOutcome::Success {
+            let error_type = match self.status {
+                0 => self.outcome.as_str().to_owned(),
+                status => status.to_string(),
+            };
+            span.set(vec![KeyValue::new("error.type", error_type)]);
+            span.error(self.outcome.as_str().to_owned());
+        }
+        span.end(Some(start + self.latency));
+    }
+}
+
+/// The remote parent of a traced delivery's spans, when traces are on.
+fn traced(trace_parent: &str) -> Option<traces::SpanContext> {
+    if trace_parent.is_empty() || !traces::on() {
+        return None;
+    }
+    traces::parse(trace_parent)
+}
+
+/// A traced delivery begins to wait (`reason`: retry, paused, or the gate's wait): when,
+/// and why, travel with it, to be told as a span when the wait ends. A wait already begun
+/// goes on (a retry deferred by the rate limit is one wait); `restart` begins a new one (a
+/// retry after an attempt).
+pub(crate) fn wait_begins(delivery: &mut Delivery, reason: &str, restart: bool) {
+    if delivery.trace_parent.is_empty() || (delivery.wait_started.is_some() && !restart) {
+        return;
+    }
+    delivery.wait_started = Some(gancho_proto::timestamp(OffsetDateTime::now_utc()));
+    delivery.wait_reason = reason.to_owned();
+}
+
+/// A traced delivery's wait ended: its attempt starts now. Its span runs from when the wait
+/// began.
+pub(crate) struct WaitEnded<'a> {
+    pub delivery: &'a Delivery,
+}
+
+impl Emit for WaitEnded<'_> {
+    fn emit(self) {
+        let d = self.delivery;
+        let Some(began) = d.wait_started.as_ref().and_then(gancho_proto::to_datetime) else {
+            return;
+        };
+        let Some(parent) = traced(&d.trace_parent) else {
+            return;
+        };
+        traces::record(
+            traces::SpanStart {
+                name: "gancho wait",
+                kind: traces::Kind::Internal,
+                parent: Some(&parent),
+                start: SystemTime::from(began),
+                attributes: vec![
+                    KeyValue::new("gancho.wait.reason", d.wait_reason.clone()),
+                    KeyValue::new("gancho.endpoint.id", d.endpoint_id.clone()),
+                    KeyValue::new("gancho.attempt", i64::from(d.attempts) + 1),
+                ],
+                links: Vec::new(),
+            },
+            SystemTime::now(),
+        );
+    }
 }
 
 impl Emit for AttemptFinished<'_> {
     fn emit(self) {
+        self.span();
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => self.outcome.as_str(),
             "class" => gancho_core::subject::status_class(self.status),
             "tenant" => tenant_label(self.tenant))

@@ -137,6 +137,9 @@ impl Ctx {
                 .failure_lines
                 .allow(&delivery.tenant, &delivery.endpoint_id),
         };
+        let record = attempt_record(
+            &ep, delivery, attempt_no, started_at, &outcome, latency, &next,
+        );
         emit::AttemptFinished {
             tenant: &delivery.tenant,
             endpoint: ep.config.id.as_str(),
@@ -148,11 +151,11 @@ impl Ctx {
             error: &outcome.error,
             after,
             line,
+            started: started_at,
+            trace_parent: &delivery.trace_parent,
+            url: &record.url,
         }
         .emit();
-        let record = attempt_record(
-            &ep, delivery, attempt_no, started_at, &outcome, latency, &next,
-        );
         (next, record)
     }
 
@@ -212,6 +215,7 @@ impl Ctx {
             let size = body.as_ref().map_or(delivery.payload.len(), Bytes::len);
             let _body = self.bodies.hold(size + 512).await;
             let started_at = OffsetDateTime::now_utc();
+            emit::WaitEnded { delivery }.emit();
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
             let (outcome, latency) = self.attempt(delivery, &ep, started_at, body).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);

@@ -325,8 +325,16 @@ impl Ctx {
             gancho_core::subject::NOT_BEFORE_HEADER,
             at.to_string().as_str(),
         );
+        // A traced delivery's wait for its retry begins now.
+        let payload = if delivery.trace_parent.is_empty() {
+            delivery.encode_to_vec()
+        } else {
+            let mut waiting = delivery.clone();
+            crate::emit::wait_begins(&mut waiting, "retry", true);
+            waiting.encode_to_vec()
+        };
         let publish = PublishMessage::build()
-            .payload(Bytes::from(delivery.encode_to_vec()))
+            .payload(Bytes::from(payload))
             .headers(headers)
             .message_id(format!(
                 "ordered:{}:{}:{}",

@@ -94,6 +94,7 @@ impl Ctx {
         delivery
             .waiting_since
             .get_or_insert_with(|| gancho_proto::timestamp(OffsetDateTime::now_utc()));
+        emit::wait_begins(&mut delivery, reason.as_str(), false);
         let refused = policy::Refused {
             wait: reason,
             after,
@@ -259,7 +260,14 @@ impl Ctx {
             Next::Retry { delay } => {
                 let delivery = delivery.expect("a retry has a decoded delivery");
                 emit::RetryScheduled.emit();
-                Some(self.retry_publish(unit.msg, delivery, *delay))
+                if delivery.trace_parent.is_empty() {
+                    Some(self.retry_publish(unit.msg, delivery, *delay))
+                } else {
+                    // Its wait for the retry begins now.
+                    let mut waiting = delivery.clone();
+                    emit::wait_begins(&mut waiting, "retry", true);
+                    Some(self.retry_publish(unit.msg, &waiting, *delay))
+                }
             }
             Next::Defer { delay } => {
                 let delivery = delivery.expect("a deferral has a decoded delivery");
@@ -456,10 +464,16 @@ impl Ctx {
             .map_or(msg.subject.as_str(), |t| t.as_str());
         let mut headers = HeaderMap::new();
         headers.insert(gancho_core::subject::TARGET_HEADER, target);
-        // A parked delivery carries when its wait began, which its message may not have yet.
-        let bytes = match delivery.waiting_since {
-            Some(_) => Bytes::from(delivery.encode_to_vec()),
-            None => unit.bytes(delivery),
+        // A parked delivery carries when its wait began, which its message may not have yet
+        // (and a traced one since when it waits, for its span).
+        let bytes = match (delivery.waiting_since, delivery.trace_parent.is_empty()) {
+            (Some(_), true) => Bytes::from(delivery.encode_to_vec()),
+            (None, true) => unit.bytes(delivery),
+            (_, false) => {
+                let mut waiting = delivery.clone();
+                emit::wait_begins(&mut waiting, "paused", false);
+                Bytes::from(waiting.encode_to_vec())
+            }
         };
         let publish = PublishMessage::build()
             .payload(bytes)
