@@ -47,6 +47,12 @@ fn bad_config_exits_64_with_one_line() {
             "c2hvcnQ=",
             "GANCHO_ENCRYPTION_KEY must be 32 random bytes in base64",
         ),
+        ("GANCHO_TRACE_QUEUE", "none", "invalid trace_queue"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "collector:4318",
+            "OTEL_EXPORTER_OTLP_ENDPOINT: \"collector:4318\" is not an http:// or https:// URL",
+        ),
     ];
     for (key, value, want) in cases {
         let out = gancho()
@@ -446,6 +452,26 @@ async fn the_cli_manages_tenants_keys_and_endpoints() {
         ],
     );
     assert!(ok, "{err}");
+    // Trace context for the receiver, on and off.
+    for on in ["true", "false"] {
+        let (ok, out, err) = manage(
+            &api,
+            &key,
+            &[
+                "endpoints",
+                "update",
+                "--tenant",
+                "acme",
+                &id,
+                "--trace-context",
+                on,
+                "--json",
+            ],
+        );
+        assert!(ok, "{err}");
+        let ep: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(ep["trace_context"].to_string(), on, "{ep}");
+    }
     // An event type given to --filter, its meaning before jq: pointed at --type.
     let (ok, _, err) = manage(
         &api,

@@ -38,6 +38,8 @@ struct Span {
     end: u64,
     attributes: HashMap<String, String>,
     error: bool,
+    /// (trace id, span id) of each link.
+    links: Vec<(String, String)>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -75,6 +77,11 @@ fn spans(collector: &Receiver) -> Vec<Span> {
                             .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
                             .collect(),
                         error: s.status.is_some_and(|st| st.code == 2),
+                        links: s
+                            .links
+                            .iter()
+                            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                            .collect(),
                     });
                 }
             }
@@ -187,7 +194,16 @@ async fn an_event_with_a_traceparent_is_one_trace_through_waits_and_attempts() {
         .endpoint("acme", "pay", &rx.url("/in"), &[">"], &[], Some("0s,1s,1s"))
         .await;
     let vars = otlp(&collector);
-    let mut roles = [spawn(&env, "router", &vars), spawn(&env, "worker", &vars)];
+    let log_file = tempfile::NamedTempFile::new().unwrap();
+    let worker_vars: Vec<(&str, &str)> = vars
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let mut roles = [
+        spawn(&env, "router", &vars),
+        env.spawn_logging(&["worker"], &worker_vars, log_file.as_file()),
+    ];
     publish_traced(&env, "evt-1", &format!("00-{TRACE}-{PRODUCER_SPAN}-01")).await;
     wait_until("three attempts", Duration::from_secs(30), || {
         std::future::ready(rx.count() == 3)
@@ -233,6 +249,65 @@ async fn an_event_with_a_traceparent_is_one_trace_through_waits_and_attempts() {
         assert!(w.end - w.start >= 900_000_000, "wait {i}: {w:?}");
     }
     nothing_secret(&trace, &ep.secret, &rx.received());
+    // Each failed attempt's log line names its trace and span.
+    let log = std::fs::read_to_string(log_file.path()).unwrap();
+    for failed in &attempts[..2] {
+        let line = format!("trace_id={TRACE} span_id={}", failed.id);
+        assert!(log.contains(&line), "no line with {line} in:\n{log}");
+    }
+    // Trace context for the receiver is off by default: no traceparent reached it.
+    assert!(
+        rx.received()
+            .iter()
+            .all(|r| r.header("traceparent").is_none()),
+        "a traceparent went out unasked"
+    );
+    for role in &mut roles {
+        support::kill9(role);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_asks_gets_a_trace_of_its_own_linked_to_gancho_s() {
+    const TRACE_4: &str = "aaaabbbbccccddddeeeeffff00001111";
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let collector = Receiver::http(|_, _| Answer::status(200)).await;
+    let rx = Receiver::https_sequence(&env.ca, &[503, 200]).await;
+    env.endpoint("acme", "pay", &rx.url("/in"), &[">"], &[], Some("0s,200ms"))
+        .await;
+    env.change("acme", "pay", |ep| ep.trace_context = true)
+        .await;
+    let vars = otlp(&collector);
+    let mut roles = [spawn(&env, "router", &vars), spawn(&env, "worker", &vars)];
+    publish_traced(&env, "evt-4", &format!("00-{TRACE_4}-{PRODUCER_SPAN}-01")).await;
+    let trace = trace_of(&collector, TRACE_4, |s| named(s, "POST").len() == 2).await;
+    let sent: Vec<(String, String)> = rx
+        .received()
+        .iter()
+        .map(|r| {
+            let tp = r
+                .header("traceparent")
+                .expect("a traceparent on each attempt");
+            let parts: Vec<&str> = tp.split('-').collect();
+            assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{tp}");
+            (parts[1].to_owned(), parts[2].to_owned())
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0].0, sent[1].0,
+        "one trace for the delivery, every attempt"
+    );
+    assert_ne!(sent[0].1, sent[1].1, "a span per attempt");
+    assert_ne!(sent[0].0, TRACE_4, "the platform's trace id stays inside");
+    for (i, attempt) in named(&trace, "POST").iter().enumerate() {
+        assert_eq!(
+            attempt.links,
+            vec![sent[i].clone()],
+            "attempt {i} links to what it sent"
+        );
+    }
     for role in &mut roles {
         support::kill9(role);
     }
@@ -357,6 +432,49 @@ async fn a_retry_after_a_worker_kill_stays_in_its_trace() {
         waits[0]
     );
     for role in [&mut router, &mut second] {
+        support::kill9(role);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_costs_spans_never_deliveries() {
+    const EVENTS: usize = 40;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    // Takes every export and answers only after the test is over.
+    let collector = Receiver::http(|_, _| Answer::status(200).after(Duration::from_secs(60))).await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
+    env.endpoint("acme", "pay", &rx.url("/in"), &[">"], &[], None)
+        .await;
+    let mut vars = otlp(&collector);
+    vars.push(("GANCHO_TRACE_QUEUE", "4".into()));
+    let metrics = format!("127.0.0.1:{}", gancho_test_harness::nats::free_port());
+    vars.push(("GANCHO_METRICS_LISTEN", metrics.clone()));
+    let mut worker = spawn(&env, "worker", &vars);
+    vars.pop();
+    let mut router = spawn(&env, "router", &vars);
+    for n in 0..EVENTS {
+        let trace = format!("{n:032x}");
+        publish_traced(
+            &env,
+            &format!("evt-s{n}"),
+            &format!("00-{trace}-{PRODUCER_SPAN}-01"),
+        )
+        .await;
+    }
+    wait_until("every delivery", Duration::from_secs(20), || {
+        std::future::ready(rx.count() == EVENTS)
+    })
+    .await;
+    let dropped = || {
+        let page = support::http_get(&metrics, "/metrics");
+        support::metric(&page, r#"gancho_trace_spans_total{result="dropped"}"#).unwrap_or(0.0)
+    };
+    wait_until("spans dropped and counted", Duration::from_secs(10), || {
+        std::future::ready(dropped() > 0.0)
+    })
+    .await;
+    for role in [&mut router, &mut worker] {
         support::kill9(role);
     }
 }

@@ -101,6 +101,9 @@ pub struct EndpointView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "/charge_id")]
     ordering_key: Option<String>,
+    /// Whether its webhooks carry a W3C `traceparent` header: a trace of its own per
+    /// delivery (the same for every attempt), never the platform's trace id.
+    trace_context: bool,
     /// The client certificate chain presented to the endpoint (its key is never returned).
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert: Option<String>,
@@ -220,6 +223,7 @@ impl EndpointView {
             transform: ep.transform,
             ordering: ep.ordering.as_str(),
             ordering_key: ep.ordering_key,
+            trace_context: ep.trace_context,
             client_cert: ep.client_cert,
             ca: ep.ca,
             created_at: ep.created_at,
@@ -571,6 +575,10 @@ pub struct CreateEndpoint {
     /// `/charge_id`; events without it share one key.
     #[schema(example = "/charge_id")]
     ordering_key: Option<String>,
+    /// Webhooks carry a W3C `traceparent` header (default false): a trace of its own per
+    /// delivery, the same for every attempt, never the platform's trace id.
+    #[serde(default)]
+    trace_context: bool,
     /// `hmac` (default) or `ed25519`.
     signing: Option<Signing>,
     /// A `whsec_` secret (or, with `ed25519`, a `whsk_` signing key) to use instead of a
@@ -702,6 +710,10 @@ pub struct PatchEndpoint {
     /// A JSON Pointer for `ordering: key`; null removes it.
     #[serde(default, deserialize_with = "nullable")]
     ordering_key: Option<Option<String>>,
+    /// Whether webhooks carry a W3C `traceparent` header.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    trace_context: Option<bool>,
     /// false re-enables an endpoint, also one disabled after a 410.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
@@ -900,6 +912,7 @@ pub async fn create(
         transform: body.transform,
         ordering,
         ordering_key: body.ordering_key,
+        trace_context: body.trace_context,
         secret,
         previous_secrets: Vec::new(),
         created_at: now,
@@ -1276,6 +1289,9 @@ pub async fn update(
             }
             if let Some(v) = &body.ordering_key {
                 ep.ordering_key = v.clone();
+            }
+            if let Some(v) = body.trace_context {
+                ep.trace_context = v;
             }
             if let Some(v) = body.disabled {
                 ep.disabled = v;

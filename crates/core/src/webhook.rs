@@ -20,6 +20,18 @@ pub fn standard_body(event_type: &str, occurred_at: OffsetDateTime, payload: &[u
 }
 
 /// The body's `timestamp`: when the event occurred, RFC 3339.
+/// The W3C `traceparent` a webhook carries to a receiver that asked for trace context: a
+/// trace of its own per delivery (every attempt of `delivery_id` shares it, so a receiver
+/// can tell its retries apart from other deliveries), a span per attempt. Never the
+/// platform's trace id, which stays inside (gancho's attempt span links to this one).
+pub fn traceparent_out(delivery_id: &str, attempt: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let trace = Sha256::digest(format!("gancho-trace:{delivery_id}").as_bytes());
+    let span = Sha256::digest(format!("gancho-span:{delivery_id}:{attempt}").as_bytes());
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("00-{}-{}-01", hex(&trace[..16]), hex(&span[..8]))
+}
+
 pub fn timestamp(occurred_at: OffsetDateTime) -> String {
     occurred_at
         .format(&Rfc3339)

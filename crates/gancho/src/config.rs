@@ -127,6 +127,11 @@ pub struct Flags {
     /// Log lines as `text` (default) or `json` (one object per line).
     #[arg(long, env = "GANCHO_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Finished spans waiting for the OTLP exporter at most (traces are on when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set); past it spans are dropped and counted, never
+    /// waited for (1 to 1000000). Default: 8192.
+    #[arg(long, env = "GANCHO_TRACE_QUEUE")]
+    pub trace_queue: Option<String>,
     /// Tenants whose metrics get a `tenant` label of their own, comma-separated (at most
     /// 100); every other tenant counts as `other`, so series stay bounded. Default: none.
     #[arg(long, env = "GANCHO_METRICS_TENANTS")]
@@ -286,6 +291,7 @@ struct File {
     disable_after: Option<String>,
     defer_grace: Option<String>,
     log_format: Option<String>,
+    trace_queue: Option<usize>,
     metrics_tenants: Option<String>,
     egress_proxy: Option<String>,
     egress_proxy_by_name: Option<bool>,
@@ -369,6 +375,8 @@ pub struct Config {
     pub log_json: bool,
     /// Tenants labelled by name in metrics; the rest are `other`.
     pub metrics_tenants: Vec<String>,
+    /// Spans the queue in front of the OTLP exporter holds at most.
+    pub trace_queue: usize,
     /// Every webhook leaves through this proxy.
     pub egress_proxy: Option<gancho_worker::egress::EgressProxy>,
     /// Host names pinned to addresses (lower case).
@@ -768,6 +776,13 @@ impl Config {
             Some("json") => true,
             Some(other) => return Err(bad("log_format", other, "expected text or json")),
         };
+        let trace_queue = count(
+            "trace_queue",
+            &flags.trace_queue,
+            file.trace_queue,
+            gancho_telemetry::traces::QUEUE,
+            1_000_000,
+        )?;
         let metrics_tenants = metrics_tenants(
             flags
                 .metrics_tenants
@@ -904,6 +919,7 @@ impl Config {
             defer_grace,
             log_json,
             metrics_tenants,
+            trace_queue,
             egress_proxy,
             resolve,
             portal_public_url,

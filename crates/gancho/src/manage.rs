@@ -1029,7 +1029,7 @@ enum EndpointsCmd {
         #[command(flatten)]
         programs: ProgramArgs,
         #[command(flatten)]
-        ordering: OrderingArgs,
+        ordering: DeliveryArgs,
         #[arg(long, default_value = "")]
         description: String,
         /// hmac (v1, a shared secret) or ed25519 (v1a: receivers verify with the public key).
@@ -1066,7 +1066,7 @@ enum EndpointsCmd {
         #[command(flatten)]
         programs: ProgramArgs,
         #[command(flatten)]
-        ordering: OrderingArgs,
+        ordering: DeliveryArgs,
         /// Removes the jq filter (every event of its types and channels again).
         #[arg(long, conflicts_with = "filter")]
         no_filter: bool,
@@ -1150,9 +1150,9 @@ struct ProgramArgs {
     transform: Option<String>,
 }
 
-/// Ordered delivery.
+/// How deliveries go: in order, and with trace context.
 #[derive(Args, Debug)]
-struct OrderingArgs {
+struct DeliveryArgs {
     /// none (default: in parallel), key (one at a time per value of --ordering-key, in the
     /// order of the events) or endpoint (the whole endpoint one at a time).
     /// Example: --ordering key --ordering-key /charge_id
@@ -1161,15 +1161,22 @@ struct OrderingArgs {
     /// With --ordering key: a JSON Pointer into the event's payload (RFC 6901).
     #[arg(long)]
     ordering_key: Option<String>,
+    /// true: webhooks carry a W3C traceparent header (a trace of their own per delivery,
+    /// the same for every attempt, never the platform's trace id); false stops it.
+    #[arg(long)]
+    trace_context: Option<bool>,
 }
 
-impl OrderingArgs {
+impl DeliveryArgs {
     fn apply(&self, body: &mut serde_json::Map<String, Value>) {
         if let Some(o) = &self.ordering {
             body.insert("ordering".into(), json!(o));
         }
         if let Some(k) = &self.ordering_key {
             body.insert("ordering_key".into(), json!(k));
+        }
+        if let Some(t) = self.trace_context {
+            body.insert("trace_context".into(), json!(t));
         }
     }
 }

@@ -178,7 +178,7 @@ pub async fn start(
     let role = roles.name();
     let handle = gancho_telemetry::install();
     gancho_telemetry::set_metrics_tenants(&config.metrics_tenants);
-    let traces = gancho_telemetry::traces::start(&format!("gancho-{role}"))
+    let traces = gancho_telemetry::traces::start(&format!("gancho-{role}"), config.trace_queue)
         .map_err(crate::config::ConfigError)?;
     let ready = Ready::default();
     // Set-up, the config watch and the API use this connection; the router and the worker

@@ -141,6 +141,10 @@ pub struct Endpoint {
     /// With `ordering: key`: a JSON Pointer (RFC 6901) into the event's payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// Whether its webhooks carry a W3C `traceparent` (a trace of their own per delivery,
+    /// never the platform's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_context: bool,
     /// `whsec_...`
     pub secret: String,
     #[serde(default)]
@@ -241,6 +245,7 @@ impl Endpoint {
             retry_schedule: None,
             ordering: OrderingMode::None,
             ordering_key: None,
+            trace_context: false,
             secret: new_secret(),
             filter: None,
             transform: None,

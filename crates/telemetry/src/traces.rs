@@ -4,7 +4,7 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`).
 //! Off (no span made, nothing exported) unless an endpoint is set.
 //!
-//! Finished spans go through a bounded queue of gancho's own ([`QUEUE`] spans) to one export
+//! Finished spans go through a bounded queue of gancho's own ([`QUEUE`] spans by default) to one export
 //! task: when the collector is slow or gone the queue fills and further spans are dropped and
 //! counted (`gancho_trace_spans_total{result="dropped"}`), so delivery never waits for traces.
 //! [`Exporting::shutdown`] exports what the queue holds before the process exits.
@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Spans the queue in front of the exporter holds at most.
+/// Spans the queue in front of the exporter holds at most, by default.
 pub const QUEUE: usize = 8_192;
 /// Spans sent to the collector in one request at most.
 const BATCH: usize = 512;
@@ -68,7 +68,7 @@ fn endpoint_set() -> bool {
 /// Starts exporting when an OTLP endpoint is set (`None` when none is: traces are off).
 /// `service` names the process when `OTEL_SERVICE_NAME` is not set (`gancho-worker`, ...).
 /// `Err` says which variable is wrong and why. Needs a tokio runtime.
-pub fn start(service: &str) -> Result<Option<Exporting>, String> {
+pub fn start(service: &str, queue: usize) -> Result<Option<Exporting>, String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
     if !endpoint_set() {
         return Ok(None);
@@ -108,7 +108,7 @@ pub fn start(service: &str) -> Result<Option<Exporting>, String> {
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     exporter.set_resource(&resource);
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(queue.max(1));
     let provider = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_span_processor(Queue { tx })

@@ -51,16 +51,17 @@ pub(crate) struct AttemptFinished<'a> {
     pub trace_parent: &'a str,
     /// Where it went, without query or credentials.
     pub url: &'a str,
+    /// The `traceparent` the webhook carried (its endpoint asked for trace context), which
+    /// the attempt's span links to.
+    pub sent_trace: Option<String>,
 }
 
 impl AttemptFinished<'_> {
     /// The attempt as an HTTP client span of the delivery's trace: method, URL (without query
     /// or credentials), status, outcome, attempt number, endpoint; never a header value, the
-    /// body, the secret or the signature.
-    fn span(&self) {
-        let Some(parent) = traced(self.trace_parent) else {
-            return;
-        };
+    /// body, the secret or the signature. Returns its context, for the log line.
+    fn span(&self) -> Option<traces::SpanContext> {
+        let parent = traced(self.trace_parent)?;
         let start = SystemTime::from(self.started);
         let mut attributes = vec![
             KeyValue::new("http.request.method", "POST"),
@@ -78,17 +79,22 @@ impl AttemptFinished<'_> {
                 i64::from(self.status),
             ));
         }
-        let Some(mut span) = (traces::SpanStart {
+        let links = self
+            .sent_trace
+            .as_deref()
+            .and_then(traces::parse)
+            .map(traces::Link::with_context)
+            .into_iter()
+            .collect();
+        let mut span = (traces::SpanStart {
             name: "POST",
             kind: traces::Kind::Client,
             parent: Some(&parent),
             start,
             attributes,
-            links: Vec::new(),
+            links,
         })
-        .start() else {
-            return;
-        };
+        .start()?;
         if self.outcome != AttemptOutcome::Success {
             let error_type = match self.status {
                 0 => self.outcome.as_str().to_owned(),
@@ -97,7 +103,9 @@ impl AttemptFinished<'_> {
             span.set(vec![KeyValue::new("error.type", error_type)]);
             span.error(self.outcome.as_str().to_owned());
         }
+        let cx = span.context();
         span.end(Some(start + self.latency));
+        Some(cx)
     }
 }
 
@@ -156,7 +164,7 @@ impl Emit for WaitEnded<'_> {
 
 impl Emit for AttemptFinished<'_> {
     fn emit(self) {
-        self.span();
+        let span = self.span();
         metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => self.outcome.as_str(),
             "class" => gancho_core::subject::status_class(self.status),
             "tenant" => tenant_label(self.tenant))
@@ -177,13 +185,27 @@ impl Emit for AttemptFinished<'_> {
         let Some(suppressed) = self.line else {
             return;
         };
-        warn!(
-            tenant = %self.tenant, endpoint = %self.endpoint, event = %self.event,
-            attempt = self.attempt, status = self.status, latency_ms = self.latency.as_millis() as u64,
-            outcome = self.outcome.as_str(), error = %self.error, retry_in_ms, suppressed,
-            "{}",
-            if retry_in_ms.is_some() { "Delivery failed; retry scheduled." } else { "Delivery failed for good." }
-        );
+        let message = if retry_in_ms.is_some() {
+            "Delivery failed; retry scheduled."
+        } else {
+            "Delivery failed for good."
+        };
+        // With the trace and span of its attempt, when it is traced.
+        match span {
+            Some(cx) => warn!(
+                tenant = %self.tenant, endpoint = %self.endpoint, event = %self.event,
+                attempt = self.attempt, status = self.status, latency_ms = self.latency.as_millis() as u64,
+                outcome = self.outcome.as_str(), error = %self.error, retry_in_ms, suppressed,
+                trace_id = %cx.trace_id(), span_id = %cx.span_id(),
+                "{message}"
+            ),
+            None => warn!(
+                tenant = %self.tenant, endpoint = %self.endpoint, event = %self.event,
+                attempt = self.attempt, status = self.status, latency_ms = self.latency.as_millis() as u64,
+                outcome = self.outcome.as_str(), error = %self.error, retry_in_ms, suppressed,
+                "{message}"
+            ),
+        }
     }
 }
 

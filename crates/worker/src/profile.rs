@@ -185,6 +185,24 @@ pub(crate) fn request(
     user_agent: &str,
     body: Option<Bytes>,
 ) -> Result<http::Request<Full<Bytes>>, Refused> {
+    let mut req = profiled(ep, delivery, now, user_agent, body)?;
+    if ep.config.trace_context {
+        let out = gancho_core::webhook::traceparent_out(&delivery.id, delivery.attempts + 1);
+        let value = http::HeaderValue::from_str(&out)
+            .map_err(|_| Refused::Build("the traceparent is not a valid header value".into()))?;
+        req.headers_mut().insert("traceparent", value);
+    }
+    Ok(req)
+}
+
+/// [`request`] as its profile makes it.
+fn profiled(
+    ep: &LiveEndpoint,
+    delivery: &Delivery,
+    now: OffsetDateTime,
+    user_agent: &str,
+    body: Option<Bytes>,
+) -> Result<http::Request<Full<Bytes>>, Refused> {
     match ep.config.profile {
         Profile::Standard => standard(ep, delivery, now, user_agent, ep.uri.clone(), body),
         Profile::Token => {

@@ -154,6 +154,8 @@ impl Ctx {
             started: started_at,
             trace_parent: &delivery.trace_parent,
             url: &record.url,
+            sent_trace: (ep.config.trace_context && !delivery.trace_parent.is_empty())
+                .then(|| gancho_core::webhook::traceparent_out(&delivery.id, attempt_no)),
         }
         .emit();
         (next, record)
