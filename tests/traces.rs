@@ -478,3 +478,98 @@ async fn a_stalled_collector_costs_spans_never_deliveries() {
         support::kill9(role);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_behind_the_rate_limit_says_why() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let collector = Receiver::http(|_, _| Answer::status(200)).await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
+    env.endpoint("acme", "pay", &rx.url("/in"), &[">"], &[], None)
+        .await;
+    env.change("acme", "pay", |ep| ep.rate_limit_per_sec = Some(1))
+        .await;
+    let vars = otlp(&collector);
+    let mut roles = [spawn(&env, "router", &vars), spawn(&env, "worker", &vars)];
+    let traces: Vec<String> = (1..=3).map(|n| format!("{:032x}", 0xabc0 + n)).collect();
+    for (n, trace) in traces.iter().enumerate() {
+        publish_traced(
+            &env,
+            &format!("evt-r{n}"),
+            &format!("00-{trace}-{PRODUCER_SPAN}-01"),
+        )
+        .await;
+    }
+    wait_until(
+        "three deliveries at 1 a second",
+        Duration::from_secs(20),
+        || std::future::ready(rx.count() == 3),
+    )
+    .await;
+    // The one sent last waited a second or more behind the others, and its span says why.
+    let mut waited = Vec::new();
+    for trace in &traces {
+        let spans = trace_of(&collector, trace, |s| named(s, "POST").len() == 1).await;
+        waited.extend(named(&spans, "gancho wait").into_iter().cloned());
+    }
+    let longest = waited
+        .iter()
+        .max_by_key(|w| w.end - w.start)
+        .unwrap_or_else(|| panic!("no wait span in {traces:?}"));
+    assert!(
+        ["rate_limited", "queued"].contains(&longest.attributes["gancho.wait.reason"].as_str()),
+        "{longest:?}"
+    );
+    assert!(longest.end - longest.start >= 900_000_000, "{longest:?}");
+    for role in &mut roles {
+        support::kill9(role);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_changes_nothing_about_delivery() {
+    const EVENTS: usize = 20;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let rx = Receiver::https_sequence(&env.ca, &[500, 200]).await;
+    env.endpoint("acme", "pay", &rx.url("/in"), &[">"], &[], Some("0s,100ms"))
+        .await;
+    // Nothing listens there: every export is refused at once.
+    let nowhere = format!(
+        "http://127.0.0.1:{}",
+        gancho_test_harness::nats::free_port()
+    );
+    let metrics = format!("127.0.0.1:{}", gancho_test_harness::nats::free_port());
+    let mut vars = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere),
+        ("GANCHO_METRICS_LISTEN", metrics.clone()),
+    ];
+    let mut worker = spawn(&env, "worker", &vars);
+    vars.pop();
+    let mut router = spawn(&env, "router", &vars);
+    for n in 0..EVENTS {
+        let trace = format!("{:032x}", 0xdead_0000 + n);
+        publish_traced(
+            &env,
+            &format!("evt-u{n}"),
+            &format!("00-{trace}-{PRODUCER_SPAN}-01"),
+        )
+        .await;
+    }
+    // Every event delivered, the first one after a retry, as without traces.
+    wait_until("every delivery", Duration::from_secs(20), || {
+        std::future::ready(rx.tally().len() == EVENTS && rx.count() == EVENTS + 1)
+    })
+    .await;
+    let failed = || {
+        let page = support::http_get(&metrics, "/metrics");
+        support::metric(&page, r#"gancho_trace_spans_total{result="failed"}"#).unwrap_or(0.0)
+    };
+    wait_until("spans counted as failed", Duration::from_secs(15), || {
+        std::future::ready(failed() > 0.0)
+    })
+    .await;
+    for role in [&mut router, &mut worker] {
+        support::kill9(role);
+    }
+}

@@ -235,6 +235,7 @@ impl Ctx {
                 Admission::Queue(place) => {
                     // Waits holding only its intake slot; the worker's request slots and this
                     // endpoint's in-flight slots go to deliveries that can be sent now.
+                    crate::emit::wait_begins(&mut delivery, "queued", false);
                     let turn = tokio::select! {
                         turn = keep_while(unit, gate.wait_turn(&place)) => turn,
                         _ = leaving.cancelled() => {
