@@ -693,8 +693,13 @@ impl Runner {
             deferrals: 0,
             created_at: Some(timestamp(OffsetDateTime::now_utc())),
             waiting_since: None,
-            wait_started: None,
-            wait_reason: String::new(),
+            // Its trace context goes on; the wait it was in is over.
+            trace: d.trace.map(|t| {
+                Box::new(gancho_proto::Trace {
+                    parent: t.parent,
+                    ..Default::default()
+                })
+            }),
             ..d
         };
         let p = partition(&delivery.tenant, &delivery.endpoint_id, PARTITIONS);

@@ -9,7 +9,7 @@ pub mod v1 {
 
 pub use prost::Message;
 pub use prost_types::Timestamp;
-pub use v1::{Attempt, DeadLetter, Delivery, DeliveryBatch, Event};
+pub use v1::{Attempt, DeadLetter, Delivery, DeliveryBatch, Event, Trace};
 
 use time::OffsetDateTime;
 

@@ -206,12 +206,12 @@ impl Ctx {
             .or_else(|| Some(gancho_proto::timestamp(published)));
         let mut span = route_span(&msg, &event, began);
         let template = Delivery {
-            trace_parent: span
-                .as_ref()
-                .map(|s| traces::traceparent(&s.context()))
-                .unwrap_or_default(),
-            wait_started: None,
-            wait_reason: String::new(),
+            trace: span.as_ref().map(|s| {
+                Box::new(gancho_proto::Trace {
+                    parent: traces::traceparent(&s.context()),
+                    ..Default::default()
+                })
+            }),
             id: String::new(),
             event_id: event.id.clone(),
             tenant: event.tenant.clone(),

@@ -122,11 +122,19 @@ fn traced(trace_parent: &str) -> Option<traces::SpanContext> {
 /// goes on (a retry deferred by the rate limit is one wait); `restart` begins a new one (a
 /// retry after an attempt).
 pub(crate) fn wait_begins(delivery: &mut Delivery, reason: &str, restart: bool) {
-    if delivery.trace_parent.is_empty() || (delivery.wait_started.is_some() && !restart) {
+    let Some(trace) = delivery.trace.as_deref_mut() else {
+        return;
+    };
+    if trace.wait_started.is_some() && !restart {
         return;
     }
-    delivery.wait_started = Some(gancho_proto::timestamp(OffsetDateTime::now_utc()));
-    delivery.wait_reason = reason.to_owned();
+    trace.wait_started = Some(gancho_proto::timestamp(OffsetDateTime::now_utc()));
+    trace.wait_reason = reason.to_owned();
+}
+
+/// The delivery's trace context (its route span's `traceparent`), empty when untraced.
+pub(crate) fn trace_parent(delivery: &Delivery) -> &str {
+    delivery.trace.as_deref().map_or("", |t| t.parent.as_str())
 }
 
 /// A traced delivery's wait ended: its attempt starts now. Its span runs from when the wait
@@ -138,10 +146,17 @@ pub(crate) struct WaitEnded<'a> {
 impl Emit for WaitEnded<'_> {
     fn emit(self) {
         let d = self.delivery;
-        let Some(began) = d.wait_started.as_ref().and_then(gancho_proto::to_datetime) else {
+        let Some(trace) = d.trace.as_deref() else {
             return;
         };
-        let Some(parent) = traced(&d.trace_parent) else {
+        let Some(began) = trace
+            .wait_started
+            .as_ref()
+            .and_then(gancho_proto::to_datetime)
+        else {
+            return;
+        };
+        let Some(parent) = traced(&trace.parent) else {
             return;
         };
         traces::record(
@@ -151,7 +166,7 @@ impl Emit for WaitEnded<'_> {
                 parent: Some(&parent),
                 start: SystemTime::from(began),
                 attributes: vec![
-                    KeyValue::new("gancho.wait.reason", d.wait_reason.clone()),
+                    KeyValue::new("gancho.wait.reason", trace.wait_reason.clone()),
                     KeyValue::new("gancho.endpoint.id", d.endpoint_id.clone()),
                     KeyValue::new("gancho.attempt", i64::from(d.attempts) + 1),
                 ],

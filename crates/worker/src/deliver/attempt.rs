@@ -152,9 +152,9 @@ impl Ctx {
             after,
             line,
             started: started_at,
-            trace_parent: &delivery.trace_parent,
+            trace_parent: emit::trace_parent(delivery),
             url: &record.url,
-            sent_trace: (ep.config.trace_context && !delivery.trace_parent.is_empty())
+            sent_trace: (ep.config.trace_context && delivery.trace.is_some())
                 .then(|| gancho_core::webhook::traceparent_out(&delivery.id, attempt_no)),
         }
         .emit();

@@ -326,7 +326,7 @@ impl Ctx {
             at.to_string().as_str(),
         );
         // A traced delivery's wait for its retry begins now.
-        let payload = if delivery.trace_parent.is_empty() {
+        let payload = if delivery.trace.is_none() {
             delivery.encode_to_vec()
         } else {
             let mut waiting = delivery.clone();

@@ -260,7 +260,7 @@ impl Ctx {
             Next::Retry { delay } => {
                 let delivery = delivery.expect("a retry has a decoded delivery");
                 emit::RetryScheduled.emit();
-                if delivery.trace_parent.is_empty() {
+                if delivery.trace.is_none() {
                     Some(self.retry_publish(unit.msg, delivery, *delay))
                 } else {
                     // Its wait for the retry begins now.
@@ -466,7 +466,7 @@ impl Ctx {
         headers.insert(gancho_core::subject::TARGET_HEADER, target);
         // A parked delivery carries when its wait began, which its message may not have yet
         // (and a traced one since when it waits, for its span).
-        let bytes = match (delivery.waiting_since, delivery.trace_parent.is_empty()) {
+        let bytes = match (delivery.waiting_since, delivery.trace.is_none()) {
             (Some(_), true) => Bytes::from(delivery.encode_to_vec()),
             (None, true) => unit.bytes(delivery),
             (_, false) => {
