@@ -430,3 +430,140 @@ async fn a_job_survives_its_api_being_killed_can_be_cancelled_and_does_not_hold_
     support::terminate(&mut router);
     support::terminate(&mut api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_of_listed_dead_letters_sends_exactly_those_once() {
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    env.tenant("globex").await;
+    let tally = Tally::default();
+    let healed = Arc::new(AtomicBool::new(false));
+    let (t, h) = (tally.clone(), healed.clone());
+    let rx = Receiver::https(&env.ca, move |_, r| {
+        let id = r.header("webhook-id").unwrap_or_default().to_owned();
+        let ok = h.load(Ordering::Relaxed);
+        t.note(&r.path, &id, ok);
+        Answer::status(if ok { 200 } else { 500 })
+    })
+    .await;
+    // One attempt each: a 500 is a dead letter at once.
+    env.endpoint("acme", "a", &rx.url("/a"), &[">"], &[], Some("0s"))
+        .await;
+    env.endpoint("globex", "g", &rx.url("/g"), &[">"], &[], Some("0s"))
+        .await;
+    let (mut api, base) = env.spawn_api(TOKEN).await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..3).map(|i| (format!("evt-{i}"), b"{}".to_vec())),
+    )
+    .await;
+    env.publish_many("globex", "charge.paid", [("evt-g".into(), b"{}".to_vec())])
+        .await;
+    wait_until("four dead letters", Duration::from_secs(30), || async {
+        env.dead_letters().await.len() == 4
+    })
+    .await;
+    healed.store(true, Ordering::Relaxed);
+    let seqs = |tenant: &'static str| {
+        let base = base.clone();
+        async move {
+            let (s, page) = call(
+                &base,
+                "GET",
+                &format!("/v1/tenants/{tenant}/dead-letters"),
+                None,
+            )
+            .await;
+            assert_eq!(s, 200, "{page}");
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    (
+                        d["seq"].as_u64().unwrap(),
+                        d["event"]["id"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let acme = seqs("acme").await;
+    let globex = seqs("globex").await;
+    assert_eq!((acme.len(), globex.len()), (3, 1));
+    let redrive = "/v1/tenants/acme/dead-letters/redrive";
+
+    // What is wrong is said, and nothing is sent.
+    for (body, says) in [
+        (
+            json!({"sequences": [globex[0].0]}),
+            "is not one of tenant acme's dead letters",
+        ),
+        (
+            json!({"sequences": [acme[0].0], "endpoint": "a"}),
+            "leave out endpoint",
+        ),
+        (json!({"sequences": []}), "sequences must list 1 to 1000"),
+    ] {
+        let (s, err) = call(&base, "POST", redrive, Some(body.clone())).await;
+        assert_eq!(s, 422, "{body}: {err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {err}"
+        );
+    }
+
+    // The one selected: delivered once; the others stay dead letters.
+    let (picked, event) = acme[1].clone();
+    let job = run_job(&base, redrive, json!({"sequences": [picked]})).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["sent"].as_u64(),
+            job["selected"].as_u64(),
+            job["kind"].as_str()
+        ),
+        (Some("done"), Some(1), Some(1), Some("redrive")),
+        "{job}"
+    );
+    wait_until(
+        "the selected one delivered",
+        Duration::from_secs(20),
+        || std::future::ready(tally.delivered("/a", &event) == 1),
+    )
+    .await;
+    let left: Vec<u64> = seqs("acme").await.into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        left,
+        {
+            let mut l = vec![acme[0].0, acme[2].0];
+            l.sort_unstable_by(|a, b| b.cmp(a));
+            l
+        },
+        "the others are still dead letters (newest first)"
+    );
+    assert_eq!(seqs("globex").await.len(), 1);
+
+    // Again: nothing to send.
+    let job = run_job(&base, redrive, json!({"sequences": [picked]})).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["sent"].as_u64(),
+            job["skipped"].as_u64()
+        ),
+        (Some("done"), Some(0), Some(1)),
+        "{job}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(tally.delivered("/a", &event), 1, "sent once");
+    for other in [&acme[0].1, &acme[2].1] {
+        assert_eq!(tally.delivered("/a", other), 0, "{other} was not selected");
+    }
+    for child in [&mut api, &mut router, &mut worker] {
+        support::kill9(child);
+    }
+}

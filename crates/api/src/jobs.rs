@@ -54,6 +54,9 @@ pub struct JobView {
     /// Redrive only: the dead letters' kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_kind: Option<String>,
+    /// A redrive of listed dead letters: how many were listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,7 +82,7 @@ impl From<&Job> for JobView {
         let kind = match j.kind {
             JobKind::Recover => "recover",
             JobKind::Replay => "replay",
-            JobKind::Redrive => "redrive",
+            JobKind::Redrive | JobKind::RedriveSelected => "redrive",
         };
         let state = match j.state {
             JobState::Running => "running",
@@ -93,6 +96,7 @@ impl From<&Job> for JobView {
             state: state.into(),
             endpoint: j.endpoint.clone(),
             dead_letter_kind: j.dead_kind.clone(),
+            selected: (j.kind == JobKind::RedriveSelected).then_some(j.sequences.len()),
             since: j.since.map(rfc3339),
             until: j.until.map(rfc3339),
             pace: j.pace,
@@ -119,10 +123,15 @@ pub struct RangeIn {
     pub pace: Option<u32>,
 }
 
-/// `{"endpoint"?, "kind"?, "since"?, "until"?, "pace"?}` of a redrive: which dead letters.
+/// `{"endpoint"?, "kind"?, "since"?, "until"?, "pace"?}` of a redrive: which dead letters;
+/// or `{"sequences": [...], "pace"?}`: exactly those.
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveIn {
+    /// Exactly these dead letters (their `seq` as listed, 1 to 1,000 of them), instead of a
+    /// filter. Each must be one of the tenant's; one already sent again (removed) is
+    /// skipped, so a second redrive of the same list sends nothing.
+    pub sequences: Option<Vec<u64>>,
     /// Only this endpoint's dead letters (or `_events` for the router's).
     pub endpoint: Option<String>,
     /// Only this kind (`exhausted`, `endpoint_gone`, ...).
@@ -186,6 +195,7 @@ async fn start(
         skipped: 0,
         position,
         end,
+        sequences: Vec::new(),
         created_at: now,
         updated_at: now,
         owner: None,
@@ -200,9 +210,74 @@ fn source(state: &ApiState, kind: JobKind) -> Log {
     let s = &state.layout.subjects;
     let stream = match kind {
         JobKind::Replay => s.events_stream(),
-        JobKind::Recover | JobKind::Redrive => s.dead_stream(),
+        JobKind::Recover | JobKind::Redrive | JobKind::RedriveSelected => s.dead_stream(),
     };
     Log::new(state.layout.js.clone(), stream)
+}
+
+/// Most dead letters one redrive may list.
+const MAX_SELECTED: usize = 1_000;
+
+/// Creates a redrive of the dead letters `sequences`, once each is known to be the
+/// tenant's (one no longer stored is let through: the job skips it).
+async fn start_selected(
+    state: &ApiState,
+    tenant: &str,
+    mut sequences: Vec<u64>,
+    pace: u32,
+) -> Result<(StatusCode, axum::Json<JobView>), ApiError> {
+    sequences.sort_unstable();
+    sequences.dedup();
+    if sequences.is_empty() || sequences.len() > MAX_SELECTED {
+        return Err(ApiError::invalid(format!(
+            "sequences must list 1 to {MAX_SELECTED} dead letters, not {}",
+            sequences.len()
+        )));
+    }
+    let log = source(state, JobKind::RedriveSelected);
+    let mine = tenant_dead_prefix(state, tenant);
+    for &seq in &sequences {
+        match log.at(seq).await.map_err(unavailable)? {
+            Some(r) if !r.subject.starts_with(&mine) => {
+                return Err(ApiError::invalid(format!(
+                    "sequences: {seq} is not one of tenant {tenant}'s dead letters"
+                )))
+            }
+            _ => {}
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let job = Job {
+        id: gancho_store::model::random_id("job_", 20),
+        tenant: tenant.to_owned(),
+        kind: JobKind::RedriveSelected,
+        endpoint: None,
+        dead_kind: None,
+        since: None,
+        until: None,
+        pace,
+        state: JobState::Running,
+        error: None,
+        total: sequences.len() as u64,
+        done: 0,
+        sent: 0,
+        skipped: 0,
+        position: 0,
+        end: sequences.len() as u64,
+        sequences,
+        created_at: now,
+        updated_at: now,
+        owner: None,
+        lease_until: None,
+    };
+    JobStore::new(&state.layout).create(&job).await?;
+    info!(job = %job.id, tenant, selected = job.sequences.len(), "Job created.");
+    Ok((StatusCode::ACCEPTED, axum::Json(JobView::from(&job))))
+}
+
+/// The start of every subject of `tenant`'s dead letters.
+fn tenant_dead_prefix(state: &ApiState, tenant: &str) -> String {
+    format!("{}.dead.{tenant}.", state.layout.subjects.prefix())
 }
 
 async fn existing_endpoint(
@@ -295,6 +370,20 @@ pub async fn redrive(
     Json(body): Json<RedriveIn>,
 ) -> Result<(StatusCode, axum::Json<JobView>), ApiError> {
     let tenant = tenant_id(&tenant)?;
+    if let Some(sequences) = body.sequences {
+        if body.endpoint.is_some()
+            || body.kind.is_some()
+            || body.since.is_some()
+            || body.until.is_some()
+        {
+            return Err(ApiError::invalid(
+                "sequences redrives exactly the dead letters listed: leave out endpoint, kind, since and until",
+            ));
+        }
+        let pace = pace(body.pace)?;
+        crate::require_tenant(&state, &tenant).await?;
+        return start_selected(&state, tenant.as_str(), sequences, pace).await;
+    }
     let since = parse_time("since", body.since.as_deref())?;
     let until = parse_time("until", body.until.as_deref())?;
     let pace = pace(body.pace)?;
@@ -463,6 +552,7 @@ impl Runner {
         match self.job.kind {
             JobKind::Replay => format!("{}.events.{t}.>", s.prefix()),
             JobKind::Recover => s.dead_filter(t, self.job.endpoint.as_deref(), None),
+            JobKind::RedriveSelected => s.dead_filter(t, None, None),
             JobKind::Redrive => s.dead_filter(
                 t,
                 self.job.endpoint.as_deref(),
@@ -485,10 +575,7 @@ impl Runner {
                 return;
             }
             let batch = self.job.pace as usize;
-            let records = match log
-                .range(&filter, self.job.position, self.job.end, batch)
-                .await
-            {
+            let (records, complete) = match self.read(&log, &filter, batch).await {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(job = %self.job.id, error = %e, "A job cannot read; trying again.");
@@ -496,10 +583,14 @@ impl Runner {
                     continue;
                 }
             };
-            let complete = records.len() < batch;
             let mut failed = None;
-            for r in &records {
-                match self.step(r).await {
+            for (next, r) in &records {
+                let stepped = match r {
+                    Some(r) => self.step(r).await,
+                    // A listed dead letter no longer stored: sent again already.
+                    None => Ok(Step::Skipped),
+                };
+                match stepped {
                     Ok(Step::Sent) => self.job.sent += 1,
                     Ok(Step::Skipped) => self.job.skipped += 1,
                     Err(Failure::Retry(e)) => {
@@ -513,7 +604,7 @@ impl Runner {
                         break;
                     }
                 }
-                self.job.position = r.seq + 1;
+                self.job.position = *next;
             }
             if failed.is_none() && complete && self.job.state == JobState::Running {
                 self.job.position = self.job.end;
@@ -569,10 +660,41 @@ impl Runner {
         }
     }
 
+    /// The job's next records (at most `batch`), each with the position after it (`None`
+    /// for a listed dead letter no longer stored), and whether they are the last.
+    async fn read(
+        &self,
+        log: &Log,
+        filter: &str,
+        batch: usize,
+    ) -> Result<(Vec<(u64, Option<Record>)>, bool), gancho_store::log::LogError> {
+        if self.job.kind != JobKind::RedriveSelected {
+            let records = log
+                .range(filter, self.job.position, self.job.end, batch)
+                .await?;
+            let complete = records.len() < batch;
+            return Ok((
+                records.into_iter().map(|r| (r.seq + 1, Some(r))).collect(),
+                complete,
+            ));
+        }
+        let from = self.job.position as usize;
+        let to = (from + batch).min(self.job.sequences.len());
+        let mine = tenant_dead_prefix(&self.state, &self.job.tenant);
+        let mut out = Vec::with_capacity(to.saturating_sub(from));
+        for (i, &seq) in self.job.sequences.iter().enumerate().take(to).skip(from) {
+            // Checked when the job was made; checked again, as a dead letter's sequence is
+            // never reused but the check costs nothing.
+            let r = log.at(seq).await?.filter(|r| r.subject.starts_with(&mine));
+            out.push((i as u64 + 1, r));
+        }
+        Ok((out, to >= self.job.sequences.len()))
+    }
+
     async fn step(&self, r: &Record) -> Result<Step, Failure> {
         match self.job.kind {
             JobKind::Replay => self.replay(r).await,
-            JobKind::Recover | JobKind::Redrive => self.redrive(r).await,
+            JobKind::Recover | JobKind::Redrive | JobKind::RedriveSelected => self.redrive(r).await,
         }
     }
 

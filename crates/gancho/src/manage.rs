@@ -856,6 +856,10 @@ enum JobsCmd {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// Exactly this dead letter (its SEQ in `dead-letters list`); repeat for more, up to
+        /// 1,000. Instead of --endpoint, --kind, --since and --until.
+        #[arg(long = "seq", conflicts_with_all = ["endpoint", "kind", "since", "until"])]
+        sequences: Vec<u64>,
         #[command(flatten)]
         job: JobWait,
     },
@@ -930,11 +934,16 @@ pub async fn jobs(a: Jobs) -> anyhow::Result<()> {
             kind,
             since,
             until,
+            sequences,
             job,
         } => (
             tenant.clone(),
             format!("/v1/tenants/{tenant}/dead-letters/redrive"),
-            json!({"endpoint": endpoint, "kind": kind, "since": since, "until": until, "pace": job.pace}),
+            if sequences.is_empty() {
+                json!({"endpoint": endpoint, "kind": kind, "since": since, "until": until, "pace": job.pace})
+            } else {
+                json!({"sequences": sequences, "pace": job.pace})
+            },
             job,
         ),
         JobsCmd::List {

@@ -21,6 +21,10 @@ pub enum JobKind {
     Replay,
     /// Redeliver dead letters (a filtered set or all), removing each once it is sent again.
     Redrive,
+    /// Redeliver the dead letters listed in [`Job::sequences`], removing each once it is sent
+    /// again. A kind of its own: a version that does not know it cannot read the job and so
+    /// leaves it alone, rather than taking it for a redrive of everything.
+    RedriveSelected,
 }
 
 /// Where a job is.
@@ -60,9 +64,13 @@ pub struct Job {
     pub sent: u64,
     /// Records that needed nothing (no match, already delivered).
     pub skipped: u64,
-    /// The next sequence to read in the job's stream, and the one to stop before.
+    /// The next sequence to read in the job's stream, and the one to stop before (for
+    /// `redrive_selected`, the next index into `sequences`, and their count).
     pub position: u64,
     pub end: u64,
+    /// `redrive_selected`: the dead letters' sequences, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<u64>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -132,8 +140,15 @@ impl JobStore {
         };
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            if let Some(j) = self.read(&k).await? {
-                out.push(j);
+            match self.read(&k).await {
+                Ok(Some(j)) => out.push(j),
+                Ok(None) => {}
+                // A job this version cannot read (a later version's kind): left to the
+                // versions that can, without stopping the others.
+                Err(StoreError::Corrupt { key, reason }) => {
+                    tracing::debug!(key, reason, "A job this version cannot read is left alone.");
+                }
+                Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.0.id.cmp(&b.0.id));

@@ -86,6 +86,11 @@ impl Log {
         }
     }
 
+    /// The record at `seq`, `None` when none is stored there (removed, or aged out).
+    pub async fn at(&self, seq: u64) -> Result<Option<Record>, LogError> {
+        self.request(serde_json::json!({ "seq": seq })).await
+    }
+
     /// Records matching `filter` with a sequence in `from..to`, oldest first, at most `max`.
     pub async fn range(
         &self,
