@@ -5,7 +5,8 @@
 //! and a receiver's answer made of `<script>` and `<img onerror>`) shows as text and nothing
 //! runs: the tests fail on any dialog or console error. From start to finish (a receiver
 //! that fails, pause, resume, recover) with the mouse, with the keyboard alone, and inside a
-//! frame on another site; a site not allowed to frame it cannot. One browser at a time.
+//! frame on another site; a site not allowed to frame it cannot. A dead letter selected in
+//! its view is sent again once. One browser at a time.
 //! Screenshots of each view go to `target/portal-screenshots/`.
 #![allow(
     clippy::too_many_lines,
@@ -322,6 +323,90 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     assert!(!page.contains("s3cr3t-t0ken"), "the token is shown: {page}");
     assert!(!page.contains("PRIVATE KEY"), "the client key is shown");
     nothing_ran(&browser, "after the mTLS endpoint").await;
+    for role in [&mut api, &mut router, &mut worker] {
+        support::kill9(role);
+    }
+}
+
+/// What gancho gave up on, in the dead letters view: the kind and the reason shown; the one
+/// selected is sent again once (and leaves the list), the other stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_selected_dead_letter_is_sent_again_once() {
+    let _turn = ONE_BROWSER.lock().await;
+    let env = support::Env::new().await;
+    let healed = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (h, d) = (healed.clone(), delivered.clone());
+    let rx = Receiver::https(&env.ca, move |_, r| {
+        let ok = h.load(Ordering::Relaxed);
+        if ok {
+            let id = r.header("webhook-id").unwrap_or_default().to_owned();
+            d.lock().unwrap().push(id);
+        }
+        Answer::status(if ok { 200 } else { 500 })
+    })
+    .await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
+    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    // One attempt: a 500 is a dead letter at once.
+    create(
+        &base,
+        "/v1/tenants/acme/endpoints",
+        json!({"url": rx.url("/in"), "retry_schedule": "0s"}),
+    )
+    .await;
+    for id in ["lost-a", "lost-b"] {
+        env.publish("acme", "charge.paid", id, b"{}", &[]).await;
+    }
+    wait_until("two dead letters", Duration::from_secs(30), || async {
+        env.dead_letters().await.len() == 2
+    })
+    .await;
+    healed.store(true, Ordering::Relaxed);
+
+    let browser = Browser::start().await;
+    browser.goto(&link(&base, "acme", "manage").await).await;
+    browser.wait_for("h1", "Endpoints").await;
+    browser.click("nav a", "Dead letters").await;
+    browser.wait_for("h1", "Dead letters").await;
+    browser.wait_for("label", "lost-a").await;
+    browser.wait_for("label", "lost-b").await;
+    browser.wait_for("span", "exhausted").await;
+    browser.wait_for("td", "500").await;
+    browser.screenshot("dead-letters").await;
+    accessible(&browser, "dead-letters").await;
+
+    browser.click("label", "lost-a").await;
+    browser.click("button", "Redrive selected").await;
+    browser.click("button", "Yes, redrive selected").await;
+    browser.wait_for("h1", "Job").await;
+    browser.wait_for("#job-state", "done").await;
+    browser.wait_for("#job-sent", "1").await;
+    wait_until(
+        "the selected one delivered",
+        Duration::from_secs(20),
+        || std::future::ready(!delivered.lock().unwrap().is_empty()),
+    )
+    .await;
+    browser.screenshot("dead-letter-redriven").await;
+
+    // Gone from the list; the other one stays.
+    browser.click("nav a", "Dead letters").await;
+    browser.wait_for("label", "lost-b").await;
+    let page = browser.text("main").await;
+    assert!(
+        !page.contains("lost-a"),
+        "a dead letter sent again is still listed: {page}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        *delivered.lock().unwrap(),
+        vec!["lost-a".to_owned()],
+        "only the selected one, once"
+    );
+    nothing_ran(&browser, "in the dead letters view").await;
     for role in [&mut api, &mut router, &mut worker] {
         support::kill9(role);
     }

@@ -198,6 +198,7 @@
     [/^#\/attempts$/, attemptsView, 'Delivery log'],
     [/^#\/events$/, eventView, 'Find an event'],
     [/^#\/events\/([^/]+)$/, eventView, 'Event'],
+    [/^#\/dead-letters$/, deadLettersView, 'Dead letters'],
     [/^#\/jobs\/([^/]+)$/, jobView, 'Job'],
   ];
 
@@ -656,6 +657,72 @@
         d.dead_letter ? el('p', { class: 'bad' }, 'Given up: ', d.dead_letter.reason || d.dead_letter.kind) : null));
     }
     return nodes;
+  }
+
+  const DEAD_KINDS = ['exhausted', 'endpoint_gone', 'endpoint_disabled', 'transform', 'undecodable', 'not_json', 'subject_mismatch', 'invalid', 'schema'];
+
+  /** What gancho gave up on, with why; the selected ones, or all that the filter shows, sent again. */
+  async function deadLettersView(gen, params) {
+    const filters = {};
+    for (const key of ['kind', 'endpoint', 'since', 'until']) {
+      if (params.get(key)) filters[key] = params.get(key);
+    }
+    const query = new URLSearchParams({ limit: '50', ...filters });
+    if (params.get('cursor')) query.set('cursor', params.get('cursor'));
+    const page = await api('GET', `/dead-letters?${query}`);
+    const kind = el('select', { id: 'kind-filter' }, [['', 'any kind'], ...DEAD_KINDS.map((k) => [k, k.replace(/_/g, ' ')])]
+      .map(([v, t]) => el('option', { value: v, selected: v === (filters.kind || '') }, t)));
+    const endpoint = el('input', { id: 'endpoint-filter', value: filters.endpoint || '', placeholder: 'ep_…', size: 16 });
+    const since = el('input', { type: 'datetime-local', id: 'dl-since-filter', value: localOf(filters.since) });
+    const until = el('input', { type: 'datetime-local', id: 'dl-until-filter', value: localOf(filters.until) });
+    const form = el('form', { class: 'row filters', onsubmit: (e) => {
+      e.preventDefault();
+      const next = new URLSearchParams();
+      if (kind.value) next.set('kind', kind.value);
+      if (endpoint.value.trim()) next.set('endpoint', endpoint.value.trim());
+      if (isoOf(since.value)) next.set('since', isoOf(since.value));
+      if (isoOf(until.value)) next.set('until', isoOf(until.value));
+      location.hash = `#/dead-letters${[...next].length ? `?${next}` : ''}`;
+    } },
+    field('Kind', kind), field('Endpoint', endpoint), field('Since', since), field('Until', until),
+    el('button', { type: 'submit' }, 'Filter'));
+    const boxes = [];
+    const row = (d) => {
+      const eventId = d.event ? d.event.id : '';
+      const box = canManage() ? el('input', { type: 'checkbox', value: String(d.seq), id: `dl-${d.seq}` }) : null;
+      if (box) boxes.push(box);
+      return el('tr', {},
+        box ? el('td', {}, el('label', { for: box.id, class: 'hint' }, box, ` ${eventId || d.seq}`)) : null,
+        el('td', {}, el('time', { datetime: d.at, title: d.at }, when(d.at))),
+        el('td', {}, el('span', { class: 'badge bad' }, d.kind)),
+        el('td', {}, d.endpoint_id === '_events' ? 'none (refused event)' : el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
+        el('td', {}, eventId ? el('a', { href: `#/events/${enc(eventId)}` }, eventId) : '–'),
+        el('td', { class: 'wrap' }, d.reason));
+    };
+    const table = el('table', {},
+      el('thead', {}, el('tr', {},
+        canManage() ? el('th', { scope: 'col' }, 'Select') : null,
+        ['When', 'Kind', 'Endpoint', 'Event', 'Why'].map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, page.data.map(row)));
+    const redrive = (body) => act(api('POST', '/dead-letters/redrive', body), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
+    const selected = () => boxes.filter((b) => b.checked).map((b) => Number(b.value));
+    const controls = canManage() && page.data.length
+      ? el('div', { class: 'row' },
+        confirmButton('Redrive selected', 'Send the selected dead letters again?', () => {
+          const sequences = selected();
+          if (!sequences.length) { say('Select the dead letters to send again first.'); return undefined; }
+          return redrive({ sequences });
+        }),
+        confirmButton('Redrive all that match', 'Send every dead letter this filter matches again?', () => redrive({ ...filters })))
+      : null;
+    return [
+      el('h1', {}, 'Dead letters'),
+      el('p', { class: 'muted' }, 'What gancho gave up on, and why. Sent again, each is removed, so a second redrive sends nothing.'),
+      form,
+      page.data.length ? table : el('p', { class: 'muted' }, 'No dead letters match.'),
+      controls,
+      page.next ? el('div', { class: 'row' }, el('a', { href: `#/dead-letters?${new URLSearchParams({ ...filters, cursor: page.next })}` }, 'Older dead letters')) : null,
+    ];
   }
 
   async function jobView(gen, _params, id) {
