@@ -407,6 +407,17 @@ async fn the_selected_dead_letter_is_sent_again_once() {
         "only the selected one, once"
     );
     nothing_ran(&browser, "in the dead letters view").await;
+
+    // The jobs view lists it, done.
+    browser.click("nav a", "Jobs").await;
+    browser.wait_for("h1", "Jobs").await;
+    browser
+        .wait_for("tr", "redrive of 1 selected dead letter")
+        .await;
+    browser.wait_for("td span", "done").await;
+    browser.screenshot("jobs").await;
+    accessible(&browser, "jobs").await;
+    nothing_ran(&browser, "in the jobs view").await;
     for role in [&mut api, &mut router, &mut worker] {
         support::kill9(role);
     }

@@ -199,6 +199,7 @@
     [/^#\/events$/, eventView, 'Find an event'],
     [/^#\/events\/([^/]+)$/, eventView, 'Event'],
     [/^#\/dead-letters$/, deadLettersView, 'Dead letters'],
+    [/^#\/jobs$/, jobsView, 'Jobs'],
     [/^#\/jobs\/([^/]+)$/, jobView, 'Job'],
   ];
 
@@ -725,6 +726,51 @@
     ];
   }
 
+  /** What a job does, in a few words. */
+  function jobWhat(job) {
+    if (job.selected) return `redrive of ${job.selected} selected dead letter${job.selected === 1 ? '' : 's'}`;
+    const parts = [job.kind];
+    if (job.endpoint) parts.push(`of ${job.endpoint}`);
+    if (job.dead_letter_kind) parts.push(`(${job.dead_letter_kind.replace(/_/g, ' ')})`);
+    return parts.join(' ');
+  }
+
+  /** The tenant's recover, replay and redrive jobs, newest first, with their progress. */
+  async function jobsView(gen, params) {
+    const query = new URLSearchParams({ limit: '50' });
+    if (params.get('cursor')) query.set('cursor', params.get('cursor'));
+    const page = await api('GET', `/jobs?${query}`);
+    const jobs = [...page.data].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
+    const row = (job) => el('tr', {},
+      el('td', {}, el('a', { href: `#/jobs/${enc(job.id)}` }, jobWhat(job))),
+      el('td', {}, el('time', { datetime: job.created_at, title: job.created_at }, when(job.created_at))),
+      el('td', {}, el('span', { class: `badge ${job.state === 'failed' ? 'bad' : job.state === 'running' ? 'warn' : ''}` }, job.state)),
+      el('td', {}, el('progress', { class: 'progress', max: Math.max(job.total, 1), value: job.done, 'aria-label': `Progress of ${jobWhat(job)}` }), ` ${job.done} of ${job.total}`),
+      el('td', {}, String(job.sent)),
+      el('td', {}, String(job.skipped)));
+    const body = el('tbody', { 'aria-live': 'polite' }, jobs.map(row));
+    if (jobs.some((j) => j.state === 'running')) {
+      // The rows follow the running jobs in place (focus stays where it is).
+      every(2000, async () => {
+        const fresh = await api('GET', `/jobs?${query}`).catch(() => null);
+        if (!fresh) return;
+        const sorted = [...fresh.data].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
+        body.replaceChildren(...sorted.map(row));
+        if (!sorted.some((j) => j.state === 'running')) { timers.forEach(clearInterval); timers = []; }
+      });
+    }
+    return [
+      el('h1', {}, 'Jobs'),
+      el('p', { class: 'muted' }, 'Recover, replay and redrive: what each sends again, and how far it got.'),
+      jobs.length
+        ? el('table', {},
+          el('thead', {}, el('tr', {}, ['Job', 'Started', 'State', 'Progress', 'Sent', 'Skipped'].map((h) => el('th', { scope: 'col' }, h)))),
+          body)
+        : el('p', { class: 'muted' }, 'No jobs yet.'),
+      page.next ? el('div', { class: 'row' }, el('a', { href: `#/jobs?${new URLSearchParams({ cursor: page.next })}` }, 'More jobs')) : null,
+    ];
+  }
+
   async function jobView(gen, _params, id) {
     const show = (job) => el('div', {},
       el('dl', { class: 'fields' },
@@ -734,7 +780,8 @@
         el('dt', {}, 'Sent'), el('dd', { id: 'job-sent' }, String(job.sent)),
         el('dt', {}, 'Skipped'), el('dd', {}, String(job.skipped)),
         job.error ? [el('dt', {}, 'Error'), el('dd', { class: 'bad' }, job.error)] : null),
-      job.endpoint ? el('p', {}, el('a', { href: `#/endpoints/${enc(job.endpoint)}` }, '← Endpoint')) : null);
+      el('p', {}, el('a', { href: '#/jobs' }, '← Jobs'),
+        job.endpoint ? [' · ', el('a', { href: `#/endpoints/${enc(job.endpoint)}` }, 'Endpoint')] : null));
     const job = await api('GET', `/jobs/${enc(id)}`);
     const box = el('div', { 'aria-live': 'polite' }, show(job));
     if (job.state === 'running') {
