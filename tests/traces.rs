@@ -150,12 +150,16 @@ fn otlp(collector: &Receiver) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn spawn(env: &support::Env, role: &str, vars: &[(&'static str, String)]) -> Child {
-    let vars: Vec<(&str, &str)> = vars
-        .iter()
+/// `vars` as a role's environment: the ones set (an empty value leaves a variable out).
+fn set<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    vars.iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (*k, v.as_str()))
-        .collect();
+        .collect()
+}
+
+fn spawn(env: &support::Env, role: &str, vars: &[(&'static str, String)]) -> Child {
+    let vars = set(vars);
     env.spawn_with(&[role], &vars)
 }
 
@@ -195,11 +199,7 @@ async fn an_event_with_a_traceparent_is_one_trace_through_waits_and_attempts() {
         .await;
     let vars = otlp(&collector);
     let log_file = tempfile::NamedTempFile::new().unwrap();
-    let worker_vars: Vec<(&str, &str)> = vars
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect();
+    let worker_vars = set(&vars);
     let mut roles = [
         spawn(&env, "router", &vars),
         env.spawn_logging(&["worker"], &worker_vars, log_file.as_file()),
@@ -323,11 +323,7 @@ async fn http_ingest_continues_the_callers_trace() {
     env.endpoint("acme", "pay", &rx.url("/in"), &[">"], &[], None)
         .await;
     let vars = otlp(&collector);
-    let api_vars: Vec<(&str, &str)> = vars
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect();
+    let api_vars = set(&vars);
     let (mut api, base) = env.spawn_api_with(TOKEN, &api_vars).await;
     let mut roles = [spawn(&env, "router", &vars), spawn(&env, "worker", &vars)];
     let send = |token: String, id: &'static str, traceparent: String| {
