@@ -177,15 +177,27 @@ async fn start(
         Some(t) => log.sequence_at(t).await.map_err(unavailable)?,
         None => log.end().await.map_err(unavailable)?,
     };
-    let now = OffsetDateTime::now_utc();
     let job = Job {
-        id: gancho_store::model::random_id("job_", 20),
-        tenant: tenant.to_owned(),
-        kind,
         endpoint,
         dead_kind,
         since,
         until,
+        ..running(tenant, kind, pace, position, end)
+    };
+    create(state, job).await
+}
+
+/// A new job of `kind`, running over `position..end`, with nothing done yet.
+fn running(tenant: &str, kind: JobKind, pace: u32, position: u64, end: u64) -> Job {
+    let now = OffsetDateTime::now_utc();
+    Job {
+        id: gancho_store::model::random_id("job_", 20),
+        tenant: tenant.to_owned(),
+        kind,
+        endpoint: None,
+        dead_kind: None,
+        since: None,
+        until: None,
         pace,
         state: JobState::Running,
         error: None,
@@ -200,9 +212,13 @@ async fn start(
         updated_at: now,
         owner: None,
         lease_until: None,
-    };
+    }
+}
+
+/// Stores a new job: 202 with it.
+async fn create(state: &ApiState, job: Job) -> Result<(StatusCode, axum::Json<JobView>), ApiError> {
     JobStore::new(&state.layout).create(&job).await?;
-    info!(job = %job.id, tenant, kind = ?kind, "Job created.");
+    info!(job = %job.id, tenant = %job.tenant, kind = ?job.kind, "Job created.");
     Ok((StatusCode::ACCEPTED, axum::Json(JobView::from(&job))))
 }
 
@@ -246,33 +262,12 @@ async fn start_selected(
             _ => {}
         }
     }
-    let now = OffsetDateTime::now_utc();
+    let listed = sequences.len() as u64;
     let job = Job {
-        id: gancho_store::model::random_id("job_", 20),
-        tenant: tenant.to_owned(),
-        kind: JobKind::RedriveSelected,
-        endpoint: None,
-        dead_kind: None,
-        since: None,
-        until: None,
-        pace,
-        state: JobState::Running,
-        error: None,
-        total: sequences.len() as u64,
-        done: 0,
-        sent: 0,
-        skipped: 0,
-        position: 0,
-        end: sequences.len() as u64,
         sequences,
-        created_at: now,
-        updated_at: now,
-        owner: None,
-        lease_until: None,
+        ..running(tenant, JobKind::RedriveSelected, pace, 0, listed)
     };
-    JobStore::new(&state.layout).create(&job).await?;
-    info!(job = %job.id, tenant, selected = job.sequences.len(), "Job created.");
-    Ok((StatusCode::ACCEPTED, axum::Json(JobView::from(&job))))
+    create(state, job).await
 }
 
 /// The start of every subject of `tenant`'s dead letters.

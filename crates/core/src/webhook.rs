@@ -19,7 +19,6 @@ pub fn standard_body(event_type: &str, occurred_at: OffsetDateTime, payload: &[u
     out
 }
 
-/// The body's `timestamp`: when the event occurred, RFC 3339.
 /// The W3C `traceparent` a webhook carries to a receiver that asked for trace context: a
 /// trace of its own per delivery (every attempt of `delivery_id` shares it, so a receiver
 /// can tell its retries apart from other deliveries), a span per attempt. Never the
@@ -32,6 +31,7 @@ pub fn traceparent_out(delivery_id: &str, attempt: u32) -> String {
     format!("00-{}-{}-01", hex(&trace[..16]), hex(&span[..8]))
 }
 
+/// The body's `timestamp`: when the event occurred, RFC 3339.
 pub fn timestamp(occurred_at: OffsetDateTime) -> String {
     occurred_at
         .format(&Rfc3339)

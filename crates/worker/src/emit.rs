@@ -132,6 +132,21 @@ pub(crate) fn wait_begins(delivery: &mut Delivery, reason: &str, restart: bool) 
     trace.wait_reason = reason.to_owned();
 }
 
+/// `delivery` as it goes to wait (`reason`, as [`wait_begins`]): itself when untraced, else a
+/// copy that carries its wait.
+pub(crate) fn going_to_wait<'d>(
+    delivery: &'d Delivery,
+    reason: &str,
+    restart: bool,
+) -> std::borrow::Cow<'d, Delivery> {
+    if delivery.trace.is_none() {
+        return std::borrow::Cow::Borrowed(delivery);
+    }
+    let mut waiting = delivery.clone();
+    wait_begins(&mut waiting, reason, restart);
+    std::borrow::Cow::Owned(waiting)
+}
+
 /// The delivery's trace context (its route span's `traceparent`), empty when untraced.
 pub(crate) fn trace_parent(delivery: &Delivery) -> &str {
     delivery.trace.as_deref().map_or("", |t| t.parent.as_str())

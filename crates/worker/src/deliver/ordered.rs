@@ -326,13 +326,7 @@ impl Ctx {
             at.to_string().as_str(),
         );
         // A traced delivery's wait for its retry begins now.
-        let payload = if delivery.trace.is_none() {
-            delivery.encode_to_vec()
-        } else {
-            let mut waiting = delivery.clone();
-            crate::emit::wait_begins(&mut waiting, "retry", true);
-            waiting.encode_to_vec()
-        };
+        let payload = crate::emit::going_to_wait(delivery, "retry", true).encode_to_vec();
         let publish = PublishMessage::build()
             .payload(Bytes::from(payload))
             .headers(headers)

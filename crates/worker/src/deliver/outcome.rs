@@ -260,14 +260,9 @@ impl Ctx {
             Next::Retry { delay } => {
                 let delivery = delivery.expect("a retry has a decoded delivery");
                 emit::RetryScheduled.emit();
-                if delivery.trace.is_none() {
-                    Some(self.retry_publish(unit.msg, delivery, *delay))
-                } else {
-                    // Its wait for the retry begins now.
-                    let mut waiting = delivery.clone();
-                    emit::wait_begins(&mut waiting, "retry", true);
-                    Some(self.retry_publish(unit.msg, &waiting, *delay))
-                }
+                // Its wait for the retry begins now.
+                let waiting = emit::going_to_wait(delivery, "retry", true);
+                Some(self.retry_publish(unit.msg, &waiting, *delay))
             }
             Next::Defer { delay } => {
                 let delivery = delivery.expect("a deferral has a decoded delivery");
@@ -470,9 +465,7 @@ impl Ctx {
             (Some(_), true) => Bytes::from(delivery.encode_to_vec()),
             (None, true) => unit.bytes(delivery),
             (_, false) => {
-                let mut waiting = delivery.clone();
-                emit::wait_begins(&mut waiting, "paused", false);
-                Bytes::from(waiting.encode_to_vec())
+                Bytes::from(emit::going_to_wait(delivery, "paused", false).encode_to_vec())
             }
         };
         let publish = PublishMessage::build()
