@@ -4,15 +4,25 @@
 // from the API and may be hostile (descriptions, payloads, receivers' answers): the page
 // builds the DOM with createElement and textContent only, never from HTML strings, so the
 // Content-Security-Policy can require Trusted Types and nothing sent can run.
+//
+// Every word the page shows comes from a catalog per language (strings/en.json,
+// strings/pt-BR.json), fetched from strings.json: the api picks by Accept-Language, and the
+// language switch asks for one by name and is remembered for the session. The API's own
+// error messages stay in English, after a translated lead.
 'use strict';
 
 (() => {
   const STORE = 'gancho.portal.session';
+  const LANG = 'gancho.portal.lang';
   const main = document.getElementById('main');
+  const brand = document.querySelector('.brand span').textContent;
   let session = loadSession();
   // Each navigation gets a number; a view that finishes after the next one started is dropped.
   let generation = 0;
   let timers = [];
+  let strings = {};
+  let lang = 'en';
+  let plurals = new Intl.PluralRules('en');
 
   // ---- helpers ------------------------------------------------------------------------
 
@@ -22,6 +32,32 @@
       if (s && s.session && new Date(s.expires_at) > new Date()) return s;
     } catch (_) { /* nothing stored */ }
     return null;
+  }
+
+  /**
+   * The catalog's text for `key`, with `{name}` filled from `vars`. A key whose entry has
+   * `one`/`other` forms picks one by `vars.n`.
+   */
+  function t(key, vars) {
+    let text = strings[key];
+    if (text === undefined) return key;
+    if (typeof text === 'object') text = text[plurals.select(vars ? vars.n : 0)] || text.other;
+    return text.replace(/\{(\w+)\}/g, (whole, name) => (vars && name in vars ? String(vars[name]) : whole));
+  }
+
+  /** Loads the catalog: the one chosen this session, or the api's pick by Accept-Language. */
+  async function loadStrings() {
+    const chosen = sessionStorage.getItem(LANG);
+    const url = new URL(`strings.json${chosen ? `?lang=${encodeURIComponent(chosen)}` : ''}`, location.href);
+    const response = await fetch(url, { credentials: 'omit', cache: 'no-store' });
+    const catalog = await response.json();
+    strings = catalog.strings;
+    lang = catalog.lang;
+    plurals = new Intl.PluralRules(lang);
+    document.documentElement.lang = lang;
+    for (const node of document.querySelectorAll('[data-t]')) node.textContent = t(node.dataset.t);
+    const pick = document.getElementById('lang');
+    pick.replaceChildren(...catalog.languages.map((l) => el('option', { value: l.code, selected: l.code === lang }, l.name)));
   }
 
   /** el('tag', {attr: value, onclick: fn}, child, ...): strings become text, never HTML. */
@@ -43,11 +79,12 @@
   const enc = encodeURIComponent;
   const canManage = () => session && session.scope === 'manage';
 
+  /** A time in the viewer's time zone and language, UTC on hover. */
   function when(iso) {
     if (!iso) return el('span', { class: 'muted' }, '–');
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return el('span', {}, iso);
-    return el('time', { datetime: iso, title: d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC') }, d.toLocaleString());
+    return el('time', { datetime: iso, title: d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC') }, d.toLocaleString(lang));
   }
 
   function say(message) {
@@ -59,10 +96,12 @@
   }
 
   class ApiError extends Error {
-    constructor(status, message, code) {
+    /** `message` is the API's (English); `field` names the body's field it is about. */
+    constructor(status, message, code, field) {
       super(message);
       this.status = status;
       this.code = code;
+      this.field = field;
     }
   }
 
@@ -84,17 +123,23 @@
       sessionStorage.removeItem(STORE);
       session = null;
       ended();
-      throw new ApiError(401, 'The session has ended.', 'ended');
+      throw new ApiError(401, t('session.ended.title'), 'ended');
     }
     if (!response.ok) {
       const err = data && data.error ? data.error : {};
-      throw new ApiError(response.status, err.message || `The server answered ${response.status}.`, err.code);
+      throw new ApiError(response.status, err.message || t('error.status', { status: response.status }), err.code, err.field);
     }
     return data;
   }
 
+  /** The translated lead of an error, then the API's own message. */
+  function explain(err) {
+    if (err instanceof ApiError) return `${t(err.status === 403 ? 'error.lead.forbidden' : 'error.lead')} ${err.message}`;
+    return t('error.failed', { why: err.message });
+  }
+
   function errorBox(err) {
-    return el('div', { class: 'error', role: 'alert' }, err instanceof ApiError ? err.message : `Something failed: ${err.message}`);
+    return el('div', { class: 'error', role: 'alert' }, explain(err));
   }
 
   function render(gen, ...nodes) {
@@ -106,6 +151,11 @@
     timers.push(setInterval(fn, ms));
   }
 
+  function stopTimers() {
+    timers.forEach(clearInterval);
+    timers = [];
+  }
+
   function field(label, input, hint) {
     const id = input.id || `f-${Math.random().toString(36).slice(2)}`;
     input.id = id;
@@ -113,19 +163,21 @@
   }
 
   /** A button that asks again in the page (no browser dialog) before it acts. */
-  function confirmButton(label, question, action, cls) {
+  function confirmButton(label, question, yes, action, cls) {
     const box = el('span', { class: 'row' });
     const ask = el('button', { type: 'button', class: cls || '', onclick: () => {
       box.replaceChildren(
         el('span', {}, question),
-        el('button', { type: 'button', class: 'danger', onclick: action }, `Yes, ${label.toLowerCase()}`),
-        el('button', { type: 'button', onclick: () => box.replaceChildren(ask) }, 'Cancel'),
+        el('button', { type: 'button', class: 'danger', onclick: action }, yes),
+        el('button', { type: 'button', onclick: () => box.replaceChildren(ask) }, t('confirm.no')),
       );
       box.querySelector('button').focus();
     } }, label);
     box.append(ask);
     return box;
   }
+
+  const readOnly = () => new ApiError(403, t('session.read_only'));
 
   // ---- sessions -----------------------------------------------------------------------
 
@@ -144,16 +196,16 @@
       });
       answer = { status: response.status, data: await response.json().catch(() => null) };
     } catch (err) {
-      problem('The server could not be reached', `${err.message}. Try the link again in a moment.`);
+      problem(t('link.unreachable.title'), t('link.unreachable.text', { why: err.message }));
       return false;
     }
     if (answer.status !== 201) {
       const err = (answer.data && answer.data.error) || {};
       const titles = {
-        link_used: 'This link was used already',
-        link_expired: 'This link has expired',
+        link_used: t('link.used'),
+        link_expired: t('link.expired'),
       };
-      problem(titles[err.code] || 'This link is not valid', err.message || 'Ask whoever gave you the link for a new one.');
+      problem(titles[err.code] || t('link.invalid'), err.message ? `${t('error.lead')} ${err.message}` : t('link.ask'));
       return false;
     }
     session = answer.data;
@@ -162,45 +214,63 @@
     return true;
   }
 
-  function start() {
+  async function start() {
+    try {
+      await loadStrings();
+    } catch (err) {
+      main.replaceChildren(el('p', { class: 'error', role: 'alert' }, `The page's words could not be loaded: ${err.message}`));
+      return undefined;
+    }
+    document.getElementById('lang').addEventListener('change', async (event) => {
+      sessionStorage.setItem(LANG, event.target.value);
+      await loadStrings();
+      if (session) route(); else if (!location.hash.startsWith('#t=')) problem(t('session.none.title'), t('session.none.text'));
+    });
     window.addEventListener('hashchange', route);
     return route();
   }
 
   function problem(title, text) {
     generation += 1;
-    timers.forEach(clearInterval);
-    timers = [];
+    stopTimers();
     document.getElementById('nav').hidden = true;
-    document.getElementById('who').textContent = '';
-    document.title = `${title} · Webhooks`;
+    document.getElementById('who').replaceChildren();
+    document.title = `${title} · ${brand}`;
     main.replaceChildren(el('h1', {}, title), el('p', {}, text));
   }
 
   function ended() {
-    problem('The session has ended', 'It expired or was ended. Open a new portal link to go on.');
+    problem(t('session.ended.title'), t('session.ended.text'));
   }
 
   function showWho() {
     document.getElementById('nav').hidden = false;
-    document.getElementById('who').textContent =
-      `${session.tenant} · ${canManage() ? 'manage' : 'read only'} · until ${new Date(session.expires_at).toLocaleString()}`;
+    const until = new Date(session.expires_at).toLocaleString(lang);
+    document.getElementById('who').replaceChildren(
+      session.opened_by === 'platform' ? el('span', { class: 'badge warn', id: 'opened-by' }, t('who.platform')) : null,
+      ' ',
+      t(canManage() ? 'who.manage' : 'who.read', { tenant: session.tenant, until }),
+    );
   }
 
   // ---- routing ------------------------------------------------------------------------
 
   const routes = [
-    [/^#\/endpoints$/, endpointsView, 'Endpoints'],
-    [/^#\/endpoints\/new$/, newEndpointView, 'Add an endpoint'],
-    [/^#\/endpoints\/([^/]+)$/, endpointView, 'Endpoint'],
-    [/^#\/endpoints\/([^/]+)\/edit$/, editEndpointView, 'Edit endpoint'],
-    [/^#\/endpoints\/([^/]+)\/attempts$/, attemptsView, 'Delivery log'],
-    [/^#\/attempts$/, attemptsView, 'Delivery log'],
-    [/^#\/events$/, eventView, 'Find an event'],
-    [/^#\/events\/([^/]+)$/, eventView, 'Event'],
-    [/^#\/dead-letters$/, deadLettersView, 'Dead letters'],
-    [/^#\/jobs$/, jobsView, 'Jobs'],
-    [/^#\/jobs\/([^/]+)$/, jobView, 'Job'],
+    [/^#\/endpoints$/, endpointsView, 'nav.endpoints'],
+    [/^#\/endpoints\/new$/, newEndpointView, 'endpoint.add'],
+    [/^#\/endpoints\/([^/]+)$/, endpointView, 'endpoint.title'],
+    [/^#\/endpoints\/([^/]+)\/edit$/, editEndpointView, 'endpoint.edit.title'],
+    [/^#\/endpoints\/([^/]+)\/attempts$/, attemptsView, 'nav.attempts'],
+    [/^#\/attempts$/, attemptsView, 'nav.attempts'],
+    [/^#\/events$/, eventView, 'nav.events'],
+    [/^#\/events\/([^/]+)$/, eventView, 'event.title'],
+    [/^#\/dead-letters$/, deadLettersView, 'nav.dead_letters'],
+    [/^#\/jobs$/, jobsView, 'nav.jobs'],
+    [/^#\/jobs\/([^/]+)$/, jobView, 'job.title'],
+    [/^#\/event-types$/, typesView, 'nav.event_types'],
+    [/^#\/event-types\/new$/, newTypeView, 'type.add'],
+    [/^#\/event-types\/([^/]+)$/, typeView, 'type.title'],
+    [/^#\/event-types\/([^/]+)\/edit$/, editTypeView, 'type.edit.title'],
   ];
 
   async function route() {
@@ -208,46 +278,48 @@
     const link = /^#t=([A-Za-z0-9_]+)$/.exec(location.hash);
     if (link && !(await openLink(link[1]))) return undefined;
     if (!session) {
-      problem('No session', 'Open this page from a portal link: ask whoever manages your webhooks for one.');
+      problem(t('session.none.title'), t('session.none.text'));
       return undefined;
     }
     showWho();
-    timers.forEach(clearInterval);
-    timers = [];
+    stopTimers();
     const gen = ++generation;
     const [path, query] = (location.hash || '#/endpoints').split('?');
     const params = new URLSearchParams(query || '');
+    const back = el('a', { href: '#/endpoints' }, t('notfound.back'));
     for (const [pattern, view, title] of routes) {
       const match = pattern.exec(path === '#' || path === '' ? '#/endpoints' : path);
       if (!match) continue;
-      document.title = `${title} · Webhooks`;
-      render(gen, el('p', { class: 'muted' }, 'Loading…'));
+      document.title = `${t(title)} · ${brand}`;
+      render(gen, el('p', { class: 'muted' }, t('loading')));
       try {
         const args = match.slice(1).map((m) => decodeURIComponent(m));
         render(gen, await view(gen, params, ...args));
       } catch (err) {
         if (err instanceof ApiError && err.status === 401) return undefined;
         if (err instanceof ApiError && err.status === 404) {
-          render(gen, el('h1', {}, 'Not found'), el('p', {}, err.message), el('a', { href: '#/endpoints' }, 'Back to the endpoints'));
+          render(gen, el('h1', {}, t('notfound.title')), el('p', {}, explain(err)), back);
         } else {
-          render(gen, el('h1', {}, title), errorBox(err));
+          render(gen, el('h1', {}, t(title)), errorBox(err));
         }
       }
       main.focus();
       return undefined;
     }
-    render(gen, el('h1', {}, 'Not found'), el('p', {}, 'There is no such page.'), el('a', { href: '#/endpoints' }, 'Back to the endpoints'));
+    render(gen, el('h1', {}, t('notfound.title')), el('p', {}, t('notfound.text')), back);
     return undefined;
   }
 
   // ---- endpoints ----------------------------------------------------------------------
 
   function stateOf(ep) {
-    if (ep.disabled) return el('span', { class: 'badge bad' }, `disabled${ep.disabled_reason ? `: ${ep.disabled_reason}` : ''}`);
-    if (ep.paused) return el('span', { class: 'badge warn' }, `paused${ep.held ? `, ${ep.held} held` : ''}`);
-    if (ep.failing_since) return el('span', { class: 'badge bad' }, 'failing since ', when(ep.failing_since));
-    return el('span', { class: 'badge ok' }, 'active');
+    if (ep.disabled) return el('span', { class: 'badge bad' }, ep.disabled_reason ? t('state.disabled_why', { why: ep.disabled_reason }) : t('state.disabled'));
+    if (ep.paused) return el('span', { class: 'badge warn' }, ep.held ? t('state.paused_held', { n: ep.held }) : t('state.paused'));
+    if (ep.failing_since) return el('span', { class: 'badge bad' }, t('state.failing_since'), ' ', when(ep.failing_since));
+    return el('span', { class: 'badge ok' }, t('state.active'));
   }
+
+  const typesOf = (ep) => (ep.filter_types.length ? ep.filter_types.join(', ') : t('endpoint.every_type'));
 
   async function endpointsView(gen, params) {
     const q = params.get('q') || '';
@@ -255,47 +327,48 @@
     if (q) query.set('q', q);
     if (params.get('cursor')) query.set('cursor', params.get('cursor'));
     const page = await api('GET', `/endpoints?${query}`);
-    const box = el('input', { type: 'search', id: 'search', value: q, placeholder: 'part of a URL or description' });
+    const box = el('input', { type: 'search', id: 'search', value: q, placeholder: t('endpoints.search.placeholder') });
     const search = el('form', { role: 'search', class: 'row', onsubmit: (event) => {
       event.preventDefault();
       const v = box.value.trim();
       location.hash = `#/endpoints${v ? `?q=${enc(v)}` : ''}`;
-    } }, field('Search', box), el('button', { type: 'submit' }, 'Search'));
+    } }, field(t('endpoints.search'), box), el('button', { type: 'submit' }, t('endpoints.search')));
     const rows = page.data.map((ep) => el('tr', {},
       el('td', { class: 'wrap' }, el('a', { href: `#/endpoints/${enc(ep.id)}` }, ep.url)),
       el('td', {}, ep.description || ''),
       el('td', {}, stateOf(ep)),
-      el('td', {}, ep.filter_types.length ? ep.filter_types.join(', ') : 'every type')));
+      el('td', {}, typesOf(ep))));
+    const heads = ['endpoint.url', 'endpoint.description', 'endpoint.state', 'endpoint.types'];
     return [
-      el('h1', {}, 'Endpoints'),
-      canManage() ? el('div', { class: 'row' }, el('a', { class: 'button', href: '#/endpoints/new' }, 'Add an endpoint')) : null,
+      el('h1', {}, t('nav.endpoints')),
+      canManage() ? el('div', { class: 'row' }, el('a', { class: 'button', href: '#/endpoints/new' }, t('endpoint.add'))) : null,
       search,
       rows.length
-        ? el('table', {}, el('thead', {}, el('tr', {}, ['URL', 'Description', 'State', 'Event types'].map((h) => el('th', { scope: 'col' }, h)))), el('tbody', {}, rows))
-        : el('p', { class: 'muted' }, q ? 'No endpoint matches.' : 'No endpoints yet.'),
-      page.next ? el('div', { class: 'row' }, el('a', { href: `#/endpoints?${new URLSearchParams({ ...(q ? { q } : {}), cursor: page.next })}` }, 'Next page')) : null,
+        ? el('table', {}, el('thead', {}, el('tr', {}, heads.map((h) => el('th', { scope: 'col' }, t(h))))), el('tbody', {}, rows))
+        : el('p', { class: 'muted' }, q ? t('endpoints.none_match') : t('endpoints.none')),
+      page.next ? el('div', { class: 'row' }, el('a', { href: `#/endpoints?${new URLSearchParams({ ...(q ? { q } : {}), cursor: page.next })}` }, t('page.next'))) : null,
     ];
   }
 
   /** Success share, p95 latency and the last error of up to 100 recent attempts. */
   function health(attempts) {
-    if (!attempts.length) return el('p', { class: 'muted' }, 'No attempts yet.');
+    if (!attempts.length) return el('p', { class: 'muted' }, t('health.none'));
     const ok = attempts.filter((a) => a.outcome === 'success').length;
     const latencies = attempts.map((a) => a.latency_ms).sort((a, b) => a - b);
     const p95 = latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * 0.95))];
     const failed = attempts.find((a) => a.outcome !== 'success');
     return el('dl', { class: 'fields' },
-      el('dt', {}, `Last ${attempts.length} attempts`), el('dd', {}, `${Math.round((100 * ok) / attempts.length)}% succeeded`),
-      el('dt', {}, 'p95 latency'), el('dd', {}, `${p95.toFixed(0)} ms`),
-      el('dt', {}, 'Last failure'), el('dd', {}, failed ? [failed.status ? `${failed.status} ` : '', failed.error || failed.outcome, ' ', when(failed.at)] : 'none'));
+      el('dt', {}, t('health.last', { n: attempts.length })), el('dd', {}, t('health.succeeded', { percent: Math.round((100 * ok) / attempts.length) })),
+      el('dt', {}, t('health.p95')), el('dd', {}, `${p95.toFixed(0)} ms`),
+      el('dt', {}, t('health.last_failure')), el('dd', {}, failed ? [failed.status ? `${failed.status} ` : '', failed.error || failed.outcome, ' ', when(failed.at)] : t('none')));
   }
 
   function secretBox(title, secret) {
     const copy = el('button', { type: 'button', onclick: async () => {
-      try { await navigator.clipboard.writeText(secret); say('Copied.'); } catch (_) { say('Select the secret and copy it.'); }
-    } }, 'Copy');
+      try { await navigator.clipboard.writeText(secret); say(t('secret.copied')); } catch (_) { say(t('secret.copy_by_hand')); }
+    } }, t('secret.copy'));
     return el('div', { class: 'secret', role: 'alert' },
-      el('p', {}, el('strong', {}, title), ' It is shown only now: store it where your receiver reads it.'),
+      el('p', {}, el('strong', {}, title), ' ', t('secret.once')),
       el('p', {}, el('code', { id: 'secret' }, secret)), copy);
   }
 
@@ -305,25 +378,25 @@
       api('GET', `/endpoints/${enc(id)}/attempts?limit=100`),
     ]);
     const facts = [
-      ['URL', ep.url], ['Description', ep.description || '–'], ['State', el('span', { id: 'state' }, stateOf(ep))],
-      ['Event types', ep.filter_types.length ? ep.filter_types.join(', ') : 'every type'],
-      ['Channels', ep.channels.length ? ep.channels.join(', ') : 'any'],
-      ['Rate limit', ep.rate_limit_per_sec ? `${ep.rate_limit_per_sec}/s` : 'none'],
-      ['In flight at most', ep.max_in_flight || 'default'], ['Timeout', `${ep.timeout_ms} ms`],
-      ['Retry schedule', ep.retry_schedule || 'default'], ['Signing', ep.signing], ['Profile', ep.profile],
-      ['Created', when(ep.created_at)], ['Changed', when(ep.updated_at)],
+      ['endpoint.url', ep.url], ['endpoint.description', ep.description || '–'], ['endpoint.state', el('span', { id: 'state' }, stateOf(ep))],
+      ['endpoint.types', typesOf(ep)],
+      ['endpoint.channels', ep.channels.length ? ep.channels.join(', ') : t('endpoint.any_channel')],
+      ['endpoint.rate', ep.rate_limit_per_sec ? `${ep.rate_limit_per_sec}/s` : t('none')],
+      ['endpoint.in_flight', ep.max_in_flight || t('endpoint.default')], ['endpoint.timeout', `${ep.timeout_ms} ms`],
+      ['endpoint.schedule', ep.retry_schedule || t('endpoint.default')], ['endpoint.signing', ep.signing], ['endpoint.profile', ep.profile],
+      ['endpoint.created', when(ep.created_at)], ['endpoint.changed', when(ep.updated_at)],
     ];
-    if (ep.public_keys && ep.public_keys.length) facts.push(['Public keys', ep.public_keys.map((k) => el('div', {}, el('code', {}, k.key), k.expires_at ? [' until ', when(k.expires_at)] : ''))]);
+    if (ep.public_keys && ep.public_keys.length) facts.push(['endpoint.public_keys', ep.public_keys.map((k) => el('div', {}, el('code', {}, k.key), k.expires_at ? [` ${t('endpoint.until')} `, when(k.expires_at)] : ''))]);
     const result = el('div', { 'aria-live': 'polite' });
     const nodes = [
-      el('p', {}, el('a', { href: '#/endpoints' }, '← Endpoints')),
+      el('p', {}, el('a', { href: '#/endpoints' }, `← ${t('nav.endpoints')}`)),
       el('h1', {}, ep.description || ep.url),
-      shown ? secretBox('The endpoint was created. Its signing secret:', shown) : null,
-      el('dl', { class: 'fields' }, facts.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
-      el('h2', {}, 'Health'), health(log.data),
+      shown ? secretBox(t('secret.created'), shown) : null,
+      el('dl', { class: 'fields' }, facts.map(([k, v]) => [el('dt', {}, t(k)), el('dd', {}, v)])),
+      el('h2', {}, t('health.title')), health(log.data),
       el('div', { class: 'row' },
-        el('a', { class: 'button', href: `#/endpoints/${enc(id)}/attempts` }, 'Delivery log'),
-        canManage() ? el('button', { type: 'button', onclick: () => sendTest(id, result) }, 'Send a test event') : null),
+        el('a', { class: 'button', href: `#/endpoints/${enc(id)}/attempts` }, t('nav.attempts')),
+        canManage() ? el('button', { type: 'button', onclick: () => sendTest(id, result) }, t('test.send')) : null),
       result,
     ];
     if (canManage()) nodes.push(manageControls(ep, result));
@@ -344,18 +417,18 @@
       if (done) done(value);
       return value;
     } catch (err) {
-      if (!(err instanceof ApiError && err.status === 401)) say(err.message);
+      if (!(err instanceof ApiError && err.status === 401)) say(explain(err));
       return undefined;
     }
   }
 
   async function sendTest(id, into) {
-    into.replaceChildren(el('p', { class: 'muted' }, 'Sending a test event…'));
+    into.replaceChildren(el('p', { class: 'muted' }, t('test.sending')));
     try {
       const out = await api('POST', `/endpoints/${enc(id)}/test`, {});
       const a = out.attempt;
-      into.replaceChildren(el('h2', {}, 'Test event ', el('code', {}, out.event_id)),
-        a ? attemptDetail(a, true) : el('p', {}, 'Sent; its first attempt had not ended yet. ', el('a', { href: `#/events/${enc(out.event_id)}` }, 'Look it up')));
+      into.replaceChildren(el('h2', {}, t('test.title'), ' ', el('code', {}, out.event_id)),
+        a ? attemptDetail(a, true) : el('p', {}, t('test.pending'), ' ', el('a', { href: `#/events/${enc(out.event_id)}` }, t('test.look_up'))));
     } catch (err) {
       into.replaceChildren(errorBox(err));
     }
@@ -363,49 +436,50 @@
 
   function manageControls(ep, result) {
     const id = ep.id;
-    const grace = el('select', { id: 'grace' }, [['0s', 'at once'], ['1h', 'in 1 hour'], ['24h', 'in 24 hours'], ['7d', 'in 7 days']]
-      .map(([v, t]) => el('option', { value: v, selected: v === '24h' }, t)));
+    const grace = el('select', { id: 'grace' }, [['0s', 'grace.now'], ['1h', 'grace.1h'], ['24h', 'grace.24h'], ['7d', 'grace.7d']]
+      .map(([v, k]) => el('option', { value: v, selected: v === '24h' }, t(k))));
     // Since when: a few choices (reachable by keyboard alone), or a time of one's own.
-    const sinceChoice = el('select', { id: 'recover-from' }, [['15', '15 minutes ago'], ['60', '1 hour ago'], ['360', '6 hours ago'],
-      ['1440', '24 hours ago'], ['10080', '7 days ago'], ['time', 'a time of my choice']]
-      .map(([v, t]) => el('option', { value: v, selected: v === '60' }, t)));
+    const sinceChoice = el('select', { id: 'recover-from' }, [['15', 'since.15m'], ['60', 'since.1h'], ['360', 'since.6h'],
+      ['1440', 'since.24h'], ['10080', 'since.7d'], ['time', 'since.own']]
+      .map(([v, k]) => el('option', { value: v, selected: v === '60' }, t(k))));
     const since = el('input', { type: 'datetime-local', id: 'recover-since' });
     const until = el('input', { type: 'datetime-local', id: 'replay-until' });
-    const ownTime = el('div', { class: 'row', hidden: true }, field('Since', since, '(your time zone)'), field('Until', until, '(replay only; empty: now)'));
+    const ownTime = el('div', { class: 'row', hidden: true }, field(t('filter.since'), since, t('resend.since_hint')), field(t('filter.until'), until, t('resend.until_hint')));
     sinceChoice.addEventListener('change', () => { ownTime.hidden = sinceChoice.value !== 'time'; });
     const iso = (input) => (input.value ? new Date(input.value).toISOString() : undefined);
     const from = () => (sinceChoice.value === 'time'
       ? iso(since)
       : new Date(Date.now() - Number(sinceChoice.value) * 60000).toISOString());
+    const toJob = (job) => { location.hash = `#/jobs/${enc(job.id)}`; };
     return el('section', {},
-      el('h2', {}, 'Change'),
+      el('h2', {}, t('change.title')),
       el('div', { class: 'row' },
-        el('a', { class: 'button', href: `#/endpoints/${enc(id)}/edit` }, 'Edit'),
+        el('a', { class: 'button', href: `#/endpoints/${enc(id)}/edit` }, t('change.edit')),
         ep.paused
-          ? el('button', { type: 'button', onclick: () => act(api('POST', `/endpoints/${enc(id)}/resume`), () => { say('Resumed: held deliveries are sent.'); route(); }) }, 'Resume')
-          : el('button', { type: 'button', onclick: () => act(api('POST', `/endpoints/${enc(id)}/pause`), () => { say('Paused: new deliveries are held.'); route(); }) }, 'Pause'),
-        ep.disabled ? el('button', { type: 'button', onclick: () => act(api('PATCH', `/endpoints/${enc(id)}`, { disabled: false }), () => { say('Enabled again.'); route(); }) }, 'Enable again') : null,
-        confirmButton('Delete', 'Delete this endpoint? Nothing more is sent to it.', () => act(api('DELETE', `/endpoints/${enc(id)}`), () => { say('Deleted.'); location.hash = '#/endpoints'; }), 'danger')),
+          ? el('button', { type: 'button', onclick: () => act(api('POST', `/endpoints/${enc(id)}/resume`), () => { say(t('change.resumed')); route(); }) }, t('change.resume'))
+          : el('button', { type: 'button', onclick: () => act(api('POST', `/endpoints/${enc(id)}/pause`), () => { say(t('change.paused')); route(); }) }, t('change.pause')),
+        ep.disabled ? el('button', { type: 'button', onclick: () => act(api('PATCH', `/endpoints/${enc(id)}`, { disabled: false }), () => { say(t('change.enabled')); route(); }) }, t('change.enable')) : null,
+        confirmButton(t('change.delete'), t('change.delete.ask'), t('change.delete.yes'), () => act(api('DELETE', `/endpoints/${enc(id)}`), () => { say(t('change.deleted')); location.hash = '#/endpoints'; }), 'danger')),
       ep.signing === 'hmac' ? el('div', { class: 'row' },
-        field('Old secret stops', grace),
-        confirmButton('Rotate the secret', 'Make a new signing secret?', () => act(api('POST', `/endpoints/${enc(id)}/secret/rotate`, { grace: grace.value }), (v) => {
-          result.replaceChildren(secretBox('A new signing secret:', v.secret));
+        field(t('rotate.grace'), grace),
+        confirmButton(t('rotate.button'), t('rotate.ask'), t('rotate.yes'), () => act(api('POST', `/endpoints/${enc(id)}/secret/rotate`, { grace: grace.value }), (v) => {
+          result.replaceChildren(secretBox(t('secret.rotated'), v.secret));
         }))) : null,
-      el('h2', {}, 'Send again'),
-      el('div', { class: 'row' }, field('From', sinceChoice)),
+      el('h2', {}, t('resend.title')),
+      el('div', { class: 'row' }, field(t('resend.from'), sinceChoice)),
       ownTime,
       el('div', { class: 'row' },
         el('button', { type: 'button', onclick: () => {
-          if (!from()) return say('Choose since when.');
-          return act(api('POST', `/endpoints/${enc(id)}/recover`, { since: from() }), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
-        } }, 'Recover what failed'),
+          if (!from()) return say(t('resend.choose_since'));
+          return act(api('POST', `/endpoints/${enc(id)}/recover`, { since: from() }), toJob);
+        } }, t('resend.recover')),
         el('button', { type: 'button', onclick: () => {
-          if (!from()) return say('Choose since when.');
+          if (!from()) return say(t('resend.choose_since'));
           const body = { since: from() };
           if (sinceChoice.value === 'time' && until.value) body.until = iso(until);
-          return act(api('POST', `/endpoints/${enc(id)}/replay`, body), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
-        } }, 'Replay everything')),
-      el('p', { class: 'hint' }, 'Recover sends the deliveries given up since then that were not delivered since; replay sends every matching event of the range again, delivered ones too.'));
+          return act(api('POST', `/endpoints/${enc(id)}/replay`, body), toJob);
+        } }, t('resend.replay'))),
+      el('p', { class: 'hint' }, t('resend.hint')));
   }
 
   async function endpointForm(gen, ep) {
@@ -413,28 +487,28 @@
     const url = el('input', { type: 'url', required: true, value: ep ? ep.url : '', placeholder: 'https://example.com/webhooks' });
     const description = el('input', { type: 'text', value: ep ? ep.description : '' });
     const chosen = new Set(ep ? ep.filter_types : []);
-    const boxes = types.data.filter((t) => !t.archived).map((t) => el('label', { class: 'hint' },
-      el('input', { type: 'checkbox', value: t.name, checked: chosen.has(t.name) }), ` ${t.name}`, t.description ? ` – ${t.description}` : ''));
-    const typed = el('input', { type: 'text', value: ep ? ep.filter_types.filter((t) => !types.data.some((c) => c.name === t)).join(', ') : '', placeholder: 'charge.paid, charge.refunded' });
+    const boxes = types.data.filter((ty) => !ty.archived).map((ty) => el('label', { class: 'hint' },
+      el('input', { type: 'checkbox', value: ty.name, checked: chosen.has(ty.name) }), ` ${ty.name}`, ty.description ? ` – ${ty.description}` : ''));
+    const typed = el('input', { type: 'text', value: ep ? ep.filter_types.filter((ty) => !types.data.some((c) => c.name === ty)).join(', ') : '', placeholder: 'charge.paid, charge.refunded' });
     const channels = el('input', { type: 'text', value: ep ? ep.channels.join(', ') : '' });
     const rate = el('input', { type: 'number', min: 1, value: ep && ep.rate_limit_per_sec ? ep.rate_limit_per_sec : '' });
     const inflight = el('input', { type: 'number', min: 1, value: ep && ep.max_in_flight ? ep.max_in_flight : '' });
     const timeout = el('input', { type: 'number', min: 100, value: ep ? ep.timeout_ms : '' });
     const schedule = el('input', { type: 'text', value: ep && ep.retry_schedule ? ep.retry_schedule : '', placeholder: '0s,5s,5m,30m,2h' });
-    const signing = ep ? null : el('select', {}, el('option', { value: 'hmac' }, 'HMAC with a shared secret (v1)'), el('option', { value: 'ed25519' }, 'ed25519 public key (v1a)'));
+    const signing = ep ? null : el('select', {}, el('option', { value: 'hmac' }, t('form.signing.hmac')), el('option', { value: 'ed25519' }, t('form.signing.ed25519')));
     // The delivery profile and what each needs: a token (sent in a header or the query, never
     // shown again), or Open Finance Brasil's path.
-    const profile = el('select', {}, [['standard', 'Standard Webhooks'], ['token', 'Standard Webhooks plus a token the receiver checks'], ['openfinance-br', 'Open Finance Brasil']]
-      .map(([v, t]) => el('option', { value: v, selected: (ep ? ep.profile : 'standard') === v }, t)));
-    const tokenWhere = el('select', {}, [['header', 'a header'], ['query', 'the query string']]
-      .map(([v, t]) => el('option', { value: v, selected: ep && ep.token ? (ep.token.query ? v === 'query' : v === 'header') : v === 'header' }, t)));
+    const profile = el('select', {}, [['standard', 'form.profile.standard'], ['token', 'form.profile.token'], ['openfinance-br', 'form.profile.openfinance']]
+      .map(([v, k]) => el('option', { value: v, selected: (ep ? ep.profile : 'standard') === v }, t(k))));
+    const tokenWhere = el('select', {}, [['header', 'form.token.header'], ['query', 'form.token.query']]
+      .map(([v, k]) => el('option', { value: v, selected: ep && ep.token ? (ep.token.query ? v === 'query' : v === 'header') : v === 'header' }, t(k))));
     const tokenName = el('input', { type: 'text', value: ep && ep.token ? (ep.token.header || ep.token.query || '') : '', placeholder: 'validationtoken' });
     const tokenValue = el('input', { type: 'password', autocomplete: 'off', value: '' });
     const pathTemplate = el('input', { type: 'text', value: ep && ep.path_template ? ep.path_template : '', placeholder: '/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}' });
-    const tokenFields = el('fieldset', {}, el('legend', {}, 'Token'),
-      field('Sent in', tokenWhere), field('Header or parameter name', tokenName),
-      field('Token value', tokenValue, ep && ep.token ? '(set; leave empty to keep it)' : '(never shown again)'));
-    const openFinanceFields = el('div', {}, field('Path template', pathTemplate, '(appended to the URL; empty: the payments default)'));
+    const tokenFields = el('fieldset', {}, el('legend', {}, t('form.token')),
+      field(t('form.token.where'), tokenWhere), field(t('form.token.name'), tokenName),
+      field(t('form.token.value'), tokenValue, ep && ep.token ? t('form.token.value.kept') : t('form.never_again')));
+    const openFinanceFields = el('div', {}, field(t('form.path'), pathTemplate, t('form.path.hint')));
     const showProfile = () => {
       tokenFields.hidden = profile.value !== 'token';
       openFinanceFields.hidden = profile.value !== 'openfinance-br';
@@ -471,7 +545,7 @@
       const headerLines = headers.value.split('\n').map((l) => l.trim()).filter((l) => l);
       const bad = headerLines.find((l) => !l.includes(':'));
       if (bad) {
-        problemBox.replaceChildren(errorBox(new Error(`each header is "name: value"; this one is not: ${bad}`)));
+        problemBox.replaceChildren(el('div', { class: 'error', role: 'alert' }, t('form.headers.bad', { line: bad })));
         return;
       }
       if (ep || headerLines.length) {
@@ -494,7 +568,7 @@
           ? await api('PATCH', `/endpoints/${enc(ep.id)}`, body)
           : await api('POST', '/endpoints', body);
         if (ep) {
-          say('Saved.');
+          say(t('saved'));
           location.hash = `#/endpoints/${enc(saved.id)}`;
         } else {
           // The secret is shown once, on the endpoint's page, without passing through the URL.
@@ -507,39 +581,39 @@
         if (!(err instanceof ApiError && err.status === 401)) problemBox.replaceChildren(errorBox(err));
       }
     } },
-    field('URL', url, '(https)'),
-    field('Description', description),
-    boxes.length ? el('fieldset', {}, el('legend', {}, 'Event types from the catalog (none: every type)'), boxes) : null,
-    field('Other event types', typed, '(comma-separated; none chosen: every type)'),
-    field('Channels', channels, '(comma-separated; empty: any)'),
-    field('Rate limit', rate, '(requests per second; empty: none)'),
-    field('In flight at most', inflight, '(empty: the default)'),
-    field('Timeout', timeout, '(milliseconds)'),
-    field('Retry schedule', schedule, '(delays before each attempt; empty: the default)'),
-    signing ? field('Signing', signing) : null,
-    field('Profile', profile),
+    field(t('endpoint.url'), url, t('form.url.hint')),
+    field(t('endpoint.description'), description),
+    boxes.length ? el('fieldset', {}, el('legend', {}, t('form.types.catalog')), boxes) : null,
+    field(t('form.types.other'), typed, t('form.types.other.hint')),
+    field(t('endpoint.channels'), channels, t('form.channels.hint')),
+    field(t('endpoint.rate'), rate, t('form.rate.hint')),
+    field(t('endpoint.in_flight'), inflight, t('form.in_flight.hint')),
+    field(t('endpoint.timeout'), timeout, t('form.timeout.hint')),
+    field(t('endpoint.schedule'), schedule, t('form.schedule.hint')),
+    signing ? field(t('endpoint.signing'), signing) : null,
+    field(t('endpoint.profile'), profile),
     tokenFields,
     openFinanceFields,
-    field('Extra headers', headers, '(one "name: value" a line)'),
-    el('fieldset', {}, el('legend', {}, 'Mutual TLS (when the receiver asks for a client certificate)'),
-      field('Client certificate', clientCert, '(PEM chain)'),
-      field('Client key', clientKey, ep && ep.client_cert ? '(PEM; set: leave empty to keep it)' : '(PEM; never shown again)'),
-      field('CA certificates', ca, '(PEM; trusted for this endpoint besides the public roots)')),
+    field(t('form.headers'), headers, t('form.headers.hint')),
+    el('fieldset', {}, el('legend', {}, t('form.mtls')),
+      field(t('form.mtls.cert'), clientCert, t('form.mtls.cert.hint')),
+      field(t('form.mtls.key'), clientKey, ep && ep.client_cert ? t('form.mtls.key.kept') : t('form.mtls.key.hint')),
+      field(t('form.mtls.ca'), ca, t('form.mtls.ca.hint'))),
     problemBox,
-    el('div', { class: 'row' }, el('button', { type: 'submit', class: 'primary' }, ep ? 'Save' : 'Add the endpoint'),
-      el('a', { href: ep ? `#/endpoints/${enc(ep.id)}` : '#/endpoints' }, 'Cancel')));
+    el('div', { class: 'row' }, el('button', { type: 'submit', class: 'primary' }, ep ? t('save') : t('form.add')),
+      el('a', { href: ep ? `#/endpoints/${enc(ep.id)}` : '#/endpoints' }, t('cancel'))));
     return form;
   }
 
   async function newEndpointView(gen) {
-    if (!canManage()) throw new ApiError(403, 'This session can look, not change: it is read only.');
-    return [el('h1', {}, 'Add an endpoint'), await endpointForm(gen, null)];
+    if (!canManage()) throw readOnly();
+    return [el('h1', {}, t('endpoint.add')), await endpointForm(gen, null)];
   }
 
   async function editEndpointView(gen, _params, id) {
-    if (!canManage()) throw new ApiError(403, 'This session can look, not change: it is read only.');
+    if (!canManage()) throw readOnly();
     const ep = await api('GET', `/endpoints/${enc(id)}`);
-    return [el('p', {}, el('a', { href: `#/endpoints/${enc(id)}` }, '← Back')), el('h1', {}, 'Edit endpoint'), await endpointForm(gen, ep)];
+    return [el('p', {}, el('a', { href: `#/endpoints/${enc(id)}` }, `← ${t('back')}`)), el('h1', {}, t('endpoint.edit.title')), await endpointForm(gen, ep)];
   }
 
   // ---- the delivery log ---------------------------------------------------------------
@@ -552,20 +626,20 @@
   function attemptDetail(a, open, withEndpoint) {
     const headers = Object.entries(a.response_headers || {});
     return el('details', { open },
-      el('summary', {}, statusOf(a), ' ', a.type, withEndpoint ? [' → ', a.url] : null, ' · attempt ', String(a.attempt), ' · ', `${a.latency_ms.toFixed(0)} ms`, ' · ', when(a.at)),
+      el('summary', {}, statusOf(a), ' ', a.type, withEndpoint ? [' → ', a.url] : null, ' · ', t('attempt.n', { n: a.attempt }), ' · ', `${a.latency_ms.toFixed(0)} ms`, ' · ', when(a.at)),
       el('dl', { class: 'fields' },
-        withEndpoint ? [el('dt', {}, 'Endpoint'), el('dd', {}, el('a', { href: `#/endpoints/${enc(a.endpoint_id)}` }, a.endpoint_id))] : null,
-        el('dt', {}, 'Request'), el('dd', {}, 'POST ', a.url),
+        withEndpoint ? [el('dt', {}, t('attempt.endpoint')), el('dd', {}, el('a', { href: `#/endpoints/${enc(a.endpoint_id)}` }, a.endpoint_id))] : null,
+        el('dt', {}, t('attempt.request')), el('dd', {}, 'POST ', a.url),
         el('dt', {}, 'webhook-id'), el('dd', {}, el('code', {}, a.delivery_id)),
         el('dt', {}, 'webhook-timestamp'), el('dd', {}, el('code', {}, String(Math.floor(new Date(a.at).getTime() / 1000)))),
-        el('dt', {}, 'Request headers'), el('dd', {}, 'content-type, user-agent, webhook-id, webhook-timestamp, webhook-signature',
-          el('span', { class: 'hint' }, ' (the signature, tokens and secrets are never shown)')),
-        el('dt', {}, 'Event'), el('dd', {}, el('a', { href: `#/events/${enc(a.event_id)}` }, a.event_id)),
-        el('dt', {}, 'Outcome'), el('dd', {}, a.outcome, a.error ? `: ${a.error}` : ''),
-        el('dt', {}, 'Next attempt'), el('dd', {}, a.next_attempt_at ? when(a.next_attempt_at) : 'none'),
-        el('dt', {}, 'Answer headers'), el('dd', {}, headers.length ? headers.map(([k, v]) => el('div', {}, el('code', {}, k), ': ', v)) : '–')),
-      el('p', { class: 'hint' }, 'The answer’s body (first 4 KiB):'),
-      el('pre', {}, a.response_body || '(empty)'));
+        el('dt', {}, t('attempt.request_headers')), el('dd', {}, 'content-type, user-agent, webhook-id, webhook-timestamp, webhook-signature',
+          el('span', { class: 'hint' }, ` ${t('attempt.never_shown')}`)),
+        el('dt', {}, t('attempt.event')), el('dd', {}, el('a', { href: `#/events/${enc(a.event_id)}` }, a.event_id)),
+        el('dt', {}, t('attempt.outcome')), el('dd', {}, a.outcome, a.error ? `: ${a.error}` : ''),
+        el('dt', {}, t('attempt.next')), el('dd', {}, a.next_attempt_at ? when(a.next_attempt_at) : t('none')),
+        el('dt', {}, t('attempt.answer_headers')), el('dd', {}, headers.length ? headers.map(([k, v]) => el('div', {}, el('code', {}, k), ': ', v)) : '–')),
+      el('p', { class: 'hint' }, t('attempt.body')),
+      el('pre', {}, a.response_body || t('attempt.empty')));
   }
 
   const OUTCOMES = ['success', 'http_error', 'timeout', 'connect_error', 'tls_error', 'request_error', 'blocked'];
@@ -595,9 +669,9 @@
     if (params.get('cursor')) query.set('cursor', params.get('cursor'));
     const path = id ? `/endpoints/${enc(id)}/attempts` : '/attempts';
     const page = await api('GET', `${path}?${query}`);
-    const status = el('input', { id: 'status-filter', value: filters.status || '', list: 'status-classes', placeholder: '5xx, 503 or none', size: 10 });
-    const outcome = el('select', { id: 'outcome-filter' }, [['', 'any outcome'], ...OUTCOMES.map((o) => [o, o.replace('_', ' ')])]
-      .map(([v, t]) => el('option', { value: v, selected: v === (filters.outcome || '') }, t)));
+    const status = el('input', { id: 'status-filter', value: filters.status || '', list: 'status-classes', placeholder: t('filter.status.placeholder'), size: 10 });
+    const outcome = el('select', { id: 'outcome-filter' }, [['', t('filter.any_outcome')], ...OUTCOMES.map((o) => [o, o.replace('_', ' ')])]
+      .map(([v, text]) => el('option', { value: v, selected: v === (filters.outcome || '') }, text)));
     const since = el('input', { type: 'datetime-local', id: 'since-filter', value: localOf(filters.since) });
     const until = el('input', { type: 'datetime-local', id: 'until-filter', value: localOf(filters.until) });
     const form = el('form', { class: 'row filters', onsubmit: (e) => {
@@ -609,38 +683,37 @@
       if (isoOf(until.value)) next.set('until', isoOf(until.value));
       location.hash = `${here}${[...next].length ? `?${next}` : ''}`;
     } },
-    field('Status', status), field('Outcome', outcome), field('Since', since), field('Until', until),
+    field(t('filter.status'), status), field(t('filter.outcome'), outcome), field(t('filter.since'), since), field(t('filter.until'), until),
     el('datalist', { id: 'status-classes' }, ['2xx', '4xx', '5xx', 'none'].map((v) => el('option', { value: v }))),
-    el('button', { type: 'submit' }, 'Filter'));
+    el('button', { type: 'submit' }, t('filter.apply')));
     const show = (a) => attemptDetail(a, false, !id);
     const list = el('div', {}, page.data.map(show));
     const follow = el('input', { type: 'checkbox', id: 'follow', onchange: () => {
-      timers.forEach(clearInterval);
-      timers = [];
+      stopTimers();
       if (follow.checked) every(3000, async () => {
         const fresh = await api('GET', `${path}?${new URLSearchParams({ limit: '50', ...filters })}`).catch(() => null);
         if (fresh) list.replaceChildren(...fresh.data.map(show));
       });
     } });
     return [
-      id ? el('p', {}, el('a', { href: `#/endpoints/${enc(id)}` }, '← Endpoint')) : null,
-      el('h1', {}, id ? 'Delivery log' : 'Delivery log of every endpoint'),
+      id ? el('p', {}, el('a', { href: `#/endpoints/${enc(id)}` }, `← ${t('endpoint.title')}`)) : null,
+      el('h1', {}, id ? t('nav.attempts') : t('attempts.every')),
       form,
-      el('p', {}, el('label', { for: 'follow', class: 'hint' }, follow, ' Follow new attempts')),
-      page.data.length ? list : el('p', { class: 'muted' }, 'No attempts match.'),
-      page.next ? el('div', { class: 'row' }, el('a', { href: `${here}?${new URLSearchParams({ ...filters, cursor: page.next })}` }, 'Older attempts')) : null,
+      el('p', {}, el('label', { for: 'follow', class: 'hint' }, follow, ` ${t('attempts.follow')}`)),
+      page.data.length ? list : el('p', { class: 'muted' }, t('attempts.none')),
+      page.next ? el('div', { class: 'row' }, el('a', { href: `${here}?${new URLSearchParams({ ...filters, cursor: page.next })}` }, t('attempts.older'))) : null,
     ];
   }
 
-  // ---- events and jobs ----------------------------------------------------------------
+  // ---- events and dead letters --------------------------------------------------------
 
   async function eventView(gen, _params, id) {
     const input = el('input', { type: 'text', id: 'event-id', value: id || '', required: true, placeholder: 'evt_…' });
     const form = el('form', { class: 'row', onsubmit: (event) => {
       event.preventDefault();
       if (input.value.trim()) location.hash = `#/events/${enc(input.value.trim())}`;
-    } }, field('Event id', input), el('button', { type: 'submit' }, 'Find'));
-    const nodes = [el('h1', {}, 'Find an event'), form];
+    } }, field(t('event.id'), input), el('button', { type: 'submit' }, t('event.find')));
+    const nodes = [el('h1', {}, t('nav.events')), form];
     if (!id) return nodes;
     let found;
     try {
@@ -650,12 +723,12 @@
       throw err;
     }
     nodes.push(el('h2', {}, el('code', {}, found.id), found.type ? ` · ${found.type}` : ''));
-    if (!found.deliveries.length) nodes.push(el('p', { class: 'muted' }, 'No delivery of it was found.'));
+    if (!found.deliveries.length) nodes.push(el('p', { class: 'muted' }, t('event.no_deliveries')));
     for (const d of found.deliveries) {
       nodes.push(el('section', {},
-        el('h2', {}, 'To ', el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id), ': ', d.state, d.next_attempt_at ? [', next attempt ', when(d.next_attempt_at)] : ''),
+        el('h2', {}, t('event.to'), ' ', el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id), ': ', d.state, d.next_attempt_at ? [`, ${t('event.next_attempt')} `, when(d.next_attempt_at)] : ''),
         d.attempts.map((a) => attemptDetail(a, false)),
-        d.dead_letter ? el('p', { class: 'bad' }, 'Given up: ', d.dead_letter.reason || d.dead_letter.kind) : null));
+        d.dead_letter ? el('p', { class: 'bad' }, t('event.given_up'), ' ', d.dead_letter.reason || d.dead_letter.kind) : null));
     }
     return nodes;
   }
@@ -671,8 +744,8 @@
     const query = new URLSearchParams({ limit: '50', ...filters });
     if (params.get('cursor')) query.set('cursor', params.get('cursor'));
     const page = await api('GET', `/dead-letters?${query}`);
-    const kind = el('select', { id: 'kind-filter' }, [['', 'any kind'], ...DEAD_KINDS.map((k) => [k, k.replace(/_/g, ' ')])]
-      .map(([v, t]) => el('option', { value: v, selected: v === (filters.kind || '') }, t)));
+    const kind = el('select', { id: 'kind-filter' }, [['', t('filter.any_kind')], ...DEAD_KINDS.map((k) => [k, k.replace(/_/g, ' ')])]
+      .map(([v, text]) => el('option', { value: v, selected: v === (filters.kind || '') }, text)));
     const endpoint = el('input', { id: 'endpoint-filter', value: filters.endpoint || '', placeholder: 'ep_…', size: 16 });
     const since = el('input', { type: 'datetime-local', id: 'dl-since-filter', value: localOf(filters.since) });
     const until = el('input', { type: 'datetime-local', id: 'dl-until-filter', value: localOf(filters.until) });
@@ -685,8 +758,8 @@
       if (isoOf(until.value)) next.set('until', isoOf(until.value));
       location.hash = `#/dead-letters${[...next].length ? `?${next}` : ''}`;
     } },
-    field('Kind', kind), field('Endpoint', endpoint), field('Since', since), field('Until', until),
-    el('button', { type: 'submit' }, 'Filter'));
+    field(t('filter.kind'), kind), field(t('attempt.endpoint'), endpoint), field(t('filter.since'), since), field(t('filter.until'), until),
+    el('button', { type: 'submit' }, t('filter.apply')));
     const boxes = [];
     const row = (d) => {
       const eventId = d.event ? d.event.id : '';
@@ -694,45 +767,60 @@
       if (box) boxes.push(box);
       return el('tr', {},
         box ? el('td', {}, el('label', { for: box.id, class: 'hint' }, box, ` ${eventId || d.seq}`)) : null,
-        el('td', {}, el('time', { datetime: d.at, title: d.at }, when(d.at))),
+        el('td', {}, when(d.at)),
         el('td', {}, el('span', { class: 'badge bad' }, d.kind)),
-        el('td', {}, d.endpoint_id === '_events' ? 'none (refused event)' : el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
+        el('td', {}, d.endpoint_id === '_events' ? t('dead.refused_event') : el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
         el('td', {}, eventId ? el('a', { href: `#/events/${enc(eventId)}` }, eventId) : '–'),
         el('td', { class: 'wrap' }, d.reason));
     };
     const table = el('table', {},
       el('thead', {}, el('tr', {},
-        canManage() ? el('th', { scope: 'col' }, 'Select') : null,
-        ['When', 'Kind', 'Endpoint', 'Event', 'Why'].map((h) => el('th', { scope: 'col' }, h)))),
+        canManage() ? el('th', { scope: 'col' }, t('dead.select')) : null,
+        ['dead.when', 'filter.kind', 'attempt.endpoint', 'attempt.event', 'dead.why'].map((h) => el('th', { scope: 'col' }, t(h))))),
       el('tbody', {}, page.data.map(row)));
     const redrive = (body) => act(api('POST', '/dead-letters/redrive', body), (job) => { location.hash = `#/jobs/${enc(job.id)}`; });
     const selected = () => boxes.filter((b) => b.checked).map((b) => Number(b.value));
     const controls = canManage() && page.data.length
       ? el('div', { class: 'row' },
-        confirmButton('Redrive selected', 'Send the selected dead letters again?', () => {
+        confirmButton(t('dead.redrive_selected'), t('dead.redrive_selected.ask'), t('dead.redrive_selected.yes'), () => {
           const sequences = selected();
-          if (!sequences.length) { say('Select the dead letters to send again first.'); return undefined; }
+          if (!sequences.length) { say(t('dead.select_first')); return undefined; }
           return redrive({ sequences });
         }),
-        confirmButton('Redrive all that match', 'Send every dead letter this filter matches again?', () => redrive({ ...filters })))
+        confirmButton(t('dead.redrive_all'), t('dead.redrive_all.ask'), t('dead.redrive_all.yes'), () => redrive({ ...filters })))
       : null;
     return [
-      el('h1', {}, 'Dead letters'),
-      el('p', { class: 'muted' }, 'What gancho gave up on, and why. Sent again, each is removed, so a second redrive sends nothing.'),
+      el('h1', {}, t('nav.dead_letters')),
+      el('p', { class: 'muted' }, t('dead.intro')),
       form,
-      page.data.length ? table : el('p', { class: 'muted' }, 'No dead letters match.'),
+      page.data.length ? table : el('p', { class: 'muted' }, t('dead.none')),
       controls,
-      page.next ? el('div', { class: 'row' }, el('a', { href: `#/dead-letters?${new URLSearchParams({ ...filters, cursor: page.next })}` }, 'Older dead letters')) : null,
+      page.next ? el('div', { class: 'row' }, el('a', { href: `#/dead-letters?${new URLSearchParams({ ...filters, cursor: page.next })}` }, t('dead.older'))) : null,
     ];
   }
 
+  // ---- jobs ---------------------------------------------------------------------------
+
   /** What a job does, in a few words. */
   function jobWhat(job) {
-    if (job.selected) return `redrive of ${job.selected} selected dead letter${job.selected === 1 ? '' : 's'}`;
-    const parts = [job.kind];
-    if (job.endpoint) parts.push(`of ${job.endpoint}`);
+    if (job.selected) return t('job.what.selected', { n: job.selected });
+    const kinds = { recover: t('job.kind.recover'), replay: t('job.kind.replay'), redrive: t('job.kind.redrive') };
+    const parts = [kinds[job.kind] || job.kind];
+    if (job.endpoint) parts.push(t('job.what.of', { endpoint: job.endpoint }));
     if (job.dead_letter_kind) parts.push(`(${job.dead_letter_kind.replace(/_/g, ' ')})`);
     return parts.join(' ');
+  }
+
+  function jobState(job) {
+    const states = { running: t('job.state.running'), done: t('job.state.done'), cancelled: t('job.state.cancelled'), failed: t('job.state.failed') };
+    return states[job.state] || job.state;
+  }
+
+  const newestFirst = (jobs) => [...jobs].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
+
+  function cancelJob(job) {
+    return confirmButton(t('job.cancel'), t('job.cancel.ask'), t('job.cancel.yes'),
+      () => act(api('DELETE', `/jobs/${enc(job.id)}`), () => { say(t('job.cancelled')); route(); }));
   }
 
   /** The tenant's recover, replay and redrive jobs, newest first, with their progress. */
@@ -740,48 +828,78 @@
     const query = new URLSearchParams({ limit: '50' });
     if (params.get('cursor')) query.set('cursor', params.get('cursor'));
     const page = await api('GET', `/jobs?${query}`);
-    const jobs = [...page.data].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
-    const row = (job) => el('tr', {},
-      el('td', {}, el('a', { href: `#/jobs/${enc(job.id)}` }, jobWhat(job))),
-      el('td', {}, el('time', { datetime: job.created_at, title: job.created_at }, when(job.created_at))),
-      el('td', {}, el('span', { class: `badge ${job.state === 'failed' ? 'bad' : job.state === 'running' ? 'warn' : ''}` }, job.state)),
-      el('td', {}, el('progress', { class: 'progress', max: Math.max(job.total, 1), value: job.done, 'aria-label': `Progress of ${jobWhat(job)}` }), ` ${job.done} of ${job.total}`),
-      el('td', {}, String(job.sent)),
-      el('td', {}, String(job.skipped)));
-    const body = el('tbody', { 'aria-live': 'polite' }, jobs.map(row));
+    const jobs = newestFirst(page.data);
+    // A row per job whose cells follow it in place, so a question being asked (cancel?) and
+    // the focus stay where they are while its progress moves.
+    const rows = new Map();
+    const row = (job) => {
+      const progress = el('progress', { class: 'progress', max: Math.max(job.total, 1), value: job.done, 'aria-label': t('job.progress_of', { what: jobWhat(job) }) });
+      const cells = {
+        state: el('span', {}),
+        count: el('span', {}),
+        sent: el('td', {}),
+        skipped: el('td', {}),
+        control: el('td', {}),
+      };
+      const tr = el('tr', { 'data-job': job.id },
+        el('td', {}, el('a', { href: `#/jobs/${enc(job.id)}` }, jobWhat(job))),
+        el('td', {}, when(job.created_at)),
+        el('td', {}, cells.state),
+        el('td', {}, progress, cells.count),
+        cells.sent, cells.skipped,
+        canManage() ? cells.control : null);
+      const update = (now) => {
+        cells.state.className = `badge ${now.state === 'failed' ? 'bad' : now.state === 'running' ? 'warn' : ''}`;
+        cells.state.textContent = jobState(now);
+        progress.max = Math.max(now.total, 1);
+        progress.value = now.done;
+        cells.count.textContent = ` ${t('job.done_of', { done: now.done, total: now.total })}`;
+        cells.sent.textContent = String(now.sent);
+        cells.skipped.textContent = String(now.skipped);
+        if (now.state !== 'running') cells.control.replaceChildren();
+        else if (!cells.control.firstChild) cells.control.append(cancelJob(now));
+      };
+      update(job);
+      rows.set(job.id, update);
+      return tr;
+    };
+    const body = el('tbody', {}, jobs.map(row));
     if (jobs.some((j) => j.state === 'running')) {
-      // The rows follow the running jobs in place (focus stays where it is).
       every(2000, async () => {
         const fresh = await api('GET', `/jobs?${query}`).catch(() => null);
-        if (!fresh) return;
-        const sorted = [...fresh.data].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
-        body.replaceChildren(...sorted.map(row));
-        if (!sorted.some((j) => j.state === 'running')) { timers.forEach(clearInterval); timers = []; }
+        if (!fresh || gen !== generation) return;
+        for (const job of newestFirst(fresh.data).reverse()) {
+          if (rows.has(job.id)) rows.get(job.id)(job);
+          else body.prepend(row(job));
+        }
+        if (!fresh.data.some((j) => j.state === 'running')) stopTimers();
       });
     }
+    const heads = ['job.title', 'job.started', 'job.state', 'job.progress', 'job.sent', 'job.skipped'];
     return [
-      el('h1', {}, 'Jobs'),
-      el('p', { class: 'muted' }, 'Recover, replay and redrive: what each sends again, and how far it got.'),
+      el('h1', {}, t('nav.jobs')),
+      el('p', { class: 'muted' }, t('jobs.intro')),
       jobs.length
         ? el('table', {},
-          el('thead', {}, el('tr', {}, ['Job', 'Started', 'State', 'Progress', 'Sent', 'Skipped'].map((h) => el('th', { scope: 'col' }, h)))),
+          el('thead', {}, el('tr', {}, heads.map((h) => el('th', { scope: 'col' }, t(h))),
+            canManage() ? el('th', { scope: 'col' }, el('span', { class: 'sr-only' }, t('job.actions'))) : null)),
           body)
-        : el('p', { class: 'muted' }, 'No jobs yet.'),
-      page.next ? el('div', { class: 'row' }, el('a', { href: `#/jobs?${new URLSearchParams({ cursor: page.next })}` }, 'More jobs')) : null,
+        : el('p', { class: 'muted' }, t('jobs.none')),
+      page.next ? el('div', { class: 'row' }, el('a', { href: `#/jobs?${new URLSearchParams({ cursor: page.next })}` }, t('jobs.more'))) : null,
     ];
   }
 
   async function jobView(gen, _params, id) {
     const show = (job) => el('div', {},
       el('dl', { class: 'fields' },
-        el('dt', {}, 'Kind'), el('dd', {}, job.kind),
-        el('dt', {}, 'State'), el('dd', { id: 'job-state' }, job.state),
-        el('dt', {}, 'Progress'), el('dd', {}, el('progress', { class: 'progress', max: Math.max(job.total, 1), value: job.done, 'aria-label': 'Progress' }), ` ${job.done} of ${job.total}`),
-        el('dt', {}, 'Sent'), el('dd', { id: 'job-sent' }, String(job.sent)),
-        el('dt', {}, 'Skipped'), el('dd', {}, String(job.skipped)),
-        job.error ? [el('dt', {}, 'Error'), el('dd', { class: 'bad' }, job.error)] : null),
-      el('p', {}, el('a', { href: '#/jobs' }, '← Jobs'),
-        job.endpoint ? [' · ', el('a', { href: `#/endpoints/${enc(job.endpoint)}` }, 'Endpoint')] : null));
+        el('dt', {}, t('job.kind')), el('dd', {}, jobWhat(job)),
+        el('dt', {}, t('job.state')), el('dd', { id: 'job-state' }, jobState(job)),
+        el('dt', {}, t('job.progress')), el('dd', {}, el('progress', { class: 'progress', max: Math.max(job.total, 1), value: job.done, 'aria-label': t('job.progress') }), ` ${t('job.done_of', { done: job.done, total: job.total })}`),
+        el('dt', {}, t('job.sent')), el('dd', { id: 'job-sent' }, String(job.sent)),
+        el('dt', {}, t('job.skipped')), el('dd', {}, String(job.skipped)),
+        job.error ? [el('dt', {}, t('job.error')), el('dd', { class: 'bad' }, job.error)] : null),
+      el('p', {}, el('a', { href: '#/jobs' }, `← ${t('nav.jobs')}`),
+        job.endpoint ? [' · ', el('a', { href: `#/endpoints/${enc(job.endpoint)}` }, t('endpoint.title'))] : null));
     const job = await api('GET', `/jobs/${enc(id)}`);
     const box = el('div', { 'aria-live': 'polite' }, show(job));
     if (job.state === 'running') {
@@ -789,16 +907,166 @@
         const fresh = await api('GET', `/jobs/${enc(id)}`).catch(() => null);
         if (!fresh) return;
         box.replaceChildren(show(fresh));
-        if (fresh.state !== 'running') { timers.forEach(clearInterval); timers = []; }
+        if (fresh.state !== 'running') stopTimers();
       });
     }
     return [
-      el('h1', {}, 'Job ', el('code', {}, job.id)),
+      el('h1', {}, t('job.title'), ' ', el('code', {}, job.id)),
       box,
-      canManage() && job.state === 'running'
-        ? confirmButton('Cancel the job', 'Stop sending?', () => act(api('DELETE', `/jobs/${enc(id)}`), () => { say('Cancelled.'); route(); }))
-        : null,
+      canManage() && job.state === 'running' ? cancelJob(job) : null,
     ];
+  }
+
+  // ---- the event catalog ----------------------------------------------------------------
+
+  async function typesView(gen, params) {
+    const query = new URLSearchParams({ limit: '100' });
+    if (params.get('cursor')) query.set('cursor', params.get('cursor'));
+    const page = await api('GET', `/event-types?${query}`);
+    const rows = page.data.map((ty) => el('tr', {},
+      el('td', {}, el('a', { href: `#/event-types/${enc(ty.name)}` }, ty.name), ty.archived ? [' ', el('span', { class: 'badge' }, t('type.archived'))] : null),
+      el('td', {}, ty.description || '–'),
+      el('td', {}, ty.schema ? t('type.has_schema') : t('type.any_json'))));
+    return [
+      el('h1', {}, t('nav.event_types')),
+      el('p', { class: 'muted' }, t('types.intro')),
+      canManage() ? el('div', { class: 'row' }, el('a', { class: 'button', href: '#/event-types/new' }, t('type.add'))) : null,
+      rows.length
+        ? el('table', {}, el('thead', {}, el('tr', {}, ['type.name', 'type.description', 'type.schema'].map((h) => el('th', { scope: 'col' }, t(h))))), el('tbody', {}, rows))
+        : el('p', { class: 'muted' }, t('types.none')),
+      page.next ? el('div', { class: 'row' }, el('a', { href: `#/event-types?${new URLSearchParams({ cursor: page.next })}` }, t('page.next'))) : null,
+    ];
+  }
+
+  /** A JSON Schema as a table: each field by its path as ingest names it (`data/amount`). */
+  function schemaTable(schema) {
+    const rows = [];
+    const describe = (s) => {
+      const rules = [];
+      if (s.enum) rules.push(t('schema.one_of', { values: s.enum.map((v) => JSON.stringify(v)).join(', ') }));
+      if (s.const !== undefined) rules.push(t('schema.const', { value: JSON.stringify(s.const) }));
+      for (const [key, name] of [['minimum', '≥'], ['exclusiveMinimum', '>'], ['maximum', '≤'], ['exclusiveMaximum', '<']]) {
+        if (typeof s[key] === 'number') rules.push(`${name} ${s[key]}`);
+      }
+      if (typeof s.minLength === 'number' || typeof s.maxLength === 'number') rules.push(t('schema.length', { min: s.minLength ?? 0, max: s.maxLength ?? '∞' }));
+      if (typeof s.minItems === 'number' || typeof s.maxItems === 'number') rules.push(t('schema.items', { min: s.minItems ?? 0, max: s.maxItems ?? '∞' }));
+      if (s.pattern) rules.push(t('schema.pattern', { pattern: s.pattern }));
+      if (s.format) rules.push(t('schema.format', { format: s.format }));
+      if (s.additionalProperties === false) rules.push(t('schema.closed'));
+      return rules.join('; ');
+    };
+    const walk = (s, path, required, depth) => {
+      if (!s || typeof s !== 'object' || depth > 8) return;
+      const type = Array.isArray(s.type) ? s.type.join(' | ') : (s.type || (s.enum ? 'enum' : s.const !== undefined ? 'const' : t('schema.any')));
+      rows.push(el('tr', {},
+        el('td', {}, el('code', {}, path)),
+        el('td', {}, type),
+        el('td', {}, required ? t('schema.required') : t('schema.optional')),
+        el('td', {}, describe(s)),
+        el('td', {}, s.description || s.title || '')));
+      const needed = new Set(Array.isArray(s.required) ? s.required : []);
+      for (const [name, sub] of Object.entries(s.properties || {})) walk(sub, `${path}/${name}`, needed.has(name), depth + 1);
+      if (s.items && typeof s.items === 'object' && !Array.isArray(s.items)) walk(s.items, `${path}/0…`, false, depth + 1);
+    };
+    walk(schema, 'data', true, 0);
+    return el('table', {}, el('thead', {}, el('tr', {}, ['schema.path', 'schema.type', 'schema.presence', 'schema.rules', 'type.description'].map((h) => el('th', { scope: 'col' }, t(h))))),
+      el('tbody', {}, rows));
+  }
+
+  async function typeView(gen, _params, name) {
+    const ty = await api('GET', `/event-types/${enc(name)}`);
+    return [
+      el('p', {}, el('a', { href: '#/event-types' }, `← ${t('nav.event_types')}`)),
+      el('h1', {}, el('code', {}, ty.name), ty.archived ? [' ', el('span', { class: 'badge' }, t('type.archived'))] : null),
+      el('p', {}, ty.description || el('span', { class: 'muted' }, t('type.no_description'))),
+      canManage() ? el('div', { class: 'row' }, el('a', { class: 'button', href: `#/event-types/${enc(ty.name)}/edit` }, t('change.edit'))) : null,
+      el('h2', {}, t('type.schema')),
+      ty.schema
+        ? [schemaTable(ty.schema), el('details', {}, el('summary', {}, t('type.schema_json')), el('pre', {}, JSON.stringify(ty.schema, null, 2)))]
+        : el('p', { class: 'muted' }, t('type.no_schema')),
+      el('h2', {}, t('type.example')),
+      ty.example !== undefined ? el('pre', {}, JSON.stringify(ty.example, null, 2)) : el('p', { class: 'muted' }, t('type.no_example')),
+      el('p', { class: 'muted' }, t('type.changed'), ' ', when(ty.updated_at)),
+    ];
+  }
+
+  /** Create (`ty` null) or edit an event type; each refusal is shown next to its field. */
+  function typeForm(ty) {
+    const inputs = {
+      name: ty ? null : el('input', { type: 'text', required: true, placeholder: 'charge.paid' }),
+      description: el('textarea', { rows: 2 }, ty ? ty.description : ''),
+      schema: el('textarea', { rows: 12, spellcheck: 'false', placeholder: '{"type": "object", "required": ["amount"]}' }, ty && ty.schema ? JSON.stringify(ty.schema, null, 2) : ''),
+      example: el('textarea', { rows: 8, spellcheck: 'false', placeholder: '{"amount": 990}' }, ty && ty.example !== undefined ? JSON.stringify(ty.example, null, 2) : ''),
+    };
+    const archived = el('input', { type: 'checkbox', id: 'type-archived', checked: ty ? ty.archived : false });
+    const errors = {};
+    const slot = (key, label, hint) => {
+      const input = inputs[key];
+      input.id = `type-${key}`;
+      errors[key] = el('p', { class: 'field-error', id: `type-${key}-error`, 'aria-live': 'polite' });
+      input.setAttribute('aria-describedby', errors[key].id);
+      return el('div', {}, field(label, input, hint), errors[key]);
+    };
+    const clear = () => {
+      for (const [key, box] of Object.entries(errors)) {
+        box.replaceChildren();
+        inputs[key].removeAttribute('aria-invalid');
+      }
+    };
+    const mark = (key, text) => {
+      errors[key].replaceChildren(text);
+      inputs[key].setAttribute('aria-invalid', 'true');
+      inputs[key].focus();
+    };
+    const problemBox = el('div', { 'aria-live': 'assertive' });
+    const json = (key) => {
+      const text = inputs[key].value.trim();
+      if (!text) return { value: undefined };
+      try { return { value: JSON.parse(text) }; } catch (e) { return { error: t('type.not_json', { why: e.message }) }; }
+    };
+    const form = el('form', { novalidate: true, onsubmit: async (event) => {
+      event.preventDefault();
+      clear();
+      problemBox.replaceChildren();
+      const name = ty ? ty.name : inputs.name.value.trim();
+      if (!name) return mark('name', t('type.name_needed'));
+      const body = { description: inputs.description.value.trim(), archived: archived.checked };
+      for (const key of ['schema', 'example']) {
+        const parsed = json(key);
+        if (parsed.error) return mark(key, parsed.error);
+        if (parsed.value !== undefined) body[key] = parsed.value;
+      }
+      try {
+        await api('PUT', `/event-types/${enc(name)}`, body);
+        say(t('saved'));
+        location.hash = `#/event-types/${enc(name)}`;
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 401) return undefined;
+        if (err instanceof ApiError && err.field && errors[err.field]) mark(err.field, explain(err));
+        else problemBox.replaceChildren(errorBox(err));
+      }
+      return undefined;
+    } },
+    ty ? null : slot('name', t('type.name'), t('type.name.hint')),
+    slot('description', t('type.description')),
+    slot('schema', t('type.schema'), t('type.schema.hint')),
+    slot('example', t('type.example'), t('type.example.hint')),
+    el('p', {}, el('label', { for: archived.id, class: 'hint' }, archived, ` ${t('type.archive')}`)),
+    problemBox,
+    el('div', { class: 'row' }, el('button', { type: 'submit', class: 'primary' }, ty ? t('save') : t('type.add')),
+      el('a', { href: ty ? `#/event-types/${enc(ty.name)}` : '#/event-types' }, t('cancel'))));
+    return form;
+  }
+
+  async function newTypeView() {
+    if (!canManage()) throw readOnly();
+    return [el('h1', {}, t('type.add')), typeForm(null)];
+  }
+
+  async function editTypeView(gen, _params, name) {
+    if (!canManage()) throw readOnly();
+    const ty = await api('GET', `/event-types/${enc(name)}`);
+    return [el('p', {}, el('a', { href: `#/event-types/${enc(name)}` }, `← ${t('back')}`)), el('h1', {}, t('type.edit.title'), ' ', el('code', {}, name)), typeForm(ty)];
   }
 
   start();

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before trying again (`Retry-After`), for a 429.
     pub retry_after: Option<u64>,
+    /// The request body's field the error is about, when it is about one.
+    pub field: Option<&'static str>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            field: None,
         }
     }
     /// 429: too many requests; try again in `retry_after` seconds.
@@ -34,6 +37,13 @@ impl ApiError {
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+    /// 422 about one field of the body: `field` says which, so a form can show it there.
+    pub fn invalid_field(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::invalid(message)
+        }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -63,6 +73,9 @@ pub struct ErrorDetail {
     code: String,
     /// What went wrong and what to change, for a person.
     message: String,
+    /// The request body's field it is about, when it is about one (`schema`, `example`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -71,6 +84,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.into(),
                 message: self.message,
+                field: self.field.map(str::to_owned),
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

@@ -84,6 +84,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "Replaced.", body = EventTypeView),
         (status = 201, description = "Created.", body = EventTypeView),
+        (status = 422, description = "A bad name, description, schema, or an example the schema refuses; `error.field` names which.", body = crate::error::ErrorBody),
     ))]
 pub async fn put(
     State(state): State<ApiState>,
@@ -92,18 +93,19 @@ pub async fn put(
 ) -> Result<(StatusCode, axum::Json<EventTypeView>), ApiError> {
     let tenant = tenant_id(&tenant)?;
     gancho_core::id::validate_event_type(&name)
-        .map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+        .map_err(|e| ApiError::invalid_field("name", format!("name: {e}")))?;
     if body.description.chars().count() > MAX_DESCRIPTION {
-        return Err(ApiError::invalid(format!(
-            "description is longer than {MAX_DESCRIPTION} characters"
-        )));
+        return Err(ApiError::invalid_field(
+            "description",
+            format!("description is longer than {MAX_DESCRIPTION} characters"),
+        ));
     }
     if let Some(schema) = &body.schema {
-        let compiled = Schema::compile(schema).map_err(ApiError::invalid)?;
+        let compiled = Schema::compile(schema).map_err(|e| ApiError::invalid_field("schema", e))?;
         if let Some(example) = &body.example {
             compiled
                 .check(&name, example)
-                .map_err(|e| ApiError::invalid(format!("example: {e}")))?;
+                .map_err(|e| ApiError::invalid_field("example", format!("example: {e}")))?;
         }
     }
     crate::require_tenant(&state, &tenant).await?;

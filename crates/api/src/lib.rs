@@ -15,6 +15,7 @@
 mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod brand;
 pub mod client;
 mod endpoints;
 pub mod error;
@@ -116,6 +117,8 @@ pub struct ApiState {
     pub portal_public_url: Option<Arc<str>>,
     /// Who may frame the portal: the CSP `frame-ancestors` sources (`'none'` by default).
     pub portal_frame_ancestors: Arc<str>,
+    /// The portal's title, accent and logo, checked at start-up.
+    pub portal_brand: Arc<brand::Brand>,
     /// Proxies whose `X-Forwarded-For` names the client ([`client::ClientAddr`]).
     pub trusted_proxies: Arc<client::TrustedProxies>,
     /// How often one client address may mint and open portal links.

@@ -141,6 +141,9 @@ pub struct Started {
     scope: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
+    /// `platform` when the admin token minted the link (the platform's operators opened the
+    /// tenant's portal), `tenant` when one of the tenant's API keys did: the page says which.
+    opened_by: &'static str,
 }
 
 /// `POST /portal/session`: uses a link up and starts its session. Used, expired and unknown
@@ -161,6 +164,10 @@ pub async fn start(
         Redeemed::Started(session, token) => Ok((
             StatusCode::CREATED,
             axum::Json(Started {
+                opened_by: match session.minted_by.as_ref().map(|a| a.kind) {
+                    Some(gancho_store::audit::ActorKind::Admin) => "platform",
+                    _ => "tenant",
+                },
                 session: token,
                 id: session.id,
                 tenant: session.tenant,
@@ -186,6 +193,38 @@ pub async fn start(
     }
 }
 
+#[derive(Deserialize)]
+pub struct LanguageQuery {
+    lang: Option<String>,
+}
+
+/// `GET /portal/strings.json[?lang=pt-BR]`: the catalog of the language asked for, else of
+/// the first in Accept-Language the portal has, else English.
+async fn strings(
+    axum::extract::Query(q): axum::extract::Query<LanguageQuery>,
+    headers: http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let accept = headers
+        .get(http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    let code = crate::brand::pick_language(q.lang.as_deref(), accept);
+    let body = crate::brand::catalogs()
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (
+        [
+            (http::header::CONTENT_TYPE, "application/json"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+            (http::header::VARY, "Accept-Language"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// A session's length as the API and the CLI take it (`15m`, `1h`, `24h`): 1 minute to
 /// [`SESSION_TTL_MAX`].
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -200,12 +239,8 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 /// The portal page's files, built into the binary: the page loads nothing from elsewhere.
-const FILES: [(&str, &str, &str); 4] = [
-    (
-        "/portal/",
-        "text/html; charset=utf-8",
-        include_str!("../portal/index.html"),
-    ),
+/// (`index.html` is filled with the [`Brand`] once, at start-up.)
+const FILES: [(&str, &str, &str); 3] = [
     (
         "/portal/app.js",
         "text/javascript; charset=utf-8",
@@ -240,14 +275,41 @@ pub fn routes(state: ApiState) -> axum::Router {
     use axum::response::IntoResponse as _;
     use axum::routing::get;
     let csp: std::sync::Arc<str> = content_security_policy(&state.portal_frame_ancestors).into();
+    let brand = state.portal_brand.clone();
+    let page: &'static str = Box::leak(brand.page().into_boxed_str());
+    let stylesheet: &'static str = Box::leak(brand.stylesheet().into_boxed_str());
     let mut router = axum::Router::new()
         // Relative, so a proxy that serves the api under a path keeps it.
         .route(
             "/portal",
             get(|| async { axum::response::Redirect::permanent("portal/") }),
         )
-        .route("/portal/session", axum::routing::post(start));
-    for (path, content_type, body) in FILES {
+        .route("/portal/session", axum::routing::post(start))
+        .route("/portal/strings.json", get(strings));
+    let generated = [
+        ("/portal/", "text/html; charset=utf-8", page),
+        ("/portal/brand.css", "text/css; charset=utf-8", stylesheet),
+    ];
+    if let Some(logo) = &brand.logo {
+        let (content_type, bytes) = (logo.content_type, logo.bytes.clone());
+        router = router.route(
+            "/portal/logo",
+            get(move || {
+                let bytes = bytes.clone();
+                async move {
+                    (
+                        [
+                            (http::header::CONTENT_TYPE, content_type),
+                            (http::header::CACHE_CONTROL, "no-cache"),
+                        ],
+                        bytes,
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    }
+    for (path, content_type, body) in FILES.into_iter().chain(generated) {
         router = router.route(
             path,
             get(move || async move {

@@ -153,6 +153,18 @@ pub struct Flags {
     /// (https://dashboard.example.com), or 'self'. Default: 'none' (no site may frame it).
     #[arg(long, env = "GANCHO_PORTAL_FRAME_ANCESTORS")]
     pub portal_frame_ancestors: Option<String>,
+    /// The portal's name, in its header and the browser's tab (at most 60 characters).
+    /// Default: Webhooks.
+    #[arg(long, env = "GANCHO_PORTAL_TITLE")]
+    pub portal_title: Option<String>,
+    /// The portal's accent colour, #rrggbb, dark enough to read as text on white (4.5:1).
+    /// Default: the portal's blue.
+    #[arg(long, env = "GANCHO_PORTAL_ACCENT")]
+    pub portal_accent: Option<String>,
+    /// A logo file for the portal's header, PNG or SVG, at most 64 KiB, read at start-up (an
+    /// SVG with a script, an event handler or an outside reference is refused). Default: none.
+    #[arg(long, env = "GANCHO_PORTAL_LOGO")]
+    pub portal_logo: Option<std::path::PathBuf>,
     /// Proxies in front of the api whose X-Forwarded-For names the client, for the limits
     /// per client address (portal links): addresses or CIDR blocks, comma-separated, e.g.
     /// 10.0.0.0/8. Default: none (the TCP peer is the client).
@@ -297,6 +309,9 @@ struct File {
     egress_proxy_by_name: Option<bool>,
     portal_public_url: Option<String>,
     portal_frame_ancestors: Option<String>,
+    portal_title: Option<String>,
+    portal_accent: Option<String>,
+    portal_logo: Option<std::path::PathBuf>,
     trusted_proxies: Option<String>,
     api_rate_limit: Option<String>,
     admin_rate_limit: Option<String>,
@@ -385,6 +400,8 @@ pub struct Config {
     pub portal_public_url: Option<String>,
     /// The portal's CSP `frame-ancestors` sources, checked: `'none'` by default.
     pub portal_frame_ancestors: String,
+    /// The portal's title, accent and logo, checked.
+    pub portal_brand: gancho_api::brand::Brand,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: gancho_api::client::TrustedProxies,
     /// Requests a second per credential on /v1; 0: not limited.
@@ -823,6 +840,16 @@ impl Config {
                 .or(file.portal_frame_ancestors)
                 .as_deref(),
         )?;
+        let portal_brand = gancho_api::brand::Brand::new(
+            flags.portal_title.clone().or(file.portal_title).as_deref(),
+            flags
+                .portal_accent
+                .clone()
+                .or(file.portal_accent)
+                .as_deref(),
+            flags.portal_logo.clone().or(file.portal_logo).as_deref(),
+        )
+        .map_err(ConfigError)?;
         let trusted_proxies = match flags.trusted_proxies.clone().or(file.trusted_proxies) {
             Some(v) => gancho_api::client::TrustedProxies::parse(&v)
                 .map_err(|why| ConfigError(format!("invalid trusted_proxies: {why}")))?,
@@ -927,6 +954,7 @@ impl Config {
             api_rate_limit,
             admin_rate_limit,
             portal_frame_ancestors,
+            portal_brand,
         })
     }
 

@@ -302,6 +302,7 @@ pub async fn start(
             portal: gancho_store::portal::PortalStore::new(layout.portal.clone()),
             portal_public_url: config.portal_public_url.as_deref().map(Into::into),
             portal_frame_ancestors: config.portal_frame_ancestors.as_str().into(),
+            portal_brand: config.portal_brand.clone().into(),
             trusted_proxies: config.trusted_proxies.clone().into(),
             link_limits: Default::default(),
             request_limits: Arc::new(gancho_api::client::CredentialLimits::new(
