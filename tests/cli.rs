@@ -16,6 +16,29 @@ fn gancho() -> Command {
 
 #[test]
 fn bad_config_exits_64_with_one_line() {
+    // Portal logos: an SVG with a script, one with an event handler, a file that is neither.
+    let dir = std::env::temp_dir().join(format!("gancho-logos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let logo = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let scripted = logo(
+        "scripted.svg",
+        r#"<svg xmlns="http://www.w3.org/2000/svg"><script>fetch('/v1')</script></svg>"#,
+    );
+    let handler = logo(
+        "handler.svg",
+        r#"<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><rect/></svg>"#,
+    );
+    let text = logo("logo.txt", "ACME");
+    let logos = [
+        (scripted.as_str(), "the SVG holds a script; remove it"),
+        (handler.as_str(), "the SVG holds an event handler (onload=)"),
+        (text.as_str(), "neither a PNG nor an SVG"),
+        ("/nonexistent/logo.svg", "cannot read it"),
+    ];
     let cases = [
         (
             "GANCHO_RETRY_SCHEDULE",
@@ -53,8 +76,26 @@ fn bad_config_exits_64_with_one_line() {
             "collector:4318",
             "OTEL_EXPORTER_OTLP_ENDPOINT: \"collector:4318\" is not an http:// or https:// URL",
         ),
+        (
+            "GANCHO_PORTAL_ACCENT",
+            "blue",
+            "invalid portal_accent \"blue\": a colour as #rrggbb",
+        ),
+        (
+            "GANCHO_PORTAL_ACCENT",
+            "#ffe066",
+            "invalid portal_accent #ffe066: too light to read on white",
+        ),
+        (
+            "GANCHO_PORTAL_TITLE",
+            "Acme\u{7}",
+            "invalid portal_title: at most 60 characters, no control characters",
+        ),
     ];
-    for (key, value, want) in cases {
+    let logo_cases = logos
+        .iter()
+        .map(|(path, want)| ("GANCHO_PORTAL_LOGO", *path, *want));
+    for (key, value, want) in cases.into_iter().chain(logo_cases) {
         let out = gancho()
             .arg("router")
             .env("GANCHO_NATS_URL", "nats://127.0.0.1:1")
@@ -68,7 +109,11 @@ fn bad_config_exits_64_with_one_line() {
         if key.contains("KEY") {
             assert!(!stderr.contains(value), "a key is never echoed: {stderr}");
         }
+        if key == "GANCHO_PORTAL_LOGO" {
+            assert!(stderr.contains("invalid portal_logo"), "{stderr}");
+        }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
     // Without a key the worker and the api refuse to start; `gancho keygen` prints one.
     let out = gancho()
         .arg("worker")

@@ -6,7 +6,10 @@
 //! runs: the tests fail on any dialog or console error. From start to finish (a receiver
 //! that fails, pause, resume, recover) with the mouse, with the keyboard alone, and inside a
 //! frame on another site; a site not allowed to frame it cannot. A dead letter selected in
-//! its view is sent again once. One browser at a time.
+//! its view is sent again once. The event catalog shows the API's refusals at their field, and
+//! a schema edited there refuses a bad event at ingest; the jobs view follows a replay to done
+//! and cancels a paced one; every view renders in Brazilian Portuguese; the operator's title,
+//! accent and logo apply. One browser at a time.
 //! Screenshots of each view go to `target/portal-screenshots/`.
 #![allow(
     clippy::too_many_lines,
@@ -709,6 +712,436 @@ async fn from_start_to_finish_with_the_mouse_the_keyboard_and_in_a_frame() {
         "the portal showed inside a site that may not frame it"
     );
     browser.top().await;
+    for role in [&mut api, &mut router, &mut worker] {
+        support::kill9(role);
+    }
+}
+
+/// The event catalog, in a portal with the operator's title, accent and logo, opened by the
+/// platform (the admin token minted the link): an example the schema refuses is shown next to
+/// its field with the failing path; the schema, edited in the view, then refuses a bad event
+/// over HTTP ingest with its path, an event it accepted before the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_edited_in_the_catalog_refuses_a_bad_event_at_ingest() {
+    let _turn = ONE_BROWSER.lock().await;
+    let env = support::Env::new().await;
+    let logo = std::env::temp_dir().join(format!("gancho-logo-{}.svg", std::process::id()));
+    std::fs::write(
+        &logo,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="60" height="20" viewBox="0 0 60 20"><rect width="60" height="20" rx="4" fill="#0b6e4f"/></svg>"##,
+    )
+    .unwrap();
+    let (mut api, base) = env
+        .spawn_portal_api(
+            TOKEN,
+            &[
+                ("GANCHO_PORTAL_TITLE", "Pagamentos <Acme>"),
+                ("GANCHO_PORTAL_ACCENT", "#0b6e4f"),
+                ("GANCHO_PORTAL_LOGO", logo.to_str().unwrap()),
+            ],
+        )
+        .await;
+    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let ingest = |id: String, data: serde_json::Value| {
+        let url = format!("{base}/v1/tenants/acme/events");
+        async move {
+            let body = json!({"id": id, "type": "charge.paid", "data": data}).to_string();
+            support::http("POST", &url, Some(TOKEN), Some(&body)).await
+        }
+    };
+    let browser = Browser::start().await;
+    browser.goto(&link(&base, "acme", "manage").await).await;
+    browser.wait_for("h1", "Endpoints").await;
+
+    // The operator's brand, and who opened the session.
+    browser.wait_for(".brand span", "Pagamentos <Acme>").await;
+    browser
+        .wait_for("#opened-by", "opened by the platform")
+        .await;
+    let looks = browser
+        .run(
+            "const img = document.querySelector('.brand img');
+             return [document.title, img.getAttribute('src'), img.complete && img.naturalWidth,
+                     getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        looks,
+        json!(["Endpoints · Pagamentos <Acme>", "logo", 60, "#0b6e4f"]),
+        "title, logo and accent"
+    );
+
+    // A type with a schema whose example it refuses: the API's refusal at the field.
+    browser.click("nav a", "Event catalog").await;
+    browser
+        .wait_for("p", "No event types in the catalog yet")
+        .await;
+    browser.click("a", "Add an event type").await;
+    browser.wait_for("h1", "Add an event type").await;
+    browser.fill("Name", "charge.paid").await;
+    browser
+        .fill("Description", "A charge was paid: its amount in cents.")
+        .await;
+    browser.fill("Schema", "{\"type\": \"object\"").await;
+    browser.click("button", "Add an event type").await;
+    browser
+        .wait_for("#type-schema-error", "This is not JSON")
+        .await;
+    browser
+        .fill(
+            "Schema",
+            r#"{"type": "object", "required": ["amount"], "properties": {"amount": {"type": "integer", "minimum": 1, "description": "in cents"}}}"#,
+        )
+        .await;
+    browser.fill("Example", r#"{"amount": "9.90"}"#).await;
+    browser.click("button", "Add an event type").await;
+    browser.wait_for("#type-example-error", "data/amount").await;
+    let said = browser.text("#type-example-error").await;
+    assert!(
+        said.starts_with("The server refused this: example: data/amount"),
+        "the refusal is the API's message after the lead: {said}"
+    );
+    browser.screenshot("event-type-refused").await;
+    accessible(&browser, "event-type-refused").await;
+    browser.fill("Example", r#"{"amount": 990}"#).await;
+    browser.click("button", "Add an event type").await;
+    browser.wait_for("h1", "charge.paid").await;
+    browser.wait_for("td code", "data/amount").await;
+    browser.wait_for("td", "≥ 1").await;
+    browser.screenshot("event-type").await;
+    accessible(&browser, "event-type").await;
+
+    // Accepted before the edit; the edit requires a currency of BRL; refused after it.
+    let before = ingest(
+        "evt-usd-0".into(),
+        json!({"amount": 990, "currency": "USD"}),
+    )
+    .await;
+    assert_eq!(before.0, 202, "{}", before.1);
+    browser.click("a", "Edit").await;
+    browser.wait_for("h1", "Edit event type").await;
+    browser
+        .fill(
+            "Schema",
+            r#"{"type": "object", "required": ["amount", "currency"], "properties": {"amount": {"type": "integer", "minimum": 1}, "currency": {"enum": ["BRL"]}}}"#,
+        )
+        .await;
+    // The old example lacks the currency now: refused at its field until it has one.
+    browser.click("button", "Save").await;
+    browser
+        .wait_for("#type-example-error", "\"currency\" is a required property")
+        .await;
+    browser
+        .fill("Example", r#"{"amount": 990, "currency": "BRL"}"#)
+        .await;
+    browser.click("button", "Save").await;
+    browser.wait_for("td code", "data/currency").await;
+    // The refusals are the only errors the browser noted: the API's 422s.
+    let errors = browser.console_errors().await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("/event-types/charge.paid") && e.contains("422")),
+        "{errors:#?}"
+    );
+    browser.wait_for("td", "one of \"BRL\"").await;
+    // Config changes reach the api within moments: each try a new event, until refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut tries = 0;
+    let refused = loop {
+        tries += 1;
+        let answer = ingest(
+            format!("evt-usd-{tries}"),
+            json!({"amount": 990, "currency": "USD"}),
+        )
+        .await;
+        if answer.0 != 202 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        refused.0, 400,
+        "the edited schema does not apply at ingest: {}",
+        refused.1
+    );
+    let message = refused.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("data/currency"),
+        "the refusal names the failing path: {message}"
+    );
+    browser.click("nav a", "Event catalog").await;
+    browser.wait_for("td", "A charge was paid").await;
+    browser.screenshot("event-catalog").await;
+    accessible(&browser, "event-catalog").await;
+    nothing_ran(&browser, "in the event catalog").await;
+    support::kill9(&mut api);
+    let _ = std::fs::remove_file(&logo);
+}
+
+/// The jobs view: a replay started from an endpoint's page shows in it and moves to done; a
+/// paced replay started meanwhile is cancelled from its row, and nothing more is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_moves_to_done_and_a_paced_job_is_cancelled_in_the_jobs_view() {
+    let _turn = ONE_BROWSER.lock().await;
+    let env = support::Env::new().await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
+    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let ep = create(
+        &base,
+        "/v1/tenants/acme/endpoints",
+        json!({"url": rx.url("/in"), "description": "Ledger"}),
+    )
+    .await;
+    let id = ep["id"].as_str().unwrap().to_owned();
+    const EVENTS: usize = 40;
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..EVENTS).map(|n| (format!("evt-{n}"), format!("{{\"n\":{n}}}").into_bytes())),
+    )
+    .await;
+    wait_until("the events delivered", Duration::from_secs(30), || {
+        std::future::ready(rx.count() == EVENTS)
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser.goto(&link(&base, "acme", "manage").await).await;
+    browser.wait_for("h1", "Endpoints").await;
+    browser.click("a", &rx.url("/in")).await;
+    browser.wait_for("h1", "Ledger").await;
+    browser.click("button", "Replay everything").await;
+    browser.wait_for("h1", "Job").await;
+    browser.click("a", "← Jobs").await;
+    browser.wait_for("h1", "Jobs").await;
+    browser.wait_for("tr", &format!("replay of {id}")).await;
+    wait_until(
+        "the replay done in the jobs view",
+        Duration::from_secs(30),
+        || async {
+            browser
+                .text("tbody")
+                .await
+                .contains(&format!("{EVENTS} of {EVENTS}"))
+        },
+    )
+    .await;
+    browser.wait_for("td span", "done").await;
+    wait_until("the replay delivered", Duration::from_secs(20), || {
+        std::future::ready(rx.count() == 2 * EVENTS)
+    })
+    .await;
+
+    // A replay at one record a second: cancelled from its row while it runs.
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let (status, paced) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants/acme/endpoints/{id}/replay"),
+        Some(TOKEN),
+        Some(&json!({"since": since.format(&time::format_description::well_known::Rfc3339).unwrap(), "pace": 1}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{paced}");
+    let paced_id = paced["id"].as_str().unwrap().to_owned();
+    let row = format!("tr[data-job='{paced_id}']");
+    browser.wait_for(&row, "running").await;
+    browser.screenshot("jobs-running").await;
+    accessible(&browser, "jobs-running").await;
+    browser
+        .click(&format!("{row} button"), "Cancel the job")
+        .await;
+    browser
+        .click(&format!("{row} button"), "Yes, cancel the job")
+        .await;
+    browser.wait_for("h1", "Jobs").await;
+    browser.wait_for(&row, "cancelled").await;
+    let sent_at_cancel = rx.count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        rx.count() <= sent_at_cancel + 1,
+        "the cancelled job went on sending: {} then {}",
+        sent_at_cancel,
+        rx.count()
+    );
+    assert!(
+        rx.count() < 3 * EVENTS,
+        "the paced job sent everything before it was cancelled"
+    );
+    nothing_ran(&browser, "in the jobs view").await;
+    for role in [&mut api, &mut router, &mut worker] {
+        support::kill9(role);
+    }
+}
+
+/// With a browser in Brazilian Portuguese, every view renders from the Portuguese catalog: no
+/// text of the English catalog that differs in Portuguese shows anywhere, the page is marked
+/// `pt-BR`, and axe finds nothing serious. Each view is saved as `pt-BR-<view>.png` beside
+/// the English screenshots. The switch then turns the page English for the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_renders_in_brazilian_portuguese() {
+    let _turn = ONE_BROWSER.lock().await;
+    let env = support::Env::new().await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(500).body("fora do ar")).await;
+    let mut router = env.spawn("router");
+    let mut worker = env.spawn("worker");
+    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
+    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let ep = create(
+        &base,
+        "/v1/tenants/acme/endpoints",
+        json!({"url": rx.url("/in"), "description": "Razão social", "retry_schedule": "0s"}),
+    )
+    .await;
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let (status, v) = support::http(
+        "PUT",
+        &format!("{base}/v1/tenants/acme/event-types/charge.paid"),
+        Some(TOKEN),
+        Some(&json!({"description": "Cobrança paga", "schema": {"type": "object", "required": ["valor"], "properties": {"valor": {"type": "integer"}}}, "example": {"valor": 990}}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    env.publish("acme", "charge.paid", "evt-1", br#"{"valor":990}"#, &[])
+        .await;
+    wait_until("a dead letter", Duration::from_secs(30), || async {
+        env.dead_letters().await.len() == 1
+    })
+    .await;
+    let (status, job) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants/acme/endpoints/{id}/recover"),
+        Some(TOKEN),
+        Some(&json!({"since": "2020-01-01T00:00:00Z"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+
+    // The English catalog's texts that read otherwise in Portuguese.
+    let catalog = |name: &str| -> HashMap<String, serde_json::Value> {
+        let path = format!(
+            "{}/../api/portal/strings/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (en, pt) = (catalog("en"), catalog("pt-BR"));
+    let english: Vec<String> = en
+        .iter()
+        .filter(|(k, v)| v.is_string() && pt[*k] != **v && !v.as_str().unwrap().contains('{'))
+        .map(|(_, v)| v.as_str().unwrap().trim().to_owned())
+        .collect();
+
+    let browser = Browser::start_in("pt-BR").await;
+    browser.goto(&link(&base, "acme", "manage").await).await;
+    browser.wait_for("h1", "Endpoints").await;
+    let views = [
+        ("endpoints", "#/endpoints".to_owned(), "Endpoints"),
+        ("endpoint", format!("#/endpoints/{id}"), "Razão social"),
+        (
+            "endpoint-new",
+            "#/endpoints/new".into(),
+            "Adicionar um endpoint",
+        ),
+        (
+            "endpoint-edit",
+            format!("#/endpoints/{id}/edit"),
+            "Editar endpoint",
+        ),
+        (
+            "delivery-log",
+            "#/attempts".into(),
+            "Registro de entregas de todos os endpoints",
+        ),
+        ("event", "#/events/evt-1".into(), "Buscar um evento"),
+        ("dead-letters", "#/dead-letters".into(), "Não entregues"),
+        ("jobs", "#/jobs".into(), "Tarefas"),
+        ("job", format!("#/jobs/{job_id}"), "Tarefa"),
+        (
+            "event-catalog",
+            "#/event-types".into(),
+            "Catálogo de eventos",
+        ),
+        (
+            "event-type",
+            "#/event-types/charge.paid".into(),
+            "charge.paid",
+        ),
+        (
+            "event-type-new",
+            "#/event-types/new".into(),
+            "Adicionar um tipo de evento",
+        ),
+        (
+            "event-type-edit",
+            "#/event-types/charge.paid/edit".into(),
+            "Editar tipo de evento",
+        ),
+    ];
+    for (name, hash, title) in &views {
+        browser
+            .run("location.hash = arguments[0]", json!([hash]))
+            .await;
+        browser.wait_for("h1", title).await;
+        // Settled: nothing is loading any more.
+        wait_until("the view loaded", Duration::from_secs(10), || async {
+            !browser.text("main").await.contains("Carregando")
+        })
+        .await;
+        let lang = browser
+            .run("return document.documentElement.lang", json!([]))
+            .await;
+        assert_eq!(lang, json!("pt-BR"), "{name}");
+        let shown = browser
+            .run(
+                "const texts = [];
+                 const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+                 while (walk.nextNode()) {
+                   const t = walk.currentNode.textContent.trim();
+                   if (t && walk.currentNode.parentElement.closest('[hidden], noscript, select#lang') === null) texts.push(t);
+                 }
+                 for (const o of document.querySelectorAll('option, input[placeholder], textarea[placeholder]')) {
+                   if (o.closest('select#lang') === null) texts.push((o.textContent || o.getAttribute('placeholder') || '').trim());
+                 }
+                 return texts;",
+                json!([]),
+            )
+            .await;
+        let left: Vec<&str> = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str())
+            .filter(|t| english.iter().any(|e| e == t))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{name}: English shown in Portuguese: {left:?}"
+        );
+        browser.screenshot(&format!("pt-BR-{name}")).await;
+        accessible(&browser, &format!("pt-BR {name}")).await;
+    }
+    nothing_ran(&browser, "in Portuguese").await;
+
+    // The switch: English from now on in this session, through a reload too.
+    browser.run(
+        "const s = document.getElementById('lang'); s.value = 'en'; s.dispatchEvent(new Event('change'));",
+        json!([]),
+    )
+    .await;
+    browser.wait_for("h1", "Edit event type").await;
+    browser.wait_for("nav a", "Dead letters").await;
+    browser.refresh().await;
+    browser.wait_for("nav a", "Event catalog").await;
+    let lang = browser
+        .run("return document.documentElement.lang", json!([]))
+        .await;
+    assert_eq!(lang, json!("en"));
     for role in [&mut api, &mut router, &mut worker] {
         support::kill9(role);
     }

@@ -112,6 +112,12 @@ impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium session through it, with
     /// its console kept for [`Browser::console_errors`].
     pub async fn start() -> Self {
+        Self::start_in("en-US").await
+    }
+
+    /// [`Browser::start`] with `lang` as the browser's language: its Accept-Language and
+    /// `navigator.language`.
+    pub async fn start_in(lang: &str) -> Self {
         let driver_bin = found(
             "chromedriver",
             &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
@@ -144,7 +150,8 @@ impl Browser {
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--disable-gpu", "--window-size=1280,1000", "--lang=en-US"],
+                         "--disable-gpu", "--window-size=1280,1000", format!("--lang={lang}")],
+                "prefs": {"intl.accept_languages": lang},
             },
         }}});
         let (status, v) = wd("POST", &format!("{base}/session"), Some(&capabilities)).await;

@@ -864,27 +864,27 @@
       return tr;
     };
     const body = el('tbody', {}, jobs.map(row));
-    if (jobs.some((j) => j.state === 'running')) {
-      every(2000, async () => {
-        const fresh = await api('GET', `/jobs?${query}`).catch(() => null);
-        if (!fresh || gen !== generation) return;
-        for (const job of newestFirst(fresh.data).reverse()) {
-          if (rows.has(job.id)) rows.get(job.id)(job);
-          else body.prepend(row(job));
-        }
-        if (!fresh.data.some((j) => j.state === 'running')) stopTimers();
-      });
-    }
     const heads = ['job.title', 'job.started', 'job.state', 'job.progress', 'job.sent', 'job.skipped'];
+    const table = el('table', {},
+      el('thead', {}, el('tr', {}, heads.map((h) => el('th', { scope: 'col' }, t(h))),
+        canManage() ? el('th', { scope: 'col' }, el('span', { class: 'sr-only' }, t('job.actions'))) : null)),
+      body);
+    // While the view is open it follows the jobs: a job started elsewhere (another view, the
+    // CLI, the API) appears, and running ones move.
+    every(2000, async () => {
+      const fresh = await api('GET', `/jobs?${query}`).catch(() => null);
+      if (!fresh || gen !== generation) return;
+      for (const job of newestFirst(fresh.data).reverse()) {
+        if (rows.has(job.id)) rows.get(job.id)(job);
+        else if (!params.get('cursor')) body.prepend(row(job));
+      }
+      const none = document.getElementById('no-jobs');
+      if (none && body.children.length) none.replaceWith(table);
+    });
     return [
       el('h1', {}, t('nav.jobs')),
       el('p', { class: 'muted' }, t('jobs.intro')),
-      jobs.length
-        ? el('table', {},
-          el('thead', {}, el('tr', {}, heads.map((h) => el('th', { scope: 'col' }, t(h))),
-            canManage() ? el('th', { scope: 'col' }, el('span', { class: 'sr-only' }, t('job.actions'))) : null)),
-          body)
-        : el('p', { class: 'muted' }, t('jobs.none')),
+      jobs.length ? table : el('p', { class: 'muted', id: 'no-jobs' }, t('jobs.none')),
       page.next ? el('div', { class: 'row' }, el('a', { href: `#/jobs?${new URLSearchParams({ cursor: page.next })}` }, t('jobs.more'))) : null,
     ];
   }
