@@ -428,8 +428,13 @@ async fn the_catalog_schema_applies_to_http_and_nats_events_without_a_restart() 
     let (s, v) = put(json!({"schema": {"type": "nope"}})).await;
     assert_eq!(s, 422, "{v}");
     assert!(v.to_string().contains("JSON Schema"), "{v}");
+    assert_eq!(
+        v["error"]["field"], "schema",
+        "the refusal names its field: {v}"
+    );
     let (s, v) = put(json!({"schema": schema(1000), "example": {"amount": "ten"}})).await;
     assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["field"], "example", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()

@@ -178,6 +178,8 @@ async fn a_link_starts_one_session_that_reaches_its_tenant_with_its_scope() {
         (started["scope"].as_str(), started["tenant"].as_str()),
         (Some("read"), Some("acme"))
     );
+    // The admin token minted it: the platform opened this session, and the page says so.
+    assert_eq!(started["opened_by"], "platform", "{started}");
     let read = started["session"].as_str().unwrap().to_owned();
     assert!(read.starts_with("gps_"), "{started}");
     let (status, v) = api.open(&token).await;
@@ -302,6 +304,31 @@ async fn a_link_starts_one_session_that_reaches_its_tenant_with_its_scope() {
             .contains("cannot start or end portal sessions"),
         "{v}"
     );
+
+    // A link minted with the tenant's own manage key: the tenant opened the session.
+    let key = api
+        .admin(
+            "POST",
+            "/v1/tenants/acme/api-keys",
+            Some(json!({"name": "dashboard", "scopes": ["manage"]})),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/tenants/acme/portal-sessions",
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let own = v["url"].as_str().unwrap().split("#t=").nth(1).unwrap();
+    let (status, started) = api.open(own).await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["opened_by"], "tenant", "{started}");
 
     // Bad requests say what to fix.
     for (body, want) in [
@@ -655,6 +682,29 @@ async fn the_page_comes_from_the_binary_with_its_security_headers() {
         "eval(",
     ] {
         assert!(!js.contains(sink), "app.js uses {sink}");
+    }
+    // The words: by Accept-Language, or the language asked for; English otherwise.
+    for (accept, asked, want) in [
+        ("pt-BR,pt;q=0.9,en;q=0.8", "", "pt-BR"),
+        ("en-US,en;q=0.9", "", "en"),
+        ("de-DE,pt;q=0.5", "", "pt-BR"),
+        ("fr", "", "en"),
+        ("pt-BR", "?lang=en", "en"),
+    ] {
+        let (status, headers, body) = support::raw(
+            "GET",
+            &base,
+            &format!("/portal/strings.json{asked}"),
+            &[("accept-language", accept)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{accept}");
+        assert_eq!(header(&headers, "vary"), "Accept-Language");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["lang"], want, "{accept} {asked}");
+        let nav = if want == "en" { "Jobs" } else { "Tarefas" };
+        assert_eq!(v["strings"]["nav.jobs"], nav, "{accept} {asked}");
     }
     // /portal goes to /portal/, relative to where it was asked (a proxy's path is kept).
     let (status, headers, _) = get_raw(&base, "/portal").await;
