@@ -381,6 +381,14 @@ async fn the_selected_dead_letter_is_sent_again_once() {
     browser.screenshot("dead-letters").await;
     accessible(&browser, "dead-letters").await;
 
+    let seq = browser
+        .run(
+            "return [...document.querySelectorAll('input[type=checkbox]')]
+               .find((b) => b.labels[0].textContent.includes('lost-a')).value",
+            json!([]),
+        )
+        .await;
+    let seq: u64 = seq.as_str().unwrap().parse().unwrap();
     browser.click("label", "lost-a").await;
     browser.click("button", "Redrive selected").await;
     browser.click("button", "Yes, redrive selected").await;
@@ -403,6 +411,27 @@ async fn the_selected_dead_letter_is_sent_again_once() {
         !page.contains("lost-a"),
         "a dead letter sent again is still listed: {page}"
     );
+    // A second redrive of the same one (as from a page left open) sends nothing.
+    let (status, job) = support::http(
+        "POST",
+        &format!("{base}/v1/tenants/acme/dead-letters/redrive"),
+        Some(TOKEN),
+        Some(&json!({ "sequences": [seq] }).to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job_url = format!(
+        "{base}/v1/tenants/acme/jobs/{}",
+        job["id"].as_str().unwrap()
+    );
+    wait_until(
+        "the second redrive done",
+        Duration::from_secs(20),
+        || async { support::http("GET", &job_url, Some(TOKEN), None).await.1["state"] == "done" },
+    )
+    .await;
+    let second = support::http("GET", &job_url, Some(TOKEN), None).await.1;
+    assert_eq!(second["sent"], 0, "the second redrive sent again: {second}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         *delivered.lock().unwrap(),
