@@ -55,6 +55,12 @@ pub async fn run(mut config: Config, args: DevArgs) -> anyhow::Result<()> {
     config.allow_http_endpoints = true;
     config.allow_private_endpoints = true;
     if config.portal_public_url.is_none() {
+        // Links are built from this URL, so a listen port of 0 becomes a real one first.
+        if config.api_listen.port() == 0 {
+            let probe = std::net::TcpListener::bind(config.api_listen)
+                .with_context(|| format!("cannot listen for the API on {}", config.api_listen))?;
+            config.api_listen = probe.local_addr()?;
+        }
         config.portal_public_url = Some(format!("http://{}", config.api_listen));
     }
 

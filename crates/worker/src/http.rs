@@ -174,7 +174,11 @@ fn pooled(
             .enable_http2()
             .wrap_connector(http)
     };
+    // The timer runs the pool's reaper: without it an idle connection is dropped only when a
+    // checkout reaches it, and the pool hands out its most recently used one first, so the
+    // extra connections a burst opened stayed open (and held their buffers) for good.
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .build(https);

@@ -285,7 +285,8 @@ fn next_after(
         gancho_core::retry::Next::GiveUp => Next::Dead {
             kind: DeadKind::Exhausted,
             reason: format!(
-                "gave up after {attempt_no} attempts; last: {}",
+                "gave up after {attempt_no} attempt{}; last: {}",
+                if attempt_no == 1 { "" } else { "s" },
                 describe(outcome)
             ),
         },

@@ -105,6 +105,31 @@ struct Inner {
     left: HashMap<u64, Left>,
 }
 
+/// Room kept beyond what a collection holds before it is given back: a burst (a backlog
+/// after a restart) grows these to its peak, and their capacity would otherwise stay there.
+const SLACK: usize = 4096;
+
+impl Inner {
+    /// Gives back the room a burst left: a collection holding less than half its capacity
+    /// (and more than [`SLACK`] short of it) is shrunk to one and a half times its length, so
+    /// steady traffic does not shrink and grow it in turn.
+    fn shrink_after_burst(&mut self) {
+        let wasteful = |len: usize, capacity: usize| capacity > 2 * len + SLACK;
+        let len = self.finished.len();
+        if wasteful(len, self.finished.capacity()) {
+            self.finished.shrink_to(len + len / 2);
+        }
+        let len = self.finished_order.len();
+        if wasteful(len, self.finished_order.capacity()) {
+            self.finished_order.shrink_to(len + len / 2);
+        }
+        let len = self.in_hand.len();
+        if wasteful(len, self.in_hand.capacity()) {
+            self.in_hand.shrink_to(len + len / 2);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -144,6 +169,7 @@ impl Recall {
                 if inner.finished.insert(seq) {
                     inner.finished_order.push_back((now, seq));
                 }
+                inner.shrink_after_burst();
             }
             Ending::HandedBack(left) if !left.is_empty() => {
                 if inner.left.len() >= LEFT_MAX {
@@ -173,6 +199,41 @@ mod tests {
             record: None,
             next: Next::Done,
         }
+    }
+
+    #[test]
+    fn the_room_a_burst_took_is_given_back_once_it_is_over() {
+        let recall = Recall::default();
+        let burst = 100_000;
+        for seq in 0..burst {
+            lock(&recall.0).in_hand.insert(seq, Vec::new());
+        }
+        for seq in 0..burst {
+            recall.leave(seq, Ending::Finished);
+        }
+        let peak = lock(&recall.0).finished_order.capacity();
+        assert!(peak >= burst as usize);
+        // The burst's records age out while steady traffic goes on.
+        {
+            let mut inner = lock(&recall.0);
+            let old = Instant::now() - FINISHED_FOR - Duration::from_secs(1);
+            for entry in &mut inner.finished_order {
+                entry.0 = old;
+            }
+        }
+        for seq in burst..burst + 1_000 {
+            lock(&recall.0).in_hand.insert(seq, Vec::new());
+            recall.leave(seq, Ending::Finished);
+        }
+        let inner = lock(&recall.0);
+        assert_eq!(inner.finished.len(), 1_000);
+        assert!(
+            inner.finished_order.capacity() <= 2 * 1_000 + SLACK,
+            "{} kept of {peak}",
+            inner.finished_order.capacity()
+        );
+        assert!(inner.finished.capacity() <= 2 * 1_000 + 2 * SLACK);
+        assert!(inner.in_hand.capacity() <= SLACK * 2);
     }
 
     #[test]
