@@ -78,14 +78,16 @@ async fn a_full_deliveries_stream_waits_and_loses_nothing() {
         (0..N).map(|i| (format!("evt-full-{i}"), payload.clone())),
     )
     .await;
-    // The router fills the stream to its high-water mark, then publishes nothing more:
-    // events wait in their stream or in the router's hands.
+    // The router fills the stream to its high-water mark (90 %; it stops short of it by less
+    // than one delivery, these are about 1.3 KiB), then publishes nothing more: events wait in
+    // their stream or in the router's hands. (Measured from 80 %, the router's last 10 % on a
+    // slow machine read as publishing past its room: 690 then 758 in one `make test`.)
     wait_until(
         "the deliveries stream at its high-water mark",
         Duration::from_secs(60),
         || async {
             let (bytes, _, _) = room_state(&env).await;
-            bytes as f64 >= 0.8 * LIMIT as f64
+            bytes as f64 >= 0.9 * LIMIT as f64 - 8192.0
         },
     )
     .await;
