@@ -65,6 +65,34 @@ async fn minted(base: &str, tenant: &str, scope: &str) -> (String, String) {
     )
 }
 
+/// The roles of a portal test: a router, a worker and an api serving the portal, with the
+/// tenant `acme` created; killed when dropped.
+struct Roles {
+    base: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Roles {
+    async fn start(env: &support::Env) -> Self {
+        let router = env.spawn("router");
+        let worker = env.spawn("worker");
+        let (api, base) = env.spawn_portal_api(TOKEN, &[]).await;
+        create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+        Self {
+            base,
+            children: vec![api, router, worker],
+        }
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            support::kill9(child);
+        }
+    }
+}
+
 /// axe-core finds no serious or critical accessibility violation on the view shown as `view`.
 async fn accessible(browser: &Browser, view: &str) {
     let found = browser.accessibility_violations().await;
@@ -97,10 +125,8 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
             .body(HOSTILE)
     })
     .await;
-    let mut router = env.spawn("router");
-    let mut worker = env.spawn("worker");
-    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
-    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let roles = Roles::start(&env).await;
+    let base = roles.base.clone();
     let url = link(&base, "acme", "manage").await;
     let browser = Browser::start().await;
 
@@ -326,9 +352,6 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     assert!(!page.contains("s3cr3t-t0ken"), "the token is shown: {page}");
     assert!(!page.contains("PRIVATE KEY"), "the client key is shown");
     nothing_ran(&browser, "after the mTLS endpoint").await;
-    for role in [&mut api, &mut router, &mut worker] {
-        support::kill9(role);
-    }
 }
 
 /// What gancho gave up on, in the dead letters view: the kind and the reason shown; the one
@@ -349,10 +372,8 @@ async fn the_selected_dead_letter_is_sent_again_once() {
         Answer::status(if ok { 200 } else { 500 })
     })
     .await;
-    let mut router = env.spawn("router");
-    let mut worker = env.spawn("worker");
-    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
-    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let roles = Roles::start(&env).await;
+    let base = roles.base.clone();
     // One attempt: a 500 is a dead letter at once.
     create(
         &base,
@@ -450,9 +471,6 @@ async fn the_selected_dead_letter_is_sent_again_once() {
     browser.screenshot("jobs").await;
     accessible(&browser, "jobs").await;
     nothing_ran(&browser, "in the jobs view").await;
-    for role in [&mut api, &mut router, &mut worker] {
-        support::kill9(role);
-    }
 }
 
 /// A receiver that answers 500 while `down`, else 200, and keeps the `webhook-id` and body
@@ -916,10 +934,8 @@ async fn a_replay_moves_to_done_and_a_paced_job_is_cancelled_in_the_jobs_view() 
     let _turn = ONE_BROWSER.lock().await;
     let env = support::Env::new().await;
     let rx = Receiver::https(&env.ca, |_, _| Answer::status(200)).await;
-    let mut router = env.spawn("router");
-    let mut worker = env.spawn("worker");
-    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
-    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let roles = Roles::start(&env).await;
+    let base = roles.base.clone();
     let ep = create(
         &base,
         "/v1/tenants/acme/endpoints",
@@ -1002,9 +1018,6 @@ async fn a_replay_moves_to_done_and_a_paced_job_is_cancelled_in_the_jobs_view() 
         "the paced job sent everything before it was cancelled"
     );
     nothing_ran(&browser, "in the jobs view").await;
-    for role in [&mut api, &mut router, &mut worker] {
-        support::kill9(role);
-    }
 }
 
 /// With a browser in Brazilian Portuguese, every view renders from the Portuguese catalog: no
@@ -1016,10 +1029,8 @@ async fn every_view_renders_in_brazilian_portuguese() {
     let _turn = ONE_BROWSER.lock().await;
     let env = support::Env::new().await;
     let rx = Receiver::https(&env.ca, |_, _| Answer::status(500).body("fora do ar")).await;
-    let mut router = env.spawn("router");
-    let mut worker = env.spawn("worker");
-    let (mut api, base) = env.spawn_portal_api(TOKEN, &[]).await;
-    create(&base, "/v1/tenants", json!({"id": "acme"})).await;
+    let roles = Roles::start(&env).await;
+    let base = roles.base.clone();
     let ep = create(
         &base,
         "/v1/tenants/acme/endpoints",
@@ -1171,7 +1182,4 @@ async fn every_view_renders_in_brazilian_portuguese() {
         .run("return document.documentElement.lang", json!([]))
         .await;
     assert_eq!(lang, json!("en"));
-    for role in [&mut api, &mut router, &mut worker] {
-        support::kill9(role);
-    }
 }
