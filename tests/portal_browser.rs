@@ -33,8 +33,8 @@ static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TOKEN: &str = "test-admin-token-0123456789";
 const HOSTILE: &str = "<script>alert('script')</script><img src=x onerror=\"alert('img')\">";
 
-/// POSTs `body` to `path` with the admin token; it must create (201): the answer.
-async fn create(base: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+/// POSTs `body` to `path` with the admin token; it must answer `want`: the answer.
+async fn post(base: &str, path: &str, body: serde_json::Value, want: u16) -> serde_json::Value {
     let (status, v) = support::http(
         "POST",
         &format!("{base}{path}"),
@@ -42,8 +42,18 @@ async fn create(base: &str, path: &str, body: serde_json::Value) -> serde_json::
         Some(&body.to_string()),
     )
     .await;
-    assert_eq!(status, 201, "POST {path}: {v}");
+    assert_eq!(status, want, "POST {path}: {v}");
     v
+}
+
+/// [`post`] that must create (201).
+async fn create(base: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    post(base, path, body, 201).await
+}
+
+/// [`post`] that must start a job (202): the job.
+async fn start_job(base: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    post(base, path, body, 202).await
 }
 
 /// Mints a link of `tenant` with `scope` through the API.
@@ -433,14 +443,12 @@ async fn the_selected_dead_letter_is_sent_again_once() {
         "a dead letter sent again is still listed: {page}"
     );
     // A second redrive of the same one (as from a page left open) sends nothing.
-    let (status, job) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants/acme/dead-letters/redrive"),
-        Some(TOKEN),
-        Some(&json!({ "sequences": [seq] }).to_string()),
+    let job = start_job(
+        &base,
+        "/v1/tenants/acme/dead-letters/redrive",
+        json!({ "sequences": [seq] }),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
     let job_url = format!(
         "{base}/v1/tenants/acme/jobs/{}",
         job["id"].as_str().unwrap()
@@ -984,14 +992,12 @@ async fn a_replay_moves_to_done_and_a_paced_job_is_cancelled_in_the_jobs_view() 
 
     // A replay at one record a second: cancelled from its row while it runs.
     let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let (status, paced) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants/acme/endpoints/{id}/replay"),
-        Some(TOKEN),
-        Some(&json!({"since": since.format(&time::format_description::well_known::Rfc3339).unwrap(), "pace": 1}).to_string()),
+    let paced = start_job(
+        &base,
+        &format!("/v1/tenants/acme/endpoints/{id}/replay"),
+        json!({"since": since.format(&time::format_description::well_known::Rfc3339).unwrap(), "pace": 1}),
     )
     .await;
-    assert_eq!(status, 202, "{paced}");
     let paced_id = paced["id"].as_str().unwrap().to_owned();
     let row = format!("tr[data-job='{paced_id}']");
     browser.wait_for(&row, "running").await;
@@ -1052,14 +1058,12 @@ async fn every_view_renders_in_brazilian_portuguese() {
         env.dead_letters().await.len() == 1
     })
     .await;
-    let (status, job) = support::http(
-        "POST",
-        &format!("{base}/v1/tenants/acme/endpoints/{id}/recover"),
-        Some(TOKEN),
-        Some(&json!({"since": "2020-01-01T00:00:00Z"}).to_string()),
+    let job = start_job(
+        &base,
+        &format!("/v1/tenants/acme/endpoints/{id}/recover"),
+        json!({"since": "2020-01-01T00:00:00Z"}),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
     let job_id = job["id"].as_str().unwrap().to_owned();
 
     // The English catalog's texts that read otherwise in Portuguese.

@@ -5,8 +5,6 @@
 //! api with one line. The page's words come from a catalog per language
 //! (`portal/strings/*.json`), picked by Accept-Language or asked for by name.
 
-use std::sync::Arc;
-
 /// The longest logo file.
 pub const LOGO_MAX: usize = 64 * 1024;
 /// The longest title, in characters.
@@ -286,8 +284,9 @@ pub fn pick_language(asked: Option<&str>, accept_language: Option<&str>) -> &'st
 
 /// `/portal/strings.json` bodies, one per language, built once:
 /// `{"lang", "languages": [{"code", "name"}], "strings": {...}}`.
-pub fn catalogs() -> &'static [(&'static str, Arc<str>)] {
-    static BUILT: std::sync::OnceLock<Vec<(&'static str, Arc<str>)>> = std::sync::OnceLock::new();
+pub fn catalogs() -> &'static [(&'static str, bytes::Bytes)] {
+    static BUILT: std::sync::OnceLock<Vec<(&'static str, bytes::Bytes)>> =
+        std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let languages: Vec<_> = LANGUAGES
             .iter()
@@ -300,7 +299,7 @@ pub fn catalogs() -> &'static [(&'static str, Arc<str>)] {
                     serde_json::from_str(catalog).expect("the portal's catalogs are JSON (tested)");
                 let body =
                     serde_json::json!({"lang": code, "languages": languages, "strings": strings});
-                (*code, Arc::from(body.to_string()))
+                (*code, body.to_string().into())
             })
             .collect()
     })
@@ -427,7 +426,7 @@ mod tests {
         assert_eq!(pick_language(Some("pt-BR"), Some("en")), "pt-BR");
         assert_eq!(pick_language(Some("xx"), Some("pt-BR")), "pt-BR");
         for (code, body) in catalogs() {
-            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
             assert_eq!(v["lang"], *code);
             assert_eq!(v["languages"].as_array().unwrap().len(), LANGUAGES.len());
         }

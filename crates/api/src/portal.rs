@@ -212,7 +212,7 @@ async fn strings(
     let body = crate::brand::catalogs()
         .iter()
         .find(|(c, _)| *c == code)
-        .map(|(_, body)| body.to_string())
+        .map(|(_, body)| body.clone())
         .unwrap_or_default();
     (
         [
@@ -275,9 +275,7 @@ pub fn routes(state: ApiState) -> axum::Router {
     use axum::response::IntoResponse as _;
     use axum::routing::get;
     let csp: std::sync::Arc<str> = content_security_policy(&state.portal_frame_ancestors).into();
-    let brand = state.portal_brand.clone();
-    let page: &'static str = Box::leak(brand.page().into_boxed_str());
-    let stylesheet: &'static str = Box::leak(brand.stylesheet().into_boxed_str());
+    let brand = &state.portal_brand;
     let mut router = axum::Router::new()
         // Relative, so a proxy that serves the api under a path keeps it.
         .route(
@@ -286,30 +284,21 @@ pub fn routes(state: ApiState) -> axum::Router {
         )
         .route("/portal/session", axum::routing::post(start))
         .route("/portal/strings.json", get(strings));
-    let generated = [
-        ("/portal/", "text/html; charset=utf-8", page),
-        ("/portal/brand.css", "text/css; charset=utf-8", stylesheet),
-    ];
+    // The built-in files, then what the brand made of them at start-up.
+    let mut files: Vec<(&str, &str, bytes::Bytes)> = FILES
+        .into_iter()
+        .map(|(path, content_type, body)| (path, content_type, body.as_bytes().into()))
+        .collect();
+    files.push(("/portal/", "text/html; charset=utf-8", brand.page().into()));
+    files.push((
+        "/portal/brand.css",
+        "text/css; charset=utf-8",
+        brand.stylesheet().into(),
+    ));
     if let Some(logo) = &brand.logo {
-        let (content_type, bytes) = (logo.content_type, logo.bytes.clone());
-        router = router.route(
-            "/portal/logo",
-            get(move || {
-                let bytes = bytes.clone();
-                async move {
-                    (
-                        [
-                            (http::header::CONTENT_TYPE, content_type),
-                            (http::header::CACHE_CONTROL, "no-cache"),
-                        ],
-                        bytes,
-                    )
-                        .into_response()
-                }
-            }),
-        );
+        files.push(("/portal/logo", logo.content_type, logo.bytes.clone()));
     }
-    for (path, content_type, body) in FILES.into_iter().chain(generated) {
+    for (path, content_type, body) in files {
         router = router.route(
             path,
             get(move || async move {
