@@ -921,3 +921,55 @@ fn bench_reports_a_small_run() {
         "--dead-share must be from 0 to 0.9",
     );
 }
+
+/// Every role runs without transparent huge pages, unless `MIMALLOC_ALLOW_THP` chooses: with
+/// them, the memory a backlog took stays resident in 2 MiB pages after it is freed
+/// (RELIABILITY.md, "What a backlog leaves").
+#[test]
+fn roles_run_without_transparent_huge_pages_unless_told() {
+    use std::io::BufRead;
+    for (allow, expected) in [(None, "0"), (Some("1"), "1")] {
+        let mut cmd = gancho();
+        cmd.args(["sink", "--listen", "127.0.0.1:0", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        match allow {
+            Some(v) => cmd.env("MIMALLOC_ALLOW_THP", v),
+            None => cmd.env_remove("MIMALLOC_ALLOW_THP"),
+        };
+        let mut sink = cmd.spawn().unwrap();
+        // Up once it says where it listens (its output goes to stdout or stderr).
+        let out = sink.stdout.take().unwrap();
+        let err = sink.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err) as Box<dyn std::io::Read + Send>,
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if line.contains("listening on") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        }
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the sink says where it listens");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", sink.id())).unwrap();
+        let thp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(str::trim)
+            .unwrap_or_else(|| {
+                panic!("this kernel's /proc/<pid>/status has no THP_enabled line to check")
+            });
+        assert_eq!(thp, expected, "MIMALLOC_ALLOW_THP={allow:?}");
+        sink.kill().unwrap();
+        sink.wait().unwrap();
+    }
+}
