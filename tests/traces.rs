@@ -585,3 +585,93 @@ async fn an_unreachable_collector_changes_nothing_about_delivery() {
         support::kill9(role);
     }
 }
+
+/// A delivery given up while it waited (its endpoint's circuit open, its patience spent)
+/// ends its wait with a span that says so: the trace of a webhook that never arrived shows
+/// where it waited, why, and that it was dead-lettered, not a trace that stops at routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_ends_in_a_dead_letter_is_a_span_that_says_so() {
+    const EVENTS: usize = 12;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let collector = Receiver::http(|_, _| Answer::status(200)).await;
+    let rx = Receiver::https(&env.ca, |_, _| Answer::status(503)).await;
+    env.endpoint("acme", "dead", &rx.url("/in"), &[">"], &[], Some("0s,1s"))
+        .await;
+    // One request at a time: five failures open the circuit while most deliveries wait.
+    env.change("acme", "dead", |ep| ep.max_in_flight = Some(1))
+        .await;
+    let vars = otlp(&collector);
+    let mut worker_vars = vars.clone();
+    worker_vars.push(("GANCHO_DEFER_GRACE", "3s".into()));
+    let mut roles = [
+        spawn(&env, "router", &vars),
+        spawn(&env, "worker", &worker_vars),
+    ];
+    let traces: Vec<String> = (0..EVENTS)
+        .map(|n| format!("{:032x}", 0xdead_0000 + n))
+        .collect();
+    for (n, trace) in traces.iter().enumerate() {
+        publish_traced(
+            &env,
+            &format!("evt-d{n}"),
+            &format!("00-{trace}-{PRODUCER_SPAN}-01"),
+        )
+        .await;
+    }
+    wait_until(
+        "every delivery dead-lettered",
+        Duration::from_secs(60),
+        || async { env.dead_letters().await.len() >= EVENTS },
+    )
+    .await;
+    // The deliveries given up without a request of their own: their event ids.
+    let unsent: Vec<usize> = env
+        .dead_letters()
+        .await
+        .iter()
+        .filter_map(|d| d.delivery.as_ref())
+        .filter(|d| d.attempts == 0)
+        .map(|d| d.event_id.trim_start_matches("evt-d").parse().unwrap())
+        .collect();
+    assert!(
+        !unsent.is_empty(),
+        "some deliveries were given up while they waited, without a request"
+    );
+    for n in unsent {
+        let spans = trace_of(&collector, &traces[n], |s| {
+            named(s, "gancho wait")
+                .iter()
+                .any(|w| w.attributes.contains_key("gancho.dead_letter.kind"))
+        })
+        .await;
+        let waits = named(&spans, "gancho wait");
+        let last = waits.last().unwrap();
+        assert_eq!(
+            last.attributes["gancho.dead_letter.kind"], "exhausted",
+            "{last:?}"
+        );
+        assert!(
+            last.error,
+            "a wait that ends in a dead letter is an error: {last:?}"
+        );
+        assert!(
+            !last.attributes["gancho.wait.reason"].is_empty(),
+            "{last:?}"
+        );
+        // It waited out its patience: the retry schedule (1 s) plus the grace (3 s).
+        assert!(last.end - last.start >= 4_000_000_000, "{last:?}");
+        assert!(
+            named(&spans, "POST").is_empty(),
+            "a delivery dead-lettered before its first request has no attempt span: {spans:?}"
+        );
+        let route = named(&spans, "gancho route");
+        assert_eq!(
+            last.parent, route[0].id,
+            "the wait is a child of the route span"
+        );
+    }
+    for role in &mut roles {
+        support::kill9(role);
+    }
+}

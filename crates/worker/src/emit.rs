@@ -152,10 +152,32 @@ pub(crate) fn trace_parent(delivery: &Delivery) -> &str {
     delivery.trace.as_deref().map_or("", |t| t.parent.as_str())
 }
 
-/// A traced delivery's wait ended: its attempt starts now. Its span runs from when the wait
-/// began.
+/// A traced delivery's wait ended: its attempt starts now, or it was dead-lettered without
+/// one (it outlived its patience waiting). Its span runs from when the wait began.
 pub(crate) struct WaitEnded<'a> {
     pub delivery: &'a Delivery,
+    pub by: WaitEnd,
+}
+
+/// A traced delivery dead-lettered without a request (`kind`, when it was): its wait ends
+/// now, as a span that says so.
+pub(crate) fn given_up_waiting(delivery: Option<&Delivery>, kind: Option<DeadKind>) {
+    if let (Some(delivery), Some(kind)) = (delivery, kind) {
+        WaitEnded {
+            delivery,
+            by: WaitEnd::DeadLettered(kind),
+        }
+        .emit();
+    }
+}
+
+/// What ended a wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WaitEnd {
+    /// Its next attempt started.
+    Attempt,
+    /// It was dead-lettered instead: the span says so, as an error with the kind.
+    DeadLettered(DeadKind),
 }
 
 impl Emit for WaitEnded<'_> {
@@ -174,21 +196,29 @@ impl Emit for WaitEnded<'_> {
         let Some(parent) = traced(&trace.parent) else {
             return;
         };
-        traces::record(
-            traces::SpanStart {
-                name: "gancho wait",
-                kind: traces::Kind::Internal,
-                parent: Some(&parent),
-                start: SystemTime::from(began),
-                attributes: vec![
-                    KeyValue::new("gancho.wait.reason", trace.wait_reason.clone()),
-                    KeyValue::new("gancho.endpoint.id", d.endpoint_id.clone()),
-                    KeyValue::new("gancho.attempt", i64::from(d.attempts) + 1),
-                ],
-                links: Vec::new(),
-            },
-            SystemTime::now(),
-        );
+        let mut attributes = vec![
+            KeyValue::new("gancho.wait.reason", trace.wait_reason.clone()),
+            KeyValue::new("gancho.endpoint.id", d.endpoint_id.clone()),
+            KeyValue::new("gancho.attempt", i64::from(d.attempts) + 1),
+        ];
+        if let WaitEnd::DeadLettered(kind) = self.by {
+            attributes.push(KeyValue::new("gancho.dead_letter.kind", kind.as_str()));
+        }
+        let Some(mut span) = (traces::SpanStart {
+            name: "gancho wait",
+            kind: traces::Kind::Internal,
+            parent: Some(&parent),
+            start: SystemTime::from(began),
+            attributes,
+            links: Vec::new(),
+        })
+        .start() else {
+            return;
+        };
+        if let WaitEnd::DeadLettered(kind) = self.by {
+            span.error(format!("dead-lettered while waiting ({})", kind.as_str()));
+        }
+        span.end(Some(SystemTime::now()));
     }
 }
 

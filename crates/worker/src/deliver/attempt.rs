@@ -217,7 +217,11 @@ impl Ctx {
             let size = body.as_ref().map_or(delivery.payload.len(), Bytes::len);
             let _body = self.bodies.hold(size + 512).await;
             let started_at = OffsetDateTime::now_utc();
-            emit::WaitEnded { delivery }.emit();
+            emit::WaitEnded {
+                delivery,
+                by: emit::WaitEnd::Attempt,
+            }
+            .emit();
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
             let (outcome, latency) = self.attempt(delivery, &ep, started_at, body).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);

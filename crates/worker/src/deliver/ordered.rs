@@ -244,6 +244,8 @@ impl Ctx {
             writes.push((subject, publish));
         }
         let notice = Notice::of(&next);
+        // A traced head dead-lettered while it waited (no attempt): its wait ends with it.
+        let gave_up = next.dead_kind().filter(|_| record.is_none());
         let mut retry = None;
         match next {
             Next::Done => {}
@@ -288,6 +290,7 @@ impl Ctx {
         if self.store_all(writes).await.is_err() {
             return later(AFTER_ERROR);
         }
+        emit::given_up_waiting(delivery, gave_up);
         let resolved = match (retry, delivery) {
             (Some(delay), Some(delivery)) => {
                 let not_before = SystemTime::now() + delay;

@@ -41,6 +41,16 @@ pub(super) enum Next {
     Hold,
 }
 
+impl Next {
+    /// The dead letter's kind, when it is one.
+    pub(super) fn dead_kind(&self) -> Option<DeadKind> {
+        match self {
+            Next::Dead { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
 /// Keeps the outcome of an attempt whose writes could not be stored, so that when its
 /// message comes back the outcome is stored instead of the webhook sent again. An outcome
 /// without an attempt (a deferral, a hold) is decided anew then.
@@ -236,6 +246,7 @@ impl Ctx {
             }
             return self.nak(unit, &e).await;
         }
+        emit::given_up_waiting(delivery, next.dead_kind().filter(|_| !attempted));
         if !unit.alone {
             // Acked with the rest of its batch.
             return Handled::Done;
