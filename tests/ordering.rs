@@ -353,6 +353,13 @@ async fn a_blocked_ordered_endpoint_does_not_slow_its_partition() {
         sent += 5;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // It kept its rate: when the minute ended, what it had received trailed what was
+    // published by at most two seconds of events (its 50 a second).
+    let by_end = healthy.distinct();
+    assert!(
+        by_end + 100 >= sent,
+        "the unordered neighbour fell behind while its partition's ordered endpoint was blocked: {by_end} of {sent} arrived within the minute"
+    );
     wait_until(
         "the neighbour's deliveries",
         Duration::from_secs(10),
