@@ -351,13 +351,6 @@ impl Started {
     }
 }
 
-/// A span that started and ended in the past (a wait, told when it ends).
-pub fn record(span: SpanStart<'_>, end: SystemTime) {
-    if let Some(started) = span.start() {
-        started.end(Some(end));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

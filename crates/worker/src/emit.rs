@@ -196,13 +196,17 @@ impl Emit for WaitEnded<'_> {
         let Some(parent) = traced(&trace.parent) else {
             return;
         };
+        let dead = match self.by {
+            WaitEnd::Attempt => None,
+            WaitEnd::DeadLettered(kind) => Some(kind.as_str()),
+        };
         let mut attributes = vec![
             KeyValue::new("gancho.wait.reason", trace.wait_reason.clone()),
             KeyValue::new("gancho.endpoint.id", d.endpoint_id.clone()),
             KeyValue::new("gancho.attempt", i64::from(d.attempts) + 1),
         ];
-        if let WaitEnd::DeadLettered(kind) = self.by {
-            attributes.push(KeyValue::new("gancho.dead_letter.kind", kind.as_str()));
+        if let Some(kind) = dead {
+            attributes.push(KeyValue::new("gancho.dead_letter.kind", kind));
         }
         let Some(mut span) = (traces::SpanStart {
             name: "gancho wait",
@@ -215,10 +219,10 @@ impl Emit for WaitEnded<'_> {
         .start() else {
             return;
         };
-        if let WaitEnd::DeadLettered(kind) = self.by {
-            span.error(format!("dead-lettered while waiting ({})", kind.as_str()));
+        if let Some(kind) = dead {
+            span.error(format!("dead-lettered while waiting ({kind})"));
         }
-        span.end(Some(SystemTime::now()));
+        span.end(None);
     }
 }
 
