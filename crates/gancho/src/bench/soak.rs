@@ -13,11 +13,12 @@ pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// How long the receiver answers 503 in a receiver outage.
 pub(super) const OUTAGE: Duration = Duration::from_secs(30);
 
-/// What a soak sample window compares: the first and the last this long after the warm-up.
+/// Without faults, the stretch of samples [`growth`] takes one median of.
 const WINDOW: Duration = Duration::from_secs(300);
 
-/// How much a role's resident memory or descriptors may grow after the warm-up (the median
-/// of the last [`WINDOW`] against the first's) before the run fails.
+/// How much a role's resident memory or descriptors may grow after the warm-up (the rise of
+/// the line through its medians, one per fault cycle or [`WINDOW`], over the first) before
+/// the run fails.
 const MOST_GROWTH: f64 = 0.10;
 
 /// Each process's resident memory and open descriptors, sampled every [`SAMPLE_EVERY`].
@@ -66,7 +67,8 @@ impl Samples {
 
     /// Per process: the series, the least-squares slope of memory (MiB a minute) and its
     /// change from first to last after `warm_up`, and the growth of memory and descriptors
-    /// (the median of the last five minutes against the first five's after the warm-up).
+    /// (the rise of the line through its medians of each fault cycle, or of each five
+    /// minutes without faults, after the warm-up: [`growth`]).
     pub(super) fn report(&self, warm_up: Duration, cycle: Option<Duration>) -> Value {
         let cycle = cycle_samples(cycle);
         let skip = (warm_up.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()).ceil() as usize;
@@ -133,27 +135,43 @@ fn slope(series: &[f64]) -> f64 {
     num / den / (SAMPLE_EVERY.as_secs_f64() / 60.0)
 }
 
-/// The median of the last [`WINDOW`] of `series` over the first's, less one. With faults
-/// (`cycle`: samples from one fault to the next of the same kind), the last window is the
-/// last that starts a whole number of cycles after the first, so both see the same faults at
-/// the same distance: a role's memory follows the backlog a fault leaves (and a killed role
-/// starts again small), so windows at different places in the cycle compare a backlog with
-/// none. `None` when the series is shorter than two windows, or than a cycle and a window.
+/// How much `series` grew: the series is cut into stretches of one fault cycle (`cycle`,
+/// in samples: from one fault to the next of the same kind) or, without faults, of one
+/// [`WINDOW`]; a stretch left over at the end is dropped. The result is the rise of the
+/// least-squares line through the stretches' medians, from the first stretch to the last,
+/// over its value at the first.
+///
+/// Each stretch sees every fault once, so a backlog (and the memory a role holds while it
+/// works one off, or a killed role's new start) is in every median alike, and a role whose
+/// memory creeps rises from stretch to stretch. The line uses every stretch, not only the
+/// first and the last, so one stretch whose backlogs happened to leave more (a role's level
+/// after a backlog varies by a few MiB with the backlog's size) moves it by a share, not
+/// whole. `None` when fewer than two stretches fit.
 fn growth(series: &[f64], cycle: Option<usize>) -> Option<f64> {
-    let w = (WINDOW.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()) as usize;
-    let last = match cycle.filter(|c| *c > 0) {
-        Some(c) if series.len() >= c + w => (series.len() - w) / c * c,
-        Some(_) => return None,
-        None if series.len() >= 2 * w => series.len() - w,
-        None => return None,
-    };
-    let median = |s: &[f64]| {
-        let mut v = s.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let first = median(&series[..w]);
-    (first > 0.0).then(|| median(&series[last..last + w]) / first - 1.0)
+    let window = (WINDOW.as_secs_f64() / SAMPLE_EVERY.as_secs_f64()) as usize;
+    let stretch = cycle.filter(|c| *c > 0).unwrap_or(window);
+    let medians: Vec<f64> = series
+        .chunks_exact(stretch)
+        .map(|s| {
+            let mut v = s.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    if medians.len() < 2 {
+        return None;
+    }
+    let n = medians.len() as f64;
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = medians.iter().sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, y) in medians.iter().enumerate() {
+        num += (i as f64 - mean_x) * (y - mean_y);
+        den += (i as f64 - mean_x).powi(2);
+    }
+    let per_stretch = num / den;
+    let first = mean_y - per_stretch * mean_x;
+    (first > 0.0).then(|| per_stretch * (n - 1.0) / first)
 }
 
 /// A fault of `--faults`, in the order they come.
@@ -313,19 +331,22 @@ mod tests {
     }
 
     #[test]
-    fn growth_compares_the_last_five_minutes_with_the_first() {
+    fn growth_is_the_rise_of_the_line_through_five_minute_medians() {
         let flat: Vec<f64> = (0..90).map(|i| 50.0 + f64::from(i % 3)).collect();
         assert!(growth(&flat, None).unwrap().abs() < 0.05);
         let rising: Vec<f64> = (0..90).map(|i| 50.0 + f64::from(i)).collect();
-        assert!(growth(&rising, None).unwrap() > 0.5);
-        assert_eq!(growth(&flat[..50], None), None);
+        // Medians 65, 95, 125: a line from 65 to 125.
+        let g = growth(&rising, None).unwrap();
+        assert!((g - 60.0 / 65.0).abs() < 1e-9, "{g}");
+        assert_eq!(growth(&flat[..50], None), None, "under two windows");
         assert!((slope(&rising) - 6.0).abs() < 1e-9, "{}", slope(&rising));
     }
 
     #[test]
-    fn with_faults_growth_compares_the_same_place_in_the_cycle() {
+    fn with_faults_growth_is_measured_cycle_by_cycle() {
         // A role that holds a backlog for 5 minutes after every fault of one kind (a cycle
-        // of 12 minutes, 72 samples), and is otherwise flat: no growth.
+        // of 12 minutes, 72 samples), and is otherwise flat: no growth, wherever the
+        // measure ends.
         let backlog = |i: usize| {
             if (i % 72) >= 36 && (i % 72) < 66 {
                 80.0
@@ -333,19 +354,21 @@ mod tests {
                 40.0
             }
         };
-        let series: Vec<f64> = (0..354).map(backlog).collect();
-        assert!(
-            growth(&series, None).unwrap() > 0.5,
-            "ends in a backlog: the plain windows see growth"
-        );
+        let series: Vec<f64> = (0..330).map(backlog).collect();
         assert!(growth(&series, Some(72)).unwrap().abs() < 1e-9);
+        // A killed role whose lives settle at levels a few percent apart, in no order, has
+        // not grown; lives that each settle higher have.
+        let lives = |levels: [f64; 4]| -> Vec<f64> {
+            (0..300)
+                .map(|i| levels[(i / 72).min(3)] + 0.1 * f64::from(i as u32 % 7))
+                .collect()
+        };
+        let g = growth(&lives([33.2, 37.4, 37.2, 33.4]), Some(72)).unwrap();
+        assert!(g.abs() < 0.02, "{g}");
+        assert!(growth(&lives([33.0, 37.0, 41.0, 45.0]), Some(72)).unwrap() > 0.3);
         // Growth through the cycles is still growth.
-        let creeping: Vec<f64> = (0..354).map(|i| backlog(i) + 0.1 * i as f64).collect();
-        assert!(growth(&creeping, Some(72)).unwrap() > 0.5);
-        assert_eq!(
-            growth(&series[..80], Some(72)),
-            None,
-            "shorter than a cycle and a window"
-        );
+        let creeping: Vec<f64> = (0..330).map(|i| backlog(i) + 0.1 * i as f64).collect();
+        assert!(growth(&creeping, Some(72)).unwrap() > 0.3);
+        assert_eq!(growth(&series[..140], Some(72)), None, "under two cycles");
     }
 }
