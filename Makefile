@@ -26,7 +26,7 @@ KEDA_SCHEMA := $(TOOLS)/keda/node_modules/.package-lock.json
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := event filter signature url retry jq
 
-.PHONY: help setup run build test py-cryptography previous-release test-faults test-soak test-api test-alerts test-deploy test-manifests test-slow lint fmt bench bench-jetstream fuzz clean
+.PHONY: help setup run build test py-cryptography previous-release test-faults test-soak test-api test-alerts test-deploy test-manifests test-slow lint fmt bench bench-floor bench-jetstream fuzz clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -157,6 +157,10 @@ bench: setup ## Run the benchmarks (results go to BENCHMARKS.md by hand, with th
 
 NATS_PY_VERSION := 2.16.0
 NATS_PY := $(TOOLS)/venv/.nats-py-$(NATS_PY_VERSION)
+
+bench-floor: setup ## gancho's CPU per delivery over its floor's at fan-out 1, 10, 100 and 1,000, alternating rounds (BENCHMARKS.md, "Against the complete floor").
+	$(CARGO) build --release -p gancho
+	./target/release/gancho bench --compare-floor --rounds 3
 
 bench-jetstream: setup $(NATS_PY) ## nats-server's CPU per JetStream message at fixed rates against draining, with no gancho in the way (BENCHMARKS.md).
 	$(TOOLS)/venv/bin/python scripts/jetstream-rate.py $(TOOLS)/bin/nats-server

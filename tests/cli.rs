@@ -822,6 +822,61 @@ fn bench_compares_two_builds_in_alternating_rounds() {
     bench_refuses(&["--compare", exe, "--floor"], "cannot be used with");
 }
 
+/// `gancho bench --compare-floor`: at each fan-out, the floor and gancho in alternating
+/// rounds on the same deliveries, with gancho's CPU per delivery over the floor's in all and
+/// per process.
+#[test]
+fn bench_compares_gancho_with_its_floor_at_each_fan_out() {
+    let r = bench_json(&[
+        "--compare-floor",
+        "--fan-outs",
+        "1,4",
+        "--deliveries",
+        "2000",
+        "--rounds",
+        "2",
+    ]);
+    let scenarios = r["scenarios"].as_array().unwrap();
+    let shapes: Vec<(u64, u64)> = scenarios
+        .iter()
+        .map(|s| {
+            (
+                s["fan_out"].as_u64().unwrap(),
+                s["events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shapes, [(1, 2000), (4, 500)], "{r}");
+    for s in scenarios {
+        let rounds = s["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{r}");
+        for round in rounds {
+            assert_eq!(round["duplicates"], 0, "{r}");
+            for side in ["floor_us", "gancho_us"] {
+                assert!(round[side]["all"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            // The floor's client stands in for gancho's roles; both have a nats-server and a sink.
+            assert!(round["floor_us"]["client"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(round["gancho_us"]["workers"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        for k in [
+            "all",
+            "roles / client",
+            "worker / client",
+            "nats-server",
+            "sink",
+        ] {
+            assert!(s["medians"][k].as_f64().unwrap() > 0.0, "{k}: {r}");
+        }
+    }
+    bench_refuses(
+        &["--compare-floor", "--fan-outs", "0"],
+        "--fan-outs: 0 is not from 1 to --deliveries",
+    );
+    bench_refuses(&["--compare-floor", "--rate", "10"], "cannot be used with");
+    bench_refuses(&["--deliveries", "10"], "--compare-floor");
+}
+
 /// `gancho bench --nats-url` runs on an existing server (here a 3-node cluster, streams with 3
 /// replicas) under a subject prefix of its own, reports the replication, and deletes its
 /// streams and buckets afterwards, leaving what was there before.

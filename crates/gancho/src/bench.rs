@@ -25,7 +25,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Endpoints of the benchmark tenant, each subscribed to every event.
     #[arg(long, default_value_t = 10)]
@@ -107,8 +107,9 @@ pub struct BenchArgs {
     /// In a `--soak` run, a fault this often, e.g. 3m: a worker SIGKILLed and started again,
     /// the router the same, nats-server SIGKILLed and started again on its store, the sink
     /// answering 503 for 30 s, in turn. The run then fails unless, after the warm-up, no
-    /// role's memory or open descriptors grew by more than 10% (the median of the last five
-    /// minutes against the first five's) and what waits in the deliveries and held streams
+    /// role's memory or open descriptors grew by more than 10% (the rise of the line through
+    /// their medians of each fault cycle: from one fault to the next of the same kind) and
+    /// what waits in the deliveries and held streams
     /// was back under one second of traffic after every fault (and, as always, every
     /// delivery arrived).
     #[arg(long, requires = "soak")]
@@ -131,9 +132,29 @@ pub struct BenchArgs {
     /// machine's speed drifts within minutes; ratios taken in the same rounds do not.
     #[arg(long, value_name = "OLD_BINARY", conflicts_with_all = ["floor", "soak", "target"])]
     pub compare: Option<PathBuf>,
-    /// Rounds of `--compare`: each runs both builds, in turns that alternate which goes first.
-    #[arg(long, default_value_t = 3, requires = "compare")]
+    /// Rounds of `--compare` or `--compare-floor`: each runs both sides, in turns that
+    /// alternate which goes first.
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Measure gancho against its floor (`--floor`) at each fan-out of `--fan-outs`: the
+    /// floor and gancho in alternating rounds, `--endpoints` set to the fan-out and
+    /// `--events` to `--deliveries` over it (a backlog, 1 KiB payloads unless
+    /// `--payload-bytes`). Prints each process's CPU per delivery, and gancho's over the
+    /// floor's: in all, the roles' and the worker's over the floor's client, nats-server's
+    /// and the sink's over the same in the floor; per round and as medians.
+    #[arg(long, conflicts_with_all = ["floor", "compare", "soak", "target", "dead_share", "rate", "config_changes", "fail_share", "fan_out", "filter_share", "transform", "ordering_keys", "via"])]
+    pub compare_floor: bool,
+    /// The fan-outs of `--compare-floor`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10,100,1000",
+        requires = "compare_floor"
+    )]
+    pub fan_outs: Vec<usize>,
+    /// Deliveries in each run of `--compare-floor`, whatever the fan-out.
+    #[arg(long, default_value_t = 100_000, requires = "compare_floor")]
+    pub deliveries: usize,
 }
 
 const TENANT: &str = "bench";
@@ -427,6 +448,9 @@ pub async fn run(
     if let Some(old) = &args.compare {
         return compare(&args, &forwarded, old, shape).await;
     }
+    if args.compare_floor {
+        return compare_floor(&args, &forwarded, shape).await;
+    }
     let report = bench_in_dir(&args, &forwarded, &std::env::current_exe()?, shape).await?;
     if args.json {
         println!("{report}");
@@ -535,6 +559,235 @@ async fn compare(
         print_compare(&report);
     }
     Ok(())
+}
+
+/// `--compare-floor`: at each fan-out, alternating rounds of the floor and of gancho (this
+/// binary's roles) on the same deliveries; each process's CPU per delivery, and gancho's
+/// over the floor's.
+async fn compare_floor(
+    args: &BenchArgs,
+    forwarded: &[(String, std::ffi::OsString)],
+    shape: Shape,
+) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if let Some(f) = args
+        .fan_outs
+        .iter()
+        .find(|f| **f == 0 || **f > args.deliveries)
+    {
+        bail!(
+            "--fan-outs: {f} is not from 1 to --deliveries ({})",
+            args.deliveries
+        );
+    }
+    let exe = std::env::current_exe()?;
+    let mut scenarios = Vec::new();
+    for &fan_out in &args.fan_outs {
+        let mut run_args = args.clone();
+        run_args.compare_floor = false;
+        run_args.endpoints = fan_out;
+        run_args.events = args.deliveries / fan_out;
+        let shape = Shape {
+            dead: 0,
+            healthy: fan_out,
+            ..shape.clone()
+        };
+        let mut rounds = Vec::new();
+        for round in 1..=args.rounds {
+            // Which side goes first alternates, so neither always meets a warmer machine.
+            let sides = if round % 2 == 1 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            let (mut floor, mut gancho) = (Value::Null, Value::Null);
+            for is_floor in sides {
+                if !args.json {
+                    eprintln!(
+                        "fan-out {fan_out}, round {round} of {}: {}",
+                        args.rounds,
+                        if is_floor { "floor" } else { "gancho" }
+                    );
+                }
+                run_args.floor = is_floor;
+                let report = bench_in_dir(&run_args, forwarded, &exe, shape.clone()).await?;
+                if is_floor {
+                    floor = report;
+                } else {
+                    gancho = report;
+                }
+            }
+            rounds.push(floor_round(round, &floor, &gancho));
+        }
+        scenarios.push(json!({
+            "fan_out": fan_out,
+            "events": run_args.events,
+            "deliveries": run_args.events * fan_out,
+            "medians": floor_medians(&rounds),
+            "rounds": rounds,
+        }));
+    }
+    let report = json!({
+        "payload_bytes": args.payload_bytes,
+        "workers": args.workers,
+        "scenarios": scenarios,
+        "settings": settings(forwarded),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_compare_floor(&report);
+    }
+    Ok(())
+}
+
+/// Each process's CPU per delivery in microseconds, by name, after set-up; gancho's workers
+/// summed as `workers`, and `all`.
+fn us_per_delivery(report: &Value) -> std::collections::BTreeMap<String, f64> {
+    let deliveries = report["deliveries"].as_f64().unwrap_or(0.0);
+    let mut out = std::collections::BTreeMap::new();
+    if deliveries <= 0.0 {
+        return out;
+    }
+    for p in report["processes"].as_array().into_iter().flatten() {
+        let used = p["cpu_s"].as_f64().unwrap_or(0.0) - p["setup_cpu_s"].as_f64().unwrap_or(0.0);
+        let name = p["name"].as_str().unwrap_or("?");
+        let name = if name.starts_with("worker") {
+            "workers"
+        } else {
+            name
+        };
+        let us = used / deliveries * 1e6;
+        *out.entry(name.to_owned()).or_default() += us;
+        *out.entry("all".to_owned()).or_default() += us;
+    }
+    out
+}
+
+/// One round of `--compare-floor`: both sides' CPU per delivery, and the ratios.
+fn floor_round(round: usize, floor: &Value, gancho: &Value) -> Value {
+    let f = us_per_delivery(floor);
+    let g = us_per_delivery(gancho);
+    let get =
+        |m: &std::collections::BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let roles = get(&g, "api") + get(&g, "router") + get(&g, "workers");
+    let over = |a: f64, b: f64| (b > 0.0).then(|| (a / b * 1000.0).round() / 1000.0);
+    let round_us = |m: &std::collections::BTreeMap<String, f64>| -> Value {
+        m.iter()
+            .map(|(k, v)| (k.clone(), json!((v * 10.0).round() / 10.0)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    json!({
+        "round": round,
+        "floor_per_s": floor["deliveries_per_s"],
+        "gancho_per_s": gancho["deliveries_per_s"],
+        "duplicates": gancho["duplicates"],
+        "floor_us": round_us(&f),
+        "gancho_us": round_us(&g),
+        "ratios": {
+            "all": over(get(&g, "all"), get(&f, "all")),
+            "roles / client": over(roles, get(&f, "client")),
+            "worker / client": over(get(&g, "workers"), get(&f, "client")),
+            "nats-server": over(get(&g, "nats-server"), get(&f, "nats-server")),
+            "sink": over(get(&g, "sink"), get(&f, "sink")),
+        },
+    })
+}
+
+/// The median of each ratio and of each side's CPU in all over the rounds.
+fn floor_medians(rounds: &[Value]) -> Value {
+    fn median(mut v: Vec<f64>) -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        Some(if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        })
+    }
+    let of = |path: &[&str]| {
+        median(
+            rounds
+                .iter()
+                .filter_map(|r| path.iter().fold(r, |v, k| &v[*k]).as_f64())
+                .collect(),
+        )
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("floor_us".into(), json!(of(&["floor_us", "all"])));
+    out.insert("gancho_us".into(), json!(of(&["gancho_us", "all"])));
+    for k in [
+        "all",
+        "roles / client",
+        "worker / client",
+        "nats-server",
+        "sink",
+    ] {
+        out.insert(k.into(), json!(of(&["ratios", k])));
+    }
+    out.into()
+}
+
+fn print_compare_floor(r: &Value) {
+    const RATIOS: [&str; 5] = [
+        "all",
+        "roles / client",
+        "worker / client",
+        "nats-server",
+        "sink",
+    ];
+    println!(
+        "gancho against its floor: CPU per delivery, {} B payloads, {} worker(s), a backlog",
+        num(&r["payload_bytes"]),
+        num(&r["workers"])
+    );
+    for s in r["scenarios"].as_array().into_iter().flatten() {
+        println!(
+            "\nfan-out {} ({} events, {} deliveries)",
+            num(&s["fan_out"]),
+            num(&s["events"]),
+            num(&s["deliveries"])
+        );
+        println!(
+            "  round   floor/s  gancho/s  floor us  gancho us    all  roles/client  worker/client  nats-server   sink"
+        );
+        let row = |label: String, per_s: (String, String), us: (&Value, &Value), ratios: &Value| {
+            let r: Vec<String> = RATIOS.iter().map(|k| ratio(&ratios[*k])).collect();
+            println!(
+                "  {label:>5}  {:>8}  {:>8}  {:>8}  {:>9}  {:>5}  {:>12}  {:>13}  {:>11}  {:>5}",
+                per_s.0,
+                per_s.1,
+                num(us.0),
+                num(us.1),
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4]
+            );
+        };
+        for round in s["rounds"].as_array().into_iter().flatten() {
+            row(
+                num(&round["round"]),
+                (num(&round["floor_per_s"]), num(&round["gancho_per_s"])),
+                (&round["floor_us"]["all"], &round["gancho_us"]["all"]),
+                &round["ratios"],
+            );
+        }
+        let m = &s["medians"];
+        row(
+            "median".into(),
+            (String::new(), String::new()),
+            (&m["floor_us"], &m["gancho_us"]),
+            m,
+        );
+    }
 }
 
 /// Each process's CPU after set-up over the sink's, by name (the sink's own is 1). With the
