@@ -8,6 +8,7 @@ use super::{keep_while, with_progress, Ctx, Unit, FULL_NAK_DELAY, NAK_DELAY};
 use crate::emit::{self, Emit as _};
 use crate::gate::{Admission, Turn};
 use async_nats::jetstream;
+use futures::StreamExt as _;
 use gancho_core::policy::DeadKind;
 use gancho_proto::{Delivery, DeliveryBatch, Message as _};
 use gancho_store::consume::Handled;
@@ -168,8 +169,15 @@ impl Ctx {
                 (endpoint_id, handled)
             });
         // The message stays ours while any of its deliveries is in hand, whatever each
-        // one is waiting for.
-        let handled = with_progress(msg, futures::future::join_all(each)).await;
+        // one is waiting for. Polled as they wake: `join_all` polls every member whenever
+        // any one of them wakes (it does so below 31 futures), and each member wakes several
+        // times (its turn, its request slot, its answer, its PubAck).
+        let handled: Vec<(String, Handled)> = with_progress(
+            msg,
+            each.collect::<futures::stream::FuturesUnordered<_>>()
+                .collect::<Vec<_>>(),
+        )
+        .await;
         let mut all_done = true;
         whole.left.lock().unwrap_or_else(|e| e.into_inner()).stored = stored;
         for (endpoint_id, handled) in handled {
