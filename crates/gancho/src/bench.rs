@@ -697,20 +697,31 @@ fn floor_round(round: usize, floor: &Value, gancho: &Value) -> Value {
     })
 }
 
+/// The median of `v`, or `None` when it is empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// The ratios of `--compare-floor`, gancho's over the floor's, in the order they are printed.
+const FLOOR_RATIOS: [&str; 5] = [
+    "all",
+    "roles / client",
+    "worker / client",
+    "nats-server",
+    "sink",
+];
+
 /// The median of each ratio and of each side's CPU in all over the rounds.
 fn floor_medians(rounds: &[Value]) -> Value {
-    fn median(mut v: Vec<f64>) -> Option<f64> {
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        Some(if v.len() % 2 == 1 {
-            v[mid]
-        } else {
-            (v[mid - 1] + v[mid]) / 2.0
-        })
-    }
     let of = |path: &[&str]| {
         median(
             rounds
@@ -722,26 +733,13 @@ fn floor_medians(rounds: &[Value]) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("floor_us".into(), json!(of(&["floor_us", "all"])));
     out.insert("gancho_us".into(), json!(of(&["gancho_us", "all"])));
-    for k in [
-        "all",
-        "roles / client",
-        "worker / client",
-        "nats-server",
-        "sink",
-    ] {
+    for k in FLOOR_RATIOS {
         out.insert(k.into(), json!(of(&["ratios", k])));
     }
     out.into()
 }
 
 fn print_compare_floor(r: &Value) {
-    const RATIOS: [&str; 5] = [
-        "all",
-        "roles / client",
-        "worker / client",
-        "nats-server",
-        "sink",
-    ];
     println!(
         "gancho against its floor: CPU per delivery, {} B payloads, {} worker(s), a backlog",
         num(&r["payload_bytes"]),
@@ -758,7 +756,7 @@ fn print_compare_floor(r: &Value) {
             "  round   floor/s  gancho/s  floor us  gancho us    all  roles/client  worker/client  nats-server   sink"
         );
         let row = |label: String, per_s: (String, String), us: (&Value, &Value), ratios: &Value| {
-            let r: Vec<String> = RATIOS.iter().map(|k| ratio(&ratios[*k])).collect();
+            let r: Vec<String> = FLOOR_RATIOS.iter().map(|k| ratio(&ratios[*k])).collect();
             println!(
                 "  {label:>5}  {:>8}  {:>8}  {:>8}  {:>9}  {:>5}  {:>12}  {:>13}  {:>11}  {:>5}",
                 per_s.0,
@@ -814,18 +812,6 @@ fn cpu_over_sink(report: &Value) -> serde_json::Map<String, Value> {
 /// The medians of each build's rounds: deliveries per second and each process's CPU over
 /// the sink's, with the new build's change from the old as a share.
 fn compare_summary(runs: &[Value]) -> Value {
-    fn median(mut v: Vec<f64>) -> Option<f64> {
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        Some(if v.len() % 2 == 1 {
-            v[mid]
-        } else {
-            (v[mid - 1] + v[mid]) / 2.0
-        })
-    }
     let of = |build: &str, f: &dyn Fn(&Value) -> Option<f64>| {
         median(
             runs.iter()
