@@ -677,8 +677,11 @@ where
             let shared = shared.clone();
             let bytes = lane.bytes.clone();
             let cap = lane.cap.clone();
+            // Boxed before it is wrapped and spawned: the message's future (its handler's
+            // included) is kilobytes, and every wrapper and the task's cell would otherwise
+            // move all of it again (each a copy of the whole future, per message).
             tasks.spawn(
-                async move {
+                Box::pin(async move {
                     // Larger than the pull expected: its share of the budget first.
                     let topped_up = share.is_whole()
                         || tokio::select! {
@@ -705,7 +708,7 @@ where
                     drop((permit, capped, own));
                     drop(held);
                     drop(share);
-                }
+                })
                 .in_current_span(),
             );
             if slots.is_empty() {
