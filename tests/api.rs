@@ -469,6 +469,11 @@ async fn patch_changes_every_field_and_refuses_bad_values() {
         let (s, v) = call("PATCH", &ep, admin, Some(&patch.to_string())).await;
         assert_eq!(s, status, "{patch} -> {v}");
         assert!(err_msg(&v).contains(want), "{patch}: {v}");
+        // A 422 names the field it is about, so a form can show it there.
+        if status == 422 {
+            let key = patch.as_object().unwrap().keys().next().unwrap();
+            assert_eq!(v["error"]["field"], json!(key), "{patch}: {v}");
+        }
     }
     let (_, after) = call("GET", &ep, admin, None).await;
     assert_eq!(before, after, "a refused PATCH changed the endpoint");

@@ -347,8 +347,40 @@ async fn a_tenant_adds_an_endpoint_and_reads_its_test_event_in_a_browser() {
     browser.fill("Token value", "s3cr3t-t0ken").await;
     browser.fill("Extra headers", "x-partner-id: 42").await;
     browser.fill("Client certificate", &client.cert_pem).await;
-    browser.fill("Client key", &client.key_pem).await;
+    browser.fill("Client key", "not a key").await;
     browser.fill("CA certificates", env.ca.ca_pem()).await;
+    // The API's refusal about one field shows under that field, the rest of the form kept.
+    browser.click("button", "Add the endpoint").await;
+    browser
+        .wait_for(
+            "#ep-client_key-error",
+            "client_key must be a PEM private key",
+        )
+        .await;
+    let invalid = browser
+        .run(
+            "return [...document.querySelectorAll('[aria-invalid=true]')].map((e) => e.id === document.activeElement.id && e.getAttribute('aria-describedby'))",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        invalid,
+        json!(["ep-client_key-error"]),
+        "only the client key is marked invalid, it has the focus and its message describes it"
+    );
+    assert_eq!(
+        browser.text(".error").await,
+        "",
+        "the refusal is shown once, at its field"
+    );
+    accessible(&browser, "endpoint-new-refused").await;
+    for e in browser.console_errors().await {
+        assert!(
+            e.contains("the server responded with a status of 422"),
+            "{e}"
+        );
+    }
+    browser.fill("Client key", &client.key_pem).await;
     browser.screenshot("endpoint-new-mtls").await;
     accessible(&browser, "endpoint-new-mtls").await;
     browser.click("button", "Add the endpoint").await;

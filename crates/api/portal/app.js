@@ -505,10 +505,8 @@
     const tokenName = el('input', { type: 'text', value: ep && ep.token ? (ep.token.header || ep.token.query || '') : '', placeholder: 'validationtoken' });
     const tokenValue = el('input', { type: 'password', autocomplete: 'off', value: '' });
     const pathTemplate = el('input', { type: 'text', value: ep && ep.path_template ? ep.path_template : '', placeholder: '/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}' });
-    const tokenFields = el('fieldset', {}, el('legend', {}, t('form.token')),
-      field(t('form.token.where'), tokenWhere), field(t('form.token.name'), tokenName),
-      field(t('form.token.value'), tokenValue, ep && ep.token ? t('form.token.value.kept') : t('form.never_again')));
-    const openFinanceFields = el('div', {}, field(t('form.path'), pathTemplate, t('form.path.hint')));
+    const tokenFields = el('fieldset', {}, el('legend', {}, t('form.token')));
+    const openFinanceFields = el('div', {});
     const showProfile = () => {
       tokenFields.hidden = profile.value !== 'token';
       openFinanceFields.hidden = profile.value !== 'openfinance-br';
@@ -522,9 +520,36 @@
     const clientKey = el('textarea', { rows: 4, autocomplete: 'off', placeholder: '-----BEGIN PRIVATE KEY-----' });
     const ca = el('textarea', { rows: 4, placeholder: '-----BEGIN CERTIFICATE-----' }, ep && ep.ca ? ep.ca : '');
     const problemBox = el('div', { 'aria-live': 'assertive' });
+    // The API names the field a refusal is about: its message goes under that input, which is
+    // marked invalid and focused; a refusal about no field of the form goes above the buttons.
+    const errors = {};
+    const inputs = {};
+    const slot = (key, label, input, hint) => {
+      inputs[key] = input;
+      errors[key] = el('p', { class: 'field-error', id: `ep-${key}-error`, 'aria-live': 'polite' });
+      input.setAttribute('aria-describedby', errors[key].id);
+      return el('div', {}, field(label, input, hint), errors[key]);
+    };
+    const clear = () => {
+      for (const [key, box] of Object.entries(errors)) {
+        box.replaceChildren();
+        inputs[key].removeAttribute('aria-invalid');
+      }
+    };
+    const mark = (key, text) => {
+      errors[key].replaceChildren(text);
+      inputs[key].setAttribute('aria-invalid', 'true');
+      inputs[key].focus();
+    };
+    // A refusal about the token (its name or its value: the message says which) goes under
+    // its value.
+    tokenFields.append(field(t('form.token.where'), tokenWhere), field(t('form.token.name'), tokenName),
+      slot('token', t('form.token.value'), tokenValue, ep && ep.token ? t('form.token.value.kept') : t('form.never_again')));
+    openFinanceFields.append(slot('path_template', t('form.path'), pathTemplate, t('form.path.hint')));
     const list = (s) => s.split(',').map((x) => x.trim()).filter((x) => x);
     const form = el('form', { novalidate: true, onsubmit: async (event) => {
       event.preventDefault();
+      clear();
       const body = {
         url: url.value.trim(),
         description: description.value.trim(),
@@ -545,7 +570,7 @@
       const headerLines = headers.value.split('\n').map((l) => l.trim()).filter((l) => l);
       const bad = headerLines.find((l) => !l.includes(':'));
       if (bad) {
-        problemBox.replaceChildren(el('div', { class: 'error', role: 'alert' }, t('form.headers.bad', { line: bad })));
+        mark('headers', t('form.headers.bad', { line: bad }));
         return;
       }
       if (ep || headerLines.length) {
@@ -578,27 +603,29 @@
           main.focus();
         }
       } catch (err) {
-        if (!(err instanceof ApiError && err.status === 401)) problemBox.replaceChildren(errorBox(err));
+        if (err instanceof ApiError && err.status === 401) return;
+        if (err instanceof ApiError && err.field && errors[err.field] && !inputs[err.field].closest('[hidden]')) mark(err.field, explain(err));
+        else problemBox.replaceChildren(errorBox(err));
       }
     } },
-    field(t('endpoint.url'), url, t('form.url.hint')),
-    field(t('endpoint.description'), description),
+    slot('url', t('endpoint.url'), url, t('form.url.hint')),
+    slot('description', t('endpoint.description'), description),
     boxes.length ? el('fieldset', {}, el('legend', {}, t('form.types.catalog')), boxes) : null,
-    field(t('form.types.other'), typed, t('form.types.other.hint')),
-    field(t('endpoint.channels'), channels, t('form.channels.hint')),
-    field(t('endpoint.rate'), rate, t('form.rate.hint')),
-    field(t('endpoint.in_flight'), inflight, t('form.in_flight.hint')),
-    field(t('endpoint.timeout'), timeout, t('form.timeout.hint')),
-    field(t('endpoint.schedule'), schedule, t('form.schedule.hint')),
-    signing ? field(t('endpoint.signing'), signing) : null,
-    field(t('endpoint.profile'), profile),
+    slot('filter_types', t('form.types.other'), typed, t('form.types.other.hint')),
+    slot('channels', t('endpoint.channels'), channels, t('form.channels.hint')),
+    slot('rate_limit_per_sec', t('endpoint.rate'), rate, t('form.rate.hint')),
+    slot('max_in_flight', t('endpoint.in_flight'), inflight, t('form.in_flight.hint')),
+    slot('timeout_ms', t('endpoint.timeout'), timeout, t('form.timeout.hint')),
+    slot('retry_schedule', t('endpoint.schedule'), schedule, t('form.schedule.hint')),
+    signing ? slot('signing', t('endpoint.signing'), signing) : null,
+    slot('profile', t('endpoint.profile'), profile),
     tokenFields,
     openFinanceFields,
-    field(t('form.headers'), headers, t('form.headers.hint')),
+    slot('headers', t('form.headers'), headers, t('form.headers.hint')),
     el('fieldset', {}, el('legend', {}, t('form.mtls')),
-      field(t('form.mtls.cert'), clientCert, t('form.mtls.cert.hint')),
-      field(t('form.mtls.key'), clientKey, ep && ep.client_cert ? t('form.mtls.key.kept') : t('form.mtls.key.hint')),
-      field(t('form.mtls.ca'), ca, t('form.mtls.ca.hint'))),
+      slot('client_cert', t('form.mtls.cert'), clientCert, t('form.mtls.cert.hint')),
+      slot('client_key', t('form.mtls.key'), clientKey, ep && ep.client_cert ? t('form.mtls.key.kept') : t('form.mtls.key.hint')),
+      slot('ca', t('form.mtls.ca'), ca, t('form.mtls.ca.hint'))),
     problemBox,
     el('div', { class: 'row' }, el('button', { type: 'submit', class: 'primary' }, ep ? t('save') : t('form.add')),
       el('a', { href: ep ? `#/endpoints/${enc(ep.id)}` : '#/endpoints' }, t('cancel'))));

@@ -259,27 +259,32 @@ impl TokenInput {
             && self.value.len() <= MAX_TOKEN
             && self.value.bytes().all(|b| b.is_ascii_graphic());
         if !value_ok {
-            return Err(ApiError::invalid(format!(
-                "token.value must be 1 to {MAX_TOKEN} visible ASCII characters (no spaces)"
-            )));
+            return Err(ApiError::invalid_field(
+                "token",
+                format!(
+                    "token.value must be 1 to {MAX_TOKEN} visible ASCII characters (no spaces)"
+                ),
+            ));
         }
         match (&self.header, &self.query) {
             (Some(h), None) => {
                 check_headers(&BTreeMap::from([(h.clone(), "x".to_owned())]))
-                    .map_err(|e| ApiError::invalid(format!("token.header: {}", e.message)))?;
+                    .map_err(|e| ApiError::invalid_field("token", format!("token.header: {}", e.message)))?;
             }
             (None, Some(q)) => {
                 let ok = !q.is_empty()
                     && q.len() <= 64
                     && q.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
                 if !ok {
-                    return Err(ApiError::invalid(
+                    return Err(ApiError::invalid_field(
+                        "token",
                         "token.query must be 1 to 64 letters, digits, '_', '-' or '.'",
                     ));
                 }
             }
             _ => {
-                return Err(ApiError::invalid(
+                return Err(ApiError::invalid_field(
+                    "token",
                     "token needs exactly one of \"header\" (a header name) and \"query\" (a query parameter name)",
                 ))
             }
@@ -295,11 +300,14 @@ impl TokenInput {
 /// Largest PEM accepted for a certificate chain, key or CA bundle.
 const MAX_PEM: usize = 16 * 1024;
 
-fn check_pem_certs(field: &str, pem: &str) -> Result<(), ApiError> {
+fn check_pem_certs(field: &'static str, pem: &str) -> Result<(), ApiError> {
     let bad = || {
-        ApiError::invalid(format!(
+        ApiError::invalid_field(
+            field,
+            format!(
             "{field} must be PEM certificates (-----BEGIN CERTIFICATE-----), up to {MAX_PEM} bytes"
-        ))
+        ),
+        )
     };
     if pem.len() > MAX_PEM {
         return Err(bad());
@@ -323,7 +331,7 @@ fn check_tls(ep: &Endpoint) -> Result<(), ApiError> {
                 .next()
                 .and_then(Result::ok);
             if let Some(problem) = first.and_then(|c| gancho_core::tls::client_cert_problem(&c)) {
-                return Err(ApiError::invalid(problem));
+                return Err(ApiError::invalid_field("client_cert", problem));
             }
             let parsed = (key.len() <= MAX_PEM)
                 .then(|| {
@@ -334,16 +342,24 @@ fn check_tls(ep: &Endpoint) -> Result<(), ApiError> {
                 .flatten();
             if parsed.is_none() {
                 // Never echo the key back.
-                return Err(ApiError::invalid(
+                return Err(ApiError::invalid_field(
+                    "client_key",
                     "client_key must be a PEM private key (PKCS#8, PKCS#1 or SEC1)",
                 ));
             }
         }
         (None, None) => {}
-        _ => {
-            return Err(ApiError::invalid(
+        (cert, _) => {
+            // About the one missing.
+            let missing = if cert.is_some() {
+                "client_key"
+            } else {
+                "client_cert"
+            };
+            return Err(ApiError::invalid_field(
+                missing,
                 "client_cert and client_key go together: give both, or neither",
-            ))
+            ));
         }
     }
     if let Some(ca) = &ep.ca {
@@ -354,10 +370,13 @@ fn check_tls(ep: &Endpoint) -> Result<(), ApiError> {
 
 fn parse_profile(p: &str) -> Result<Profile, ApiError> {
     Profile::parse(p).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "profile {p:?} is not supported; use one of: {}",
-            Profile::ALL.map(|p| p.as_str()).join(", ")
-        ))
+        ApiError::invalid_field(
+            "profile",
+            format!(
+                "profile {p:?} is not supported; use one of: {}",
+                Profile::ALL.map(|p| p.as_str()).join(", ")
+            ),
+        )
     })
 }
 
@@ -368,11 +387,12 @@ fn check_programs(ep: &Endpoint) -> Result<(), ApiError> {
         if let Some(code) = code {
             gancho_jq::shared()
                 .get(code)
-                .map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+                .map_err(|e| ApiError::invalid_field(field, format!("{field}: {e}")))?;
         }
     }
     if ep.transform.is_some() && ep.profile == Profile::OpenfinanceBr {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_field(
+            "transform",
             "transform cannot be used with profile \"openfinance-br\": its body is fixed by the Open Finance Brasil specification",
         ));
     }
@@ -443,9 +463,10 @@ fn ordering_mode(mode: &str) -> Result<OrderingMode, ApiError> {
         "none" => Ok(OrderingMode::None),
         "key" => Ok(OrderingMode::Key),
         "endpoint" => Ok(OrderingMode::Endpoint),
-        other => Err(ApiError::invalid(format!(
-            "ordering {other:?} is not one of \"none\", \"key\" or \"endpoint\""
-        ))),
+        other => Err(ApiError::invalid_field(
+            "ordering",
+            format!("ordering {other:?} is not one of \"none\", \"key\" or \"endpoint\""),
+        )),
     }
 }
 
@@ -453,7 +474,8 @@ fn ordering_mode(mode: &str) -> Result<OrderingMode, ApiError> {
 fn check_ordering(ep: &Endpoint) -> Result<(), ApiError> {
     gancho_core::ordering::Ordering::parse(ep.ordering.as_str(), ep.ordering_key.as_deref())
         .map(|_| ())
-        .map_err(ApiError::invalid)
+        // The mode was checked when it was read: what is wrong is its key.
+        .map_err(|e| ApiError::invalid_field("ordering_key", e))
 }
 
 /// The checks of a new endpoint that look at it whole: its profile, its programs (and
@@ -476,7 +498,8 @@ async fn check_whole(state: &ApiState, ep: &Endpoint) -> Result<(), ApiError> {
 fn check_profile(ep: &Endpoint) -> Result<(), ApiError> {
     if let Some(t) = &ep.path_template {
         if ep.profile != Profile::OpenfinanceBr {
-            return Err(ApiError::invalid(
+            return Err(ApiError::invalid_field(
+                "path_template",
                 "path_template is only used by profile \"openfinance-br\"",
             ));
         }
@@ -486,21 +509,25 @@ fn check_profile(ep: &Endpoint) -> Result<(), ApiError> {
             })
         });
         if !t.starts_with('/') || t.len() > 512 || !names_ok || t.contains(['?', '#']) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::invalid_field(
+                "path_template",
                 "path_template must be a path starting with '/' whose {attribute} names are letters, digits or '_', e.g. \"/open-banking/webhook/v1/payments/v3/pix/payments/{paymentId}\"",
             ));
         }
     }
     if ep.profile == Profile::OpenfinanceBr && ep.client_cert.is_none() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_field(
+            "client_cert",
             "profile \"openfinance-br\" needs a client certificate: give client_cert and client_key (and ca for ICP-Brasil)",
         ));
     }
     match (ep.profile, &ep.token) {
-        (Profile::Token, None) => Err(ApiError::invalid(
+        (Profile::Token, None) => Err(ApiError::invalid_field(
+            "token",
             "profile \"token\" needs a token: {\"header\": \"validationtoken\", \"value\": \"...\"} or {\"query\": \"token\", \"value\": \"...\"}",
         )),
-        (Profile::Standard | Profile::OpenfinanceBr, Some(_)) => Err(ApiError::invalid(
+        (Profile::Standard | Profile::OpenfinanceBr, Some(_)) => Err(ApiError::invalid_field(
+            "token",
             "token is only used by profile \"token\"; set \"profile\": \"token\" or leave token out",
         )),
         _ => Ok(()),
@@ -741,9 +768,10 @@ const MAX_DESCRIPTION: usize = 1024;
 
 fn check_description(d: &str) -> Result<(), ApiError> {
     if d.chars().count() > MAX_DESCRIPTION {
-        return Err(ApiError::invalid(format!(
-            "description is longer than {MAX_DESCRIPTION} characters"
-        )));
+        return Err(ApiError::invalid_field(
+            "description",
+            format!("description is longer than {MAX_DESCRIPTION} characters"),
+        ));
     }
     Ok(())
 }
@@ -758,34 +786,42 @@ fn check_url(state: &ApiState, url: &str) -> Result<(), ApiError> {
         allow_private: state.allow_private,
     }
     .check_url(url)
-    .map_err(ApiError::invalid)
+    .map_err(|e| ApiError::invalid_field("url", e))
 }
 
 fn check_filters(filters: &[String]) -> Result<(), ApiError> {
     if filters.len() > MAX_LIST {
-        return Err(ApiError::invalid(format!(
-            "filter_types lists {} filters; the limit is {MAX_LIST}",
-            filters.len()
-        )));
+        return Err(ApiError::invalid_field(
+            "filter_types",
+            format!(
+                "filter_types lists {} filters; the limit is {MAX_LIST}",
+                filters.len()
+            ),
+        ));
     }
     for f in filters {
-        Filter::parse(f).map_err(|e| ApiError::invalid(format!("filter_types: {e}")))?;
+        Filter::parse(f)
+            .map_err(|e| ApiError::invalid_field("filter_types", format!("filter_types: {e}")))?;
     }
     Ok(())
 }
 
 pub(crate) fn check_channels(channels: &[String]) -> Result<(), ApiError> {
     if channels.len() > MAX_LIST {
-        return Err(ApiError::invalid(format!(
-            "channels lists {} channels; the limit is {MAX_LIST}",
-            channels.len()
-        )));
+        return Err(ApiError::invalid_field(
+            "channels",
+            format!(
+                "channels lists {} channels; the limit is {MAX_LIST}",
+                channels.len()
+            ),
+        ));
     }
     for c in channels {
         gancho_core::id::validate_endpoint(c).map_err(|_| {
-            ApiError::invalid(format!(
-                "channels: {c:?} must be 1 to 64 letters, digits, '_' or '-'"
-            ))
+            ApiError::invalid_field(
+                "channels",
+                format!("channels: {c:?} must be 1 to 64 letters, digits, '_' or '-'"),
+            )
         })?;
     }
     Ok(())
@@ -793,25 +829,33 @@ pub(crate) fn check_channels(channels: &[String]) -> Result<(), ApiError> {
 
 fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if headers.len() > MAX_LIST {
-        return Err(ApiError::invalid(format!(
-            "headers lists {} headers; the limit is {MAX_LIST}",
-            headers.len()
-        )));
+        return Err(ApiError::invalid_field(
+            "headers",
+            format!(
+                "headers lists {} headers; the limit is {MAX_LIST}",
+                headers.len()
+            ),
+        ));
     }
     for (k, v) in headers {
         http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-            ApiError::invalid(format!("header name {k:?} is not a valid HTTP header name"))
+            ApiError::invalid_field(
+                "headers",
+                format!("header name {k:?} is not a valid HTTP header name"),
+            )
         })?;
         http::HeaderValue::from_str(v).map_err(|_| {
-            ApiError::invalid(format!(
-                "header {k:?} has a value that is not valid in HTTP"
-            ))
+            ApiError::invalid_field(
+                "headers",
+                format!("header {k:?} has a value that is not valid in HTTP"),
+            )
         })?;
         let lower = k.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
-            return Err(ApiError::invalid(format!(
-                "header {k:?} is set by gancho and cannot be overridden"
-            )));
+            return Err(ApiError::invalid_field(
+                "headers",
+                format!("header {k:?} is set by gancho and cannot be overridden"),
+            ));
         }
     }
     Ok(())
@@ -824,24 +868,29 @@ fn check_settings(
     schedule: Option<&str>,
 ) -> Result<(), ApiError> {
     if rate == Some(0) {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_field(
+            "rate_limit_per_sec",
             "rate_limit_per_sec must be at least 1; omit it (or send null) for no limit",
         ));
     }
     if let Some(n) = in_flight {
         if n == 0 || n > MAX_IN_FLIGHT {
-            return Err(ApiError::invalid(format!(
-                "max_in_flight must be 1 to {MAX_IN_FLIGHT}"
-            )));
+            return Err(ApiError::invalid_field(
+                "max_in_flight",
+                format!("max_in_flight must be 1 to {MAX_IN_FLIGHT}"),
+            ));
         }
     }
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-        return Err(ApiError::invalid(format!(
-            "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
-        )));
+        return Err(ApiError::invalid_field(
+            "timeout_ms",
+            format!("timeout_ms must be 1 to {MAX_TIMEOUT_MS}"),
+        ));
     }
     if let Some(s) = schedule {
-        RetrySchedule::parse(s).map_err(|e| ApiError::invalid(format!("retry_schedule: {e}")))?;
+        RetrySchedule::parse(s).map_err(|e| {
+            ApiError::invalid_field("retry_schedule", format!("retry_schedule: {e}"))
+        })?;
     }
     Ok(())
 }
@@ -932,18 +981,21 @@ fn chosen_secret(given: Option<String>, signing: Option<Signing>) -> Result<Stri
     let Some(s) = given else {
         return Ok(new_key(signing.unwrap_or(Signing::Hmac).scheme()));
     };
-    let key = Key::parse(&s).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let key = Key::parse(&s).map_err(|e| ApiError::invalid_field("secret", e.to_string()))?;
     if let Some(signing) = signing.filter(|s| s.scheme() != key.scheme()) {
-        return Err(ApiError::invalid(format!(
-            "secret is a {} key but signing is {}: give a {} key, or leave one of them out",
-            key.scheme().as_str(),
-            signing.scheme().as_str(),
-            if signing == Signing::Hmac {
-                "whsec_"
-            } else {
-                "whsk_"
-            }
-        )));
+        return Err(ApiError::invalid_field(
+            "secret",
+            format!(
+                "secret is a {} key but signing is {}: give a {} key, or leave one of them out",
+                key.scheme().as_str(),
+                signing.scheme().as_str(),
+                if signing == Signing::Hmac {
+                    "whsec_"
+                } else {
+                    "whsk_"
+                }
+            ),
+        ));
     }
     Ok(s)
 }
@@ -951,10 +1003,11 @@ fn chosen_secret(given: Option<String>, signing: Option<Signing>) -> Result<Stri
 /// The id a new endpoint gets: the one asked for, or a generated `ep_...`.
 fn chosen_id(asked: Option<String>) -> Result<EndpointId, ApiError> {
     match asked {
-        Some(id) if id == "try" => Err(ApiError::invalid(
+        Some(id) if id == "try" => Err(ApiError::invalid_field(
+            "id",
             "the endpoint id \"try\" is reserved (POST .../endpoints/try tries a filter and a transform); choose another",
         )),
-        Some(id) => EndpointId::new(id).map_err(|e| ApiError::invalid(e.to_string())),
+        Some(id) => EndpointId::new(id).map_err(|e| ApiError::invalid_field("id", e.to_string())),
         None => Ok(new_endpoint_id()),
     }
 }
@@ -1172,21 +1225,22 @@ pub async fn update(
 ) -> Result<axum::Json<EndpointView>, ApiError> {
     let (tenant, id) = (tenant_id(&tenant)?, endpoint_id(&id)?);
     if body.secret.is_some() {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::invalid_field("secret", format!(
             "secret cannot be patched; rotate it with POST /v1/tenants/{}/endpoints/{}/secret/rotate",
             tenant.as_str(),
             id.as_str()
         )));
     }
     if body.signing.is_some() {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::invalid_field("signing", format!(
             "signing cannot be patched; rotate to a key of the other kind with POST /v1/tenants/{}/endpoints/{}/secret/rotate {{\"signing\": \"ed25519\"}}",
             tenant.as_str(),
             id.as_str()
         )));
     }
     if body.id.is_some() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_field(
+            "id",
             "id cannot be changed; create a new endpoint and delete this one",
         ));
     }
@@ -1388,9 +1442,12 @@ pub async fn rotate(
         Some(g) => match humantime::parse_duration(g.trim()) {
             Ok(d) if d <= MAX_GRACE => d,
             _ => {
-                return Err(ApiError::invalid(format!(
+                return Err(ApiError::invalid_field(
+                    "grace",
+                    format!(
                     "grace {g:?} must be a duration up to 7 days, like \"24h\", \"30m\" or \"0s\""
-                )))
+                ),
+                ))
             }
         },
     };
