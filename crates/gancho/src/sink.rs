@@ -85,6 +85,23 @@ impl Counts {
     /// {"p50", "p90", "p99", "max"}, "p99_us_by_5s", "busiest_endpoint_per_s"}`, where
     /// `p99_us_by_5s` is the p99 of the arrivals in each 5 s from the first one (where the
     /// tail comes from: a start-up, a circuit opening, all along).
+    /// `GET ?progress`: only `{"received", "distinct"}`, for asking often while a run goes
+    /// on. [`Counts::stats`] sorts every latency seen while it holds the lock each request
+    /// takes: asked ten times a second, that was the sink's own CPU (a tenth of it at 60,000
+    /// deliveries) and its requests' waits, charged to whatever it measured.
+    fn progress(&self) -> serde_json::Value {
+        let distinct = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .len();
+        serde_json::json!({
+            "received": self.received.load(Ordering::Relaxed),
+            "distinct": distinct,
+        })
+    }
+
     fn stats(&self) -> serde_json::Value {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let quantile = |l: &[u64], p: f64| {
@@ -315,7 +332,11 @@ impl Sink {
     )]
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() == hyper::Method::GET {
-            let mut resp = Response::new(Full::new(Bytes::from(self.counts.stats().to_string())));
+            let stats = match req.uri().query() {
+                Some("progress") => self.counts.progress(),
+                _ => self.counts.stats(),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(stats.to_string())));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
