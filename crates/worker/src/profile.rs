@@ -192,7 +192,37 @@ pub(crate) fn request(
             .map_err(|_| Refused::Build("the traceparent is not a valid header value".into()))?;
         req.headers_mut().insert("traceparent", value);
     }
+    let token_header = match (&ep.config.profile, &ep.config.token) {
+        (Profile::Token, Some(token)) => token.header.as_deref(),
+        _ => None,
+    };
+    never_indexed(req.headers_mut(), token_header);
     Ok(req)
+}
+
+/// The headers whose value is new on every request (or secret).
+const NEW_EVERY_REQUEST: [&str; 5] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "traceparent",
+    "x-webhook-interaction-id",
+];
+
+/// Marks the values that are new on every request, and the token, to be sent over HTTP/2 as
+/// literals never indexed (RFC 7541, 7.1.3): they do not enter the header table that both
+/// ends of a connection keep, where each would evict the values that do repeat
+/// (`content-type`, `user-agent`, an endpoint's own headers) for nothing and make the
+/// receiver store it too; and a signature or a token never sits in a table at all.
+fn never_indexed(headers: &mut http::HeaderMap, token_header: Option<&str>) {
+    for (name, value) in headers.iter_mut() {
+        let name = name.as_str();
+        if NEW_EVERY_REQUEST.contains(&name)
+            || token_header.is_some_and(|t| t.eq_ignore_ascii_case(name))
+        {
+            value.set_sensitive(true);
+        }
+    }
 }
 
 /// [`request`] as its profile makes it.
@@ -306,6 +336,38 @@ mod tests {
             with_query(&bare, "t", "x").unwrap().to_string(),
             "https://h.example.com/in?t=x"
         );
+    }
+
+    #[test]
+    fn values_new_on_every_request_and_the_token_are_never_indexed() {
+        let mut req = http::Request::post("https://h.example.com/in")
+            .header("content-type", "application/json")
+            .header("user-agent", "gancho")
+            .header("webhook-id", "evt_1")
+            .header("webhook-timestamp", 1_700_000_000)
+            .header("webhook-signature", "v1,abc=")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .header("x-validationtoken", "s3cr3t")
+            .header("x-partner-id", "42")
+            .body(())
+            .unwrap();
+        never_indexed(req.headers_mut(), Some("X-ValidationToken"));
+        let sensitive = |name: &str| req.headers()[name].is_sensitive();
+        for name in [
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature",
+            "traceparent",
+            "x-validationtoken",
+        ] {
+            assert!(sensitive(name), "{name} is indexed");
+        }
+        for name in ["content-type", "user-agent", "x-partner-id"] {
+            assert!(!sensitive(name), "{name} is not indexed");
+        }
     }
 
     #[test]
