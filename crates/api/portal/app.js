@@ -133,6 +133,14 @@
   }
 
   /** The translated lead of an error, then the API's own message. */
+  /** One of the API's codes (an attempt's outcome, a dead letter's kind) in the reader's
+   * language; a code the catalog does not know yet, as it is. */
+  function code(prefix, value) {
+    const key = `${prefix}.${value}`;
+    const text = t(key);
+    return text === key ? String(value).replace(/_/g, ' ') : text;
+  }
+
   function explain(err) {
     if (err instanceof ApiError) return `${t(err.status === 403 ? 'error.lead.forbidden' : 'error.lead')} ${err.message}`;
     return t('error.failed', { why: err.message });
@@ -360,7 +368,7 @@
     return el('dl', { class: 'fields' },
       el('dt', {}, t('health.last', { n: attempts.length })), el('dd', {}, t('health.succeeded', { percent: Math.round((100 * ok) / attempts.length) })),
       el('dt', {}, t('health.p95')), el('dd', {}, `${p95.toFixed(0)} ms`),
-      el('dt', {}, t('health.last_failure')), el('dd', {}, failed ? [failed.status ? `${failed.status} ` : '', failed.error || failed.outcome, ' ', when(failed.at)] : t('none')));
+      el('dt', {}, t('health.last_failure')), el('dd', {}, failed ? [failed.status ? `${failed.status} ` : '', failed.error || code('outcome', failed.outcome), ' ', when(failed.at)] : t('none')));
   }
 
   function secretBox(title, secret) {
@@ -647,7 +655,7 @@
 
   function statusOf(a) {
     if (a.status) return el('span', { class: `badge ${a.outcome === 'success' ? 'ok' : 'bad'}` }, String(a.status));
-    return el('span', { class: 'badge bad' }, a.outcome);
+    return el('span', { class: 'badge bad', title: a.outcome }, code('outcome', a.outcome));
   }
 
   function attemptDetail(a, open, withEndpoint) {
@@ -662,14 +670,14 @@
         el('dt', {}, t('attempt.request_headers')), el('dd', {}, 'content-type, user-agent, webhook-id, webhook-timestamp, webhook-signature',
           el('span', { class: 'hint' }, ` ${t('attempt.never_shown')}`)),
         el('dt', {}, t('attempt.event')), el('dd', {}, el('a', { href: `#/events/${enc(a.event_id)}` }, a.event_id)),
-        el('dt', {}, t('attempt.outcome')), el('dd', {}, a.outcome, a.error ? `: ${a.error}` : ''),
+        el('dt', {}, t('attempt.outcome')), el('dd', {}, code('outcome', a.outcome), a.error ? `: ${a.error}` : ''),
         el('dt', {}, t('attempt.next')), el('dd', {}, a.next_attempt_at ? when(a.next_attempt_at) : t('none')),
         el('dt', {}, t('attempt.answer_headers')), el('dd', {}, headers.length ? headers.map(([k, v]) => el('div', {}, el('code', {}, k), ': ', v)) : '–')),
       el('p', { class: 'hint' }, t('attempt.body')),
       el('pre', {}, a.response_body || t('attempt.empty')));
   }
 
-  const OUTCOMES = ['success', 'http_error', 'timeout', 'connect_error', 'tls_error', 'request_error', 'blocked'];
+  const OUTCOMES = ['success', 'http_error', 'timeout', 'connect_error', 'tls_error', 'request_error', 'blocked', 'proxy_error'];
 
   /** datetime-local's value (the viewer's time) as RFC 3339, or '' when empty or invalid. */
   function isoOf(local) {
@@ -697,7 +705,7 @@
     const path = id ? `/endpoints/${enc(id)}/attempts` : '/attempts';
     const page = await api('GET', `${path}?${query}`);
     const status = el('input', { id: 'status-filter', value: filters.status || '', list: 'status-classes', placeholder: t('filter.status.placeholder'), size: 10 });
-    const outcome = el('select', { id: 'outcome-filter' }, [['', t('filter.any_outcome')], ...OUTCOMES.map((o) => [o, o.replace('_', ' ')])]
+    const outcome = el('select', { id: 'outcome-filter' }, [['', t('filter.any_outcome')], ...OUTCOMES.map((o) => [o, code('outcome', o)])]
       .map(([v, text]) => el('option', { value: v, selected: v === (filters.outcome || '') }, text)));
     const since = el('input', { type: 'datetime-local', id: 'since-filter', value: localOf(filters.since) });
     const until = el('input', { type: 'datetime-local', id: 'until-filter', value: localOf(filters.until) });
@@ -755,7 +763,7 @@
       nodes.push(el('section', {},
         el('h2', {}, t('event.to'), ' ', el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id), ': ', d.state, d.next_attempt_at ? [`, ${t('event.next_attempt')} `, when(d.next_attempt_at)] : ''),
         d.attempts.map((a) => attemptDetail(a, false)),
-        d.dead_letter ? el('p', { class: 'bad' }, t('event.given_up'), ' ', d.dead_letter.reason || d.dead_letter.kind) : null));
+        d.dead_letter ? el('p', { class: 'bad' }, t('event.given_up'), ' ', d.dead_letter.reason || code('dead.kind', d.dead_letter.kind)) : null));
     }
     return nodes;
   }
@@ -771,7 +779,7 @@
     const query = new URLSearchParams({ limit: '50', ...filters });
     if (params.get('cursor')) query.set('cursor', params.get('cursor'));
     const page = await api('GET', `/dead-letters?${query}`);
-    const kind = el('select', { id: 'kind-filter' }, [['', t('filter.any_kind')], ...DEAD_KINDS.map((k) => [k, k.replace(/_/g, ' ')])]
+    const kind = el('select', { id: 'kind-filter' }, [['', t('filter.any_kind')], ...DEAD_KINDS.map((k) => [k, code('dead.kind', k)])]
       .map(([v, text]) => el('option', { value: v, selected: v === (filters.kind || '') }, text)));
     const endpoint = el('input', { id: 'endpoint-filter', value: filters.endpoint || '', placeholder: 'ep_…', size: 16 });
     const since = el('input', { type: 'datetime-local', id: 'dl-since-filter', value: localOf(filters.since) });
@@ -795,7 +803,7 @@
       return el('tr', {},
         box ? el('td', {}, el('label', { for: box.id, class: 'hint' }, box, ` ${eventId || d.seq}`)) : null,
         el('td', {}, when(d.at)),
-        el('td', {}, el('span', { class: 'badge bad' }, d.kind)),
+        el('td', {}, el('span', { class: 'badge bad', title: d.kind }, code('dead.kind', d.kind))),
         el('td', {}, d.endpoint_id === '_events' ? t('dead.refused_event') : el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
         el('td', {}, eventId ? el('a', { href: `#/events/${enc(eventId)}` }, eventId) : '–'),
         el('td', { class: 'wrap' }, d.reason));
@@ -834,7 +842,7 @@
     const kinds = { recover: t('job.kind.recover'), replay: t('job.kind.replay'), redrive: t('job.kind.redrive') };
     const parts = [kinds[job.kind] || job.kind];
     if (job.endpoint) parts.push(t('job.what.of', { endpoint: job.endpoint }));
-    if (job.dead_letter_kind) parts.push(`(${job.dead_letter_kind.replace(/_/g, ' ')})`);
+    if (job.dead_letter_kind) parts.push(`(${code('dead.kind', job.dead_letter_kind)})`);
     return parts.join(' ');
   }
 
