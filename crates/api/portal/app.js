@@ -133,12 +133,24 @@
   }
 
   /** The translated lead of an error, then the API's own message. */
-  /** One of the API's codes (an attempt's outcome, a dead letter's kind) in the reader's
-   * language; a code the catalog does not know yet, as it is. */
-  function code(prefix, value) {
-    const key = `${prefix}.${value}`;
-    const text = t(key);
-    return text === key ? String(value).replace(/_/g, ' ') : text;
+  /** The API's codes and their catalog keys: an attempt's outcomes, a dead letter's kinds. */
+  const OUTCOME_TEXT = {
+    success: 'outcome.success', http_error: 'outcome.http_error', timeout: 'outcome.timeout',
+    connect_error: 'outcome.connect_error', tls_error: 'outcome.tls_error',
+    request_error: 'outcome.request_error', blocked: 'outcome.blocked', proxy_error: 'outcome.proxy_error',
+  };
+  const DEAD_KIND_TEXT = {
+    exhausted: 'dead.kind.exhausted', endpoint_gone: 'dead.kind.endpoint_gone',
+    endpoint_disabled: 'dead.kind.endpoint_disabled', transform: 'dead.kind.transform',
+    undecodable: 'dead.kind.undecodable', not_json: 'dead.kind.not_json',
+    subject_mismatch: 'dead.kind.subject_mismatch', invalid: 'dead.kind.invalid', schema: 'dead.kind.schema',
+  };
+
+  /** One of the API's codes in the reader's language; a code this page does not know yet
+   * (from a newer api), as it is. */
+  function code(texts, value) {
+    const key = Object.hasOwn(texts, value) ? texts[value] : null;
+    return key ? t(key) : String(value).replace(/_/g, ' ');
   }
 
   function explain(err) {
@@ -368,7 +380,7 @@
     return el('dl', { class: 'fields' },
       el('dt', {}, t('health.last', { n: attempts.length })), el('dd', {}, t('health.succeeded', { percent: Math.round((100 * ok) / attempts.length) })),
       el('dt', {}, t('health.p95')), el('dd', {}, `${p95.toFixed(0)} ms`),
-      el('dt', {}, t('health.last_failure')), el('dd', {}, failed ? [failed.status ? `${failed.status} ` : '', failed.error || code('outcome', failed.outcome), ' ', when(failed.at)] : t('none')));
+      el('dt', {}, t('health.last_failure')), el('dd', {}, failed ? [failed.status ? `${failed.status} ` : '', failed.error || code(OUTCOME_TEXT, failed.outcome), ' ', when(failed.at)] : t('none')));
   }
 
   function secretBox(title, secret) {
@@ -655,7 +667,7 @@
 
   function statusOf(a) {
     if (a.status) return el('span', { class: `badge ${a.outcome === 'success' ? 'ok' : 'bad'}` }, String(a.status));
-    return el('span', { class: 'badge bad', title: a.outcome }, code('outcome', a.outcome));
+    return el('span', { class: 'badge bad', title: a.outcome }, code(OUTCOME_TEXT, a.outcome));
   }
 
   function attemptDetail(a, open, withEndpoint) {
@@ -670,14 +682,14 @@
         el('dt', {}, t('attempt.request_headers')), el('dd', {}, 'content-type, user-agent, webhook-id, webhook-timestamp, webhook-signature',
           el('span', { class: 'hint' }, ` ${t('attempt.never_shown')}`)),
         el('dt', {}, t('attempt.event')), el('dd', {}, el('a', { href: `#/events/${enc(a.event_id)}` }, a.event_id)),
-        el('dt', {}, t('attempt.outcome')), el('dd', {}, code('outcome', a.outcome), a.error ? `: ${a.error}` : ''),
+        el('dt', {}, t('attempt.outcome')), el('dd', {}, code(OUTCOME_TEXT, a.outcome), a.error ? `: ${a.error}` : ''),
         el('dt', {}, t('attempt.next')), el('dd', {}, a.next_attempt_at ? when(a.next_attempt_at) : t('none')),
         el('dt', {}, t('attempt.answer_headers')), el('dd', {}, headers.length ? headers.map(([k, v]) => el('div', {}, el('code', {}, k), ': ', v)) : '–')),
       el('p', { class: 'hint' }, t('attempt.body')),
       el('pre', {}, a.response_body || t('attempt.empty')));
   }
 
-  const OUTCOMES = ['success', 'http_error', 'timeout', 'connect_error', 'tls_error', 'request_error', 'blocked', 'proxy_error'];
+  const OUTCOMES = Object.keys(OUTCOME_TEXT);
 
   /** datetime-local's value (the viewer's time) as RFC 3339, or '' when empty or invalid. */
   function isoOf(local) {
@@ -705,7 +717,7 @@
     const path = id ? `/endpoints/${enc(id)}/attempts` : '/attempts';
     const page = await api('GET', `${path}?${query}`);
     const status = el('input', { id: 'status-filter', value: filters.status || '', list: 'status-classes', placeholder: t('filter.status.placeholder'), size: 10 });
-    const outcome = el('select', { id: 'outcome-filter' }, [['', t('filter.any_outcome')], ...OUTCOMES.map((o) => [o, code('outcome', o)])]
+    const outcome = el('select', { id: 'outcome-filter' }, [['', t('filter.any_outcome')], ...OUTCOMES.map((o) => [o, code(OUTCOME_TEXT, o)])]
       .map(([v, text]) => el('option', { value: v, selected: v === (filters.outcome || '') }, text)));
     const since = el('input', { type: 'datetime-local', id: 'since-filter', value: localOf(filters.since) });
     const until = el('input', { type: 'datetime-local', id: 'until-filter', value: localOf(filters.until) });
@@ -763,12 +775,12 @@
       nodes.push(el('section', {},
         el('h2', {}, t('event.to'), ' ', el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id), ': ', d.state, d.next_attempt_at ? [`, ${t('event.next_attempt')} `, when(d.next_attempt_at)] : ''),
         d.attempts.map((a) => attemptDetail(a, false)),
-        d.dead_letter ? el('p', { class: 'bad' }, t('event.given_up'), ' ', d.dead_letter.reason || code('dead.kind', d.dead_letter.kind)) : null));
+        d.dead_letter ? el('p', { class: 'bad' }, t('event.given_up'), ' ', d.dead_letter.reason || code(DEAD_KIND_TEXT, d.dead_letter.kind)) : null));
     }
     return nodes;
   }
 
-  const DEAD_KINDS = ['exhausted', 'endpoint_gone', 'endpoint_disabled', 'transform', 'undecodable', 'not_json', 'subject_mismatch', 'invalid', 'schema'];
+  const DEAD_KINDS = Object.keys(DEAD_KIND_TEXT);
 
   /** What gancho gave up on, with why; the selected ones, or all that the filter shows, sent again. */
   async function deadLettersView(gen, params) {
@@ -779,7 +791,7 @@
     const query = new URLSearchParams({ limit: '50', ...filters });
     if (params.get('cursor')) query.set('cursor', params.get('cursor'));
     const page = await api('GET', `/dead-letters?${query}`);
-    const kind = el('select', { id: 'kind-filter' }, [['', t('filter.any_kind')], ...DEAD_KINDS.map((k) => [k, code('dead.kind', k)])]
+    const kind = el('select', { id: 'kind-filter' }, [['', t('filter.any_kind')], ...DEAD_KINDS.map((k) => [k, code(DEAD_KIND_TEXT, k)])]
       .map(([v, text]) => el('option', { value: v, selected: v === (filters.kind || '') }, text)));
     const endpoint = el('input', { id: 'endpoint-filter', value: filters.endpoint || '', placeholder: 'ep_…', size: 16 });
     const since = el('input', { type: 'datetime-local', id: 'dl-since-filter', value: localOf(filters.since) });
@@ -803,7 +815,7 @@
       return el('tr', {},
         box ? el('td', {}, el('label', { for: box.id, class: 'hint' }, box, ` ${eventId || d.seq}`)) : null,
         el('td', {}, when(d.at)),
-        el('td', {}, el('span', { class: 'badge bad', title: d.kind }, code('dead.kind', d.kind))),
+        el('td', {}, el('span', { class: 'badge bad', title: d.kind }, code(DEAD_KIND_TEXT, d.kind))),
         el('td', {}, d.endpoint_id === '_events' ? t('dead.refused_event') : el('a', { href: `#/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
         el('td', {}, eventId ? el('a', { href: `#/events/${enc(eventId)}` }, eventId) : '–'),
         el('td', { class: 'wrap' }, d.reason));
@@ -842,7 +854,7 @@
     const kinds = { recover: t('job.kind.recover'), replay: t('job.kind.replay'), redrive: t('job.kind.redrive') };
     const parts = [kinds[job.kind] || job.kind];
     if (job.endpoint) parts.push(t('job.what.of', { endpoint: job.endpoint }));
-    if (job.dead_letter_kind) parts.push(`(${code('dead.kind', job.dead_letter_kind)})`);
+    if (job.dead_letter_kind) parts.push(`(${code(DEAD_KIND_TEXT, job.dead_letter_kind)})`);
     return parts.join(' ');
   }
 
