@@ -305,6 +305,36 @@ async fn replay_recover_and_redrive_send_exactly_what_they_should() {
         let msg = v["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(words), "{path}: {msg}");
     }
+
+    // The list, a job a page: every job once, the newest first (the jobs view shows the
+    // first page).
+    let mut listed: Vec<(time::OffsetDateTime, String)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/tenants/acme/jobs?limit=1&cursor={c}"),
+            None => "/v1/tenants/acme/jobs?limit=1".to_owned(),
+        };
+        let (s, page) = call(&base, "GET", &path, None).await;
+        assert_eq!(s, 200, "{page}");
+        for job in page["data"].as_array().unwrap() {
+            let at = time::OffsetDateTime::parse(job["created_at"].as_str().unwrap(), &Rfc3339);
+            listed.push((at.unwrap(), job["id"].as_str().unwrap().to_owned()));
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let (_, all) = call(&base, "GET", "/v1/tenants/acme/jobs", None).await;
+    assert_eq!(listed.len(), all["data"].as_array().unwrap().len());
+    assert!(listed.len() >= 4, "{listed:?}");
+    let ids: HashSet<&String> = listed.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), listed.len(), "a job listed twice: {listed:?}");
+    assert!(
+        listed.windows(2).all(|w| w[0].0 >= w[1].0),
+        "not newest first: {listed:?}"
+    );
     support::terminate(&mut worker);
     support::terminate(&mut router);
     support::terminate(&mut api);

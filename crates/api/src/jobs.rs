@@ -414,10 +414,10 @@ pub async fn get(
     Ok(axum::Json(JobView::from(&job)))
 }
 
-/// The tenant's jobs, by id.
+/// The tenant's jobs, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/jobs", tag = "jobs", operation_id = "list_jobs",
     params(("tenant" = String, Path, description = "The tenant id."), PageQuery),
-    responses((status = 200, description = "A page of jobs.", body = Page<JobView>)))]
+    responses((status = 200, description = "A page of jobs, newest first.", body = Page<JobView>)))]
 pub async fn list(
     State(state): State<ApiState>,
     Path(tenant): Path<String>,
@@ -425,13 +425,25 @@ pub async fn list(
 ) -> Result<axum::Json<Page<JobView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
     crate::require_tenant(&state, &tenant).await?;
-    let jobs = JobStore::new(&state.layout)
+    let mut jobs: Vec<(String, JobView)> = JobStore::new(&state.layout)
         .list(Some(tenant.as_str()))
         .await?
         .into_iter()
-        .map(|(j, _)| JobView::from(&j))
+        .map(|(j, _)| (newest_first(&j), JobView::from(&j)))
         .collect();
-    Ok(axum::Json(crate::page::page(jobs, &q, |j| &j.id)?))
+    jobs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let page = crate::page::page(jobs, &q, |(place, _)| place)?;
+    Ok(axum::Json(Page {
+        data: page.data.into_iter().map(|(_, j)| j).collect(),
+        next: page.next,
+    }))
+}
+
+/// A job's place in the list, which the page cursor carries: the newest first (ids are
+/// random, so their order says nothing: the jobs view showed any 50 of them), then by id.
+fn newest_first(job: &Job) -> String {
+    let nanos = u64::try_from(job.created_at.unix_timestamp_nanos()).unwrap_or(0);
+    format!("{:020}{}", u64::MAX - nanos, job.id)
 }
 
 /// Cancel a running job: it stops within a second; what it sent stays sent.

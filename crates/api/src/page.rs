@@ -24,7 +24,7 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
-/// One page of a list, ordered by id.
+/// One page of a list, ordered by id (jobs: newest first).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
