@@ -1197,25 +1197,23 @@ async fn every_view_renders_in_brazilian_portuguese() {
                 json!([]),
             )
             .await;
-        let left: Vec<&str> = shown
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|t| t.as_str())
-            .filter(|t| english.iter().any(|e| e == t))
-            .collect();
+        let among = |words: &[String]| -> Vec<String> {
+            shown
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t.as_str())
+                .filter(|t| words.iter().any(|w| w == t))
+                .map(str::to_owned)
+                .collect()
+        };
+        let left = among(&english);
         assert!(
             left.is_empty(),
             "{name}: English shown in Portuguese: {left:?}"
         );
         // Nor the API's codes as they are: outcomes and dead-letter kinds are words too.
-        let raw: Vec<&str> = shown
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|t| t.as_str())
-            .filter(|t| codes.iter().any(|c| c == t))
-            .collect();
+        let raw = among(&codes);
         assert!(raw.is_empty(), "{name}: codes shown as they are: {raw:?}");
         if *name == "dead-letters" {
             browser.wait_for("span.badge", "tentativas esgotadas").await;

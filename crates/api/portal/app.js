@@ -182,6 +182,34 @@
     return el('div', {}, el('label', { for: id }, label, hint ? el('span', { class: 'hint' }, ` ${hint}`) : null), input);
   }
 
+  /** The fields of a form that show the API's refusal about them (a 422's `field`) under
+   * their input, which is then marked invalid and focused; `prefix` starts their ids. */
+  function fieldErrors(prefix) {
+    const errors = {};
+    const inputs = {};
+    return {
+      /** Whether the refusal's field is shown in the form (not hidden with its section). */
+      shows: (key) => Object.hasOwn(errors, key) && !inputs[key].closest('[hidden]'),
+      slot(key, label, input, hint) {
+        inputs[key] = input;
+        errors[key] = el('p', { class: 'field-error', id: `${prefix}-${key}-error`, 'aria-live': 'polite' });
+        input.setAttribute('aria-describedby', errors[key].id);
+        return el('div', {}, field(label, input, hint), errors[key]);
+      },
+      clear() {
+        for (const [key, box] of Object.entries(errors)) {
+          box.replaceChildren();
+          inputs[key].removeAttribute('aria-invalid');
+        }
+      },
+      mark(key, text) {
+        errors[key].replaceChildren(text);
+        inputs[key].setAttribute('aria-invalid', 'true');
+        inputs[key].focus();
+      },
+    };
+  }
+
   /** A button that asks again in the page (no browser dialog) before it acts. */
   function confirmButton(label, question, yes, action, cls) {
     const box = el('span', { class: 'row' });
@@ -540,27 +568,9 @@
     const clientKey = el('textarea', { rows: 4, autocomplete: 'off', placeholder: '-----BEGIN PRIVATE KEY-----' });
     const ca = el('textarea', { rows: 4, placeholder: '-----BEGIN CERTIFICATE-----' }, ep && ep.ca ? ep.ca : '');
     const problemBox = el('div', { 'aria-live': 'assertive' });
-    // The API names the field a refusal is about: its message goes under that input, which is
-    // marked invalid and focused; a refusal about no field of the form goes above the buttons.
-    const errors = {};
-    const inputs = {};
-    const slot = (key, label, input, hint) => {
-      inputs[key] = input;
-      errors[key] = el('p', { class: 'field-error', id: `ep-${key}-error`, 'aria-live': 'polite' });
-      input.setAttribute('aria-describedby', errors[key].id);
-      return el('div', {}, field(label, input, hint), errors[key]);
-    };
-    const clear = () => {
-      for (const [key, box] of Object.entries(errors)) {
-        box.replaceChildren();
-        inputs[key].removeAttribute('aria-invalid');
-      }
-    };
-    const mark = (key, text) => {
-      errors[key].replaceChildren(text);
-      inputs[key].setAttribute('aria-invalid', 'true');
-      inputs[key].focus();
-    };
+    // A refusal about one of the form's fields goes under it; about none, above the buttons.
+    const fields = fieldErrors('ep');
+    const slot = fields.slot;
     // A refusal about the token (its name or its value: the message says which) goes under
     // its value.
     tokenFields.append(field(t('form.token.where'), tokenWhere), field(t('form.token.name'), tokenName),
@@ -569,7 +579,7 @@
     const list = (s) => s.split(',').map((x) => x.trim()).filter((x) => x);
     const form = el('form', { novalidate: true, onsubmit: async (event) => {
       event.preventDefault();
-      clear();
+      fields.clear();
       const body = {
         url: url.value.trim(),
         description: description.value.trim(),
@@ -590,7 +600,7 @@
       const headerLines = headers.value.split('\n').map((l) => l.trim()).filter((l) => l);
       const bad = headerLines.find((l) => !l.includes(':'));
       if (bad) {
-        mark('headers', t('form.headers.bad', { line: bad }));
+        fields.mark('headers', t('form.headers.bad', { line: bad }));
         return;
       }
       if (ep || headerLines.length) {
@@ -624,7 +634,7 @@
         }
       } catch (err) {
         if (err instanceof ApiError && err.status === 401) return;
-        if (err instanceof ApiError && err.field && errors[err.field] && !inputs[err.field].closest('[hidden]')) mark(err.field, explain(err));
+        if (err instanceof ApiError && err.field && fields.shows(err.field)) fields.mark(err.field, explain(err));
         else problemBox.replaceChildren(errorBox(err));
       }
     } },
@@ -1046,25 +1056,12 @@
       example: el('textarea', { rows: 8, spellcheck: 'false', placeholder: '{"amount": 990}' }, ty && ty.example !== undefined ? JSON.stringify(ty.example, null, 2) : ''),
     };
     const archived = el('input', { type: 'checkbox', id: 'type-archived', checked: ty ? ty.archived : false });
-    const errors = {};
+    const fields = fieldErrors('type');
     const slot = (key, label, hint) => {
-      const input = inputs[key];
-      input.id = `type-${key}`;
-      errors[key] = el('p', { class: 'field-error', id: `type-${key}-error`, 'aria-live': 'polite' });
-      input.setAttribute('aria-describedby', errors[key].id);
-      return el('div', {}, field(label, input, hint), errors[key]);
+      inputs[key].id = `type-${key}`;
+      return fields.slot(key, label, inputs[key], hint);
     };
-    const clear = () => {
-      for (const [key, box] of Object.entries(errors)) {
-        box.replaceChildren();
-        inputs[key].removeAttribute('aria-invalid');
-      }
-    };
-    const mark = (key, text) => {
-      errors[key].replaceChildren(text);
-      inputs[key].setAttribute('aria-invalid', 'true');
-      inputs[key].focus();
-    };
+    const { clear, mark } = fields;
     const problemBox = el('div', { 'aria-live': 'assertive' });
     const json = (key) => {
       const text = inputs[key].value.trim();
@@ -1089,7 +1086,7 @@
         location.hash = `#/event-types/${enc(name)}`;
       } catch (err) {
         if (err instanceof ApiError && err.status === 401) return undefined;
-        if (err instanceof ApiError && err.field && errors[err.field]) mark(err.field, explain(err));
+        if (err instanceof ApiError && err.field && fields.shows(err.field)) mark(err.field, explain(err));
         else problemBox.replaceChildren(errorBox(err));
       }
       return undefined;
