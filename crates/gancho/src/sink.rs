@@ -81,14 +81,11 @@ struct Seen {
 }
 
 impl Counts {
-    /// `GET` on the sink: `{"received", "distinct", "valid", "invalid", "latency_us":
-    /// {"p50", "p90", "p99", "max"}, "p99_us_by_5s", "busiest_endpoint_per_s"}`, where
-    /// `p99_us_by_5s` is the p99 of the arrivals in each 5 s from the first one (where the
-    /// tail comes from: a start-up, a circuit opening, all along).
     /// `GET ?progress`: only `{"received", "distinct"}`, for asking often while a run goes
     /// on. [`Counts::stats`] sorts every latency seen while it holds the lock each request
-    /// takes: asked ten times a second, that was the sink's own CPU (a tenth of it at 60,000
-    /// deliveries) and its requests' waits, charged to whatever it measured.
+    /// takes: asked ten times a second, that was the sink's own CPU and its requests' waits,
+    /// charged to whatever it measured (at fan-out 1 and 60,000 deliveries the sink took
+    /// 1.66 s of CPU with it and 1.16 s without).
     fn progress(&self) -> serde_json::Value {
         let distinct = self
             .seen
@@ -102,6 +99,10 @@ impl Counts {
         })
     }
 
+    /// `GET` on the sink: `{"received", "distinct", "valid", "invalid", "latency_us":
+    /// {"p50", "p90", "p99", "max"}, "p99_us_by_5s", "busiest_endpoint_per_s"}`, where
+    /// `p99_us_by_5s` is the p99 of the arrivals in each 5 s from the first one (where the
+    /// tail comes from: a start-up, a circuit opening, all along).
     fn stats(&self) -> serde_json::Value {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let quantile = |l: &[u64], p: f64| {
