@@ -176,9 +176,11 @@ impl Sink {
         format!("http://{}/{path}", self.addr)
     }
 
-    /// (requests, distinct webhooks) so far.
+    /// (requests, distinct webhooks) so far. Asks for the counts only: the sink's whole
+    /// statistics sort every latency it has seen while its requests wait on the same lock,
+    /// so the busier sink would stall longer at each sample.
     async fn counts(&self) -> (u64, u64) {
-        let (status, v) = support::http("GET", &self.url(""), None, None).await;
+        let (status, v) = support::http("GET", &self.url("?progress"), None, None).await;
         if status != 200 {
             return (0, 0);
         }
@@ -413,7 +415,7 @@ async fn run(shape: Shape) {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let marks: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let watching = {
-        let (done, marks, url) = (done.clone(), marks.clone(), loud.url(""));
+        let (done, marks, url) = (done.clone(), marks.clone(), loud.url("?progress"));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -686,8 +688,8 @@ async fn a_tenant_of_weight_three_gets_three_times_the_share() {
         "gold and basic were backlogged at once: {samples:?}"
     );
     assert!(
-        (2.0..=3.6).contains(&ratio),
-        "gold (weight 3) got {ratio:.2} times basic's deliveries while both were backlogged; 2 to 3.6 is what holds (3 is the goal)"
+        (2.25..=3.75).contains(&ratio),
+        "gold (weight 3) got {ratio:.2} times basic's deliveries while both were backlogged: 3 within 25% expected"
     );
     // No fixed quota: once gold is done, basic drains faster than its share did.
     let basic_after = samples[to..]
