@@ -99,6 +99,7 @@ async fn tenants_and_endpoints_crud() {
     .await;
     assert_eq!(s, 422);
     assert!(err_msg(&v).contains("only letters, digits"), "{v}");
+    assert_eq!(v["error"]["field"], "id", "a 422 names its field: {v}");
     let (s, v) = call("POST", &url("/v1/tenants"), admin, Some(r#"{"id":"#)).await;
     assert_eq!(s, 400);
     assert_eq!(v["error"]["code"], "bad_request");
@@ -119,6 +120,7 @@ async fn tenants_and_endpoints_crud() {
     .await;
     assert_eq!(s, 422);
     assert!(err_msg(&v).contains("weight must be from 1 to 100"), "{v}");
+    assert_eq!(v["error"]["field"], "weight", "{v}");
     let (s, v) = call(
         "POST",
         &url("/v1/tenants"),

@@ -442,6 +442,7 @@ async fn every_route_answers_each_caller_as_documented() {
             .contains("unknown scope \"admin\""),
         "{v}"
     );
+    assert_eq!(v["error"]["field"], "scopes", "{v}");
     let (status, v) = api
         .call("GET", "/v1/tenants?limit=5000", Some(TOKEN), None)
         .await;
@@ -862,6 +863,7 @@ async fn a_tenants_own_rates_limit_its_keys_and_its_ingest() {
             v["error"]["message"].as_str().unwrap().contains(field),
             "{v}"
         );
+        assert_eq!(v["error"]["field"], field, "a 422 names its field: {v}");
     }
     let v = api
         .admin(

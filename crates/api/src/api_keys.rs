@@ -85,21 +85,26 @@ pub async fn create(
     let tenant = tenant_id(&tenant)?;
     let name = body.name.trim().to_owned();
     if name.is_empty() || name.len() > 128 {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_field(
+            "name",
             "name must be 1 to 128 characters, e.g. \"billing-service\"",
         ));
     }
     if body.scopes.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_field(
+            "scopes",
             "scopes must name at least one of \"manage\", \"read\" and \"publish\"",
         ));
     }
     let mut scopes = Vec::new();
     for s in &body.scopes {
         let scope = Scope::parse(s).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "unknown scope {s:?} in scopes; the scopes are \"manage\", \"read\" and \"publish\""
-            ))
+            ApiError::invalid_field(
+                "scopes",
+                format!(
+                    "unknown scope {s:?} in scopes; the scopes are \"manage\", \"read\" and \"publish\""
+                ),
+            )
         })?;
         if !scopes.contains(&scope) {
             scopes.push(scope);

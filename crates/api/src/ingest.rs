@@ -118,10 +118,14 @@ fn build(
         data.as_bytes(),
     )
     .map_err(|broken| {
-        ApiError::invalid(match broken.field {
-            gancho_core::event::Field::Type => format!("type: {}", broken.why),
-            _ => broken.why,
-        })
+        use gancho_core::event::Field;
+        match broken.field {
+            Field::Type => ApiError::invalid_field("type", format!("type: {}", broken.why)),
+            Field::Id => ApiError::invalid_field("id", broken.why),
+            Field::Data => ApiError::invalid_field("data", broken.why),
+            // The tenant is the path's, not the body's.
+            Field::Tenant => ApiError::invalid(broken.why),
+        }
     })?;
     // The catalog's schema for this type, if it has one (compiled once per config change).
     state
@@ -131,16 +135,22 @@ fn build(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "schema", e))?;
     crate::endpoints::check_channels(&ev.channels)?;
     if ev.attributes.len() > MAX_LIST {
-        return Err(ApiError::invalid(format!(
-            "attributes has {} entries; the limit is {MAX_LIST}",
-            ev.attributes.len()
-        )));
+        return Err(ApiError::invalid_field(
+            "attributes",
+            format!(
+                "attributes has {} entries; the limit is {MAX_LIST}",
+                ev.attributes.len()
+            ),
+        ));
     }
     for (k, v) in &ev.attributes {
         if k.is_empty() || k.len() > 64 || v.len() > 512 {
-            return Err(ApiError::invalid(format!(
-                "attributes: {k:?} must be a name of 1 to 64 characters with a value of up to 512"
-            )));
+            return Err(ApiError::invalid_field(
+                "attributes",
+                format!(
+                    "attributes: {k:?} must be a name of 1 to 64 characters with a value of up to 512"
+                ),
+            ));
         }
     }
     let occurred = ev.occurred_at.unwrap_or_else(OffsetDateTime::now_utc);
@@ -420,10 +430,13 @@ pub async fn send_batch(
 ) -> Result<axum::Json<BatchResult>, ApiError> {
     let t = tenant_id(&t)?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
-        return Err(ApiError::invalid(format!(
-            "events must hold 1 to {MAX_BATCH} events, not {}",
-            batch.events.len()
-        )));
+        return Err(ApiError::invalid_field(
+            "events",
+            format!(
+                "events must hold 1 to {MAX_BATCH} events, not {}",
+                batch.events.len()
+            ),
+        ));
     }
     tenant_exists(&state, &t, "of this batch").await?;
     // Past the tenant's rate, the batch is refused whole: nothing of it is stored.

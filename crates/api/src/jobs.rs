@@ -245,19 +245,23 @@ async fn start_selected(
     sequences.sort_unstable();
     sequences.dedup();
     if sequences.is_empty() || sequences.len() > MAX_SELECTED {
-        return Err(ApiError::invalid(format!(
-            "sequences must list 1 to {MAX_SELECTED} dead letters, not {}",
-            sequences.len()
-        )));
+        return Err(ApiError::invalid_field(
+            "sequences",
+            format!(
+                "sequences must list 1 to {MAX_SELECTED} dead letters, not {}",
+                sequences.len()
+            ),
+        ));
     }
     let log = source(state, JobKind::RedriveSelected);
     let mine = tenant_dead_prefix(state, tenant);
     for &seq in &sequences {
         match log.at(seq).await.map_err(unavailable)? {
             Some(r) if !r.subject.starts_with(&mine) => {
-                return Err(ApiError::invalid(format!(
-                    "sequences: {seq} is not one of tenant {tenant}'s dead letters"
-                )))
+                return Err(ApiError::invalid_field(
+                    "sequences",
+                    format!("sequences: {seq} is not one of tenant {tenant}'s dead letters"),
+                ))
             }
             _ => {}
         }

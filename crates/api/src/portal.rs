@@ -72,9 +72,10 @@ pub async fn mint(
         None | Some("manage") => Scope::Manage,
         Some("read") => Scope::Read,
         Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "scope {other:?} is not a portal scope; use \"manage\" or \"read\""
-            )))
+            return Err(ApiError::invalid_field(
+                "scope",
+                format!("scope {other:?} is not a portal scope; use \"manage\" or \"read\""),
+            ))
         }
     };
     let ttl = match body.ttl.as_deref() {

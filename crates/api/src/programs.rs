@@ -71,10 +71,13 @@ pub struct TransformVerdict {
     error: Option<String>,
 }
 
-fn program(field: &str, code: &str) -> Result<std::sync::Arc<gancho_jq::Program>, ApiError> {
+fn program(
+    field: &'static str,
+    code: &str,
+) -> Result<std::sync::Arc<gancho_jq::Program>, ApiError> {
     gancho_jq::shared()
         .get(code)
-        .map_err(|e| ApiError::invalid(format!("{field}: {e}")))
+        .map_err(|e| ApiError::invalid_field(field, format!("{field}: {e}")))
 }
 
 /// Try a filter and a transform on an event: whether the endpoint would get it, and the body
@@ -108,7 +111,7 @@ pub async fn try_programs(
         .transpose()?;
     let event = body.event;
     gancho_core::id::validate_event_type(&event.event_type)
-        .map_err(|e| ApiError::invalid(format!("event.type: {e}")))?;
+        .map_err(|e| ApiError::invalid_field("event.type", format!("event.type: {e}")))?;
     let payload = serde_json::to_vec(&event.data).expect("a JSON value serializes");
     let id = event.id.unwrap_or_else(|| "evt_try".to_owned());
     let parts = EventParts {
@@ -120,7 +123,7 @@ pub async fn try_programs(
     };
     let input = parts
         .input()
-        .map_err(|e| ApiError::invalid(format!("event: {e}")))?;
+        .map_err(|e| ApiError::invalid_field("event", format!("event: {e}")))?;
     let filter = filter.map(
         |p| match p.matches(&input, &mut gancho_jq::Budget::filters()) {
             Ok(matches) => FilterVerdict {

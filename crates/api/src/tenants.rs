@@ -47,11 +47,14 @@ impl From<Tenant> for TenantView {
 const MAX_RATE: u32 = 100_000;
 
 /// Checks a rate from a request: 1 to [`MAX_RATE`].
-fn check_rate(field: &str, rate: Option<u32>) -> Result<Option<u32>, ApiError> {
+fn check_rate(field: &'static str, rate: Option<u32>) -> Result<Option<u32>, ApiError> {
     match rate {
-        Some(r) if !(1..=MAX_RATE).contains(&r) => Err(ApiError::invalid(format!(
-            "{field} must be from 1 to {MAX_RATE} a second, or null for the default; got {r}"
-        ))),
+        Some(r) if !(1..=MAX_RATE).contains(&r) => Err(ApiError::invalid_field(
+            field,
+            format!(
+                "{field} must be from 1 to {MAX_RATE} a second, or null for the default; got {r}"
+            ),
+        )),
         r => Ok(r),
     }
 }
@@ -61,10 +64,13 @@ fn check_weight(weight: u32) -> Result<u32, ApiError> {
     if (1..=gancho_store::model::MAX_WEIGHT).contains(&weight) {
         Ok(weight)
     } else {
-        Err(ApiError::invalid(format!(
-            "weight must be from 1 to {}, got {weight}",
-            gancho_store::model::MAX_WEIGHT
-        )))
+        Err(ApiError::invalid_field(
+            "weight",
+            format!(
+                "weight must be from 1 to {}, got {weight}",
+                gancho_store::model::MAX_WEIGHT
+            ),
+        ))
     }
 }
 
@@ -126,9 +132,12 @@ pub async fn create(
     State(state): State<ApiState>,
     Json(body): Json<CreateTenant>,
 ) -> Result<(StatusCode, axum::Json<TenantView>), ApiError> {
-    let id = TenantId::new(body.id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let id = TenantId::new(body.id).map_err(|e| ApiError::invalid_field("id", e.to_string()))?;
     if body.name.len() > 256 {
-        return Err(ApiError::invalid("name is longer than 256 characters"));
+        return Err(ApiError::invalid_field(
+            "name",
+            "name is longer than 256 characters",
+        ));
     }
     let weight = check_weight(body.weight.unwrap_or(1))?;
     let tenant = Tenant {
@@ -201,7 +210,10 @@ pub async fn update(
         .as_ref()
         .is_some_and(|n| n.is_empty() || n.len() > 256)
     {
-        return Err(ApiError::invalid("name must be 1 to 256 characters"));
+        return Err(ApiError::invalid_field(
+            "name",
+            "name must be 1 to 256 characters",
+        ));
     }
     let weight = body.weight.map(check_weight).transpose()?;
     let api_rate = body

@@ -88,7 +88,7 @@ pub async fn send(
         ),
         Some(t) => {
             gancho_core::id::validate_event_type(&t)
-                .map_err(|e| ApiError::invalid(format!("type: {e}")))?;
+                .map_err(|e| ApiError::invalid_field("type", format!("type: {e}")))?;
             let et = state
                 .store
                 .get_event_type(tenant.as_str(), &t)
