@@ -335,6 +335,25 @@ async fn replay_recover_and_redrive_send_exactly_what_they_should() {
         listed.windows(2).all(|w| w[0].0 >= w[1].0),
         "not newest first: {listed:?}"
     );
+    // A cursor of the list as it was before (a job id: a page open across the upgrade) is
+    // refused with what to do, not answered with an empty page.
+    use base64::Engine as _;
+    let old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&listed[0].1);
+    let (s, v) = call(
+        &base,
+        "GET",
+        &format!("/v1/tenants/acme/jobs?cursor={old}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("first page"),
+        "{v}"
+    );
     support::terminate(&mut worker);
     support::terminate(&mut router);
     support::terminate(&mut api);

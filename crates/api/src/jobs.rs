@@ -428,6 +428,15 @@ pub async fn list(
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<JobView>>, ApiError> {
     let tenant = tenant_id(&tenant)?;
+    if let (_, Some(after)) = q.parse()? {
+        if !is_place(&after) {
+            // A cursor of the list as it was ordered before (by id) would start past every
+            // job of this order: an empty page, as if there were no more.
+            return Err(ApiError::bad_request(
+                "cursor is from the jobs list as it was ordered before (by id); the list is newest first now: start again from the first page (no cursor)",
+            ));
+        }
+    }
     crate::require_tenant(&state, &tenant).await?;
     let mut jobs: Vec<(String, JobView)> = JobStore::new(&state.layout)
         .list(Some(tenant.as_str()))
@@ -448,6 +457,11 @@ pub async fn list(
 fn newest_first(job: &Job) -> String {
     let nanos = u64::try_from(job.created_at.unix_timestamp_nanos()).unwrap_or(0);
     format!("{:020}{}", u64::MAX - nanos, job.id)
+}
+
+/// Whether a cursor's key is a place [`newest_first`] gives: 20 digits, then the id.
+fn is_place(key: &str) -> bool {
+    key.len() > 20 && key.as_bytes()[..20].iter().all(u8::is_ascii_digit)
 }
 
 /// Cancel a running job: it stops within a second; what it sent stays sent.
