@@ -27,8 +27,9 @@ async fn stream_state(env: &support::Env, name: String) -> (u64, i64, u64) {
     (info.state.bytes, info.config.max_bytes, info.state.messages)
 }
 
-/// The deliveries and held streams together, as the router's room counts them: bytes, the
-/// larger byte limit of the two, messages.
+/// The deliveries and held streams together: bytes, the larger byte limit of the two,
+/// messages. (The router's room counts the ordered stream too; these tests' endpoints are
+/// not ordered but the last one's, which looks at the ordered stream itself.)
 async fn room_state(env: &support::Env) -> (u64, i64, u64) {
     let subjects = &env.layout.subjects;
     let (d_bytes, d_max, d_msgs) = stream_state(env, subjects.deliveries_stream()).await;
@@ -142,6 +143,82 @@ async fn a_full_deliveries_stream_waits_and_loses_nothing() {
     })
     .await;
     assert!(env.dead_letters().await.is_empty(), "nothing dead-lettered");
+    support::terminate(&mut worker);
+    support::terminate(&mut router);
+}
+
+/// Ordered deliveries waiting for their key's turn take room too: behind an ordered endpoint
+/// that fails, they pile up in the ordered stream, and the router stops at the room's
+/// high-water mark there as it does for the deliveries stream; once the endpoint answers,
+/// every delivery arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_deliveries_count_against_the_room() {
+    const N: usize = 1_000;
+    const KEYS: usize = 50;
+    let env = support::Env::new().await;
+    env.tenant("acme").await;
+    let dead = Arc::new(AtomicBool::new(true));
+    let flag = dead.clone();
+    let rx = Receiver::https(&env.ca, move |_, _| {
+        Answer::status(if flag.load(Ordering::Relaxed) {
+            503
+        } else {
+            200
+        })
+    })
+    .await;
+    let schedule = std::iter::once("0s")
+        .chain(std::iter::repeat_n("1s", 45))
+        .collect::<Vec<_>>()
+        .join(",");
+    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some(&schedule))
+        .await;
+    env.change("acme", "ep1", |ep| {
+        ep.ordering = gancho_store::model::OrderingMode::Key;
+        ep.ordering_key = Some("/k".into());
+    })
+    .await;
+    let limits = [("GANCHO_DELIVERIES_MAX_BYTES", "1MiB")];
+    let mut router = env.spawn_with(&["router"], &limits);
+    let mut worker = env.spawn_with(&["worker"], &limits);
+    let ordered = || async { stream_state(&env, env.layout.subjects.ordered_stream()).await };
+    env.publish_many(
+        "acme",
+        "charge.paid",
+        (0..N).map(|i| {
+            let payload = json!({"k": format!("key-{}", i % KEYS), "pad": "x".repeat(1000)});
+            (format!("evt-ordered-{i}"), payload.to_string().into_bytes())
+        }),
+    )
+    .await;
+    // Each key's head failing: the rest of each key waits in the ordered stream, up to the
+    // room's high-water mark (90%), and no further.
+    wait_until(
+        "the ordered stream at the room's high-water mark",
+        Duration::from_secs(60),
+        || async {
+            let (bytes, _, _) = ordered().await;
+            bytes as f64 >= 0.9 * LIMIT as f64 - 8192.0
+        },
+    )
+    .await;
+    let (_, _, before) = ordered().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (bytes, _, after) = ordered().await;
+    assert!(
+        after <= before + 8,
+        "the router kept publishing ordered deliveries past its room: {before} then {after}"
+    );
+    assert!(bytes < LIMIT + 64 * 1024, "{bytes} bytes, room {LIMIT}");
+    assert!(
+        (after as usize) < N,
+        "the events past the room wait in their stream: {after} of {N} routed"
+    );
+    dead.store(false, Ordering::Relaxed);
+    wait_until("every event delivered", Duration::from_secs(180), || {
+        std::future::ready(rx.distinct() == N)
+    })
+    .await;
     support::terminate(&mut worker);
     support::terminate(&mut router);
 }

@@ -147,7 +147,11 @@ pub async fn run(
     ));
     let (room, gate) = room::watch(
         output.clone(),
-        [subjects.deliveries_stream(), subjects.held_stream()],
+        [
+            subjects.deliveries_stream(),
+            subjects.held_stream(),
+            subjects.ordered_stream(),
+        ],
         config.deliveries_max_bytes,
         cancel.clone(),
     );

@@ -1,6 +1,7 @@
-//! Room for deliveries: the deliveries stream and the held stream together (a paused or
-//! dead endpoint's pile takes room as it did when it lay in the deliveries stream). The
-//! streams have no byte limit of their own (JetStream refuses
+//! Room for deliveries: the deliveries stream, the held stream and the ordered stream together
+//! (a paused or dead endpoint's pile takes room as it did when it lay in the deliveries
+//! stream, and so do the ordered deliveries waiting for their key's turn). The deliveries
+//! and held streams have no byte limit of their own (JetStream refuses
 //! `discard: new` with message schedules, and `discard: old` would delete deliveries never
 //! sent), so their room is the operator's `GANCHO_DELIVERIES_MAX_BYTES`, kept here: every
 //! delivery the router publishes first reserves its size, and none is published past
@@ -191,12 +192,12 @@ impl Room {
     }
 }
 
-/// Watches the bytes of `streams` (deliveries and held) together against `max_bytes` until
+/// Watches the bytes of `streams` (deliveries, held, ordered) together against `max_bytes` until
 /// `cancel` (without a limit there is nothing to watch). The receiver reads `true` while the
 /// router may pull events. A failed look keeps the last answer.
 pub(crate) fn watch(
     js: jetstream::Context,
-    streams: [String; 2],
+    streams: [String; 3],
     max_bytes: Option<u64>,
     cancel: CancellationToken,
 ) -> (Arc<Room>, watch::Receiver<bool>) {

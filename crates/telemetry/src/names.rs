@@ -150,7 +150,7 @@ pub const STREAM_MESSAGES: &str = "gancho_stream_messages";
 /// dead.
 pub const STREAM_BYTES: &str = "gancho_stream_bytes";
 /// Bytes of deliveries against the router's room (`GANCHO_DELIVERIES_MAX_BYTES`, shown as
-/// `gancho_stream_max_bytes{stream="deliveries"}`): the deliveries and held streams together,
+/// `gancho_stream_max_bytes{stream="deliveries"}`): the deliveries, held and ordered streams together,
 /// as the router last read them. Set only by a router with a room.
 pub const DELIVERIES_ROOM_USED: &str = "gancho_deliveries_room_used_bytes";
 /// A stream's byte limit (-1: none of its own; for deliveries, the router's room).
@@ -384,7 +384,7 @@ pub fn describe_all() {
     metrics::describe_gauge!(STREAM_BYTES, "Bytes in a stream, by stream.");
     describe_gauge!(
         DELIVERIES_ROOM_USED,
-        "Bytes of deliveries (the deliveries and held streams) against the router's room."
+        "Bytes of deliveries (the deliveries, held and ordered streams) against the router's room."
     );
     describe_gauge!(STREAM_MESSAGES, "Messages in a stream, by stream.");
     describe_gauge!(
