@@ -167,8 +167,10 @@
     main.replaceChildren(...nodes.flat(Infinity).filter((n) => n));
   }
 
+  // A view that follows something (the jobs, a job, an endpoint's attempts) asks again every
+  // `ms` while the page is in view: a tab left open in the background asks nothing.
   function every(ms, fn) {
-    timers.push(setInterval(fn, ms));
+    timers.push(setInterval(() => { if (!document.hidden) fn(); }, ms));
   }
 
   function stopTimers() {
