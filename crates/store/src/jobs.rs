@@ -6,9 +6,12 @@
 use crate::repo::backend;
 use crate::StoreError;
 use async_nats::jetstream::kv;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+/// Jobs [`JobStore::list`] reads at once.
+const LIST_READS: usize = 32;
 
 /// What a job does.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,7 +128,7 @@ impl JobStore {
         }
     }
 
-    /// Every job with its revision; `tenant` narrows to one tenant's.
+    /// Every job with its revision, by id; `tenant` narrows to one tenant's.
     pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<(Job, u64)>, StoreError> {
         let prefix = tenant.map(|t| format!("{t}."));
         let keys: Vec<String> = match self.kv.keys().await {
@@ -138,9 +141,16 @@ impl JobStore {
                 .map_err(backend)?,
             Err(e) => return Err(backend(e)),
         };
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            match self.read(&k).await {
+        // Read a few dozen at once: one after the other, a tenant's month of jobs took a
+        // round trip each, and the portal's jobs view asks every 2 s.
+        let read: Vec<Result<Option<(Job, u64)>, StoreError>> = futures::stream::iter(keys)
+            .map(|k| async move { self.read(&k).await })
+            .buffered(LIST_READS)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(read.len());
+        for r in read {
+            match r {
                 Ok(Some(j)) => out.push(j),
                 Ok(None) => {}
                 // A job this version cannot read (a later version's kind): left to the
