@@ -37,10 +37,9 @@ async fn room_state(env: &support::Env) -> (u64, i64, u64) {
     (d_bytes + h_bytes, d_max.max(h_max), d_msgs + h_msgs)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_deliveries_stream_waits_and_loses_nothing() {
-    const N: usize = 2_000;
-    let env = support::Env::new().await;
+/// Tenant acme's endpoint ep1, answering 503 until the flag returned is cleared, retried every
+/// second for 45 s.
+async fn failing_endpoint(env: &support::Env) -> (Receiver, Arc<AtomicBool>) {
     env.tenant("acme").await;
     let dead = Arc::new(AtomicBool::new(true));
     let flag = dead.clone();
@@ -58,6 +57,14 @@ async fn a_full_deliveries_stream_waits_and_loses_nothing() {
         .join(",");
     env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some(&schedule))
         .await;
+    (rx, dead)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_deliveries_stream_waits_and_loses_nothing() {
+    const N: usize = 2_000;
+    let env = support::Env::new().await;
+    let (rx, dead) = failing_endpoint(&env).await;
     let limits = [("GANCHO_DELIVERIES_MAX_BYTES", "1MiB")];
     // The router's log, with its stall warning after 1 s: waiting for room is no stall.
     let router_log = tempfile::NamedTempFile::new().unwrap();
@@ -156,23 +163,7 @@ async fn ordered_deliveries_count_against_the_room() {
     const N: usize = 1_000;
     const KEYS: usize = 50;
     let env = support::Env::new().await;
-    env.tenant("acme").await;
-    let dead = Arc::new(AtomicBool::new(true));
-    let flag = dead.clone();
-    let rx = Receiver::https(&env.ca, move |_, _| {
-        Answer::status(if flag.load(Ordering::Relaxed) {
-            503
-        } else {
-            200
-        })
-    })
-    .await;
-    let schedule = std::iter::once("0s")
-        .chain(std::iter::repeat_n("1s", 45))
-        .collect::<Vec<_>>()
-        .join(",");
-    env.endpoint("acme", "ep1", &rx.url("/hook"), &[], &[], Some(&schedule))
-        .await;
+    let (rx, dead) = failing_endpoint(&env).await;
     env.change("acme", "ep1", |ep| {
         ep.ordering = gancho_store::model::OrderingMode::Key;
         ep.ordering_key = Some("/k".into());
