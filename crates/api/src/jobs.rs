@@ -1,6 +1,7 @@
 //! Recover, replay and redrive, run as jobs. A job is a record in the jobs bucket
 //! ([`gancho_store::jobs`]); every api process looks for running jobs every
-//! [`LOOK_EVERY`], claims one whose lease ran out (compare-and-set), and works through its
+//! [`LOOK_EVERY`] (among those [`gancho_store::jobs::Running`] keeps from a watch of the
+//! bucket), claims one whose lease ran out (compare-and-set), and works through its
 //! range of the events stream or the dead letters at the job's pace, saving its position
 //! every second. An api killed mid-job leaves its lease to run out; another (or the same,
 //! restarted) takes the job from its last saved position. Records read again after a
@@ -503,37 +504,36 @@ pub fn spawn(state: ApiState, cancel: CancellationToken) {
         let me = gancho_store::model::random_id("api_", 12);
         let mine: Arc<Mutex<HashSet<String>>> = Default::default();
         let store = JobStore::new(&state.layout);
+        let running = gancho_store::jobs::Running::follow(&store, cancel.clone());
         loop {
-            if let Ok(jobs) = store.list(None).await {
-                let now = OffsetDateTime::now_utc();
-                for (mut job, rev) in jobs {
-                    let free = job.lease_until.is_none_or(|t| t < now);
-                    let key = format!("{}.{}", job.tenant, job.id);
-                    if job.state != JobState::Running
-                        || !free
-                        || mine
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .contains(&key)
-                    {
-                        continue;
-                    }
-                    job.owner = Some(me.clone());
-                    job.lease_until = Some(now + LEASE);
-                    let Ok(rev) = store.update(&job, rev).await else {
-                        continue;
-                    };
-                    mine.lock()
+            let now = OffsetDateTime::now_utc();
+            for (mut job, rev) in running.list() {
+                let free = job.lease_until.is_none_or(|t| t < now);
+                let key = format!("{}.{}", job.tenant, job.id);
+                if job.state != JobState::Running
+                    || !free
+                    || mine
+                        .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.clone());
-                    let (state, mine, cancel, me) =
-                        (state.clone(), mine.clone(), cancel.clone(), me.clone());
-                    tokio::spawn(async move {
-                        info!(job = %job.id, position = job.position, "Running a job.");
-                        Runner::new(state, job, rev, me).run(cancel).await;
-                        mine.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                    });
+                        .contains(&key)
+                {
+                    continue;
                 }
+                job.owner = Some(me.clone());
+                job.lease_until = Some(now + LEASE);
+                let Ok(rev) = store.update(&job, rev).await else {
+                    continue;
+                };
+                mine.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone());
+                let (state, mine, cancel, me) =
+                    (state.clone(), mine.clone(), cancel.clone(), me.clone());
+                tokio::spawn(async move {
+                    info!(job = %job.id, position = job.position, "Running a job.");
+                    Runner::new(state, job, rev, me).run(cancel).await;
+                    mine.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                });
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
