@@ -440,7 +440,7 @@ pub async fn list(
     }
     crate::require_tenant(&state, &tenant).await?;
     let mut jobs: Vec<(String, JobView)> = JobStore::new(&state.layout)
-        .list(Some(tenant.as_str()))
+        .list(tenant.as_str())
         .await?
         .into_iter()
         .map(|(j, _)| (newest_first(&j), JobView::from(&j)))
@@ -510,8 +510,7 @@ pub fn spawn(state: ApiState, cancel: CancellationToken) {
             for (mut job, rev) in running.list() {
                 let free = job.lease_until.is_none_or(|t| t < now);
                 let key = format!("{}.{}", job.tenant, job.id);
-                if job.state != JobState::Running
-                    || !free
+                if !free
                     || mine
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

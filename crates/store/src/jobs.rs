@@ -132,14 +132,13 @@ impl JobStore {
         }
     }
 
-    /// Every job with its revision, by id; `tenant` narrows to one tenant's.
-    pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<(Job, u64)>, StoreError> {
-        let prefix = tenant.map(|t| format!("{t}."));
+    /// A tenant's jobs with their revisions, in no particular order (the API orders them
+    /// newest first; a job runner follows the running ones with [`Running`]).
+    pub async fn list(&self, tenant: &str) -> Result<Vec<(Job, u64)>, StoreError> {
+        let prefix = format!("{tenant}.");
         let keys: Vec<String> = match self.kv.keys().await {
             Ok(keys) => keys
-                .try_filter(|k| {
-                    futures::future::ready(prefix.as_deref().is_none_or(|p| k.starts_with(p)))
-                })
+                .try_filter(|k| futures::future::ready(k.starts_with(&prefix)))
                 .try_collect()
                 .await
                 .map_err(backend)?,
@@ -165,7 +164,6 @@ impl JobStore {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         Ok(out)
     }
 
