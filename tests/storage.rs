@@ -193,11 +193,14 @@ async fn ordered_deliveries_count_against_the_room() {
         },
     )
     .await;
+    // As in the test above: the router reads the streams every 250 ms and reserves a
+    // delivery's payload and a little more, so it may finish a few dozen past the mark (one
+    // `make test` saw 735 then 750); the old router routed all of them (749 then 1,000).
     let (_, _, before) = ordered().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (bytes, _, after) = ordered().await;
     assert!(
-        after <= before + 8,
+        after <= before + 64,
         "the router kept publishing ordered deliveries past its room: {before} then {after}"
     );
     assert!(bytes < LIMIT + 64 * 1024, "{bytes} bytes, room {LIMIT}");
