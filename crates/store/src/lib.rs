@@ -15,6 +15,7 @@
 //! - [`log`]: reading the attempt log and the dead letters newest first.
 
 pub mod audit;
+pub mod batch;
 pub mod budget;
 pub mod by_tenant;
 pub mod consume;

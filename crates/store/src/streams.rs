@@ -257,6 +257,9 @@ pub async fn ensure_with(
             discard: stream::DiscardPolicy::Old,
             // The delivery log is read with direct gets (crate::log).
             allow_direct: true,
+            // Workers write attempt records in fast batches (crate::batch), where the server
+            // has them (2.14+; an older one ignores it, and they are written one by one).
+            allow_batch_publish: true,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -437,6 +440,11 @@ fn reconcile(
     if want.allow_direct && !have.allow_direct {
         info!(stream = %name, "Allowing direct gets (the delivery log reads them).");
         updated.allow_direct = true;
+        changed = true;
+    }
+    if want.allow_batch_publish && !have.allow_batch_publish {
+        info!(stream = %name, "Allowing fast batches (workers write attempt records in them).");
+        updated.allow_batch_publish = true;
         changed = true;
     }
     if (want.deny_delete && !have.deny_delete) || (want.deny_purge && !have.deny_purge) {

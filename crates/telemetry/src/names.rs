@@ -135,6 +135,10 @@ pub const BUILD_INFO: &str = "gancho_build_info";
 pub const OPERATIONAL_EVENTS: &str = "gancho_operational_events_total";
 /// Attempt records not written because JetStream had no room; the delivery went on.
 pub const ATTEMPTS_UNRECORDED: &str = "gancho_delivery_attempts_unrecorded_total";
+/// Attempt records written alone (with a PubAck each) because their fast batch could not
+/// take them, by why (`off`: the stream or the server does not take fast batches; `broken`:
+/// the batch broke before confirming them).
+pub const RECORDS_ALONE: &str = "gancho_delivery_records_alone_total";
 /// Scheduled retries found overdue (JetStream did not fire them, which happens when its store
 /// was full at their time) and scheduled again.
 pub const RETRIES_REARMED: &str = "gancho_delivery_retries_rearmed_total";
@@ -415,6 +419,10 @@ pub fn describe_all() {
     describe_counter!(
         ATTEMPTS_UNRECORDED,
         "Attempt records not written because JetStream had no room."
+    );
+    describe_counter!(
+        RECORDS_ALONE,
+        "Attempt records written alone, with a PubAck each, because their fast batch could not take them, by why (off, broken)."
     );
     describe_counter!(
         RETRIES_REARMED,

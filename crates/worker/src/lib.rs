@@ -136,6 +136,25 @@ pub enum WorkerError {
     Consume(#[from] ConsumeError),
 }
 
+/// The attempt records' fast batch, when the attempts stream takes them (nats-server 2.14 or
+/// newer: an older one ignores `allow_batched`, and records are written one by one).
+async fn records_batched(
+    output: &jetstream::Context,
+    subjects: &gancho_core::Subjects,
+) -> Option<gancho_store::batch::Batched> {
+    let batched = match output.get_stream(subjects.attempts_stream()).await {
+        Ok(stream) => stream.cached_info().config.allow_batch_publish,
+        Err(e) => {
+            tracing::info!(error = %e, "Cannot read the attempts stream's settings; attempt records are written one by one.");
+            false
+        }
+    };
+    if !batched {
+        tracing::info!("The attempts stream does not take fast batches (nats-server 2.14 or newer does); attempt records are written one by one.");
+    }
+    batched.then(|| gancho_store::batch::Batched::start(output.client()))
+}
+
 /// Runs the worker until `cancel` fires, then waits for the deliveries in flight.
 #[allow(
     clippy::too_many_lines,
@@ -206,7 +225,9 @@ pub async fn run(
         subjects.clone(),
         config.disable_after,
     );
+    let records = records_batched(&output, &subjects).await;
     let ctx = Arc::new(deliver::Ctx {
+        records,
         js: output,
         deliveries_stream: subjects.deliveries_stream(),
         subjects,

@@ -122,6 +122,9 @@ pub(crate) struct Ctx {
     /// The bytes of the request bodies being sent (a tenth of the worker's memory budget):
     /// each attempt holds its body's size from before it is rendered until it is answered.
     pub bodies: gancho_store::budget::Budget,
+    /// The attempt records' fast batch, when the attempts stream takes them
+    /// ([`gancho_store::batch`]).
+    pub records: Option<gancho_store::batch::Batched>,
     /// Whether JetStream takes this worker's writes.
     pub pressure: Arc<gancho_store::full::Pressure>,
     /// Endpoints' failing-since marks, and disabling those failing too long.

@@ -209,11 +209,10 @@ impl Ctx {
             .map(|d| d.endpoint_id.as_str())
             .unwrap_or("_unknown");
         let attempted = record.is_some();
-        if let Some(record) = &record {
-            // No Nats-Msg-Id: de-duplication costs the server on every delivery, and a
-            // re-sent record (its PubAck was lost in a failover) is recognisable as such: the
-            // same delivery id, attempt number and start time.
-            let publish = PublishMessage::build().payload(Bytes::from(record.encode_to_vec()));
+        // No Nats-Msg-Id: de-duplication costs the server on every delivery, and a re-sent
+        // record (its PubAck was lost in a failover) is recognisable as such: the same
+        // delivery id, attempt number and start time.
+        let record_write = record.as_ref().map(|record| {
             let subject = self.subjects.attempt(
                 tenant,
                 endpoint,
@@ -221,8 +220,8 @@ impl Ctx {
                 &record.outcome,
                 &record.event_id,
             );
-            writes.push((subject, publish));
-        }
+            (subject, Bytes::from(record.encode_to_vec()))
+        });
         let notice = Notice::of(&next);
         let side = match self.side_write(unit, delivery, &next).await {
             Ok(side) => side,
@@ -237,7 +236,9 @@ impl Ctx {
         if let Some(op) = self.operational(delivery, notice) {
             writes.push(op);
         }
-        if let Err((e, record_left)) = keep_while(unit, self.store_all(writes)).await {
+        if let Err((e, record_left)) =
+            keep_while(unit, self.store_with_record(record_write, writes)).await
+        {
             if let Some(delivery) = delivery {
                 // A record stored already is not kept: stored twice, it would read as two
                 // attempts.
@@ -308,6 +309,54 @@ impl Ctx {
                 ))
             }
         })
+    }
+
+    /// [`Ctx::store_all`] with the attempt's record, which goes in the records' fast batch
+    /// when there is one (beside the other writes), and is written alone when its batch does
+    /// not confirm it.
+    async fn store_with_record(
+        &self,
+        record: Option<(String, Bytes)>,
+        mut writes: Vec<(String, PublishMessage)>,
+    ) -> Result<(), (jetstream::context::PublishError, bool)> {
+        let Some((subject, payload)) = record else {
+            return self.store_all(writes).await;
+        };
+        let Some(batch) = &self.records else {
+            writes.insert(0, (subject, PublishMessage::build().payload(payload)));
+            return self.store_all(writes).await;
+        };
+        let in_batch = async {
+            let sent = std::time::Instant::now();
+            let stored = batch.write(subject.clone().into(), payload.clone()).await;
+            if stored.is_ok() {
+                self.pressure.stored();
+                metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "worker")
+                    .record(sent.elapsed().as_secs_f64());
+            }
+            stored
+        };
+        let (in_batch, others) = futures::join!(in_batch, async {
+            if writes.is_empty() {
+                Ok(())
+            } else {
+                self.store_all(writes).await
+            }
+        });
+        if let Err(why) = in_batch {
+            debug!(
+                why = why.as_str(),
+                "An attempt record was not confirmed in its batch; writing it alone."
+            );
+            metrics::counter!(names::RECORDS_ALONE, "why" => why.as_str()).increment(1);
+            if let Err((e, _)) = self
+                .store_all(vec![(subject, PublishMessage::build().payload(payload))])
+                .await
+            {
+                return Err((e, true));
+            }
+        }
+        others
     }
 
     /// Publishes every write and waits for its PubAck, re-sending the ones that fail (a
