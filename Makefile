@@ -42,13 +42,21 @@ build: setup ## Build the gancho binary (release).
 run: build ## Start `gancho dev`: every role plus its own nats-server, data in ./.gancho/.
 	./target/release/gancho dev
 
-test: setup $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) $(AXE_CORE) ## Run the whole test suite against real nats-server processes, then test-faults, test-api, test-alerts, test-deploy and test-manifests.
-	$(CARGO) test --workspace --no-fail-fast
-	$(MAKE) --no-print-directory test-faults
-	$(MAKE) --no-print-directory test-api
-	$(MAKE) --no-print-directory test-alerts
-	$(MAKE) --no-print-directory test-deploy
-	$(MAKE) --no-print-directory test-manifests
+SIDE_LOG := target/tmp/test-side.log
+
+# test-api, test-alerts, test-deploy and test-manifests time nothing, so they run beside the
+# cargo tests (which wait on their processes more than they compute: about a third of two
+# cores), their output kept and printed after them; the fault suite runs alone after both.
+test: setup previous-release $(SCHEMATHESIS) $(PY_CRYPTOGRAPHY) $(CHROMEDRIVER) $(AXE_CORE) $(KUBERNETES_VALIDATE) $(KEDA_SCHEMA) ## Run the whole test suite against real nats-server processes, with test-api, test-alerts, test-deploy and test-manifests beside it, then test-faults.
+	@mkdir -p $(dir $(SIDE_LOG))
+	@( $(MAKE) --no-print-directory test-api test-alerts test-deploy test-manifests > $(SIDE_LOG) 2>&1; \
+	    echo $$? > $(SIDE_LOG).rc ) & \
+	$(CARGO) test --workspace --no-fail-fast; tests=$$?; \
+	wait; echo "--- test-api, test-alerts, test-deploy, test-manifests (run beside the tests):"; \
+	cat $(SIDE_LOG); side=$$(cat $(SIDE_LOG).rc); \
+	$(MAKE) --no-print-directory test-faults; faults=$$?; \
+	echo "make test: cargo test exit $$tests; test-api, test-alerts, test-deploy and test-manifests exit $$side; test-faults exit $$faults"; \
+	[ $$tests -eq 0 ] && [ $$side -eq 0 ] && [ $$faults -eq 0 ]
 
 $(CHROMEDRIVER):
 	apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver
