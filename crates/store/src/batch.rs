@@ -281,21 +281,24 @@ impl Writer {
                 earlier(oldest + LONGEST);
             }
         }
-        for b in self.open.iter().chain(&self.ending) {
-            if !b.waiting.is_empty() {
-                earlier(b.last_heard.max(b.last_sent) + ANSWER_PATIENCE);
-            }
+        if let Some(open) = self.open.as_ref().filter(|b| !b.waiting.is_empty()) {
+            earlier(open.last_heard.max(open.last_sent) + ANSWER_PATIENCE);
+        }
+        // An ending batch is dropped once its answer is overdue, confirmed writes or not.
+        for b in &self.ending {
+            earlier(b.last_heard.max(b.last_sent) + ANSWER_PATIENCE);
         }
         at
     }
 
     async fn timed_out(&mut self) {
         let now = Instant::now();
-        // Batches that stopped answering.
+        // Batches that stopped answering (their end's answer lost, say to a restart): their
+        // unconfirmed writes are made alone, and they are forgotten.
         let mut i = 0;
         while i < self.ending.len() {
             let b = &self.ending[i];
-            if !b.waiting.is_empty() && now >= b.last_heard.max(b.last_sent) + ANSWER_PATIENCE {
+            if now >= b.last_heard.max(b.last_sent) + ANSWER_PATIENCE {
                 let mut b = self.ending.swap_remove(i);
                 debug!(batch = %b.id, "A fast batch did not answer; its writes are made one by one.");
                 b.give_up();
