@@ -158,6 +158,12 @@ impl Batch {
         }
     }
 
+    /// When its answer is overdue: [`ANSWER_PATIENCE`] after it was last heard from or sent
+    /// to.
+    fn overdue_at(&self) -> Instant {
+        self.last_heard.max(self.last_sent) + ANSWER_PATIENCE
+    }
+
     fn room(&self) -> bool {
         self.sent < self.acked + self.flow * WINDOW
     }
@@ -279,14 +285,12 @@ impl Writer {
             }
             if let Some(oldest) = open.oldest() {
                 earlier(oldest + LONGEST);
+                earlier(open.overdue_at());
             }
-        }
-        if let Some(open) = self.open.as_ref().filter(|b| !b.waiting.is_empty()) {
-            earlier(open.last_heard.max(open.last_sent) + ANSWER_PATIENCE);
         }
         // An ending batch is dropped once its answer is overdue, confirmed writes or not.
         for b in &self.ending {
-            earlier(b.last_heard.max(b.last_sent) + ANSWER_PATIENCE);
+            earlier(b.overdue_at());
         }
         at
     }
@@ -297,8 +301,7 @@ impl Writer {
         // unconfirmed writes are made alone, and they are forgotten.
         let mut i = 0;
         while i < self.ending.len() {
-            let b = &self.ending[i];
-            if now >= b.last_heard.max(b.last_sent) + ANSWER_PATIENCE {
+            if now >= self.ending[i].overdue_at() {
                 let mut b = self.ending.swap_remove(i);
                 debug!(batch = %b.id, "A fast batch did not answer; its writes are made one by one.");
                 b.give_up();
@@ -307,8 +310,7 @@ impl Writer {
             }
         }
         let Some(open) = &self.open else { return };
-        let silent = !open.waiting.is_empty()
-            && now >= open.last_heard.max(open.last_sent) + ANSWER_PATIENCE;
+        let silent = !open.waiting.is_empty() && now >= open.overdue_at();
         // Not idle while writes wait for room in it.
         let idle = self.queue.is_empty() && now >= open.last_sent + IDLE;
         let long = open.oldest().is_some_and(|o| now >= o + LONGEST);

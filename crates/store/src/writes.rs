@@ -89,9 +89,15 @@ pub async fn store(
         Ok(ack) => std::future::IntoFuture::into_future(ack).await,
         Err(e) => Err(e),
     };
+    stored_after(role, sent);
+    stored
+}
+
+/// Times a write from `sent` to JetStream's word that it is stored (a PubAck, or a fast
+/// batch's ack), on `gancho_jetstream_publish_seconds{role}`.
+pub fn stored_after(role: &'static str, sent: std::time::Instant) {
     metrics::histogram!(gancho_telemetry::names::JETSTREAM_PUBLISH, "role" => role)
         .record(sent.elapsed().as_secs_f64());
-    stored
 }
 
 /// Removes message `seq` from `stream` without erasing it: its bytes are left for the

@@ -331,18 +331,12 @@ impl Ctx {
             let stored = batch.write(subject.clone().into(), payload.clone()).await;
             if stored.is_ok() {
                 self.pressure.stored();
-                metrics::histogram!(names::JETSTREAM_PUBLISH, "role" => "worker")
-                    .record(sent.elapsed().as_secs_f64());
+                writes::stored_after("worker", sent);
             }
             stored
         };
-        let (in_batch, others) = futures::join!(in_batch, async {
-            if writes.is_empty() {
-                Ok(())
-            } else {
-                self.store_all(writes).await
-            }
-        });
+        // With no other writes, `store_all` answers at once.
+        let (in_batch, others) = futures::join!(in_batch, self.store_all(writes));
         if let Err(why) = in_batch {
             debug!(
                 why = why.as_str(),
