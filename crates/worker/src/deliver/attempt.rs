@@ -73,12 +73,12 @@ impl Ctx {
                     kind: DeadKind::Transform,
                     reason,
                 };
-                return Ok(self.finish(unit, Some(&delivery), None, next).await);
+                return Ok(Box::pin(self.finish(unit, Some(&delivery), None, next)).await);
             }
         };
         let (next, record) = self.judged(gate, permit, &delivery, attempt_no, sent);
         delivery.attempts = attempt_no;
-        Ok(self.finish(unit, Some(&delivery), Some(record), next).await)
+        Ok(Box::pin(self.finish(unit, Some(&delivery), Some(record), next)).await)
     }
 
     /// What an attempt's answer means: put in force at the endpoint's gate before its slot
@@ -223,7 +223,9 @@ impl Ctx {
             }
             .emit();
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
-            let (outcome, latency) = self.attempt(delivery, &ep, started_at, body).await;
+            // Boxed: a request's state is kilobytes, and only the deliveries with a request
+            // slot need it, not the thousands waiting for their turn or a slot.
+            let (outcome, latency) = Box::pin(self.attempt(delivery, &ep, started_at, body)).await;
             metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
             Ok(Sent {
                 ep,

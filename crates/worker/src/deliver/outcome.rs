@@ -229,7 +229,7 @@ impl Ctx {
                 if let Some(delivery) = delivery {
                     keep(unit, delivery, attempted, record, next);
                 }
-                return self.nak(unit, &e).await;
+                return Box::pin(self.nak(unit, &e)).await;
             }
         };
         writes.extend(side);
@@ -245,7 +245,7 @@ impl Ctx {
                 let record = record.filter(|_| record_left);
                 keep(unit, delivery, attempted, record, next);
             }
-            return self.nak(unit, &e).await;
+            return Box::pin(self.nak(unit, &e)).await;
         }
         emit::given_up_waiting(delivery, next.dead_kind().filter(|_| !attempted));
         if !unit.alone {
@@ -289,13 +289,18 @@ impl Ctx {
             }
             Next::Disable { reason } => {
                 let delivery = delivery.expect("a 410 has a decoded delivery");
-                self.store
-                    .update_endpoint(&delivery.tenant, &delivery.endpoint_id, |ep| {
+                // Boxed: rare, and the store's update would make every delivery's future
+                // larger.
+                Box::pin(self.store.update_endpoint(
+                    &delivery.tenant,
+                    &delivery.endpoint_id,
+                    |ep| {
                         ep.disabled = true;
                         ep.disabled_reason = Some(reason.clone());
                         Ok(())
-                    })
-                    .await?;
+                    },
+                ))
+                .await?;
                 emit::EndpointDisabled {
                     endpoint: &delivery.endpoint_id,
                     why: emit::Disabled::Gone,
