@@ -190,6 +190,9 @@ pub async fn ensure_with(
     settings: &StreamSettings,
 ) -> Result<Layout, LayoutError> {
     let replicas = settings.replicas;
+    // Asked of a server that has them only: an older one ignores the setting, and every
+    // start-up would "allow" them again.
+    let fast_batches = takes_fast_batches(&js.client().server_info().version);
     let streams = [
         stream::Config {
             name: subjects.events_stream(),
@@ -258,8 +261,8 @@ pub async fn ensure_with(
             // The delivery log is read with direct gets (crate::log).
             allow_direct: true,
             // Workers write attempt records in fast batches (crate::batch), where the server
-            // has them (2.14+; an older one ignores it, and they are written one by one).
-            allow_batch_publish: true,
+            // has them (2.14+; with an older one they are written one by one).
+            allow_batch_publish: fast_batches,
             num_replicas: replicas,
             ..Default::default()
         },
@@ -466,9 +469,36 @@ fn reconcile(
     Ok(changed.then_some(updated))
 }
 
+/// Whether a nats-server of `version` (`2.14.0`, `2.15.1-beta.2`) has JetStream fast batches:
+/// 2.14 and newer.
+fn takes_fast_batches(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']).map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 14),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_batches_are_asked_of_2_14_and_newer_only() {
+        for (version, has) in [
+            ("2.14.0", true),
+            ("2.15.1", true),
+            ("2.14.0-RC.1", true),
+            ("3.0.0", true),
+            ("2.13.9", false),
+            ("2.12.1", false),
+            ("2.9.25", false),
+            ("", false),
+            ("dev", false),
+        ] {
+            assert_eq!(takes_fast_batches(version), has, "{version}");
+        }
+    }
 
     fn events(max_messages: i64) -> stream::Config {
         stream::Config {
