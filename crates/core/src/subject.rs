@@ -463,13 +463,21 @@ pub fn partition(tenant: &str, endpoint_id: &str, partitions: u32) -> u32 {
 
 /// The status class token of an answer: `2xx` ... `5xx`, `1xx`, or `none` without one.
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// Every value of [`status_class`].
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// [`status_class`]'s place in [`STATUS_CLASSES`].
+pub fn status_class_index(status: u16) -> usize {
     match status {
-        0 => "none",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        0 => 0,
+        100..=199 => 1,
+        200..=299 => 2,
+        300..=399 => 3,
+        400..=499 => 4,
+        _ => 5,
     }
 }
 

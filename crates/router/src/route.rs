@@ -10,6 +10,7 @@ use gancho_core::Subjects;
 use gancho_proto::{Delivery, DeliveryBatch, Event, Message as _};
 use gancho_store::consume::{with_progress, Handled};
 use gancho_store::Live;
+use gancho_telemetry::kept::Kept;
 use gancho_telemetry::names;
 use gancho_telemetry::traces::{self, KeyValue};
 use std::sync::Arc;
@@ -17,6 +18,13 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+
+// Every event updates these: their handles are kept (by the first 16 tenant labels), not
+// looked up each time.
+static RECEIVED: Kept<metrics::Counter, { 16 * 2 }> = Kept::new();
+static TENANT_WAIT: Kept<metrics::Histogram, 16> = Kept::new();
+static ROUTED: Kept<metrics::Counter, 2> = Kept::new();
+static CREATED: Kept<metrics::Counter, 16> = Kept::new();
 
 pub(crate) struct Ctx {
     pub js: jetstream::Context,
@@ -174,9 +182,15 @@ impl Ctx {
                 .subjects
                 .parse_event(&msg.subject)
                 .map_or("", |(t, _)| t);
-            metrics::counter!(names::EVENTS_RECEIVED, "path" => if http { "http" } else { "nats" },
-                "tenant" => gancho_telemetry::tenant_label(tenant))
-            .increment(1);
+            let (slot, label) = gancho_telemetry::tenant_slot(tenant);
+            RECEIVED.with(
+                slot * 2 + usize::from(http),
+                || {
+                    metrics::counter!(names::EVENTS_RECEIVED,
+                        "path" => if http { "http" } else { "nats" }, "tenant" => label)
+                },
+                |c| c.increment(1),
+            );
         }
         let subject = msg.subject.as_str();
         let event = match check_event(&self.subjects, subject, msg.payload.clone()) {
@@ -194,11 +208,14 @@ impl Ctx {
             .info()
             .map(|i| (i.published, i.pending, i.stream_sequence))
             .unwrap_or_else(|_| (OffsetDateTime::now_utc(), 0, 0));
-        let label = gancho_telemetry::tenant_label(&event.tenant);
-        metrics::histogram!(names::TENANT_WAIT, "tenant" => label).record(
-            (OffsetDateTime::now_utc() - published)
-                .as_seconds_f64()
-                .max(0.0),
+        let (slot, label) = gancho_telemetry::tenant_slot(&event.tenant);
+        let waited = (OffsetDateTime::now_utc() - published)
+            .as_seconds_f64()
+            .max(0.0);
+        TENANT_WAIT.with(
+            slot,
+            || metrics::histogram!(names::TENANT_WAIT, "tenant" => label),
+            |h| h.record(waited),
         );
         let bulk = self.backlogs.bulk(&event.tenant, pending);
         let occurred_at = event
@@ -346,8 +363,16 @@ impl Ctx {
             span.end(None);
         }
         let outcome = if created == 0 { "unmatched" } else { "routed" };
-        metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome).increment(1);
-        metrics::counter!(names::ROUTER_DELIVERIES_CREATED, "tenant" => label).increment(created);
+        ROUTED.with(
+            usize::from(created == 0),
+            || metrics::counter!(names::ROUTER_EVENTS, "outcome" => outcome),
+            |c| c.increment(1),
+        );
+        CREATED.with(
+            slot,
+            || metrics::counter!(names::ROUTER_DELIVERIES_CREATED, "tenant" => label),
+            |c| c.increment(created),
+        );
         if bulk {
             metrics::counter!(names::ROUTER_BULK, "tenant" => label).increment(created);
         }

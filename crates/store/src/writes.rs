@@ -96,8 +96,14 @@ pub async fn store(
 /// Times a write from `sent` to JetStream's word that it is stored (a PubAck, or a fast
 /// batch's ack), on `gancho_jetstream_publish_seconds{role}`.
 pub fn stored_after(role: &'static str, sent: std::time::Instant) {
-    metrics::histogram!(gancho_telemetry::names::JETSTREAM_PUBLISH, "role" => role)
-        .record(sent.elapsed().as_secs_f64());
+    // Every write updates it: the handle is kept by role.
+    static PUBLISH: gancho_telemetry::kept::KeptBy<metrics::Histogram, 4> =
+        gancho_telemetry::kept::KeptBy::new();
+    PUBLISH.with(
+        role,
+        || metrics::histogram!(gancho_telemetry::names::JETSTREAM_PUBLISH, "role" => role),
+        |h| h.record(sent.elapsed().as_secs_f64()),
+    );
 }
 
 /// Removes message `seq` from `stream` without erasing it: its bytes are left for the

@@ -2,6 +2,7 @@
 //! Prometheus recorder, the small HTTP server for `/metrics`, `/healthz` and `/readyz`, and
 //! the tracing subscriber.
 
+pub mod kept;
 pub mod names;
 pub mod traces;
 
@@ -77,6 +78,16 @@ pub fn tenant_label(tenant: &str) -> &'static str {
         .unwrap_or(OTHER_TENANTS)
 }
 
+/// [`tenant_label`] with its place: 0 for `other`, 1 and on for the tenants listed, in the
+/// order listed (for handles kept by tenant, [`kept`]).
+pub fn tenant_slot(tenant: &str) -> (usize, &'static str) {
+    let listed = TENANTS.get().into_iter().flatten();
+    match listed.enumerate().find(|(_, t)| **t == tenant) {
+        Some((i, t)) => (i + 1, t),
+        None => (0, OTHER_TENANTS),
+    }
+}
+
 /// The `tenant` label of every tenant not listed.
 pub const OTHER_TENANTS: &str = "other";
 
@@ -129,6 +140,11 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Whether [`install`] has installed the process's recorder.
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
 }
 
 /// CPU and memory of a process, from `/proc/<pid>` (Linux).

@@ -6,8 +6,24 @@
 use crate::gate::{Flip, RateChange};
 use gancho_core::policy::{AttemptOutcome, DeadKind, Wait};
 use gancho_proto::Delivery;
+use gancho_telemetry::kept::Kept;
 use gancho_telemetry::traces::{self, KeyValue};
 use gancho_telemetry::{names, tenant_label};
+use metrics::{Counter, Gauge, Histogram};
+
+/// How many values `outcome` and `class` take, for handles kept by them.
+const OUTCOMES: usize = gancho_core::policy::AttemptOutcome::ALL.len();
+const CLASSES: usize = gancho_core::subject::STATUS_CLASSES.len();
+
+/// The handle of `gancho_delivery_in_flight_requests`, kept: every request moves it twice.
+pub(crate) fn in_flight(change: f64) {
+    static IN_FLIGHT: Kept<Gauge, 1> = Kept::new();
+    IN_FLIGHT.with(
+        0,
+        || metrics::gauge!(names::DELIVERY_IN_FLIGHT),
+        |g| g.increment(change),
+    );
+}
 use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
@@ -229,16 +245,36 @@ impl Emit for WaitEnded<'_> {
 impl Emit for AttemptFinished<'_> {
     fn emit(self) {
         let span = self.span();
-        metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => self.outcome.as_str(),
-            "class" => gancho_core::subject::status_class(self.status),
-            "tenant" => tenant_label(self.tenant))
-        .increment(1);
-        metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => self.outcome.as_str())
-            .record(self.latency.as_secs_f64());
+        // Every attempt updates these: their handles are kept (by outcome, status class and
+        // the first 16 tenant labels), not looked up each time.
+        static ATTEMPTS: Kept<Counter, { 16 * CLASSES * OUTCOMES }> = Kept::new();
+        static DURATION: Kept<Histogram, OUTCOMES> = Kept::new();
+        static E2E: Kept<Histogram, 1> = Kept::new();
+        let outcome = self.outcome as usize;
+        let class = gancho_core::subject::status_class_index(self.status);
+        let (tenant, tenant_label) = gancho_telemetry::tenant_slot(self.tenant);
+        ATTEMPTS.with(
+            (tenant * CLASSES + class) * OUTCOMES + outcome,
+            || {
+                metrics::counter!(names::DELIVERY_ATTEMPTS, "outcome" => self.outcome.as_str(),
+                    "class" => gancho_core::subject::STATUS_CLASSES[class],
+                    "tenant" => tenant_label)
+            },
+            |c| c.increment(1),
+        );
+        DURATION.with(
+            outcome,
+            || metrics::histogram!(names::DELIVERY_ATTEMPT_DURATION, "outcome" => self.outcome.as_str()),
+            |h| h.record(self.latency.as_secs_f64()),
+        );
         let retry_in_ms = match self.after {
             After::Delivered { end_to_end } => {
                 if let Some(e2e) = end_to_end {
-                    metrics::histogram!(names::DELIVERY_E2E).record(e2e.as_secs_f64());
+                    E2E.with(
+                        0,
+                        || metrics::histogram!(names::DELIVERY_E2E),
+                        |h| h.record(e2e.as_secs_f64()),
+                    );
                 }
                 debug!(endpoint = %self.endpoint, attempt = self.attempt, "Delivered.");
                 return;

@@ -13,7 +13,6 @@ use gancho_core::policy::{AttemptOutcome, DeadKind};
 use gancho_proto::{timestamp, to_datetime, Attempt, Delivery};
 use gancho_store::consume::Handled;
 use gancho_store::LiveEndpoint;
-use gancho_telemetry::names;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -222,11 +221,11 @@ impl Ctx {
                 by: emit::WaitEnd::Attempt,
             }
             .emit();
-            metrics::gauge!(names::DELIVERY_IN_FLIGHT).increment(1.0);
+            emit::in_flight(1.0);
             // Boxed: a request's state is kilobytes, and only the deliveries with a request
             // slot need it, not the thousands waiting for their turn or a slot.
             let (outcome, latency) = Box::pin(self.attempt(delivery, &ep, started_at, body)).await;
-            metrics::gauge!(names::DELIVERY_IN_FLIGHT).decrement(1.0);
+            emit::in_flight(-1.0);
             Ok(Sent {
                 ep,
                 started_at,
