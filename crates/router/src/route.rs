@@ -25,6 +25,7 @@ static RECEIVED: Kept<metrics::Counter, { 16 * 2 }> = Kept::new();
 static TENANT_WAIT: Kept<metrics::Histogram, 16> = Kept::new();
 static ROUTED: Kept<metrics::Counter, 2> = Kept::new();
 static CREATED: Kept<metrics::Counter, 16> = Kept::new();
+static BULK: Kept<metrics::Counter, 16> = Kept::new();
 
 pub(crate) struct Ctx {
     pub js: jetstream::Context,
@@ -374,7 +375,11 @@ impl Ctx {
             |c| c.increment(created),
         );
         if bulk {
-            metrics::counter!(names::ROUTER_BULK, "tenant" => label).increment(created);
+            BULK.with(
+                slot,
+                || metrics::counter!(names::ROUTER_BULK, "tenant" => label),
+                |c| c.increment(created),
+            );
         }
         debug!(event = %event.id, deliveries = created, "Event routed.");
         Handled::Done
