@@ -1,6 +1,6 @@
-//! The first page of a tenant's endpoints when it has 10,000 of them, through `gancho api`
-//! (the release binary) against a real nats-server: the median of 50 requests, each a fresh
-//! HTTP/1.1 connection. Run with `cargo bench -p gancho --bench api_list` (part of `make
+//! The first page of a tenant's endpoints when it has 10,000 of them, and another tenant's
+//! event types and API keys beside them, through `gancho api` (the release binary) against a
+//! real nats-server: the median of 50 requests each, each a fresh HTTP/1.1 connection. Run with `cargo bench -p gancho --bench api_list` (part of `make
 //! bench`); results go to BENCHMARKS.md with the machine.
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
@@ -41,6 +41,55 @@ async fn main() {
         times.sort();
         println!(
             "{endpoints} endpoints, {label}: median {:.1} ms, max {:.1} ms over 50 requests",
+            times[25].as_secs_f64() * 1000.0,
+            times[49].as_secs_f64() * 1000.0
+        );
+    }
+    // A small tenant's event types and API keys, read from the config bucket beside the
+    // 10,000 endpoints above: what they cost depends on the tenant's own keys, or on the
+    // whole bucket's.
+    env.tenant("small").await;
+    for i in 0..20 {
+        let (status, _) = support::http(
+            "PUT",
+            &format!("{base}/v1/tenants/small/event-types/charge.n{i:02}"),
+            Some(TOKEN),
+            Some(r#"{"description":"a charge"}"#),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    for _ in 0..3 {
+        let (status, _) = support::http(
+            "POST",
+            &format!("{base}/v1/tenants/small/api-keys"),
+            Some(TOKEN),
+            Some(r#"{"name":"bench","scopes":["read"]}"#),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    for (label, path, n) in [
+        ("a tenant's 20 event types", "event-types", 20),
+        ("a tenant's 3 API keys", "api-keys", 3),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..50 {
+            let start = Instant::now();
+            let (status, body) = support::http(
+                "GET",
+                &format!("{base}/v1/tenants/small/{path}"),
+                Some(TOKEN),
+                None,
+            )
+            .await;
+            times.push(start.elapsed());
+            assert_eq!(status, 200);
+            assert_eq!(body["data"].as_array().unwrap().len(), n, "{body}");
+        }
+        times.sort();
+        println!(
+            "{label} beside another's {endpoints} endpoints: median {:.1} ms, max {:.1} ms over 50 requests",
             times[25].as_secs_f64() * 1000.0,
             times[49].as_secs_f64() * 1000.0
         );

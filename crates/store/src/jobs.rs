@@ -6,7 +6,7 @@
 use crate::repo::backend;
 use crate::StoreError;
 use async_nats::jetstream::kv;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -135,15 +135,7 @@ impl JobStore {
     /// A tenant's jobs with their revisions, in no particular order (the API orders them
     /// newest first; a job runner follows the running ones with [`Running`]).
     pub async fn list(&self, tenant: &str) -> Result<Vec<(Job, u64)>, StoreError> {
-        let prefix = format!("{tenant}.");
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(keys) => keys
-                .try_filter(|k| futures::future::ready(k.starts_with(&prefix)))
-                .try_collect()
-                .await
-                .map_err(backend)?,
-            Err(e) => return Err(backend(e)),
-        };
+        let keys = crate::repo::keys_under(&self.kv, &format!("{tenant}.")).await?;
         // Read a few dozen at once: one after the other, a tenant's month of jobs took a
         // round trip each, and the portal's jobs view asks every 2 s.
         let read: Vec<Result<Option<(Job, u64)>, StoreError>> = futures::stream::iter(keys)

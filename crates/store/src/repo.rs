@@ -111,6 +111,32 @@ pub(crate) async fn read<T: DeserializeOwned>(
     }
 }
 
+/// The keys of `kv` under `prefix` (which ends with a `.`), asked of the bucket's stream by
+/// subject, 100,000 to a request: only the keys under it are read. Listing every key of the
+/// bucket and keeping the ones under it (`kv::Store::keys`) read every tenant's keys to list
+/// one tenant's. A key deleted or purged since it was written is among them (its marker is
+/// its last message): callers read each key and skip the ones without a value.
+pub(crate) async fn keys_under(kv: &kv::Store, prefix: &str) -> Result<Vec<String>, StoreError> {
+    debug_assert!(
+        prefix.ends_with('.'),
+        "a key prefix ends with a dot: {prefix}"
+    );
+    let bucket_prefix = kv.prefix.as_str();
+    kv.stream
+        .info_with_subjects(format!("{bucket_prefix}{prefix}>"))
+        .await
+        .map_err(backend)?
+        .map_ok(|(subject, _)| {
+            subject
+                .strip_prefix(bucket_prefix)
+                .unwrap_or(&subject)
+                .to_owned()
+        })
+        .try_collect()
+        .await
+        .map_err(backend)
+}
+
 pub(crate) fn backend(e: impl Into<BackendError>) -> StoreError {
     let source = e.into();
     StoreError::Backend {
@@ -227,9 +253,13 @@ impl ConfigStore {
         if self.get_tenant(id).await?.is_none() {
             return Err(StoreError::NotFound(format!("tenant {id:?}")));
         }
-        // By key, so an endpoint document that no longer parses is deleted too.
+        // By key, so an endpoint document that no longer parses is deleted too (and not
+        // one deleted already).
         for key in self.endpoint_keys(id).await? {
-            self.kv.delete(&key).await.map_err(backend)?;
+            let entry = self.kv.entry(&key).await.map_err(backend)?;
+            if entry.is_some_and(|e| e.operation == kv::Operation::Put) {
+                self.kv.delete(&key).await.map_err(backend)?;
+            }
         }
         for key in self.list_api_keys(id).await? {
             self.revoke_api_key(id, &key.id).await?;
@@ -259,14 +289,7 @@ impl ConfigStore {
     }
 
     async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.kv
-            .keys()
-            .await
-            .map_err(backend)?
-            .try_filter(|k| futures::future::ready(k.starts_with(prefix)))
-            .try_collect()
-            .await
-            .map_err(backend)
+        keys_under(&self.kv, prefix).await
     }
 
     // API keys: the document under `api_keys.<tenant>.<id>`, and a lookup from the key's
