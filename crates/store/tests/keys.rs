@@ -66,7 +66,12 @@ async fn a_tenants_lists_hold_its_own_documents_and_not_the_deleted_ones() {
     for id in ["ac", "acme", "bulk"] {
         store.create_tenant(&tenant(id)).await.unwrap();
     }
-    for name in ["charge.paid", "charge.refunded", "payout.sent"] {
+    for name in [
+        "charge.paid",
+        "charge.refunded",
+        "payout.failed",
+        "payout.sent",
+    ] {
         store
             .put_event_type(&event_type("acme", name))
             .await
@@ -86,11 +91,17 @@ async fn a_tenants_lists_hold_its_own_documents_and_not_the_deleted_ones() {
         .delete_event_type("acme", "charge.refunded")
         .await
         .unwrap();
+    // A key purged (its history gone, a purge marker left) is not listed either.
+    layout
+        .config
+        .purge("event_types.acme.payout.failed")
+        .await
+        .unwrap();
     let names = |v: Vec<EventType>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
     assert_eq!(
         names(store.list_event_types("acme").await.unwrap()),
         ["charge.paid", "payout.sent"],
-        "acme's event types, without the one deleted"
+        "acme's event types, without the one deleted and the one purged"
     );
     assert_eq!(
         names(store.list_event_types("ac").await.unwrap()),
