@@ -29,21 +29,8 @@ async fn main() {
             "?limit=1000&cursor=ZXAwNTAwMA",
         ),
     ] {
-        let mut times = Vec::new();
-        for _ in 0..50 {
-            let start = Instant::now();
-            let (status, body) =
-                support::http("GET", &format!("{url}{query}"), Some(TOKEN), None).await;
-            times.push(start.elapsed());
-            assert_eq!(status, 200);
-            assert!(!body["data"].as_array().unwrap().is_empty());
-        }
-        times.sort();
-        println!(
-            "{endpoints} endpoints, {label}: median {:.1} ms, max {:.1} ms over 50 requests",
-            times[25].as_secs_f64() * 1000.0,
-            times[49].as_secs_f64() * 1000.0
-        );
+        let times = fifty_gets(&format!("{url}{query}"), |data| assert!(!data.is_empty())).await;
+        println!("{endpoints} endpoints, {label}: {times}");
     }
     // A small tenant's event types and API keys, read from the config bucket beside the
     // 10,000 endpoints above: what they cost depends on the tenant's own keys, or on the
@@ -73,26 +60,30 @@ async fn main() {
         ("a tenant's 20 event types", "event-types", 20),
         ("a tenant's 3 API keys", "api-keys", 3),
     ] {
-        let mut times = Vec::new();
-        for _ in 0..50 {
-            let start = Instant::now();
-            let (status, body) = support::http(
-                "GET",
-                &format!("{base}/v1/tenants/small/{path}"),
-                Some(TOKEN),
-                None,
-            )
-            .await;
-            times.push(start.elapsed());
-            assert_eq!(status, 200);
-            assert_eq!(body["data"].as_array().unwrap().len(), n, "{body}");
-        }
-        times.sort();
-        println!(
-            "{label} beside another's {endpoints} endpoints: median {:.1} ms, max {:.1} ms over 50 requests",
-            times[25].as_secs_f64() * 1000.0,
-            times[49].as_secs_f64() * 1000.0
-        );
+        let times = fifty_gets(&format!("{base}/v1/tenants/small/{path}"), |data| {
+            assert_eq!(data.len(), n);
+        })
+        .await;
+        println!("{label} beside another's {endpoints} endpoints: {times}");
     }
     support::kill9(&mut api);
+}
+
+/// 50 `GET url` requests, each on a fresh connection, each answered 200 with a `data` list
+/// that `check` accepts: their median and max.
+async fn fifty_gets(url: &str, check: impl Fn(&[serde_json::Value])) -> String {
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        let (status, body) = support::http("GET", url, Some(TOKEN), None).await;
+        times.push(start.elapsed());
+        assert_eq!(status, 200, "{body}");
+        check(body["data"].as_array().unwrap());
+    }
+    times.sort();
+    format!(
+        "median {:.1} ms, max {:.1} ms over 50 requests",
+        times[25].as_secs_f64() * 1000.0,
+        times[49].as_secs_f64() * 1000.0
+    )
 }

@@ -72,10 +72,7 @@ impl Default for EverySecond {
 /// The `tenant` label value for `tenant`: its id when the operator listed it
 /// (`GANCHO_METRICS_TENANTS`), otherwise `other`. Series stay bounded by the list.
 pub fn tenant_label(tenant: &str) -> &'static str {
-    TENANTS
-        .get()
-        .and_then(|listed| listed.iter().find(|t| **t == tenant).copied())
-        .unwrap_or(OTHER_TENANTS)
+    tenant_slot(tenant).1
 }
 
 /// [`tenant_label`] with its place: 0 for `other`, 1 and on for the tenants listed, in the
